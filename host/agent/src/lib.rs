@@ -1,0 +1,1 @@
+//! The agent (`molt agent`): version check, Pre Upgrade Check, Download, Extract.

@@ -1,0 +1,75 @@
+//! `molt`: a thin binary over the library crates. It parses arguments, sets up
+//! logging and hands each subcommand to its module in `cmd/`.
+
+mod cmd;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Molt: a self-upgrading agent host with signed, sandboxed pre-upgrade checks.
+#[derive(Parser)]
+#[command(name = "molt", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `molt=debug`.
+    #[arg(long, global = true, env = "MOLT_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a complete demo upgrade of a real local install, offline.
+    Demo(cmd::demo::DemoArgs),
+    /// Generate an Ed25519 signing key (PKCS#8) and print its key id.
+    Keygen(cmd::bundle::KeygenArgs),
+    /// Create, sign and rotate the trust root (root.json).
+    #[command(subcommand)]
+    Root(cmd::bundle::RootCmd),
+    /// Pack, sign, verify and inspect signed bundles.
+    #[command(subcommand)]
+    Bundle(cmd::bundle::BundleCmd),
+    /// Parse package names (buildstamps) and print their fields or their order.
+    Buildstamp(cmd::bundle::BuildstampArgs),
+    /// Author and run pre-upgrade checks locally.
+    #[command(subcommand)]
+    Check(cmd::check::CheckCmd),
+    /// Run the control plane.
+    Serve(cmd::serve::ServeArgs),
+    /// Run the agent service.
+    Agent(cmd::agent::AgentArgs),
+    /// Ask the local agent to check for an upgrade now.
+    #[command(subcommand)]
+    Upgrade(cmd::agent::UpgradeCmd),
+    /// The deploy runner (started by the agent at hand-over).
+    Deploy(cmd::deploy::DeployArgs),
+    /// Built-in supervisor: keep the agent running and own its pidfile.
+    Run(cmd::deploy::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(&cli.log);
+    let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Keygen(a) => cmd::bundle::keygen(a),
+        Command::Root(c) => cmd::bundle::root(c),
+        Command::Bundle(c) => cmd::bundle::bundle(c),
+        Command::Buildstamp(a) => cmd::bundle::buildstamp(a),
+        Command::Check(c) => cmd::check::run(c),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
+        Command::Upgrade(c) => cmd::agent::upgrade(c),
+        Command::Deploy(a) => cmd::deploy::deploy(a),
+        Command::Run(a) => cmd::deploy::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

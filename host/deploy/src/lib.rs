@@ -1,0 +1,1 @@
+//! Deploy: hand-over, runner, journal, atomic switch, rollback, service control.

@@ -1,0 +1,237 @@
+//! The install layout on disk. Every path an agent, runner or operator tool uses
+//! comes from [`Home`], so the layout is written down in exactly one place
+//! (docs/architecture.md describes it).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading or writing layout state.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Io { path: path.to_path_buf(), source }
+}
+
+/// An agent install directory (`<home>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `<home>/versions`: one immutable directory per installed core version.
+    pub fn versions_dir(&self) -> PathBuf {
+        self.root.join("versions")
+    }
+    /// `<home>/versions/<version>`.
+    pub fn version_dir(&self, version: &str) -> PathBuf {
+        self.versions_dir().join(version)
+    }
+    /// `<home>/current`: symlink to the active version, switched by one atomic rename.
+    pub fn current_link(&self) -> PathBuf {
+        self.root.join("current")
+    }
+    /// `<home>/config.toml`: never touched by an upgrade.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `<home>/conf`: overrides and hand-over files; never touched by an upgrade.
+    pub fn conf_dir(&self) -> PathBuf {
+        self.root.join("conf")
+    }
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.root.join("package").join("incoming")
+    }
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join("work")
+    }
+    /// `<home>/work/upgrade_temp`: parent of the per-upgrade `<random>-0` directories.
+    pub fn upgrade_temp_dir(&self) -> PathBuf {
+        self.work_dir().join("upgrade_temp")
+    }
+    pub fn journal_file(&self) -> PathBuf {
+        self.work_dir().join("deploy.journal")
+    }
+    pub fn status_file(&self) -> PathBuf {
+        self.work_dir().join("agent.status.json")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn agent_log(&self) -> PathBuf {
+        self.logs_dir().join("agent.log")
+    }
+    /// `<home>/state`: trusted root and accepted bundle sequences.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    /// The meta directory of a version: `<home>/versions/<v>/meta`.
+    pub fn meta_dir_of(&self, version: &str) -> PathBuf {
+        self.version_dir(version).join("meta")
+    }
+
+    /// The version `current` points at, if any.
+    pub fn current_version(&self) -> Result<Option<String>, LayoutError> {
+        let link = self.current_link();
+        match std::fs::read_link(&link) {
+            Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&link)(e)),
+        }
+    }
+
+    /// Installed packages of the active version (`current/meta/*.meta.json`).
+    pub fn installed(&self) -> Result<Vec<InstalledPackage>, LayoutError> {
+        match self.current_version()? {
+            Some(v) => read_meta_dir(&self.meta_dir_of(&v)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Read the agent status file, if the agent wrote one.
+    pub fn read_status(&self) -> Result<Option<AgentStatus>, LayoutError> {
+        read_json_opt(&self.status_file())
+    }
+
+    /// Write the agent status file atomically (temp file + rename).
+    pub fn write_status(&self, status: &AgentStatus) -> Result<(), LayoutError> {
+        write_json_atomic(&self.status_file(), status)
+    }
+}
+
+/// One installed package, as recorded in `meta/<kind>.meta.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledPackage {
+    /// Package kind: `core`, `runtime`, `upgrade`.
+    pub kind: String,
+    /// Full package file name, e.g. `molt-core.<version>.universal.universal.zip`.
+    pub name: String,
+    /// The version part of the buildstamp.
+    pub version: String,
+    /// Payload entries of the package: path relative to the version dir -> sha256 hex.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, FileMeta>,
+}
+
+/// A payload file of an installed package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub size: u64,
+    pub sha256: String,
+    pub mode: u32,
+}
+
+/// What the running agent says about itself (`work/agent.status.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub version: String,
+    /// Up, Upgrading, Paused, Down, Upgrade Failed.
+    pub status: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Read every `*.meta.json` in a directory, sorted by kind.
+pub fn read_meta_dir(dir: &Path) -> Result<Vec<InstalledPackage>, LayoutError> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for ent in rd {
+        let ent = ent.map_err(io_err(dir))?;
+        let p = ent.path();
+        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".meta.json")) {
+            if let Some(m) = read_json_opt::<InstalledPackage>(&p)? {
+                out.push(m);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.kind.cmp(&b.kind));
+    Ok(out)
+}
+
+/// Read a JSON file; `None` if it does not exist.
+pub fn read_json_opt<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, LayoutError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| LayoutError::Json { path: path.to_path_buf(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Write JSON to `path` atomically: a temp file in the same directory, fsync, rename.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), LayoutError> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|source| LayoutError::Json { path: path.to_path_buf(), source })?;
+    write_atomic(path, &bytes)
+}
+
+/// Write bytes to `path` atomically: a temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_version_follows_the_symlink() {
+        let t = std::env::temp_dir().join(format!("molt-layout-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        let home = Home::new(&t);
+        std::fs::create_dir_all(home.version_dir("v1")).unwrap();
+        assert_eq!(home.current_version().unwrap(), None);
+        std::os::unix::fs::symlink("versions/v1", home.current_link()).unwrap();
+        assert_eq!(home.current_version().unwrap().as_deref(), Some("v1"));
+        let _ = std::fs::remove_dir_all(&t);
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let t = std::env::temp_dir().join(format!("molt-layout-aw-{}", std::process::id()));
+        let p = t.join("x.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let _ = std::fs::remove_dir_all(&t);
+    }
+}

@@ -1,0 +1,1 @@
+//! The wasm sandbox for signed checks and the version selector.
