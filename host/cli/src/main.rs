@@ -47,6 +47,14 @@ enum Command {
     Deploy(cmd::deploy::DeployArgs),
     /// Built-in supervisor: keep the agent running and own its pidfile.
     Run(cmd::deploy::RunArgs),
+    /// Show installed and assigned versions, status, the last upgrade and open issues.
+    Status(cmd::ops::StatusArgs),
+    /// Match logs, journal and history against known failure signatures.
+    Diagnose(cmd::ops::DiagnoseArgs),
+    /// Rebuild a broken install from a full signed package (dry run by default).
+    Repair(cmd::ops::RepairArgs),
+    /// Verify and place packages for an offline upgrade.
+    Import(cmd::ops::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +72,10 @@ fn main() -> ExitCode {
         Command::Upgrade(c) => cmd::agent::upgrade(c),
         Command::Deploy(a) => cmd::deploy::deploy(a),
         Command::Run(a) => cmd::deploy::run(a),
+        Command::Status(a) => cmd::ops::status(a),
+        Command::Diagnose(a) => cmd::ops::diagnose(a),
+        Command::Repair(a) => cmd::ops::repair(a),
+        Command::Import(a) => cmd::ops::import(a),
     };
     match result {
         Ok(code) => code,

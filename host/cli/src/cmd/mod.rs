@@ -4,4 +4,5 @@ pub mod bundle;
 pub mod check;
 pub mod demo;
 pub mod deploy;
+pub mod ops;
 pub mod serve;

@@ -1,0 +1,1 @@
+//! Operator tools: `molt status`, `molt diagnose`, `molt repair`, `molt import`.
