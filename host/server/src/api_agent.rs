@@ -1,0 +1,511 @@
+//! The agent-facing API (docs/architecture.md, "Control-plane HTTP API").
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::model::{
+    AttemptResult, CommandKind, Finding, Heartbeat, SlotOutcome, Stage, StageState,
+};
+use crate::packages::{PackageFile, name_char};
+use crate::state::{AgentAuth, AppState};
+
+/// Seconds a refused agent should wait before asking for a slot again.
+pub const RETRY_AFTER_SECS: u32 = 20;
+
+/// Source name of issues raised by the control plane's own agent registry.
+pub const AGENT_REGISTRY: &str = "AgentRegistry";
+
+fn ok() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({ "ok": true }))
+}
+
+pub(crate) fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.trim().is_empty() {
+        return Err(ApiError::unprocessable(format!(
+            "field `{field}` must not be empty"
+        )));
+    }
+    if v.len() > max {
+        return Err(ApiError::unprocessable(format!(
+            "field `{field}` is longer than {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A version or os/arch: the characters of a package-name field.
+pub(crate) fn check_name(field: &str, v: &str) -> Result<(), ApiError> {
+    check_text(field, v, 200)?;
+    if !v.chars().all(name_char) {
+        return Err(ApiError::unprocessable(format!(
+            "field `{field}` may contain only letters, digits, '-', '_' and '.' (got {v:?})"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_text("host", &hb.host, 255)?;
+    check_text("version", &hb.version, 200)?;
+    let now = state.config.clock.now();
+    let window = crate::clock::chrono_dur(state.config.agent_down_after);
+    let id = agent.id;
+    let name = agent.name.clone();
+    let host = hb.host.clone();
+    let outcome = state
+        .db(move |s| s.record_heartbeat(id, &hb, now, window))
+        .await?;
+    if outcome.duplicate {
+        if !outcome.was_duplicate {
+            tracing::warn!(agent = %name, host = %host, "two live agents report with one name");
+        }
+        let finding = Finding {
+            code: "DuplicateAgentName".into(),
+            severity: "error".into(),
+            description: format!(
+                "Two live agents report as {name:?}: heartbeats alternate between processes"
+            ),
+            remediation: Some("Stop the second process or give it its own name and token".into()),
+        };
+        state
+            .db(move |s| s.report_issues(id, AGENT_REGISTRY, &[finding], now))
+            .await?;
+    } else if outcome.was_duplicate {
+        tracing::info!(agent = %name, "duplicate agent name no longer seen");
+        state
+            .db(move |s| s.report_issues(id, AGENT_REGISTRY, &[], now))
+            .await?;
+    }
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+pub struct AssignedQuery {
+    os: Option<String>,
+    arch: Option<String>,
+    runtime: Option<String>,
+    pinned: Option<String>,
+}
+
+/// One package of an assignment.
+#[derive(Serialize)]
+pub struct PackageRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    name: String,
+    url: String,
+    size: u64,
+    sha256: String,
+}
+
+/// The answer of `GET /api/v1/agent/assigned`.
+#[derive(Serialize)]
+pub struct AssignedAnswer {
+    version: String,
+    source: &'static str,
+    packages: Vec<PackageRef>,
+    precheck: Option<PackageRef>,
+    selector: Option<PackageRef>,
+}
+
+/// Base URL (no trailing slash) for package downloads.
+fn package_base(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(b) = &state.config.package_base_url {
+        return b.trim_end_matches('/').to_string();
+    }
+    format!("{}/packages", public_base(state, headers))
+}
+
+/// How the caller reached this server.
+pub(crate) fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(b) = &state.config.public_base_url {
+        return b.trim_end_matches('/').to_string();
+    }
+    let scheme = if state.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| state.config.listen.to_string());
+    format!("{scheme}://{host}")
+}
+
+fn pref(base: &str, f: &PackageFile, with_kind: bool) -> PackageRef {
+    PackageRef {
+        kind: with_kind.then_some(f.kind.as_str()),
+        name: f.name.clone(),
+        url: format!("{base}/{}", f.name),
+        size: f.size,
+        sha256: f.sha256.clone(),
+    }
+}
+
+/// Which version an agent runs: its own pin, else the fleet override, else
+/// the fleet buildstamp.
+pub fn choose_version(
+    fleet: &crate::model::FleetState,
+    pinned: Option<&str>,
+) -> Option<(String, &'static str)> {
+    if let Some(p) = pinned {
+        return Some((p.to_string(), "pin"));
+    }
+    if let Some(o) = &fleet.override_version {
+        return Some((o.clone(), "override"));
+    }
+    fleet.version.clone().map(|v| (v, "fleet"))
+}
+
+pub async fn assigned(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<AssignedQuery>,
+) -> Result<axum::Json<AssignedAnswer>, ApiError> {
+    let os =
+        q.os.ok_or_else(|| ApiError::bad_request("missing query parameter `os`"))?;
+    let arch = q
+        .arch
+        .ok_or_else(|| ApiError::bad_request("missing query parameter `arch`"))?;
+    check_name("os", &os)?;
+    check_name("arch", &arch)?;
+    let runtime = q.runtime.filter(|r| !r.is_empty());
+    let pinned = q.pinned.filter(|p| !p.is_empty());
+    if let Some(r) = &runtime {
+        check_name("runtime", r)?;
+    }
+    if let Some(p) = &pinned {
+        check_name("pinned", p)?;
+    }
+    let (version, source) =
+        choose_version(&state.fleet_state(), pinned.as_deref()).ok_or_else(|| {
+            ApiError::not_found(
+                "no fleet version is set: PUT /api/v1/admin/fleet {\"version\": ...}",
+            )
+        })?;
+
+    let (mut snap, stale) = state.packages.current();
+    if stale && state.packages.begin_refresh() {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = st.packages.rescan() {
+                tracing::error!(dir = %st.packages.dir().display(), error = %e, "packages directory rescan failed");
+            }
+        });
+    }
+    if snap
+        .assigned(&version, &os, &arch, runtime.as_deref())
+        .is_err()
+    {
+        // Perhaps it was just copied in: look again before refusing.
+        let st = state.clone();
+        snap = tokio::task::spawn_blocking(move || st.packages.rescan())
+            .await
+            .map_err(|e| ApiError::internal(format!("rescan task failed: {e}")))?
+            .map_err(|e| ApiError::internal(format!("cannot read packages directory: {e}")))?;
+    }
+    let a = snap.assigned(&version, &os, &arch, runtime.as_deref()).map_err(|e| {
+        tracing::warn!(agent = %agent.name, version = %version, error = %e, "assigned version has no packages");
+        ApiError::not_found(format!("assigned version {version} ({source}): {e}"))
+    })?;
+    let base = package_base(&state, &headers);
+    let mut packages = vec![pref(&base, a.upgrade, true), pref(&base, a.core, true)];
+    if let Some(r) = a.runtime {
+        packages.push(pref(&base, r, true));
+    }
+    Ok(axum::Json(AssignedAnswer {
+        version,
+        source,
+        packages,
+        precheck: a.precheck.map(|p| pref(&base, p, false)),
+        selector: a.selector.map(|p| pref(&base, p, false)),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotRequest {
+    to_version: String,
+}
+
+pub async fn acquire_slot(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiJson(req): ApiJson<SlotRequest>,
+) -> Result<Response, ApiError> {
+    check_name("to_version", &req.to_version)?;
+    let now = state.config.clock.now();
+    let max = state.config.max_concurrent_upgrades;
+    let lease = state.config.lease_timeout;
+    let id = agent.id;
+    let to = req.to_version.clone();
+    let outcome = state
+        .db(move |s| s.acquire_slot(id, &to, now, max, crate::clock::chrono_dur(lease)))
+        .await?;
+    match outcome {
+        SlotOutcome::Granted => {
+            tracing::info!(agent = %agent.name, to_version = %req.to_version, "upgrade slot granted");
+            Ok(axum::Json(json!({ "lease_seconds": lease.as_secs() })).into_response())
+        }
+        SlotOutcome::Busy { holders } => {
+            tracing::info!(agent = %agent.name, holders = ?holders, "upgrade slot refused: all slots held");
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "all {max} upgrade slots are held (by {}); retry after {RETRY_AFTER_SECS} s",
+                    holders.join(", ")
+                ),
+            );
+            e.retry_after = Some(RETRY_AFTER_SECS);
+            Err(e)
+        }
+    }
+}
+
+pub async fn release_slot(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = agent.id;
+    let released = state.db(move |s| s.release_slot(id)).await?;
+    if released {
+        tracing::info!(agent = %agent.name, "upgrade slot released");
+    }
+    Ok(axum::Json(json!({ "ok": true, "released": released })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptRequest {
+    from_version: String,
+    to_version: String,
+}
+
+pub async fn create_attempt(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiJson(req): ApiJson<AttemptRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_text("from_version", &req.from_version, 200)?;
+    check_text("to_version", &req.to_version, 200)?;
+    let now = state.config.clock.now();
+    let id = agent.id;
+    let attempt_id = state
+        .db(move |s| s.create_attempt(id, &req.from_version, &req.to_version, now))
+        .await?;
+    tracing::info!(agent = %agent.name, attempt_id, "upgrade attempt started");
+    Ok(axum::Json(json!({ "attempt_id": attempt_id })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageRequest {
+    stage: Stage,
+    state: StageState,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    at: Option<DateTime<Utc>>,
+}
+
+pub async fn record_stage(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiPath(attempt_id): ApiPath<i64>,
+    ApiJson(req): ApiJson<StageRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if req.message.len() > 64 * 1024 {
+        return Err(ApiError::unprocessable(
+            "field `message` is longer than 65536 bytes",
+        ));
+    }
+    let at = req.at.unwrap_or_else(|| state.config.clock.now());
+    let id = agent.id;
+    tracing::info!(agent = %agent.name, attempt_id, stage = %req.stage, state = %req.state, "upgrade history stage");
+    state
+        .db(move |s| s.record_stage(id, attempt_id, req.stage, req.state, &req.message, at))
+        .await?;
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinishRequest {
+    result: AttemptResult,
+    #[serde(default)]
+    message: String,
+}
+
+pub async fn finish_attempt(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiPath(attempt_id): ApiPath<i64>,
+    ApiJson(req): ApiJson<FinishRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let now = state.config.clock.now();
+    let id = agent.id;
+    tracing::info!(agent = %agent.name, attempt_id, result = %req.result, "upgrade attempt finished");
+    state
+        .db(move |s| s.finish_attempt(id, attempt_id, req.result, &req.message, now))
+        .await?;
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuesReport {
+    source: String,
+    findings: Vec<Finding>,
+}
+
+pub async fn report_issues(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiJson(req): ApiJson<IssuesReport>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_text("source", &req.source, 100)?;
+    if req.source == AGENT_REGISTRY {
+        return Err(ApiError::unprocessable(format!(
+            "source `{AGENT_REGISTRY}` is reserved for the control plane"
+        )));
+    }
+    if req.findings.len() > 1000 {
+        return Err(ApiError::unprocessable(
+            "field `findings` has more than 1000 entries",
+        ));
+    }
+    for (i, f) in req.findings.iter().enumerate() {
+        check_text(&format!("findings[{i}].code"), &f.code, 100)?;
+        check_text(&format!("findings[{i}].severity"), &f.severity, 40)?;
+        check_text(&format!("findings[{i}].description"), &f.description, 4000)?;
+    }
+    let now = state.config.clock.now();
+    let id = agent.id;
+    let source = req.source.clone();
+    let out = state
+        .db(move |s| s.report_issues(id, &req.source, &req.findings, now))
+        .await?;
+    tracing::info!(agent = %agent.name, source = %source, created = out.created, incremented = out.incremented,
+        auto_resolved = out.auto_resolved, "issues reported");
+    Ok(axum::Json(
+        json!({ "ok": true, "created": out.created, "incremented": out.incremented, "auto_resolved": out.auto_resolved }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct PollQuery {
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+/// One command as the agent receives it.
+#[derive(Serialize)]
+pub struct CommandOut {
+    id: i64,
+    kind: CommandKind,
+    args: serde_json::Value,
+}
+
+pub async fn poll_commands(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiQuery(q): ApiQuery<PollQuery>,
+) -> Result<axum::Json<Vec<CommandOut>>, ApiError> {
+    let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(state.config.max_poll_wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    let notify = state.notify_for(agent.id);
+    loop {
+        // Register interest before looking, so a command queued in between wakes us.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let id = agent.id;
+        let now = state.config.clock.now();
+        let cmds = state.db(move |s| s.take_commands(id, now)).await?;
+        if !cmds.is_empty() {
+            for c in &cmds {
+                tracing::info!(agent = %agent.name, command_id = c.id, kind = %c.kind, "command delivered");
+            }
+            return Ok(axum::Json(
+                cmds.into_iter()
+                    .map(|c| CommandOut {
+                        id: c.id,
+                        kind: c.kind,
+                        args: c.args,
+                    })
+                    .collect(),
+            ));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(axum::Json(Vec::new()));
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoneRequest {
+    ok: bool,
+    #[serde(default)]
+    message: String,
+}
+
+pub async fn command_done(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiPath(command_id): ApiPath<i64>,
+    ApiJson(req): ApiJson<DoneRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let now = state.config.clock.now();
+    let id = agent.id;
+    tracing::info!(agent = %agent.name, command_id, ok = req.ok, "command done");
+    state
+        .db(move |s| s.complete_command(id, command_id, req.ok, &req.message, now))
+        .await?;
+    Ok(ok())
+}
+
+pub async fn upload_logs(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = body?;
+    let now = state.config.clock.now();
+    let dir = state.config.effective_logs_dir().join(&*agent.name);
+    let file = dir.join(format!("{}.log", now.format("%Y%m%dT%H%M%S%.3fZ")));
+    let size = body.len() as i64;
+    let path_text = file.display().to_string();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+    tokio::fs::write(&file, &body)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot write {path_text}: {e}")))?;
+    let id = agent.id;
+    let p = path_text.clone();
+    let upload_id = state
+        .db(move |s| s.record_log_upload(id, &p, size, now))
+        .await?;
+    tracing::info!(agent = %agent.name, bytes = size, path = %path_text, "agent logs uploaded");
+    Ok(axum::Json(json!({ "ok": true, "upload_id": upload_id })))
+}

@@ -1,0 +1,131 @@
+//! `GET /metrics` in the Prometheus text format.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::model::{AgentStatus, IssueState};
+use crate::state::AppState;
+use crate::store::IssueFilter;
+
+/// Request counters by (method, route, status).
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<HashMap<(String, String, u16), u64>>,
+}
+
+impl Metrics {
+    fn record(&self, method: &str, route: &str, status: u16) {
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        // Borrowed lookup first: the hot path allocates nothing.
+        if let Some(v) = m
+            .iter_mut()
+            .find(|((me, r, s), _)| me == method && r == route && *s == status)
+            .map(|(_, v)| v)
+        {
+            *v += 1;
+        } else {
+            m.insert((method.to_string(), route.to_string(), status), 1);
+        }
+    }
+}
+
+/// Middleware counting every request by its route template.
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .record(&method, &route, resp.status().as_u16());
+    resp
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let now = state.config.clock.now();
+    let down_after = crate::clock::chrono_dur(state.config.agent_down_after);
+    let lease = crate::clock::chrono_dur(state.config.lease_timeout);
+    let agents = state.db(|s| s.list_agents()).await?;
+    let holders = state.db(move |s| s.slot_holders(now, lease)).await?;
+    let issues = state
+        .db(|s| {
+            s.list_issues(&IssueFilter {
+                open_only: true,
+                ..Default::default()
+            })
+        })
+        .await?;
+    let mut out = String::new();
+    out.push_str("# HELP molt_http_requests_total HTTP requests by method, route and status.\n# TYPE molt_http_requests_total counter\n");
+    {
+        let m = state
+            .metrics
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<_> = m.iter().collect();
+        rows.sort();
+        for ((method, route, status), n) in rows {
+            let _ = writeln!(
+                out,
+                "molt_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                esc(method),
+                esc(route)
+            );
+        }
+    }
+    out.push_str("# HELP molt_agents Agents by status (Down when not seen within the liveness window).\n# TYPE molt_agents gauge\n");
+    for st in AgentStatus::ALL {
+        let n = agents
+            .iter()
+            .filter(|a| a.effective_status(now, down_after) == *st)
+            .count();
+        let _ = writeln!(out, "molt_agents{{status=\"{st}\"}} {n}");
+    }
+    let dup = agents.iter().filter(|a| a.duplicate).count();
+    out.push_str("# HELP molt_agents_duplicate_name Agents whose name two live processes report under.\n# TYPE molt_agents_duplicate_name gauge\n");
+    let _ = writeln!(out, "molt_agents_duplicate_name {dup}");
+    out.push_str("# HELP molt_upgrade_slots_held Upgrade semaphore holders.\n# TYPE molt_upgrade_slots_held gauge\n");
+    let _ = writeln!(out, "molt_upgrade_slots_held {}", holders.len());
+    out.push_str("# HELP molt_upgrade_slots_max Upgrade semaphore size.\n# TYPE molt_upgrade_slots_max gauge\n");
+    let _ = writeln!(
+        out,
+        "molt_upgrade_slots_max {}",
+        state.config.max_concurrent_upgrades
+    );
+    out.push_str("# HELP molt_issues_open Open issues by state.\n# TYPE molt_issues_open gauge\n");
+    for st in [IssueState::New, IssueState::Acknowledged] {
+        let n = issues.iter().filter(|i| i.state == st).count();
+        let _ = writeln!(out, "molt_issues_open{{state=\"{st}\"}} {n}");
+    }
+    out.push_str("# HELP molt_packages Package files in the packages directory.\n# TYPE molt_packages gauge\n");
+    let _ = writeln!(
+        out,
+        "molt_packages {}",
+        state.packages.current().0.files.len()
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}

@@ -1,0 +1,221 @@
+//! The vocabulary of the control plane (the seeds' words), shared by the API,
+//! the store and the dashboard.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+macro_rules! text_enum {
+    ($(#[$m:meta])* $name:ident { $($var:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $text)] $var),+ }
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            /// The wire and storage spelling.
+            pub fn as_str(self) -> &'static str { match self { $($name::$var => $text),+ } }
+            /// Parses the wire spelling.
+            pub fn parse(s: &str) -> Option<Self> { match s { $($text => Some($name::$var),)+ _ => None } }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+text_enum!(
+    /// The agent's status as the seeds' ecc_agent.status shows it.
+    AgentStatus { Up = "Up", Upgrading = "Upgrading", Paused = "Paused", Down = "Down", UpgradeFailed = "Upgrade Failed" }
+);
+text_enum!(
+    /// Upgrade History stages (seeds' names plus Restart and Health Check).
+    Stage {
+        PreUpgradeCheck = "Pre Upgrade Check",
+        Download = "Download Upgrade Packages",
+        Extract = "Extract Upgrade Packages",
+        MigrateTrustStore = "MigrateTrustStore",
+        DeployBinaryFiles = "Deploy Binary Files",
+        ReinstallService = "Reinstall Service",
+        Restart = "Restart",
+        HealthCheck = "Health Check",
+    }
+);
+text_enum!(
+    /// State of one stage of one attempt.
+    StageState { InProgress = "In Progress", Complete = "Complete", Failed = "Failed", Skipped = "Skipped" }
+);
+text_enum!(
+    /// How an upgrade attempt ended.
+    AttemptResult { Complete = "Complete", Failed = "Failed", RolledBack = "Rolled Back" }
+);
+text_enum!(
+    /// Issue state (ecc_agent_issue.state).
+    IssueState { New = "New", Acknowledged = "Acknowledged", Resolved = "Resolved" }
+);
+text_enum!(
+    /// Commands an agent can be sent.
+    CommandKind { AutoUpgrade = "autoUpgrade", Upgrade = "upgrade", Restart = "restart", GrabLogs = "grabLogs", RunPrecheck = "runPrecheck" }
+);
+text_enum!(
+    /// Lifecycle of a queued command.
+    CommandState { Queued = "Queued", Delivered = "Delivered", Done = "Done", Failed = "Failed" }
+);
+
+/// A registered agent as stored (status is the last reported one; see
+/// [`Agent::effective_status`] for Down).
+#[derive(Clone, Debug, Serialize)]
+pub struct Agent {
+    pub id: i64,
+    pub name: String,
+    pub host: Option<String>,
+    pub pid: Option<i64>,
+    pub version: Option<String>,
+    pub status: AgentStatus,
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Two live processes report under this name (see `AgentRegistry` issues).
+    pub duplicate: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Agent {
+    /// Down when never seen or not seen for `down_after`; otherwise as reported.
+    pub fn effective_status(
+        &self,
+        now: DateTime<Utc>,
+        down_after: chrono::Duration,
+    ) -> AgentStatus {
+        match self.last_seen {
+            Some(t) if now - t <= down_after => self.status,
+            _ => AgentStatus::Down,
+        }
+    }
+}
+
+/// One heartbeat as the agent sends it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub host: String,
+    pub version: String,
+    pub status: AgentStatus,
+    pub pid: i64,
+}
+
+/// What a heartbeat changed about duplicate detection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatOutcome {
+    /// Heartbeats alternate between two processes: flagged now.
+    pub duplicate: bool,
+    /// The flag was set before this heartbeat and is still set.
+    pub was_duplicate: bool,
+}
+
+/// One finding of one run of an issue source.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    pub code: String,
+    pub severity: String,
+    pub description: String,
+    #[serde(default)]
+    pub remediation: Option<String>,
+}
+
+/// An issue (the seeds' ecc_agent_issue).
+#[derive(Clone, Debug, Serialize)]
+pub struct Issue {
+    pub id: i64,
+    pub agent: String,
+    pub source: String,
+    pub code: String,
+    pub severity: String,
+    pub description: String,
+    pub remediation: Option<String>,
+    pub state: IssueState,
+    pub count: i64,
+    pub first_detected: DateTime<Utc>,
+    pub last_detected: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// Counts from applying one source's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IssueReportOutcome {
+    pub created: usize,
+    pub incremented: usize,
+    pub auto_resolved: usize,
+}
+
+/// One stage row of an attempt's timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageRecord {
+    pub stage: Stage,
+    pub state: StageState,
+    pub message: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One upgrade attempt of one agent (Upgrade History).
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    pub id: i64,
+    pub agent: String,
+    pub from_version: String,
+    pub to_version: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<AttemptResult>,
+    pub message: Option<String>,
+    pub stages: Vec<StageRecord>,
+}
+
+/// A command queued for an agent.
+#[derive(Clone, Debug, Serialize)]
+pub struct Command {
+    pub id: i64,
+    pub agent: String,
+    pub kind: CommandKind,
+    pub args: serde_json::Value,
+    pub state: CommandState,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub done_at: Option<DateTime<Utc>>,
+    pub message: Option<String>,
+}
+
+/// A holder of an upgrade slot.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlotHolder {
+    pub agent: String,
+    pub to_version: String,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+}
+
+/// Result of asking for an upgrade slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotOutcome {
+    Granted,
+    Busy { holders: Vec<String> },
+}
+
+/// A stored log upload.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogUpload {
+    pub id: i64,
+    pub agent: String,
+    pub path: String,
+    pub size: i64,
+    pub uploaded_at: DateTime<Utc>,
+}
+
+/// Fleet version settings.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct FleetState {
+    /// The fleet buildstamp (seeds' mid.buildstamp).
+    pub version: Option<String>,
+    /// Pins every agent until cleared (seeds' mid.version.override).
+    pub override_version: Option<String>,
+}

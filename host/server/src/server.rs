@@ -1,0 +1,403 @@
+//! Building the router, binding the listener (plain or TLS) and running.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::error::{ApiError, ServerError};
+use crate::metrics::Metrics;
+use crate::packages::PackageIndex;
+use crate::state::{AgentRef, AppState, Inner, hash_token, new_token};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::{api_admin, api_agent, dashboard, files, metrics};
+
+/// Largest JSON body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest log upload accepted.
+pub const MAX_LOG_UPLOAD: usize = 32 * 1024 * 1024;
+
+/// The HTTP routes of the control plane.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/agent/heartbeat", post(api_agent::heartbeat))
+        .route("/api/v1/agent/assigned", get(api_agent::assigned))
+        .route(
+            "/api/v1/agent/upgrade-slot",
+            post(api_agent::acquire_slot).delete(api_agent::release_slot),
+        )
+        .route("/api/v1/agent/attempts", post(api_agent::create_attempt))
+        .route(
+            "/api/v1/agent/attempts/{id}/stages",
+            post(api_agent::record_stage),
+        )
+        .route(
+            "/api/v1/agent/attempts/{id}/finish",
+            post(api_agent::finish_attempt),
+        )
+        .route("/api/v1/agent/issues", post(api_agent::report_issues))
+        .route("/api/v1/agent/commands", get(api_agent::poll_commands))
+        .route(
+            "/api/v1/agent/commands/{id}/done",
+            post(api_agent::command_done),
+        )
+        .route(
+            "/api/v1/agent/logs",
+            post(api_agent::upload_logs).layer(DefaultBodyLimit::max(MAX_LOG_UPLOAD)),
+        )
+        .route("/packages/{file}", get(files::get_package))
+        .route(
+            "/api/v1/admin/agents",
+            post(api_admin::create_agent).get(api_admin::list_agents),
+        )
+        .route(
+            "/api/v1/admin/agents/{name}",
+            axum::routing::delete(api_admin::delete_agent),
+        )
+        .route(
+            "/api/v1/admin/agents/{name}/commands",
+            post(api_admin::post_command),
+        )
+        .route(
+            "/api/v1/admin/agents/{name}/attempts",
+            get(api_admin::list_attempts),
+        )
+        .route(
+            "/api/v1/admin/agents/{name}/logs",
+            get(api_admin::list_logs),
+        )
+        .route("/api/v1/admin/logs/{id}", get(api_admin::get_log))
+        .route(
+            "/api/v1/admin/fleet",
+            get(api_admin::get_fleet).put(api_admin::put_fleet),
+        )
+        .route(
+            "/api/v1/admin/fleet/override",
+            put(api_admin::put_override).delete(api_admin::delete_override),
+        )
+        .route("/api/v1/admin/commands", get(api_admin::list_commands))
+        .route("/api/v1/admin/issues", get(api_admin::list_issues))
+        .route(
+            "/api/v1/admin/issues/{id}/acknowledge",
+            post(api_admin::acknowledge_issue),
+        )
+        .route(
+            "/api/v1/admin/issues/{id}/resolve",
+            post(api_admin::resolve_issue),
+        )
+        .route("/api/v1/admin/upgrade-slots", get(api_admin::upgrade_slots))
+        .route(
+            "/api/v1/admin/readiness",
+            post(api_admin::post_readiness).get(api_admin::get_readiness),
+        )
+        .route("/api/v1/admin/purge", post(api_admin::post_purge))
+        .route("/api/v1/admin/packages", get(api_admin::list_packages))
+        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/dashboard") }),
+        )
+        .route(
+            "/login",
+            get(dashboard::get_login).post(dashboard::post_login),
+        )
+        .route("/logout", post(dashboard::post_logout))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/fleet", post(dashboard::action_fleet))
+        .route("/dashboard/readiness", post(dashboard::action_readiness))
+        .route("/dashboard/agents/{name}", get(dashboard::agent_page))
+        .route(
+            "/dashboard/agents/{name}/upgrade",
+            post(dashboard::action_upgrade),
+        )
+        .route(
+            "/dashboard/agents/{name}/grab-logs",
+            post(dashboard::action_grab_logs),
+        )
+        .route(
+            "/dashboard/agents/{name}/restart",
+            post(dashboard::action_restart),
+        )
+        .route(
+            "/dashboard/issues/{id}/acknowledge",
+            post(dashboard::action_ack),
+        )
+        .route(
+            "/dashboard/issues/{id}/resolve",
+            post(dashboard::action_resolve),
+        )
+        .route("/dashboard/logs/{id}", get(dashboard::log_page))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// A control plane bound to its address, not yet serving.
+pub struct BoundServer {
+    state: AppState,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    admin_token: String,
+}
+
+impl BoundServer {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://addr` or `https://addr`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// The admin token in force (configured, read from the file, or generated).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until the process ends.
+    pub async fn run(self) -> Result<(), ServerError> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let url = self.url();
+        tracing::info!(url = %url, "control plane listening on {url}");
+        let app = router(self.state.clone());
+        let purge_state = self.state.clone();
+        let purger = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                if let Err(e) = api_admin::purge_now(&purge_state).await {
+                    tracing::error!(error = %e.message, "issue purge failed");
+                }
+            }
+        });
+        let result = match self.tls {
+            None => {
+                use axum::serve::ListenerExt;
+                let l = self.listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(l, app).with_graceful_shutdown(shutdown).await
+            }
+            Some(acceptor) => {
+                let l = crate::tls::TlsListener::spawn(self.listener, acceptor, self.local_addr);
+                axum::serve(l, app).with_graceful_shutdown(shutdown).await
+            }
+        };
+        purger.abort();
+        result.map_err(ServerError::Serve)
+    }
+}
+
+/// Opens the database and packages directory, applies start-up settings and
+/// binds the listener.
+pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
+    let db_path = config.db_path.clone();
+    let store: Arc<dyn Store> = {
+        let p = db_path.clone();
+        let s = tokio::task::spawn_blocking(move || SqliteStore::open(&p))
+            .await
+            .map_err(|e| ServerError::Config(format!("database task failed: {e}")))?
+            .map_err(|source| ServerError::Database {
+                path: db_path.display().to_string(),
+                source,
+            })?;
+        Arc::new(s)
+    };
+    let admin_token = resolve_admin_token(&config)?;
+    let now = config.clock.now();
+    for (name, token) in &config.bootstrap_agents {
+        api_admin::check_agent_name(name)
+            .map_err(|e| ServerError::Config(format!("bootstrap agent {name:?}: {}", e.message)))?;
+        if token.len() < 16 {
+            return Err(ServerError::Config(format!(
+                "bootstrap agent {name:?}: token must be at least 16 characters"
+            )));
+        }
+    }
+    {
+        let store = store.clone();
+        let agents = config.bootstrap_agents.clone();
+        tokio::task::spawn_blocking(move || {
+            agents
+                .iter()
+                .try_for_each(|(n, t)| store.upsert_agent_token(n, &hash_token(t), now).map(|_| ()))
+        })
+        .await
+        .map_err(|e| ServerError::Config(format!("bootstrap task failed: {e}")))?
+        .map_err(ServerError::Startup)?;
+        if !config.bootstrap_agents.is_empty() {
+            tracing::info!(
+                agents = config.bootstrap_agents.len(),
+                "bootstrap agents registered"
+            );
+        }
+    }
+    let tokens: HashMap<_, _> = store
+        .agent_tokens()
+        .map_err(ServerError::Startup)?
+        .into_iter()
+        .map(|(id, name, hash)| {
+            (
+                hash,
+                AgentRef {
+                    id,
+                    name: name.into(),
+                },
+            )
+        })
+        .collect();
+    let fleet = store.fleet().map_err(ServerError::Startup)?;
+    let packages_dir = config.packages_dir.clone();
+    let packages = tokio::task::spawn_blocking(move || PackageIndex::open(&packages_dir))
+        .await
+        .map_err(|e| ServerError::Config(format!("packages task failed: {e}")))?
+        .map_err(|source| ServerError::Packages {
+            path: config.packages_dir.display().to_string(),
+            source,
+        })?;
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::acceptor(files)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen.to_string(),
+        source,
+    })?;
+    let session = hex::encode(hash_token(&format!("molt-dashboard-session:{admin_token}")));
+    let fleet_version = config.fleet_version.clone();
+    let state = AppState(Arc::new(Inner {
+        admin_hash: hash_token(&admin_token),
+        session,
+        store,
+        tokens: RwLock::new(tokens),
+        packages,
+        fleet: RwLock::new(fleet),
+        notifies: Mutex::new(HashMap::new()),
+        metrics: Metrics::default(),
+        config,
+    }));
+    if let Some(v) = fleet_version {
+        api_admin::apply_fleet_version(&state, &v)
+            .await
+            .map_err(|e| ServerError::Config(format!("--fleet-version: {}", e.message)))?;
+    }
+    tracing::info!(packages = state.packages.current().0.files.len(), dir = %state.packages.dir().display(), "packages directory indexed");
+    Ok(BoundServer {
+        state,
+        listener,
+        local_addr,
+        tls,
+        admin_token,
+    })
+}
+
+/// Binds and serves until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServerError> {
+    let server = bind(config).await?;
+    server.run_until(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("control plane shutting down");
+}
+
+/// The configured admin token, else the one in `<db>.admin-token`, else a new
+/// one written there (mode 0600).
+fn resolve_admin_token(config: &Config) -> Result<String, ServerError> {
+    if let Some(t) = &config.admin_token {
+        if t.len() < 16 {
+            return Err(ServerError::Config(
+                "admin token must be at least 16 characters".into(),
+            ));
+        }
+        return Ok(t.clone());
+    }
+    let path = config.admin_token_file();
+    let err = |source| ServerError::AdminToken {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => {
+            tracing::info!(path = %path.display(), "admin token read from file");
+            return Ok(t.trim().to_string());
+        }
+        Ok(_) => {
+            return Err(err(std::io::Error::other(
+                "file exists but holds no token of at least 16 characters",
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let token = new_token();
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&path).map_err(err)?;
+        writeln!(f, "{token}").map_err(err)?;
+    }
+    tracing::info!(path = %path.display(), "admin token generated and written to file");
+    Ok(token)
+}

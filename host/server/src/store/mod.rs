@@ -1,0 +1,193 @@
+//! Storage behind the control plane.
+//!
+//! [`Store`] is the narrow, synchronous repository the HTTP layer uses (always
+//! from a blocking thread). [`sqlite::SqliteStore`] is the embedded default; a
+//! PostgreSQL implementation for larger fleets implements the same trait, with
+//! the same migrations expressed in its dialect.
+
+pub mod sqlite;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{
+    Agent, Attempt, AttemptResult, Command, CommandKind, Finding, FleetState, Heartbeat,
+    HeartbeatOutcome, Issue, IssueReportOutcome, IssueState, LogUpload, SlotHolder, SlotOutcome,
+    Stage, StageState,
+};
+
+/// SHA-256 of a bearer token; only this is stored.
+pub type TokenHash = [u8; 32];
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database migration {version} failed: {source}")]
+    Migration {
+        version: i64,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} was written by a newer molt (schema {found}, this build knows {known})"
+    )]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Filter for [`Store::list_issues`].
+#[derive(Clone, Debug, Default)]
+pub struct IssueFilter {
+    pub agent: Option<String>,
+    /// Only issues that are not Resolved.
+    pub open_only: bool,
+    pub state: Option<IssueState>,
+}
+
+/// The control plane's repository. Every method is one transaction.
+pub trait Store: Send + Sync + 'static {
+    // Agents and tokens.
+    /// Every agent's token hash, to fill the in-memory authentication map.
+    fn agent_tokens(&self) -> Result<Vec<(i64, String, TokenHash)>, StoreError>;
+    /// Registers a new agent; `Conflict` when the name is taken.
+    fn create_agent(
+        &self,
+        name: &str,
+        token: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+    /// Creates the agent or replaces its token (start-up bootstrap).
+    fn upsert_agent_token(
+        &self,
+        name: &str,
+        token: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+    /// Removes an agent and everything recorded about it.
+    fn delete_agent(&self, name: &str) -> Result<(), StoreError>;
+    fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
+    fn agent_by_name(&self, name: &str) -> Result<Option<Agent>, StoreError>;
+    /// Records a heartbeat; `window` is the liveness window for duplicate detection.
+    fn record_heartbeat(
+        &self,
+        agent_id: i64,
+        hb: &Heartbeat,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> Result<HeartbeatOutcome, StoreError>;
+
+    // Fleet versions.
+    fn fleet(&self) -> Result<FleetState, StoreError>;
+    /// Sets the fleet buildstamp. When it changes: clears the override and
+    /// queues `autoUpgrade` for every agent; returns the agents to wake.
+    fn set_fleet_version(&self, version: &str, now: DateTime<Utc>) -> Result<Vec<i64>, StoreError>;
+    fn set_fleet_override(&self, version: Option<&str>) -> Result<(), StoreError>;
+
+    // Upgrade semaphore.
+    fn acquire_slot(
+        &self,
+        agent_id: i64,
+        to_version: &str,
+        now: DateTime<Utc>,
+        max: u32,
+        lease: chrono::Duration,
+    ) -> Result<SlotOutcome, StoreError>;
+    /// Returns whether the agent held a slot.
+    fn release_slot(&self, agent_id: i64) -> Result<bool, StoreError>;
+    /// Extends the agent's lease if it holds a slot.
+    fn renew_slot(&self, agent_id: i64, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Current holders (expired leases dropped first).
+    fn slot_holders(
+        &self,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<Vec<SlotHolder>, StoreError>;
+
+    // Upgrade history.
+    fn create_attempt(
+        &self,
+        agent_id: i64,
+        from: &str,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+    fn record_stage(
+        &self,
+        agent_id: i64,
+        attempt_id: i64,
+        stage: Stage,
+        state: StageState,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    fn finish_attempt(
+        &self,
+        agent_id: i64,
+        attempt_id: i64,
+        result: AttemptResult,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    fn list_attempts(&self, agent: &str, limit: usize) -> Result<Vec<Attempt>, StoreError>;
+
+    // Issues.
+    /// Applies the whole report of one run of `source`.
+    fn report_issues(
+        &self,
+        agent_id: i64,
+        source: &str,
+        findings: &[Finding],
+        now: DateTime<Utc>,
+    ) -> Result<IssueReportOutcome, StoreError>;
+    fn list_issues(&self, filter: &IssueFilter) -> Result<Vec<Issue>, StoreError>;
+    fn set_issue_state(
+        &self,
+        id: i64,
+        state: IssueState,
+        now: DateTime<Utc>,
+    ) -> Result<Issue, StoreError>;
+    /// Deletes Resolved issues resolved before `cutoff`; returns how many.
+    fn purge_resolved_issues(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
+
+    // Commands.
+    fn queue_command(
+        &self,
+        agent_id: i64,
+        kind: CommandKind,
+        args: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+    /// Hands out queued commands (marks them Delivered).
+    fn take_commands(&self, agent_id: i64, now: DateTime<Utc>) -> Result<Vec<Command>, StoreError>;
+    fn complete_command(
+        &self,
+        agent_id: i64,
+        command_id: i64,
+        ok: bool,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    fn list_commands(&self, agent: Option<&str>, limit: usize) -> Result<Vec<Command>, StoreError>;
+
+    // Logs.
+    fn record_log_upload(
+        &self,
+        agent_id: i64,
+        path: &str,
+        size: i64,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+    fn list_log_uploads(&self, agent: &str) -> Result<Vec<LogUpload>, StoreError>;
+    fn log_upload(&self, id: i64) -> Result<Option<LogUpload>, StoreError>;
+}

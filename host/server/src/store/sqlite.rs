@@ -1,0 +1,1153 @@
+//! SQLite implementation of [`Store`]: one connection in WAL mode behind a
+//! mutex (callers are blocking threads), with versioned migrations.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{IssueFilter, Store, StoreError, TokenHash};
+use crate::clock::{from_ms, to_ms};
+use crate::model::{
+    Agent, AgentStatus, Attempt, AttemptResult, Command, CommandKind, CommandState, Finding,
+    FleetState, Heartbeat, HeartbeatOutcome, Issue, IssueReportOutcome, IssueState, LogUpload,
+    SlotHolder, SlotOutcome, Stage, StageRecord, StageState,
+};
+
+/// Migrations in order; index + 1 is the schema version. Never edit one that
+/// has shipped: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE agents (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    token_hash BLOB NOT NULL UNIQUE,
+    host TEXT, pid INTEGER, version TEXT,
+    status TEXT NOT NULL DEFAULT 'Down',
+    last_seen INTEGER,
+    ident TEXT, prev_ident TEXT, prev_seen INTEGER,
+    duplicate INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE upgrade_slots (
+    agent_id INTEGER PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+    to_version TEXT NOT NULL,
+    acquired_at INTEGER NOT NULL,
+    renewed_at INTEGER NOT NULL
+);
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY,
+    agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    from_version TEXT NOT NULL, to_version TEXT NOT NULL,
+    started_at INTEGER NOT NULL, finished_at INTEGER,
+    result TEXT, message TEXT
+);
+CREATE INDEX attempts_agent ON attempts(agent_id, id);
+CREATE TABLE attempt_stages (
+    attempt_id INTEGER NOT NULL REFERENCES attempts(id) ON DELETE CASCADE,
+    stage TEXT NOT NULL, state TEXT NOT NULL, message TEXT NOT NULL,
+    started_at INTEGER, updated_at INTEGER NOT NULL, finished_at INTEGER,
+    PRIMARY KEY (attempt_id, stage)
+);
+CREATE TABLE issues (
+    id INTEGER PRIMARY KEY,
+    agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    source TEXT NOT NULL, code TEXT NOT NULL, severity TEXT NOT NULL,
+    description TEXT NOT NULL, remediation TEXT,
+    state TEXT NOT NULL, count INTEGER NOT NULL,
+    first_detected INTEGER NOT NULL, last_detected INTEGER NOT NULL, resolved_at INTEGER
+);
+CREATE INDEX issues_by_source ON issues(agent_id, source, code);
+CREATE TABLE commands (
+    id INTEGER PRIMARY KEY,
+    agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL, args TEXT NOT NULL, state TEXT NOT NULL,
+    created_at INTEGER NOT NULL, delivered_at INTEGER, done_at INTEGER, message TEXT
+);
+CREATE INDEX commands_pending ON commands(agent_id, state);
+CREATE TABLE log_uploads (
+    id INTEGER PRIMARY KEY,
+    agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    path TEXT NOT NULL, size INTEGER NOT NULL, uploaded_at INTEGER NOT NULL
+);
+"#];
+
+const FLEET_VERSION: &str = "fleet.version";
+const FLEET_OVERRIDE: &str = "fleet.version.override";
+
+/// The embedded store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn, path)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions
+        // roll back on drop), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            path: path.display().to_string(),
+            found: current,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .map_err(|source| StoreError::Migration { version, source })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, Utc::now().timestamp_millis()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "database migration applied");
+    }
+    Ok(())
+}
+
+fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.map(from_ms)
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at";
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Agent, String)> {
+    let status: String = r.get(5)?;
+    Ok((
+        Agent {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            host: r.get(2)?,
+            pid: r.get(3)?,
+            version: r.get(4)?,
+            status: AgentStatus::Down,
+            last_seen: opt_time(r.get(6)?),
+            duplicate: r.get::<_, i64>(7)? != 0,
+            created_at: from_ms(r.get(8)?),
+        },
+        status,
+    ))
+}
+
+fn finish_agent((mut a, status): (Agent, String)) -> Result<Agent, StoreError> {
+    a.status = AgentStatus::parse(&status).ok_or_else(|| corrupt("agent status", &status))?;
+    Ok(a)
+}
+
+fn agent_id_by_name(tx: &Connection, name: &str) -> Result<i64, StoreError> {
+    tx.query_row("SELECT id FROM agents WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))
+}
+
+fn get_setting(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(
+        c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?,
+    )
+}
+
+const ISSUE_SELECT: &str = "SELECT i.id, a.name, i.source, i.code, i.severity, i.description, i.remediation, \
+     i.state, i.count, i.first_detected, i.last_detected, i.resolved_at FROM issues i JOIN agents a ON a.id = i.agent_id";
+
+fn issue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Issue, String)> {
+    let state: String = r.get(7)?;
+    Ok((
+        Issue {
+            id: r.get(0)?,
+            agent: r.get(1)?,
+            source: r.get(2)?,
+            code: r.get(3)?,
+            severity: r.get(4)?,
+            description: r.get(5)?,
+            remediation: r.get(6)?,
+            state: IssueState::New,
+            count: r.get(8)?,
+            first_detected: from_ms(r.get(9)?),
+            last_detected: from_ms(r.get(10)?),
+            resolved_at: opt_time(r.get(11)?),
+        },
+        state,
+    ))
+}
+
+fn finish_issue((mut i, state): (Issue, String)) -> Result<Issue, StoreError> {
+    i.state = IssueState::parse(&state).ok_or_else(|| corrupt("issue state", &state))?;
+    Ok(i)
+}
+
+const COMMAND_SELECT: &str = "SELECT c.id, a.name, c.kind, c.args, c.state, c.created_at, c.delivered_at, c.done_at, c.message \
+     FROM commands c JOIN agents a ON a.id = c.agent_id";
+
+fn command_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+#[allow(clippy::type_complexity)]
+fn finish_command(
+    (id, agent, kind, args, state, created, delivered, done, message): (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+    ),
+) -> Result<Command, StoreError> {
+    Ok(Command {
+        id,
+        agent,
+        kind: CommandKind::parse(&kind).ok_or_else(|| corrupt("command kind", &kind))?,
+        args: serde_json::from_str(&args).map_err(|_| corrupt("command args", &args))?,
+        state: CommandState::parse(&state).ok_or_else(|| corrupt("command state", &state))?,
+        created_at: from_ms(created),
+        delivered_at: opt_time(delivered),
+        done_at: opt_time(done),
+        message,
+    })
+}
+
+/// Checks that `attempt_id` exists and belongs to `agent_id`.
+fn own_attempt(tx: &Connection, agent_id: i64, attempt_id: i64) -> Result<(), StoreError> {
+    let owner: Option<i64> = tx
+        .query_row(
+            "SELECT agent_id FROM attempts WHERE id = ?1",
+            [attempt_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match owner {
+        None => Err(StoreError::NotFound(format!("attempt {attempt_id}"))),
+        Some(o) if o != agent_id => Err(StoreError::Forbidden(format!(
+            "attempt {attempt_id} belongs to another agent"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+impl Store for SqliteStore {
+    fn agent_tokens(&self) -> Result<Vec<(i64, String, TokenHash)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id, name, token_hash FROM agents")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, name, hash) = row?;
+            let hash: TokenHash = hash
+                .try_into()
+                .map_err(|_| corrupt("token hash of agent", &name))?;
+            out.push((id, name, hash));
+        }
+        Ok(out)
+    }
+
+    fn create_agent(
+        &self,
+        name: &str,
+        token: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM agents WHERE name = ?1)",
+                [name],
+                |r| r.get(0),
+            )?;
+            if exists {
+                return Err(StoreError::Conflict(format!(
+                    "an agent named {name:?} is already registered"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO agents (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
+                params![name, &token[..], to_ms(now)],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    fn upsert_agent_token(
+        &self,
+        name: &str,
+        token: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO agents (name, token_hash, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(name) DO UPDATE SET token_hash = excluded.token_hash",
+                params![name, &token[..], to_ms(now)],
+            )?;
+            agent_id_by_name(tx, name)
+        })
+    }
+
+    fn delete_agent(&self, name: &str) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute("DELETE FROM agents WHERE name = ?1", [name])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("agent {name:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?;
+        let rows = st.query_map([], agent_row)?;
+        rows.map(|r| finish_agent(r?)).collect()
+    }
+
+    fn agent_by_name(&self, name: &str) -> Result<Option<Agent>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
+                [name],
+                agent_row,
+            )
+            .optional()?;
+        row.map(finish_agent).transpose()
+    }
+
+    fn record_heartbeat(
+        &self,
+        agent_id: i64,
+        hb: &Heartbeat,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> Result<HeartbeatOutcome, StoreError> {
+        let ident = format!("{}#{}", hb.host, hb.pid);
+        let now_ms = to_ms(now);
+        let window_ms = window.num_milliseconds();
+        self.tx(|tx| {
+            let (cur, prev, prev_seen, dup, last_seen): (Option<String>, Option<String>, Option<i64>, i64, Option<i64>) = tx
+                .query_row(
+                    "SELECT ident, prev_ident, prev_seen, duplicate, last_seen FROM agents WHERE id = ?1",
+                    [agent_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("agent id {agent_id}")))?;
+            let was_duplicate = dup != 0;
+            let within = |t: Option<i64>| t.is_some_and(|t| now_ms - t <= window_ms);
+            let (new_prev, new_prev_seen, duplicate) = match cur.as_deref() {
+                Some(c) if c != ident => {
+                    // Another process spoke last. If this process was the one
+                    // before it, and that was recent, two are alive at once.
+                    let alternating = prev.as_deref() == Some(ident.as_str()) && within(prev_seen);
+                    (Some(c.to_string()), last_seen, was_duplicate || alternating)
+                }
+                _ => {
+                    let still = was_duplicate && within(prev_seen);
+                    (prev, prev_seen, still)
+                }
+            };
+            tx.execute(
+                "UPDATE agents SET host = ?2, pid = ?3, version = ?4, status = ?5, last_seen = ?6, \
+                 ident = ?7, prev_ident = ?8, prev_seen = ?9, duplicate = ?10 WHERE id = ?1",
+                params![
+                    agent_id,
+                    hb.host,
+                    hb.pid,
+                    hb.version,
+                    hb.status.as_str(),
+                    now_ms,
+                    ident,
+                    new_prev,
+                    new_prev_seen,
+                    duplicate as i64
+                ],
+            )?;
+            // Reporting is what keeps an upgrade lease alive.
+            tx.execute("UPDATE upgrade_slots SET renewed_at = ?2 WHERE agent_id = ?1", params![agent_id, now_ms])?;
+            Ok(HeartbeatOutcome { duplicate, was_duplicate })
+        })
+    }
+
+    fn fleet(&self) -> Result<FleetState, StoreError> {
+        let conn = self.conn();
+        Ok(FleetState {
+            version: get_setting(&conn, FLEET_VERSION)?,
+            override_version: get_setting(&conn, FLEET_OVERRIDE)?,
+        })
+    }
+
+    fn set_fleet_version(&self, version: &str, now: DateTime<Utc>) -> Result<Vec<i64>, StoreError> {
+        self.tx(|tx| {
+            let old = get_setting(tx, FLEET_VERSION)?;
+            if old.as_deref() == Some(version) {
+                return Ok(Vec::new());
+            }
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![FLEET_VERSION, version],
+            )?;
+            // A new fleet buildstamp ends any override (seeds: mid.version.override).
+            tx.execute("DELETE FROM settings WHERE key = ?1", [FLEET_OVERRIDE])?;
+            // One pending autoUpgrade per agent: a newer one replaces the older.
+            tx.execute("DELETE FROM commands WHERE kind = 'autoUpgrade' AND state = 'Queued'", [])?;
+            let args = serde_json::json!({ "version": version }).to_string();
+            tx.execute(
+                "INSERT INTO commands (agent_id, kind, args, state, created_at) \
+                 SELECT id, 'autoUpgrade', ?1, 'Queued', ?2 FROM agents",
+                params![args, to_ms(now)],
+            )?;
+            let mut st = tx.prepare("SELECT id FROM agents")?;
+            let ids = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+            Ok(ids)
+        })
+    }
+
+    fn set_fleet_override(&self, version: Option<&str>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            match version {
+                Some(v) => tx.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![FLEET_OVERRIDE, v],
+                )?,
+                None => tx.execute("DELETE FROM settings WHERE key = ?1", [FLEET_OVERRIDE])?,
+            };
+            Ok(())
+        })
+    }
+
+    fn acquire_slot(
+        &self,
+        agent_id: i64,
+        to_version: &str,
+        now: DateTime<Utc>,
+        max: u32,
+        lease: chrono::Duration,
+    ) -> Result<SlotOutcome, StoreError> {
+        let now_ms = to_ms(now);
+        self.tx(|tx| {
+            expire_slots(tx, now_ms, lease)?;
+            let held = tx.execute(
+                "UPDATE upgrade_slots SET renewed_at = ?2, to_version = ?3 WHERE agent_id = ?1",
+                params![agent_id, now_ms, to_version],
+            )?;
+            if held > 0 {
+                return Ok(SlotOutcome::Granted);
+            }
+            let count: i64 = tx.query_row("SELECT COUNT(*) FROM upgrade_slots", [], |r| r.get(0))?;
+            if count < i64::from(max) {
+                tx.execute(
+                    "INSERT INTO upgrade_slots (agent_id, to_version, acquired_at, renewed_at) VALUES (?1, ?2, ?3, ?3)",
+                    params![agent_id, to_version, now_ms],
+                )?;
+                return Ok(SlotOutcome::Granted);
+            }
+            let mut st = tx.prepare("SELECT a.name FROM upgrade_slots s JOIN agents a ON a.id = s.agent_id ORDER BY s.acquired_at")?;
+            let holders = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            Ok(SlotOutcome::Busy { holders })
+        })
+    }
+
+    fn release_slot(&self, agent_id: i64) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            Ok(tx.execute("DELETE FROM upgrade_slots WHERE agent_id = ?1", [agent_id])? > 0)
+        })
+    }
+
+    fn renew_slot(&self, agent_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE upgrade_slots SET renewed_at = ?2 WHERE agent_id = ?1",
+                params![agent_id, to_ms(now)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn slot_holders(
+        &self,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<Vec<SlotHolder>, StoreError> {
+        self.tx(|tx| {
+            expire_slots(tx, to_ms(now), lease)?;
+            let mut st = tx.prepare(
+                "SELECT a.name, s.to_version, s.acquired_at, s.renewed_at FROM upgrade_slots s \
+                 JOIN agents a ON a.id = s.agent_id ORDER BY s.acquired_at",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(SlotHolder {
+                    agent: r.get(0)?,
+                    to_version: r.get(1)?,
+                    acquired_at: from_ms(r.get(2)?),
+                    renewed_at: from_ms(r.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn create_attempt(
+        &self,
+        agent_id: i64,
+        from: &str,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO attempts (agent_id, from_version, to_version, started_at) VALUES (?1, ?2, ?3, ?4)",
+                params![agent_id, from, to, to_ms(now)],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute("UPDATE upgrade_slots SET renewed_at = ?2 WHERE agent_id = ?1", params![agent_id, to_ms(now)])?;
+            Ok(id)
+        })
+    }
+
+    fn record_stage(
+        &self,
+        agent_id: i64,
+        attempt_id: i64,
+        stage: Stage,
+        state: StageState,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let at_ms = to_ms(at);
+        let finished = (state != StageState::InProgress).then_some(at_ms);
+        self.tx(|tx| {
+            own_attempt(tx, agent_id, attempt_id)?;
+            tx.execute(
+                "INSERT INTO attempt_stages (attempt_id, stage, state, message, started_at, updated_at, finished_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) \
+                 ON CONFLICT(attempt_id, stage) DO UPDATE SET state = excluded.state, message = excluded.message, \
+                 updated_at = excluded.updated_at, finished_at = excluded.finished_at, \
+                 started_at = COALESCE(attempt_stages.started_at, excluded.started_at)",
+                params![attempt_id, stage.as_str(), state.as_str(), message, at_ms, finished],
+            )?;
+            tx.execute("UPDATE upgrade_slots SET renewed_at = ?2 WHERE agent_id = ?1", params![agent_id, at_ms.max(0)])?;
+            Ok(())
+        })
+    }
+
+    fn finish_attempt(
+        &self,
+        agent_id: i64,
+        attempt_id: i64,
+        result: AttemptResult,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            own_attempt(tx, agent_id, attempt_id)?;
+            tx.execute(
+                "UPDATE attempts SET finished_at = ?2, result = ?3, message = ?4 WHERE id = ?1",
+                params![attempt_id, to_ms(now), result.as_str(), message],
+            )?;
+            // A finished attempt no longer needs its upgrade slot.
+            tx.execute("DELETE FROM upgrade_slots WHERE agent_id = ?1", [agent_id])?;
+            Ok(())
+        })
+    }
+
+    fn list_attempts(&self, agent: &str, limit: usize) -> Result<Vec<Attempt>, StoreError> {
+        let conn = self.conn();
+        let agent_id = agent_id_by_name(&conn, agent)?;
+        let mut st = conn.prepare(
+            "SELECT id, from_version, to_version, started_at, finished_at, result, message FROM attempts \
+             WHERE agent_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![agent_id, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        let mut stages_st = conn.prepare(
+            "SELECT stage, state, message, started_at, updated_at, finished_at FROM attempt_stages WHERE attempt_id = ?1",
+        )?;
+        for row in rows {
+            let (id, from_version, to_version, started, finished, result, message) = row?;
+            let result = match result {
+                Some(r) => {
+                    Some(AttemptResult::parse(&r).ok_or_else(|| corrupt("attempt result", &r))?)
+                }
+                None => None,
+            };
+            let srows = stages_st.query_map([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })?;
+            let mut stages = Vec::new();
+            for s in srows {
+                let (stage, state, message, started_at, updated_at, finished_at) = s?;
+                stages.push(StageRecord {
+                    stage: Stage::parse(&stage).ok_or_else(|| corrupt("stage", &stage))?,
+                    state: StageState::parse(&state)
+                        .ok_or_else(|| corrupt("stage state", &state))?,
+                    message,
+                    started_at: opt_time(started_at),
+                    updated_at: from_ms(updated_at),
+                    finished_at: opt_time(finished_at),
+                });
+            }
+            stages.sort_by_key(|s| Stage::ALL.iter().position(|x| *x == s.stage));
+            out.push(Attempt {
+                id,
+                agent: agent.to_string(),
+                from_version,
+                to_version,
+                started_at: from_ms(started),
+                finished_at: opt_time(finished),
+                result,
+                message,
+                stages,
+            });
+        }
+        Ok(out)
+    }
+
+    fn report_issues(
+        &self,
+        agent_id: i64,
+        source: &str,
+        findings: &[Finding],
+        now: DateTime<Utc>,
+    ) -> Result<IssueReportOutcome, StoreError> {
+        let now_ms = to_ms(now);
+        self.tx(|tx| {
+            let mut out = IssueReportOutcome::default();
+            let mut seen: Vec<&str> = Vec::new();
+            for f in findings {
+                if seen.contains(&f.code.as_str()) {
+                    continue; // one run counts a code once
+                }
+                seen.push(&f.code);
+                let open: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM issues WHERE agent_id = ?1 AND source = ?2 AND code = ?3 AND state != 'Resolved'",
+                        params![agent_id, source, f.code],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match open {
+                    Some(id) => {
+                        tx.execute(
+                            "UPDATE issues SET count = count + 1, last_detected = ?2, severity = ?3, description = ?4, \
+                             remediation = ?5 WHERE id = ?1",
+                            params![id, now_ms, f.severity, f.description, f.remediation],
+                        )?;
+                        out.incremented += 1;
+                    }
+                    None => {
+                        tx.execute(
+                            "INSERT INTO issues (agent_id, source, code, severity, description, remediation, state, count, \
+                             first_detected, last_detected) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'New', 1, ?7, ?7)",
+                            params![agent_id, source, f.code, f.severity, f.description, f.remediation, now_ms],
+                        )?;
+                        out.created += 1;
+                    }
+                }
+            }
+            // Whatever this run of the source no longer reports is resolved.
+            let mut st = tx.prepare(
+                "SELECT id, code FROM issues WHERE agent_id = ?1 AND source = ?2 AND state != 'Resolved'",
+            )?;
+            let open = st
+                .query_map(params![agent_id, source], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (id, code) in open {
+                if !seen.contains(&code.as_str()) {
+                    tx.execute(
+                        "UPDATE issues SET state = 'Resolved', resolved_at = ?2 WHERE id = ?1",
+                        params![id, now_ms],
+                    )?;
+                    out.auto_resolved += 1;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn list_issues(&self, filter: &IssueFilter) -> Result<Vec<Issue>, StoreError> {
+        let conn = self.conn();
+        let mut sql = format!("{ISSUE_SELECT} WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(a) = &filter.agent {
+            args.push(a.clone());
+            sql.push_str(&format!(" AND a.name = ?{}", args.len()));
+        }
+        if let Some(s) = filter.state {
+            args.push(s.as_str().to_string());
+            sql.push_str(&format!(" AND i.state = ?{}", args.len()));
+        }
+        if filter.open_only {
+            sql.push_str(" AND i.state != 'Resolved'");
+        }
+        sql.push_str(" ORDER BY i.last_detected DESC, i.id DESC");
+        let mut st = conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), issue_row)?;
+        rows.map(|r| finish_issue(r?)).collect()
+    }
+
+    fn set_issue_state(
+        &self,
+        id: i64,
+        state: IssueState,
+        now: DateTime<Utc>,
+    ) -> Result<Issue, StoreError> {
+        self.tx(|tx| {
+            let resolved_at = (state == IssueState::Resolved).then_some(to_ms(now));
+            let n = tx.execute(
+                "UPDATE issues SET state = ?2, resolved_at = ?3 WHERE id = ?1",
+                params![id, state.as_str(), resolved_at],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("issue {id}")));
+            }
+            let row = tx.query_row(&format!("{ISSUE_SELECT} WHERE i.id = ?1"), [id], issue_row)?;
+            finish_issue(row)
+        })
+    }
+
+    fn purge_resolved_issues(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.tx(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM issues WHERE state = 'Resolved' AND resolved_at < ?1",
+                [to_ms(cutoff)],
+            )?)
+        })
+    }
+
+    fn queue_command(
+        &self,
+        agent_id: i64,
+        kind: CommandKind,
+        args: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO commands (agent_id, kind, args, state, created_at) VALUES (?1, ?2, ?3, 'Queued', ?4)",
+                params![agent_id, kind.as_str(), args.to_string(), to_ms(now)],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    fn take_commands(&self, agent_id: i64, now: DateTime<Utc>) -> Result<Vec<Command>, StoreError> {
+        self.tx(|tx| {
+            let mut st = tx.prepare(&format!(
+                "{COMMAND_SELECT} WHERE c.agent_id = ?1 AND c.state = 'Queued' ORDER BY c.id"
+            ))?;
+            let rows = st
+                .query_map([agent_id], command_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::new();
+            for row in rows {
+                let mut c = finish_command(row)?;
+                tx.execute(
+                    "UPDATE commands SET state = 'Delivered', delivered_at = ?2 WHERE id = ?1",
+                    params![c.id, to_ms(now)],
+                )?;
+                c.state = CommandState::Delivered;
+                c.delivered_at = Some(now);
+                out.push(c);
+            }
+            Ok(out)
+        })
+    }
+
+    fn complete_command(
+        &self,
+        agent_id: i64,
+        command_id: i64,
+        ok: bool,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let owner: Option<i64> = tx
+                .query_row(
+                    "SELECT agent_id FROM commands WHERE id = ?1",
+                    [command_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match owner {
+                None => return Err(StoreError::NotFound(format!("command {command_id}"))),
+                Some(o) if o != agent_id => {
+                    return Err(StoreError::Forbidden(format!(
+                        "command {command_id} belongs to another agent"
+                    )));
+                }
+                Some(_) => {}
+            }
+            let state = if ok {
+                CommandState::Done
+            } else {
+                CommandState::Failed
+            };
+            tx.execute(
+                "UPDATE commands SET state = ?2, done_at = ?3, message = ?4 WHERE id = ?1",
+                params![command_id, state.as_str(), to_ms(now), message],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn list_commands(&self, agent: Option<&str>, limit: usize) -> Result<Vec<Command>, StoreError> {
+        let conn = self.conn();
+        let rows = match agent {
+            Some(a) => {
+                let mut st = conn.prepare(&format!(
+                    "{COMMAND_SELECT} WHERE a.name = ?1 ORDER BY c.id DESC LIMIT ?2"
+                ))?;
+                st.query_map(params![a, limit as i64], command_row)?
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            None => {
+                let mut st =
+                    conn.prepare(&format!("{COMMAND_SELECT} ORDER BY c.id DESC LIMIT ?1"))?;
+                st.query_map([limit as i64], command_row)?
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        rows.into_iter().map(finish_command).collect()
+    }
+
+    fn record_log_upload(
+        &self,
+        agent_id: i64,
+        path: &str,
+        size: i64,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO log_uploads (agent_id, path, size, uploaded_at) VALUES (?1, ?2, ?3, ?4)",
+                params![agent_id, path, size, to_ms(now)],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    fn list_log_uploads(&self, agent: &str) -> Result<Vec<LogUpload>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT l.id, a.name, l.path, l.size, l.uploaded_at FROM log_uploads l JOIN agents a ON a.id = l.agent_id \
+             WHERE a.name = ?1 ORDER BY l.id DESC",
+        )?;
+        let rows = st.query_map([agent], log_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn log_upload(&self, id: i64) -> Result<Option<LogUpload>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT l.id, a.name, l.path, l.size, l.uploaded_at FROM log_uploads l JOIN agents a ON a.id = l.agent_id \
+                 WHERE l.id = ?1",
+                [id],
+                log_row,
+            )
+            .optional()?)
+    }
+}
+
+fn log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogUpload> {
+    Ok(LogUpload {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        path: r.get(2)?,
+        size: r.get(3)?,
+        uploaded_at: from_ms(r.get(4)?),
+    })
+}
+
+fn expire_slots(tx: &Connection, now_ms: i64, lease: chrono::Duration) -> Result<(), StoreError> {
+    let cutoff = now_ms.saturating_sub(lease.num_milliseconds());
+    let n = tx.execute("DELETE FROM upgrade_slots WHERE renewed_at < ?1", [cutoff])?;
+    if n > 0 {
+        tracing::warn!(
+            expired = n,
+            "upgrade slot lease expired: holder stopped reporting"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("cp.db")).unwrap();
+        (d, s)
+    }
+
+    fn finding(code: &str) -> Finding {
+        Finding {
+            code: code.into(),
+            severity: "error".into(),
+            description: format!("{code} found"),
+            remediation: None,
+        }
+    }
+
+    #[test]
+    fn reopening_applies_no_migration_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cp.db");
+        drop(SqliteStore::open(&p).unwrap());
+        let s = SqliteStore::open(&p).unwrap();
+        let n: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn the_same_finding_again_increments_and_a_missing_one_resolves() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        let a = s.create_agent("a1", &[1; 32], now).unwrap();
+        let o = s
+            .report_issues(a, "UpgradeCheck", &[finding("DISK"), finding("PERM")], now)
+            .unwrap();
+        assert_eq!(
+            o,
+            IssueReportOutcome {
+                created: 2,
+                incremented: 0,
+                auto_resolved: 0
+            }
+        );
+        let o = s
+            .report_issues(a, "UpgradeCheck", &[finding("DISK")], now)
+            .unwrap();
+        assert_eq!(
+            o,
+            IssueReportOutcome {
+                created: 0,
+                incremented: 1,
+                auto_resolved: 1
+            }
+        );
+        let all = s.list_issues(&IssueFilter::default()).unwrap();
+        let disk = all.iter().find(|i| i.code == "DISK").unwrap();
+        assert_eq!((disk.count, disk.state), (2, IssueState::New));
+        let perm = all.iter().find(|i| i.code == "PERM").unwrap();
+        assert_eq!(perm.state, IssueState::Resolved);
+        // Another source's report does not touch UpgradeCheck issues.
+        s.report_issues(a, "Other", &[], now).unwrap();
+        assert_eq!(
+            s.list_issues(&IssueFilter {
+                open_only: true,
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn heartbeats_alternating_between_two_processes_are_flagged_and_a_restart_is_not() {
+        let (_d, s) = store();
+        let t0 = Utc::now();
+        let a = s.create_agent("a1", &[1; 32], t0).unwrap();
+        let hb = |host: &str, pid| Heartbeat {
+            host: host.into(),
+            version: "v".into(),
+            status: AgentStatus::Up,
+            pid,
+        };
+        let w = chrono::Duration::seconds(120);
+        let at = |s| t0 + chrono::Duration::seconds(s);
+        assert!(
+            !s.record_heartbeat(a, &hb("h1", 10), at(0), w)
+                .unwrap()
+                .duplicate
+        );
+        // Restart: new pid, old one never comes back.
+        assert!(
+            !s.record_heartbeat(a, &hb("h1", 11), at(30), w)
+                .unwrap()
+                .duplicate
+        );
+        assert!(
+            !s.record_heartbeat(a, &hb("h1", 11), at(60), w)
+                .unwrap()
+                .duplicate
+        );
+        // A second process on another host starts reporting under the same name.
+        assert!(
+            !s.record_heartbeat(a, &hb("h2", 99), at(70), w)
+                .unwrap()
+                .duplicate
+        );
+        assert!(
+            s.record_heartbeat(a, &hb("h1", 11), at(80), w)
+                .unwrap()
+                .duplicate
+        );
+        assert!(s.agent_by_name("a1").unwrap().unwrap().duplicate);
+        // h2 goes away; after the window the flag clears.
+        let o = s.record_heartbeat(a, &hb("h1", 11), at(500), w).unwrap();
+        assert!(!o.duplicate && o.was_duplicate);
+    }
+
+    #[test]
+    fn the_semaphore_grants_max_then_refuses_then_expires_silent_holders() {
+        let (_d, s) = store();
+        let t0 = Utc::now();
+        let ids: Vec<i64> = (0..3)
+            .map(|i| {
+                s.create_agent(&format!("a{i}"), &[i as u8; 32], t0)
+                    .unwrap()
+            })
+            .collect();
+        let lease = chrono::Duration::seconds(60);
+        assert_eq!(
+            s.acquire_slot(ids[0], "v2", t0, 2, lease).unwrap(),
+            SlotOutcome::Granted
+        );
+        assert_eq!(
+            s.acquire_slot(ids[1], "v2", t0, 2, lease).unwrap(),
+            SlotOutcome::Granted
+        );
+        assert!(matches!(
+            s.acquire_slot(ids[2], "v2", t0, 2, lease).unwrap(),
+            SlotOutcome::Busy { .. }
+        ));
+        // Holder 1 keeps reporting; holder 0 goes silent.
+        s.renew_slot(ids[1], t0 + chrono::Duration::seconds(50))
+            .unwrap();
+        let later = t0 + chrono::Duration::seconds(90);
+        assert_eq!(
+            s.acquire_slot(ids[2], "v2", later, 2, lease).unwrap(),
+            SlotOutcome::Granted
+        );
+        let holders: Vec<String> = s
+            .slot_holders(later, lease)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.agent)
+            .collect();
+        assert_eq!(holders, vec!["a1".to_string(), "a2".to_string()]);
+    }
+
+    #[test]
+    fn a_new_fleet_version_clears_the_override_and_queues_auto_upgrade_once_per_agent() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        let a = s.create_agent("a1", &[1; 32], now).unwrap();
+        s.set_fleet_version("v1", now).unwrap();
+        s.set_fleet_override(Some("v0")).unwrap();
+        assert_eq!(s.set_fleet_version("v1", now).unwrap(), Vec::<i64>::new());
+        assert_eq!(s.fleet().unwrap().override_version.as_deref(), Some("v0"));
+        assert_eq!(s.set_fleet_version("v2", now).unwrap(), vec![a]);
+        assert_eq!(
+            s.fleet().unwrap(),
+            FleetState {
+                version: Some("v2".into()),
+                override_version: None
+            }
+        );
+        let cmds = s.take_commands(a, now).unwrap();
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].args["version"], "v2");
+    }
+}
