@@ -86,6 +86,27 @@ impl Home {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
+    /// `<home>/work/report-queue.jsonl`: control-plane requests the runner could not
+    /// send (one `{"method","path","body"}` per line); the agent flushes it in order.
+    pub fn report_queue_file(&self) -> PathBuf {
+        self.work_dir().join("report-queue.jsonl")
+    }
+    /// `<home>/backup`: backups made by an upgrade (e.g. the old truststore).
+    pub fn backup_dir(&self) -> PathBuf {
+        self.root.join("backup")
+    }
+    /// `<home>/conf/agent.pid`: the agent's pid, owned by the supervisor (`molt run`).
+    pub fn agent_pid_file(&self) -> PathBuf {
+        self.conf_dir().join("agent.pid")
+    }
+    /// `<home>/conf/handover.json`: PIDs and service name written by the agent at hand-over.
+    pub fn handover_file(&self) -> PathBuf {
+        self.conf_dir().join("handover.json")
+    }
+    /// `<home>/conf/deploy.hold`: while present the supervisor does not (re)start the agent.
+    pub fn hold_marker(&self) -> PathBuf {
+        self.conf_dir().join("deploy.hold")
+    }
     /// The meta directory of a version: `<home>/versions/<v>/meta`.
     pub fn meta_dir_of(&self, version: &str) -> PathBuf {
         self.version_dir(version).join("meta")

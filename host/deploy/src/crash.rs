@@ -1,0 +1,27 @@
+//! Crash injection for tests only.
+//!
+//! TEST-ONLY: when `MOLT_DEPLOY_CRASH_AT=<n>` is set, the runner calls `abort()`
+//! at its n-th checkpoint (every journal step is one, and so is every 100th file
+//! of the version build). The crash-injection test uses it to kill the runner at
+//! every step; `MOLT_DEPLOY_CHECKPOINTS=<file>` makes the runner append each
+//! checkpoint's number and name to that file so the test learns how many there are.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Mark a point where a crash may be injected.
+pub fn checkpoint(name: &str) {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(file) = std::env::var_os("MOLT_DEPLOY_CHECKPOINTS") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+            let _ = writeln!(f, "{n} {name}");
+        }
+    }
+    if let Some(at) = std::env::var("MOLT_DEPLOY_CRASH_AT").ok().and_then(|s| s.parse::<u64>().ok()) {
+        if at == n {
+            tracing::warn!(checkpoint = n, name, "deploy crash injected (test hook MOLT_DEPLOY_CRASH_AT)");
+            std::process::abort();
+        }
+    }
+}

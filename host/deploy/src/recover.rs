@@ -1,0 +1,120 @@
+//! Recovery at agent start: finish or undo an unfinished deploy and clean leftovers.
+use std::path::PathBuf;
+
+use molt_layout::Home;
+
+use crate::error::DeployError;
+use crate::fsutil::{self, FileLock};
+use crate::journal::{Journal, Step};
+
+/// What [`recover`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    /// No unfinished deploy. `removed` lists the leftovers cleaned.
+    Clean { version: Option<String>, removed: Vec<PathBuf> },
+    /// A live runner holds the deploy lock: leave everything to it.
+    DeployInProgress,
+    /// The deploy had not switched; its leftovers were removed and the old
+    /// version (the one running) stays. The agent should compare installed with
+    /// assigned and upgrade again.
+    RolledBack { version: String, to_version: String, reason: String },
+    /// The switch happened: a resume runner was started to health-check this
+    /// agent (and roll back if it does not come Up).
+    HealthCheckPending { version: String, runner_pid: u32 },
+}
+
+/// Called by the agent at start, before anything else.
+pub fn recover(home: &Home) -> Result<RecoveryOutcome, DeployError> {
+    let lock_path = Journal::lock_path(home);
+    let Some(lock) = FileLock::try_acquire(&lock_path)? else {
+        return Ok(RecoveryOutcome::DeployInProgress);
+    };
+    let current = home.current_version()?;
+    let Some(mut j) = Journal::load(home)? else {
+        let removed = clean_leftovers(home)?;
+        drop(lock);
+        let _ = crate::prune::retry_pending(home);
+        return Ok(RecoveryOutcome::Clean { version: current, removed });
+    };
+    let switched = current.as_deref() == Some(j.to_version.as_str());
+    if !switched && j.step < Step::RollingBack {
+        // Nothing was switched and this agent (the old version) is running: undo.
+        let reason = format!("the upgrade runner was interrupted at step {:?}", j.step);
+        tracing::warn!(%reason, to = %j.to_version, "Recovery: undoing an unfinished deploy");
+        if let Some(b) = &j.build_dir {
+            if b.starts_with(home.versions_dir()) {
+                fsutil::remove_tree(b)?;
+            }
+        }
+        let newdir = home.version_dir(&j.to_version);
+        if j.created_version_dir && newdir.exists() {
+            fsutil::remove_tree(&newdir)?;
+        }
+        j.reason = Some(reason.clone());
+        j.set(home, Step::RolledBack)?;
+        let rep = crate::report::Reporter::new(home, None, j.attempt_id.clone(), std::time::Duration::from_secs(1));
+        rep.stage("Deploy Binary Files", "Failed", &reason);
+        rep.finish("Rolled Back", &reason);
+        crate::journal::write_last(
+            home,
+            &crate::journal::LastDeploy {
+                attempt_id: j.attempt_id.clone(),
+                from_version: j.from_version.clone(),
+                to_version: j.to_version.clone(),
+                result: "Rolled Back".into(),
+                message: reason.clone(),
+                running_version: current.clone().unwrap_or_default(),
+                at: chrono::Utc::now(),
+            },
+        )?;
+        Journal::remove(home)?;
+        clean_leftovers(home)?;
+        return Ok(RecoveryOutcome::RolledBack { version: current.unwrap_or_default(), to_version: j.to_version, reason });
+    }
+    // After the switch (or mid-rollback): a resume runner health-checks and
+    // finishes it, because this process cannot judge its own health.
+    drop(lock);
+    let log = home.logs_dir().join("deploy-resume.log");
+    let pid = crate::service::spawn_detached(&crate::runner::self_exe(), &["deploy", "--home", &home.root().to_string_lossy(), "--resume"], &log)?;
+    tracing::info!(pid, "Recovery: resume runner started for an unfinished deploy");
+    Ok(RecoveryOutcome::HealthCheckPending { version: current.unwrap_or_default(), runner_pid: pid })
+}
+
+/// Remove what no deploy needs any more: hidden build/trash dirs, temp symlinks,
+/// upgrade temp dirs and their runners, a stale hold, the upgrade marker.
+/// Only call with the deploy lock held and no journal.
+pub fn clean_leftovers(home: &Home) -> Result<Vec<PathBuf>, DeployError> {
+    let mut removed = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(home.versions_dir()) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                fsutil::remove_tree(&e.path())?;
+                removed.push(e.path());
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(home.root()) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".current.new.") {
+                fsutil::remove_file_opt(&e.path())?;
+                removed.push(e.path());
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(home.upgrade_temp_dir()) {
+        for e in rd.flatten() {
+            fsutil::remove_tree(&e.path())?;
+            removed.push(e.path());
+        }
+    }
+    for f in [home.hold_marker(), home.conf_dir().join("upgrade.marker")] {
+        if f.exists() {
+            fsutil::remove_file_opt(&f)?;
+            removed.push(f);
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!(count = removed.len(), "Recovery: removed leftovers of earlier deploys");
+    }
+    Ok(removed)
+}

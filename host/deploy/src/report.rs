@@ -1,0 +1,169 @@
+//! Stage reports to the control plane (`POST /api/v1/agent/attempts/{id}/stages`).
+//! Tried once with a short timeout; on failure the request is appended to
+//! `work/report-queue.jsonl` and the agent sends it when it is back, in order.
+use std::io::Write;
+use std::time::Duration;
+
+use molt_layout::Home;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::ControlPlane;
+
+/// One queued request (`{"method","path","body"}` per line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedRequest {
+    pub method: String,
+    pub path: String,
+    pub body: serde_json::Value,
+}
+
+/// Sends stage reports for one attempt.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    home: Home,
+    cp: Option<ControlPlane>,
+    attempt: Option<String>,
+    timeout: Duration,
+}
+
+impl Reporter {
+    pub fn new(home: &Home, cp: Option<ControlPlane>, attempt: Option<String>, timeout: Duration) -> Self {
+        Self { home: home.clone(), cp, attempt, timeout }
+    }
+
+    /// Report a stage: `state` ∈ In Progress, Complete, Failed, Skipped.
+    pub fn stage(&self, stage: &str, state: &str, message: &str) {
+        match state {
+            "Failed" => tracing::warn!(stage, state, message, "upgrade stage"),
+            _ => tracing::info!(stage, state, message, "upgrade stage"),
+        }
+        let Some(id) = &self.attempt else { return };
+        let body = serde_json::json!({
+            "stage": stage, "state": state, "message": message, "at": chrono::Utc::now(),
+        });
+        self.send("POST", &format!("/api/v1/agent/attempts/{id}/stages"), body);
+    }
+
+    /// Report the end of the attempt: `Complete`, `Failed` or `Rolled Back`.
+    pub fn finish(&self, result: &str, message: &str) {
+        tracing::info!(result, message, "upgrade attempt finished");
+        let Some(id) = &self.attempt else { return };
+        let body = serde_json::json!({ "result": result, "message": message });
+        self.send("POST", &format!("/api/v1/agent/attempts/{id}/finish"), body);
+    }
+
+    /// Report an issue (`POST /api/v1/agent/issues`), e.g. the Reinstall Service warning.
+    pub fn issue(&self, source: &str, code: &str, severity: &str, description: &str, remediation: &str) {
+        tracing::warn!(source, code, description, "issue reported");
+        let body = serde_json::json!({
+            "source": source,
+            "findings": [{"code": code, "severity": severity, "description": description, "remediation": remediation}],
+        });
+        self.send("POST", "/api/v1/agent/issues", body);
+    }
+
+    fn send(&self, method: &str, path: &str, body: serde_json::Value) {
+        let sent = match &self.cp {
+            Some(cp) => {
+                let url = format!("{}{}", cp.url.trim_end_matches('/'), path);
+                let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
+                match agent.request(method, &url).set("Authorization", &format!("Bearer {}", cp.token)).send_json(body.clone()) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(url, error = %e, "stage report failed; queued for the agent");
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        if !sent {
+            if let Err(e) = enqueue(&self.home, &QueuedRequest { method: method.into(), path: path.into(), body }) {
+                tracing::error!(error = %e, "cannot queue report");
+            }
+        }
+    }
+}
+
+/// Append one request to the report queue (fsync'd: it must survive a crash).
+pub fn enqueue(home: &Home, req: &QueuedRequest) -> std::io::Result<()> {
+    let path = home.report_queue_file();
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    f.write_all(&line)?;
+    f.sync_all()
+}
+
+/// Read the queue (for the agent's flush and for tests).
+pub fn read_queue(home: &Home) -> std::io::Result<Vec<QueuedRequest>> {
+    let s = match std::fs::read_to_string(home.report_queue_file()) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_that_cannot_be_sent_is_queued_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::new(t.path());
+        // Nothing listens on this port: bind then drop to get a free one.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cp = ControlPlane { url: format!("http://127.0.0.1:{port}"), token: "t".into() };
+        let r = Reporter::new(&home, Some(cp), Some("42".into()), Duration::from_millis(500));
+        r.stage("Deploy Binary Files", "In Progress", "");
+        r.stage("Deploy Binary Files", "Complete", "done");
+        let q = read_queue(&home).unwrap();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].path, "/api/v1/agent/attempts/42/stages");
+        assert_eq!(q[0].body["state"], "In Progress");
+        assert_eq!(q[1].body["state"], "Complete");
+    }
+
+    #[test]
+    fn a_report_is_posted_over_real_http_with_the_token() {
+        use std::io::{BufRead, BufReader, Read};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let srv = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut head = Vec::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                head.push(line);
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}").unwrap();
+            (head, String::from_utf8(body).unwrap())
+        });
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::new(t.path());
+        let cp = ControlPlane { url: format!("http://127.0.0.1:{port}"), token: "tok".into() };
+        Reporter::new(&home, Some(cp), Some("9".into()), Duration::from_secs(5)).stage("Restart", "Complete", "ok");
+        let (head, body) = srv.join().unwrap();
+        assert!(head[0].starts_with("POST /api/v1/agent/attempts/9/stages"));
+        assert!(head.iter().any(|h| h.trim() == "Authorization: Bearer tok"), "{head:?}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["stage"], "Restart");
+        assert!(read_queue(&home).unwrap().is_empty());
+    }
+}

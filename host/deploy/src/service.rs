@@ -1,0 +1,294 @@
+//! Service control behind one trait: the built-in supervisor (`molt run`) and
+//! systemd. The runner only ever talks to [`ServiceControl`].
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use molt_layout::Home;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DeployError, io_err};
+use crate::fsutil::FileLock;
+use crate::proc;
+
+/// What the agent writes under `conf/` before it stops (`conf/handover.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// `supervisor` or `systemd:<unit>`.
+    pub service: String,
+    /// Processes that must be gone before the switch.
+    pub pids: Vec<u32>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Handover {
+    pub fn load(home: &Home) -> Result<Option<Handover>, DeployError> {
+        Ok(molt_layout::read_json_opt(&home.handover_file())?)
+    }
+}
+
+/// Is this host's service manager usable? (Used to skip systemd tests with a reason.)
+pub fn systemd_available() -> Result<(), String> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Err("systemd is not PID 1 here (/run/systemd/system is missing)".into());
+    }
+    match Command::new("systemctl").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("systemctl --version failed: {}", o.status)),
+        Err(e) => Err(format!("systemctl not runnable: {e}")),
+    }
+}
+
+/// Result of the Reinstall Service stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reinstall {
+    /// The unit did not change.
+    Unchanged,
+    /// The new unit was installed.
+    Reinstalled,
+    /// Not privileged (or not applicable): the seeds' warning, reported as an issue.
+    Skipped(String),
+}
+
+/// Start, stop and hold the agent service.
+pub trait ServiceControl {
+    /// `supervisor` or `systemd:<unit>`.
+    fn name(&self) -> String;
+    /// PIDs the service manager says belong to the running agent.
+    fn pids(&self) -> Result<Vec<u32>, DeployError>;
+    /// Does the service manager consider the agent stopped?
+    fn is_stopped(&self) -> Result<bool, DeployError> {
+        Ok(self.pids()?.iter().all(|p| !proc::alive(*p)))
+    }
+    /// Keep the agent from being (re)started behind the runner's back.
+    fn hold(&self) -> Result<(), DeployError>;
+    /// Ask the agent to stop (it finishes in-flight work within its own limit).
+    fn request_stop(&self) -> Result<(), DeployError>;
+    /// Release the hold and start the agent from `current`.
+    fn start(&self) -> Result<(), DeployError>;
+    /// Install the unit file of the new version if it changed.
+    fn reinstall(&self, _new_unit: Option<&Path>, _old_unit: Option<&Path>) -> Result<Reinstall, DeployError> {
+        Ok(Reinstall::Unchanged)
+    }
+}
+
+/// Pick the service control named in `conf/handover.json` (default: supervisor).
+pub fn for_home(home: &Home, runner_exe: &Path) -> Result<Box<dyn ServiceControl>, DeployError> {
+    let name = Handover::load(home)?.map(|h| h.service).unwrap_or_else(|| "supervisor".into());
+    if let Some(unit) = name.strip_prefix("systemd:") {
+        return Ok(Box::new(Systemd { unit: unit.to_string(), home: home.clone() }));
+    }
+    Ok(Box::new(Supervisor { home: home.clone(), exe: runner_exe.to_path_buf() }))
+}
+
+/// The built-in supervisor: `molt run --home H` keeps `<home>/current/bin/molt agent`
+/// alive, owns `conf/agent.pid`, and does not start the agent while
+/// `conf/deploy.hold` exists.
+pub struct Supervisor {
+    pub home: Home,
+    /// The `molt` binary used to start `molt run` if no supervisor is running.
+    pub exe: PathBuf,
+}
+
+/// `conf/supervisor.lock`, held by the running supervisor.
+pub fn supervisor_lock(home: &Home) -> PathBuf {
+    home.conf_dir().join("supervisor.lock")
+}
+
+pub fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok())
+}
+
+impl ServiceControl for Supervisor {
+    fn name(&self) -> String {
+        "supervisor".into()
+    }
+    fn pids(&self) -> Result<Vec<u32>, DeployError> {
+        Ok(read_pid(&self.home.agent_pid_file()).into_iter().collect())
+    }
+    fn hold(&self) -> Result<(), DeployError> {
+        molt_layout::write_atomic(&self.home.hold_marker(), format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(())
+    }
+    fn request_stop(&self) -> Result<(), DeployError> {
+        self.hold()?;
+        for p in self.pids()? {
+            proc::signal(p, libc::SIGTERM);
+        }
+        Ok(())
+    }
+    fn start(&self) -> Result<(), DeployError> {
+        crate::fsutil::remove_file_opt(&self.home.hold_marker())?;
+        if FileLock::is_held(&supervisor_lock(&self.home))? {
+            return Ok(()); // the running supervisor starts the agent on its next tick
+        }
+        tracing::info!(exe = %self.exe.display(), "no supervisor running; starting molt run");
+        spawn_detached(&self.exe, &["run", "--home", &self.home.root().to_string_lossy()], &self.home.logs_dir().join("supervisor.log"))?;
+        Ok(())
+    }
+}
+
+/// systemd through `systemctl`. State is read with `systemctl show -p … --value`,
+/// whose values are identifiers, not localized text.
+pub struct Systemd {
+    pub unit: String,
+    pub home: Home,
+}
+
+impl Systemd {
+    fn ctl(&self, args: &[&str]) -> Result<String, DeployError> {
+        let out = Command::new("systemctl")
+            .args(args)
+            .output()
+            .map_err(|source| DeployError::Spawn { what: format!("systemctl {}", args.join(" ")), source })?;
+        if !out.status.success() {
+            return Err(DeployError::Service {
+                service: self.name(),
+                reason: format!("systemctl {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl ServiceControl for Systemd {
+    fn name(&self) -> String {
+        format!("systemd:{}", self.unit)
+    }
+    fn pids(&self) -> Result<Vec<u32>, DeployError> {
+        let pid: u32 = self.ctl(&["show", "-p", "MainPID", "--value", &self.unit])?.parse().unwrap_or(0);
+        Ok(if pid == 0 { Vec::new() } else { vec![pid] })
+    }
+    fn is_stopped(&self) -> Result<bool, DeployError> {
+        let state = self.ctl(&["show", "-p", "ActiveState", "--value", &self.unit])?;
+        Ok(matches!(state.as_str(), "inactive" | "failed") && self.pids()?.is_empty())
+    }
+    fn hold(&self) -> Result<(), DeployError> {
+        // A runtime mask keeps anything from starting the unit until we unmask it.
+        molt_layout::write_atomic(&self.home.hold_marker(), format!("{}\n", std::process::id()).as_bytes())?;
+        self.ctl(&["mask", "--runtime", &self.unit]).map(|_| ())
+    }
+    fn request_stop(&self) -> Result<(), DeployError> {
+        self.ctl(&["stop", "--no-block", &self.unit]).map(|_| ())
+    }
+    fn start(&self) -> Result<(), DeployError> {
+        self.ctl(&["unmask", "--runtime", &self.unit])?;
+        crate::fsutil::remove_file_opt(&self.home.hold_marker())?;
+        self.ctl(&["start", &self.unit]).map(|_| ())
+    }
+    fn reinstall(&self, new_unit: Option<&Path>, old_unit: Option<&Path>) -> Result<Reinstall, DeployError> {
+        let Some(new_unit) = new_unit else { return Ok(Reinstall::Unchanged) };
+        let new = std::fs::read(new_unit).map_err(io_err(new_unit))?;
+        let old = old_unit.and_then(|p| std::fs::read(p).ok());
+        if old.as_deref() == Some(new.as_slice()) {
+            return Ok(Reinstall::Unchanged);
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(Reinstall::Skipped(REINSTALL_WARNING.into()));
+        }
+        let dest = Path::new("/etc/systemd/system").join(format!("{}.service", self.unit.trim_end_matches(".service")));
+        molt_layout::write_atomic(&dest, &new)?;
+        self.ctl(&["daemon-reload"])?;
+        Ok(Reinstall::Reinstalled)
+    }
+}
+
+/// The seeds' Reinstall Service warning, reported as an issue when not privileged.
+pub const REINSTALL_WARNING: &str = "The service definition changed in this version but the agent is not running with the privileges needed to reinstall the service; the upgrade continues with the old service definition. Reinstall the service as an administrator.";
+
+/// Start a program detached from us: new session, stdin from /dev/null, stdout and
+/// stderr appended to `log`. Returns its pid.
+pub fn spawn_detached(exe: &Path, args: &[&str], log: &Path) -> Result<u32, DeployError> {
+    use std::os::unix::process::CommandExt;
+    if let Some(d) = log.parent() {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io_err(log))?;
+    let err = out.try_clone().map_err(io_err(log))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our session
+    // so it survives our exit and our signals.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| DeployError::Spawn { what: format!("{} {}", exe.display(), args.join(" ")), source })?;
+    let pid = child.id();
+    // Reap it in the background if it exits while we are still alive.
+    std::thread::spawn(move || {
+        let mut c = child;
+        let _ = c.wait();
+    });
+    Ok(pid)
+}
+
+/// Services serving one install dir. More than one is the seeds' 7.3 failure.
+pub fn detect_services(home: &Home) -> Result<Vec<String>, DeployError> {
+    let mut found = Vec::new();
+    if FileLock::is_held(&supervisor_lock(home))? {
+        found.push(format!("supervisor (pid {})", read_pid(&home.conf_dir().join("supervisor.pid")).unwrap_or(0)));
+    }
+    let root = home.root().to_string_lossy().into_owned();
+    for dir in ["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system"] {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "service") {
+                if let Ok(s) = std::fs::read_to_string(&p) {
+                    if s.lines().any(|l| l.starts_with("ExecStart") && l.contains(&format!("--home {root}")) ) {
+                        found.push(format!("systemd unit {}", p.display()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Refuse to run when another service already serves this install.
+pub fn refuse_duplicate(home: &Home) -> Result<(), DeployError> {
+    let s = detect_services(home)?;
+    if !s.is_empty() {
+        return Err(DeployError::DuplicateService(format!(
+            "{} already serves {}: {}",
+            if s.len() == 1 { "a service" } else { "services" },
+            home.root().display(),
+            s.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Wait until the service is stopped and every pid is gone; SIGKILL what is left
+/// after `limit` (a hung shutdown, seeds 6.2/6.3), then wait up to 10 s more.
+pub fn wait_stopped(svc: &dyn ServiceControl, extra_pids: &[u32], limit: Duration) -> Result<(), DeployError> {
+    let start = std::time::Instant::now();
+    let mut deadline = limit;
+    let mut killed = false;
+    loop {
+        let mut pids: Vec<u32> = svc.pids()?;
+        pids.extend_from_slice(extra_pids);
+        pids.retain(|p| *p != std::process::id() && proc::alive(*p));
+        if pids.is_empty() && svc.is_stopped()? {
+            return Ok(());
+        }
+        if start.elapsed() >= deadline {
+            if killed {
+                return Err(DeployError::StopTimeout { secs: start.elapsed().as_secs(), pids });
+            }
+            tracing::warn!(?pids, secs = limit.as_secs(), "graceful stop timed out; killing the old agent");
+            for p in &pids {
+                proc::signal(*p, libc::SIGKILL);
+            }
+            killed = true;
+            deadline = limit + Duration::from_secs(10);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
