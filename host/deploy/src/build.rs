@@ -70,12 +70,11 @@ pub fn build_version(home: &Home, plan: &DeployPlan, upgrade_dir: &Path, build_d
     let mut made_dirs: HashSet<PathBuf> = HashSet::new();
     for (i, it) in items.iter().enumerate() {
         let dest = build_dir.join(it.rel);
-        if let Some(parent) = dest.parent() {
-            if !made_dirs.contains(parent) {
+        if let Some(parent) = dest.parent()
+            && !made_dirs.contains(parent) {
                 std::fs::create_dir_all(parent).map_err(io_err(parent))?;
                 made_dirs.insert(parent.to_path_buf());
             }
-        }
         let cur_src = cur_dir.join(it.rel);
         let same_as_current = cur_files.get(it.rel).is_some_and(|m| m.sha256 == it.meta.sha256 && m.mode == it.meta.mode);
         let link = (it.carried || !changed.contains(it.rel)) && same_as_current;
@@ -116,8 +115,8 @@ pub fn build_version(home: &Home, plan: &DeployPlan, upgrade_dir: &Path, build_d
     crate::crash::checkpoint("build verified");
 
     // MigrateTrustStore (only when the runtime is part of the new packages).
-    if plan_kinds.contains("runtime") {
-        if let Some(m) = crate::truststore::migrate(&cur_dir, build_dir, &home.backup_dir().join("truststore"), &plan.from_version)? {
+    if plan_kinds.contains("runtime")
+        && let Some(m) = crate::truststore::migrate(&cur_dir, build_dir, &home.backup_dir().join("truststore"), &plan.from_version)? {
             stats.truststore_carried = m.carried;
             if m.carried > 0 {
                 let p = build_dir.join(crate::truststore::TRUSTSTORE);
@@ -131,7 +130,6 @@ pub fn build_version(home: &Home, plan: &DeployPlan, upgrade_dir: &Path, build_d
                 }
             }
         }
-    }
 
     write_meta(build_dir, &packages)?;
     fsutil::sync_filesystem(build_dir)?;

@@ -18,10 +18,9 @@ pub fn checkpoint(name: &str) {
             let _ = writeln!(f, "{n} {name}");
         }
     }
-    if let Some(at) = std::env::var("MOLT_DEPLOY_CRASH_AT").ok().and_then(|s| s.parse::<u64>().ok()) {
-        if at == n {
+    if let Some(at) = std::env::var("MOLT_DEPLOY_CRASH_AT").ok().and_then(|s| s.parse::<u64>().ok())
+        && at == n {
             tracing::warn!(checkpoint = n, name, "deploy crash injected (test hook MOLT_DEPLOY_CRASH_AT)");
             std::process::abort();
         }
-    }
 }

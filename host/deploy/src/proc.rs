@@ -70,24 +70,21 @@ pub fn users_of(dir: &std::path::Path) -> Vec<u32> {
         let mut uses = false;
         if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
             for fd in fds.flatten() {
-                if let Ok(t) = std::fs::read_link(fd.path()) {
-                    if t.starts_with(dir) {
+                if let Ok(t) = std::fs::read_link(fd.path())
+                    && t.starts_with(dir) {
                         uses = true;
                         break;
                     }
-                }
             }
         }
-        if !uses {
-            if let Ok(t) = std::fs::read_link(base.join("exe")) {
+        if !uses
+            && let Ok(t) = std::fs::read_link(base.join("exe")) {
                 uses = t.starts_with(dir);
             }
-        }
-        if !uses {
-            if let Ok(t) = std::fs::read_link(base.join("cwd")) {
+        if !uses
+            && let Ok(t) = std::fs::read_link(base.join("cwd")) {
                 uses = t.starts_with(dir);
             }
-        }
         if uses {
             out.push(pid);
         }

@@ -27,11 +27,10 @@ pub fn pending_file(home: &Home) -> PathBuf {
 pub fn keep_set(home: &Home) -> Result<Vec<String>, DeployError> {
     let mut keep = Vec::new();
     if let Some(cur) = home.current_version()? {
-        if let Some(last) = crate::journal::read_last(home)? {
-            if last.result == "Complete" && last.running_version == cur {
+        if let Some(last) = crate::journal::read_last(home)?
+            && last.result == "Complete" && last.running_version == cur {
                 keep.push(last.from_version);
             }
-        }
         keep.push(cur);
     }
     Ok(keep)

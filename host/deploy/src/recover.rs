@@ -41,11 +41,10 @@ pub fn recover(home: &Home) -> Result<RecoveryOutcome, DeployError> {
         // Nothing was switched and this agent (the old version) is running: undo.
         let reason = format!("the upgrade runner was interrupted at step {:?}", j.step);
         tracing::warn!(%reason, to = %j.to_version, "Recovery: undoing an unfinished deploy");
-        if let Some(b) = &j.build_dir {
-            if b.starts_with(home.versions_dir()) {
+        if let Some(b) = &j.build_dir
+            && b.starts_with(home.versions_dir()) {
                 fsutil::remove_tree(b)?;
             }
-        }
         let newdir = home.version_dir(&j.to_version);
         if j.created_version_dir && newdir.exists() {
             fsutil::remove_tree(&newdir)?;

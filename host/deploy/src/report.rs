@@ -77,11 +77,10 @@ impl Reporter {
             }
             None => false,
         };
-        if !sent {
-            if let Err(e) = enqueue(&self.home, &QueuedRequest { method: method.into(), path: path.into(), body }) {
+        if !sent
+            && let Err(e) = enqueue(&self.home, &QueuedRequest { method: method.into(), path: path.into(), body }) {
                 tracing::error!(error = %e, "cannot queue report");
             }
-        }
     }
 }
 

@@ -328,11 +328,10 @@ fn move_aside(home: &Home, dir: &Path) -> Result<(), DeployError> {
 /// Remove the partial build and the new version dir (if this deploy created it
 /// and it is not current).
 fn remove_new_version(home: &Home, j: &Journal) -> Result<(), DeployError> {
-    if let Some(b) = &j.build_dir {
-        if b.starts_with(home.versions_dir()) {
+    if let Some(b) = &j.build_dir
+        && b.starts_with(home.versions_dir()) {
             fsutil::remove_tree(b)?;
         }
-    }
     if j.created_version_dir && home.current_version()?.as_deref() != Some(j.to_version.as_str()) {
         move_aside(home, &home.version_dir(&j.to_version))?;
     }

@@ -239,13 +239,11 @@ pub fn detect_services(home: &Home) -> Result<Vec<String>, DeployError> {
         let Ok(rd) = std::fs::read_dir(dir) else { continue };
         for e in rd.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "service") {
-                if let Ok(s) = std::fs::read_to_string(&p) {
-                    if s.lines().any(|l| l.starts_with("ExecStart") && l.contains(&format!("--home {root}")) ) {
+            if p.extension().is_some_and(|x| x == "service")
+                && let Ok(s) = std::fs::read_to_string(&p)
+                    && s.lines().any(|l| l.starts_with("ExecStart") && l.contains(&format!("--home {root}")) ) {
                         found.push(format!("systemd unit {}", p.display()));
                     }
-                }
-            }
         }
     }
     Ok(found)

@@ -103,8 +103,8 @@ pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
             tracing::info!("supervisor stopped");
             return Ok(());
         }
-        if let Some(c) = child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
+        if let Some(c) = child.as_mut()
+            && let Ok(Some(status)) = c.try_wait() {
                 tracing::info!(pid = c.id(), %status, "agent exited");
                 child = None;
                 let _ = fsutil::remove_file_opt(&home.agent_pid_file());
@@ -115,7 +115,6 @@ pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
                     backoff = Duration::from_millis(200);
                 }
             }
-        }
         let deploying = FileLock::is_held(&lock_path).unwrap_or(true);
         let journal = home.journal_file().exists();
         if journal && !deploying {

@@ -184,10 +184,10 @@ pub fn read_meta_dir(dir: &Path) -> Result<Vec<InstalledPackage>, LayoutError> {
     for ent in rd {
         let ent = ent.map_err(io_err(dir))?;
         let p = ent.path();
-        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".meta.json")) {
-            if let Some(m) = read_json_opt::<InstalledPackage>(&p)? {
-                out.push(m);
-            }
+        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".meta.json"))
+            && let Some(m) = read_json_opt::<InstalledPackage>(&p)?
+        {
+            out.push(m);
         }
     }
     out.sort_by(|a, b| a.kind.cmp(&b.kind));
