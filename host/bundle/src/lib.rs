@@ -1,1 +1,42 @@
-//! Bundle format v1, trust root and buildstamps (see docs/bundle-format.md).
+//! Bundle format v1, trust root, rollback state and buildstamps
+//! (docs/bundle-format.md). No wasmtime, no network.
+//!
+//! API summary:
+//! - Verify (what the agent links):
+//!   - [`verify_bundle`]`(path, &SignedRoot, &VerifyOptions) -> Result<VerifiedBundle>`: stateless.
+//!   - [`TrustStore`]: `open(dir)`, `open_or_init(dir, &SignedRoot)`, `update_root(SignedRoot)`,
+//!     `verify_bundle(path, &VerifyOptions)` (also refuses and records `sequence`),
+//!     `highest_sequence(name)`.
+//!   - [`extract`]`(&VerifiedBundle, bundle_path, dest_dir, &Limits) -> Result<ExtractReport>`.
+//!   - [`SignedRoot::load`]`(path)`, [`SignedRoot::from_slice`]`(bytes)`.
+//! - Write ([`editor`]): [`PackSpec`] (+ `PackSpec::from_buildstamp(name, sequence)`),
+//!   [`pack_dir`]`(src_dir, &PackSpec, out) -> Result<Manifest>`,
+//!   [`sign_bundle`]`(path, &[&SigningKey]) -> Result<String /*digest*/>`,
+//!   [`editor::new_root`], [`editor::sign_root`], [`editor::add_key`].
+//! - Keys: [`SigningKey::generate`], [`SigningKey::load`]`(pk8 path)`, `key_id()`, `public_hex()`.
+//! - Buildstamps: [`Buildstamp`] and [`Version`] (`FromStr`, `Display`, `Ord`), [`FamilyTable`].
+//! - Errors: one enum, [`BundleError`], each variant naming the bundle/entry/key and the reason.
+
+pub mod buildstamp;
+pub mod container;
+pub mod editor;
+pub mod error;
+pub mod extract;
+pub mod keys;
+pub mod root;
+pub mod schema;
+pub mod store;
+pub mod verify;
+
+pub use buildstamp::{Buildstamp, BuildstampError, FamilyTable, Hotfix, Product, Version};
+pub use container::{Limits, MANIFEST_PATH, SIGNATURES_PATH};
+pub use editor::{PackSpec, pack_dir, sign_bundle};
+pub use error::BundleError;
+pub use extract::{ExtractReport, extract};
+pub use keys::{SigningKey, key_id};
+pub use schema::{
+    BundleKind, Component, ComponentLimits, Manifest, ManifestDiff, ManifestEntry, Role,
+    RootSigned, SignedRoot, Target,
+};
+pub use store::TrustStore;
+pub use verify::{EntryLocation, VerifiedBundle, VerifyOptions, verify_bundle};

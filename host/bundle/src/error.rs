@@ -1,0 +1,172 @@
+//! One error enum for the whole crate: every variant names the thing (bundle,
+//! entry, key, role, root version) and the reason, because the operator reads it.
+use std::path::PathBuf;
+
+use crate::buildstamp::BuildstampError;
+
+/// Why a bundle, a root or a key was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The zip container breaks a structural rule of bundle format v1.
+    #[error("bundle {bundle}: invalid container: {reason}")]
+    Container { bundle: PathBuf, reason: String },
+
+    /// One zip entry is unsafe or inconsistent (path, type, size, ratio...).
+    #[error("bundle {bundle}: entry `{entry}`: {reason}")]
+    Entry {
+        bundle: PathBuf,
+        entry: String,
+        reason: String,
+    },
+
+    #[error("bundle {bundle}: entry `{entry}` is in the zip but not listed in the manifest")]
+    NotInManifest { bundle: PathBuf, entry: String },
+
+    #[error("bundle {bundle}: manifest entry `{entry}` is missing from the zip")]
+    MissingFromZip { bundle: PathBuf, entry: String },
+
+    #[error("bundle {bundle}: duplicate entry name `{entry}`")]
+    Duplicate { bundle: PathBuf, entry: String },
+
+    #[error("bundle {bundle}: too many entries: {count} (limit {limit})")]
+    TooManyEntries {
+        bundle: PathBuf,
+        count: u64,
+        limit: u64,
+    },
+
+    #[error(
+        "bundle {bundle}: total uncompressed size {total} bytes is above the limit of {limit} bytes"
+    )]
+    TotalTooLarge {
+        bundle: PathBuf,
+        total: u64,
+        limit: u64,
+    },
+
+    #[error(
+        "bundle {bundle}: entry `{entry}`: compression ratio {ratio}:1 is above the limit of {limit}:1 (zip bomb?)"
+    )]
+    Ratio {
+        bundle: PathBuf,
+        entry: String,
+        ratio: u64,
+        limit: u64,
+    },
+
+    #[error(
+        "bundle {bundle}: entry `{entry}`: size mismatch: declared {declared} bytes, {actual_what} {actual} bytes"
+    )]
+    SizeMismatch {
+        bundle: PathBuf,
+        entry: String,
+        declared: u64,
+        actual_what: &'static str,
+        actual: u64,
+    },
+
+    #[error(
+        "bundle {bundle}: entry `{entry}`: SHA-256 mismatch: manifest {expected}, content {actual}"
+    )]
+    DigestMismatch {
+        bundle: PathBuf,
+        entry: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("bundle {bundle}: invalid manifest: {reason}")]
+    Manifest { bundle: PathBuf, reason: String },
+
+    #[error("bundle {bundle}: invalid molt/signatures.json: {reason}")]
+    SignatureFile { bundle: PathBuf, reason: String },
+
+    /// Fewer good signatures than the role's threshold; lists why each other one did not count.
+    #[error("bundle {bundle}: signatures below the threshold of role `{role}`: {valid} valid of {threshold} required{}", fmt_rejected(.rejected))]
+    Threshold {
+        bundle: PathBuf,
+        role: String,
+        valid: usize,
+        threshold: u32,
+        rejected: Vec<(String, String)>,
+    },
+
+    #[error("bundle {bundle}: bundle `{name}` expired at {expires}")]
+    BundleExpired {
+        bundle: PathBuf,
+        name: String,
+        expires: String,
+    },
+
+    #[error(
+        "bundle {bundle}: replayed or older bundle refused: `{name}` sequence {sequence} is lower than {highest} already accepted"
+    )]
+    Replay {
+        bundle: PathBuf,
+        name: String,
+        sequence: u64,
+        highest: u64,
+    },
+
+    #[error(
+        "trusted root version {version} expired at {expires}; install a newer root (molt root rotate)"
+    )]
+    RootExpired { version: u64, expires: String },
+
+    #[error("root.json: {reason}")]
+    Root { reason: String },
+
+    #[error("root rotation from version {from} to {to} refused: {reason}")]
+    Rotation { from: u64, to: u64, reason: String },
+
+    #[error("key: {reason}")]
+    Key { reason: String },
+
+    #[error("state directory {dir}: {reason}")]
+    State { dir: PathBuf, reason: String },
+
+    #[error("pack: {reason}")]
+    Pack { reason: String },
+
+    #[error("extract to {dest}: entry `{entry}`: {reason}")]
+    Extract {
+        dest: PathBuf,
+        entry: String,
+        reason: String,
+    },
+
+    #[error(transparent)]
+    Buildstamp(#[from] BuildstampError),
+}
+
+fn fmt_rejected(rejected: &[(String, String)]) -> String {
+    if rejected.is_empty() {
+        return " (no signatures)".to_string();
+    }
+    let parts: Vec<String> = rejected
+        .iter()
+        .map(|(k, why)| format!("key {}: {why}", short_id(k)))
+        .collect();
+    format!("; {}", parts.join("; "))
+}
+
+/// First 16 hex digits of a key id: enough to tell keys apart in a message.
+pub fn short_id(keyid: &str) -> &str {
+    keyid.get(..16).unwrap_or(keyid)
+}
+
+impl BundleError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        BundleError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Offline bundle verification against a trust root. The fast path reads the
+//! central directory and the manifest, checks every entry against the manifest,
+//! hashes the file once as a stream and checks the signatures; it never inflates
+//! payload. `deep` additionally inflates every entry and checks size and SHA-256.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::buildstamp::Buildstamp;
+use crate::container::{
+    self, Layout, Limits, METHOD_DEFLATED, RawEntry, SIGNATURES_SIZE, check_entry_path,
+};
+use crate::error::BundleError;
+use crate::keys::BUNDLE_SIG_CONTEXT;
+use crate::schema::{Manifest, Role, SignatureFile, SignedRoot};
+
+/// How to verify.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Clock for expiry checks (`None` = now).
+    pub now: Option<DateTime<Utc>>,
+    /// Also inflate every entry and check its size, CRC-32 and SHA-256.
+    pub deep: bool,
+    pub limits: Limits,
+}
+
+/// Where one payload entry's data lies in the bundle file (for extraction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryLocation {
+    pub path: String,
+    pub data_offset: u64,
+    pub compressed_size: u64,
+    pub size: u64,
+    pub method: u16,
+    pub crc32: u32,
+    pub sha256: String,
+    pub mode: u32,
+}
+
+/// A bundle that passed verification. Only `verify_bundle` makes one.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedBundle {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    #[serde(skip)]
+    pub buildstamp: Buildstamp,
+    /// Hex SHA-256 of the file with the signature slot zeroed (what was signed).
+    pub digest: String,
+    pub role: &'static str,
+    /// Key ids whose signatures counted.
+    pub signers: Vec<String>,
+    pub threshold: u32,
+    pub root_version: u64,
+    pub file_len: u64,
+    #[serde(skip)]
+    pub entries: Vec<EntryLocation>,
+}
+
+fn manifest_err(path: &Path, reason: impl Into<String>) -> BundleError {
+    BundleError::Manifest {
+        bundle: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Structure, manifest and signature-slot parsing shared by the verifier and
+/// the signer. Does not check signatures or expiry.
+pub(crate) struct Parsed {
+    pub layout: Layout,
+    pub manifest_bytes: Vec<u8>,
+    pub signatures: SignatureFile,
+}
+
+pub(crate) fn parse_bundle(
+    file: &File,
+    path: &Path,
+    limits: &Limits,
+) -> Result<Parsed, BundleError> {
+    let mut layout = container::read_layout(file, path, limits)?;
+    let manifest_bytes =
+        container::read_small_entry(file, path, &mut layout, 0, limits.max_manifest_size)?;
+    let last = layout.entries.len() - 1;
+    let sig_bytes = container::read_small_entry(file, path, &mut layout, last, SIGNATURES_SIZE)?;
+    let sig_err = |reason: String| BundleError::SignatureFile {
+        bundle: path.to_path_buf(),
+        reason,
+    };
+    let trimmed_len = sig_bytes
+        .iter()
+        .rposition(|b| *b != b' ')
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    let signatures: SignatureFile = serde_json::from_slice(&sig_bytes[..trimmed_len])
+        .map_err(|e| sig_err(format!("not valid JSON: {e}")))?;
+    if signatures.format != 1 {
+        return Err(sig_err(format!(
+            "format {} (expected 1)",
+            signatures.format
+        )));
+    }
+    Ok(Parsed {
+        layout,
+        manifest_bytes,
+        signatures,
+    })
+}
+
+/// Check the manifest against the zip and itself; returns entry locations.
+fn check_manifest(
+    path: &Path,
+    manifest: &Manifest,
+    payload: &[RawEntry],
+) -> Result<(Buildstamp, Vec<EntryLocation>), BundleError> {
+    if manifest.format != 1 {
+        return Err(manifest_err(
+            path,
+            format!("format {} (expected 1)", manifest.format),
+        ));
+    }
+    let bs: Buildstamp = manifest
+        .buildstamp
+        .parse()
+        .map_err(|e: crate::buildstamp::BuildstampError| manifest_err(path, e.to_string()))?;
+    if bs.kind != manifest.kind {
+        return Err(manifest_err(
+            path,
+            format!(
+                "kind `{}` but buildstamp `{}` is a {} package",
+                manifest.kind, manifest.buildstamp, bs.kind
+            ),
+        ));
+    }
+    if bs.package() != manifest.name {
+        return Err(manifest_err(
+            path,
+            format!(
+                "name `{}` does not match buildstamp `{}`",
+                manifest.name, manifest.buildstamp
+            ),
+        ));
+    }
+    if bs.os != manifest.target.os || bs.arch != manifest.target.arch {
+        return Err(manifest_err(
+            path,
+            format!(
+                "target {}/{} does not match buildstamp `{}`",
+                manifest.target.os, manifest.target.arch, manifest.buildstamp
+            ),
+        ));
+    }
+    if manifest.created > manifest.expires {
+        return Err(manifest_err(path, "created after it expires"));
+    }
+    let mut by_path: BTreeMap<&str, &crate::schema::ManifestEntry> = BTreeMap::new();
+    for e in &manifest.entries {
+        check_entry_path(&e.path)
+            .map_err(|r| manifest_err(path, format!("entry `{}`: {r}", e.path)))?;
+        if e.path.starts_with("molt/") {
+            return Err(manifest_err(
+                path,
+                format!("entry `{}`: the `molt/` directory is reserved", e.path),
+            ));
+        }
+        if e.sha256.len() != 64
+            || !e
+                .sha256
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        {
+            return Err(manifest_err(
+                path,
+                format!("entry `{}`: sha256 is not 64 lowercase hex digits", e.path),
+            ));
+        }
+        if e.mode & !0o777 != 0 {
+            return Err(manifest_err(
+                path,
+                format!(
+                    "entry `{}`: mode {:#o} has bits other than rwx permissions (setuid, setgid, sticky or file type)",
+                    e.path, e.mode
+                ),
+            ));
+        }
+        if by_path.insert(e.path.as_str(), e).is_some() {
+            return Err(manifest_err(
+                path,
+                format!("entry `{}` is listed twice", e.path),
+            ));
+        }
+    }
+    let zip_names: BTreeSet<&str> = payload.iter().map(|e| e.name.as_str()).collect();
+    for e in &manifest.entries {
+        if !zip_names.contains(e.path.as_str()) {
+            return Err(BundleError::MissingFromZip {
+                bundle: path.to_path_buf(),
+                entry: e.path.clone(),
+            });
+        }
+    }
+    let mut locs = Vec::with_capacity(payload.len());
+    for z in payload {
+        let Some(m) = by_path.get(z.name.as_str()) else {
+            return Err(BundleError::NotInManifest {
+                bundle: path.to_path_buf(),
+                entry: z.name.clone(),
+            });
+        };
+        if m.size != z.usize {
+            return Err(BundleError::SizeMismatch {
+                bundle: path.to_path_buf(),
+                entry: z.name.clone(),
+                declared: m.size,
+                actual_what: "the zip header says",
+                actual: z.usize,
+            });
+        }
+        if z.unix_mode != 0 && z.unix_mode & 0o7777 != m.mode {
+            return Err(BundleError::Entry {
+                bundle: path.to_path_buf(),
+                entry: z.name.clone(),
+                reason: format!(
+                    "zip mode {:#o} differs from the manifest's {:#o}",
+                    z.unix_mode & 0o7777,
+                    m.mode
+                ),
+            });
+        }
+        locs.push(EntryLocation {
+            path: z.name.clone(),
+            data_offset: z.data_off,
+            compressed_size: z.csize,
+            size: z.usize,
+            method: z.method,
+            crc32: z.crc,
+            sha256: m.sha256.clone(),
+            mode: m.mode,
+        });
+    }
+    for c in &manifest.components {
+        if !by_path.contains_key(c.path.as_str()) {
+            return Err(manifest_err(
+                path,
+                format!("component `{}` is not a payload entry", c.path),
+            ));
+        }
+        if c.world.is_empty() {
+            return Err(manifest_err(
+                path,
+                format!("component `{}` names no WIT world", c.path),
+            ));
+        }
+    }
+    Ok((bs, locs))
+}
+
+/// Verify a bundle file against `root` (stateless: no rollback protection; see
+/// `TrustStore::verify_bundle` for that).
+pub fn verify_bundle(
+    path: &Path,
+    root: &SignedRoot,
+    opts: &VerifyOptions,
+) -> Result<VerifiedBundle, BundleError> {
+    let now = opts.now.unwrap_or_else(Utc::now);
+    if root.is_expired(now) {
+        return Err(BundleError::RootExpired {
+            version: root.signed.version,
+            expires: root.signed.expires.to_rfc3339(),
+        });
+    }
+    let file = container::open(path)?;
+    let parsed = parse_bundle(&file, path, &opts.limits)?;
+    let manifest: Manifest = serde_json::from_slice(&parsed.manifest_bytes)
+        .map_err(|e| manifest_err(path, format!("not valid manifest JSON: {e}")))?;
+    let (buildstamp, entries) = check_manifest(path, &manifest, parsed.layout.payload())?;
+    if manifest.expires < now {
+        return Err(BundleError::BundleExpired {
+            bundle: path.to_path_buf(),
+            name: manifest.name.clone(),
+            expires: manifest.expires.to_rfc3339(),
+        });
+    }
+    let digest = container::signed_digest(&file, path, &parsed.layout)?;
+    let role = manifest.kind.role();
+    let (signers, rejected) = root.signed.check_signatures(
+        role,
+        BUNDLE_SIG_CONTEXT,
+        &digest,
+        &parsed.signatures.signatures,
+        now,
+    );
+    let threshold = root.signed.threshold(role);
+    if signers.len() < threshold as usize {
+        return Err(BundleError::Threshold {
+            bundle: path.to_path_buf(),
+            role: role.as_str().to_string(),
+            valid: signers.len(),
+            threshold,
+            rejected,
+        });
+    }
+    let verified = VerifiedBundle {
+        path: path.to_path_buf(),
+        buildstamp,
+        digest: hex::encode(digest),
+        role: role_str(role),
+        signers,
+        threshold,
+        root_version: root.signed.version,
+        file_len: parsed.layout.file_len,
+        entries,
+        manifest,
+    };
+    if opts.deep {
+        deep_check(&file, &verified)?;
+    }
+    tracing::info!(
+        bundle = %path.display(),
+        name = %verified.manifest.name,
+        buildstamp = %verified.manifest.buildstamp,
+        sequence = verified.manifest.sequence,
+        deep = opts.deep,
+        "Bundle verified"
+    );
+    Ok(verified)
+}
+
+fn role_str(r: Role) -> &'static str {
+    r.as_str()
+}
+
+/// Inflate every entry (streaming, nothing written) and check it.
+fn deep_check(file: &File, v: &VerifiedBundle) -> Result<(), BundleError> {
+    for loc in &v.entries {
+        stream_entry(file, &v.path, loc, &mut std::io::sink())?;
+    }
+    Ok(())
+}
+
+/// A writer that counts, hashes and CRCs what passes through, and refuses to
+/// take more than the declared size (a zip bomb stops here, not at the disk).
+struct Checked<'a, W: Write> {
+    inner: &'a mut W,
+    written: u64,
+    limit: u64,
+    sha: ring::digest::Context,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Checked<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() as u64 > self.limit {
+            return Err(std::io::Error::other("OVERSIZE"));
+        }
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.crc.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Copy one entry's content into `out`, checking size, CRC-32 and SHA-256
+/// against the (authenticated) manifest. Memory use is constant.
+pub(crate) fn stream_entry<W: Write>(
+    file: &File,
+    bundle: &Path,
+    loc: &EntryLocation,
+    out: &mut W,
+) -> Result<(), BundleError> {
+    use std::os::unix::fs::FileExt;
+    struct At<'a> {
+        f: &'a File,
+        pos: u64,
+        end: u64,
+    }
+    impl Read for At<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let left = self.end - self.pos;
+            let n = (buf.len() as u64).min(left) as usize;
+            if n == 0 {
+                return Ok(0);
+            }
+            let got = self.f.read_at(&mut buf[..n], self.pos)?;
+            self.pos += got as u64;
+            Ok(got)
+        }
+    }
+    let raw = std::io::BufReader::with_capacity(
+        256 << 10,
+        At {
+            f: file,
+            pos: loc.data_offset,
+            end: loc.data_offset + loc.compressed_size,
+        },
+    );
+    let mut checked = Checked {
+        inner: out,
+        written: 0,
+        limit: loc.size,
+        sha: ring::digest::Context::new(&ring::digest::SHA256),
+        crc: crc32fast::Hasher::new(),
+    };
+    let res = if loc.method == METHOD_DEFLATED {
+        std::io::copy(&mut flate2::read::DeflateDecoder::new(raw), &mut checked)
+    } else {
+        let mut raw = raw;
+        std::io::copy(&mut raw, &mut checked)
+    };
+    let entry = || loc.path.clone();
+    match res {
+        Ok(_) => {}
+        Err(e) if e.to_string() == "OVERSIZE" => {
+            return Err(BundleError::SizeMismatch {
+                bundle: bundle.to_path_buf(),
+                entry: entry(),
+                declared: loc.size,
+                actual_what: "content is more than",
+                actual: loc.size,
+            });
+        }
+        Err(e) => {
+            return Err(BundleError::Entry {
+                bundle: bundle.to_path_buf(),
+                entry: entry(),
+                reason: format!("cannot read or inflate: {e}"),
+            });
+        }
+    }
+    if checked.written != loc.size {
+        return Err(BundleError::SizeMismatch {
+            bundle: bundle.to_path_buf(),
+            entry: entry(),
+            declared: loc.size,
+            actual_what: "content is",
+            actual: checked.written,
+        });
+    }
+    let sha = hex::encode(checked.sha.finish().as_ref());
+    if sha != loc.sha256 {
+        return Err(BundleError::DigestMismatch {
+            bundle: bundle.to_path_buf(),
+            entry: entry(),
+            expected: loc.sha256.clone(),
+            actual: sha,
+        });
+    }
+    if checked.crc.finalize() != loc.crc32 {
+        return Err(BundleError::Entry {
+            bundle: bundle.to_path_buf(),
+            entry: entry(),
+            reason: "CRC-32 does not match the content".into(),
+        });
+    }
+    Ok(())
+}
