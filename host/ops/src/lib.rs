@@ -1,1 +1,44 @@
-//! Operator tools: `molt status`, `molt diagnose`, `molt repair`, `molt import`.
+//! Operator tools: `molt status`, `molt diagnose`, `molt repair`, `molt import`
+//! and the words behind `molt bundle verify --explain`.
+//!
+//! Everything here works from the install's local state (logs, journal, status
+//! file, trust state) so it answers when the control plane is unreachable; the
+//! control plane is only asked, with a short timeout, for what it alone knows.
+
+pub mod cp;
+pub mod diagnose;
+pub mod explain;
+pub mod import;
+pub mod inputs;
+pub mod repair;
+pub mod signatures;
+pub mod status;
+
+use std::path::PathBuf;
+
+/// Errors of the operator tools; each names the thing and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Layout(#[from] molt_layout::LayoutError),
+    #[error(transparent)]
+    Deploy(#[from] molt_deploy::DeployError),
+    #[error("signature table: {0}")]
+    Table(String),
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("package {path}: {reason}")]
+    Package { path: PathBuf, reason: String },
+    #[error("repair of {home}: {reason}")]
+    Repair { home: PathBuf, reason: String },
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
+    move |source| OpsError::Io { path: path.to_path_buf(), source }
+}

@@ -1,0 +1,234 @@
+//! Evidence for `molt diagnose` and `molt status`, read from the install's local
+//! state only: logs (with the runner's upgrade-log sections told apart), the
+//! deploy journal and last outcome, the report queue (stage history not yet
+//! delivered) and the status file. A file that cannot be read is noted, never fatal.
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use molt_deploy::journal::{Journal, LastDeploy};
+use molt_layout::{AgentStatus, Home};
+use regex::Regex;
+use serde::Serialize;
+
+/// Upper bound of what is read from the end of one log file.
+pub const MAX_LOG_BYTES: u64 = 16 << 20;
+
+pub const SECTION_BEGIN: &str = "<< UPGRADE LOG BEGIN >>";
+pub const SECTION_END: &str = "<< UPGRADE LOG END >>";
+
+/// One line of evidence, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Line {
+    pub file: PathBuf,
+    /// 1-based line number in `file` (0 for synthesized history lines).
+    pub line: usize,
+    pub text: String,
+}
+
+/// One deploy seen in the upgrade logs: "Upgrade runner started (pid N): A -> B".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Run {
+    pub from: String,
+    pub to: String,
+    /// `Complete`, `Rolled Back`, `Failed`, or `None` if the section has no end line.
+    pub result: Option<String>,
+}
+
+/// Everything diagnose and status look at.
+#[derive(Debug, Default)]
+pub struct Evidence {
+    pub agent: Vec<Line>,
+    pub upgrade: Vec<Line>,
+    pub history: Vec<Line>,
+    pub runs: Vec<Run>,
+    pub journal: Option<Journal>,
+    pub deploy_lock_held: bool,
+    pub last_deploy: Option<LastDeploy>,
+    pub status: Option<AgentStatus>,
+    pub queued: Vec<molt_deploy::report::QueuedRequest>,
+    /// Files that exist but could not be read, with the reason.
+    pub unreadable: Vec<String>,
+    pub files_read: Vec<PathBuf>,
+}
+
+/// ANSI colour codes that tracing writes when its output is a terminal.
+static ANSI: LazyLock<Regex> = LazyLock::new(|| Regex::new("\x1b\\[[0-9;]*[A-Za-z]").expect("static regex"));
+static RUN_START: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"Upgrade runner started \(pid \d+\): (\S+) -> (\S+)").expect("static regex"));
+static RUN_END: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"Upgrade (Complete|Rolled Back|Failed):").expect("static regex"));
+
+/// Read at most [`MAX_LOG_BYTES`] from the end of a file, lossily as UTF-8.
+/// Returns the text and the number of lines skipped before it.
+fn read_tail(path: &Path) -> std::io::Result<(String, usize)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut skipped = 0;
+    if len > MAX_LOG_BYTES {
+        // Count the lines we skip so line numbers stay true.
+        let mut head = vec![0u8; (len - MAX_LOG_BYTES) as usize];
+        f.read_exact(&mut head)?;
+        skipped = head.iter().filter(|b| **b == b'\n').count();
+        f.seek(SeekFrom::Start(len - MAX_LOG_BYTES))?;
+    }
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf).into_owned(), skipped))
+}
+
+/// Split a log into lines outside and inside upgrade-log sections.
+pub fn split_sections(file: &Path, text: &str, first_line: usize) -> (Vec<Line>, Vec<Line>) {
+    let (mut outside, mut inside) = (Vec::new(), Vec::new());
+    let mut in_section = false;
+    for (i, raw) in text.lines().enumerate() {
+        let t = ANSI.replace_all(raw, "").into_owned();
+        let l = Line { file: file.to_path_buf(), line: first_line + i + 1, text: t };
+        if l.text.contains(SECTION_BEGIN) {
+            in_section = true;
+            continue;
+        }
+        if l.text.contains(SECTION_END) {
+            in_section = false;
+            continue;
+        }
+        if in_section { inside.push(l) } else { outside.push(l) }
+    }
+    (outside, inside)
+}
+
+/// The deploys recorded in upgrade-log lines, in order.
+pub fn runs_of(lines: &[Line]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for l in lines {
+        if let Some(c) = RUN_START.captures(&l.text) {
+            runs.push(Run { from: c[1].to_string(), to: c[2].to_string(), result: None });
+        } else if let Some(c) = RUN_END.captures(&l.text) {
+            if let Some(r) = runs.last_mut() {
+                if r.result.is_none() {
+                    r.result = Some(c[1].to_string());
+                }
+            }
+        }
+    }
+    runs
+}
+
+impl Evidence {
+    /// Gather from `home`, plus extra log files given by the operator (grabbed logs).
+    pub fn gather(home: &Home, extra_logs: &[PathBuf]) -> Evidence {
+        let mut ev = Evidence::default();
+        let logs = home.logs_dir();
+        let mut agent_files = vec![home.agent_log()];
+        for n in ["agent.console.log", "supervisor.log", "deploy-resume.log"] {
+            agent_files.push(logs.join(n));
+        }
+        agent_files.extend(extra_logs.iter().cloned());
+        for f in &agent_files {
+            ev.read_log(f, false);
+        }
+        // Live runner logs of deploys not yet appended to the agent log.
+        if let Ok(rd) = std::fs::read_dir(home.upgrade_temp_dir()) {
+            let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            dirs.sort();
+            for d in dirs {
+                for n in ["upgrade.log", "runner.log"] {
+                    ev.read_log(&d.join(n), true);
+                }
+            }
+        }
+        ev.runs = runs_of(&ev.upgrade);
+
+        match Journal::load(home) {
+            Ok(j) => ev.journal = j,
+            Err(e) => ev.unreadable.push(e.to_string()),
+        }
+        ev.deploy_lock_held = molt_deploy::fsutil::FileLock::is_held(&Journal::lock_path(home)).unwrap_or(false);
+        match molt_deploy::journal::read_last(home) {
+            Ok(l) => ev.last_deploy = l,
+            Err(e) => ev.unreadable.push(e.to_string()),
+        }
+        match home.read_status() {
+            Ok(s) => ev.status = s,
+            Err(e) => ev.unreadable.push(e.to_string()),
+        }
+        match molt_deploy::report::read_queue(home) {
+            Ok(q) => ev.queued = q,
+            Err(e) => ev.unreadable.push(format!("{}: {e}", home.report_queue_file().display())),
+        }
+        ev.history = history_lines(home, &ev.queued, ev.last_deploy.as_ref());
+        ev
+    }
+
+    fn read_log(&mut self, f: &Path, upgrade: bool) {
+        match read_tail(f) {
+            Ok((text, skipped)) => {
+                let (out, ins) = split_sections(f, &text, skipped);
+                if upgrade {
+                    self.upgrade.extend(out);
+                } else {
+                    self.agent.extend(out);
+                }
+                self.upgrade.extend(ins);
+                self.files_read.push(f.to_path_buf());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => self.unreadable.push(format!("{}: {e}", f.display())),
+        }
+    }
+}
+
+/// Upgrade history known locally, as lines: stage reports and results still in
+/// the report queue, and the last deploy's outcome.
+fn history_lines(home: &Home, queued: &[molt_deploy::report::QueuedRequest], last: Option<&LastDeploy>) -> Vec<Line> {
+    let file = home.report_queue_file();
+    let mut out = Vec::new();
+    for (i, q) in queued.iter().enumerate() {
+        let b = &q.body;
+        let text = if q.path.ends_with("/stages") {
+            format!("{} {}: {}", b["stage"].as_str().unwrap_or("?"), b["state"].as_str().unwrap_or("?"), b["message"].as_str().unwrap_or(""))
+        } else if q.path.ends_with("/finish") {
+            format!("Upgrade {}: {}", b["result"].as_str().unwrap_or("?"), b["message"].as_str().unwrap_or(""))
+        } else if q.path.ends_with("/issues") {
+            let codes: Vec<&str> = b["findings"].as_array().map(|a| a.iter().filter_map(|f| f["code"].as_str()).collect()).unwrap_or_default();
+            format!("issues from {}: {}", b["source"].as_str().unwrap_or("?"), codes.join(", "))
+        } else {
+            continue;
+        };
+        out.push(Line { file: file.clone(), line: i + 1, text });
+    }
+    if let Some(l) = last {
+        out.push(Line {
+            file: molt_deploy::journal::last_deploy_file(home),
+            line: 0,
+            text: format!("Upgrade {}: {} -> {}: {}", l.result, l.from_version, l.to_version, l.message),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_sections_are_told_apart_and_line_numbers_kept() {
+        let t = "a\n<< UPGRADE LOG BEGIN >>\nb\nc\n<< UPGRADE LOG END >>\n\x1b[32mINFO\x1b[0m d\n";
+        let (out, ins) = split_sections(Path::new("x"), t, 10);
+        assert_eq!(out.iter().map(|l| (l.line, l.text.as_str())).collect::<Vec<_>>(), [(11, "a"), (16, "INFO d")]);
+        assert_eq!(ins.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[test]
+    fn runs_are_read_from_runner_start_and_result_lines() {
+        let l = |t: &str| Line { file: "f".into(), line: 1, text: t.into() };
+        let lines = [
+            l("2026 Upgrade runner started (pid 7): v1 -> v2"),
+            l("2026 Upgrade Rolled Back: Health Check of version v2 failed"),
+            l("2026 Upgrade runner started (pid 9): v1 -> v3"),
+        ];
+        let r = runs_of(&lines);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].result.as_deref(), Some("Rolled Back"));
+        assert_eq!((r[1].from.as_str(), r[1].to.as_str(), r[1].result.as_deref()), ("v1", "v3", None));
+    }
+}
