@@ -1,0 +1,213 @@
+//! Version selection (the seeds' "Current packages" step).
+use crate::buildstamp::{Package, parse_package, parse_version};
+use crate::checks::runtime_skip_reason;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SelectorInput {
+    pub installed: Vec<String>,
+    pub assigned_version: String,
+    pub assigned: Vec<String>,
+    pub downloaded: Vec<String>,
+    pub pinned: Option<String>,
+    pub os: String,
+    pub arch: String,
+    pub is_64bit: bool,
+    pub libc_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Upgrade,
+    Downgrade,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeDecision {
+    Upgrade,
+    Skip,
+    Current,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub action: Action,
+    pub target_version: String,
+    pub installed: Vec<String>,
+    pub assigned: Vec<String>,
+    pub missing: Vec<String>,
+    pub downloaded: Vec<String>,
+    pub crosses_family: bool,
+    pub runtime: RuntimeDecision,
+    pub runtime_reason: String,
+    pub notes: Vec<String>,
+}
+
+/// The seeds' log lines: `Current packages:` then ` Installed: [a, b]` and so on.
+pub fn current_packages_lines(
+    installed: &[String],
+    assigned: &[String],
+    missing: &[String],
+    downloaded: &[String],
+) -> Vec<String> {
+    vec![
+        "Current packages:".to_string(),
+        format!(" Installed: [{}]", installed.join(", ")),
+        format!(" Assigned: [{}]", assigned.join(", ")),
+        format!(" Missing: [{}]", missing.join(", ")),
+        format!(" Downloaded: [{}]", downloaded.join(", ")),
+    ]
+}
+
+impl Plan {
+    pub fn current_packages_lines(&self) -> Vec<String> {
+        current_packages_lines(&self.installed, &self.assigned, &self.missing, &self.downloaded)
+    }
+}
+
+/// Decide what to install. Errors name the offending package or version.
+pub fn select(input: &SelectorInput) -> Result<Plan, String> {
+    let mut notes = Vec::new();
+    let installed: Vec<Package> = input
+        .installed
+        .iter()
+        .map(|n| parse_package(n))
+        .collect::<Result<_, _>>()?;
+    parse_version(&input.assigned_version)?;
+    let target = match &input.pinned {
+        Some(p) if !p.is_empty() => {
+            parse_version(p).map_err(|e| format!("pinned version: {e}"))?;
+            if *p != input.assigned_version {
+                notes.push(format!(
+                    "pinned version {p} overrides the assigned version {}",
+                    input.assigned_version
+                ));
+            }
+            p.clone()
+        }
+        _ => input.assigned_version.clone(),
+    };
+    let mut assigned: Vec<Package> = Vec::new();
+    for n in &input.assigned {
+        let p = parse_package(n)?;
+        if p.version.text == target {
+            assigned.push(p);
+        } else if p.is_runtime() {
+            // The runtime keeps its own buildstamp (it is upgraded per family).
+            assigned.push(p);
+        } else if input.pinned.as_deref() == Some(target.as_str()) {
+            assigned.push(parse_package(&p.with_version(&target))?);
+        } else {
+            return Err(format!(
+                "assigned package {n} does not match the assigned version {target}"
+            ));
+        }
+    }
+    let core = assigned
+        .iter()
+        .find(|p| p.kind == "core")
+        .ok_or_else(|| format!("the assignment for {target} has no core package"))?
+        .clone();
+    let inst_core = installed.iter().find(|p| p.kind == "core");
+    let mut action = match inst_core {
+        None => {
+            notes.push("no core package installed: installing the assigned version".into());
+            Action::Upgrade
+        }
+        Some(ic) => match core.version.cmp(&ic.version) {
+            std::cmp::Ordering::Greater => Action::Upgrade,
+            std::cmp::Ordering::Less => {
+                notes.push(format!(
+                    "assigned version {target} is older than the installed {}: downgrading (the older version may lack APIs the running agent expects)",
+                    ic.version.text
+                ));
+                Action::Downgrade
+            }
+            std::cmp::Ordering::Equal => Action::None,
+        },
+    };
+    let crosses_family = inst_core.is_some_and(|ic| ic.version.family != core.version.family);
+    let (runtime, runtime_reason) = match assigned.iter().position(Package::is_runtime) {
+        None => (
+            RuntimeDecision::Current,
+            "no runtime assigned: the installed runtime matches the assignment".to_string(),
+        ),
+        Some(i) => {
+            let rt = assigned[i].clone();
+            if let Some(why) =
+                runtime_skip_reason(&input.os, input.is_64bit, input.libc_version.as_deref())
+            {
+                assigned.remove(i);
+                (RuntimeDecision::Skip, format!("{why} ({} not installed)", rt.name))
+            } else if installed.iter().any(|p| p.name == rt.name) {
+                (RuntimeDecision::Current, format!("runtime {} is already installed", rt.name))
+            } else {
+                let from = installed
+                    .iter()
+                    .find(|p| p.is_runtime())
+                    .map(|p| p.name.clone())
+                    .unwrap_or_else(|| "(none)".into());
+                (RuntimeDecision::Upgrade, format!("runtime {} replaces {from}", rt.name))
+            }
+        }
+    };
+    if action == Action::None && runtime == RuntimeDecision::Upgrade {
+        notes.push("core is current; upgrading the runtime only".into());
+        action = Action::Upgrade;
+    }
+    let assigned: Vec<String> = assigned.into_iter().map(|p| p.name).collect();
+    let missing: Vec<String> = if action == Action::None {
+        Vec::new()
+    } else {
+        assigned
+            .iter()
+            .filter(|a| !input.installed.contains(a))
+            .cloned()
+            .collect()
+    };
+    let downloaded = missing
+        .iter()
+        .filter(|m| input.downloaded.contains(m))
+        .cloned()
+        .collect();
+    Ok(Plan {
+        action,
+        target_version: target,
+        installed: input.installed.clone(),
+        assigned,
+        missing,
+        downloaded,
+        crosses_family,
+        runtime,
+        runtime_reason,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn madrid_seed_example() {
+        let up = "mid-upgrade.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip";
+        let core = "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip";
+        let input = SelectorInput {
+            installed: vec![
+                "mid-core.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.universal.universal.zip".into(),
+                "mid-jre.madrid-12-18-2018__patch1-02-13-2019_02-25-2019_1807.windows.x86-64.zip".into(),
+            ],
+            assigned_version: "madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650".into(),
+            assigned: vec![up.into(), core.into()],
+            os: "windows".into(),
+            arch: "x86-64".into(),
+            is_64bit: true,
+            ..Default::default()
+        };
+        let p = select(&input).unwrap();
+        assert_eq!(p.action, Action::Upgrade);
+        assert_eq!(p.missing, vec![up.to_string(), core.to_string()]);
+        assert_eq!(p.current_packages_lines()[4], " Downloaded: []");
+        assert!(!p.crosses_family);
+    }
+}
