@@ -32,4 +32,4 @@ pub mod tls;
 pub use clock::Clock;
 pub use config::{Config, TlsFiles};
 pub use error::{ApiError, ServerError};
-pub use server::{BoundServer, bind, router, serve};
+pub use server::{BoundServer, bind, router, serve, shutdown_signal};

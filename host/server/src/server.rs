@@ -337,7 +337,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     server.run_until(shutdown_signal()).await
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

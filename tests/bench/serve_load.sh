@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Load benchmark: assigned-version polls from 10,000 simulated agents against
+# `molt serve`, side by side with nginx serving the same JSON as a static file,
+# in one run on this machine (127.0.0.1 only; bounded by DURATION).
+#
+#   bash tests/bench/serve_load.sh            # builds molt --release if needed
+#   MOLT_BIN=target/release/molt DURATION=20s CONNECTIONS=256 bash tests/bench/serve_load.sh
+#
+# Prints requests/s and p99 latency of both, and Molt's share of nginx's
+# throughput (target: at least 0.5).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+AGENTS=${AGENTS:-10000}
+DURATION=${DURATION:-15s}
+CONNECTIONS=${CONNECTIONS:-256}
+THREADS=${THREADS:-2}
+MOLT_PORT=${MOLT_PORT:-18471}
+NGINX_PORT=${NGINX_PORT:-18472}
+VERSION="quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225"
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ -z "${MOLT_BIN:-}" ]; then
+  cargo build --release -p molt
+  MOLT_BIN="${CARGO_TARGET_DIR:-target}/release/molt"
+fi
+
+work=$(mktemp -d /tmp/molt-serve-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+# Packages of one release (contents are opaque to the control plane).
+mkdir -p "$work/packages" "$work/www/api/v1/agent"
+for kind in core upgrade precheck selector; do
+  head -c 2000000 /dev/urandom > "$work/packages/molt-$kind.$VERSION.universal.universal.zip"
+done
+head -c 3000000 /dev/urandom > "$work/packages/molt-runtime.$VERSION.linux.x86-64.zip"
+
+# 10,000 agents with distinct tokens.
+awk -v n="$AGENTS" 'BEGIN { srand(42); for (i = 1; i <= n; i++) printf "agent-%05d:tok-%05d-%08x%08x\n", i, i, int(rand()*4294967295), int(rand()*4294967295) }' > "$work/agents.txt"
+cut -d: -f2 "$work/agents.txt" > "$work/tokens.txt"
+
+"$MOLT_BIN" serve --db "$work/cp.db" --packages "$work/packages" --listen "127.0.0.1:$MOLT_PORT" \
+  --admin-token "bench-admin-token-0123456789" --bootstrap-agents-file "$work/agents.txt" \
+  --fleet-version "$VERSION" --log warn > "$work/molt.out" 2> "$work/molt.err" &
+pids+=($!)
+for _ in $(seq 1 600); do grep -q "control plane listening on" "$work/molt.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "control plane listening on" "$work/molt.out" || { echo "molt serve did not start:"; cat "$work/molt.err"; exit 1; }
+
+QUERY="/api/v1/agent/assigned?os=linux&arch=x86-64&runtime="
+TOKEN1=$(head -1 "$work/tokens.txt")
+curl -sf -H "Authorization: Bearer $TOKEN1" "http://127.0.0.1:$MOLT_PORT$QUERY" > "$work/www/api/v1/agent/assigned"
+echo "assigned JSON ($(wc -c < "$work/www/api/v1/agent/assigned") bytes): $(head -c 160 "$work/www/api/v1/agent/assigned")..."
+
+cat > "$work/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/tmp-body;
+  proxy_temp_path $work/tmp-proxy;
+  fastcgi_temp_path $work/tmp-fcgi;
+  uwsgi_temp_path $work/tmp-uwsgi;
+  scgi_temp_path $work/tmp-scgi;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $work/www;
+    location /api/v1/agent/assigned { default_type application/json; }
+  }
+}
+NGINX
+"$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
+pids+=($!)
+for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$NGINX_PORT$QUERY" >/dev/null 2>&1 && break; sleep 0.1; done
+cmp <(curl -sf "http://127.0.0.1:$NGINX_PORT$QUERY") "$work/www/api/v1/agent/assigned" || { echo "nginx does not serve the JSON"; exit 1; }
+
+# wrk script: every request carries the next agent's token (each thread
+# starts at a different offset), as 10,000 agents polling would.
+cat > "$work/rotate.lua" <<LUA
+local tokens = {}
+for line in io.lines("$work/tokens.txt") do tokens[#tokens + 1] = line end
+local counter = 0
+local i = 0
+function setup(thread) counter = counter + 1; thread:set("offset", counter * 4999) end
+function init(args) i = offset or 0 end
+function request()
+  i = i % #tokens + 1
+  return wrk.format("GET", "$QUERY", { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+function done(summary, latency, requests)
+  io.write(string.format("non2xx_or_errors %d\n", summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+run() { # name port
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/rotate.lua" "http://127.0.0.1:$2$QUERY" > "$work/$1.wrk" 2>&1
+  local rps p99 errs
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' "$work/$1.wrk")
+  p99=$(awk '$1 == "99%" { print $2 }' "$work/$1.wrk")
+  errs=$(awk '/^non2xx_or_errors/ { print $2 }' "$work/$1.wrk")
+  printf '%s %s %s\n' "$rps" "$p99" "$errs"
+}
+# Warm both, then measure.
+wrk -t1 -c16 -d2s -s "$work/rotate.lua" "http://127.0.0.1:$MOLT_PORT$QUERY" >/dev/null
+wrk -t1 -c16 -d2s -s "$work/rotate.lua" "http://127.0.0.1:$NGINX_PORT$QUERY" >/dev/null
+read -r molt_rps molt_p99 molt_err < <(run molt "$MOLT_PORT")
+read -r nginx_rps nginx_p99 nginx_err < <(run nginx "$NGINX_PORT")
+
+echo
+echo "assigned-version polls, $AGENTS agents, $CONNECTIONS connections, $THREADS wrk threads, $DURATION each, $(nproc) cores"
+printf '%-12s %14s %12s %10s\n' server "requests/s" "p99" "errors"
+printf '%-12s %14s %12s %10s\n' "molt serve" "$molt_rps" "$molt_p99" "$molt_err"
+printf '%-12s %14s %12s %10s\n' "nginx" "$nginx_rps" "$nginx_p99" "$nginx_err"
+ratio=$(awk -v a="$molt_rps" -v b="$nginx_rps" 'BEGIN { printf "%.2f", a / b }')
+echo "molt/nginx throughput ratio: $ratio (target >= 0.50)"
+if [ "$molt_err" != "0" ]; then echo "molt answered $molt_err requests with errors or non-2xx"; sed -n 1,30p "$work/molt.wrk"; exit 1; fi
+awk -v r="$ratio" 'BEGIN { exit !(r >= 0.5) }' && echo "PASS" || { echo "BELOW TARGET"; exit 1; }

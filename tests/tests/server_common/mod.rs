@@ -1,0 +1,145 @@
+//! Shared set-up for the control-plane tests: a real `molt_server` on
+//! 127.0.0.1 over a real SQLite file in a temp dir, with package files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use molt_server::{Clock, Config};
+use reqwest::{Client, RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+
+pub const Q1: &str = "quebec-12-09-2020__patch0-hotfix1-01-04-2021_01-06-2021_1339";
+pub const Q2: &str = "quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225";
+pub const Q3: &str = "quebec-12-09-2020__patch2-04-01-2021_04-10-2021_0800";
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
+
+pub struct TestServer {
+    pub url: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+    pub clock: Clock,
+    pub client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn packages_dir(dir: &Path) -> PathBuf {
+    dir.join("packages")
+}
+
+/// Writes a package file with distinct content; returns its bytes.
+pub fn write_package(dir: &Path, kind: &str, version: &str, os: &str, arch: &str, len: usize) -> Vec<u8> {
+    let name = format!("molt-{kind}.{version}.{os}.{arch}.zip");
+    let bytes: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ name.len() as u8).collect();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), &bytes).unwrap();
+    bytes
+}
+
+/// The core, upgrade, precheck and selector packages of `version` plus a linux/x86-64 runtime.
+pub fn write_release(dir: &Path, version: &str) {
+    for kind in ["core", "upgrade", "precheck", "selector"] {
+        write_package(dir, kind, version, "universal", "universal", 3000);
+    }
+    write_package(dir, "runtime", version, "linux", "x86-64", 5000);
+}
+
+impl TestServer {
+    /// Starts a server with releases Q1..Q3 and `tweak` applied to its config.
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, tweak).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        let pk = packages_dir(dir.path());
+        if !pk.exists() {
+            for v in [Q1, Q2, Q3] {
+                write_release(&pk, v);
+            }
+        }
+        let mut cfg = Config::new(dir.path().join("cp.db"), &pk, "127.0.0.1:0".parse().unwrap());
+        cfg.admin_token = Some(ADMIN.into());
+        tweak(&mut cfg);
+        let clock = cfg.clock.clone();
+        let server = molt_server::bind(cfg).await.expect("server binds");
+        let url = server.url();
+        let admin = server.admin_token().to_string();
+        let task = tokio::spawn(async move {
+            server.run().await.expect("server runs");
+        });
+        TestServer { url, admin, dir, clock, client: Client::new(), task }
+    }
+
+    /// Stops serving and hands back the directory (database and packages stay).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.task.abort();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        dir
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.client.get(format!("{}{path}", self.url))
+    }
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.client.post(format!("{}{path}", self.url))
+    }
+    pub fn put(&self, path: &str) -> RequestBuilder {
+        self.client.put(format!("{}{path}", self.url))
+    }
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.client.delete(format!("{}{path}", self.url))
+    }
+
+    /// Registers an agent through the admin API; returns its token.
+    pub async fn register(&self, name: &str) -> String {
+        let r = self.post("/api/v1/admin/agents").bearer_auth(&self.admin).json(&json!({ "name": name })).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+        r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let r = self.get(path).bearer_auth(&self.admin).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn set_fleet(&self, version: &str) {
+        let r = self.put("/api/v1/admin/fleet").bearer_auth(&self.admin).json(&json!({ "version": version })).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    }
+
+    pub async fn heartbeat(&self, token: &str, host: &str, pid: i64, status: &str) -> StatusCode {
+        self.post("/api/v1/agent/heartbeat")
+            .bearer_auth(token)
+            .json(&json!({ "host": host, "version": Q1, "status": status, "pid": pid }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    pub async fn assigned(&self, token: &str, query: &str) -> (StatusCode, Value) {
+        let r = self.get(&format!("/api/v1/agent/assigned?{query}")).bearer_auth(token).send().await.unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Hex SHA-256 by the system's `sha256sum`, independent of the server's code.
+pub fn sha256(b: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    child.stdin.take().unwrap().write_all(b).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
