@@ -19,7 +19,9 @@ use crate::service::Handover;
 pub struct HandoverOptions {
     /// `supervisor` or `systemd:<unit>`.
     pub service: String,
-    /// More PIDs the runner must see gone (the agent's own pid is always added).
+    /// The agent's pid (default: this process). The runner waits for it to be gone.
+    pub agent_pid: Option<u32>,
+    /// More PIDs the runner must see gone.
     pub extra_pids: Vec<u32>,
     /// Poll interval while waiting for the runner's start signal (seeds: 10 s).
     pub poll: Duration,
@@ -36,6 +38,7 @@ impl Default for HandoverOptions {
     fn default() -> Self {
         Self {
             service: "supervisor".into(),
+            agent_pid: None,
             extra_pids: Vec::new(),
             poll: Duration::from_secs(10),
             limit: Duration::from_secs(600),
@@ -72,7 +75,7 @@ pub fn hand_over(home: &Home, upgrade_dir: &Path, opts: &HandoverOptions) -> Res
     let plan = DeployPlan::load(&plan_path)?;
 
     // PIDs and service name for the runner.
-    let mut pids = vec![std::process::id()];
+    let mut pids = vec![opts.agent_pid.unwrap_or_else(std::process::id)];
     pids.extend(opts.extra_pids.iter().copied());
     std::fs::create_dir_all(home.conf_dir()).map_err(io_err(&home.conf_dir()))?;
     molt_layout::write_json_atomic(&home.handover_file(), &Handover { service: opts.service.clone(), pids, at: Utc::now() })?;

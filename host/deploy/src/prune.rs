@@ -19,6 +19,12 @@ pub struct PruneReport {
     pub deferred: Vec<(String, String)>,
 }
 
+/// `work/previous-version`: the version a rollback would return to, written when
+/// a deploy completes.
+pub fn previous_file(home: &Home) -> PathBuf {
+    home.work_dir().join("previous-version")
+}
+
 pub fn pending_file(home: &Home) -> PathBuf {
     home.work_dir().join("prune.pending")
 }
@@ -27,10 +33,12 @@ pub fn pending_file(home: &Home) -> PathBuf {
 pub fn keep_set(home: &Home) -> Result<Vec<String>, DeployError> {
     let mut keep = Vec::new();
     if let Some(cur) = home.current_version()? {
-        if let Some(last) = crate::journal::read_last(home)?
-            && last.result == "Complete" && last.running_version == cur {
-                keep.push(last.from_version);
+        if let Ok(prev) = std::fs::read_to_string(previous_file(home)) {
+            let prev = prev.trim().to_string();
+            if !prev.is_empty() && prev != cur {
+                keep.push(prev);
             }
+        }
         keep.push(cur);
     }
     Ok(keep)

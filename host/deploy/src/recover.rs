@@ -25,6 +25,11 @@ pub enum RecoveryOutcome {
 
 /// Called by the agent at start, before anything else.
 pub fn recover(home: &Home) -> Result<RecoveryOutcome, DeployError> {
+    recover_with(home, &crate::runner::self_exe())
+}
+
+/// [`recover`] with an explicit `molt` binary for the resume runner (tests).
+pub fn recover_with(home: &Home, molt_exe: &std::path::Path) -> Result<RecoveryOutcome, DeployError> {
     let lock_path = Journal::lock_path(home);
     let Some(lock) = FileLock::try_acquire(&lock_path)? else {
         return Ok(RecoveryOutcome::DeployInProgress);
@@ -74,7 +79,7 @@ pub fn recover(home: &Home) -> Result<RecoveryOutcome, DeployError> {
     // finishes it, because this process cannot judge its own health.
     drop(lock);
     let log = home.logs_dir().join("deploy-resume.log");
-    let pid = crate::service::spawn_detached(&crate::runner::self_exe(), &["deploy", "--home", &home.root().to_string_lossy(), "--resume"], &log)?;
+    let pid = crate::service::spawn_detached(molt_exe, &["deploy", "--home", &home.root().to_string_lossy(), "--resume"], &log)?;
     tracing::info!(pid, "Recovery: resume runner started for an unfinished deploy");
     Ok(RecoveryOutcome::HealthCheckPending { version: current.unwrap_or_default(), runner_pid: pid })
 }

@@ -79,6 +79,9 @@ struct Ctx<'a> {
     rep: Reporter,
     log: UpgradeLog,
     opts: DeployOptions,
+    /// When the old agent was confirmed stopped, and the downtime until the new one was Up.
+    stopped_at: std::cell::Cell<Option<std::time::Instant>>,
+    downtime: std::cell::Cell<Option<Duration>>,
 }
 
 /// The `molt` binary to use for starting helpers (supervisor, resume runner):
@@ -115,6 +118,8 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
         rep: Reporter::new(home, plan.control_plane.clone(), plan.attempt_id.clone(), Duration::from_secs(plan.options.report_timeout_secs)),
         log: UpgradeLog { path: upgrade_dir.join("upgrade.log") },
         opts: plan.options.clone(),
+        stopped_at: Default::default(),
+        downtime: Default::default(),
     };
     let mut j = Journal {
         attempt_id: plan.attempt_id.clone(),
@@ -142,6 +147,7 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     j.build_dir = Some(build_dir.clone());
     j.set(home, Step::Building)?;
     let final_dir = home.version_dir(&plan.to_version);
+    let build_started = std::time::Instant::now();
     let built = move_aside(home, &final_dir).and_then(|_| crate::build::build_version(home, &plan, &upgrade_dir, &build_dir));
     let stats = match built {
         Ok((_, stats)) => stats,
@@ -159,7 +165,11 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     }
     j.build_dir = None;
     j.set(home, Step::Built)?;
-    let msg = format!("versions/{}: {} files linked, {} copied ({} bytes), {} digests checked", plan.to_version, stats.linked, stats.copied, stats.bytes_copied, stats.verified);
+    let build_ms = build_started.elapsed().as_millis();
+    let msg = format!(
+        "versions/{}: {} files linked, {} copied ({} bytes), {} digests checked, build_ms={build_ms}",
+        plan.to_version, stats.linked, stats.copied, stats.bytes_copied, stats.verified
+    );
     ctx.log.line(&msg);
     ctx.rep.stage("Deploy Binary Files", "Complete", &msg);
     if plan.packages.iter().any(|p| p.kind == "runtime") {
@@ -187,12 +197,14 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     // Restart: stop the old agent, switch, start the new one.
     ctx.rep.stage("Restart", "In Progress", "stopping the agent");
     j.set(home, Step::Stopping)?;
+    let stop_requested = std::time::Instant::now();
     if let Err(e) = stop_old(&ctx) {
         ctx.rep.stage("Restart", "Failed", &e.to_string());
         return undo_before_switch(&ctx, &mut j, &format!("Restart failed: {e}"));
     }
     j.set(home, Step::Stopped)?;
-    ctx.log.line("the agent is stopped and every recorded pid is gone");
+    ctx.stopped_at.set(Some(std::time::Instant::now()));
+    ctx.log.line(&format!("the agent is stopped and every recorded pid is gone (stop took {} ms)", stop_requested.elapsed().as_millis()));
     // Re-check right before the switch: nothing may have restarted it (KB1001748).
     if let Err(e) = stop_old(&ctx) {
         return undo_before_switch(&ctx, &mut j, &format!("Restart failed: {e}"));
@@ -201,7 +213,11 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     fsutil::switch_symlink(&home.current_link(), &Path::new("versions").join(&plan.to_version))?;
     j.set(home, Step::Switched)?;
     ctx.log.line(&format!("current -> versions/{}", plan.to_version));
-    start_and_check(&ctx, &mut j)
+    let r = start_and_check(&ctx, &mut j);
+    if let (Ok(DeployResult::Complete { .. }), Some(d)) = (&r, ctx.downtime.get()) {
+        println!("build_ms={build_ms} downtime_ms={} (service stopped -> new version Up)", d.as_millis());
+    }
+    r
 }
 
 /// Start the agent of `j.to_version` (already current) and health-check it;
@@ -221,6 +237,10 @@ fn start_and_check(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployErr
     j.set(home, Step::HealthCheck)?;
     match crate::health::wait_up(home, &j.to_version, at, Duration::from_secs(ctx.opts.health_timeout_secs)) {
         Ok(pid) => {
+            if let Some(t) = ctx.stopped_at.get() {
+                ctx.downtime.set(Some(t.elapsed()));
+                ctx.log.line(&format!("downtime_ms={} (service stopped -> new version Up)", t.elapsed().as_millis()));
+            }
             let msg = format!("version {} is Up (pid {pid})", j.to_version);
             ctx.rep.stage("Health Check", "Complete", &msg);
             j.set(home, Step::Complete)?;
@@ -373,6 +393,9 @@ fn finalize(ctx: &Ctx, j: &mut Journal, r: &DeployResult, msg: &str) -> Result<(
     fsutil::remove_file_opt(&home.conf_dir().join("upgrade.marker"))?;
     fsutil::remove_file_opt(&home.handover_file())?;
     fsutil::remove_tree(&j.upgrade_dir.join("packages"))?;
+    if matches!(r, DeployResult::Complete { .. }) {
+        molt_layout::write_atomic(&crate::prune::previous_file(home), j.from_version.as_bytes())?;
+    }
     if !matches!(r, DeployResult::Failed { .. }) {
         let keep = crate::prune::keep_set(home)?;
         let p = crate::prune::prune(home, &keep)?;
@@ -406,6 +429,8 @@ fn resume_locked(home: &Home) -> Result<Option<DeployResult>, DeployError> {
         rep: Reporter::new(home, cp, attempt, Duration::from_secs(opts.report_timeout_secs)),
         log: UpgradeLog { path: j.upgrade_dir.join("upgrade.log") },
         opts,
+        stopped_at: Default::default(),
+        downtime: Default::default(),
     };
     let actual = home.current_version()?;
     ctx.log.line(&format!("resuming an interrupted deploy {} -> {} at step {:?} (current is {:?})", j.from_version, j.to_version, j.step, actual));
