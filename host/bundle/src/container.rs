@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::BundleError;
+use crate::schema::SignatureFile;
 
 pub const LOCAL_SIG: u32 = 0x0403_4b50;
 pub const CD_SIG: u32 = 0x0201_4b50;
@@ -651,6 +652,23 @@ pub fn signed_digest(file: &File, path: &Path, layout: &Layout) -> Result<[u8; 3
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     Ok(out)
+}
+
+/// The signature slot content: JSON padded with spaces to exactly SIGNATURES_SIZE.
+pub fn signature_slot(sigs: &SignatureFile) -> Result<Vec<u8>, BundleError> {
+    let mut v = serde_json::to_vec(sigs).map_err(|e| BundleError::Pack {
+        reason: e.to_string(),
+    })?;
+    if v.len() as u64 > SIGNATURES_SIZE {
+        return Err(BundleError::Pack {
+            reason: format!(
+                "{} signatures do not fit the {SIGNATURES_SIZE}-byte signature slot",
+                sigs.signatures.len()
+            ),
+        });
+    }
+    v.resize(SIGNATURES_SIZE as usize, b' ');
+    Ok(v)
 }
 
 /// Open a bundle file for reading.

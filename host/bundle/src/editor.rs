@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 
 use crate::buildstamp::Buildstamp;
+pub use crate::container::signature_slot;
 use crate::container::{
     self, FLAG_UTF8, Limits, MANIFEST_PATH, METHOD_DEFLATED, METHOD_STORED, SIGNATURES_PATH,
-    SIGNATURES_SIZE, check_entry_path,
+    check_entry_path,
 };
 use crate::error::BundleError;
 use crate::keys::{BUNDLE_SIG_CONTEXT, ROOT_SIG_CONTEXT, SigningKey};
@@ -127,6 +128,35 @@ impl ZipWriter {
         let h = Self::local_header(name, method, crc, csize, usize);
         self.write_all(&h)?;
         self.write_all(&payload)?;
+        self.records.push(CdRecord {
+            name: name.to_string(),
+            method,
+            crc,
+            csize,
+            usize,
+            unix_mode,
+            local_off,
+        });
+        Ok(())
+    }
+
+    /// Add an entry with caller-supplied header fields (sizes and CRC are not
+    /// checked). Only for building hostile bundles in tests of the verifier.
+    #[doc(hidden)]
+    pub fn add_raw(
+        &mut self,
+        name: &str,
+        method: u16,
+        crc: u32,
+        data: &[u8],
+        usize: u32,
+        unix_mode: u32,
+    ) -> Result<(), BundleError> {
+        let local_off = u32_field(self.pos, "archive")?;
+        let csize = u32_field(data.len() as u64, name)?;
+        let h = Self::local_header(name, method, crc, csize, usize);
+        self.write_all(&h)?;
+        self.write_all(data)?;
         self.records.push(CdRecord {
             name: name.to_string(),
             method,
@@ -347,19 +377,6 @@ fn looks_compressible(src: &Path) -> Result<bool, BundleError> {
         .map_err(|e| BundleError::io(src, e))?;
     let c = enc.finish().map_err(|e| BundleError::io(src, e))?;
     Ok((c.len() as u64) * 100 < (sample.len() as u64) * 95)
-}
-
-/// The signature slot content: JSON padded with spaces to exactly SIGNATURES_SIZE.
-pub fn signature_slot(sigs: &SignatureFile) -> Result<Vec<u8>, BundleError> {
-    let mut v = serde_json::to_vec(sigs).map_err(|e| pack_err(e.to_string()))?;
-    if v.len() as u64 > SIGNATURES_SIZE {
-        return Err(pack_err(format!(
-            "{} signatures do not fit the {SIGNATURES_SIZE}-byte signature slot",
-            sigs.signatures.len()
-        )));
-    }
-    v.resize(SIGNATURES_SIZE as usize, b' ');
-    Ok(v)
 }
 
 /// What to pack.
@@ -646,4 +663,22 @@ pub fn add_key(root: &mut RootSigned, key_public_hex: &str) -> Result<String, Bu
         },
     );
     Ok(id)
+}
+
+/// A version-1 root in which `key` holds every role with threshold 1, signed by
+/// it. For tests and demos: real deployments separate the roles.
+pub fn single_key_root(
+    key: &SigningKey,
+    expires: DateTime<Utc>,
+) -> Result<SignedRoot, BundleError> {
+    let mut roles = BTreeMap::new();
+    for r in ["root", "checks", "packages"] {
+        roles.insert(r.to_string(), (vec![key], 1));
+    }
+    let mut root = SignedRoot {
+        signed: new_root(&roles, expires)?,
+        signatures: vec![],
+    };
+    sign_root(&mut root, &[key])?;
+    Ok(root)
 }

@@ -17,6 +17,9 @@
 //! - Buildstamps: [`Buildstamp`] and [`Version`] (`FromStr`, `Display`, `Ord`), [`FamilyTable`].
 //! - Errors: one enum, [`BundleError`], each variant naming the bundle/entry/key and the reason.
 
+/// Re-exported so callers (the CLI) use the same chrono types as the manifest.
+pub use chrono;
+
 pub mod buildstamp;
 pub mod container;
 pub mod editor;
@@ -40,3 +43,6 @@ pub use schema::{
 };
 pub use store::TrustStore;
 pub use verify::{EntryLocation, VerifiedBundle, VerifyOptions, verify_bundle};
+
+#[cfg(test)]
+mod tests;

@@ -275,7 +275,6 @@ pub fn verify_bundle(
     let parsed = parse_bundle(&file, path, &opts.limits)?;
     let manifest: Manifest = serde_json::from_slice(&parsed.manifest_bytes)
         .map_err(|e| manifest_err(path, format!("not valid manifest JSON: {e}")))?;
-    let (buildstamp, entries) = check_manifest(path, &manifest, parsed.layout.payload())?;
     if manifest.expires < now {
         return Err(BundleError::BundleExpired {
             bundle: path.to_path_buf(),
@@ -283,6 +282,7 @@ pub fn verify_bundle(
             expires: manifest.expires.to_rfc3339(),
         });
     }
+    let (buildstamp, entries) = check_manifest(path, &manifest, parsed.layout.payload())?;
     let digest = container::signed_digest(&file, path, &parsed.layout)?;
     let role = manifest.kind.role();
     let (signers, rejected) = root.signed.check_signatures(
@@ -459,4 +459,29 @@ pub(crate) fn stream_entry<W: Write>(
         });
     }
     Ok(())
+}
+
+/// An unverified view of a bundle (for `molt bundle inspect`): structure is
+/// checked, signatures and expiry are not.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectInfo {
+    pub manifest: Manifest,
+    pub signatures: Vec<crate::schema::Signature>,
+    /// Hex SHA-256 of the file with the signature slot zeroed.
+    pub digest: String,
+    pub file_len: u64,
+}
+
+pub fn inspect(path: &Path) -> Result<InspectInfo, BundleError> {
+    let file = container::open(path)?;
+    let parsed = parse_bundle(&file, path, &Limits::default())?;
+    let manifest: Manifest = serde_json::from_slice(&parsed.manifest_bytes)
+        .map_err(|e| manifest_err(path, format!("not valid manifest JSON: {e}")))?;
+    let digest = container::signed_digest(&file, path, &parsed.layout)?;
+    Ok(InspectInfo {
+        manifest,
+        signatures: parsed.signatures.signatures,
+        digest: hex::encode(digest),
+        file_len: parsed.layout.file_len,
+    })
 }

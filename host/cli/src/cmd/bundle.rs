@@ -1,16 +1,744 @@
-//! `molt keygen`, `molt root`, `molt bundle`, `molt buildstamp` (owner: bundle work).
+//! `molt keygen`, `molt root`, `molt bundle`, `molt buildstamp`: thin wrappers
+//! over `molt-bundle` (docs/bundle-format.md).
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct KeygenArgs {}
-#[derive(clap::Subcommand)]
-pub enum RootCmd {}
-#[derive(clap::Subcommand)]
-pub enum BundleCmd {}
-#[derive(clap::Args)]
-pub struct BuildstampArgs {}
+use anyhow::{Context, bail};
+use molt_bundle::chrono::{Duration, SubsecRound, Utc};
+use molt_bundle::editor::{self, PackSpec};
+use molt_bundle::schema::{Component, SignedRoot};
+use molt_bundle::{Buildstamp, Limits, SigningKey, TrustStore, VerifiedBundle, VerifyOptions};
 
-pub fn keygen(_a: KeygenArgs) -> anyhow::Result<ExitCode> { anyhow::bail!("not yet implemented") }
-pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> { match c {} }
-pub fn bundle(c: BundleCmd) -> anyhow::Result<ExitCode> { match c {} }
-pub fn buildstamp(_a: BuildstampArgs) -> anyhow::Result<ExitCode> { anyhow::bail!("not yet implemented") }
+#[derive(clap::Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (PKCS#8, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum RootCmd {
+    /// Create root.json version 1, signed by its root keys.
+    Init(RootInitArgs),
+    /// Add signatures to a root.json (for roles with a threshold above 1).
+    Sign(RootSignArgs),
+    /// Create version N+1 from version N: change keys, roles, thresholds, revocations.
+    ///
+    /// The new root is accepted only when signed by a threshold of the old
+    /// root keys AND of its own root keys; pass those keys with --key (or add
+    /// them later with `molt root sign`).
+    Rotate(RootRotateArgs),
+    /// Install a newer root into a state directory (rotation rules apply).
+    Apply(RootApplyArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RootInitArgs {
+    /// Output file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Root role key (PKCS#8 file); repeat for several. These sign the new root.
+    #[arg(long = "root-key", value_name = "PK8", required = true)]
+    pub root_keys: Vec<PathBuf>,
+    /// Key of the `checks` role (signs precheck and selector bundles): PKCS#8 file or public key hex.
+    #[arg(long = "checks-key", value_name = "KEY", required = true)]
+    pub checks_keys: Vec<String>,
+    /// Key of the `packages` role (signs core, runtime, upgrade bundles): PKCS#8 file or public key hex.
+    #[arg(long = "packages-key", value_name = "KEY", required = true)]
+    pub packages_keys: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u32,
+    #[arg(long, default_value_t = 1)]
+    pub checks_threshold: u32,
+    #[arg(long, default_value_t = 1)]
+    pub packages_threshold: u32,
+    /// Days until this root expires.
+    #[arg(long, default_value_t = 365)]
+    pub expires_days: i64,
+}
+
+#[derive(clap::Args)]
+pub struct RootSignArgs {
+    /// The root.json to sign (rewritten in place).
+    pub root: PathBuf,
+    /// Signing key (PKCS#8); repeat for several.
+    #[arg(long = "key", value_name = "PK8", required = true)]
+    pub keys: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct RootRotateArgs {
+    /// The currently trusted root.json (version N).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// Where to write version N+1.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Add a key to a role: ROLE=KEY (KEY: PKCS#8 file or public key hex).
+    #[arg(long = "add-key", value_name = "ROLE=KEY")]
+    pub add_keys: Vec<String>,
+    /// Remove a key from a role: ROLE=KEYID.
+    #[arg(long = "remove-key", value_name = "ROLE=KEYID")]
+    pub remove_keys: Vec<String>,
+    /// Revoke a key everywhere (signatures by it no longer count): KEYID.
+    #[arg(long = "revoke", value_name = "KEYID")]
+    pub revoke: Vec<String>,
+    /// Set a role's threshold: ROLE=N.
+    #[arg(long = "threshold", value_name = "ROLE=N")]
+    pub thresholds: Vec<String>,
+    /// Days until the new root expires.
+    #[arg(long, default_value_t = 365)]
+    pub expires_days: i64,
+    /// Keys to sign the new root with (old and new root keys).
+    #[arg(long = "key", value_name = "PK8")]
+    pub keys: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct RootApplyArgs {
+    /// State directory holding the trusted root.
+    #[arg(long, value_name = "DIR")]
+    pub state: PathBuf,
+    /// The new root.json.
+    pub root: PathBuf,
+}
+
+#[derive(clap::Subcommand)]
+pub enum BundleCmd {
+    /// Pack a directory into an (unsigned) bundle.
+    Pack(PackArgs),
+    /// Add signatures to a bundle (no other byte of the file changes).
+    Sign(SignArgs),
+    /// Verify a bundle offline. Exit 0 valid, 1 invalid, 2 usage.
+    Verify(VerifyArgs),
+    /// Show a bundle's manifest and signatures WITHOUT verifying them.
+    Inspect(InspectArgs),
+    /// Verify, then extract a bundle into a directory.
+    Extract(ExtractArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PackArgs {
+    /// Directory whose regular files become the payload.
+    pub dir: PathBuf,
+    /// Package name, e.g. `molt-precheck.vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815.universal.universal.zip`;
+    /// kind, name and target are taken from it.
+    #[arg(long, value_name = "NAME")]
+    pub buildstamp: String,
+    /// Monotonic sequence number for this bundle name (rollback protection).
+    #[arg(long)]
+    pub sequence: u64,
+    /// Output file (default: the buildstamp in the current directory).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Days until the bundle expires.
+    #[arg(long, default_value_t = 365)]
+    pub expires_days: i64,
+    /// JSON file with the wasm components: [{"path","world","capabilities","preopens","limits","params"}].
+    #[arg(long, value_name = "FILE")]
+    pub components: Option<PathBuf>,
+    /// Sign right away with these keys (PKCS#8).
+    #[arg(long = "key", value_name = "PK8")]
+    pub keys: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SignArgs {
+    pub bundle: PathBuf,
+    /// Signing key (PKCS#8); repeat for several.
+    #[arg(long = "key", value_name = "PK8", required = true)]
+    pub keys: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    pub bundle: PathBuf,
+    /// Trust root to verify against (stateless: no replay protection).
+    #[arg(long, value_name = "ROOT_JSON", required_unless_present = "state")]
+    pub root: Option<PathBuf>,
+    /// State directory: trusted root and highest accepted sequences (refuses
+    /// replayed older bundles). With --root, initialises or rotates it.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Also inflate every entry and check size, CRC-32 and SHA-256.
+    #[arg(long)]
+    pub deep: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    pub bundle: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ExtractArgs {
+    pub bundle: PathBuf,
+    /// Destination directory (must not contain the files already).
+    pub dest: PathBuf,
+    #[arg(long, value_name = "ROOT_JSON")]
+    pub root: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct BuildstampArgs {
+    /// Package names, e.g. `mid-core.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip`.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Print the names oldest first instead of their fields.
+    #[arg(long)]
+    pub sort: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn write_new_secret(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).mode(0o600);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    let mut f = o.open(path).with_context(|| {
+        format!(
+            "cannot create {} (use --force to overwrite)",
+            path.display()
+        )
+    })?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub fn keygen(a: KeygenArgs) -> anyhow::Result<ExitCode> {
+    let (key, pk8) = SigningKey::generate()?;
+    write_new_secret(&a.out, &pk8, a.force)?;
+    println!("key id: {}", key.key_id());
+    println!("public: {}", key.public_hex());
+    println!("file:   {}", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<SigningKey>> {
+    paths
+        .iter()
+        .map(|p| SigningKey::load(p).with_context(|| format!("signing key {}", p.display())))
+        .collect()
+}
+
+/// A key argument: a PKCS#8 file or 64 hex digits of public key. Returns public hex.
+fn public_of(arg: &str) -> anyhow::Result<String> {
+    if arg.len() == 64 && arg.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(arg.to_lowercase());
+    }
+    let k = SigningKey::load(Path::new(arg))
+        .with_context(|| format!("key `{arg}` is neither a PKCS#8 file nor 64 hex digits"))?;
+    Ok(k.public_hex())
+}
+
+fn write_root(path: &Path, root: &SignedRoot) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("output path has no file name")?;
+    molt_bundle::store::write_atomic(dir, name, &root.to_json_pretty()?)?;
+    Ok(())
+}
+
+fn root_summary(r: &SignedRoot) -> String {
+    let roles: Vec<String> = r
+        .signed
+        .roles
+        .iter()
+        .map(|(n, k)| format!("{n} {}/{}", k.threshold, k.keyids.len()))
+        .collect();
+    format!(
+        "root version {} expires {}; roles: {}; {} signature(s)",
+        r.signed.version,
+        r.signed.expires.to_rfc3339(),
+        roles.join(", "),
+        r.signatures.len()
+    )
+}
+
+pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> {
+    match c {
+        RootCmd::Init(a) => {
+            let root_keys = load_keys(&a.root_keys)?;
+            let mut signed = editor::new_root(
+                &BTreeMap::new(),
+                Utc::now().trunc_subsecs(0) + Duration::days(a.expires_days),
+            )?;
+            let mut add = |role: &str, pubs: Vec<String>, threshold: u32| -> anyhow::Result<()> {
+                let mut ids = Vec::new();
+                for p in pubs {
+                    ids.push(editor::add_key(&mut signed, &p)?);
+                }
+                signed.roles.insert(
+                    role.into(),
+                    molt_bundle::schema::RoleKeys {
+                        keyids: ids,
+                        threshold,
+                    },
+                );
+                Ok(())
+            };
+            add(
+                "root",
+                root_keys.iter().map(|k| k.public_hex()).collect(),
+                a.root_threshold,
+            )?;
+            add(
+                "checks",
+                a.checks_keys
+                    .iter()
+                    .map(|k| public_of(k))
+                    .collect::<anyhow::Result<_>>()?,
+                a.checks_threshold,
+            )?;
+            add(
+                "packages",
+                a.packages_keys
+                    .iter()
+                    .map(|k| public_of(k))
+                    .collect::<anyhow::Result<_>>()?,
+                a.packages_threshold,
+            )?;
+            signed.validate()?;
+            let mut root = SignedRoot {
+                signed,
+                signatures: vec![],
+            };
+            editor::sign_root(&mut root, &root_keys.iter().collect::<Vec<_>>())?;
+            root.check_self_signed()?;
+            write_root(&a.out, &root)?;
+            println!("wrote {}: {}", a.out.display(), root_summary(&root));
+            Ok(ExitCode::SUCCESS)
+        }
+        RootCmd::Sign(a) => {
+            let bytes =
+                std::fs::read(&a.root).with_context(|| format!("read {}", a.root.display()))?;
+            let mut root: SignedRoot = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not root JSON", a.root.display()))?;
+            root.signed.validate()?;
+            let keys = load_keys(&a.keys)?;
+            editor::sign_root(&mut root, &keys.iter().collect::<Vec<_>>())?;
+            write_root(&a.root, &root)?;
+            println!("signed {}: {}", a.root.display(), root_summary(&root));
+            match root.check_self_signed() {
+                Ok(()) => println!("its own root-role threshold is met"),
+                Err(e) => println!("not yet acceptable: {e}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RootCmd::Rotate(a) => {
+            let old = SignedRoot::load(&a.from)?;
+            let mut signed = old.signed.clone();
+            signed.version += 1;
+            signed.expires = Utc::now().trunc_subsecs(0) + Duration::days(a.expires_days);
+            for spec in &a.add_keys {
+                let (role, key) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--add-key `{spec}` is not ROLE=KEY"))?;
+                let id = editor::add_key(&mut signed, &public_of(key)?)?;
+                let r = signed
+                    .roles
+                    .get_mut(role)
+                    .with_context(|| format!("--add-key: unknown role `{role}`"))?;
+                if !r.keyids.contains(&id) {
+                    r.keyids.push(id);
+                }
+            }
+            for spec in &a.remove_keys {
+                let (role, id) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--remove-key `{spec}` is not ROLE=KEYID"))?;
+                let r = signed
+                    .roles
+                    .get_mut(role)
+                    .with_context(|| format!("--remove-key: unknown role `{role}`"))?;
+                let before = r.keyids.len();
+                r.keyids.retain(|k| !k.starts_with(id));
+                if r.keyids.len() == before {
+                    bail!("--remove-key: no key {id} in role `{role}`");
+                }
+            }
+            for id in &a.revoke {
+                let full: Vec<String> = signed
+                    .keys
+                    .keys()
+                    .filter(|k| k.starts_with(id.as_str()))
+                    .cloned()
+                    .collect();
+                let [full] = full.as_slice() else {
+                    bail!("--revoke: `{id}` matches {} keys of the root", full.len());
+                };
+                if !signed.revoked.contains(full) {
+                    signed.revoked.push(full.clone());
+                }
+                for r in signed.roles.values_mut() {
+                    r.keyids.retain(|k| k != full);
+                }
+            }
+            for spec in &a.thresholds {
+                let (role, n) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--threshold `{spec}` is not ROLE=N"))?;
+                let n: u32 = n
+                    .parse()
+                    .with_context(|| format!("--threshold: `{n}` is not a number"))?;
+                signed
+                    .roles
+                    .get_mut(role)
+                    .with_context(|| format!("--threshold: unknown role `{role}`"))?
+                    .threshold = n;
+            }
+            // Keys no role uses any more are dropped, unless revoked (kept for the record).
+            let used: std::collections::BTreeSet<String> = signed
+                .roles
+                .values()
+                .flat_map(|r| r.keyids.iter().cloned())
+                .collect();
+            let revoked = signed.revoked.clone();
+            signed
+                .keys
+                .retain(|id, _| used.contains(id) || revoked.contains(id));
+            signed.validate()?;
+            let mut root = SignedRoot {
+                signed,
+                signatures: vec![],
+            };
+            let keys = load_keys(&a.keys)?;
+            editor::sign_root(&mut root, &keys.iter().collect::<Vec<_>>())?;
+            write_root(&a.out, &root)?;
+            println!("wrote {}: {}", a.out.display(), root_summary(&root));
+            match old.check_rotation(&root, Utc::now()) {
+                Ok(()) => println!("rotation from version {} is acceptable", old.signed.version),
+                Err(e) => {
+                    println!("not yet acceptable (add signatures with `molt root sign`): {e}")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RootCmd::Apply(a) => {
+            let new = SignedRoot::load(&a.root)?;
+            let mut store = TrustStore::open(&a.state)?;
+            let from = store.root().signed.version;
+            store.update_root(new)?;
+            println!(
+                "trusted root rotated from version {from} to {}",
+                store.root().signed.version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn human_size(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn verified_json(v: &VerifiedBundle, deep: bool) -> serde_json::Value {
+    let m = &v.manifest;
+    serde_json::json!({
+        "valid": true,
+        "bundle": v.path,
+        "name": m.name,
+        "kind": m.kind,
+        "role": v.role,
+        "buildstamp": m.buildstamp,
+        "target": m.target,
+        "sequence": m.sequence,
+        "created": m.created,
+        "expires": m.expires,
+        "entries": m.entries.len(),
+        "size": m.entries.iter().map(|e| e.size).sum::<u64>(),
+        "components": m.components.len(),
+        "digest": v.digest,
+        "signers": v.signers,
+        "threshold": v.threshold,
+        "root_version": v.root_version,
+        "deep": deep,
+    })
+}
+
+fn print_verified(v: &VerifiedBundle, deep: bool) {
+    let m = &v.manifest;
+    println!("VALID {}", v.path.display());
+    println!("  name:       {}", m.name);
+    println!("  kind:       {} (signed by role `{}`)", m.kind, v.role);
+    println!("  buildstamp: {}", m.buildstamp);
+    println!("  target:     {}/{}", m.target.os, m.target.arch);
+    println!("  sequence:   {}", m.sequence);
+    println!("  created:    {}", m.created.to_rfc3339());
+    println!("  expires:    {}", m.expires.to_rfc3339());
+    println!(
+        "  entries:    {} files, {}{}",
+        m.entries.len(),
+        human_size(m.entries.iter().map(|e| e.size).sum()),
+        if m.components.is_empty() {
+            String::new()
+        } else {
+            format!(", {} wasm component(s)", m.components.len())
+        }
+    );
+    println!("  digest:     sha256:{}", v.digest);
+    println!(
+        "  signers:    {} of threshold {} (root version {})",
+        v.signers.len(),
+        v.threshold,
+        v.root_version
+    );
+    for s in &v.signers {
+        println!("              {s} ({})", v.role);
+    }
+    println!(
+        "  checks:     {}",
+        if deep {
+            "deep (every entry inflated and hashed)"
+        } else {
+            "fast (whole-file digest, structure)"
+        }
+    );
+}
+
+pub fn bundle(c: BundleCmd) -> anyhow::Result<ExitCode> {
+    match c {
+        BundleCmd::Pack(a) => {
+            let mut spec = PackSpec::from_buildstamp(&a.buildstamp, a.sequence)?;
+            spec.expires = Utc::now().trunc_subsecs(0) + Duration::days(a.expires_days);
+            if let Some(cp) = &a.components {
+                let b = std::fs::read(cp).with_context(|| format!("read {}", cp.display()))?;
+                spec.components = serde_json::from_slice::<Vec<Component>>(&b)
+                    .with_context(|| format!("{}: not a JSON array of components", cp.display()))?;
+            }
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(&a.buildstamp));
+            let m = molt_bundle::pack_dir(&a.dir, &spec, &out)?;
+            println!(
+                "packed {}: {} files, {}, sequence {}",
+                out.display(),
+                m.entries.len(),
+                human_size(m.entries.iter().map(|e| e.size).sum()),
+                m.sequence
+            );
+            if !a.keys.is_empty() {
+                let keys = load_keys(&a.keys)?;
+                let d = molt_bundle::sign_bundle(&out, &keys.iter().collect::<Vec<_>>())?;
+                println!("signed digest sha256:{d} with {} key(s)", keys.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCmd::Sign(a) => {
+            let keys = load_keys(&a.keys)?;
+            let d = molt_bundle::sign_bundle(&a.bundle, &keys.iter().collect::<Vec<_>>())?;
+            println!("signed {} (digest sha256:{d})", a.bundle.display());
+            for k in &keys {
+                println!("  key {}", k.key_id());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCmd::Verify(a) => {
+            let opts = VerifyOptions {
+                deep: a.deep,
+                ..Default::default()
+            };
+            let result = (|| -> Result<VerifiedBundle, molt_bundle::BundleError> {
+                match (&a.root, &a.state) {
+                    (Some(r), None) => {
+                        molt_bundle::verify_bundle(&a.bundle, &SignedRoot::load(r)?, &opts)
+                    }
+                    (r, Some(dir)) => {
+                        let mut store = match r {
+                            Some(r) => TrustStore::open_or_init(dir, &SignedRoot::load(r)?)?,
+                            None => TrustStore::open(dir)?,
+                        };
+                        store.verify_bundle(&a.bundle, &opts)
+                    }
+                    (None, None) => unreachable!("clap requires --root or --state"),
+                }
+            })();
+            match result {
+                Ok(v) => {
+                    if a.json {
+                        println!("{}", verified_json(&v, a.deep));
+                    } else {
+                        print_verified(&v, a.deep);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if a.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"valid": false, "bundle": a.bundle, "error": e.to_string()})
+                        );
+                    } else {
+                        println!("INVALID {}", a.bundle.display());
+                        println!("  reason: {e}");
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        BundleCmd::Inspect(a) => inspect(&a),
+        BundleCmd::Extract(a) => {
+            let root = SignedRoot::load(&a.root)?;
+            let v = molt_bundle::verify_bundle(&a.bundle, &root, &VerifyOptions::default())?;
+            let r = molt_bundle::extract(&v, &a.bundle, &a.dest, &Limits::default())?;
+            println!(
+                "extracted {} files ({}) to {}",
+                r.files.len(),
+                human_size(r.bytes),
+                a.dest.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
+    let info = molt_bundle::verify::inspect(&a.bundle)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = &info.manifest;
+    println!(
+        "{} (NOT VERIFIED: use `molt bundle verify`)",
+        a.bundle.display()
+    );
+    println!("  name:       {}", m.name);
+    println!("  kind:       {} (role `{}`)", m.kind, m.kind.role());
+    println!("  buildstamp: {}", m.buildstamp);
+    println!("  target:     {}/{}", m.target.os, m.target.arch);
+    println!("  sequence:   {}", m.sequence);
+    println!("  created:    {}", m.created.to_rfc3339());
+    println!("  expires:    {}", m.expires.to_rfc3339());
+    println!("  digest:     sha256:{}", info.digest);
+    println!("  signatures: {}", info.signatures.len());
+    for s in &info.signatures {
+        println!("              key {}", s.keyid);
+    }
+    println!("  entries:    {}", m.entries.len());
+    for e in &m.entries {
+        println!(
+            "    {:>04o} {:>12} {}  {}",
+            e.mode,
+            e.size,
+            &e.sha256[..e.sha256.len().min(16)],
+            e.path
+        );
+    }
+    for c in &m.components {
+        println!(
+            "  component {}: world {}, capabilities [{}], preopens [{}]",
+            c.path,
+            c.world,
+            c.capabilities.join(", "),
+            c.preopens.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn buildstamp(a: BuildstampArgs) -> anyhow::Result<ExitCode> {
+    let mut parsed = Vec::new();
+    let mut failed = false;
+    for n in &a.names {
+        match n.parse::<Buildstamp>() {
+            Ok(b) => parsed.push(b),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if a.sort {
+        parsed.sort();
+    }
+    if a.json {
+        let arr: Vec<serde_json::Value> = parsed.iter().map(buildstamp_json).collect();
+        println!("{}", serde_json::to_string_pretty(&arr)?);
+    } else if a.sort {
+        for b in &parsed {
+            println!("{b}");
+        }
+    } else {
+        for b in &parsed {
+            let v = &b.version;
+            println!("{b}");
+            println!("  product:     {}", b.product.as_str());
+            println!("  kind:        {} ({})", b.kind_word(), b.kind);
+            println!(
+                "  family:      {} ({})",
+                v.family,
+                v.family_date.format("%m-%d-%Y")
+            );
+            println!("  patch:       {}", v.patch);
+            println!(
+                "  hotfix:      {}",
+                v.hotfix
+                    .as_ref()
+                    .map(|h| format!("{}{}", h.number, h.suffix))
+                    .unwrap_or_else(|| "-".into())
+            );
+            println!("  patch date:  {}", v.patch_date.format("%m-%d-%Y"));
+            println!("  built:       {}", v.built.format("%Y-%m-%d %H:%M"));
+            println!("  os/arch:     {}/{}", b.os, b.arch);
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn buildstamp_json(b: &Buildstamp) -> serde_json::Value {
+    let v = &b.version;
+    serde_json::json!({
+        "name": b.to_string(),
+        "product": b.product.as_str(),
+        "kind": b.kind.as_str(),
+        "kind_word": b.kind_word(),
+        "version": v.to_string(),
+        "family": v.family,
+        "family_date": v.family_date.to_string(),
+        "patch": v.patch,
+        "hotfix": v.hotfix.as_ref().map(|h| h.number),
+        "hotfix_suffix": v.hotfix.as_ref().map(|h| h.suffix.clone()),
+        "patch_date": v.patch_date.to_string(),
+        "built": v.built.format("%Y-%m-%dT%H:%M").to_string(),
+        "os": b.os,
+        "arch": b.arch,
+    })
+}

@@ -1,0 +1,959 @@
+//! Crate-level tests with real files, real zips and real Ed25519 signatures:
+//! round trip, every-byte tampering, one hand-made case per refusal rule, and
+//! root rotation.
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use tempfile::TempDir;
+
+use crate::container::{Limits, MANIFEST_PATH, METHOD_DEFLATED, SIGNATURES_PATH};
+use crate::editor::{self, PackSpec, ZipWriter, signature_slot};
+use crate::schema::{BundleKind, Manifest, ManifestEntry, SignatureFile, SignedRoot, Target};
+use crate::{
+    BundleError, SigningKey, TrustStore, VerifyOptions, extract, pack_dir, sign_bundle,
+    verify_bundle,
+};
+
+const CORE: &str =
+    "molt-core.vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815.universal.universal.zip";
+const PRECHECK: &str =
+    "molt-precheck.vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815.universal.universal.zip";
+
+fn key() -> SigningKey {
+    SigningKey::generate().unwrap().0
+}
+
+fn in_days(d: i64) -> DateTime<Utc> {
+    Utc::now() + Duration::days(d)
+}
+
+/// Roles -> (keys, threshold), signed by `signers`.
+fn root_with(
+    roles: &[(&str, Vec<&SigningKey>, u32)],
+    signers: &[&SigningKey],
+    expires: DateTime<Utc>,
+) -> SignedRoot {
+    let mut m = BTreeMap::new();
+    for (r, ks, t) in roles {
+        m.insert(r.to_string(), (ks.clone(), *t));
+    }
+    let mut root = SignedRoot {
+        signed: editor::new_root(&m, expires).unwrap(),
+        signatures: vec![],
+    };
+    editor::sign_root(&mut root, signers).unwrap();
+    root
+}
+
+struct Fx {
+    dir: TempDir,
+    key: SigningKey,
+    root: SignedRoot,
+}
+
+fn fx() -> Fx {
+    let key = key();
+    let root = editor::single_key_root(&key, in_days(30)).unwrap();
+    Fx {
+        dir: TempDir::new().unwrap(),
+        key,
+        root,
+    }
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn write_payload(dir: &Path) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("lib/deep")).unwrap();
+    std::fs::write(dir.join("bin/run.sh"), "#!/bin/sh\necho up\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("lib/notes.txt"),
+        "Current packages: Installed/Assigned\n".repeat(100),
+    )
+    .unwrap();
+    std::fs::write(dir.join("lib/deep/blob.bin"), pseudo_random(3000, 7)).unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+}
+
+fn packed(fx: &Fx, name: &str, buildstamp: &str, seq: u64, signers: &[&SigningKey]) -> PathBuf {
+    let src = fx.dir.path().join(format!("src-{name}"));
+    if !src.exists() {
+        write_payload(&src);
+    }
+    let out = fx.dir.path().join(format!("{name}.zip"));
+    let spec = PackSpec::from_buildstamp(buildstamp, seq).unwrap();
+    pack_dir(&src, &spec, &out).unwrap();
+    sign_bundle(&out, signers).unwrap();
+    out
+}
+
+fn verify(path: &Path, root: &SignedRoot) -> Result<crate::VerifiedBundle, BundleError> {
+    verify_bundle(path, root, &VerifyOptions::default())
+}
+
+fn msg<T: std::fmt::Debug>(r: Result<T, BundleError>) -> String {
+    match r {
+        Ok(v) => panic!("accepted, expected a refusal: {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn pack_sign_verify_extract_round_trip() {
+    let fx = fx();
+    let b = packed(&fx, "core", CORE, 3, &[&fx.key]);
+    let v = verify(&b, &fx.root).unwrap();
+    assert_eq!(v.manifest.name, "molt-core");
+    assert_eq!(v.manifest.sequence, 3);
+    assert_eq!(v.signers, vec![fx.key.key_id().to_string()]);
+    assert_eq!(v.manifest.entries.len(), 4);
+    verify_bundle(
+        &b,
+        &fx.root,
+        &VerifyOptions {
+            deep: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dest = fx.dir.path().join("out");
+    let rep = extract(&v, &b, &dest, &Limits::default()).unwrap();
+    assert_eq!(rep.files.len(), 4);
+    let src = fx.dir.path().join("src-core");
+    for f in ["bin/run.sh", "lib/notes.txt", "lib/deep/blob.bin", "empty"] {
+        assert_eq!(
+            std::fs::read(dest.join(f)).unwrap(),
+            std::fs::read(src.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let mode = std::fs::metadata(dest.join("bin/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+    // A second extraction into the same place refuses to overwrite and leaves the first intact.
+    let e = extract(&v, &b, &dest, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot create"), "{e}");
+    assert!(dest.join("bin/run.sh").exists());
+    // Standard zip tools read it (it is a real zip).
+    if let Ok(out) = std::process::Command::new("unzip")
+        .arg("-t")
+        .arg(&b)
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "unzip -t: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn signing_twice_adds_a_signature_without_moving_bytes() {
+    let fx = fx();
+    let k2 = key();
+    let root = root_with(
+        &[
+            ("root", vec![&fx.key], 1),
+            ("checks", vec![&fx.key], 1),
+            ("packages", vec![&fx.key, &k2], 2),
+        ],
+        &[&fx.key],
+        in_days(30),
+    );
+    let b = packed(&fx, "core", CORE, 1, &[&fx.key]);
+    let len = std::fs::metadata(&b).unwrap().len();
+    let e = msg(verify(&b, &root));
+    assert!(
+        e.contains("signatures below the threshold of role `packages`: 1 valid of 2 required"),
+        "{e}"
+    );
+    let d1 = sign_bundle(&b, &[&k2]).unwrap();
+    let d2 = sign_bundle(&b, &[&k2]).unwrap(); // replacing a signature is idempotent
+    assert_eq!(d1, d2);
+    assert_eq!(std::fs::metadata(&b).unwrap().len(), len);
+    let v = verify(&b, &root).unwrap();
+    assert_eq!(v.signers.len(), 2);
+}
+
+#[test]
+fn every_flipped_byte_and_every_truncation_is_refused() {
+    let fx = fx();
+    let src = fx.dir.path().join("tiny");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "hello hello hello hello hello hello\n").unwrap();
+    std::fs::write(src.join("b.bin"), pseudo_random(200, 3)).unwrap();
+    let b = fx.dir.path().join("tiny.zip");
+    pack_dir(&src, &PackSpec::from_buildstamp(CORE, 1).unwrap(), &b).unwrap();
+    sign_bundle(&b, &[&fx.key]).unwrap();
+    verify(&b, &fx.root).unwrap();
+    let orig = std::fs::read(&b).unwrap();
+    let t = fx.dir.path().join("t.zip");
+    let mut accepted = Vec::new();
+    for i in 0..orig.len() {
+        let mut m = orig.clone();
+        m[i] ^= 0xFF;
+        std::fs::write(&t, &m).unwrap();
+        if verify(&t, &fx.root).is_ok() {
+            accepted.push(i);
+        }
+    }
+    let mut truncs = 0;
+    for cut in (0..orig.len()).step_by(64) {
+        std::fs::write(&t, &orig[..cut]).unwrap();
+        truncs += 1;
+        if verify(&t, &fx.root).is_ok() {
+            accepted.push(cut);
+        }
+    }
+    assert!(orig.len() > 8192 && truncs > 100);
+    assert!(
+        accepted.is_empty(),
+        "accepted tampered offsets: {accepted:?}"
+    );
+}
+
+/// Build a bundle by hand: entries (name, data, deflate, st_mode), a manifest
+/// derived from them and then edited, signed with `key` when structurally possible.
+fn craft(
+    fx: &Fx,
+    files: &[(&str, Vec<u8>, bool, u32)],
+    edit: impl FnOnce(&mut Manifest),
+    buildstamp: &str,
+) -> PathBuf {
+    let b: crate::Buildstamp = buildstamp.parse().unwrap();
+    let mut m = Manifest {
+        format: 1,
+        kind: b.kind,
+        name: b.package(),
+        buildstamp: buildstamp.into(),
+        target: Target::universal(),
+        created: Utc::now(),
+        expires: in_days(10),
+        sequence: 1,
+        entries: files
+            .iter()
+            .map(|(n, d, _, mode)| ManifestEntry {
+                path: n.to_string(),
+                size: d.len() as u64,
+                sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, d).as_ref()),
+                mode: mode & 0o777,
+            })
+            .collect(),
+        components: vec![],
+    };
+    edit(&mut m);
+    let out = fx.dir.path().join(format!("crafted-{}.zip", rand_name()));
+    let mut w = ZipWriter::create(&out).unwrap();
+    w.add_bytes(
+        MANIFEST_PATH,
+        &serde_json::to_vec(&m).unwrap(),
+        true,
+        0o100644,
+    )
+    .unwrap();
+    for (n, d, deflate, mode) in files {
+        w.add_bytes(n, d, *deflate, *mode).unwrap();
+    }
+    w.add_bytes(
+        SIGNATURES_PATH,
+        &signature_slot(&SignatureFile {
+            format: 1,
+            signatures: vec![],
+        })
+        .unwrap(),
+        false,
+        0o100644,
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let _ = sign_bundle(&out, &[&fx.key]);
+    out
+}
+
+fn rand_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+fn f(name: &str, data: &[u8]) -> (&'static str, Vec<u8>, bool, u32) {
+    (
+        Box::leak(name.to_string().into_boxed_str()),
+        data.to_vec(),
+        true,
+        0o100644,
+    )
+}
+
+#[test]
+fn crafted_good_bundle_is_accepted() {
+    let fx = fx();
+    let b = craft(&fx, &[f("a", b"aaaa"), f("dir/b", b"bbbb")], |_| {}, CORE);
+    verify_bundle(
+        &b,
+        &fx.root,
+        &VerifyOptions {
+            deep: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn refuses_an_entry_missing_from_the_manifest() {
+    let fx = fx();
+    let b = craft(
+        &fx,
+        &[f("a", b"a"), f("extra", b"x")],
+        |m| m.entries.retain(|e| e.path != "extra"),
+        CORE,
+    );
+    let e = msg(verify(&b, &fx.root));
+    assert!(
+        e.contains("entry `extra` is in the zip but not listed in the manifest"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_a_manifest_entry_missing_from_the_zip() {
+    let fx = fx();
+    let b = craft(
+        &fx,
+        &[f("a", b"a")],
+        |m| {
+            let mut g = m.entries[0].clone();
+            g.path = "ghost".into();
+            m.entries.push(g)
+        },
+        CORE,
+    );
+    let e = msg(verify(&b, &fx.root));
+    assert!(
+        e.contains("manifest entry `ghost` is missing from the zip"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_a_digest_mismatch_on_deep_verify_and_extract_and_cleans_up() {
+    let fx = fx();
+    let b = craft(
+        &fx,
+        &[f("a", b"first"), f("b", b"second")],
+        |m| m.entries[1].sha256 = m.entries[0].sha256.clone(),
+        CORE,
+    );
+    // The signer signed a wrong manifest: the fast check proves who signed it,
+    // the content check (deep, extraction) proves it does not match.
+    let v = verify(&b, &fx.root).unwrap();
+    let e = msg(verify_bundle(
+        &b,
+        &fx.root,
+        &VerifyOptions {
+            deep: true,
+            ..Default::default()
+        },
+    ));
+    assert!(e.contains("entry `b`: SHA-256 mismatch"), "{e}");
+    let dest = fx.dir.path().join("x");
+    let e = extract(&v, &b, &dest, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("entry `b`: SHA-256 mismatch"), "{e}");
+    assert!(!dest.exists(), "extraction left files behind");
+}
+
+#[test]
+fn refuses_a_size_mismatch_between_manifest_and_zip() {
+    let fx = fx();
+    let b = craft(&fx, &[f("a", b"12345")], |m| m.entries[0].size = 6, CORE);
+    let e = msg(verify(&b, &fx.root));
+    assert!(
+        e.contains("entry `a`: size mismatch: declared 6 bytes, the zip header says 5 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_duplicate_names() {
+    let fx = fx();
+    let b = craft(&fx, &[f("a", b"1"), f("a", b"2")], |_| {}, CORE);
+    let e = msg(verify(&b, &fx.root));
+    assert!(e.contains("duplicate entry name `a`"), "{e}");
+}
+
+#[test]
+fn refuses_absolute_paths() {
+    let fx = fx();
+    let b = craft(&fx, &[f("/etc/cron.d/x", b"1")], |_| {}, CORE);
+    let e = msg(verify(&b, &fx.root));
+    assert!(e.contains("entry `/etc/cron.d/x`: absolute path"), "{e}");
+}
+
+#[test]
+fn refuses_dotdot_components() {
+    let fx = fx();
+    let b = craft(&fx, &[f("lib/../../escape", b"1")], |_| {}, CORE);
+    let e = msg(verify(&b, &fx.root));
+    assert!(
+        e.contains("entry `lib/../../escape`: `..` component in path"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_symlinks() {
+    let fx = fx();
+    let b = craft(
+        &fx,
+        &[("link", b"/etc/passwd".to_vec(), false, 0o120777)],
+        |_| {},
+        CORE,
+    );
+    let e = msg(verify(&b, &fx.root));
+    assert!(e.contains("entry `link`: symlinks are not allowed"), "{e}");
+}
+
+#[test]
+fn refuses_special_files() {
+    let fx = fx();
+    let b = craft(&fx, &[("fifo", vec![], false, 0o010644)], |_| {}, CORE);
+    let e = msg(verify(&b, &fx.root));
+    assert!(
+        e.contains("entry `fifo`: special file (type 0o10000) is not allowed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_setuid_modes_in_the_manifest() {
+    let fx = fx();
+    let b = craft(
+        &fx,
+        &[("suid", b"x".to_vec(), false, 0o104755)],
+        |m| m.entries[0].mode = 0o4755,
+        CORE,
+    );
+    let e = msg(verify(&b, &fx.root));
+    assert!(
+        e.contains("entry `suid`: mode 0o4755 has bits other than rwx permissions"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_more_entries_than_the_limit() {
+    let fx = fx();
+    let files: Vec<_> = (0..5).map(|i| f(&format!("f{i}"), b"x")).collect();
+    let b = craft(&fx, &files, |_| {}, CORE);
+    let opts = VerifyOptions {
+        limits: Limits {
+            max_entries: 6,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let e = msg(verify_bundle(&b, &fx.root, &opts));
+    assert!(e.contains("too many entries: 7 (limit 6)"), "{e}");
+}
+
+#[test]
+fn refuses_content_larger_than_declared() {
+    let fx = fx();
+    // A deflate stream of 100 000 bytes whose headers and manifest claim 10 bytes.
+    let big = vec![b'x'; 100_000];
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, &big).unwrap();
+    let deflated = enc.finish().unwrap();
+    let claimed = b"xxxxxxxxxx";
+    let out = fx.dir.path().join("liar.zip");
+    let mut m = Manifest {
+        format: 1,
+        kind: BundleKind::Core,
+        name: "molt-core".into(),
+        buildstamp: CORE.into(),
+        target: Target::universal(),
+        created: Utc::now(),
+        expires: in_days(1),
+        sequence: 1,
+        entries: vec![ManifestEntry {
+            path: "liar".into(),
+            size: 10,
+            sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, claimed).as_ref()),
+            mode: 0o644,
+        }],
+        components: vec![],
+    };
+    m.components.clear();
+    let mut w = ZipWriter::create(&out).unwrap();
+    w.add_bytes(
+        MANIFEST_PATH,
+        &serde_json::to_vec(&m).unwrap(),
+        true,
+        0o100644,
+    )
+    .unwrap();
+    w.add_raw(
+        "liar",
+        METHOD_DEFLATED,
+        crc32fast::hash(claimed),
+        &deflated,
+        10,
+        0o100644,
+    )
+    .unwrap();
+    w.add_bytes(
+        SIGNATURES_PATH,
+        &signature_slot(&SignatureFile {
+            format: 1,
+            signatures: vec![],
+        })
+        .unwrap(),
+        false,
+        0o100644,
+    )
+    .unwrap();
+    w.finish().unwrap();
+    sign_bundle(&out, &[&fx.key]).unwrap();
+    let v = verify(&out, &fx.root).unwrap();
+    let e = msg(verify_bundle(
+        &out,
+        &fx.root,
+        &VerifyOptions {
+            deep: true,
+            ..Default::default()
+        },
+    ));
+    assert!(
+        e.contains("entry `liar`: size mismatch: declared 10 bytes, content is more than 10 bytes"),
+        "{e}"
+    );
+    let dest = fx.dir.path().join("liar-out");
+    let e = extract(&v, &out, &dest, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("content is more than 10 bytes"), "{e}");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn refuses_a_high_compression_ratio() {
+    let fx = fx();
+    let b = craft(&fx, &[f("zeros", &vec![0u8; 4 << 20])], |_| {}, CORE);
+    let e = msg(verify(&b, &fx.root));
+    assert!(
+        e.contains("entry `zeros`: compression ratio")
+            && e.contains("above the limit of 200:1 (zip bomb?)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_a_total_size_above_the_limit() {
+    let fx = fx();
+    let b = craft(
+        &fx,
+        &[f("a", &[1u8; 600]), f("b", &[2u8; 600])],
+        |_| {},
+        CORE,
+    );
+    let opts = VerifyOptions {
+        limits: Limits {
+            max_total_size: 1000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let e = msg(verify_bundle(&b, &fx.root, &opts));
+    assert!(
+        e.contains("total uncompressed size") && e.contains("above the limit of 1000 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_unsigned_and_under_threshold_bundles() {
+    let fx = fx();
+    let src = fx.dir.path().join("s");
+    write_payload(&src);
+    let b = fx.dir.path().join("unsigned.zip");
+    pack_dir(&src, &PackSpec::from_buildstamp(CORE, 1).unwrap(), &b).unwrap();
+    let e = msg(verify(&b, &fx.root));
+    assert!(e.contains("signatures below the threshold of role `packages`: 0 valid of 1 required (no signatures)"), "{e}");
+}
+
+#[test]
+fn refuses_unknown_keys_and_wrong_roles() {
+    let fx = fx();
+    let stranger = key();
+    let b = packed(&fx, "core", CORE, 1, &[&stranger]);
+    let e = msg(verify(&b, &fx.root));
+    assert!(e.contains("unknown key (not in root version 1)"), "{e}");
+
+    let (r, c, p) = (key(), key(), key());
+    let root = root_with(
+        &[
+            ("root", vec![&r], 1),
+            ("checks", vec![&c], 1),
+            ("packages", vec![&p], 1),
+        ],
+        &[&r],
+        in_days(9),
+    );
+    let b = packed(&fx, "pre", PRECHECK, 1, &[&p]);
+    let e = msg(verify(&b, &root));
+    assert!(
+        e.contains("role `checks`") && e.contains("not a key of role `checks`"),
+        "{e}"
+    );
+    sign_bundle(&b, &[&c]).unwrap();
+    verify(&b, &root).unwrap();
+}
+
+#[test]
+fn refuses_revoked_and_expired_keys() {
+    let fx = fx();
+    let (r, p1, p2) = (key(), key(), key());
+    let mut root = root_with(
+        &[
+            ("root", vec![&r], 1),
+            ("checks", vec![&r], 1),
+            ("packages", vec![&p1, &p2], 1),
+        ],
+        &[],
+        in_days(9),
+    );
+    root.signed.revoked.push(p2.key_id().to_string());
+    root.signed.keys.get_mut(p1.key_id()).unwrap().expires = Some(Utc::now() - Duration::days(1));
+    editor::sign_root(&mut root, &[&r]).unwrap();
+    let root = SignedRoot::from_slice(&root.to_json_pretty().unwrap()).unwrap();
+    let b = packed(&fx, "core", CORE, 1, &[&p2]);
+    let e = msg(verify(&b, &root));
+    assert!(e.contains("key revoked in root version 1"), "{e}");
+    let b = packed(&fx, "core2", CORE, 1, &[&p1]);
+    let e = msg(verify(&b, &root));
+    assert!(e.contains("key expired at"), "{e}");
+}
+
+#[test]
+fn refuses_an_expired_bundle() {
+    let fx = fx();
+    let src = fx.dir.path().join("s");
+    write_payload(&src);
+    let b = fx.dir.path().join("old.zip");
+    let mut spec = PackSpec::from_buildstamp(CORE, 1).unwrap();
+    spec.expires = Utc::now() - Duration::hours(1);
+    pack_dir(&src, &spec, &b).unwrap();
+    sign_bundle(&b, &[&fx.key]).unwrap();
+    let e = msg(verify(&b, &fx.root));
+    assert!(e.contains("bundle `molt-core` expired at"), "{e}");
+}
+
+#[test]
+fn refuses_trailing_data_comments_and_gaps() {
+    let fx = fx();
+    let b = packed(&fx, "core", CORE, 1, &[&fx.key]);
+    let orig = std::fs::read(&b).unwrap();
+    let t = fx.dir.path().join("t.zip");
+    let mut m = orig.clone();
+    m.extend_from_slice(b"junk");
+    std::fs::write(&t, &m).unwrap();
+    assert!(msg(verify(&t, &fx.root)).contains("no end-of-central-directory record at the end"));
+    // A real archive comment, as `zip -z` would add.
+    let mut m = orig.clone();
+    let n = m.len();
+    m[n - 2..].copy_from_slice(&3u16.to_le_bytes());
+    m.extend_from_slice(b"hey");
+    std::fs::write(&t, &m).unwrap();
+    assert!(msg(verify(&t, &fx.root)).contains("no end-of-central-directory"));
+    // Prepended data (a "self-extracting" stub) shifts everything.
+    let mut m = b"MZstub".to_vec();
+    m.extend_from_slice(&orig);
+    std::fs::write(&t, &m).unwrap();
+    let e = msg(verify(&t, &fx.root));
+    assert!(e.contains("invalid container"), "{e}");
+}
+
+#[test]
+fn replayed_lower_sequence_is_refused_with_state() {
+    let fx = fx();
+    let state = fx.dir.path().join("state");
+    let mut store = TrustStore::open_or_init(&state, &fx.root).unwrap();
+    let b5 = packed(&fx, "s5", CORE, 5, &[&fx.key]);
+    let b4 = packed(&fx, "s4", CORE, 4, &[&fx.key]);
+    store.verify_bundle(&b5, &VerifyOptions::default()).unwrap();
+    store.verify_bundle(&b5, &VerifyOptions::default()).unwrap(); // same sequence again is fine
+    let e = msg(store.verify_bundle(&b4, &VerifyOptions::default()));
+    assert!(e.contains("replayed or older bundle refused: `molt-core` sequence 4 is lower than 5 already accepted"), "{e}");
+    // The state survives a restart, and the stateless check alone would accept it.
+    let mut again = TrustStore::open(&state).unwrap();
+    assert_eq!(again.highest_sequence("molt-core"), Some(5));
+    assert!(msg(again.verify_bundle(&b4, &VerifyOptions::default())).contains("replayed"));
+    verify(&b4, &fx.root).unwrap();
+    // Another bundle name has its own sequence.
+    let p1 = packed(&fx, "p1", PRECHECK, 1, &[&fx.key]);
+    again.verify_bundle(&p1, &VerifyOptions::default()).unwrap();
+}
+
+struct Rot {
+    fx: Fx,
+    r1: SigningKey,
+    r2: SigningKey,
+    p1: SigningKey,
+    p2: SigningKey,
+    v1: SignedRoot,
+}
+
+fn rot() -> Rot {
+    let fx = fx();
+    let (r1, r2, p1, p2) = (key(), key(), key(), key());
+    let v1 = root_with(
+        &[
+            ("root", vec![&r1], 1),
+            ("checks", vec![&r1], 1),
+            ("packages", vec![&p1], 1),
+        ],
+        &[&r1],
+        in_days(30),
+    );
+    Rot {
+        fx,
+        r1,
+        r2,
+        p1,
+        p2,
+        v1,
+    }
+}
+
+/// Version 2: root key r1 -> r2, packages key p1 -> p2 (p1 revoked if `revoke`).
+fn v2(t: &Rot, revoke: bool, signers: &[&SigningKey]) -> SignedRoot {
+    let mut s = t.v1.signed.clone();
+    s.version = 2;
+    let r2 = editor::add_key(&mut s, &t.r2.public_hex()).unwrap();
+    let p2 = editor::add_key(&mut s, &t.p2.public_hex()).unwrap();
+    s.roles.get_mut("root").unwrap().keyids = vec![r2.clone()];
+    s.roles.get_mut("checks").unwrap().keyids = vec![r2];
+    s.roles.get_mut("packages").unwrap().keyids = vec![p2];
+    s.keys.remove(t.r1.key_id());
+    if revoke {
+        s.revoked.push(t.p1.key_id().to_string());
+    } else {
+        s.keys.remove(t.p1.key_id());
+    }
+    let mut root = SignedRoot {
+        signed: s,
+        signatures: vec![],
+    };
+    editor::sign_root(&mut root, signers).unwrap();
+    root
+}
+
+#[test]
+fn properly_rotated_root_is_accepted_and_persisted() {
+    let t = rot();
+    let state = t.fx.dir.path().join("state");
+    let mut store = TrustStore::open_or_init(&state, &t.v1).unwrap();
+    let new = v2(&t, true, &[&t.r1, &t.r2]);
+    store.update_root(new.clone()).unwrap();
+    assert_eq!(store.root().signed.version, 2);
+    let b = packed(&t.fx, "new", CORE, 1, &[&t.p2]);
+    store.verify_bundle(&b, &VerifyOptions::default()).unwrap();
+    // Reopening, or re-initialising with the old root file, keeps version 2.
+    let s2 = TrustStore::open_or_init(&state, &t.v1).unwrap();
+    assert_eq!(s2.root().signed.version, 2);
+}
+
+#[test]
+fn bundle_signed_by_a_rotated_out_key_is_refused() {
+    let t = rot();
+    let b = packed(&t.fx, "old", CORE, 1, &[&t.p1]);
+    verify(&b, &t.v1).unwrap();
+    let state = t.fx.dir.path().join("state");
+    let mut store = TrustStore::open_or_init(&state, &t.v1).unwrap();
+    store.update_root(v2(&t, true, &[&t.r1, &t.r2])).unwrap();
+    let e = msg(store.verify_bundle(&b, &VerifyOptions::default()));
+    assert!(e.contains("key revoked in root version 2"), "{e}");
+    // Removed without revocation: no longer known at all.
+    let e = msg(verify(&b, &v2(&t, false, &[&t.r1, &t.r2])));
+    assert!(e.contains("unknown key (not in root version 2)"), "{e}");
+}
+
+#[test]
+fn bundle_under_an_expired_root_is_refused() {
+    let t = rot();
+    let mut old = t.v1.clone();
+    old.signed.expires = Utc::now() - Duration::days(1);
+    old.signatures.clear();
+    editor::sign_root(&mut old, &[&t.r1]).unwrap();
+    let state = t.fx.dir.path().join("state");
+    let mut store = TrustStore::open_or_init(&state, &old).unwrap();
+    let b = packed(&t.fx, "b", CORE, 1, &[&t.p1]);
+    let e = msg(store.verify_bundle(&b, &VerifyOptions::default()));
+    assert!(e.contains("trusted root version 1 expired at"), "{e}");
+    // An expired root can still be rotated (that is how one recovers).
+    store.update_root(v2(&t, true, &[&t.r1, &t.r2])).unwrap();
+}
+
+#[test]
+fn rotation_rules() {
+    let t = rot();
+    let now = Utc::now();
+    let e =
+        t.v1.check_rotation(&v2(&t, true, &[&t.r2]), now)
+            .unwrap_err()
+            .to_string();
+    assert!(
+        e.contains("signed by 0 of 1 required root keys of the trusted version 1"),
+        "{e}"
+    );
+    let e =
+        t.v1.check_rotation(&v2(&t, true, &[&t.r1]), now)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("of its own root role"), "{e}");
+    let e = t.v1.check_rotation(&t.v1, now).unwrap_err().to_string();
+    assert!(
+        e.contains("version 1 is not newer than the trusted version 1"),
+        "{e}"
+    );
+    let mut v3 = v2(&t, true, &[]);
+    v3.signed.version = 3;
+    editor::sign_root(&mut v3, &[&t.r1, &t.r2]).unwrap();
+    let e = t.v1.check_rotation(&v3, now).unwrap_err().to_string();
+    assert!(e.contains("one at a time: expected 2"), "{e}");
+    let mut exp = v2(&t, true, &[]);
+    exp.signed.expires = now - Duration::days(1);
+    editor::sign_root(&mut exp, &[&t.r1, &t.r2]).unwrap();
+    let e = t.v1.check_rotation(&exp, now).unwrap_err().to_string();
+    assert!(e.contains("the new root expired"), "{e}");
+    t.v1.check_rotation(&v2(&t, true, &[&t.r1, &t.r2]), now)
+        .unwrap();
+}
+
+#[test]
+fn tampered_root_json_is_refused() {
+    let t = rot();
+    let mut v = t.v1.clone();
+    v.signed.roles.get_mut("packages").unwrap().keyids = vec![t.r1.key_id().to_string()];
+    let e = SignedRoot::from_slice(&v.to_json_pretty().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad signature"), "{e}");
+}
+
+#[test]
+fn root_signature_does_not_depend_on_formatting() {
+    let t = rot();
+    let compact = serde_json::to_vec(&t.v1).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&compact).unwrap();
+    // Reorder keys by round-tripping through a differently formatted document.
+    let pretty = serde_json::to_vec_pretty(&v).unwrap();
+    SignedRoot::from_slice(&compact).unwrap();
+    SignedRoot::from_slice(&pretty).unwrap();
+}
+
+#[test]
+fn extraction_never_follows_symlinks_in_dest() {
+    let fx = fx();
+    let b = packed(&fx, "core", CORE, 1, &[&fx.key]);
+    let v = verify(&b, &fx.root).unwrap();
+    let dest = fx.dir.path().join("dest");
+    let outside = fx.dir.path().join("outside");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join("lib")).unwrap();
+    let e = extract(&v, &b, &dest, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is a symlink; refusing to follow it"), "{e}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(
+        !dest.join("bin").exists(),
+        "partial extraction was not removed"
+    );
+}
+
+#[test]
+fn manifest_diff_lists_changed_files_between_bundles() {
+    let fx = fx();
+    let a = packed(&fx, "a", CORE, 1, &[&fx.key]);
+    std::fs::write(fx.dir.path().join("src-a/lib/notes.txt"), "changed").unwrap();
+    std::fs::write(fx.dir.path().join("src-a/new.txt"), "new").unwrap();
+    std::fs::remove_file(fx.dir.path().join("src-a/empty")).unwrap();
+    let out = fx.dir.path().join("b.zip");
+    pack_dir(
+        &fx.dir.path().join("src-a"),
+        &PackSpec::from_buildstamp(CORE, 2).unwrap(),
+        &out,
+    )
+    .unwrap();
+    sign_bundle(&out, &[&fx.key]).unwrap();
+    let (va, vb) = (
+        verify(&a, &fx.root).unwrap(),
+        verify(&out, &fx.root).unwrap(),
+    );
+    let d = vb.manifest.diff_from(&va.manifest);
+    assert_eq!(d.added, vec!["new.txt"]);
+    assert_eq!(d.removed, vec!["empty"]);
+    assert_eq!(d.changed, vec!["lib/notes.txt"]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Random bytes and random mutations of a real bundle never panic the
+    /// reader and are never accepted.
+    #[test]
+    fn random_mutations_are_never_accepted(edits in proptest::collection::vec((0usize..20_000, proptest::prelude::any::<u8>()), 1..6)) {
+        thread_local! {
+            static FIX: (Fx, Vec<u8>) = {
+                let fx = fx();
+                let b = packed(&fx, "core", CORE, 1, &[&fx.key]);
+                let bytes = std::fs::read(&b).unwrap();
+                (fx, bytes)
+            };
+        }
+        FIX.with(|(fx, orig)| {
+            let mut m = orig.clone();
+            let mut changed = false;
+            for (i, v) in &edits {
+                let i = i % m.len();
+                changed |= m[i] != *v;
+                m[i] = *v;
+            }
+            let t = fx.dir.path().join("prop.zip");
+            std::fs::write(&t, &m).unwrap();
+            let r = verify(&t, &fx.root);
+            if changed {
+                assert!(r.is_err(), "accepted mutation {edits:?}");
+            }
+        });
+    }
+}
