@@ -1,0 +1,300 @@
+//! `<home>/config.toml`: the agent's settings (the seeds' config.xml).
+//!
+//! Unknown keys are refused and every validation error names its key, so a typo
+//! stops the agent at start instead of silently changing behaviour.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors loading or validating `config.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the agent configuration: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid agent configuration: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid value for `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// The agent configuration as written in `config.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub control_plane_url: Option<String>,
+    pub agent_name: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub pinned_version: Option<String>,
+    #[serde(default = "yes")]
+    pub run_precheck: bool,
+    #[serde(default)]
+    pub download_through_control_plane: bool,
+    #[serde(default)]
+    pub use_os_temp_folder: bool,
+    #[serde(default)]
+    pub proxy: Option<String>,
+    #[serde(default)]
+    pub handover_wait_secs: Option<u64>,
+    /// Tests and simulations only: a facts.toml whose values replace probed host facts.
+    #[serde(default)]
+    pub facts_override: Option<PathBuf>,
+    /// Trusted root.json; default `<home>/state/root.json`.
+    #[serde(default)]
+    pub trust_root: Option<PathBuf>,
+    /// Seconds between heartbeats (default 30).
+    #[serde(default)]
+    pub heartbeat_secs: Option<u64>,
+    /// Tests only: seconds between upgrade-slot retries after a 409 (default: the
+    /// server's Retry-After, else 20).
+    #[serde(default)]
+    pub test_slot_retry_secs: Option<u64>,
+    /// Tests only: base delay of download retries in milliseconds (default 1000).
+    #[serde(default)]
+    pub test_download_backoff_ms: Option<u64>,
+    /// Tests only: enables hold files `<home>/work/hold.<stage>` that pause the
+    /// agent before a stage while they exist, and stopping before the hand-over.
+    #[serde(default)]
+    pub test_hooks: bool,
+    /// Tests only: prepare everything but do not hand over to deploy.
+    #[serde(default)]
+    pub test_skip_handover: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub control_plane_url: reqwest::Url,
+    pub agent_name: String,
+    pub token: String,
+    pub pinned_version: Option<String>,
+    pub run_precheck: bool,
+    pub download_through_control_plane: bool,
+    pub use_os_temp_folder: bool,
+    pub proxy: Option<reqwest::Url>,
+    pub handover_wait_secs: u64,
+    pub facts_override: Option<PathBuf>,
+    pub trust_root: PathBuf,
+    pub heartbeat_secs: u64,
+    pub slot_retry_secs: Option<u64>,
+    pub download_backoff_ms: u64,
+    pub test_hooks: bool,
+    pub skip_handover: bool,
+}
+
+impl AgentConfig {
+    /// Load `<home>/config.toml` (relative paths in it are relative to `<home>`).
+    pub fn load(home: &Path) -> Result<Self, ConfigError> {
+        let path = home.join("config.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, home, &path)
+    }
+
+    /// Parse and validate config text; `path` is only used in error messages.
+    pub fn parse(text: &str, home: &Path, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let url_text = raw
+            .control_plane_url
+            .ok_or_else(|| invalid("control_plane_url", "missing (required)".into()))?;
+        let control_plane_url = reqwest::Url::parse(&url_text).map_err(|e| {
+            invalid(
+                "control_plane_url",
+                format!("`{url_text}` is not a URL: {e}"),
+            )
+        })?;
+        if !matches!(control_plane_url.scheme(), "http" | "https") {
+            return Err(invalid(
+                "control_plane_url",
+                format!("`{url_text}`: scheme must be http or https"),
+            ));
+        }
+        let agent_name = raw
+            .agent_name
+            .ok_or_else(|| invalid("agent_name", "missing (required)".into()))?;
+        if agent_name.trim().is_empty() {
+            return Err(invalid("agent_name", "must not be empty".into()));
+        }
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { home.join(p) };
+        let token = match (raw.token, raw.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "token",
+                    "set either `token` or `token_file`, not both".into(),
+                ));
+            }
+            (Some(t), None) => t,
+            (None, Some(f)) => {
+                let f = resolve(f);
+                std::fs::read_to_string(&f)
+                    .map_err(|e| invalid("token_file", format!("{}: {e}", f.display())))?
+                    .trim()
+                    .to_string()
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "token",
+                    "missing (set `token` or `token_file`)".into(),
+                ));
+            }
+        };
+        if token.is_empty() {
+            return Err(invalid("token", "must not be empty".into()));
+        }
+        if let Some(pin) = &raw.pinned_version {
+            if let Err(reason) = crate::deps::validate_version(pin) {
+                return Err(invalid(
+                    "pinned_version",
+                    format!("`{pin}` is not a valid package buildstamp: {reason}"),
+                ));
+            }
+        }
+        let proxy = match raw.proxy.as_deref() {
+            None | Some("") => None,
+            Some(p) => Some(
+                reqwest::Url::parse(p)
+                    .map_err(|e| invalid("proxy", format!("`{p}` is not a URL: {e}")))?,
+            ),
+        };
+        let heartbeat_secs = raw.heartbeat_secs.unwrap_or(30);
+        if heartbeat_secs == 0 {
+            return Err(invalid("heartbeat_secs", "must be at least 1".into()));
+        }
+        let handover_wait_secs = raw.handover_wait_secs.unwrap_or(600);
+        if handover_wait_secs == 0 {
+            return Err(invalid("handover_wait_secs", "must be at least 1".into()));
+        }
+        let facts_override = raw.facts_override.map(resolve);
+        if let Some(f) = &facts_override {
+            if !f.is_file() {
+                return Err(invalid(
+                    "facts_override",
+                    format!("{}: no such file", f.display()),
+                ));
+            }
+        }
+        Ok(Self {
+            control_plane_url,
+            agent_name,
+            token,
+            pinned_version: raw.pinned_version,
+            run_precheck: raw.run_precheck,
+            download_through_control_plane: raw.download_through_control_plane,
+            use_os_temp_folder: raw.use_os_temp_folder,
+            proxy,
+            handover_wait_secs,
+            facts_override,
+            trust_root: raw
+                .trust_root
+                .map(resolve)
+                .unwrap_or_else(|| home.join("state").join("root.json")),
+            heartbeat_secs,
+            slot_retry_secs: raw.test_slot_retry_secs,
+            download_backoff_ms: raw.test_download_backoff_ms.unwrap_or(1000),
+            test_hooks: raw.test_hooks,
+            skip_handover: raw.test_skip_handover,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("/h"), Path::new("/h/config.toml"))
+    }
+
+    const OK: &str =
+        "control_plane_url = \"http://127.0.0.1:1\"\nagent_name = \"a1\"\ntoken = \"t\"\n";
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let c = parse(OK).unwrap();
+        assert!(c.run_precheck);
+        assert!(!c.download_through_control_plane);
+        assert!(!c.use_os_temp_folder);
+        assert_eq!(c.trust_root, Path::new("/h/state/root.json"));
+        assert_eq!(c.heartbeat_secs, 30);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let e = parse(&format!("{OK}run_prechek = false\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run_prechek"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_url_names_the_key() {
+        let e = parse("agent_name = \"a\"\ntoken = \"t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`control_plane_url`") && e.contains("missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_names_the_key_and_value() {
+        let e = parse("control_plane_url = \"not a url\"\nagent_name = \"a\"\ntoken = \"t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`control_plane_url`") && e.contains("not a url"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn token_and_token_file_together_are_refused() {
+        let e = parse(&format!("{OK}token_file = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`token`"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_reported_with_the_key() {
+        let e = parse(&format!("{OK}run_precheck = \"no\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run_precheck"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_facts_override_file_is_refused() {
+        let e = parse(&format!(
+            "{OK}facts_override = \"/nonexistent/facts.toml\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`facts_override`"), "{e}");
+    }
+}

@@ -1,0 +1,233 @@
+//! The agent's narrow view of its sibling crates (molt-bundle, molt-sandbox,
+//! molt-deploy): every call the agent makes into them goes through here, so the
+//! stages read in the agent's own terms.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use molt_layout::{FileMeta, InstalledPackage};
+
+use crate::client::Finding;
+
+/// Check that a version is a package buildstamp `<version>` (molt-bundle's parser).
+pub fn validate_version(v: &str) -> Result<(), String> {
+    v.parse::<molt_bundle::Version>()
+        .map(|_| ())
+        .map_err(|e| e.reason)
+}
+
+/// The release family of a version (`quebec` in `quebec-12-09-2020__patch1-...`).
+pub fn release_family(v: &str) -> String {
+    match v.parse::<molt_bundle::Version>() {
+        Ok(p) => p.family,
+        Err(_) => v.split('-').next().unwrap_or(v).to_ascii_lowercase(),
+    }
+}
+
+/// The trusted root and accepted bundle sequences (`<home>/state`).
+pub struct Trust {
+    store: std::sync::Mutex<molt_bundle::TrustStore>,
+}
+
+/// Errors from verification, extraction, checks and hand-over, with the reason text
+/// of the crate that produced them.
+#[derive(Debug, thiserror::Error)]
+pub enum DepError {
+    #[error("{path}: signature verification failed: {reason}")]
+    Verify { path: PathBuf, reason: String },
+    #[error("{path}: extract failed: {reason}")]
+    Extract { path: PathBuf, reason: String },
+    #[error("trust root {path}: {reason}")]
+    Trust { path: PathBuf, reason: String },
+    #[error("pre-upgrade checks could not run: {0}")]
+    Sandbox(String),
+    #[error("version selector failed: {0}")]
+    Selector(String),
+    #[error("hand-over to deploy failed: {0}")]
+    Handover(String),
+}
+
+/// Load the trust root (`config.trust_root`) into the trust state in `<home>/state`
+/// (initialised from it the first time; a newer root is applied as a rotation).
+pub fn load_trust(root_path: &Path, state_dir: &Path) -> Result<Trust, DepError> {
+    let bad = |reason: String| DepError::Trust {
+        path: root_path.into(),
+        reason,
+    };
+    let root = molt_bundle::SignedRoot::load(root_path).map_err(|e| bad(e.to_string()))?;
+    let store =
+        molt_bundle::TrustStore::open_or_init(state_dir, &root).map_err(|e| bad(e.to_string()))?;
+    Ok(Trust {
+        store: std::sync::Mutex::new(store),
+    })
+}
+
+/// A package that passed verification.
+#[derive(Debug, Clone)]
+pub struct VerifiedPackage {
+    pub kind: String,
+    pub version: String,
+    pub files: BTreeMap<String, FileMeta>,
+    pub bundle: molt_bundle::VerifiedBundle,
+}
+
+impl VerifiedPackage {
+    pub fn installed(&self, name: &str) -> InstalledPackage {
+        InstalledPackage {
+            kind: self.kind.clone(),
+            name: name.to_string(),
+            version: self.version.clone(),
+            files: self.files.clone(),
+        }
+    }
+}
+
+/// Verify a package file's signatures, manifest and sequence against the trust root.
+pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, DepError> {
+    let bad = |reason: String| DepError::Verify {
+        path: path.into(),
+        reason,
+    };
+    let mut store = trust
+        .store
+        .lock()
+        .map_err(|_| bad("trust store lock poisoned".into()))?;
+    let v = store
+        .verify_bundle(path, &molt_bundle::VerifyOptions::default())
+        .map_err(|e| bad(e.to_string()))?;
+    let files = v
+        .manifest
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.path.clone(),
+                FileMeta {
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                    mode: e.mode,
+                },
+            )
+        })
+        .collect();
+    Ok(VerifiedPackage {
+        kind: v.manifest.kind.as_str().to_string(),
+        version: v.buildstamp.version.to_string(),
+        files,
+        bundle: v,
+    })
+}
+
+/// Extract a verified package into `dest` (streaming, every entry re-checked,
+/// never outside `dest`); returns the relative paths written.
+pub fn extract_package(pkg: &VerifiedPackage, dest: &Path) -> Result<Vec<String>, DepError> {
+    let r = molt_bundle::extract(
+        &pkg.bundle,
+        &pkg.bundle.path,
+        dest,
+        &molt_bundle::Limits::default(),
+    )
+    .map_err(|e| DepError::Extract {
+        path: pkg.bundle.path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(r.files)
+}
+
+/// One finding of a check run, as the agent reports it.
+#[derive(Debug, Clone)]
+pub struct CheckFinding {
+    pub check: String,
+    pub finding: Finding,
+    pub blocking: bool,
+}
+
+/// Inputs of a precheck run.
+pub struct PrecheckRun<'a> {
+    pub bundle_dir: &'a Path,
+    pub install_dir: &'a Path,
+    pub scratch_parent: &'a Path,
+    pub cache_dir: &'a Path,
+    pub facts_override: Option<&'a Path>,
+    pub net_allow: Vec<String>,
+}
+
+fn sandbox(cache_dir: &Path) -> Result<molt_sandbox::Sandbox, molt_sandbox::SandboxError> {
+    molt_sandbox::Sandbox::new(molt_sandbox::SandboxConfig {
+        cache_dir: cache_dir.to_path_buf(),
+        policy: molt_sandbox::Policy::default(),
+    })
+}
+
+/// Run the checks of an extracted precheck bundle in the sandbox.
+pub fn run_precheck(
+    run: &PrecheckRun<'_>,
+    pkg: &VerifiedPackage,
+) -> Result<Vec<CheckFinding>, DepError> {
+    let err = |e: molt_sandbox::SandboxError| DepError::Sandbox(e.to_string());
+    let sb = sandbox(run.cache_dir).map_err(err)?;
+    let facts = match run.facts_override {
+        Some(f) => molt_sandbox::FactsSource::Given(
+            molt_sandbox::HostFacts::probe(run.install_dir, run.scratch_parent)
+                .and_then(|h| h.with_overrides(f))
+                .map_err(err)?,
+        ),
+        None => molt_sandbox::FactsSource::Probe,
+    };
+    let ctx = molt_sandbox::CheckContext {
+        install_dir: run.install_dir.to_path_buf(),
+        scratch_parent: run.scratch_parent.to_path_buf(),
+        facts,
+        net_allow: run.net_allow.clone(),
+        params: Default::default(),
+    };
+    let reports = sb
+        .run_precheck(run.bundle_dir, &pkg.bundle.manifest, &ctx)
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for r in reports {
+        tracing::info!(check = %r.check, version = %r.version, findings = r.findings.len(),
+            elapsed_ms = r.elapsed.as_millis() as u64, "Pre-upgrade check ran");
+        for f in r.findings {
+            out.push(CheckFinding {
+                check: r.check.clone(),
+                blocking: f.severity == molt_sandbox::Severity::Blocking,
+                finding: Finding {
+                    code: f.code,
+                    severity: f.severity.as_str().to_string(),
+                    description: f.message,
+                    remediation: f.remediation,
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Run the version selector component of an extracted selector bundle.
+pub fn select_version(
+    bundle_dir: &Path,
+    cache_dir: &Path,
+    pkg: &VerifiedPackage,
+    input: &molt_sandbox::SelectorInput,
+) -> Result<molt_sandbox::Plan, DepError> {
+    let sb = sandbox(cache_dir).map_err(|e| DepError::Selector(e.to_string()))?;
+    sb.select_version_in_bundle(bundle_dir, &pkg.bundle.manifest, input)
+        .map_err(|e| DepError::Selector(e.to_string()))
+}
+
+/// Hand the prepared upgrade to the deploy runner and wait for its start signal.
+pub fn hand_over(
+    home: &molt_layout::Home,
+    upgrade_dir: &Path,
+    wait_secs: u64,
+) -> Result<u32, DepError> {
+    let opts = molt_deploy::handover::HandoverOptions {
+        poll: std::time::Duration::from_millis(200),
+        limit: std::time::Duration::from_secs(wait_secs),
+        ..Default::default()
+    };
+    molt_deploy::handover::hand_over(home, upgrade_dir, &opts)
+        .map(|o| o.runner_pid)
+        .map_err(|e| DepError::Handover(e.to_string()))
+}

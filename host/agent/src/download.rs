@@ -1,0 +1,366 @@
+//! Resumable package downloads: HTTP Range, bounded retries with backoff, size and
+//! SHA-256 checked before the file gets its final name. A partial or corrupt file
+//! is never used: it is resumed, or deleted and fetched again.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::client::error_chain;
+
+/// Errors of one download.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("The agent was unable to download {name} from {url}: {message}")]
+    Failed {
+        name: String,
+        url: String,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What to fetch and what it must be.
+#[derive(Debug, Clone)]
+pub struct DownloadSpec {
+    pub name: String,
+    pub url: reqwest::Url,
+    pub bearer: Option<String>,
+    pub dest: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// How hard to try.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    pub attempts: u32,
+    pub backoff: Duration,
+    /// Draw an indicatif bar (only when stderr is a terminal).
+    pub progress_bar: bool,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            backoff: Duration::from_secs(1),
+            progress_bar: true,
+        }
+    }
+}
+
+/// How the file came to be in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already present with the right size and digest.
+    AlreadyPresent,
+    /// Fetched; `resumed` when at least one request continued a partial file.
+    Downloaded { resumed: bool, attempts: u32 },
+}
+
+/// The partial file beside the destination.
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".part");
+    PathBuf::from(s)
+}
+
+/// SHA-256 (hex) and length of a file.
+pub fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        ctx.update(&buf[..r]);
+        n += r as u64;
+    }
+    Ok((hex::encode(ctx.finish().as_ref()), n))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError + '_ {
+    move |source| DownloadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn remove_if_exists(p: &Path) -> Result<(), DownloadError> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(p)(e)),
+    }
+}
+
+enum Try {
+    Done { resumed: bool },
+    Retry(String),
+    Fatal(String),
+}
+
+/// Fetch `spec` into `spec.dest`, resuming a `.part` file left by an earlier try.
+pub async fn download(
+    http: &reqwest::Client,
+    spec: &DownloadSpec,
+    opts: &DownloadOptions,
+) -> Result<Outcome, DownloadError> {
+    let want = spec.sha256.to_ascii_lowercase();
+    if spec.dest.exists() {
+        let (sha, len) = file_sha256(&spec.dest).map_err(io_err(&spec.dest))?;
+        if sha == want && len == spec.size {
+            return Ok(Outcome::AlreadyPresent);
+        }
+        tracing::warn!(file = %spec.dest.display(), "Existing package file does not match its digest; deleting and fetching again");
+        remove_if_exists(&spec.dest)?;
+    }
+    if let Some(d) = spec.dest.parent() {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    let part = part_path(&spec.dest);
+    let mut resumed_any = false;
+    let mut last = String::new();
+    for attempt in 1..=opts.attempts.max(1) {
+        match one_try(http, spec, &part, &want, opts).await? {
+            Try::Done { resumed } => {
+                resumed_any |= resumed;
+                std::fs::rename(&part, &spec.dest).map_err(io_err(&spec.dest))?;
+                return Ok(Outcome::Downloaded {
+                    resumed: resumed_any,
+                    attempts: attempt,
+                });
+            }
+            Try::Fatal(m) => {
+                remove_if_exists(&part)?;
+                return Err(DownloadError::Failed {
+                    name: spec.name.clone(),
+                    url: spec.url.to_string(),
+                    message: m,
+                });
+            }
+            Try::Retry(m) => {
+                resumed_any |= part.exists();
+                last = m;
+                if attempt < opts.attempts {
+                    let delay = opts
+                        .backoff
+                        .saturating_mul(1u32 << (attempt - 1).min(5))
+                        .min(Duration::from_secs(30));
+                    tracing::warn!(package = %spec.name, attempt, error = %last, retry_in_ms = delay.as_millis() as u64,
+                        "Download interrupted; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+    Err(DownloadError::Failed {
+        name: spec.name.clone(),
+        url: spec.url.to_string(),
+        message: format!("gave up after {} attempts: {last}", opts.attempts),
+    })
+}
+
+async fn one_try(
+    http: &reqwest::Client,
+    spec: &DownloadSpec,
+    part: &Path,
+    want: &str,
+    opts: &DownloadOptions,
+) -> Result<Try, DownloadError> {
+    let mut offset = match std::fs::metadata(part) {
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    };
+    if offset > spec.size {
+        remove_if_exists(part)?;
+        offset = 0;
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let resumed = offset > 0;
+    if offset > 0 {
+        // Hash what is already there, then continue from its end.
+        let mut f = std::fs::File::open(part).map_err(io_err(part))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = offset;
+        while left > 0 {
+            let r = f
+                .read(&mut buf[..(left.min(1 << 20) as usize)])
+                .map_err(io_err(part))?;
+            if r == 0 {
+                break;
+            }
+            ctx.update(&buf[..r]);
+            left -= r as u64;
+        }
+        tracing::info!(package = %spec.name, offset, size = spec.size, "Resuming download");
+    }
+    if offset < spec.size || spec.size == 0 {
+        let mut req = http.get(spec.url.clone());
+        if let Some(t) = &spec.bearer {
+            req = req.bearer_auth(t);
+        }
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Ok(Try::Retry(error_chain(&e))),
+        };
+        let status = resp.status().as_u16();
+        match status {
+            206 if offset > 0 => {
+                let start = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if start != Some(offset) {
+                    remove_if_exists(part)?;
+                    return Ok(Try::Retry(format!(
+                        "server answered a different range ({start:?}); starting over"
+                    )));
+                }
+            }
+            200 => {
+                if offset > 0 {
+                    tracing::info!(package = %spec.name, "Server ignored the Range request; downloading from the start");
+                    offset = 0;
+                    ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                }
+            }
+            416 => {
+                remove_if_exists(part)?;
+                return Ok(Try::Retry("range not satisfiable; starting over".into()));
+            }
+            408 | 429 | 500..=599 => return Ok(Try::Retry(format!("HTTP {status}"))),
+            _ => {
+                let body = resp.text().await.unwrap_or_default();
+                return Ok(Try::Fatal(format!("HTTP {status}: {}", body.trim())));
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(offset == 0)
+            .append(offset > 0)
+            .open(part)
+            .map_err(io_err(part))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut progress = Progress::new(&spec.name, spec.size, offset, opts.progress_bar);
+        let mut got = offset;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(bytes)) => {
+                    got += bytes.len() as u64;
+                    if got > spec.size {
+                        drop(w);
+                        remove_if_exists(part)?;
+                        return Ok(Try::Retry(format!(
+                            "server sent more than the expected {} bytes",
+                            spec.size
+                        )));
+                    }
+                    ctx.update(&bytes);
+                    w.write_all(&bytes).map_err(io_err(part))?;
+                    progress.update(got);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    w.flush().map_err(io_err(part))?;
+                    progress.abandon();
+                    return Ok(Try::Retry(format!(
+                        "connection lost at {got} of {} bytes: {}",
+                        spec.size,
+                        error_chain(&e)
+                    )));
+                }
+            }
+        }
+        w.flush().map_err(io_err(part))?;
+        let f = w.into_inner().map_err(|e| io_err(part)(e.into_error()))?;
+        f.sync_all().map_err(io_err(part))?;
+        progress.finish();
+        if got < spec.size {
+            return Ok(Try::Retry(format!(
+                "connection closed at {got} of {} bytes",
+                spec.size
+            )));
+        }
+    }
+    let sha = hex::encode(ctx.finish().as_ref());
+    if sha != want {
+        tracing::warn!(package = %spec.name, expected = %want, actual = %sha,
+            "Downloaded file is corrupt (sha256 mismatch); deleting it and fetching again");
+        remove_if_exists(part)?;
+        return Ok(Try::Retry("sha256 mismatch".into()));
+    }
+    Ok(Try::Done { resumed })
+}
+
+/// A progress bar on a terminal, structured progress events in the log otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    name: String,
+    size: u64,
+    next_log_pct: u64,
+}
+
+impl Progress {
+    fn new(name: &str, size: u64, start: u64, want_bar: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (want_bar && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(size);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b.set_message(name.to_string());
+            b.set_position(start);
+            b
+        });
+        let pct = start.saturating_mul(100).checked_div(size).unwrap_or(0);
+        Self {
+            bar,
+            name: name.to_string(),
+            size,
+            next_log_pct: (pct / 10 + 1) * 10,
+        }
+    }
+    fn update(&mut self, pos: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(pos);
+            return;
+        }
+        let pct = pos
+            .saturating_mul(100)
+            .checked_div(self.size)
+            .unwrap_or(100);
+        if pct >= self.next_log_pct {
+            tracing::info!(package = %self.name, bytes = pos, total = self.size, percent = pct, "Download progress");
+            self.next_log_pct = (pct / 10 + 1) * 10;
+        }
+    }
+    fn abandon(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.abandon();
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}

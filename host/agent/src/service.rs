@@ -1,0 +1,540 @@
+//! The long-running agent: status, heartbeats, triggers (start, hourly, commands,
+//! `molt upgrade now`), one upgrade at a time, and the report queue's flusher.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use molt_layout::{AgentStatus, Home};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::client::{Client, ClientError};
+use crate::config::{AgentConfig, ConfigError};
+use crate::reporter::Reporter;
+use crate::upgrade::{Mode, UpgradeOutcome};
+
+/// Agent status (the control plane's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Up,
+    Upgrading,
+    UpgradeFailed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Up => "Up",
+            Status::Upgrading => "Upgrading",
+            Status::UpgradeFailed => "Upgrade Failed",
+        }
+    }
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("another agent is already running on {home} (lock {lock} is held)")]
+    AlreadyRunning { home: PathBuf, lock: PathBuf },
+    #[error("start-up recovery failed: {0}")]
+    Recovery(String),
+}
+
+/// Why `run` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The deploy runner has the upgrade; the process must exit now.
+    HandedOver { to_version: String },
+    /// A restart command; the supervisor starts the agent again.
+    Restart,
+    /// SIGTERM / Ctrl-C.
+    Stopped,
+}
+
+/// What started an upgrade check.
+#[derive(Debug)]
+pub enum Trigger {
+    Startup,
+    Hourly,
+    Command { id: serde_json::Value, kind: String },
+    Local { reply: oneshot::Sender<String> },
+}
+
+/// The running agent.
+pub struct Agent {
+    pub home: Home,
+    pub cfg: AgentConfig,
+    pub client: Client,
+    pub reporter: Reporter,
+    pub(crate) status: Mutex<Status>,
+    pub(crate) version: String,
+    pub(crate) host: String,
+}
+
+impl Agent {
+    pub fn new(home: Home, cfg: AgentConfig) -> Result<Self, AgentError> {
+        let client = Client::new(&cfg)?;
+        let version = home.current_version().ok().flatten().unwrap_or_default();
+        let reporter = Reporter::new(client.clone(), home.work_dir().join("report-queue.jsonl"));
+        Ok(Self {
+            home,
+            cfg,
+            client,
+            reporter,
+            status: Mutex::new(Status::Up),
+            version,
+            host: hostname(),
+        })
+    }
+
+    /// Set and publish the status: the status file first (the deploy runner's
+    /// health check reads it), then a heartbeat.
+    pub async fn set_status(&self, s: Status) {
+        {
+            let mut g = self.status.lock().await;
+            *g = s;
+        }
+        tracing::info!(
+            status = s.as_str(),
+            "Setting agent status to {}",
+            s.as_str()
+        );
+        self.write_status(s);
+        self.heartbeat().await;
+    }
+
+    fn write_status(&self, s: Status) {
+        let st = AgentStatus {
+            pid: std::process::id(),
+            version: self.version.clone(),
+            status: s.as_str().into(),
+            since: chrono::Utc::now(),
+        };
+        if let Err(e) = self.home.write_status(&st) {
+            tracing::error!(error = %e, "Cannot write the agent status file");
+        }
+    }
+
+    pub async fn status(&self) -> Status {
+        *self.status.lock().await
+    }
+
+    async fn heartbeat(&self) {
+        let s = self.status().await;
+        match self
+            .client
+            .heartbeat(&self.host, &self.version, s.as_str(), std::process::id())
+            .await
+        {
+            Ok(()) => {
+                // The control plane is back: deliver what was queued.
+                if let Err(e) = self.reporter.flush().await {
+                    tracing::error!(error = %e, "Cannot read the report queue");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Heartbeat failed"),
+        }
+    }
+}
+
+/// Run the agent on `home` until it hands over, restarts or is stopped.
+pub async fn run(home: Home) -> Result<Exit, AgentError> {
+    let cfg = AgentConfig::load(home.root())?;
+    for d in [
+        home.work_dir(),
+        home.logs_dir(),
+        home.incoming_dir(),
+        home.upgrade_temp_dir(),
+        home.conf_dir(),
+    ] {
+        std::fs::create_dir_all(&d).map_err(|e| AgentError::Io {
+            path: d.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let _lock = lock_home(&home)?;
+    // Finish or undo an interrupted deploy before anything else.
+    let h2 = home.clone();
+    match tokio::task::spawn_blocking(move || molt_deploy::recover(&h2)).await {
+        Ok(Ok(outcome)) => tracing::info!(outcome = ?outcome, "Start-up recovery"),
+        Ok(Err(e)) => return Err(AgentError::Recovery(e.to_string())),
+        Err(e) => return Err(AgentError::Recovery(e.to_string())),
+    }
+    let agent = Arc::new(Agent::new(home, cfg)?);
+    tracing::info!(version = %agent.version, home = %agent.home.root().display(), control_plane = %agent.client.base(), "Agent starting");
+    cleanup_stale_temp(&agent.home);
+    agent.set_status(Status::Up).await;
+
+    let (tx, mut rx) = mpsc::channel::<Trigger>(16);
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let restart_pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (exit_tx, mut exit_rx) = mpsc::channel::<Exit>(1);
+
+    let _ = tx.send(Trigger::Startup).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(heartbeat_loop(agent.clone()));
+    tasks.spawn(hourly_loop(tx.clone()));
+    tasks.spawn(command_loop(
+        agent.clone(),
+        tx.clone(),
+        busy.clone(),
+        restart_pending.clone(),
+        exit_tx.clone(),
+    ));
+    let sock = agent.home.work_dir().join("agent.sock");
+    match tokio::net::UnixListener::bind(replace_socket(&sock)) {
+        Ok(l) => {
+            tasks.spawn(socket_loop(l, tx.clone(), busy.clone()));
+        }
+        Err(e) => {
+            tracing::warn!(socket = %sock.display(), error = %e, "Cannot listen for `molt upgrade now`")
+        }
+    }
+
+    // The upgrade worker: one check at a time.
+    let worker = {
+        let agent = agent.clone();
+        let busy = busy.clone();
+        let restart_pending = restart_pending.clone();
+        let exit_tx = exit_tx.clone();
+        tokio::spawn(async move {
+            while let Some(t) = rx.recv().await {
+                busy.store(true, std::sync::atomic::Ordering::SeqCst);
+                let (mode, cmd, reply) = match t {
+                    Trigger::Startup | Trigger::Hourly => (Mode::Upgrade, None, None),
+                    Trigger::Command { id, kind } => {
+                        let m = if kind == "runPrecheck" {
+                            Mode::PrecheckOnly
+                        } else {
+                            Mode::Upgrade
+                        };
+                        (m, Some(id), None)
+                    }
+                    Trigger::Local { reply } => (Mode::Upgrade, None, Some(reply)),
+                };
+                if let Some(r) = reply {
+                    let _ = r.send("upgrade check started".into());
+                }
+                let outcome = agent.check_and_upgrade(mode).await;
+                tracing::info!(outcome = ?outcome, "Upgrade check finished");
+                if let Some(id) = cmd {
+                    let (ok, msg) = match &outcome {
+                        UpgradeOutcome::UpToDate => {
+                            (true, "up to date / checks passed".to_string())
+                        }
+                        UpgradeOutcome::HandedOver { to_version } => {
+                            (true, format!("handed over to deploy for {to_version}"))
+                        }
+                        UpgradeOutcome::Prepared { to_version, .. } => {
+                            (true, format!("prepared {to_version}"))
+                        }
+                        UpgradeOutcome::Blocked { findings } => {
+                            (false, format!("{findings} blocking finding(s)"))
+                        }
+                        UpgradeOutcome::Failed { stage, message } => {
+                            (false, format!("{stage}: {message}"))
+                        }
+                        UpgradeOutcome::CheckFailed { message } => (false, message.clone()),
+                    };
+                    command_done(&agent, &id, ok, &msg).await;
+                }
+                busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                if let UpgradeOutcome::HandedOver { to_version } = outcome {
+                    let _ = exit_tx.send(Exit::HandedOver { to_version }).await;
+                    return;
+                }
+                if restart_pending.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!("Performing the restart deferred during the upgrade");
+                    let _ = exit_tx.send(Exit::Restart).await;
+                    return;
+                }
+            }
+        })
+    };
+
+    let exit = tokio::select! {
+        e = exit_rx.recv() => e.unwrap_or(Exit::Stopped),
+        _ = shutdown_signal() => Exit::Stopped,
+    };
+    tasks.abort_all();
+    worker.abort();
+    let _ = std::fs::remove_file(&sock);
+    match &exit {
+        Exit::HandedOver { to_version } => {
+            tracing::info!(to_version = %to_version, "Agent stopped for the upgrade")
+        }
+        Exit::Restart => tracing::info!("Agent stopping for restart"),
+        Exit::Stopped => {
+            tracing::info!("Agent stopping");
+            // Say so to the control plane unless the runner is taking over.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                agent
+                    .client
+                    .heartbeat(&agent.host, &agent.version, "Down", std::process::id()),
+            )
+            .await;
+        }
+    }
+    Ok(exit)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn heartbeat_loop(agent: Arc<Agent>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(agent.cfg.heartbeat_secs)).await;
+        let s = agent.status().await;
+        agent.write_status(s);
+        agent.heartbeat().await;
+    }
+}
+
+/// Every hour, jittered by up to 5 minutes so a fleet does not stampede. Cannot be disabled.
+async fn hourly_loop(tx: mpsc::Sender<Trigger>) {
+    use rand::Rng;
+    loop {
+        let jitter = rand::thread_rng().gen_range(0..300u64);
+        tokio::time::sleep(Duration::from_secs(3600 + jitter)).await;
+        tracing::info!("Hourly upgrade check");
+        if tx.try_send(Trigger::Hourly).is_err() {
+            tracing::info!("Hourly upgrade check skipped: a check is already queued");
+        }
+    }
+}
+
+async fn command_done(agent: &Agent, id: &serde_json::Value, ok: bool, message: &str) {
+    let id = id
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| id.to_string());
+    let body = serde_json::json!({"ok": ok, "message": message});
+    if let Err(e) = agent
+        .reporter
+        .send("POST", &format!("/api/v1/agent/commands/{id}/done"), body)
+        .await
+    {
+        tracing::error!(error = %e, "Cannot queue command result");
+    }
+}
+
+async fn command_loop(
+    agent: Arc<Agent>,
+    tx: mpsc::Sender<Trigger>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    restart_pending: Arc<std::sync::atomic::AtomicBool>,
+    exit_tx: mpsc::Sender<Exit>,
+) {
+    let mut backoff = 1u64;
+    loop {
+        let cmds = match agent.client.commands(20).await {
+            Ok(c) => {
+                backoff = 1;
+                c
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "Command poll failed");
+                tokio::time::sleep(Duration::from_secs(backoff)).await;
+                backoff = (backoff * 2).min(30);
+                continue;
+            }
+        };
+        for c in cmds {
+            tracing::info!(id = %c.id, kind = %c.kind, "Received command {}", c.kind);
+            let upgrading = busy.load(std::sync::atomic::Ordering::SeqCst);
+            match c.kind.as_str() {
+                "autoUpgrade" | "upgrade" | "runPrecheck" => {
+                    if upgrading && c.kind != "runPrecheck" {
+                        command_done(&agent, &c.id, true, "an upgrade check is already running")
+                            .await;
+                    } else if tx
+                        .send(Trigger::Command {
+                            id: c.id.clone(),
+                            kind: c.kind.clone(),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        command_done(&agent, &c.id, false, "agent is stopping").await;
+                    }
+                }
+                "restart" => {
+                    if upgrading {
+                        // Failure mode 1.1: a restart must not interrupt an upgrade.
+                        restart_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+                        command_done(
+                            &agent,
+                            &c.id,
+                            true,
+                            "restart deferred until the upgrade ends",
+                        )
+                        .await;
+                        tracing::info!("Restart deferred: agent is Upgrading");
+                    } else {
+                        command_done(&agent, &c.id, true, "restarting").await;
+                        let _ = exit_tx.send(Exit::Restart).await;
+                    }
+                }
+                "grabLogs" => {
+                    let log = agent.home.agent_log();
+                    let bytes = tail(&log, 4 << 20);
+                    let r = agent.client.post_logs(bytes).await;
+                    command_done(
+                        &agent,
+                        &c.id,
+                        r.is_ok(),
+                        &r.err().map(|e| e.to_string()).unwrap_or_default(),
+                    )
+                    .await;
+                }
+                other => {
+                    command_done(
+                        &agent,
+                        &c.id,
+                        false,
+                        &format!("unknown command kind `{other}`"),
+                    )
+                    .await
+                }
+            }
+        }
+    }
+}
+
+fn tail(path: &Path, max: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut v = Vec::new();
+    let _ = f.read_to_end(&mut v);
+    v
+}
+
+/// `molt upgrade now` connects to `<home>/work/agent.sock` and writes `upgrade-now`.
+async fn socket_loop(
+    l: tokio::net::UnixListener,
+    tx: mpsc::Sender<Trigger>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    loop {
+        let Ok((stream, _)) = l.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                BufReader::new(r).read_line(&mut line),
+            )
+            .await;
+            let answer = match line.trim() {
+                "upgrade-now" if busy.load(std::sync::atomic::Ordering::SeqCst) => {
+                    "busy: an upgrade check is already running".to_string()
+                }
+                "upgrade-now" => {
+                    tracing::info!("Upgrade check requested locally (molt upgrade now)");
+                    let (rtx, rrx) = oneshot::channel();
+                    match tx.try_send(Trigger::Local { reply: rtx }) {
+                        Ok(()) => rrx.await.unwrap_or_else(|_| "agent is stopping".into()),
+                        Err(_) => "busy: an upgrade check is already queued".into(),
+                    }
+                }
+                other => format!("error: unknown request `{other}`"),
+            };
+            let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
+        });
+    }
+}
+
+/// Ask the agent on `home` to check for an upgrade now; returns its answer.
+pub async fn request_upgrade_now(home: &Home) -> Result<String, AgentError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let sock = home.work_dir().join("agent.sock");
+    let io = |e: std::io::Error| AgentError::Io {
+        path: sock.clone(),
+        message: format!(
+            "cannot reach the agent ({e}); is `molt agent --home {}` running?",
+            home.root().display()
+        ),
+    };
+    let mut s = tokio::net::UnixStream::connect(&sock).await.map_err(io)?;
+    s.write_all(b"upgrade-now\n").await.map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).await.map_err(io)?;
+    Ok(line.trim().to_string())
+}
+
+fn replace_socket(p: &Path) -> &Path {
+    let _ = std::fs::remove_file(p);
+    p
+}
+
+/// Exclusive lock on `<home>/work/agent.lock`: one agent per install (failure mode 7.3).
+fn lock_home(home: &Home) -> Result<std::fs::File, AgentError> {
+    use std::os::fd::AsRawFd;
+    let path = home.work_dir().join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AgentError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    // SAFETY: flock on a valid open descriptor has no memory effects.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(AgentError::AlreadyRunning {
+            home: home.root().into(),
+            lock: path,
+        });
+    }
+    Ok(f)
+}
+
+/// Remove precheck leftovers of a crashed run (`*-precheck` dirs); extract dirs
+/// (`*-0`) belong to deploy and are its to clean.
+fn cleanup_stale_temp(home: &Home) {
+    let Ok(rd) = std::fs::read_dir(home.upgrade_temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().ends_with("-precheck") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
