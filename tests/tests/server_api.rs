@@ -11,7 +11,12 @@ use serde_json::{Value, json};
 use server_common::*;
 
 async fn ask_slot(s: &TestServer, token: &str) -> reqwest::Response {
-    s.post("/api/v1/agent/upgrade-slot").bearer_auth(token).json(&json!({ "to_version": Q2 })).send().await.unwrap()
+    s.post("/api/v1/agent/upgrade-slot")
+        .bearer_auth(token)
+        .json(&json!({ "to_version": Q2 }))
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -27,18 +32,31 @@ async fn three_agents_ask_for_two_slots_the_third_waits_for_one_to_finish() {
     let rc = ask_slot(&s, &c).await;
     assert_eq!(rc.status(), StatusCode::CONFLICT);
     assert_eq!(rc.headers()[RETRY_AFTER], "20");
-    let msg = rc.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    let msg = rc.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("a1") && msg.contains("a2"), "{msg}");
     // Asking again while holding is not a second slot.
     assert_eq!(ask_slot(&s, &a).await.status(), StatusCode::OK);
     assert_eq!(ask_slot(&s, &c).await.status(), StatusCode::CONFLICT);
     // a1 finishes: a3 gets the slot.
-    let r = s.delete("/api/v1/agent/upgrade-slot").bearer_auth(&a).send().await.unwrap();
+    let r = s
+        .delete("/api/v1/agent/upgrade-slot")
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["released"], true);
     assert_eq!(ask_slot(&s, &c).await.status(), StatusCode::OK);
     assert_eq!(ask_slot(&s, &a).await.status(), StatusCode::CONFLICT);
     let slots = s.admin_get("/api/v1/admin/upgrade-slots").await;
-    let holders: Vec<&str> = slots["holders"].as_array().unwrap().iter().map(|h| h["agent"].as_str().unwrap()).collect();
+    let holders: Vec<&str> = slots["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["agent"].as_str().unwrap())
+        .collect();
     assert_eq!(holders, ["a2", "a3"]);
 }
 
@@ -56,12 +74,22 @@ async fn a_holder_that_stops_reporting_loses_its_slot_and_one_that_reports_keeps
     assert_eq!(ask_slot(&s, &b).await.status(), StatusCode::OK);
     s.clock.advance(Duration::from_secs(200));
     // a2 reports a stage of its attempt; a1 stays silent.
-    let r = s.post("/api/v1/agent/attempts").bearer_auth(&b).json(&json!({ "from_version": Q1, "to_version": Q2 })).send().await.unwrap();
-    let attempt = r.json::<Value>().await.unwrap()["attempt_id"].as_i64().unwrap();
+    let r = s
+        .post("/api/v1/agent/attempts")
+        .bearer_auth(&b)
+        .json(&json!({ "from_version": Q1, "to_version": Q2 }))
+        .send()
+        .await
+        .unwrap();
+    let attempt = r.json::<Value>().await.unwrap()["attempt_id"]
+        .as_i64()
+        .unwrap();
     let r = s
         .post(&format!("/api/v1/agent/attempts/{attempt}/stages"))
         .bearer_auth(&b)
-        .json(&json!({ "stage": "Download Upgrade Packages", "state": "In Progress", "message": "" }))
+        .json(
+            &json!({ "stage": "Download Upgrade Packages", "state": "In Progress", "message": "" }),
+        )
         .send()
         .await
         .unwrap();
@@ -87,7 +115,13 @@ fn finding(code: &str) -> Value {
 }
 
 async fn report(s: &TestServer, token: &str, source: &str, findings: Vec<Value>) -> Value {
-    let r = s.post("/api/v1/agent/issues").bearer_auth(token).json(&json!({ "source": source, "findings": findings })).send().await.unwrap();
+    let r = s
+        .post("/api/v1/agent/issues")
+        .bearer_auth(token)
+        .json(&json!({ "source": source, "findings": findings }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.json().await.unwrap()
 }
@@ -96,36 +130,82 @@ async fn report(s: &TestServer, token: &str, source: &str, findings: Vec<Value>)
 async fn issues_count_repeats_resolve_when_no_longer_reported_and_are_purged_after_30_days() {
     let s = TestServer::start(|_| {}).await;
     let a = s.register("a1").await;
-    report(&s, &a, "UpgradeCheck", vec![finding("DISK_SPACE"), finding("TEMP_DIR_BLOCKED")]).await;
-    let out = report(&s, &a, "UpgradeCheck", vec![finding("DISK_SPACE"), finding("TEMP_DIR_BLOCKED")]).await;
-    assert_eq!((out["created"].as_i64(), out["incremented"].as_i64()), (Some(0), Some(2)));
+    report(
+        &s,
+        &a,
+        "UpgradeCheck",
+        vec![finding("DISK_SPACE"), finding("TEMP_DIR_BLOCKED")],
+    )
+    .await;
+    let out = report(
+        &s,
+        &a,
+        "UpgradeCheck",
+        vec![finding("DISK_SPACE"), finding("TEMP_DIR_BLOCKED")],
+    )
+    .await;
+    assert_eq!(
+        (out["created"].as_i64(), out["incremented"].as_i64()),
+        (Some(0), Some(2))
+    );
     let issues = s.admin_get("/api/v1/admin/issues?agent=a1").await;
-    assert!(issues.as_array().unwrap().iter().all(|i| i["count"] == 2 && i["state"] == "New" && i["source"] == "UpgradeCheck"));
+    assert!(
+        issues
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["count"] == 2 && i["state"] == "New" && i["source"] == "UpgradeCheck")
+    );
     // The next run no longer finds TEMP_DIR_BLOCKED: it is resolved automatically.
     let out = report(&s, &a, "UpgradeCheck", vec![finding("DISK_SPACE")]).await;
     assert_eq!(out["auto_resolved"], 1);
     // A report from another source leaves UpgradeCheck issues alone.
     report(&s, &a, "Diagnose", vec![]).await;
     let open = s.admin_get("/api/v1/admin/issues?open=true").await;
-    let open: Vec<(&str, i64)> = open.as_array().unwrap().iter().map(|i| (i["code"].as_str().unwrap(), i["count"].as_i64().unwrap())).collect();
+    let open: Vec<(&str, i64)> = open
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["code"].as_str().unwrap(), i["count"].as_i64().unwrap()))
+        .collect();
     assert_eq!(open, [("DISK_SPACE", 3)]);
     let resolved = s.admin_get("/api/v1/admin/issues?state=Resolved").await;
     assert_eq!(resolved[0]["code"], "TEMP_DIR_BLOCKED");
-    let disk_id = s.admin_get("/api/v1/admin/issues?open=true").await[0]["id"].as_i64().unwrap();
-    let r = s.post(&format!("/api/v1/admin/issues/{disk_id}/acknowledge")).bearer_auth(&s.admin).send().await.unwrap();
+    let disk_id = s.admin_get("/api/v1/admin/issues?open=true").await[0]["id"]
+        .as_i64()
+        .unwrap();
+    let r = s
+        .post(&format!("/api/v1/admin/issues/{disk_id}/acknowledge"))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "Acknowledged");
     // Acknowledged still counts repeats.
     report(&s, &a, "UpgradeCheck", vec![finding("DISK_SPACE")]).await;
-    assert_eq!(s.admin_get("/api/v1/admin/issues?open=true").await[0]["count"], 4);
+    assert_eq!(
+        s.admin_get("/api/v1/admin/issues?open=true").await[0]["count"],
+        4
+    );
 
     // 29 days on, the resolved issue is kept; after 31 days it is purged.
     s.clock.advance(Duration::from_secs(29 * 86400));
     let purge = |s: &TestServer| s.post("/api/v1/admin/purge").bearer_auth(&s.admin).send();
-    assert_eq!(purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"], 0);
+    assert_eq!(
+        purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"],
+        0
+    );
     s.clock.advance(Duration::from_secs(2 * 86400));
-    assert_eq!(purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"], 1);
+    assert_eq!(
+        purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"],
+        1
+    );
     let all = s.admin_get("/api/v1/admin/issues").await;
-    assert_eq!(all.as_array().unwrap().len(), 1, "open issues are never purged: {all}");
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        1,
+        "open issues are never purged: {all}"
+    );
 
     // Everything is in the SQLite file: a restarted server sees it.
     let clock = s.clock.clone();
@@ -135,7 +215,8 @@ async fn issues_count_repeats_resolve_when_no_longer_reported_and_are_purged_aft
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet_clears_the_override() {
+async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet_clears_the_override()
+ {
     let s = TestServer::start(|_| {}).await;
     let a = s.register("a1").await;
     let (st, body) = s.assigned(&a, "os=linux&arch=x86-64").await;
@@ -143,29 +224,79 @@ async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet
     s.set_fleet(Q2).await;
     let (st, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!((v["version"].as_str(), v["source"].as_str()), (Some(Q2), Some("fleet")));
-    let r = s.put("/api/v1/admin/fleet/override").bearer_auth(&s.admin).json(&json!({ "version": Q1 })).send().await.unwrap();
+    assert_eq!(
+        (v["version"].as_str(), v["source"].as_str()),
+        (Some(Q2), Some("fleet"))
+    );
+    let r = s
+        .put("/api/v1/admin/fleet/override")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "version": Q1 }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let (_, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
-    assert_eq!((v["version"].as_str(), v["source"].as_str()), (Some(Q1), Some("override")));
-    let (_, v) = s.assigned(&a, &format!("os=linux&arch=x86-64&pinned={Q3}")).await;
-    assert_eq!((v["version"].as_str(), v["source"].as_str()), (Some(Q3), Some("pin")));
+    assert_eq!(
+        (v["version"].as_str(), v["source"].as_str()),
+        (Some(Q1), Some("override"))
+    );
+    let (_, v) = s
+        .assigned(&a, &format!("os=linux&arch=x86-64&pinned={Q3}"))
+        .await;
+    assert_eq!(
+        (v["version"].as_str(), v["source"].as_str()),
+        (Some(Q3), Some("pin"))
+    );
     // A new fleet buildstamp clears the override and queues autoUpgrade.
     s.set_fleet(Q3).await;
     let fleet = s.admin_get("/api/v1/admin/fleet").await;
     assert_eq!(fleet, json!({ "version": Q3, "override": null }));
     let (_, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
-    assert_eq!((v["version"].as_str(), v["source"].as_str()), (Some(Q3), Some("fleet")));
-    let (_, v) = s.assigned(&a, &format!("os=linux&arch=x86-64&pinned={Q1}")).await;
-    assert_eq!((v["version"].as_str(), v["source"].as_str()), (Some(Q1), Some("pin")));
-    let cmds: Value = s.get("/api/v1/agent/commands?wait=0").bearer_auth(&a).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (v["version"].as_str(), v["source"].as_str()),
+        (Some(Q3), Some("fleet"))
+    );
+    let (_, v) = s
+        .assigned(&a, &format!("os=linux&arch=x86-64&pinned={Q1}"))
+        .await;
+    assert_eq!(
+        (v["version"].as_str(), v["source"].as_str()),
+        (Some(Q1), Some("pin"))
+    );
+    let cmds: Value = s
+        .get("/api/v1/agent/commands?wait=0")
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let cmds = cmds.as_array().unwrap();
     assert_eq!(cmds.len(), 1, "one pending autoUpgrade per agent: {cmds:?}");
-    assert_eq!((cmds[0]["kind"].as_str(), cmds[0]["args"]["version"].as_str()), (Some("autoUpgrade"), Some(Q3)));
+    assert_eq!(
+        (
+            cmds[0]["kind"].as_str(),
+            cmds[0]["args"]["version"].as_str()
+        ),
+        (Some("autoUpgrade"), Some(Q3))
+    );
     // A version whose packages are missing cannot become the fleet version.
-    let r = s.put("/api/v1/admin/fleet").bearer_auth(&s.admin).json(&json!({ "version": "rome-06-23-2021__patch0_07-10-2021_0900" })).send().await.unwrap();
+    let r = s
+        .put("/api/v1/admin/fleet")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "version": "rome-06-23-2021__patch0_07-10-2021_0900" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(r.text().await.unwrap().contains("molt-core.rome-06-23-2021__patch0_07-10-2021_0900.universal.universal.zip"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("molt-core.rome-06-23-2021__patch0_07-10-2021_0900.universal.universal.zip")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,19 +306,47 @@ async fn assigned_packages_carry_urls_sizes_and_digests_and_skip_an_installed_ru
     s.set_fleet(Q2).await;
     let (st, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
     assert_eq!(st, StatusCode::OK);
-    let kinds: Vec<&str> = v["packages"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["upgrade", "core", "runtime"]);
-    for p in v["packages"].as_array().unwrap().iter().chain([&v["precheck"], &v["selector"]]) {
+    for p in v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&v["precheck"], &v["selector"]])
+    {
         let url = p["url"].as_str().unwrap();
         assert!(url.starts_with(&format!("{}/packages/", s.url)), "{url}");
-        let body = s.client.get(url).send().await.unwrap().bytes().await.unwrap();
+        let body = s
+            .client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(body.len() as u64, p["size"].as_u64().unwrap());
         assert_eq!(sha256(&body), p["sha256"].as_str().unwrap());
     }
-    assert_eq!(v["precheck"]["name"], format!("molt-precheck.{Q2}.universal.universal.zip"));
+    assert_eq!(
+        v["precheck"]["name"],
+        format!("molt-precheck.{Q2}.universal.universal.zip")
+    );
     // The agent already runs this runtime: it is not assigned again.
-    let (_, v) = s.assigned(&a, &format!("os=linux&arch=x86-64&runtime={Q2}")).await;
-    let kinds: Vec<&str> = v["packages"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    let (_, v) = s
+        .assigned(&a, &format!("os=linux&arch=x86-64&runtime={Q2}"))
+        .await;
+    let kinds: Vec<&str> = v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["upgrade", "core"]);
     // No runtime built for this platform: core and upgrade only.
     let (_, v) = s.assigned(&a, "os=linux&arch=aarch64").await;
@@ -203,45 +362,87 @@ async fn assigned_packages_carry_urls_sizes_and_digests_and_skip_an_installed_ru
 
 #[tokio::test(flavor = "multi_thread")]
 async fn package_urls_point_at_an_external_base_when_configured() {
-    let s = TestServer::start(|c| c.package_base_url = Some("https://cdn.example.test/molt/".into())).await;
+    let s =
+        TestServer::start(|c| c.package_base_url = Some("https://cdn.example.test/molt/".into()))
+            .await;
     let a = s.register("a1").await;
     s.set_fleet(Q2).await;
     let (_, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
-    assert_eq!(v["packages"][1]["url"], format!("https://cdn.example.test/molt/molt-core.{Q2}.universal.universal.zip"));
+    assert_eq!(
+        v["packages"][1]["url"],
+        format!("https://cdn.example.test/molt/molt-core.{Q2}.universal.universal.zip")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_download_resumes_with_range_requests() {
     let s = TestServer::start(|_| {}).await;
-    let bytes = write_package(&packages_dir(s.dir.path()), "core", "bigone-01-01-2024__p0_01-01-2024_0000", "universal", "universal", 1_000_000);
+    let bytes = write_package(
+        &packages_dir(s.dir.path()),
+        "core",
+        "bigone-01-01-2024__p0_01-01-2024_0000",
+        "universal",
+        "universal",
+        1_000_000,
+    );
     let url = "/packages/molt-core.bigone-01-01-2024__p0_01-01-2024_0000.universal.universal.zip";
     // First part of an interrupted download …
-    let r = s.get(url).header(RANGE, "bytes=0-399999").send().await.unwrap();
+    let r = s
+        .get(url)
+        .header(RANGE, "bytes=0-399999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes 0-399999/1000000");
     assert_eq!(r.headers()["accept-ranges"], "bytes");
     let mut got = r.bytes().await.unwrap().to_vec();
     // … then the rest.
-    let r = s.get(url).header(RANGE, format!("bytes={}-", got.len())).send().await.unwrap();
+    let r = s
+        .get(url)
+        .header(RANGE, format!("bytes={}-", got.len()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes 400000-999999/1000000");
     got.extend_from_slice(&r.bytes().await.unwrap());
     assert_eq!(sha256(&got), sha256(&bytes));
     // Suffix range, unsatisfiable range, no range.
     let r = s.get(url).header(RANGE, "bytes=-10").send().await.unwrap();
-    assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[bytes.len() - 10..]);
-    let r = s.get(url).header(RANGE, "bytes=1000000-").send().await.unwrap();
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        &bytes[bytes.len() - 10..]
+    );
+    let r = s
+        .get(url)
+        .header(RANGE, "bytes=1000000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes */1000000");
     let r = s.get(url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().len(), 1_000_000);
     // If-Range with a stale validator gets the whole (changed) file.
-    let r = s.get(url).header(RANGE, "bytes=0-9").header("if-range", "\"stale\"").send().await.unwrap();
+    let r = s
+        .get(url)
+        .header(RANGE, "bytes=0-9")
+        .header("if-range", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Not a package name, and a traversal attempt: 404.
-    assert_eq!(s.get("/packages/secret.txt").send().await.unwrap().status(), StatusCode::NOT_FOUND);
-    assert_eq!(s.get("/packages/..%2Fcp.db").send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.get("/packages/secret.txt").send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        s.get("/packages/..%2Fcp.db").send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,38 +455,110 @@ async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips(
         let c = s.client.clone();
         let url = format!("{}/api/v1/agent/commands?wait=30", s.url);
         let a = a.clone();
-        tokio::spawn(async move { c.get(url).bearer_auth(a).send().await.unwrap().json::<Value>().await.unwrap() })
+        tokio::spawn(async move {
+            c.get(url)
+                .bearer_auth(a)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
     };
     // Give the poll a moment to park; a command queued earlier is found anyway.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = s.post("/api/v1/admin/agents/a1/commands").bearer_auth(&s.admin).json(&json!({ "kind": "grabLogs" })).send().await.unwrap();
+    let r = s
+        .post("/api/v1/admin/agents/a1/commands")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "kind": "grabLogs" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let cmds = tokio::time::timeout(Duration::from_secs(25), poll).await.expect("poll answered before its wait").unwrap();
+    let cmds = tokio::time::timeout(Duration::from_secs(25), poll)
+        .await
+        .expect("poll answered before its wait")
+        .unwrap();
     assert_eq!(cmds[0]["kind"], "grabLogs");
     let id = cmds[0]["id"].as_i64().unwrap();
     // The agent uploads its log and reports the command done.
     let log = "2026-01-01 Checking to see if MID server needs to upgrade.\n".repeat(1000);
-    let r = s.post("/api/v1/agent/logs").bearer_auth(&a).body(log.clone()).send().await.unwrap();
+    let r = s
+        .post("/api/v1/agent/logs")
+        .bearer_auth(&a)
+        .body(log.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = s.post(&format!("/api/v1/agent/commands/{id}/done")).bearer_auth(&a).json(&json!({ "ok": true, "message": "uploaded" })).send().await.unwrap();
+    let r = s
+        .post(&format!("/api/v1/agent/commands/{id}/done"))
+        .bearer_auth(&a)
+        .json(&json!({ "ok": true, "message": "uploaded" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let logs = s.admin_get("/api/v1/admin/agents/a1/logs").await;
     let log_id = logs[0]["id"].as_i64().unwrap();
-    let text = s.get(&format!("/api/v1/admin/logs/{log_id}")).bearer_auth(&s.admin).send().await.unwrap().text().await.unwrap();
+    let text = s
+        .get(&format!("/api/v1/admin/logs/{log_id}"))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(text, log);
     let cmds = s.admin_get("/api/v1/admin/commands?agent=a1").await;
-    assert_eq!((cmds[0]["state"].as_str(), cmds[0]["message"].as_str()), (Some("Done"), Some("uploaded")));
+    assert_eq!(
+        (cmds[0]["state"].as_str(), cmds[0]["message"].as_str()),
+        (Some("Done"), Some("uploaded"))
+    );
     // A command for an agent that is Down waits, queued, until it polls again.
-    let r = s.post("/api/v1/admin/agents/a2/commands").bearer_auth(&s.admin).json(&json!({ "kind": "restart" })).send().await.unwrap();
+    let r = s
+        .post("/api/v1/admin/agents/a2/commands")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "kind": "restart" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let agents = s.admin_get("/api/v1/admin/agents").await;
-    assert_eq!(agents.as_array().unwrap().iter().find(|x| x["name"] == "a2").unwrap()["status"], "Down");
-    assert_eq!(s.admin_get("/api/v1/admin/commands?agent=a2").await[0]["state"], "Queued");
+    assert_eq!(
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "a2")
+            .unwrap()["status"],
+        "Down"
+    );
+    assert_eq!(
+        s.admin_get("/api/v1/admin/commands?agent=a2").await[0]["state"],
+        "Queued"
+    );
     // An empty poll answers [] after its wait.
-    let r: Value = s.get("/api/v1/agent/commands?wait=1").bearer_auth(&a).send().await.unwrap().json().await.unwrap();
+    let r: Value = s
+        .get("/api/v1/agent/commands?wait=1")
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r, json!([]));
     // runPrecheck needs the version whose checks to run.
-    let r = s.post("/api/v1/admin/agents/a1/commands").bearer_auth(&s.admin).json(&json!({ "kind": "runPrecheck" })).send().await.unwrap();
+    let r = s
+        .post("/api/v1/admin/agents/a1/commands")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "kind": "runPrecheck" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -295,18 +568,62 @@ async fn readiness_shows_which_agents_would_fail_the_next_versions_checks() {
     let a = s.register("a1").await;
     let b = s.register("a2").await;
     let _c = s.register("a3").await;
-    let r = s.post("/api/v1/admin/readiness").bearer_auth(&s.admin).json(&json!({ "version": Q3 })).send().await.unwrap();
+    let r = s
+        .post("/api/v1/admin/readiness")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "version": Q3 }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     for (token, ok) in [(&a, true), (&b, false)] {
-        let cmds: Value = s.get("/api/v1/agent/commands").bearer_auth(token).send().await.unwrap().json().await.unwrap();
-        assert_eq!((cmds[0]["kind"].as_str(), cmds[0]["args"]["version"].as_str()), (Some("runPrecheck"), Some(Q3)));
+        let cmds: Value = s
+            .get("/api/v1/agent/commands")
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                cmds[0]["kind"].as_str(),
+                cmds[0]["args"]["version"].as_str()
+            ),
+            (Some("runPrecheck"), Some(Q3))
+        );
         let id = cmds[0]["id"].as_i64().unwrap();
-        let msg = if ok { "all checks passed" } else { "DISK_SPACE: 120 MiB free, 800 MiB needed" };
-        s.post(&format!("/api/v1/agent/commands/{id}/done")).bearer_auth(token).json(&json!({ "ok": ok, "message": msg })).send().await.unwrap();
+        let msg = if ok {
+            "all checks passed"
+        } else {
+            "DISK_SPACE: 120 MiB free, 800 MiB needed"
+        };
+        s.post(&format!("/api/v1/agent/commands/{id}/done"))
+            .bearer_auth(token)
+            .json(&json!({ "ok": ok, "message": msg }))
+            .send()
+            .await
+            .unwrap();
     }
-    let ready = s.admin_get(&format!("/api/v1/admin/readiness?version={Q3}")).await;
-    let got: Vec<(&str, &str)> = ready.as_array().unwrap().iter().map(|r| (r["agent"].as_str().unwrap(), r["readiness"].as_str().unwrap())).collect();
-    assert_eq!(got, [("a1", "Ready"), ("a2", "Not Ready"), ("a3", "Pending")]);
+    let ready = s
+        .admin_get(&format!("/api/v1/admin/readiness?version={Q3}"))
+        .await;
+    let got: Vec<(&str, &str)> = ready
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["agent"].as_str().unwrap(),
+                r["readiness"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("a1", "Ready"), ("a2", "Not Ready"), ("a3", "Pending")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -319,14 +636,29 @@ async fn two_live_agents_with_one_name_are_flagged_with_an_agent_registry_issue(
     let agents = s.admin_get("/api/v1/admin/agents").await;
     assert_eq!(agents[0]["duplicate"], true);
     let issues = s.admin_get("/api/v1/admin/issues?open=true").await;
-    assert_eq!((issues[0]["source"].as_str(), issues[0]["code"].as_str()), (Some("AgentRegistry"), Some("DuplicateAgentName")));
+    assert_eq!(
+        (issues[0]["source"].as_str(), issues[0]["code"].as_str()),
+        (Some("AgentRegistry"), Some("DuplicateAgentName"))
+    );
     // The second process stops; after the liveness window the flag and issue clear.
     s.clock.advance(Duration::from_secs(300));
     assert_eq!(s.heartbeat(&a, "h2", 20, "Up").await, StatusCode::OK);
-    assert_eq!(s.admin_get("/api/v1/admin/agents").await[0]["duplicate"], false);
-    assert_eq!(s.admin_get("/api/v1/admin/issues?open=true").await, json!([]));
+    assert_eq!(
+        s.admin_get("/api/v1/admin/agents").await[0]["duplicate"],
+        false
+    );
+    assert_eq!(
+        s.admin_get("/api/v1/admin/issues?open=true").await,
+        json!([])
+    );
     // Agents may not report under the reserved source.
-    let r = s.post("/api/v1/agent/issues").bearer_auth(&a).json(&json!({ "source": "AgentRegistry", "findings": [] })).send().await.unwrap();
+    let r = s
+        .post("/api/v1/agent/issues")
+        .bearer_auth(&a)
+        .json(&json!({ "source": "AgentRegistry", "findings": [] }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -334,8 +666,16 @@ async fn two_live_agents_with_one_name_are_flagged_with_an_agent_registry_issue(
 async fn upgrade_history_records_each_stage_of_each_attempt() {
     let s = TestServer::start(|_| {}).await;
     let a = s.register("a1").await;
-    let r = s.post("/api/v1/agent/attempts").bearer_auth(&a).json(&json!({ "from_version": Q1, "to_version": Q2 })).send().await.unwrap();
-    let id = r.json::<Value>().await.unwrap()["attempt_id"].as_i64().unwrap();
+    let r = s
+        .post("/api/v1/agent/attempts")
+        .bearer_auth(&a)
+        .json(&json!({ "from_version": Q1, "to_version": Q2 }))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["attempt_id"]
+        .as_i64()
+        .unwrap();
     let stages = [
         ("Pre Upgrade Check", "In Progress"),
         ("Pre Upgrade Check", "Complete"),
@@ -357,15 +697,31 @@ async fn upgrade_history_records_each_stage_of_each_attempt() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{stage}");
     }
-    s.post(&format!("/api/v1/agent/attempts/{id}/finish")).bearer_auth(&a).json(&json!({ "result": "Rolled Back", "message": "health check failed" })).send().await.unwrap();
+    s.post(&format!("/api/v1/agent/attempts/{id}/finish"))
+        .bearer_auth(&a)
+        .json(&json!({ "result": "Rolled Back", "message": "health check failed" }))
+        .send()
+        .await
+        .unwrap();
     let h = s.admin_get("/api/v1/admin/agents/a1/attempts").await;
     assert_eq!(h[0]["result"], "Rolled Back");
-    let got: Vec<(&str, &str)> = h[0]["stages"].as_array().unwrap().iter().map(|x| (x["stage"].as_str().unwrap(), x["state"].as_str().unwrap())).collect();
+    let got: Vec<(&str, &str)> = h[0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["stage"].as_str().unwrap(), x["state"].as_str().unwrap()))
+        .collect();
     assert_eq!(got.len(), 8);
     assert_eq!(got[0], ("Pre Upgrade Check", "Complete"));
     assert_eq!(got[7], ("Health Check", "Failed"));
     // A stage name outside the seeds' vocabulary is refused with the choices listed.
-    let r = s.post(&format!("/api/v1/agent/attempts/{id}/stages")).bearer_auth(&a).json(&json!({ "stage": "Reticulate", "state": "Complete" })).send().await.unwrap();
+    let r = s
+        .post(&format!("/api/v1/agent/attempts/{id}/stages"))
+        .bearer_auth(&a)
+        .json(&json!({ "stage": "Reticulate", "state": "Complete" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().await.unwrap().contains("Pre Upgrade Check"));
 }
@@ -375,15 +731,30 @@ async fn metrics_are_prometheus_text() {
     let s = TestServer::start(|_| {}).await;
     let a = s.register("a1").await;
     s.heartbeat(&a, "h1", 1, "Up").await;
-    s.post("/api/v1/agent/issues").bearer_auth(&a).json(&json!({ "source": "UpgradeCheck", "findings": [finding("X")] })).send().await.unwrap();
+    s.post("/api/v1/agent/issues")
+        .bearer_auth(&a)
+        .json(&json!({ "source": "UpgradeCheck", "findings": [finding("X")] }))
+        .send()
+        .await
+        .unwrap();
     ask_slot(&s, &a).await;
-    let text = s.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let text = s
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in [
         "molt_http_requests_total{method=\"POST\",route=\"/api/v1/agent/heartbeat\",status=\"200\"} 1",
         "molt_agents{status=\"Up\"} 1",
         "molt_upgrade_slots_held 1",
         "molt_issues_open{state=\"New\"} 1",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
 }

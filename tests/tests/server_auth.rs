@@ -22,63 +22,215 @@ async fn missing_foreign_and_wrong_role_tokens_are_refused_and_write_nothing() {
 
     // No token.
     let hb = json!({ "host": "h", "version": Q1, "status": "Up", "pid": 1 });
-    let (st, msg) = error_of(s.post("/api/v1/agent/heartbeat").json(&hb).send().await.unwrap()).await;
+    let (st, msg) = error_of(
+        s.post("/api/v1/agent/heartbeat")
+            .json(&hb)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert!(msg.contains("Bearer"), "{msg}");
-    assert_eq!(s.get("/api/v1/agent/assigned?os=linux&arch=x86-64").send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.get("/api/v1/agent/assigned?os=linux&arch=x86-64")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
     // A made-up token, and a malformed header.
-    let r = s.post("/api/v1/agent/heartbeat").bearer_auth("not-a-real-token-at-all").json(&hb).send().await.unwrap();
-    assert_eq!(error_of(r).await, (StatusCode::UNAUTHORIZED, "unknown agent token".to_string()));
-    let r = s.post("/api/v1/agent/heartbeat").header("authorization", "Basic Zm9vOmJhcg==").json(&hb).send().await.unwrap();
+    let r = s
+        .post("/api/v1/agent/heartbeat")
+        .bearer_auth("not-a-real-token-at-all")
+        .json(&hb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::UNAUTHORIZED, "unknown agent token".to_string())
+    );
+    let r = s
+        .post("/api/v1/agent/heartbeat")
+        .header("authorization", "Basic Zm9vOmJhcg==")
+        .json(&hb)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // a1 writes into a2's attempt and completes a2's command: 403.
-    let r = s.post("/api/v1/agent/attempts").bearer_auth(&b).json(&json!({ "from_version": Q1, "to_version": Q2 })).send().await.unwrap();
-    let b_attempt = r.json::<Value>().await.unwrap()["attempt_id"].as_i64().unwrap();
+    let r = s
+        .post("/api/v1/agent/attempts")
+        .bearer_auth(&b)
+        .json(&json!({ "from_version": Q1, "to_version": Q2 }))
+        .send()
+        .await
+        .unwrap();
+    let b_attempt = r.json::<Value>().await.unwrap()["attempt_id"]
+        .as_i64()
+        .unwrap();
     let stage = json!({ "stage": "Pre Upgrade Check", "state": "Failed", "message": "forged" });
-    let r = s.post(&format!("/api/v1/agent/attempts/{b_attempt}/stages")).bearer_auth(&a).json(&stage).send().await.unwrap();
+    let r = s
+        .post(&format!("/api/v1/agent/attempts/{b_attempt}/stages"))
+        .bearer_auth(&a)
+        .json(&stage)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = s.post(&format!("/api/v1/agent/attempts/{b_attempt}/finish")).bearer_auth(&a).json(&json!({ "result": "Failed" })).send().await.unwrap();
+    let r = s
+        .post(&format!("/api/v1/agent/attempts/{b_attempt}/finish"))
+        .bearer_auth(&a)
+        .json(&json!({ "result": "Failed" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = s.post("/api/v1/admin/agents/a2/commands").bearer_auth(&s.admin).json(&json!({ "kind": "restart" })).send().await.unwrap();
-    let b_cmd = r.json::<Value>().await.unwrap()["command_id"].as_i64().unwrap();
-    let r = s.post(&format!("/api/v1/agent/commands/{b_cmd}/done")).bearer_auth(&a).json(&json!({ "ok": true, "message": "forged" })).send().await.unwrap();
+    let r = s
+        .post("/api/v1/admin/agents/a2/commands")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "kind": "restart" }))
+        .send()
+        .await
+        .unwrap();
+    let b_cmd = r.json::<Value>().await.unwrap()["command_id"]
+        .as_i64()
+        .unwrap();
+    let r = s
+        .post(&format!("/api/v1/agent/commands/{b_cmd}/done"))
+        .bearer_auth(&a)
+        .json(&json!({ "ok": true, "message": "forged" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let h = s.admin_get("/api/v1/admin/agents/a2/attempts").await;
-    assert_eq!((h[0]["stages"].as_array().unwrap().len(), h[0]["result"].is_null()), (0, true), "{h}");
-    assert_eq!(s.admin_get("/api/v1/admin/commands?agent=a2").await[0]["state"], "Queued");
+    assert_eq!(
+        (
+            h[0]["stages"].as_array().unwrap().len(),
+            h[0]["result"].is_null()
+        ),
+        (0, true),
+        "{h}"
+    );
+    assert_eq!(
+        s.admin_get("/api/v1/admin/commands?agent=a2").await[0]["state"],
+        "Queued"
+    );
 
     // An agent token on admin endpoints: 403; no token: 401; a wrong admin token: 401.
     for (req, want) in [
-        (s.put("/api/v1/admin/fleet").bearer_auth(&a).json(&json!({ "version": Q3 })), StatusCode::FORBIDDEN),
-        (s.put("/api/v1/admin/fleet").json(&json!({ "version": Q3 })), StatusCode::UNAUTHORIZED),
-        (s.put("/api/v1/admin/fleet").bearer_auth("wrong-admin-token-xxxxxxxx").json(&json!({ "version": Q3 })), StatusCode::UNAUTHORIZED),
-        (s.put("/api/v1/admin/fleet/override").bearer_auth(&a).json(&json!({ "version": Q1 })), StatusCode::FORBIDDEN),
-        (s.post("/api/v1/admin/agents").bearer_auth(&a).json(&json!({ "name": "evil" })), StatusCode::FORBIDDEN),
-        (s.post("/api/v1/admin/agents/a2/commands").bearer_auth(&a).json(&json!({ "kind": "restart" })), StatusCode::FORBIDDEN),
-        (s.post("/api/v1/admin/purge").bearer_auth(&a), StatusCode::FORBIDDEN),
-        (s.get("/api/v1/admin/agents").bearer_auth(&a), StatusCode::FORBIDDEN),
+        (
+            s.put("/api/v1/admin/fleet")
+                .bearer_auth(&a)
+                .json(&json!({ "version": Q3 })),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            s.put("/api/v1/admin/fleet").json(&json!({ "version": Q3 })),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            s.put("/api/v1/admin/fleet")
+                .bearer_auth("wrong-admin-token-xxxxxxxx")
+                .json(&json!({ "version": Q3 })),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            s.put("/api/v1/admin/fleet/override")
+                .bearer_auth(&a)
+                .json(&json!({ "version": Q1 })),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            s.post("/api/v1/admin/agents")
+                .bearer_auth(&a)
+                .json(&json!({ "name": "evil" })),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            s.post("/api/v1/admin/agents/a2/commands")
+                .bearer_auth(&a)
+                .json(&json!({ "kind": "restart" })),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            s.post("/api/v1/admin/purge").bearer_auth(&a),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            s.get("/api/v1/admin/agents").bearer_auth(&a),
+            StatusCode::FORBIDDEN,
+        ),
     ] {
         let (st, msg) = error_of(req.send().await.unwrap()).await;
         assert_eq!(st, want, "{msg}");
         assert!(!msg.is_empty());
     }
     // The admin token cannot act as an agent.
-    assert_eq!(s.post("/api/v1/agent/heartbeat").bearer_auth(&s.admin).json(&hb).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.post("/api/v1/agent/heartbeat")
+            .bearer_auth(&s.admin)
+            .json(&hb)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
     // The dashboard without a session goes to the login form.
-    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let r = no_redirect.get(format!("{}/dashboard", s.url)).send().await.unwrap();
-    assert_eq!((r.status(), r.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/login"));
-    let r = no_redirect.post(format!("{}/dashboard/agents/a1/upgrade", s.url)).send().await.unwrap();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirect
+        .get(format!("{}/dashboard", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status(), r.headers()["location"].to_str().unwrap()),
+        (StatusCode::SEE_OTHER, "/login")
+    );
+    let r = no_redirect
+        .post(format!("{}/dashboard/agents/a1/upgrade", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
 
     // Nothing was written by any refused call.
-    assert_eq!(s.admin_get("/api/v1/admin/fleet").await, json!({ "version": Q2, "override": null }));
+    assert_eq!(
+        s.admin_get("/api/v1/admin/fleet").await,
+        json!({ "version": Q2, "override": null })
+    );
     let agents = s.admin_get("/api/v1/admin/agents").await;
-    let names: Vec<&str> = agents.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["a1", "a2"]);
-    assert!(agents.as_array().unwrap().iter().all(|x| x["last_seen"].is_null()));
-    assert_eq!(s.admin_get("/api/v1/admin/commands?agent=a1").await.as_array().unwrap().len(), 1, "only the autoUpgrade of the fleet change");
+    assert!(
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["last_seen"].is_null())
+    );
+    assert_eq!(
+        s.admin_get("/api/v1/admin/commands?agent=a1")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "only the autoUpgrade of the fleet change"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -93,18 +245,55 @@ async fn hundreds_of_garbage_requests_get_4xx_with_a_message_and_a_valid_one_sti
         ("application/json", "not json".into(), ""),
         ("application/json", "[]".into(), ""),
         ("application/json", "null".into(), ""),
-        ("application/json", "{\"host\": 5, \"version\": \"v\", \"status\": \"Up\", \"pid\": 1}".into(), "host"),
-        ("application/json", "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Sideways\", \"pid\": 1}".into(), "Upgrade Failed"),
-        ("application/json", "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\", \"pid\": \"one\"}".into(), "pid"),
-        ("application/json", "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\"}".into(), "pid"),
-        ("application/json", "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\", \"pid\": 1, \"extra\": 1}".into(), "extra"),
-        ("application/json", "{\"host\": \"\", \"version\": \"v\", \"status\": \"Up\", \"pid\": 1}".into(), "host"),
-        ("application/json", "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\", \"pid\": 1e999}".into(), ""),
+        (
+            "application/json",
+            "{\"host\": 5, \"version\": \"v\", \"status\": \"Up\", \"pid\": 1}".into(),
+            "host",
+        ),
+        (
+            "application/json",
+            "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Sideways\", \"pid\": 1}".into(),
+            "Upgrade Failed",
+        ),
+        (
+            "application/json",
+            "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\", \"pid\": \"one\"}".into(),
+            "pid",
+        ),
+        (
+            "application/json",
+            "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\"}".into(),
+            "pid",
+        ),
+        (
+            "application/json",
+            "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\", \"pid\": 1, \"extra\": 1}"
+                .into(),
+            "extra",
+        ),
+        (
+            "application/json",
+            "{\"host\": \"\", \"version\": \"v\", \"status\": \"Up\", \"pid\": 1}".into(),
+            "host",
+        ),
+        (
+            "application/json",
+            "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\", \"pid\": 1e999}".into(),
+            "",
+        ),
         ("application/json", "\u{0}\u{1}\u{2}".into(), ""),
         ("application/json", huge.clone(), "too large"),
         ("application/json", deep.clone(), ""),
-        ("text/plain", "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\", \"pid\": 1}".into(), "Content-Type"),
-        ("application/x-www-form-urlencoded", "host=h".into(), "Content-Type"),
+        (
+            "text/plain",
+            "{\"host\": \"h\", \"version\": \"v\", \"status\": \"Up\", \"pid\": 1}".into(),
+            "Content-Type",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "host=h".into(),
+            "Content-Type",
+        ),
     ];
     let endpoints = [
         "/api/v1/agent/heartbeat",
@@ -119,33 +308,69 @@ async fn hundreds_of_garbage_requests_get_4xx_with_a_message_and_a_valid_one_sti
     for round in 0..2 {
         for ep in endpoints {
             for (ct, body, needle) in &bodies {
-                let r = s.post(ep).bearer_auth(&a).header("content-type", *ct).body(body.clone()).send().await.unwrap();
+                let r = s
+                    .post(ep)
+                    .bearer_auth(&a)
+                    .header("content-type", *ct)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
                 let st = r.status();
                 let (_, msg) = error_of(r).await;
-                assert!(st.is_client_error(), "round {round} {ep} {ct} {:?}: {st}", &body[..body.len().min(60)]);
+                assert!(
+                    st.is_client_error(),
+                    "round {round} {ep} {ct} {:?}: {st}",
+                    &body[..body.len().min(60)]
+                );
                 assert!(!msg.is_empty(), "{ep}: a 4xx names its reason");
                 if ep == "/api/v1/agent/heartbeat" && !needle.is_empty() {
-                    assert!(msg.contains(needle), "{ep} {:?}: {msg:?} lacks {needle:?}", &body[..body.len().min(60)]);
+                    assert!(
+                        msg.contains(needle),
+                        "{ep} {:?}: {msg:?} lacks {needle:?}",
+                        &body[..body.len().min(60)]
+                    );
                 }
                 sent += 1;
             }
         }
     }
     // Wrongly typed queries and paths, and unknown routes.
-    for path in ["/api/v1/agent/commands?wait=soon", "/api/v1/agent/assigned?os=linux", "/api/v1/nope", "/api/v1/admin/issues?state=Open"] {
-        let tok = if path.contains("admin") { s.admin.clone() } else { a.clone() };
+    for path in [
+        "/api/v1/agent/commands?wait=soon",
+        "/api/v1/agent/assigned?os=linux",
+        "/api/v1/nope",
+        "/api/v1/admin/issues?state=Open",
+    ] {
+        let tok = if path.contains("admin") {
+            s.admin.clone()
+        } else {
+            a.clone()
+        };
         let r = s.get(path).bearer_auth(tok).send().await.unwrap();
         assert!(r.status().is_client_error(), "{path}: {}", r.status());
         assert!(!error_of(r).await.1.is_empty(), "{path}");
         sent += 1;
     }
-    let r = s.post("/api/v1/agent/logs").bearer_auth(&a).body(vec![b'x'; 33 * 1024 * 1024]).send().await.unwrap();
+    let r = s
+        .post("/api/v1/agent/logs")
+        .bearer_auth(&a)
+        .body(vec![b'x'; 33 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(sent > 200, "{sent}");
     // Still serving, and nothing garbage got in.
     assert_eq!(s.heartbeat(&a, "h1", 42, "Up").await, StatusCode::OK);
     let agents = s.admin_get("/api/v1/admin/agents").await;
-    assert_eq!((agents[0]["host"].as_str(), agents[0]["pid"].as_i64()), (Some("h1"), Some(42)));
+    assert_eq!(
+        (agents[0]["host"].as_str(), agents[0]["pid"].as_i64()),
+        (Some("h1"), Some(42))
+    );
     assert_eq!(s.admin_get("/api/v1/admin/issues").await, json!([]));
-    assert_eq!(s.admin_get("/api/v1/admin/agents/a1/attempts").await, json!([]));
+    assert_eq!(
+        s.admin_get("/api/v1/admin/agents/a1/attempts").await,
+        json!([])
+    );
 }

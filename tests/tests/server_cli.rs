@@ -17,7 +17,11 @@ fn molt_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap();
     let p = exe.parent().unwrap().parent().unwrap().join("molt");
-    assert!(p.exists(), "{} not found: build it first with `cargo build -p molt` (or set MOLT_BIN)", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: build it first with `cargo build -p molt` (or set MOLT_BIN)",
+        p.display()
+    );
     p
 }
 
@@ -37,7 +41,15 @@ async fn molt_serve_starts_prints_its_address_generates_an_admin_token_and_serve
     let db = dir.path().join("cp.db");
     let agent_token = "agent-token-for-a1-0123456789";
     let mut child = Command::new(molt_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--fleet-version", Q2, "--max-concurrent-upgrades", "1"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--fleet-version",
+            Q2,
+            "--max-concurrent-upgrades",
+            "1",
+        ])
         .arg("--db")
         .arg(&db)
         .arg("--packages")
@@ -52,7 +64,12 @@ async fn molt_serve_starts_prints_its_address_generates_an_admin_token_and_serve
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     let _guard = Killed(child);
-    let logs = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let logs = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let url = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
         loop {
@@ -70,32 +87,70 @@ async fn molt_serve_starts_prints_its_address_generates_an_admin_token_and_serve
     .unwrap();
     let Some(url) = url else {
         drop(_guard);
-        panic!("molt serve did not print its address; stderr:\n{}", logs.join().unwrap().join("\n"));
+        panic!(
+            "molt serve did not print its address; stderr:\n{}",
+            logs.join().unwrap().join("\n")
+        );
     };
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
     let c = reqwest::Client::new();
-    let r = c.get(format!("{url}/api/v1/agent/assigned?os=linux&arch=x86-64")).bearer_auth(agent_token).send().await.unwrap();
+    let r = c
+        .get(format!("{url}/api/v1/agent/assigned?os=linux&arch=x86-64"))
+        .bearer_auth(agent_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
-    assert_eq!((v["version"].as_str(), v["source"].as_str()), (Some(Q2), Some("fleet")));
+    assert_eq!(
+        (v["version"].as_str(), v["source"].as_str()),
+        (Some(Q2), Some("fleet"))
+    );
     // The admin token was generated next to the database, private to its owner.
     let token_file = dir.path().join("cp.db.admin-token");
-    let admin = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let admin = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
-    let r = c.get(format!("{url}/api/v1/admin/agents")).bearer_auth(&admin).send().await.unwrap();
+    let r = c
+        .get(format!("{url}/api/v1/admin/agents"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()[0]["name"], "a1");
-    let r = c.post(format!("{url}/api/v1/agent/upgrade-slot")).bearer_auth(agent_token).json(&json!({ "to_version": Q2 })).send().await.unwrap();
+    let r = c
+        .post(format!("{url}/api/v1/agent/upgrade-slot"))
+        .bearer_auth(agent_token)
+        .json(&json!({ "to_version": Q2 }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let metrics = c.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("molt_upgrade_slots_max 1"), "{metrics}");
     drop(_guard);
     let logs = logs.join().unwrap().join("\n");
-    assert!(logs.contains("admin token generated and written to file"), "{logs}");
+    assert!(
+        logs.contains("admin token generated and written to file"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
@@ -118,38 +173,147 @@ async fn molt_serve_refuses_a_missing_packages_directory_with_a_clear_error() {
     .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("packages directory") && err.contains("no-such-dir"), "{err}");
+    assert!(
+        err.contains("packages directory") && err.contains("no-such-dir"),
+        "{err}"
+    );
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn it_serves_https_with_a_configured_certificate() {
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
-    openssl(d, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Molt test CA"]);
-    openssl(d, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
-    openssl(d, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Molt test CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
     let s = TestServer::start(|c| {
-        c.tls = Some(molt_server::TlsFiles { cert: d.join("server.pem"), key: d.join("server.key") });
+        c.tls = Some(molt_server::TlsFiles {
+            cert: d.join("server.pem"),
+            key: d.join("server.key"),
+        });
     })
     .await;
     assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
     let ca = reqwest::Certificate::from_pem(&std::fs::read(d.join("ca.pem")).unwrap()).unwrap();
-    let tls = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
-    let r = tls.post(format!("{}/api/v1/admin/agents", s.url)).bearer_auth(&s.admin).json(&json!({ "name": "a1" })).send().await.unwrap();
+    let tls = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = tls
+        .post(format!("{}/api/v1/admin/agents", s.url))
+        .bearer_auth(&s.admin)
+        .json(&json!({ "name": "a1" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let token = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
-    let r = tls.post(format!("{}/api/v1/agent/heartbeat", s.url)).bearer_auth(&token).json(&json!({ "host": "h", "version": Q1, "status": "Up", "pid": 1 })).send().await.unwrap();
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = tls
+        .post(format!("{}/api/v1/agent/heartbeat", s.url))
+        .bearer_auth(&token)
+        .json(&json!({ "host": "h", "version": Q1, "status": "Up", "pid": 1 }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Plain HTTP to the TLS port gets no answer, and a client that does not trust the CA is refused.
     let plain = s.url.replace("https://", "http://");
-    assert!(reqwest::Client::new().get(format!("{plain}/metrics")).send().await.is_err());
-    assert!(reqwest::Client::new().get(format!("{}/metrics", s.url)).send().await.is_err());
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{plain}/metrics"))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .is_err()
+    );
     // The server still serves after those failed handshakes.
-    assert_eq!(tls.get(format!("{}/metrics", s.url)).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        tls.get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 }

@@ -12,8 +12,15 @@ use serde_json::{Value, json};
 use server_common::*;
 
 fn require_tool(path: &str, install: &str) {
-    let ok = Command::new(path).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "{path} is needed for the dashboard browser test; install it with: {install}");
+    let ok = Command::new(path)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{path} is needed for the dashboard browser test; install it with: {install}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -26,7 +33,10 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
     let a = s.register("a1").await;
     let _b = s.register("a2").await;
     s.set_fleet(Q2).await;
-    assert_eq!(s.heartbeat(&a, "host-one", 4242, "Up").await, StatusCode::OK);
+    assert_eq!(
+        s.heartbeat(&a, "host-one", 4242, "Up").await,
+        StatusCode::OK
+    );
     // An issue whose text tries to inject markup: it must show as text.
     let r = s
         .post("/api/v1/agent/issues")
@@ -38,14 +48,38 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let issue_id = s.admin_get("/api/v1/admin/issues").await[0]["id"].as_i64().unwrap();
+    let issue_id = s.admin_get("/api/v1/admin/issues").await[0]["id"]
+        .as_i64()
+        .unwrap();
     // One attempt with a stage timeline.
-    let r = s.post("/api/v1/agent/attempts").bearer_auth(&a).json(&json!({ "from_version": Q1, "to_version": Q2 })).send().await.unwrap();
-    let attempt = r.json::<Value>().await.unwrap()["attempt_id"].as_i64().unwrap();
-    for (stage, state) in [("Pre Upgrade Check", "Complete"), ("Download Upgrade Packages", "Complete"), ("Extract Upgrade Packages", "In Progress")] {
-        s.post(&format!("/api/v1/agent/attempts/{attempt}/stages")).bearer_auth(&a).json(&json!({ "stage": stage, "state": state, "message": "ok" })).send().await.unwrap();
+    let r = s
+        .post("/api/v1/agent/attempts")
+        .bearer_auth(&a)
+        .json(&json!({ "from_version": Q1, "to_version": Q2 }))
+        .send()
+        .await
+        .unwrap();
+    let attempt = r.json::<Value>().await.unwrap()["attempt_id"]
+        .as_i64()
+        .unwrap();
+    for (stage, state) in [
+        ("Pre Upgrade Check", "Complete"),
+        ("Download Upgrade Packages", "Complete"),
+        ("Extract Upgrade Packages", "In Progress"),
+    ] {
+        s.post(&format!("/api/v1/agent/attempts/{attempt}/stages"))
+            .bearer_auth(&a)
+            .json(&json!({ "stage": stage, "state": state, "message": "ok" }))
+            .send()
+            .await
+            .unwrap();
     }
-    s.post("/api/v1/admin/readiness").bearer_auth(&s.admin).json(&json!({ "version": Q3 })).send().await.unwrap();
+    s.post("/api/v1/admin/readiness")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "version": Q3 }))
+        .send()
+        .await
+        .unwrap();
 
     let out = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard.mjs");
@@ -55,39 +89,90 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         Command::new("node")
             .arg("--experimental-websocket")
             .arg(script)
-            .args([url.as_str(), admin.as_str(), outp.to_str().unwrap(), &issue_id.to_string(), "a1"])
+            .args([
+                url.as_str(),
+                admin.as_str(),
+                outp.to_str().unwrap(),
+                &issue_id.to_string(),
+                "a1",
+            ])
             .env("CHROMIUM", chromium2)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    assert!(result.status.success(), "browser script failed:\n{}", String::from_utf8_lossy(&result.stderr));
-    let seen: Value = serde_json::from_slice(&result.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&result.stdout)));
+    assert!(
+        result.status.success(),
+        "browser script failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&result.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&result.stdout)));
     let t = |k: &str| seen[k].as_str().unwrap_or_default().to_string();
 
     assert_eq!(t("redirectedTo"), "/login", "{seen}");
     assert_eq!(t("afterLogin"), "/dashboard");
     assert_eq!(seen["agentRows"], 2);
-    assert!(t("agentRowText").contains("host-one") && t("agentRowText").contains("Up"), "{}", t("agentRowText"));
-    assert!(t("issueRowText").contains("TEMP_DIR_BLOCKED") && t("issueRowText").contains("<script>"), "{}", t("issueRowText"));
+    assert!(
+        t("agentRowText").contains("host-one") && t("agentRowText").contains("Up"),
+        "{}",
+        t("agentRowText")
+    );
+    assert!(
+        t("issueRowText").contains("TEMP_DIR_BLOCKED") && t("issueRowText").contains("<script>"),
+        "{}",
+        t("issueRowText")
+    );
     assert!(t("fleetText").contains(Q2));
-    assert!(t("readinessText").contains("Pending"), "{}", t("readinessText"));
-    assert!(t("flashAfterAck").contains("acknowledged"), "{}", t("flashAfterAck"));
+    assert!(
+        t("readinessText").contains("Pending"),
+        "{}",
+        t("readinessText")
+    );
+    assert!(
+        t("flashAfterAck").contains("acknowledged"),
+        "{}",
+        t("flashAfterAck")
+    );
     assert!(t("issueRowAfterAck").contains("Acknowledged"));
     assert!(t("flashAfterGrabLogs").contains("Grab logs queued for a1"));
     assert_eq!(t("pathAfterGrabLogs"), "/dashboard/agents/a1");
-    assert!(t("flashAfterUpgrade").contains("Upgrade queued for a1"), "{}", t("flashAfterUpgrade"));
+    assert!(
+        t("flashAfterUpgrade").contains("Upgrade queued for a1"),
+        "{}",
+        t("flashAfterUpgrade")
+    );
     assert!(t("flashAfterResolve").contains("resolved"));
-    assert!(seen["issueRowAfterResolve"].is_null(), "resolved issues leave the open list");
-    assert_eq!(seen["stages"], json!(["Pre Upgrade Check", "Download Upgrade Packages", "Extract Upgrade Packages"]));
-    assert_eq!(seen["stageStates"], json!(["Complete", "Complete", "In Progress"]));
+    assert!(
+        seen["issueRowAfterResolve"].is_null(),
+        "resolved issues leave the open list"
+    );
+    assert_eq!(
+        seen["stages"],
+        json!([
+            "Pre Upgrade Check",
+            "Download Upgrade Packages",
+            "Extract Upgrade Packages"
+        ])
+    );
+    assert_eq!(
+        seen["stageStates"],
+        json!(["Complete", "Complete", "In Progress"])
+    );
     assert!(t("commandsText").contains("grabLogs") && t("commandsText").contains("upgrade"));
     assert_eq!(seen["injected"], 0, "stored text must never become markup");
     assert!(!t("title").contains("pwned"));
-    for shot in ["screenshotDashboard", "screenshotAfterActions", "screenshotAgent"] {
+    for shot in [
+        "screenshotDashboard",
+        "screenshotAfterActions",
+        "screenshotAgent",
+    ] {
         let bytes = std::fs::read(t(shot)).unwrap();
-        assert!(bytes.len() > 5000 && bytes.starts_with(b"\x89PNG"), "{shot} is a real PNG");
+        assert!(
+            bytes.len() > 5000 && bytes.starts_with(b"\x89PNG"),
+            "{shot} is a real PNG"
+        );
     }
     if let Ok(keep) = std::env::var("MOLT_KEEP_SCREENSHOTS") {
         for f in ["dashboard.png", "dashboard-after-actions.png", "agent.png"] {
@@ -99,8 +184,21 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
     let issue = &s.admin_get("/api/v1/admin/issues").await[0];
     assert_eq!(issue["state"], "Resolved");
     let cmds = s.admin_get("/api/v1/admin/commands?agent=a1").await;
-    let kinds: Vec<&str> = cmds.as_array().unwrap().iter().map(|c| c["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"grabLogs") && kinds.contains(&"upgrade"), "{kinds:?}");
-    let upgrade = cmds.as_array().unwrap().iter().find(|c| c["kind"] == "upgrade").unwrap();
+    let kinds: Vec<&str> = cmds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"grabLogs") && kinds.contains(&"upgrade"),
+        "{kinds:?}"
+    );
+    let upgrade = cmds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "upgrade")
+        .unwrap();
     assert_eq!(upgrade["args"]["version"], Q2);
 }

@@ -118,10 +118,10 @@ impl FromRequestParts<AppState> for DashAuth {
         if state.has_session(parts) {
             return Ok(DashAuth);
         }
-        if let Ok(Some(t)) = bearer(parts) {
-            if hash_token(t) == state.admin_hash {
-                return Ok(DashAuth);
-            }
+        if let Ok(Some(t)) = bearer(parts)
+            && hash_token(t) == state.admin_hash
+        {
+            return Ok(DashAuth);
         }
         Err(Redirect::to("/login").into_response())
     }

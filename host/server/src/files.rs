@@ -103,10 +103,10 @@ pub async fn get_package(
         .and_then(|v| v.to_str().ok())
         .map(|v| parse_range(v, size))
         .unwrap_or(RangeReq::Full);
-    if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        if etag.as_deref() != Some(ir) {
-            range = RangeReq::Full; // the file changed since the client's first part
-        }
+    if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok())
+        && etag.as_deref() != Some(ir)
+    {
+        range = RangeReq::Full; // the file changed since the client's first part
     }
     let mut resp = match range {
         RangeReq::Unsatisfiable => {

@@ -33,9 +33,18 @@ pub fn packages_dir(dir: &Path) -> PathBuf {
 }
 
 /// Writes a package file with distinct content; returns its bytes.
-pub fn write_package(dir: &Path, kind: &str, version: &str, os: &str, arch: &str, len: usize) -> Vec<u8> {
+pub fn write_package(
+    dir: &Path,
+    kind: &str,
+    version: &str,
+    os: &str,
+    arch: &str,
+    len: usize,
+) -> Vec<u8> {
     let name = format!("molt-{kind}.{version}.{os}.{arch}.zip");
-    let bytes: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ name.len() as u8).collect();
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ name.len() as u8)
+        .collect();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join(name), &bytes).unwrap();
     bytes
@@ -63,7 +72,11 @@ impl TestServer {
                 write_release(&pk, v);
             }
         }
-        let mut cfg = Config::new(dir.path().join("cp.db"), &pk, "127.0.0.1:0".parse().unwrap());
+        let mut cfg = Config::new(
+            dir.path().join("cp.db"),
+            &pk,
+            "127.0.0.1:0".parse().unwrap(),
+        );
         cfg.admin_token = Some(ADMIN.into());
         tweak(&mut cfg);
         let clock = cfg.clock.clone();
@@ -73,14 +86,20 @@ impl TestServer {
         let task = tokio::spawn(async move {
             server.run().await.expect("server runs");
         });
-        TestServer { url, admin, dir, clock, client: Client::new(), task }
+        TestServer {
+            url,
+            admin,
+            dir,
+            clock,
+            client: Client::new(),
+            task,
+        }
     }
 
     /// Stops serving and hands back the directory (database and packages stay).
     pub fn stop(mut self) -> tempfile::TempDir {
         self.task.abort();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     pub fn get(&self, path: &str) -> RequestBuilder {
@@ -98,19 +117,44 @@ impl TestServer {
 
     /// Registers an agent through the admin API; returns its token.
     pub async fn register(&self, name: &str) -> String {
-        let r = self.post("/api/v1/admin/agents").bearer_auth(&self.admin).json(&json!({ "name": name })).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
-        r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+        let r = self
+            .post("/api/v1/admin/agents")
+            .bearer_auth(&self.admin)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub async fn admin_get(&self, path: &str) -> Value {
-        let r = self.get(path).bearer_auth(&self.admin).send().await.unwrap();
+        let r = self
+            .get(path)
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.unwrap()
     }
 
     pub async fn set_fleet(&self, version: &str) {
-        let r = self.put("/api/v1/admin/fleet").bearer_auth(&self.admin).json(&json!({ "version": version })).send().await.unwrap();
+        let r = self
+            .put("/api/v1/admin/fleet")
+            .bearer_auth(&self.admin)
+            .json(&json!({ "version": version }))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     }
 
@@ -125,7 +169,12 @@ impl TestServer {
     }
 
     pub async fn assigned(&self, token: &str, query: &str) -> (StatusCode, Value) {
-        let r = self.get(&format!("/api/v1/agent/assigned?{query}")).bearer_auth(token).send().await.unwrap();
+        let r = self
+            .get(&format!("/api/v1/agent/assigned?{query}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         let s = r.status();
         (s, r.json().await.unwrap_or(Value::Null))
     }
@@ -141,5 +190,10 @@ pub fn sha256(b: &[u8]) -> String {
         .expect("sha256sum runs");
     child.stdin.take().unwrap().write_all(b).unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

@@ -91,13 +91,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         cfg.bootstrap_agents.push(parse_agent(s)?);
     }
     if let Some(f) = &a.bootstrap_agents_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            cfg.bootstrap_agents.push(parse_agent(line).with_context(|| format!("{}:{}", f.display(), i + 1))?);
+            cfg.bootstrap_agents
+                .push(parse_agent(line).with_context(|| format!("{}:{}", f.display(), i + 1))?);
         }
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();

@@ -227,6 +227,7 @@ fn finish_issue((mut i, state): (Issue, String)) -> Result<Issue, StoreError> {
 const COMMAND_SELECT: &str = "SELECT c.id, a.name, c.kind, c.args, c.state, c.created_at, c.delivered_at, c.done_at, c.message \
      FROM commands c JOIN agents a ON a.id = c.agent_id";
 
+#[allow(clippy::type_complexity)]
 fn command_row(
     r: &rusqlite::Row<'_>,
 ) -> rusqlite::Result<(
