@@ -31,8 +31,14 @@ impl ConfigView {
             return Some(t.clone());
         }
         let f = self.token_file.as_ref()?;
-        let f = if f.is_absolute() { f.clone() } else { home.join(f) };
-        std::fs::read_to_string(f).ok().map(|s| s.trim().to_string())
+        let f = if f.is_absolute() {
+            f.clone()
+        } else {
+            home.join(f)
+        };
+        std::fs::read_to_string(f)
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// The trusted root path (`trust_root`, default `<home>/state/root.json`).
@@ -46,11 +52,22 @@ impl ConfigView {
 }
 
 /// GET `base + path` with a bearer token; the JSON answer or why not.
-pub fn get_json(base: &str, path: &str, token: &str, timeout: Duration) -> Result<serde_json::Value, String> {
+pub fn get_json(
+    base: &str,
+    path: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
     let url = format!("{}{}", base.trim_end_matches('/'), path);
     let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-    match agent.get(&url).set("Authorization", &format!("Bearer {token}")).call() {
-        Ok(r) => r.into_json::<serde_json::Value>().map_err(|e| format!("{url}: unexpected answer: {e}")),
+    match agent
+        .get(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+    {
+        Ok(r) => r
+            .into_json::<serde_json::Value>()
+            .map_err(|e| format!("{url}: unexpected answer: {e}")),
         Err(ureq::Error::Status(code, r)) => {
             let body = r.into_string().unwrap_or_default();
             let msg = serde_json::from_str::<serde_json::Value>(&body)

@@ -48,7 +48,9 @@ pub struct Report {
 impl Report {
     /// Did a failure (warning or error) match?
     pub fn failed(&self) -> bool {
-        self.findings.iter().any(|f| f.severity >= Severity::Warning)
+        self.findings
+            .iter()
+            .any(|f| f.severity >= Severity::Warning)
     }
 
     /// 0 when no failure matched, 1 otherwise.
@@ -63,23 +65,45 @@ impl Report {
     /// Human-readable text for the terminal.
     pub fn render_text(&self) -> String {
         let mut s = format!("molt diagnose: {}\n", self.home.display());
-        let rel = |p: &Path| p.strip_prefix(&self.home).map(|r| r.display().to_string()).unwrap_or_else(|_| p.display().to_string());
+        let rel = |p: &Path| {
+            p.strip_prefix(&self.home)
+                .map(|r| r.display().to_string())
+                .unwrap_or_else(|_| p.display().to_string())
+        };
         if self.files_read.is_empty() {
             s.push_str("No log files found.\n");
         } else {
-            s.push_str(&format!("Read: {}\n", self.files_read.iter().map(|p| rel(p)).collect::<Vec<_>>().join(", ")));
+            s.push_str(&format!(
+                "Read: {}\n",
+                self.files_read
+                    .iter()
+                    .map(|p| rel(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         for u in &self.unreadable {
             s.push_str(&format!("Could not read: {u}\n"));
         }
-        let failures = self.findings.iter().filter(|f| f.severity >= Severity::Warning).count();
+        let failures = self
+            .findings
+            .iter()
+            .filter(|f| f.severity >= Severity::Warning)
+            .count();
         if self.findings.is_empty() {
-            s.push_str(&format!("\nNo known failure signature matched ({} signatures checked).\n", self.signatures_checked));
+            s.push_str(&format!(
+                "\nNo known failure signature matched ({} signatures checked).\n",
+                self.signatures_checked
+            ));
             return s;
         }
         s.push_str(&format!(
             "\n{failures} known failure(s) matched{} ({} signatures checked):\n",
-            if self.findings.len() > failures { format!(", {} note(s)", self.findings.len() - failures) } else { String::new() },
+            if self.findings.len() > failures {
+                format!(", {} note(s)", self.findings.len() - failures)
+            } else {
+                String::new()
+            },
             self.signatures_checked
         ));
         for f in &self.findings {
@@ -91,11 +115,26 @@ impl Report {
             s.push_str(&format!("\n[{sev}] {}: {}\n", f.id, f.title));
             s.push_str(&format!("  Source:      {}\n", f.source));
             for (i, e) in f.evidence.iter().enumerate() {
-                let at = if e.line == 0 { rel(&e.file) } else { format!("{}:{}", rel(&e.file), e.line) };
-                s.push_str(&format!("  {} {at}: {}\n", if i == 0 { "Evidence:   " } else { "            " }, e.text.trim()));
+                let at = if e.line == 0 {
+                    rel(&e.file)
+                } else {
+                    format!("{}:{}", rel(&e.file), e.line)
+                };
+                s.push_str(&format!(
+                    "  {} {at}: {}\n",
+                    if i == 0 {
+                        "Evidence:   "
+                    } else {
+                        "            "
+                    },
+                    e.text.trim()
+                ));
             }
             if f.matches > f.evidence.len() {
-                s.push_str(&format!("              ({} matching lines in all)\n", f.matches));
+                s.push_str(&format!(
+                    "              ({} matching lines in all)\n",
+                    f.matches
+                ));
             }
             for d in &f.details {
                 s.push_str(&format!("  Found:       {d}\n"));
@@ -143,7 +182,12 @@ fn lines_of<'a>(input: Input, ev: &'a Evidence) -> Vec<&'a Line> {
     match input {
         Input::AgentLog => ev.agent.iter().collect(),
         Input::UpgradeLog => ev.upgrade.iter().collect(),
-        Input::AnyLog => ev.agent.iter().chain(ev.upgrade.iter()).chain(ev.history.iter()).collect(),
+        Input::AnyLog => ev
+            .agent
+            .iter()
+            .chain(ev.upgrade.iter())
+            .chain(ev.history.iter())
+            .collect(),
         Input::History => ev.history.iter().collect(),
         Input::State => Vec::new(),
     }
@@ -158,7 +202,11 @@ fn evaluate(c: &Compiled, ev: &Evidence, home: &Home) -> Option<Finding> {
     let lines = lines_of(m.input, ev);
     let mut hits: Vec<&Line> = Vec::new();
     if !c.any.is_empty() {
-        hits = lines.iter().copied().filter(|l| c.any.iter().any(|r| r.is_match(&l.text))).collect();
+        hits = lines
+            .iter()
+            .copied()
+            .filter(|l| c.any.iter().any(|r| r.is_match(&l.text)))
+            .collect();
         if hits.is_empty() {
             return None;
         }
@@ -177,7 +225,13 @@ fn evaluate(c: &Compiled, ev: &Evidence, home: &Home) -> Option<Finding> {
         details.extend(run_probe(p, home));
     }
     let matches = hits.len();
-    let evidence: Vec<Line> = hits.iter().rev().take(KEEP_EVIDENCE).rev().map(|l| (*l).clone()).collect();
+    let evidence: Vec<Line> = hits
+        .iter()
+        .rev()
+        .take(KEEP_EVIDENCE)
+        .rev()
+        .map(|l| (*l).clone())
+        .collect();
     Some(Finding {
         id: c.sig.id.clone(),
         title: c.sig.title.clone(),
@@ -206,12 +260,20 @@ fn check_condition(cond: Condition, ev: &Evidence, home: &Home) -> Option<Vec<St
                 j.to_version,
                 j.step,
                 j.runner_pid,
-                if molt_deploy::proc::alive(j.runner_pid) { "alive but does not hold the deploy lock" } else { "gone" }
+                if molt_deploy::proc::alive(j.runner_pid) {
+                    "alive but does not hold the deploy lock"
+                } else {
+                    "gone"
+                }
             )])
         }
         Condition::InstallIncomplete => {
             let problems = install_problems(home);
-            if problems.is_empty() { None } else { Some(problems) }
+            if problems.is_empty() {
+                None
+            } else {
+                Some(problems)
+            }
         }
         Condition::TruststoreCertsLost => {
             let lost = lost_truststore_certs(home);
@@ -219,15 +281,31 @@ fn check_condition(cond: Condition, ev: &Evidence, home: &Home) -> Option<Vec<St
         }
         Condition::StatusStuck => {
             let s = ev.status.as_ref()?;
-            if s.status != "Upgrading" || molt_deploy::proc::alive(s.pid) || ev.deploy_lock_held || ev.journal.is_some() {
+            if s.status != "Upgrading"
+                || molt_deploy::proc::alive(s.pid)
+                || ev.deploy_lock_held
+                || ev.journal.is_some()
+            {
                 return None;
             }
-            Some(vec![format!("work/agent.status.json: status {} since {} written by pid {}, which is gone", s.status, s.since, s.pid)])
+            Some(vec![format!(
+                "work/agent.status.json: status {} since {} written by pid {}, which is gone",
+                s.status, s.since, s.pid
+            )])
         }
         Condition::VersionFlapping => {
             let seq = visited_versions(&ev.runs);
-            let returns = (2..seq.len()).filter(|&i| seq[i] == seq[i - 2] && seq[i] != seq[i - 1]).count();
-            if returns >= 2 { Some(vec![format!("versions over the recorded deploys: {}", seq.join(" -> "))]) } else { None }
+            let returns = (2..seq.len())
+                .filter(|&i| seq[i] == seq[i - 2] && seq[i] != seq[i - 1])
+                .count();
+            if returns >= 2 {
+                Some(vec![format!(
+                    "versions over the recorded deploys: {}",
+                    seq.join(" -> ")
+                )])
+            } else {
+                None
+            }
         }
     }
 }
@@ -235,7 +313,10 @@ fn check_condition(cond: Condition, ev: &Evidence, home: &Home) -> Option<Vec<St
 /// The versions an install ran, from the completed deploys in order.
 fn visited_versions(runs: &[crate::inputs::Run]) -> Vec<String> {
     let mut seq: Vec<String> = Vec::new();
-    for r in runs.iter().filter(|r| r.result.as_deref() == Some("Complete")) {
+    for r in runs
+        .iter()
+        .filter(|r| r.result.as_deref() == Some("Complete"))
+    {
         if seq.last() != Some(&r.from) {
             seq.push(r.from.clone());
         }
@@ -253,7 +334,10 @@ pub fn install_problems(home: &Home) -> Vec<String> {
         Ok(Some(v)) => v,
         Ok(None) => {
             if home.versions_dir().is_dir() || home.config_file().is_file() {
-                out.push(format!("{} does not exist: no version is current", home.current_link().display()));
+                out.push(format!(
+                    "{} does not exist: no version is current",
+                    home.current_link().display()
+                ));
             }
             return out;
         }
@@ -261,7 +345,9 @@ pub fn install_problems(home: &Home) -> Vec<String> {
     };
     let dir = home.version_dir(&v);
     if !dir.is_dir() {
-        return vec![format!("current points at versions/{v}, which does not exist")];
+        return vec![format!(
+            "current points at versions/{v}, which does not exist"
+        )];
     }
     let pkgs = match molt_layout::read_meta_dir(&home.meta_dir_of(&v)) {
         Ok(p) if !p.is_empty() => p,
@@ -281,7 +367,10 @@ pub fn install_problems(home: &Home) -> Vec<String> {
             }
             match molt_deploy::fsutil::sha256_file(&f) {
                 Ok(sha) if sha.eq_ignore_ascii_case(&meta.sha256) => {}
-                Ok(_) => out.push(format!("versions/{v}/{rel}: content differs from the installed meta (package {})", p.kind)),
+                Ok(_) => out.push(format!(
+                    "versions/{v}/{rel}: content differs from the installed meta (package {})",
+                    p.kind
+                )),
                 Err(e) => out.push(e.to_string()),
             }
         }
@@ -294,7 +383,11 @@ pub fn install_problems(home: &Home) -> Vec<String> {
                 "versions/{v}: {} file(s) of the installed packages are missing: {}{}",
                 missing.len(),
                 shown.join(", "),
-                if missing.len() > shown.len() { ", ..." } else { "" }
+                if missing.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             ),
         );
     }
@@ -305,22 +398,36 @@ pub fn install_problems(home: &Home) -> Vec<String> {
 /// current stock copy lack.
 pub fn lost_truststore_certs(home: &Home) -> Vec<String> {
     use molt_deploy::truststore::{STOCK, TRUSTSTORE, pem_blocks};
-    let Ok(Some(v)) = home.current_version() else { return Vec::new() };
+    let Ok(Some(v)) = home.current_version() else {
+        return Vec::new();
+    };
     let cur = home.version_dir(&v);
-    let Ok(store) = std::fs::read_to_string(cur.join(TRUSTSTORE)) else { return Vec::new() };
+    let Ok(store) = std::fs::read_to_string(cur.join(TRUSTSTORE)) else {
+        return Vec::new();
+    };
     let mut known = pem_blocks(&store);
     if let Ok(stock) = std::fs::read_to_string(cur.join(STOCK)) {
         known.extend(pem_blocks(&stock));
     }
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(home.backup_dir().join("truststore")) else { return out };
+    let Ok(rd) = std::fs::read_dir(home.backup_dir().join("truststore")) else {
+        return out;
+    };
     let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     files.sort();
     for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
-        let lost = pem_blocks(&text).into_iter().filter(|b| !known.contains(b)).count();
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let lost = pem_blocks(&text)
+            .into_iter()
+            .filter(|b| !known.contains(b))
+            .count();
         if lost > 0 {
-            out.push(format!("{} holds {lost} certificate(s) missing from versions/{v}/{TRUSTSTORE}", f.display()));
+            out.push(format!(
+                "{} holds {lost} certificate(s) missing from versions/{v}/{TRUSTSTORE}",
+                f.display()
+            ));
         }
     }
     out
@@ -331,14 +438,19 @@ fn run_probe(p: Probe, home: &Home) -> Vec<String> {
         Probe::VersionDirUsers => {
             let current = home.current_version().ok().flatten();
             let mut out = Vec::new();
-            let Ok(rd) = std::fs::read_dir(home.versions_dir()) else { return out };
+            let Ok(rd) = std::fs::read_dir(home.versions_dir()) else {
+                return out;
+            };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if Some(&name) == current.as_ref() || name.starts_with('.') {
                     continue;
                 }
                 for pid in molt_deploy::proc::users_of(&e.path()) {
-                    out.push(format!("versions/{name} is in use by pid {pid} ({})", process_name(pid)));
+                    out.push(format!(
+                        "versions/{name} is in use by pid {pid} ({})",
+                        process_name(pid)
+                    ));
                 }
             }
             out
@@ -348,9 +460,17 @@ fn run_probe(p: Probe, home: &Home) -> Vec<String> {
 
 /// `comm` and command line of a process, for naming it to the operator.
 pub fn process_name(pid: u32) -> String {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(" "))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default();
     match (comm.is_empty(), cmd.is_empty()) {
         (true, true) => "unknown".into(),

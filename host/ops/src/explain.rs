@@ -10,8 +10,12 @@ fn kind_words(k: BundleKind) -> &'static str {
         BundleKind::Core => "the agent itself (bin/ and lib/)",
         BundleKind::Runtime => "the runtime the agent runs on (runtime/, with its truststore)",
         BundleKind::Upgrade => "the upgrade runner that deploys a new version",
-        BundleKind::Precheck => "pre-upgrade checks, run in the wasm sandbox before anything is touched",
-        BundleKind::Selector => "the version selector, run in the wasm sandbox to choose the target version",
+        BundleKind::Precheck => {
+            "pre-upgrade checks, run in the wasm sandbox before anything is touched"
+        }
+        BundleKind::Selector => {
+            "the version selector, run in the wasm sandbox to choose the target version"
+        }
     }
 }
 
@@ -69,11 +73,24 @@ pub fn explain(v: &VerifiedBundle, root: &SignedRoot, highest_accepted: Option<u
     explain_at(v, root, highest_accepted, Utc::now())
 }
 
-pub fn explain_at(v: &VerifiedBundle, root: &SignedRoot, highest_accepted: Option<u64>, now: DateTime<Utc>) -> String {
+pub fn explain_at(
+    v: &VerifiedBundle,
+    root: &SignedRoot,
+    highest_accepted: Option<u64>,
+    now: DateTime<Utc>,
+) -> String {
     let m = &v.manifest;
     let mut s = String::new();
-    s.push_str(&format!("{} is a {} package: {}.\n", v.buildstamp, m.kind, kind_words(m.kind)));
-    s.push_str(&format!("  Version {} for {}/{}.\n", v.buildstamp.version, m.target.os, m.target.arch));
+    s.push_str(&format!(
+        "{} is a {} package: {}.\n",
+        v.buildstamp,
+        m.kind,
+        kind_words(m.kind)
+    ));
+    s.push_str(&format!(
+        "  Version {} for {}/{}.\n",
+        v.buildstamp.version, m.target.os, m.target.arch
+    ));
     s.push_str(&format!(
         "  Trusted because {} of the {} signature(s) required for role `{}` ({}) are valid under trusted root version {}:\n",
         v.signers.len(),
@@ -89,11 +106,27 @@ pub fn explain_at(v: &VerifiedBundle, root: &SignedRoot, highest_accepted: Optio
             Some(t) => format!("key valid until {}", when(t, now)),
             None => "key has no expiry of its own".into(),
         };
-        let roles: Vec<&str> = root.signed.roles.iter().filter(|(_, r)| r.keyids.contains(id)).map(|(n, _)| n.as_str()).collect();
-        s.push_str(&format!("    - key {short}: signed this bundle; {exp}; may sign for: {}\n", roles.join(", ")));
+        let roles: Vec<&str> = root
+            .signed
+            .roles
+            .iter()
+            .filter(|(_, r)| r.keyids.contains(id))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        s.push_str(&format!(
+            "    - key {short}: signed this bundle; {exp}; may sign for: {}\n",
+            roles.join(", ")
+        ));
     }
-    s.push_str(&format!("  The trusted root expires {}.\n", when(root.signed.expires, now)));
-    s.push_str(&format!("  The bundle was signed {} and expires {}.\n", m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), when(m.expires, now)));
+    s.push_str(&format!(
+        "  The trusted root expires {}.\n",
+        when(root.signed.expires, now)
+    ));
+    s.push_str(&format!(
+        "  The bundle was signed {} and expires {}.\n",
+        m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        when(m.expires, now)
+    ));
     match highest_accepted {
         Some(h) if h > m.sequence => s.push_str(&format!(
             "  Sequence {}: LOWER than {h}, already accepted on this host for `{}`; it would be refused as a replayed older bundle.\n",
@@ -109,14 +142,22 @@ pub fn explain_at(v: &VerifiedBundle, root: &SignedRoot, highest_accepted: Optio
         )),
     }
     let total: u64 = m.entries.iter().map(|e| e.size).sum();
-    s.push_str(&format!("  Content: {} file(s), {} uncompressed; signed digest sha256:{}.\n", m.entries.len(), bytes(total), v.digest));
+    s.push_str(&format!(
+        "  Content: {} file(s), {} uncompressed; signed digest sha256:{}.\n",
+        m.entries.len(),
+        bytes(total),
+        v.digest
+    ));
     if m.components.is_empty() {
         if matches!(m.kind, BundleKind::Precheck | BundleKind::Selector) {
             s.push_str("  It declares no wasm components.\n");
         }
         return s;
     }
-    s.push_str(&format!("  It holds {} wasm component(s); each gets only what it requests and the host allows:\n", m.components.len()));
+    s.push_str(&format!(
+        "  It holds {} wasm component(s); each gets only what it requests and the host allows:\n",
+        m.components.len()
+    ));
     for c in &m.components {
         s.push_str(&format!("    - {} implements `{}`\n", c.path, c.world));
         if c.capabilities.is_empty() {
@@ -142,7 +183,10 @@ pub fn explain_at(v: &VerifiedBundle, root: &SignedRoot, highest_accepted: Optio
         if lim.is_empty() {
             s.push_str("        limits: the host's defaults\n");
         } else {
-            s.push_str(&format!("        limits asked: {} (the host caps them further)\n", lim.join(", ")));
+            s.push_str(&format!(
+                "        limits asked: {} (the host caps them further)\n",
+                lim.join(", ")
+            ));
         }
         for (k, val) in &c.params {
             s.push_str(&format!("        parameter {k} = {val}\n"));
@@ -169,7 +213,11 @@ mod tests {
             world: "molt:check/precheck@1.0.0".into(),
             capabilities: vec!["facts".into(), "net".into()],
             preopens: vec!["install".into()],
-            limits: molt_bundle::ComponentLimits { deadline_ms: Some(2000), fuel: None, memory_bytes: Some(64 << 20) },
+            limits: molt_bundle::ComponentLimits {
+                deadline_ms: Some(2000),
+                fuel: None,
+                memory_bytes: Some(64 << 20),
+            },
             params: Default::default(),
         }];
         let out = k.dir.path().join(&name);

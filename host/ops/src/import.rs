@@ -38,14 +38,31 @@ pub fn trusted_root_path(home: &Home) -> PathBuf {
 }
 
 pub fn load_root(path: &Path) -> Result<SignedRoot, OpsError> {
-    SignedRoot::load(path).map_err(|e| OpsError::Invalid { path: path.to_path_buf(), reason: format!("cannot use the trusted root: {e}") })
+    SignedRoot::load(path).map_err(|e| OpsError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("cannot use the trusted root: {e}"),
+    })
 }
 
 /// Verify deeply (every entry inflated and hashed) against `root`, and refuse a
 /// sequence lower than the one `state_dir` already accepted. Records nothing.
-pub fn verify_readonly(path: &Path, root: &SignedRoot, state_dir: &Path) -> Result<VerifiedBundle, OpsError> {
-    let v = molt_bundle::verify_bundle(path, root, &VerifyOptions { deep: true, ..VerifyOptions::default() })
-        .map_err(|e| OpsError::Package { path: path.to_path_buf(), reason: format!("refused: {e}") })?;
+pub fn verify_readonly(
+    path: &Path,
+    root: &SignedRoot,
+    state_dir: &Path,
+) -> Result<VerifiedBundle, OpsError> {
+    let v = molt_bundle::verify_bundle(
+        path,
+        root,
+        &VerifyOptions {
+            deep: true,
+            ..VerifyOptions::default()
+        },
+    )
+    .map_err(|e| OpsError::Package {
+        path: path.to_path_buf(),
+        reason: format!("refused: {e}"),
+    })?;
     if let Ok(store) = TrustStore::open(state_dir) {
         if let Some(highest) = store.highest_sequence(&v.manifest.name) {
             if v.manifest.sequence < highest {
@@ -72,7 +89,16 @@ pub fn installed_package(v: &VerifiedBundle) -> InstalledPackage {
             .manifest
             .entries
             .iter()
-            .map(|e| (e.path.clone(), FileMeta { size: e.size, sha256: e.sha256.clone(), mode: e.mode }))
+            .map(|e| {
+                (
+                    e.path.clone(),
+                    FileMeta {
+                        size: e.size,
+                        sha256: e.sha256.clone(),
+                        mode: e.mode,
+                    },
+                )
+            })
             .collect(),
     }
 }
@@ -85,7 +111,13 @@ pub fn check_platform(v: &VerifiedBundle) -> Result<(), OpsError> {
     if ok(&t.os, os) && ok(&t.arch, &arch) {
         Ok(())
     } else {
-        Err(OpsError::Package { path: v.path.clone(), reason: format!("built for {}/{}, but this host is {os}/{arch}", t.os, t.arch) })
+        Err(OpsError::Package {
+            path: v.path.clone(),
+            reason: format!(
+                "built for {}/{}, but this host is {os}/{arch}",
+                t.os, t.arch
+            ),
+        })
     }
 }
 
@@ -101,14 +133,20 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, OpsError> {
                 .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "zip"))
                 .collect();
             if zips.is_empty() {
-                return Err(OpsError::Package { path: p.clone(), reason: "directory holds no *.zip package".into() });
+                return Err(OpsError::Package {
+                    path: p.clone(),
+                    reason: "directory holds no *.zip package".into(),
+                });
             }
             zips.sort();
             out.extend(zips);
         } else if p.is_file() {
             out.push(p.clone());
         } else {
-            return Err(OpsError::Package { path: p.clone(), reason: "no such file or directory".into() });
+            return Err(OpsError::Package {
+                path: p.clone(),
+                reason: "no such file or directory".into(),
+            });
         }
     }
     Ok(out)
@@ -152,10 +190,18 @@ fn place(home: &Home, v: &VerifiedBundle) -> Result<Imported, OpsError> {
             if s == sha && n == size {
                 Ok(())
             } else {
-                Err(OpsError::Package { path: tmp.clone(), reason: "the copy does not match the verified file (changed while importing?)".into() })
+                Err(OpsError::Package {
+                    path: tmp.clone(),
+                    reason: "the copy does not match the verified file (changed while importing?)"
+                        .into(),
+                })
             }
         });
-        let synced = copied.and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp)));
+        let synced = copied.and_then(|_| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&tmp))
+        });
         if let Err(e) = synced.and_then(|_| std::fs::rename(&tmp, &dest).map_err(io_err(&dest))) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -195,9 +241,15 @@ mod tests {
         let r = import(&h, &[p.clone()]).unwrap();
         assert_eq!(r[0].name, format!("molt-core.{V2}.universal.universal.zip"));
         assert!(!r[0].already_present);
-        assert_eq!(std::fs::read(&r[0].dest).unwrap(), std::fs::read(&p).unwrap());
+        assert_eq!(
+            std::fs::read(&r[0].dest).unwrap(),
+            std::fs::read(&p).unwrap()
+        );
         // No temp files are left beside it.
-        let names: Vec<String> = std::fs::read_dir(h.incoming_dir()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(h.incoming_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, [r[0].name.clone()]);
         assert!(import(&h, &[p]).unwrap()[0].already_present);
     }
@@ -215,7 +267,12 @@ mod tests {
         std::fs::write(set.join("b.zip"), &bytes).unwrap();
         let e = import(&h, &[set.clone()]).unwrap_err().to_string();
         assert!(e.contains("b.zip") && e.contains("refused"), "{e}");
-        assert!(std::fs::read_dir(h.incoming_dir()).map(|d| d.count()).unwrap_or(0) == 0);
+        assert!(
+            std::fs::read_dir(h.incoming_dir())
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0
+        );
         std::fs::remove_file(set.join("b.zip")).unwrap();
         assert_eq!(import(&h, &[set]).unwrap().len(), 1);
     }
@@ -226,7 +283,10 @@ mod tests {
         let h = k.install(&k.dir.path().join("home"), V1);
         let other = Kit::new();
         let e = import(&h, &[other.core(V2, 2)]).unwrap_err().to_string();
-        assert!(e.contains("signatures below the threshold") && e.contains("unknown key"), "{e}");
+        assert!(
+            e.contains("signatures below the threshold") && e.contains("unknown key"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -234,7 +294,10 @@ mod tests {
         let k = Kit::new();
         let h = k.install(&k.dir.path().join("home"), V1);
         let newer = k.core(V2, 5);
-        TrustStore::open(&h.state_dir()).unwrap().verify_bundle(&newer, &VerifyOptions::default()).unwrap();
+        TrustStore::open(&h.state_dir())
+            .unwrap()
+            .verify_bundle(&newer, &VerifyOptions::default())
+            .unwrap();
         let e = import(&h, &[k.core(V2, 4)]).unwrap_err().to_string();
         assert!(e.contains("replayed or older bundle refused"), "{e}");
     }

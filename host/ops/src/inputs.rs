@@ -52,10 +52,13 @@ pub struct Evidence {
 }
 
 /// ANSI colour codes that tracing writes when its output is a terminal.
-static ANSI: LazyLock<Regex> = LazyLock::new(|| Regex::new("\x1b\\[[0-9;]*[A-Za-z]").expect("static regex"));
-static RUN_START: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"Upgrade runner started \(pid \d+\): (\S+) -> (\S+)").expect("static regex"));
-static RUN_END: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"Upgrade (Complete|Rolled Back|Failed):").expect("static regex"));
+static ANSI: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new("\x1b\\[[0-9;]*[A-Za-z]").expect("static regex"));
+static RUN_START: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"Upgrade runner started \(pid \d+\): (\S+) -> (\S+)").expect("static regex")
+});
+static RUN_END: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"Upgrade (Complete|Rolled Back|Failed):").expect("static regex"));
 
 /// Read at most [`MAX_LOG_BYTES`] from the end of a file, lossily as UTF-8.
 /// Returns the text and the number of lines skipped before it.
@@ -82,7 +85,11 @@ pub fn split_sections(file: &Path, text: &str, first_line: usize) -> (Vec<Line>,
     let mut in_section = false;
     for (i, raw) in text.lines().enumerate() {
         let t = ANSI.replace_all(raw, "").into_owned();
-        let l = Line { file: file.to_path_buf(), line: first_line + i + 1, text: t };
+        let l = Line {
+            file: file.to_path_buf(),
+            line: first_line + i + 1,
+            text: t,
+        };
         if l.text.contains(SECTION_BEGIN) {
             in_section = true;
             continue;
@@ -91,7 +98,11 @@ pub fn split_sections(file: &Path, text: &str, first_line: usize) -> (Vec<Line>,
             in_section = false;
             continue;
         }
-        if in_section { inside.push(l) } else { outside.push(l) }
+        if in_section {
+            inside.push(l)
+        } else {
+            outside.push(l)
+        }
     }
     (outside, inside)
 }
@@ -101,7 +112,11 @@ pub fn runs_of(lines: &[Line]) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     for l in lines {
         if let Some(c) = RUN_START.captures(&l.text) {
-            runs.push(Run { from: c[1].to_string(), to: c[2].to_string(), result: None });
+            runs.push(Run {
+                from: c[1].to_string(),
+                to: c[2].to_string(),
+                result: None,
+            });
         } else if let Some(c) = RUN_END.captures(&l.text) {
             if let Some(r) = runs.last_mut() {
                 if r.result.is_none() {
@@ -128,7 +143,11 @@ impl Evidence {
         }
         // Live runner logs of deploys not yet appended to the agent log.
         if let Ok(rd) = std::fs::read_dir(home.upgrade_temp_dir()) {
-            let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            let mut dirs: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
             dirs.sort();
             for d in dirs {
                 for n in ["upgrade.log", "runner.log"] {
@@ -142,7 +161,8 @@ impl Evidence {
             Ok(j) => ev.journal = j,
             Err(e) => ev.unreadable.push(e.to_string()),
         }
-        ev.deploy_lock_held = molt_deploy::fsutil::FileLock::is_held(&Journal::lock_path(home)).unwrap_or(false);
+        ev.deploy_lock_held =
+            molt_deploy::fsutil::FileLock::is_held(&Journal::lock_path(home)).unwrap_or(false);
         match molt_deploy::journal::read_last(home) {
             Ok(l) => ev.last_deploy = l,
             Err(e) => ev.unreadable.push(e.to_string()),
@@ -153,7 +173,9 @@ impl Evidence {
         }
         match molt_deploy::report::read_queue(home) {
             Ok(q) => ev.queued = q,
-            Err(e) => ev.unreadable.push(format!("{}: {e}", home.report_queue_file().display())),
+            Err(e) => ev
+                .unreadable
+                .push(format!("{}: {e}", home.report_queue_file().display())),
         }
         ev.history = history_lines(home, &ev.queued, ev.last_deploy.as_ref());
         ev
@@ -179,28 +201,55 @@ impl Evidence {
 
 /// Upgrade history known locally, as lines: stage reports and results still in
 /// the report queue, and the last deploy's outcome.
-fn history_lines(home: &Home, queued: &[molt_deploy::report::QueuedRequest], last: Option<&LastDeploy>) -> Vec<Line> {
+fn history_lines(
+    home: &Home,
+    queued: &[molt_deploy::report::QueuedRequest],
+    last: Option<&LastDeploy>,
+) -> Vec<Line> {
     let file = home.report_queue_file();
     let mut out = Vec::new();
     for (i, q) in queued.iter().enumerate() {
         let b = &q.body;
         let text = if q.path.ends_with("/stages") {
-            format!("{} {}: {}", b["stage"].as_str().unwrap_or("?"), b["state"].as_str().unwrap_or("?"), b["message"].as_str().unwrap_or(""))
+            format!(
+                "{} {}: {}",
+                b["stage"].as_str().unwrap_or("?"),
+                b["state"].as_str().unwrap_or("?"),
+                b["message"].as_str().unwrap_or("")
+            )
         } else if q.path.ends_with("/finish") {
-            format!("Upgrade {}: {}", b["result"].as_str().unwrap_or("?"), b["message"].as_str().unwrap_or(""))
+            format!(
+                "Upgrade {}: {}",
+                b["result"].as_str().unwrap_or("?"),
+                b["message"].as_str().unwrap_or("")
+            )
         } else if q.path.ends_with("/issues") {
-            let codes: Vec<&str> = b["findings"].as_array().map(|a| a.iter().filter_map(|f| f["code"].as_str()).collect()).unwrap_or_default();
-            format!("issues from {}: {}", b["source"].as_str().unwrap_or("?"), codes.join(", "))
+            let codes: Vec<&str> = b["findings"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|f| f["code"].as_str()).collect())
+                .unwrap_or_default();
+            format!(
+                "issues from {}: {}",
+                b["source"].as_str().unwrap_or("?"),
+                codes.join(", ")
+            )
         } else {
             continue;
         };
-        out.push(Line { file: file.clone(), line: i + 1, text });
+        out.push(Line {
+            file: file.clone(),
+            line: i + 1,
+            text,
+        });
     }
     if let Some(l) = last {
         out.push(Line {
             file: molt_deploy::journal::last_deploy_file(home),
             line: 0,
-            text: format!("Upgrade {}: {} -> {}: {}", l.result, l.from_version, l.to_version, l.message),
+            text: format!(
+                "Upgrade {}: {} -> {}: {}",
+                l.result, l.from_version, l.to_version, l.message
+            ),
         });
     }
     out
@@ -214,13 +263,25 @@ mod tests {
     fn upgrade_sections_are_told_apart_and_line_numbers_kept() {
         let t = "a\n<< UPGRADE LOG BEGIN >>\nb\nc\n<< UPGRADE LOG END >>\n\x1b[32mINFO\x1b[0m d\n";
         let (out, ins) = split_sections(Path::new("x"), t, 10);
-        assert_eq!(out.iter().map(|l| (l.line, l.text.as_str())).collect::<Vec<_>>(), [(11, "a"), (16, "INFO d")]);
-        assert_eq!(ins.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(
+            out.iter()
+                .map(|l| (l.line, l.text.as_str()))
+                .collect::<Vec<_>>(),
+            [(11, "a"), (16, "INFO d")]
+        );
+        assert_eq!(
+            ins.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
     }
 
     #[test]
     fn runs_are_read_from_runner_start_and_result_lines() {
-        let l = |t: &str| Line { file: "f".into(), line: 1, text: t.into() };
+        let l = |t: &str| Line {
+            file: "f".into(),
+            line: 1,
+            text: t.into(),
+        };
         let lines = [
             l("2026 Upgrade runner started (pid 7): v1 -> v2"),
             l("2026 Upgrade Rolled Back: Health Check of version v2 failed"),
@@ -229,6 +290,9 @@ mod tests {
         let r = runs_of(&lines);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].result.as_deref(), Some("Rolled Back"));
-        assert_eq!((r[1].from.as_str(), r[1].to.as_str(), r[1].result.as_deref()), ("v1", "v3", None));
+        assert_eq!(
+            (r[1].from.as_str(), r[1].to.as_str(), r[1].result.as_deref()),
+            ("v1", "v3", None)
+        );
     }
 }

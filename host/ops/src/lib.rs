@@ -40,7 +40,10 @@ pub enum OpsError {
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
-    move |source| OpsError::Io { path: path.to_path_buf(), source }
+    move |source| OpsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,14 @@ use serde::Serialize;
 use crate::{OpsError, io_err};
 
 /// Files under `conf/` that belong to a running service, not to the operator.
-pub const CONF_RUNTIME_FILES: &[&str] =
-    &["agent.pid", "supervisor.pid", "supervisor.lock", "handover.json", "deploy.hold", "upgrade.marker"];
+pub const CONF_RUNTIME_FILES: &[&str] = &[
+    "agent.pid",
+    "supervisor.pid",
+    "supervisor.lock",
+    "handover.json",
+    "deploy.hold",
+    "upgrade.marker",
+];
 /// Top-level folders carried over as they are.
 pub const CARRIED_DIRS: &[&str] = &["state", "logs", "backup"];
 
@@ -62,7 +68,10 @@ pub struct RepairOutcome {
 }
 
 fn bad(home: &Home, reason: impl Into<String>) -> OpsError {
-    OpsError::Repair { home: home.root().to_path_buf(), reason: reason.into() }
+    OpsError::Repair {
+        home: home.root().to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// `<home>_old-do_not_run`, or with `.2`, `.3` ... if that exists.
@@ -80,16 +89,28 @@ pub fn old_home_path(home: &Path) -> PathBuf {
 /// The custom certificates of the old install: its truststore minus its stock
 /// copy; if the runtime folder is gone, the newest truststore backup instead.
 fn old_custom_certs(home: &Home, new_stock: Option<&str>) -> (Vec<String>, Option<PathBuf>) {
-    let cur = home.current_version().ok().flatten().map(|v| home.version_dir(&v));
+    let cur = home
+        .current_version()
+        .ok()
+        .flatten()
+        .map(|v| home.version_dir(&v));
     if let Some(dir) = &cur {
         let store = dir.join(TRUSTSTORE);
         if let Ok(text) = std::fs::read_to_string(&store) {
-            let stock = std::fs::read_to_string(dir.join(STOCK)).ok().or_else(|| new_stock.map(str::to_string)).unwrap_or_default();
+            let stock = std::fs::read_to_string(dir.join(STOCK))
+                .ok()
+                .or_else(|| new_stock.map(str::to_string))
+                .unwrap_or_default();
             return (custom_certs(&text, &stock), Some(store));
         }
     }
-    let Ok(rd) = std::fs::read_dir(home.backup_dir().join("truststore")) else { return (Vec::new(), None) };
-    let newest = rd.flatten().filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path()))).max();
+    let Ok(rd) = std::fs::read_dir(home.backup_dir().join("truststore")) else {
+        return (Vec::new(), None);
+    };
+    let newest = rd
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max();
     match newest {
         Some((_, p)) => {
             let text = std::fs::read_to_string(&p).unwrap_or_default();
@@ -102,25 +123,54 @@ fn old_custom_certs(home: &Home, new_stock: Option<&str>) -> (Vec<String>, Optio
 /// Processes (not us) that run from or hold files in `dir`.
 fn users(dir: &Path) -> Vec<u32> {
     let me = std::process::id();
-    molt_deploy::proc::users_of(dir).into_iter().filter(|p| *p != me).collect()
+    molt_deploy::proc::users_of(dir)
+        .into_iter()
+        .filter(|p| *p != me)
+        .collect()
 }
 
 /// Verify the packages and work out the plan; changes nothing.
-pub fn plan(home: &Home, opts: &RepairOptions) -> Result<(RepairPlan, Vec<VerifiedBundle>), OpsError> {
+pub fn plan(
+    home: &Home,
+    opts: &RepairOptions,
+) -> Result<(RepairPlan, Vec<VerifiedBundle>), OpsError> {
     if opts.packages.is_empty() {
-        return Err(bad(home, "name at least one full package with --package (molt-core...zip, plus molt-runtime...zip if the install has a runtime)"));
+        return Err(bad(
+            home,
+            "name at least one full package with --package (molt-core...zip, plus molt-runtime...zip if the install has a runtime)",
+        ));
     }
-    let root_path = opts.root.clone().unwrap_or_else(|| crate::import::trusted_root_path(home));
+    let root_path = opts
+        .root
+        .clone()
+        .unwrap_or_else(|| crate::import::trusted_root_path(home));
     let root = crate::import::load_root(&root_path)?;
     let mut verified = Vec::new();
     for p in &opts.packages {
         let v = crate::import::verify_readonly(p, &root, &home.state_dir())?;
         crate::import::check_platform(&v)?;
-        if !matches!(v.manifest.kind, molt_bundle::BundleKind::Core | molt_bundle::BundleKind::Runtime | molt_bundle::BundleKind::Upgrade) {
-            return Err(OpsError::Package { path: p.clone(), reason: format!("a {} bundle cannot be installed; repair needs core (and runtime) packages", v.manifest.kind) });
+        if !matches!(
+            v.manifest.kind,
+            molt_bundle::BundleKind::Core
+                | molt_bundle::BundleKind::Runtime
+                | molt_bundle::BundleKind::Upgrade
+        ) {
+            return Err(OpsError::Package {
+                path: p.clone(),
+                reason: format!(
+                    "a {} bundle cannot be installed; repair needs core (and runtime) packages",
+                    v.manifest.kind
+                ),
+            });
         }
-        if verified.iter().any(|o: &VerifiedBundle| o.manifest.kind == v.manifest.kind) {
-            return Err(OpsError::Package { path: p.clone(), reason: format!("a second {} package was given", v.manifest.kind) });
+        if verified
+            .iter()
+            .any(|o: &VerifiedBundle| o.manifest.kind == v.manifest.kind)
+        {
+            return Err(OpsError::Package {
+                path: p.clone(),
+                reason: format!("a second {} package was given", v.manifest.kind),
+            });
         }
         verified.push(v);
     }
@@ -136,7 +186,9 @@ pub fn plan(home: &Home, opts: &RepairOptions) -> Result<(RepairPlan, Vec<Verifi
     if !home.config_file().is_file() {
         warnings.push("no config.toml in the old install: write one before starting (control_plane_url, agent_name, token)".into());
     }
-    if let Ok(old) = molt_layout::read_meta_dir(&home.meta_dir_of(&home.current_version().ok().flatten().unwrap_or_default())) {
+    if let Ok(old) = molt_layout::read_meta_dir(
+        &home.meta_dir_of(&home.current_version().ok().flatten().unwrap_or_default()),
+    ) {
         for p in old {
             if !verified.iter().any(|v| v.manifest.kind.as_str() == p.kind) && p.kind != "upgrade" {
                 warnings.push(format!("the old install had a {} package ({}) and none was given: the new install will not have it", p.kind, p.name));
@@ -145,7 +197,11 @@ pub fn plan(home: &Home, opts: &RepairOptions) -> Result<(RepairPlan, Vec<Verifi
     }
     let mut carried = Vec::new();
     if let Ok(rd) = std::fs::read_dir(home.root()) {
-        let mut names: Vec<String> = rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         carried.extend(names);
     }
@@ -166,7 +222,10 @@ pub fn plan(home: &Home, opts: &RepairOptions) -> Result<(RepairPlan, Vec<Verifi
     }
     let (certs, from) = old_custom_certs(home, None);
     let mut stop_pids: Vec<u32> = Vec::new();
-    for f in [home.conf_dir().join("supervisor.pid"), home.agent_pid_file()] {
+    for f in [
+        home.conf_dir().join("supervisor.pid"),
+        home.agent_pid_file(),
+    ] {
         if let Some(p) = molt_deploy::service::read_pid(&f) {
             if molt_deploy::proc::alive(p) && !stop_pids.contains(&p) {
                 stop_pids.push(p);
@@ -180,26 +239,56 @@ pub fn plan(home: &Home, opts: &RepairOptions) -> Result<(RepairPlan, Vec<Verifi
     }
     for s in molt_deploy::service::detect_services(home).unwrap_or_default() {
         if s.starts_with("systemd") {
-            warnings.push(format!("{s} serves this install: stop it (systemctl stop) before --apply, start it after"));
+            warnings.push(format!(
+                "{s} serves this install: stop it (systemctl stop) before --apply, start it after"
+            ));
         }
     }
     let old_home = old_home_path(home.root());
     let names: Vec<String> = verified.iter().map(|v| v.buildstamp.to_string()).collect();
-    let mut steps = vec![format!("verify {} (done: signatures, expiry, sequence, every entry's digest)", names.join(", "))];
+    let mut steps = vec![format!(
+        "verify {} (done: signatures, expiry, sequence, every entry's digest)",
+        names.join(", ")
+    )];
     if !stop_pids.is_empty() {
-        steps.push(format!("stop the running service (pids {stop_pids:?}) and wait until every process has exited"));
+        steps.push(format!(
+            "stop the running service (pids {stop_pids:?}) and wait until every process has exited"
+        ));
     }
-    steps.push(format!("build a fresh install of version {version} in a new folder beside {}", home.root().display()));
-    steps.push(format!("carry over {}", if carried.is_empty() { "nothing (none found)".into() } else { carried.join(", ") }));
+    steps.push(format!(
+        "build a fresh install of version {version} in a new folder beside {}",
+        home.root().display()
+    ));
+    steps.push(format!(
+        "carry over {}",
+        if carried.is_empty() {
+            "nothing (none found)".into()
+        } else {
+            carried.join(", ")
+        }
+    ));
     if !certs.is_empty() {
-        steps.push(format!("add {} custom truststore certificate(s) from {} to the new {TRUSTSTORE}", certs.len(), from.as_ref().map(|p| p.display().to_string()).unwrap_or_default()));
+        steps.push(format!(
+            "add {} custom truststore certificate(s) from {} to the new {TRUSTSTORE}",
+            certs.len(),
+            from.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ));
     }
-    steps.push(format!("move {} to {}", home.root().display(), old_home.display()));
+    steps.push(format!(
+        "move {} to {}",
+        home.root().display(),
+        old_home.display()
+    ));
     steps.push(format!("move the new folder to {}", home.root().display()));
     if opts.start {
         steps.push(format!("start the service (molt run --home {}) and wait up to {} s for version {version} to report Up", home.root().display(), opts.wait.as_secs()));
     } else {
-        steps.push(format!("(not started: add --start, or start the service yourself: molt run --home {})", home.root().display()));
+        steps.push(format!(
+            "(not started: add --start, or start the service yourself: molt run --home {})",
+            home.root().display()
+        ));
     }
     let plan = RepairPlan {
         home: home.root().to_path_buf(),
@@ -220,7 +309,11 @@ pub fn plan(home: &Home, opts: &RepairOptions) -> Result<(RepairPlan, Vec<Verifi
 pub fn repair(home: &Home, opts: &RepairOptions) -> Result<RepairOutcome, OpsError> {
     let (mut plan, verified) = plan(home, opts)?;
     if !opts.apply {
-        return Ok(RepairOutcome { plan, applied: false, up_pid: None });
+        return Ok(RepairOutcome {
+            plan,
+            applied: false,
+            up_pid: None,
+        });
     }
     // Stop the service: the supervisor forwards SIGTERM to the agent.
     for p in &plan.stop_pids {
@@ -228,16 +321,36 @@ pub fn repair(home: &Home, opts: &RepairOptions) -> Result<RepairOutcome, OpsErr
     }
     let left = molt_deploy::proc::wait_gone(&plan.stop_pids, Duration::from_secs(70));
     if !left.is_empty() {
-        return Err(bad(home, format!("the service did not stop (pids still alive: {left:?}); nothing was changed")));
+        return Err(bad(
+            home,
+            format!("the service did not stop (pids still alive: {left:?}); nothing was changed"),
+        ));
     }
     let busy = users(home.root());
     if !busy.is_empty() && !opts.force {
-        let named: Vec<String> = busy.iter().map(|p| format!("{p} ({})", crate::diagnose::process_name(*p))).collect();
-        return Err(bad(home, format!("processes still use files in the install: {}; stop them (or use --force); nothing was changed", named.join(", "))));
+        let named: Vec<String> = busy
+            .iter()
+            .map(|p| format!("{p} ({})", crate::diagnose::process_name(*p)))
+            .collect();
+        return Err(bad(
+            home,
+            format!(
+                "processes still use files in the install: {}; stop them (or use --force); nothing was changed",
+                named.join(", ")
+            ),
+        ));
     }
 
-    let parent = home.root().parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = home.root().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "home".into());
+    let parent = home
+        .root()
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = home
+        .root()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "home".into());
     let new_root = parent.join(format!(".{name}.repair-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&new_root);
     let built = build_new(home, &new_root, &verified, &mut plan);
@@ -248,12 +361,28 @@ pub fn repair(home: &Home, opts: &RepairOptions) -> Result<RepairOutcome, OpsErr
     // The switch: two renames on one file system.
     std::fs::rename(home.root(), &plan.old_home).map_err(|e| {
         let _ = std::fs::remove_dir_all(&new_root);
-        bad(home, format!("cannot move the old folder to {}: {e}; nothing was changed", plan.old_home.display()))
+        bad(
+            home,
+            format!(
+                "cannot move the old folder to {}: {e}; nothing was changed",
+                plan.old_home.display()
+            ),
+        )
     })?;
     if let Err(e) = std::fs::rename(&new_root, home.root()) {
         // Put the old folder back so the operator is where they started.
         let back = std::fs::rename(&plan.old_home, home.root());
-        return Err(bad(home, format!("cannot move the new folder into place: {e}; old folder {}", if back.is_ok() { "restored" } else { "left at its _old-do_not_run name" })));
+        return Err(bad(
+            home,
+            format!(
+                "cannot move the new folder into place: {e}; old folder {}",
+                if back.is_ok() {
+                    "restored"
+                } else {
+                    "left at its _old-do_not_run name"
+                }
+            ),
+        ));
     }
     let _ = molt_deploy::fsutil::sync_dir(parent);
     tracing::info!(home = %home.root().display(), old = %plan.old_home.display(), version = %plan.version, "Repair: fresh install in place");
@@ -261,12 +390,20 @@ pub fn repair(home: &Home, opts: &RepairOptions) -> Result<RepairOutcome, OpsErr
     let mut up_pid = None;
     if opts.start {
         let at = chrono::Utc::now();
-        molt_deploy::service::spawn_detached(&opts.molt_exe, &["run", "--home", &home.root().to_string_lossy()], &home.logs_dir().join("supervisor.log"))?;
+        molt_deploy::service::spawn_detached(
+            &opts.molt_exe,
+            &["run", "--home", &home.root().to_string_lossy()],
+            &home.logs_dir().join("supervisor.log"),
+        )?;
         let pid = molt_deploy::health::wait_up(home, &plan.version, at, opts.wait)
             .map_err(|e| bad(home, format!("repaired, but the agent did not come Up: {e}; see {} and run `molt diagnose`", home.logs_dir().join("agent.console.log").display())))?;
         up_pid = Some(pid);
     }
-    Ok(RepairOutcome { plan, applied: true, up_pid })
+    Ok(RepairOutcome {
+        plan,
+        applied: true,
+        up_pid,
+    })
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), OpsError> {
@@ -287,14 +424,24 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), OpsError> {
     Ok(())
 }
 
-fn build_new(home: &Home, new_root: &Path, verified: &[VerifiedBundle], plan: &mut RepairPlan) -> Result<(), OpsError> {
+fn build_new(
+    home: &Home,
+    new_root: &Path,
+    verified: &[VerifiedBundle],
+    plan: &mut RepairPlan,
+) -> Result<(), OpsError> {
     let new = Home::new(new_root);
     // Extract every package (re-checked while written), then install them.
     let stage = new_root.join("work").join("repair");
     let mut pkgs = Vec::new();
     for v in verified {
         let dest = stage.join(v.manifest.kind.as_str());
-        molt_bundle::extract(v, &v.path, &dest, &Limits::default()).map_err(|e| OpsError::Package { path: v.path.clone(), reason: e.to_string() })?;
+        molt_bundle::extract(v, &v.path, &dest, &Limits::default()).map_err(|e| {
+            OpsError::Package {
+                path: v.path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         pkgs.push((crate::import::installed_package(v), dest));
     }
     let version = molt_deploy::install::fresh_install(&new, &pkgs)?;
@@ -302,7 +449,10 @@ fn build_new(home: &Home, new_root: &Path, verified: &[VerifiedBundle], plan: &m
     plan.version = version.clone();
 
     // config.toml and other top-level files, conf/ overrides, state, logs, backups.
-    for e in std::fs::read_dir(home.root()).map_err(io_err(home.root()))?.flatten() {
+    for e in std::fs::read_dir(home.root())
+        .map_err(io_err(home.root()))?
+        .flatten()
+    {
         if e.file_type().is_ok_and(|t| t.is_file()) {
             let dst = new_root.join(e.file_name());
             std::fs::copy(e.path(), &dst).map_err(io_err(&dst))?;
@@ -347,7 +497,9 @@ fn build_new(home: &Home, new_root: &Path, verified: &[VerifiedBundle], plan: &m
             molt_deploy::fsutil::set_mode(&new_store_p, mode)?;
             // Keep the installed meta true to the file, as the deploy does.
             let sha = molt_deploy::fsutil::sha256_file(&new_store_p)?;
-            let size = std::fs::metadata(&new_store_p).map_err(io_err(&new_store_p))?.len();
+            let size = std::fs::metadata(&new_store_p)
+                .map_err(io_err(&new_store_p))?
+                .len();
             let mut metas = molt_layout::read_meta_dir(&vdir.join("meta"))?;
             for p in metas.iter_mut() {
                 if let Some(f) = p.files.get_mut(TRUSTSTORE) {
@@ -362,7 +514,12 @@ fn build_new(home: &Home, new_root: &Path, verified: &[VerifiedBundle], plan: &m
     // Record the accepted sequences in the carried trust state.
     if let Ok(mut store) = TrustStore::open(&new.state_dir()) {
         for v in verified {
-            store.verify_bundle(&v.path, &VerifyOptions::default()).map_err(|e| OpsError::Package { path: v.path.clone(), reason: e.to_string() })?;
+            store
+                .verify_bundle(&v.path, &VerifyOptions::default())
+                .map_err(|e| OpsError::Package {
+                    path: v.path.clone(),
+                    reason: e.to_string(),
+                })?;
         }
     }
     molt_deploy::fsutil::sync_filesystem(new_root)?;
@@ -374,9 +531,16 @@ impl RepairOutcome {
         let p = &self.plan;
         let mut s = String::new();
         if self.applied {
-            s.push_str(&format!("Repaired {}: fresh install of version {}.\n", p.home.display(), p.version));
+            s.push_str(&format!(
+                "Repaired {}: fresh install of version {}.\n",
+                p.home.display(),
+                p.version
+            ));
         } else {
-            s.push_str(&format!("Dry run: repair of {} (nothing changed; add --apply to do it).\n", p.home.display()));
+            s.push_str(&format!(
+                "Dry run: repair of {} (nothing changed; add --apply to do it).\n",
+                p.home.display()
+            ));
         }
         for (i, st) in p.steps.iter().enumerate() {
             s.push_str(&format!("  {}. {st}\n", i + 1));
@@ -385,10 +549,19 @@ impl RepairOutcome {
             s.push_str(&format!("  Warning: {w}\n"));
         }
         if self.applied {
-            s.push_str(&format!("  Custom truststore certificates carried over: {}\n", p.custom_certs));
-            s.push_str(&format!("  The old folder is kept at {} — do not run it; delete it once the agent is Up.\n", p.old_home.display()));
+            s.push_str(&format!(
+                "  Custom truststore certificates carried over: {}\n",
+                p.custom_certs
+            ));
+            s.push_str(&format!(
+                "  The old folder is kept at {} — do not run it; delete it once the agent is Up.\n",
+                p.old_home.display()
+            ));
             match self.up_pid {
-                Some(pid) => s.push_str(&format!("  Verified: version {} is Up (pid {pid}).\n", p.version)),
+                Some(pid) => s.push_str(&format!(
+                    "  Verified: version {} is Up (pid {pid}).\n",
+                    p.version
+                )),
                 None => s.push_str("  Not started (no --start).\n"),
             }
         }
@@ -402,7 +575,15 @@ mod tests {
     use crate::testkit::*;
 
     fn opts(pkgs: Vec<PathBuf>, apply: bool) -> RepairOptions {
-        RepairOptions { packages: pkgs, root: None, apply, start: false, wait: Duration::from_secs(5), molt_exe: PathBuf::from("/bin/false"), force: false }
+        RepairOptions {
+            packages: pkgs,
+            root: None,
+            apply,
+            start: false,
+            wait: Duration::from_secs(5),
+            molt_exe: PathBuf::from("/bin/false"),
+            force: false,
+        }
     }
 
     #[test]
@@ -414,9 +595,18 @@ mod tests {
         assert!(!out.applied);
         assert_eq!(std::fs::read_dir(h.root()).unwrap().count(), before);
         assert!(!out.plan.old_home.exists());
-        assert!(out.plan.old_home.to_string_lossy().ends_with("agent_old-do_not_run"));
+        assert!(
+            out.plan
+                .old_home
+                .to_string_lossy()
+                .ends_with("agent_old-do_not_run")
+        );
         assert!(out.plan.carried_files.contains(&"config.toml".to_string()));
-        assert!(out.plan.carried_files.contains(&"conf/overrides.toml".to_string()));
+        assert!(
+            out.plan
+                .carried_files
+                .contains(&"conf/overrides.toml".to_string())
+        );
         let text = out.render_text();
         assert!(text.starts_with("Dry run"), "{text}");
     }
@@ -426,7 +616,9 @@ mod tests {
         let k = Kit::new();
         let h = k.install(&k.dir.path().join("agent"), V1);
         // The operator added a CA certificate in place; then bin/ was deleted.
-        let store = h.version_dir(&h.current_version().unwrap().unwrap()).join(TRUSTSTORE);
+        let store = h
+            .version_dir(&h.current_version().unwrap().unwrap())
+            .join(TRUSTSTORE);
         std::fs::write(&store, format!("{STOCK_CERT}{CUSTOM_CERT}")).unwrap();
         std::fs::remove_dir_all(h.current_link().join("bin")).unwrap();
         assert!(!crate::diagnose::install_problems(&h).is_empty());
@@ -434,10 +626,17 @@ mod tests {
 
         let out = repair(&h, &opts(vec![k.core(V1, 1), k.runtime(V1, 1)], true)).unwrap();
         assert!(out.applied);
-        assert!(crate::diagnose::install_problems(&h).is_empty(), "{:?}", crate::diagnose::install_problems(&h));
+        assert!(
+            crate::diagnose::install_problems(&h).is_empty(),
+            "{:?}",
+            crate::diagnose::install_problems(&h)
+        );
         molt_deploy::build::verify_version_dir(&h.version_dir(&out.plan.version)).unwrap();
         assert_eq!(std::fs::read(h.config_file()).unwrap(), config);
-        assert_eq!(std::fs::read_to_string(h.conf_dir().join("overrides.toml")).unwrap(), "threads = 7\n");
+        assert_eq!(
+            std::fs::read_to_string(h.conf_dir().join("overrides.toml")).unwrap(),
+            "threads = 7\n"
+        );
         let new_store = std::fs::read_to_string(h.current_link().join(TRUSTSTORE)).unwrap();
         assert!(new_store.contains(CUSTOM_CERT.trim()), "{new_store}");
         assert_eq!(out.plan.custom_certs, 1);
@@ -454,7 +653,9 @@ mod tests {
     fn repair_refuses_without_a_core_package() {
         let k = Kit::new();
         let h = k.install(&k.dir.path().join("agent"), V1);
-        let e = repair(&h, &opts(vec![k.runtime(V1, 1)], true)).unwrap_err().to_string();
+        let e = repair(&h, &opts(vec![k.runtime(V1, 1)], true))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no core package"), "{e}");
     }
 
@@ -463,7 +664,12 @@ mod tests {
         let k = Kit::new();
         let h = k.install(&k.dir.path().join("agent"), V1);
         let held = h.current_link().join("lib/core.txt");
-        let mut child = std::process::Command::new("sh").arg("-c").arg("exec 3<\"$0\"; exec sleep 30").arg(&held).spawn().unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<\"$0\"; exec sleep 30")
+            .arg(&held)
+            .spawn()
+            .unwrap();
         let pid = child.id();
         for _ in 0..100 {
             if molt_deploy::proc::users_of(h.root()).contains(&pid) {
@@ -471,10 +677,15 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let e = repair(&h, &opts(vec![k.core(V1, 1), k.runtime(V1, 1)], true)).unwrap_err().to_string();
+        let e = repair(&h, &opts(vec![k.core(V1, 1), k.runtime(V1, 1)], true))
+            .unwrap_err()
+            .to_string();
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(e.contains(&pid.to_string()) && e.contains("nothing was changed"), "{e}");
+        assert!(
+            e.contains(&pid.to_string()) && e.contains("nothing was changed"),
+            "{e}"
+        );
         assert!(!old_home_path(h.root()).to_string_lossy().ends_with(".2"));
         assert!(h.current_link().join("bin/molt").is_file());
     }

@@ -100,31 +100,63 @@ pub struct Compiled {
 
 /// Parse and compile a table; every problem names the signature.
 pub fn compile(json: &str) -> Result<Vec<Compiled>, OpsError> {
-    let sigs: Vec<Signature> = serde_json::from_str(json).map_err(|e| OpsError::Table(format!("not valid: {e}")))?;
+    let sigs: Vec<Signature> =
+        serde_json::from_str(json).map_err(|e| OpsError::Table(format!("not valid: {e}")))?;
     let mut out: Vec<Compiled> = Vec::with_capacity(sigs.len());
     for s in sigs {
         if out.iter().any(|c| c.sig.id == s.id) {
-            return Err(OpsError::Table(format!("signature `{}` is listed twice", s.id)));
+            return Err(OpsError::Table(format!(
+                "signature `{}` is listed twice",
+                s.id
+            )));
         }
-        let re = |p: &String| Regex::new(p).map_err(|e| OpsError::Table(format!("signature `{}`: regex `{p}`: {e}", s.id)));
-        let any = s.matcher.any.iter().map(re).collect::<Result<Vec<_>, _>>()?;
-        let all = s.matcher.all.iter().map(re).collect::<Result<Vec<_>, _>>()?;
+        let re = |p: &String| {
+            Regex::new(p)
+                .map_err(|e| OpsError::Table(format!("signature `{}`: regex `{p}`: {e}", s.id)))
+        };
+        let any = s
+            .matcher
+            .any
+            .iter()
+            .map(re)
+            .collect::<Result<Vec<_>, _>>()?;
+        let all = s
+            .matcher
+            .all
+            .iter()
+            .map(re)
+            .collect::<Result<Vec<_>, _>>()?;
         let has_condition = s.matcher.condition.is_some();
         if any.is_empty() && all.is_empty() && !has_condition {
-            return Err(OpsError::Table(format!("signature `{}` matches nothing (no `any`, `all` or `condition`)", s.id)));
+            return Err(OpsError::Table(format!(
+                "signature `{}` matches nothing (no `any`, `all` or `condition`)",
+                s.id
+            )));
         }
         if s.matcher.input == Input::State && !has_condition {
-            return Err(OpsError::Table(format!("signature `{}`: input `state` needs a `condition`", s.id)));
+            return Err(OpsError::Table(format!(
+                "signature `{}`: input `state` needs a `condition`",
+                s.id
+            )));
         }
-        if s.source.trim().is_empty() || s.cause.trim().is_empty() || s.remediation.trim().is_empty() {
-            return Err(OpsError::Table(format!("signature `{}`: source, cause and remediation must be filled in", s.id)));
+        if s.source.trim().is_empty()
+            || s.cause.trim().is_empty()
+            || s.remediation.trim().is_empty()
+        {
+            return Err(OpsError::Table(format!(
+                "signature `{}`: source, cause and remediation must be filled in",
+                s.id
+            )));
         }
         out.push(Compiled { sig: s, any, all });
     }
     for c in &out {
         for id in &c.sig.supersedes {
             if !out.iter().any(|o| &o.sig.id == id) {
-                return Err(OpsError::Table(format!("signature `{}` supersedes unknown `{id}`", c.sig.id)));
+                return Err(OpsError::Table(format!(
+                    "signature `{}` supersedes unknown `{id}`",
+                    c.sig.id
+                )));
             }
         }
     }
@@ -145,7 +177,11 @@ mod tests {
         let t = builtin().unwrap();
         assert!(t.len() >= 30, "{}", t.len());
         for c in &t {
-            assert!(!c.sig.failure_modes.is_empty(), "{} lists no failure-mode row", c.sig.id);
+            assert!(
+                !c.sig.failure_modes.is_empty(),
+                "{} lists no failure-mode row",
+                c.sig.id
+            );
         }
     }
 
@@ -159,7 +195,12 @@ mod tests {
     #[test]
     fn a_state_signature_without_condition_is_refused() {
         let j = r#"[{"id":"y","title":"t","severity":"error","source":"s","match":{"input":"state","any":["a"]},"cause":"c","remediation":"r"}]"#;
-        assert!(compile(j).unwrap_err().to_string().contains("needs a `condition`"));
+        assert!(
+            compile(j)
+                .unwrap_err()
+                .to_string()
+                .contains("needs a `condition`")
+        );
     }
 
     /// Every row of notes/failure-modes.md whose answer includes `diagnose`, or
@@ -167,9 +208,34 @@ mod tests {
     #[test]
     fn the_failure_modes_marked_diagnose_are_covered() {
         let t = builtin().unwrap();
-        let covered: Vec<&str> = t.iter().flat_map(|c| c.sig.failure_modes.iter().map(String::as_str)).collect();
-        for row in ["7.1", "7.2", "7.12", "8.12", "troubleshooting", "7.8", "8.1", "7.3", "6.7", "6.2", "4.1", "4.4", "4.2", "7.7", "2.2", "3.1", "manual-restore", "PRB1516216"] {
-            assert!(covered.contains(&row), "failure-modes row {row} has no signature");
+        let covered: Vec<&str> = t
+            .iter()
+            .flat_map(|c| c.sig.failure_modes.iter().map(String::as_str))
+            .collect();
+        for row in [
+            "7.1",
+            "7.2",
+            "7.12",
+            "8.12",
+            "troubleshooting",
+            "7.8",
+            "8.1",
+            "7.3",
+            "6.7",
+            "6.2",
+            "4.1",
+            "4.4",
+            "4.2",
+            "7.7",
+            "2.2",
+            "3.1",
+            "manual-restore",
+            "PRB1516216",
+        ] {
+            assert!(
+                covered.contains(&row),
+                "failure-modes row {row} has no signature"
+            );
         }
     }
 }

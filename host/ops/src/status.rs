@@ -27,7 +27,11 @@ pub struct StatusOptions {
 
 impl Default for StatusOptions {
     fn default() -> Self {
-        Self { admin_token: None, timeout: Duration::from_secs(3), offline: false }
+        Self {
+            admin_token: None,
+            timeout: Duration::from_secs(3),
+            offline: false,
+        }
     }
 }
 
@@ -110,14 +114,22 @@ static AGENT_STAGE: LazyLock<Regex> = LazyLock::new(|| {
 static DEPLOY_STAGE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"upgrade stage stage="?([^"=]+?)"? state="?(In Progress|Complete|Failed|Skipped)"?(?: message="((?:[^"\\]|\\.)*)")?"#).expect("static regex")
 });
-static TIMESTAMP: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))").expect("static regex"));
-static RUN_START: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"Upgrade runner started \(pid \d+\): (\S+) -> (\S+)").expect("static regex"));
-static RUN_END: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"Upgrade (Complete|Rolled Back|Failed): (.*)$").expect("static regex"));
+static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))")
+        .expect("static regex")
+});
+static RUN_START: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"Upgrade runner started \(pid \d+\): (\S+) -> (\S+)").expect("static regex")
+});
+static RUN_END: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"Upgrade (Complete|Rolled Back|Failed): (.*)$").expect("static regex")
+});
 
 fn ts(l: &Line) -> Option<DateTime<Utc>> {
-    TIMESTAMP.captures(&l.text).and_then(|c| DateTime::parse_from_rfc3339(&c[1]).ok()).map(|t| t.with_timezone(&Utc))
+    TIMESTAMP
+        .captures(&l.text)
+        .and_then(|c| DateTime::parse_from_rfc3339(&c[1]).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The stage event that opens an attempt: the agent always reports Pre Upgrade
@@ -138,10 +150,31 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
         let at = ts(l);
         if let Some(c) = AGENT_STAGE.captures(&l.text) {
             let message = c.get(3).map(|m| m.as_str().to_string()).unwrap_or_default();
-            events.push((at, order, StageEvent { stage: c[1].to_string(), state: c[2].to_string(), message, at }));
+            events.push((
+                at,
+                order,
+                StageEvent {
+                    stage: c[1].to_string(),
+                    state: c[2].to_string(),
+                    message,
+                    at,
+                },
+            ));
         } else if let Some(c) = DEPLOY_STAGE.captures(&l.text) {
-            let message = c.get(3).map(|m| m.as_str().replace("\\\"", "\"")).unwrap_or_default();
-            events.push((at, order, StageEvent { stage: c[1].trim().to_string(), state: c[2].to_string(), message, at }));
+            let message = c
+                .get(3)
+                .map(|m| m.as_str().replace("\\\"", "\""))
+                .unwrap_or_default();
+            events.push((
+                at,
+                order,
+                StageEvent {
+                    stage: c[1].trim().to_string(),
+                    state: c[2].to_string(),
+                    message,
+                    at,
+                },
+            ));
         } else if let Some(c) = RUN_START.captures(&l.text) {
             runs.push((at, c[1].to_string(), c[2].to_string()));
         } else if let Some(c) = RUN_END.captures(&l.text) {
@@ -152,7 +185,10 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
     for q in &ev.queued {
         if q.path.ends_with("/stages") {
             let b = &q.body;
-            let at = b["at"].as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc));
+            let at = b["at"]
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc));
             order += 1;
             let e = StageEvent {
                 stage: b["stage"].as_str().unwrap_or("?").into(),
@@ -160,7 +196,10 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
                 message: b["message"].as_str().unwrap_or("").into(),
                 at,
             };
-            if !events.iter().any(|(_, _, x)| x.stage == e.stage && x.state == e.state && x.message == e.message) {
+            if !events
+                .iter()
+                .any(|(_, _, x)| x.stage == e.stage && x.state == e.state && x.message == e.message)
+            {
                 events.push((at, order, e));
             }
         }
@@ -171,7 +210,10 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
         _ => a.1.cmp(&b.1),
     });
     let start = events.iter().rposition(|(_, _, e)| opens_attempt(e));
-    let mut view = AttemptView { source: "local".into(), ..AttemptView::default() };
+    let mut view = AttemptView {
+        source: "local".into(),
+        ..AttemptView::default()
+    };
     let since = start.and_then(|i| events[i].0);
     if let Some(i) = start {
         view.stages = events[i..].iter().map(|(_, _, e)| e.clone()).collect();
@@ -228,7 +270,15 @@ pub fn status(home: &Home, opts: &StatusOptions) -> StatusReport {
         }
     };
     let installed = match home.installed() {
-        Ok(p) => p.iter().map(|p| PackageView { kind: p.kind.clone(), name: p.name.clone(), version: p.version.clone(), files: p.files.len() }).collect(),
+        Ok(p) => p
+            .iter()
+            .map(|p| PackageView {
+                kind: p.kind.clone(),
+                name: p.name.clone(),
+                version: p.version.clone(),
+                files: p.files.len(),
+            })
+            .collect(),
         Err(e) => {
             notes.push(e.to_string());
             Vec::new()
@@ -248,7 +298,9 @@ pub fn status(home: &Home, opts: &StatusOptions) -> StatusReport {
         runner_alive: molt_deploy::proc::alive(j.runner_pid),
     });
     let status_word = match (&reported_status, agent_running, &deploy_in_progress) {
-        (_, _, Some(d)) if d.runner_alive || ev.deploy_lock_held => "Upgrading (deploy runner at work)".to_string(),
+        (_, _, Some(d)) if d.runner_alive || ev.deploy_lock_held => {
+            "Upgrading (deploy runner at work)".to_string()
+        }
         (Some(s), true, _) => s.clone(),
         (Some(s), false, _) => format!("Down (last reported {s}; its process is gone)"),
         (None, _, _) => "Down (no status written)".to_string(),
@@ -299,7 +351,12 @@ fn local_issues(ev: &Evidence) -> Vec<IssueView> {
     out
 }
 
-fn ask_control_plane(home: &Home, cfg: Option<&ConfigView>, opts: &StatusOptions, r: &mut StatusReport) {
+fn ask_control_plane(
+    home: &Home,
+    cfg: Option<&ConfigView>,
+    opts: &StatusOptions,
+    r: &mut StatusReport,
+) {
     let Some(cfg) = cfg else {
         r.control_plane = "unknown (no readable config.toml): showing local state".into();
         return;
@@ -316,8 +373,18 @@ fn ask_control_plane(home: &Home, cfg: Option<&ConfigView>, opts: &StatusOptions
         r.control_plane = format!("{base}: no agent token in config.toml: showing local state");
         return;
     };
-    let runtime = r.installed.iter().find(|p| p.kind == "runtime").map(|p| p.version.clone()).unwrap_or_default();
-    let mut q = format!("/api/v1/agent/assigned?os={}&arch={}&runtime={}", cp::host_os(), cp::host_arch(), runtime);
+    let runtime = r
+        .installed
+        .iter()
+        .find(|p| p.kind == "runtime")
+        .map(|p| p.version.clone())
+        .unwrap_or_default();
+    let mut q = format!(
+        "/api/v1/agent/assigned?os={}&arch={}&runtime={}",
+        cp::host_os(),
+        cp::host_arch(),
+        runtime
+    );
     if let Some(p) = &cfg.pinned_version {
         q.push_str(&format!("&pinned={p}"));
     }
@@ -327,15 +394,27 @@ fn ask_control_plane(home: &Home, cfg: Option<&ConfigView>, opts: &StatusOptions
             r.control_plane = base.clone();
             r.assigned_version = v["version"].as_str().map(str::to_string);
             r.assigned_source = v["source"].as_str().map(str::to_string);
-            r.assigned_packages = v["packages"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str().map(str::to_string)).collect();
+            r.assigned_packages = v["packages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect();
         }
         Err(e) => {
             r.control_plane = format!("control plane unreachable: showing local state ({e})");
             return;
         }
     }
-    let (Some(admin), Some(name)) = (&opts.admin_token, &r.agent_name) else { return };
-    match cp::get_json(&base, &format!("/api/v1/admin/issues?agent={name}&open=true"), admin, opts.timeout) {
+    let (Some(admin), Some(name)) = (&opts.admin_token, &r.agent_name) else {
+        return;
+    };
+    match cp::get_json(
+        &base,
+        &format!("/api/v1/admin/issues?agent={name}&open=true"),
+        admin,
+        opts.timeout,
+    ) {
         Ok(v) => {
             r.issues.retain(|i| i.from != "control plane");
             for i in v.as_array().into_iter().flatten() {
@@ -350,13 +429,24 @@ fn ask_control_plane(home: &Home, cfg: Option<&ConfigView>, opts: &StatusOptions
         }
         Err(e) => r.notes.push(format!("issues: {e}")),
     }
-    match cp::get_json(&base, &format!("/api/v1/admin/agents/{name}/attempts"), admin, opts.timeout) {
+    match cp::get_json(
+        &base,
+        &format!("/api/v1/admin/agents/{name}/attempts"),
+        admin,
+        opts.timeout,
+    ) {
         Ok(v) => {
             let arr = v.as_array().cloned().unwrap_or_default();
             // Newest first or last: take the one with the latest start.
-            let newest = arr.iter().max_by_key(|a| a["started_at"].as_str().unwrap_or("").to_string());
+            let newest = arr
+                .iter()
+                .max_by_key(|a| a["started_at"].as_str().unwrap_or("").to_string());
             if let Some(a) = newest {
-                let s = |v: &serde_json::Value| v.as_str().map(str::to_string).or_else(|| (!v.is_null()).then(|| v.to_string()));
+                let s = |v: &serde_json::Value| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .or_else(|| (!v.is_null()).then(|| v.to_string()))
+                };
                 r.last_attempt = Some(AttemptView {
                     from_version: s(&a["from_version"]),
                     to_version: s(&a["to_version"]),
@@ -370,7 +460,10 @@ fn ask_control_plane(home: &Home, cfg: Option<&ConfigView>, opts: &StatusOptions
                             stage: s(&st["stage"]).unwrap_or_default(),
                             state: s(&st["state"]).unwrap_or_default(),
                             message: s(&st["message"]).unwrap_or_default(),
-                            at: st["updated_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)),
+                            at: st["updated_at"]
+                                .as_str()
+                                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                                .map(|t| t.with_timezone(&Utc)),
                         })
                         .collect(),
                     source: "control plane".into(),
@@ -388,12 +481,23 @@ impl StatusReport {
         s.push_str(&format!("Agent {name} at {}\n", self.home.display()));
         s.push_str(&format!("  Status:     {}", self.status));
         if let (Some(pid), Some(since)) = (self.agent_pid, self.reported_since) {
-            s.push_str(&format!(" (pid {pid}, since {})", since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+            s.push_str(&format!(
+                " (pid {pid}, since {})",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
         }
         s.push('\n');
-        s.push_str(&format!("  Installed:  {}\n", self.current_version.as_deref().unwrap_or("nothing (no current version)")));
+        s.push_str(&format!(
+            "  Installed:  {}\n",
+            self.current_version
+                .as_deref()
+                .unwrap_or("nothing (no current version)")
+        ));
         for p in &self.installed {
-            s.push_str(&format!("    {:<8} {} ({} files)\n", p.kind, p.name, p.files));
+            s.push_str(&format!(
+                "    {:<8} {} ({} files)\n",
+                p.kind, p.name, p.files
+            ));
         }
         match (&self.assigned_version, self.control_plane_reachable) {
             (Some(a), true) => {
@@ -401,7 +505,11 @@ impl StatusReport {
                 s.push_str(&format!(
                     "  Assigned:   {a} (source {}){}\n",
                     self.assigned_source.as_deref().unwrap_or("?"),
-                    if same { ", up to date" } else { ", differs from installed" }
+                    if same {
+                        ", up to date"
+                    } else {
+                        ", differs from installed"
+                    }
                 ));
             }
             _ => s.push_str("  Assigned:   unknown\n"),
@@ -416,7 +524,11 @@ impl StatusReport {
                 d.from_version,
                 d.to_version,
                 d.step,
-                if d.runner_alive { "running" } else { "gone: run `molt diagnose`" }
+                if d.runner_alive {
+                    "running"
+                } else {
+                    "gone: run `molt diagnose`"
+                }
             ));
         }
         match &self.last_attempt {
@@ -430,7 +542,11 @@ impl StatusReport {
                     a.result.as_deref().unwrap_or("in progress or unknown")
                 ));
                 for st in &a.stages {
-                    let msg = if st.message.is_empty() { String::new() } else { format!(": {}", st.message) };
+                    let msg = if st.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", st.message)
+                    };
                     s.push_str(&format!("    {:<26} {}{msg}\n", st.stage, st.state));
                 }
                 if let Some(m) = &a.message {
@@ -443,11 +559,17 @@ impl StatusReport {
         } else {
             s.push_str(&format!("  Open issues ({}):\n", self.issues.len()));
             for i in &self.issues {
-                s.push_str(&format!("    [{}] {} ({}, {}): {}\n", i.severity, i.code, i.source, i.from, i.description));
+                s.push_str(&format!(
+                    "    [{}] {} ({}, {}): {}\n",
+                    i.severity, i.code, i.source, i.from, i.description
+                ));
             }
         }
         if self.queued_reports > 0 {
-            s.push_str(&format!("  Reports waiting for the control plane: {}\n", self.queued_reports));
+            s.push_str(&format!(
+                "  Reports waiting for the control plane: {}\n",
+                self.queued_reports
+            ));
         }
         for n in &self.notes {
             s.push_str(&format!("  Note: {n}\n"));
@@ -483,30 +605,67 @@ mod tests {
         )
         .unwrap();
         let a = local_attempt(&Evidence::gather(&h, &[])).unwrap();
-        let st: Vec<(&str, &str)> = a.stages.iter().map(|e| (e.stage.as_str(), e.state.as_str())).collect();
+        let st: Vec<(&str, &str)> = a
+            .stages
+            .iter()
+            .map(|e| (e.stage.as_str(), e.state.as_str()))
+            .collect();
         assert_eq!(
             st,
-            [("Pre Upgrade Check", "In Progress"), ("Pre Upgrade Check", "Complete"), ("Download Upgrade Packages", "In Progress"), ("Deploy Binary Files", "Complete")]
+            [
+                ("Pre Upgrade Check", "In Progress"),
+                ("Pre Upgrade Check", "Complete"),
+                ("Download Upgrade Packages", "In Progress"),
+                ("Deploy Binary Files", "Complete")
+            ]
         );
         assert_eq!(a.stages[1].message, "0 finding(s), 0 warning(s)");
         assert_eq!(a.stages[3].message, "versions/v2: 1 files linked");
-        assert_eq!((a.from_version.as_deref(), a.to_version.as_deref(), a.result.as_deref()), (Some("v1"), Some("v2"), Some("Complete")));
+        assert_eq!(
+            (
+                a.from_version.as_deref(),
+                a.to_version.as_deref(),
+                a.result.as_deref()
+            ),
+            (Some("v1"), Some("v2"), Some("Complete"))
+        );
     }
 
     #[test]
     fn an_unreachable_control_plane_still_shows_local_state() {
         let d = tempfile::tempdir().unwrap();
         let h = Home::new(d.path());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         std::fs::write(h.config_file(), format!("control_plane_url = \"http://127.0.0.1:{port}\"\nagent_name = \"a1\"\ntoken = \"t\"\n")).unwrap();
         std::fs::create_dir_all(h.version_dir("v1").join("meta")).unwrap();
         std::os::unix::fs::symlink("versions/v1", h.current_link()).unwrap();
-        h.write_status(&molt_layout::AgentStatus { pid: std::process::id(), version: "v1".into(), status: "Up".into(), since: Utc::now() }).unwrap();
-        let r = status(&h, &StatusOptions { timeout: Duration::from_millis(500), ..Default::default() });
+        h.write_status(&molt_layout::AgentStatus {
+            pid: std::process::id(),
+            version: "v1".into(),
+            status: "Up".into(),
+            since: Utc::now(),
+        })
+        .unwrap();
+        let r = status(
+            &h,
+            &StatusOptions {
+                timeout: Duration::from_millis(500),
+                ..Default::default()
+            },
+        );
         assert_eq!(r.status, "Up");
         assert_eq!(r.current_version.as_deref(), Some("v1"));
         assert!(!r.control_plane_reachable);
-        assert!(r.control_plane.starts_with("control plane unreachable: showing local state"), "{}", r.control_plane);
+        assert!(
+            r.control_plane
+                .starts_with("control plane unreachable: showing local state"),
+            "{}",
+            r.control_plane
+        );
         assert!(r.render_text().contains("Assigned:   unknown"));
     }
 
@@ -514,8 +673,24 @@ mod tests {
     fn a_dead_agent_process_is_shown_down() {
         let d = tempfile::tempdir().unwrap();
         let h = Home::new(d.path());
-        h.write_status(&molt_layout::AgentStatus { pid: 999_999_997, version: "v1".into(), status: "Up".into(), since: Utc::now() }).unwrap();
-        let r = status(&h, &StatusOptions { offline: true, ..Default::default() });
-        assert!(r.status.starts_with("Down (last reported Up"), "{}", r.status);
+        h.write_status(&molt_layout::AgentStatus {
+            pid: 999_999_997,
+            version: "v1".into(),
+            status: "Up".into(),
+            since: Utc::now(),
+        })
+        .unwrap();
+        let r = status(
+            &h,
+            &StatusOptions {
+                offline: true,
+                ..Default::default()
+            },
+        );
+        assert!(
+            r.status.starts_with("Down (last reported Up"),
+            "{}",
+            r.status
+        );
     }
 }

@@ -92,7 +92,11 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 
 pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let home = Home::new(&a.home);
-    let opts = molt_ops::status::StatusOptions { admin_token: a.admin_token, timeout: Duration::from_secs(a.timeout.max(1)), offline: a.offline };
+    let opts = molt_ops::status::StatusOptions {
+        admin_token: a.admin_token,
+        timeout: Duration::from_secs(a.timeout.max(1)),
+        offline: a.offline,
+    };
     let r = molt_ops::status::status(&home, &opts);
     if a.json {
         print_json(&r)?;
@@ -124,7 +128,8 @@ pub fn repair(a: RepairArgs) -> anyhow::Result<ExitCode> {
         molt_exe: molt_deploy::runner::self_exe(),
         force: a.force,
     };
-    let out = molt_ops::repair::repair(&home, &opts).with_context(|| format!("repair {}", a.home.display()))?;
+    let out = molt_ops::repair::repair(&home, &opts)
+        .with_context(|| format!("repair {}", a.home.display()))?;
     if a.json {
         print_json(&out)?;
     } else {
@@ -142,14 +147,22 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         for i in &out {
             println!(
                 "{} {} ({} {}) -> {}",
-                if i.already_present { "Already present:" } else { "Imported:" },
+                if i.already_present {
+                    "Already present:"
+                } else {
+                    "Imported:"
+                },
                 i.name,
                 i.kind,
                 i.version,
                 i.dest.display()
             );
         }
-        println!("{} package(s) ready in {}; the agent uses them at its next upgrade check (`molt upgrade now`).", out.len(), home.incoming_dir().display());
+        println!(
+            "{} package(s) ready in {}; the agent uses them at its next upgrade check (`molt upgrade now`).",
+            out.len(),
+            home.incoming_dir().display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
