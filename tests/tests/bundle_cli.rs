@@ -1,0 +1,362 @@
+//! End-to-end tests of `molt keygen`, `molt root`, `molt bundle` and
+//! `molt buildstamp` through the real binary, on real files.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `target/<profile>/molt` next to this test executable (or `MOLT_BIN`).
+fn molt_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOLT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("molt");
+    assert!(
+        p.exists(),
+        "{} not found: build it first with `cargo build -p molt` (or set MOLT_BIN)",
+        p.display()
+    );
+    p
+}
+
+struct Run {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+fn molt(dir: &Path, args: &[&str]) -> Run {
+    let o: Output = Command::new(molt_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        out: String::from_utf8_lossy(&o.stdout).into_owned(),
+        err: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let r = molt(dir, args);
+    assert_eq!(r.code, 0, "molt {args:?} failed:\n{}\n{}", r.out, r.err);
+    r.out
+}
+
+const V1: &str = "vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815";
+fn core(v: &str) -> String {
+    format!("molt-core.{v}.universal.universal.zip")
+}
+
+/// Keys (TEST-ONLY), root.json and a payload dir in a temp dir. Returns key ids.
+struct Kit {
+    tmp: tempfile::TempDir,
+}
+
+impl Kit {
+    fn new() -> Kit {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let d = tmp.path();
+        for k in ["root", "checks", "packages"] {
+            let out = ok(d, &["keygen", "--out", &format!("{k}-TEST-ONLY.pk8")]);
+            assert!(out.contains("key id: "), "{out}");
+        }
+        ok(
+            d,
+            &[
+                "root",
+                "init",
+                "--out",
+                "root.json",
+                "--root-key",
+                "root-TEST-ONLY.pk8",
+                "--checks-key",
+                "checks-TEST-ONLY.pk8",
+                "--packages-key",
+                "packages-TEST-ONLY.pk8",
+            ],
+        );
+        std::fs::create_dir_all(d.join("payload/bin")).unwrap();
+        std::fs::write(d.join("payload/bin/run.sh"), "#!/bin/sh\necho up\n").unwrap();
+        std::fs::write(
+            d.join("payload/notes.txt"),
+            "Current packages: Installed\n".repeat(50),
+        )
+        .unwrap();
+        Kit { tmp }
+    }
+    fn d(&self) -> &Path {
+        self.tmp.path()
+    }
+    fn key_id(&self, name: &str) -> String {
+        let pk8 = std::fs::read(self.d().join(format!("{name}-TEST-ONLY.pk8"))).unwrap();
+        molt_bundle::SigningKey::from_pkcs8(&pk8)
+            .unwrap()
+            .key_id()
+            .to_string()
+    }
+    fn pack(&self, out: &str, seq: u64, key: &str) -> String {
+        ok(
+            self.d(),
+            &[
+                "bundle",
+                "pack",
+                "payload",
+                "--buildstamp",
+                &core(V1),
+                "--sequence",
+                &seq.to_string(),
+                "--out",
+                out,
+                "--key",
+                &format!("{key}-TEST-ONLY.pk8"),
+            ],
+        )
+    }
+}
+
+#[test]
+fn pack_sign_verify_human_and_json() {
+    let k = Kit::new();
+    let out = k.pack("b.zip", 1, "packages");
+    assert!(out.contains("packed b.zip: 2 files"), "{out}");
+    let v = ok(k.d(), &["bundle", "verify", "--root", "root.json", "b.zip"]);
+    assert!(v.starts_with("VALID b.zip"), "{v}");
+    assert!(v.contains("name:       molt-core"), "{v}");
+    assert!(
+        v.contains("kind:       core (signed by role `packages`)"),
+        "{v}"
+    );
+    assert!(v.contains(&format!("buildstamp: {}", core(V1))), "{v}");
+    assert!(v.contains("sequence:   1"), "{v}");
+    assert!(v.contains(&k.key_id("packages")), "{v}");
+    let j: serde_json::Value = serde_json::from_str(&ok(
+        k.d(),
+        &[
+            "bundle",
+            "verify",
+            "--root",
+            "root.json",
+            "b.zip",
+            "--json",
+            "--deep",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(j["valid"], true);
+    assert_eq!(j["name"], "molt-core");
+    assert_eq!(j["kind"], "core");
+    assert_eq!(j["role"], "packages");
+    assert_eq!(j["sequence"], 1);
+    assert_eq!(j["deep"], true);
+    assert_eq!(j["signers"][0], k.key_id("packages").as_str());
+    let i = ok(k.d(), &["bundle", "inspect", "b.zip"]);
+    assert!(
+        i.contains("NOT VERIFIED") && i.contains("bin/run.sh"),
+        "{i}"
+    );
+    let x = ok(
+        k.d(),
+        &["bundle", "extract", "--root", "root.json", "b.zip", "out"],
+    );
+    assert!(x.contains("extracted 2 files"), "{x}");
+    assert_eq!(
+        std::fs::read_to_string(k.d().join("out/bin/run.sh")).unwrap(),
+        "#!/bin/sh\necho up\n"
+    );
+}
+
+#[test]
+fn invalid_bundles_exit_1_and_say_why() {
+    let k = Kit::new();
+    k.pack("b.zip", 1, "packages");
+    let mut bytes = std::fs::read(k.d().join("b.zip")).unwrap();
+    bytes[40] ^= 1; // inside the compressed manifest
+    std::fs::write(k.d().join("bad.zip"), &bytes).unwrap();
+    let r = molt(
+        k.d(),
+        &["bundle", "verify", "--root", "root.json", "bad.zip"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.out, r.err);
+    assert!(
+        r.out.starts_with("INVALID bad.zip") && r.out.contains("reason: bundle bad.zip:"),
+        "{}",
+        r.out
+    );
+    let r = molt(
+        k.d(),
+        &[
+            "bundle",
+            "verify",
+            "--root",
+            "root.json",
+            "bad.zip",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 1);
+    let j: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+    assert_eq!(j["valid"], false);
+    assert!(j["error"].as_str().unwrap().contains("bad.zip"));
+    // Signed by the wrong role's key.
+    k.pack("wrong.zip", 1, "checks");
+    let r = molt(
+        k.d(),
+        &["bundle", "verify", "--root", "root.json", "wrong.zip"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.out.contains("not a key of role `packages`"), "{}", r.out);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let k = Kit::new();
+    let r = molt(k.d(), &["bundle", "verify", "b.zip"]);
+    assert_eq!(r.code, 2, "{}", r.err);
+    assert!(r.err.contains("--root"), "{}", r.err);
+    assert_eq!(molt(k.d(), &["bundle", "verify", "--bogus"]).code, 2);
+    let h = ok(k.d(), &["bundle", "verify", "--help"]);
+    assert!(
+        h.contains("Exit 0 valid, 1 invalid, 2 usage") && h.contains("--state"),
+        "{h}"
+    );
+}
+
+#[test]
+fn state_dir_refuses_a_replayed_lower_sequence() {
+    let k = Kit::new();
+    k.pack("s2.zip", 2, "packages");
+    k.pack("s1.zip", 1, "packages");
+    ok(
+        k.d(),
+        &[
+            "bundle",
+            "verify",
+            "--root",
+            "root.json",
+            "--state",
+            "state",
+            "s2.zip",
+        ],
+    );
+    let r = molt(k.d(), &["bundle", "verify", "--state", "state", "s1.zip"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.out
+            .contains("replayed or older bundle refused: `molt-core` sequence 1 is lower than 2"),
+        "{}",
+        r.out
+    );
+    // Stateless verification has no memory and accepts it.
+    ok(
+        k.d(),
+        &["bundle", "verify", "--root", "root.json", "s1.zip"],
+    );
+    let seq: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(k.d().join("state/sequences.json")).unwrap())
+            .unwrap();
+    assert_eq!(seq["sequences"]["molt-core"], 2);
+}
+
+#[test]
+fn root_rotation_through_the_cli() {
+    let k = Kit::new();
+    k.pack("old.zip", 1, "packages");
+    ok(
+        k.d(),
+        &[
+            "bundle",
+            "verify",
+            "--root",
+            "root.json",
+            "--state",
+            "state",
+            "old.zip",
+        ],
+    );
+    ok(k.d(), &["keygen", "--out", "packages2-TEST-ONLY.pk8"]);
+    let old_id = k.key_id("packages");
+    let out = ok(
+        k.d(),
+        &[
+            "root",
+            "rotate",
+            "--from",
+            "root.json",
+            "--out",
+            "root2.json",
+            "--add-key",
+            "packages=packages2-TEST-ONLY.pk8",
+            "--revoke",
+            &old_id[..16],
+            "--key",
+            "root-TEST-ONLY.pk8",
+        ],
+    );
+    assert!(
+        out.contains("root version 2") && out.contains("rotation from version 1 is acceptable"),
+        "{out}"
+    );
+    let a = ok(k.d(), &["root", "apply", "--state", "state", "root2.json"]);
+    assert!(a.contains("rotated from version 1 to 2"), "{a}");
+    // Re-applying (or an older root) is refused.
+    let r = molt(k.d(), &["root", "apply", "--state", "state", "root2.json"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.err.contains("is not newer than the trusted version 2"),
+        "{}",
+        r.err
+    );
+    // The old packages key is revoked; the new one signs.
+    let r = molt(k.d(), &["bundle", "verify", "--state", "state", "old.zip"]);
+    assert_eq!(r.code, 1);
+    assert!(r.out.contains("key revoked in root version 2"), "{}", r.out);
+    k.pack("new.zip", 2, "packages2");
+    ok(k.d(), &["bundle", "verify", "--state", "state", "new.zip"]);
+}
+
+const SEED_NAMES: &[&str] = &[
+    "mid-core.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.universal.universal.zip",
+    "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
+    "mid-core.quebec-12-09-2020__patch0-hotfix3-01-20-2021_01-21-2021_0905.universal.universal.zip",
+    "mid-core.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip",
+    "mid-jre.madrid-12-18-2018__patch1-02-13-2019_02-25-2019_1807.windows.x86-64.zip",
+    "mid-jre.quebec-12-09-2020__patch0-hotfix1-01-04-2021_01-06-2021_1339.windows.x86-64.zip",
+    "mid-upgrade.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
+    "mid-upgrade.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip",
+];
+
+#[test]
+fn buildstamp_parses_sorts_and_rejects() {
+    let d = tempfile::TempDir::new().unwrap();
+    let mut args = vec!["buildstamp", "--sort"];
+    args.extend(SEED_NAMES.iter().rev());
+    let out = ok(d.path(), &args);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), SEED_NAMES.len());
+    assert!(
+        lines[0].starts_with("mid-jre.madrid-12-18-2018__patch1-02-13-2019"),
+        "{out}"
+    );
+    assert!(lines[7].contains("quebec-12-09-2020__patch1-"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(d.path(), &["buildstamp", "--json", SEED_NAMES[0]])).unwrap();
+    assert_eq!(j[0]["family"], "madrid");
+    assert_eq!(j[0]["patch"], 1);
+    assert_eq!(j[0]["hotfix"], 2);
+    assert_eq!(j[0]["built"], "2019-03-20T13:04");
+    assert_eq!(j[0]["os"], "universal");
+    let h = ok(d.path(), &["buildstamp", SEED_NAMES[4]]);
+    assert!(
+        h.contains("kind:        jre (runtime)") && h.contains("os/arch:     windows/x86-64"),
+        "{h}"
+    );
+    let r = molt(d.path(), &["buildstamp", "mid-core...zip"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.err
+            .contains("Not a valid package buildstamp: mid-core...zip: the version is elided"),
+        "{}",
+        r.err
+    );
+}
