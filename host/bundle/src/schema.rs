@@ -372,7 +372,24 @@ mod tests {
         fn manifest_and_root_parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = serde_json::from_slice::<Manifest>(&bytes);
             let _ = serde_json::from_slice::<SignedRoot>(&bytes);
+            let _ = SignedRoot::from_slice(&bytes);
             let _ = serde_json::from_slice::<SignatureFile>(&bytes);
+        }
+
+        /// Root-shaped JSON with arbitrary versions, thresholds and key material
+        /// never panics the root validator and is never accepted unsigned.
+        #[test]
+        fn root_like_json_is_refused_without_signatures(
+            version in proptest::prelude::any::<i64>(),
+            threshold in proptest::prelude::any::<i64>(),
+            keyid in "[0-9a-f]{0,64}",
+            public in "[0-9a-f]{0,66}",
+            role in "(root|checks|packages|other)",
+        ) {
+            let s = format!(
+                r#"{{"signed":{{"type":"root","version":{version},"expires":"2030-01-01T00:00:00Z","keys":{{"{keyid}":{{"scheme":"ed25519","public":"{public}"}}}},"roles":{{"{role}":{{"keyids":["{keyid}"],"threshold":{threshold}}}}},"revoked":[]}},"signatures":[]}}"#
+            );
+            proptest::prop_assert!(SignedRoot::from_slice(s.as_bytes()).is_err());
         }
 
         /// JSON-shaped input built from the manifest's own field names.
