@@ -1,1 +1,5 @@
 //! Helpers for the end-to-end tests: start real `molt serve` and agents.
+
+/// Agent and demo fixtures: keys, signed packages, installs, `molt serve`, agents.
+#[path = "src/agent_fx.rs"]
+pub mod agent_fx;

@@ -364,3 +364,119 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A tiny real HTTP/1.1 server on 127.0.0.1 that serves `body` with Range
+    /// support; the first `cut_first` responses are cut after half the bytes.
+    async fn serve(body: Arc<Vec<u8>>, cut_first: usize) -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/pkg.zip", l.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h2 = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let body = body.clone();
+                let n = h2.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let k = s.read(&mut buf).await.unwrap();
+                        if k == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..k]);
+                    }
+                    let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                    let start = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("range: bytes="))
+                        .and_then(|r| r.trim().trim_end_matches('-').parse::<usize>().ok());
+                    let (status, from) = match start {
+                        Some(f) => (format!("206 Partial Content\r\ncontent-range: bytes {f}-{}/{}", body.len() - 1, body.len()), f),
+                        None => ("200 OK".to_string(), 0),
+                    };
+                    let part = &body[from..];
+                    let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", part.len());
+                    s.write_all(head.as_bytes()).await.unwrap();
+                    if n < cut_first {
+                        let _ = s.write_all(&part[..part.len() / 2]).await;
+                        return; // drop: the client sees a short body
+                    }
+                    let _ = s.write_all(part).await;
+                })
+            }
+        });
+        (url, hits)
+    }
+
+    fn spec(url: &str, dest: &Path, body: &[u8]) -> DownloadSpec {
+        let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
+        DownloadSpec { name: "pkg.zip".into(), url: url.parse().unwrap(), bearer: None, dest: dest.into(), size: body.len() as u64, sha256: sha }
+    }
+
+    fn opts() -> DownloadOptions {
+        DownloadOptions { attempts: 4, backoff: Duration::from_millis(10), progress_bar: false }
+    }
+
+    fn body() -> Arc<Vec<u8>> {
+        Arc::new((0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect())
+    }
+
+    #[tokio::test]
+    async fn a_cut_transfer_is_resumed_with_range_and_verified() {
+        let b = body();
+        let (url, hits) = serve(b.clone(), 1).await;
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("pkg.zip");
+        let out = download(&reqwest::Client::new(), &spec(&url, &dest, &b), &opts()).await.unwrap();
+        assert_eq!(out, Outcome::Downloaded { resumed: true, attempts: 2 });
+        assert_eq!(std::fs::read(&dest).unwrap(), *b);
+        assert!(!part_path(&dest).exists());
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_partial_file_is_deleted_and_fetched_again() {
+        let b = body();
+        let (url, _) = serve(b.clone(), 0).await;
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("pkg.zip");
+        // A partial file whose bytes are wrong: the digest fails, it is refetched whole.
+        std::fs::write(part_path(&dest), vec![0u8; 1000]).unwrap();
+        let out = download(&reqwest::Client::new(), &spec(&url, &dest, &b), &opts()).await.unwrap();
+        assert!(matches!(out, Outcome::Downloaded { attempts: 2, .. }), "{out:?}");
+        assert_eq!(std::fs::read(&dest).unwrap(), *b);
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded_and_the_error_names_the_package() {
+        let b = body();
+        let (url, hits) = serve(b.clone(), usize::MAX).await;
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("pkg.zip");
+        let mut s = spec(&url, &dest, &b);
+        s.sha256 = "0".repeat(64); // never matches
+        let e = download(&reqwest::Client::new(), &s, &opts()).await.unwrap_err().to_string();
+        assert!(e.contains("pkg.zip") && e.contains("gave up after 4 attempts"), "{e}");
+        assert!(hits.load(Ordering::SeqCst) <= 8);
+        assert!(!dest.exists());
+    }
+
+    #[tokio::test]
+    async fn a_file_already_present_with_the_right_digest_is_not_fetched() {
+        let b = body();
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("pkg.zip");
+        std::fs::write(&dest, &*b).unwrap();
+        let out = download(&reqwest::Client::new(), &spec("http://127.0.0.1:1/x", &dest, &b), &opts()).await.unwrap();
+        assert_eq!(out, Outcome::AlreadyPresent);
+    }
+}

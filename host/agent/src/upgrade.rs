@@ -612,9 +612,12 @@ impl Agent {
             backoff: Duration::from_millis(self.cfg.download_backoff_ms),
             ..DownloadOptions::default()
         };
+        let t0 = std::time::Instant::now();
         let outcome = download::download(self.client.download_http(), &spec, &opts)
             .await
             .map_err(|e| e.to_string())?;
+        let download_ms = t0.elapsed().as_millis() as u64;
+        let t1 = std::time::Instant::now();
         let d2 = dest.clone();
         let v = tokio::task::spawn_blocking(move || deps::verify_package(&trust, &d2))
             .await
@@ -626,7 +629,8 @@ impl Agent {
                         tracing::info!(package = %p.name, "Package already downloaded and verified")
                     }
                     Outcome::Downloaded { resumed, attempts } => {
-                        tracing::info!(package = %p.name, resumed, attempts, "Package was successfully downloaded")
+                        tracing::info!(package = %p.name, bytes = p.size, resumed, attempts, download_ms,
+                            verify_ms = t1.elapsed().as_millis() as u64, "Package was successfully downloaded")
                     }
                 }
                 Ok((dest, v))
@@ -649,6 +653,7 @@ impl Agent {
         for (p, _path, v) in verified {
             let dest = upgrade_dir.join("packages").join(&v.kind);
             let (v2, dest2) = (v.clone(), dest.clone());
+            let t0 = std::time::Instant::now();
             let files = tokio::task::spawn_blocking(move || deps::extract_package(&v2, &dest2))
                 .await
                 .map_err(|e| format!("extract task failed: {e}"))?
@@ -656,6 +661,7 @@ impl Agent {
             for f in &files {
                 tracing::info!("Extracting: {}", dest.join(f).display());
             }
+            tracing::info!(package = %p.name, files = files.len(), extract_ms = t0.elapsed().as_millis() as u64, "Package extracted");
             // The runner package runs the deploy; it is not part of the new version dir.
             if v.kind != "upgrade" {
                 out.push(v.installed(&p.name));
@@ -738,7 +744,7 @@ impl Agent {
             .home
             .upgrade_temp_dir()
             .join(format!("{}-precheck", &random_dir_name()[..13]));
-        let result = self.precheck_in(pc, &dir, &scratch_parent).await;
+        let result = self.precheck_in(assigned, pc, &dir, &scratch_parent).await;
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %dir.display(), error = %e, "Could not delete pre-upgrade check temp files");
@@ -779,6 +785,7 @@ impl Agent {
 
     async fn precheck_in(
         &self,
+        assigned: &Assigned,
         pc: &AssignedPackage,
         dir: &Path,
         scratch_parent: &Path,
@@ -791,11 +798,13 @@ impl Agent {
         let cache = self.home.work_dir().join("wasm-cache");
         let facts = self.cfg.facts_override.clone();
         let scratch = scratch_parent.to_path_buf();
-        let mut net_allow = vec![host_port(self.client.base())];
-        if let Ok(u) = self.client.resolve(&pc.url) {
-            let hp = host_port(&u);
-            if !net_allow.contains(&hp) {
-                net_allow.push(hp);
+        // The checks may probe the control plane and the package host (origins).
+        let mut net_allow = vec![self.client.base().to_string()];
+        for p in assigned.packages.iter().chain(std::iter::once(pc)) {
+            if let Ok(u) = self.client.resolve(&p.url) {
+                if !net_allow.contains(&u.to_string()) {
+                    net_allow.push(u.to_string());
+                }
             }
         }
         tokio::task::spawn_blocking(move || {
@@ -855,14 +864,6 @@ struct PrecheckResult {
     blocking: usize,
     warnings: usize,
     summary: String,
-}
-
-fn host_port(u: &reqwest::Url) -> String {
-    format!(
-        "{}:{}",
-        u.host_str().unwrap_or(""),
-        u.port_or_known_default().unwrap_or(0)
-    )
 }
 
 /// The `os` of package names.

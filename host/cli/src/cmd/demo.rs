@@ -1,7 +1,386 @@
-//! `molt demo`: the README's main-job command.
-use std::process::ExitCode;
+//! `molt demo`: the README's main-job command. Everything happens in a temp dir,
+//! offline: TEST keys and root, signed v1 and v2 packages (with a copy of this
+//! very `molt` binary as `bin/molt`), a control plane on 127.0.0.1, a fresh v1
+//! install run by the supervisor (`molt run`), then a real upgrade to v2 that is
+//! narrated from the agent log and the control plane's upgrade history.
+use std::collections::BTreeMap;
+use std::io::{BufRead, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use molt_bundle::chrono;
+use molt_layout::{FileMeta, Home, InstalledPackage};
+
+const V1: &str = "quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225";
+const V2: &str = "quebec-12-09-2020__patch2-04-18-2021_05-01-2021_1130";
+const AGENT: &str = "demo-agent";
 
 #[derive(clap::Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Keep everything in DIR (created; must be empty) instead of a temp dir removed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+}
 
-pub fn run(_a: DemoArgs) -> anyhow::Result<ExitCode> { anyhow::bail!("not yet implemented") }
+fn say(s: &str) {
+    println!("==> {s}");
+}
+
+/// Kills the supervisor (and its agent) when the demo ends, however it ends.
+struct Supervisor(Child);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SIGTERM: the supervisor forwards it to the agent and waits for it.
+            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let (_tmp, dir) = match &a.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+            if std::fs::read_dir(d)?.next().is_some() {
+                bail!("--keep {}: directory is not empty", d.display());
+            }
+            (None, d.canonicalize()?)
+        }
+        None => {
+            let t = std::env::temp_dir().join(format!("molt-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&t)?;
+            (Some(TempDir(t.clone())), t)
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let r = rt.block_on(demo(&dir, deadline));
+    match r {
+        Ok(()) => {
+            say("Demo complete: the agent upgraded itself from v1 to v2 and is Up.");
+            if a.keep.is_some() {
+                println!("    everything is kept in {}", dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            eprintln!("    agent log: {}", dir.join("home/logs/agent.log").display());
+            if a.keep.is_none() {
+                eprintln!("    (run with --keep DIR to keep the files)");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_tree(dir: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (p, data, mode) in files {
+        let f = dir.join(p);
+        std::fs::create_dir_all(f.parent().context("path has a parent")?)?;
+        std::fs::write(&f, data)?;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode))?;
+    }
+    Ok(())
+}
+
+fn pack(key: &molt_bundle::SigningKey, src: &Path, name: &str, out: &Path, comps: Vec<molt_bundle::Component>) -> anyhow::Result<PathBuf> {
+    let mut spec = molt_bundle::PackSpec::from_buildstamp(name, 1)?;
+    spec.components = comps;
+    let p = out.join(name);
+    molt_bundle::pack_dir(src, &spec, &p).with_context(|| format!("pack {name}"))?;
+    molt_bundle::sign_bundle(&p, &[key]).with_context(|| format!("sign {name}"))?;
+    Ok(p)
+}
+
+/// The committed precheck/selector bundles: `$MOLT_SIGNED_BUNDLES`, else
+/// `signed-bundles/` of the repo this binary was built from, else of the cwd.
+fn signed_bundles() -> Option<PathBuf> {
+    let cands = [
+        std::env::var_os("MOLT_SIGNED_BUNDLES").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../signed-bundles")),
+        Some(PathBuf::from("signed-bundles")),
+    ];
+    cands.into_iter().flatten().find(|p| p.join("root.json").is_file())
+}
+
+/// Extract the committed `molt-<kind>.*.zip` into `dest`; its components.
+fn committed(kind: &str, dest: &Path) -> anyhow::Result<Option<Vec<molt_bundle::Component>>> {
+    let Some(dir) = signed_bundles() else { return Ok(None) };
+    let prefix = format!("molt-{kind}.");
+    let Some(bundle) = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".zip")))
+    else {
+        return Ok(None);
+    };
+    let root = molt_bundle::SignedRoot::load(&dir.join("root.json"))?;
+    let v = molt_bundle::verify_bundle(&bundle, &root, &Default::default()).with_context(|| format!("verify {}", bundle.display()))?;
+    molt_bundle::extract(&v, &bundle, dest, &Default::default())?;
+    Ok(Some(v.manifest.components.clone()))
+}
+
+const TRUSTSTORE: &str = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUDEMOONLYDEMOONLYDEMOONLYDEMOwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
+
+async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locate the running molt binary")?;
+    let packages = dir.join("packages");
+    let src = dir.join("src");
+    let home_dir = dir.join("home");
+    std::fs::create_dir_all(&packages)?;
+
+    say("Generating a TEST-ONLY signing key and trust root");
+    let (key, _) = molt_bundle::SigningKey::generate()?;
+    let root = molt_bundle::editor::single_key_root(&key, chrono::Utc::now() + chrono::Duration::days(7))?;
+    let root_path = dir.join("root.json");
+    std::fs::write(&root_path, root.to_json_pretty()?)?;
+
+    say(&format!("Building signed packages for v1 ({V1}) and v2 ({V2})"));
+    let molt_bytes = std::fs::read(&exe)?;
+    let arch = std::env::consts::ARCH.replace('_', "-");
+    let mut v1_core = None;
+    let mut runtime = None;
+    let mut have_precheck = true;
+    for v in [V1, V2] {
+        let mut files = vec![
+            ("bin/molt", molt_bytes.clone(), 0o755),
+            ("lib/common.txt", b"shared by v1 and v2: hard-linked, never copied\n".to_vec(), 0o644),
+            ("lib/version.txt", format!("{v}\n").into_bytes(), 0o644),
+        ];
+        if v == V2 {
+            files.push(("lib/new-in-v2.txt", b"a file v2 adds\n".to_vec(), 0o644));
+        }
+        let s = src.join(format!("core-{v}"));
+        write_tree(&s, &files)?;
+        let core = pack(&key, &s, &format!("molt-core.{v}.universal.universal.zip"), &packages, vec![])?;
+        let s = src.join(format!("upgrade-{v}"));
+        write_tree(&s, &[("bin/molt", molt_bytes.clone(), 0o755)])?;
+        pack(&key, &s, &format!("molt-upgrade.{v}.universal.universal.zip"), &packages, vec![])?;
+        for kind in ["precheck", "selector"] {
+            let s = src.join(format!("{kind}-{v}"));
+            match committed(kind, &s)? {
+                Some(c) => {
+                    pack(&key, &s, &format!("molt-{kind}.{v}.universal.universal.zip"), &packages, c)?;
+                }
+                None if kind == "precheck" => have_precheck = false,
+                None => {}
+            }
+        }
+        if v == V1 {
+            v1_core = Some((core, s.clone()));
+            let s = src.join("runtime-v1");
+            write_tree(&s, &[("runtime/cacerts.pem", TRUSTSTORE.as_bytes().to_vec(), 0o644)])?;
+            runtime = Some(pack(&key, &s, &format!("molt-runtime.{v}.linux.{arch}.zip"), &packages, vec![])?);
+        }
+    }
+    if !have_precheck {
+        say("No signed precheck bundle found (signed-bundles/): the Pre Upgrade Check will be Skipped");
+    }
+
+    say("Starting the control plane on 127.0.0.1 (embedded SQLite), fleet version v1");
+    let token = "demo-agent-token";
+    let mut cfg = molt_server::Config::new(dir.join("cp.db"), &packages, "127.0.0.1:0".parse()?);
+    cfg.admin_token = Some("demo-admin".into());
+    cfg.fleet_version = Some(V1.into());
+    cfg.bootstrap_agents = vec![(AGENT.into(), token.into())];
+    cfg.logs_dir = Some(dir.join("cp-logs"));
+    let server = molt_server::bind(cfg).await?;
+    let url = server.url();
+    let state = server.state();
+    tokio::spawn(async move {
+        let _ = server.run().await;
+    });
+    println!("    control plane listening on {url}");
+
+    say("Installing v1 into a fresh home");
+    let home = Home::new(&home_dir);
+    let mut install = Vec::new();
+    for p in [v1_core.as_ref().map(|c| c.0.clone()), runtime.clone()].into_iter().flatten() {
+        let v = molt_bundle::verify_bundle(&p, &root, &Default::default())?;
+        let x = src.join("install").join(v.manifest.kind.as_str());
+        molt_bundle::extract(&v, &p, &x, &Default::default())?;
+        let files: BTreeMap<String, FileMeta> = v
+            .manifest
+            .entries
+            .iter()
+            .map(|e| (e.path.clone(), FileMeta { size: e.size, sha256: e.sha256.clone(), mode: e.mode }))
+            .collect();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        install.push((InstalledPackage { kind: v.manifest.kind.as_str().into(), name, version: V1.into(), files }, x));
+    }
+    molt_deploy::install::fresh_install(&home, &install)?;
+    std::fs::create_dir_all(home.state_dir())?;
+    std::fs::copy(&root_path, home.state_dir().join("root.json"))?;
+    let precheck_line = if have_precheck { "" } else { "run_precheck = false\n" };
+    std::fs::write(
+        home.config_file(),
+        format!("control_plane_url = \"{url}\"\nagent_name = \"{AGENT}\"\ntoken = \"{token}\"\nheartbeat_secs = 2\nhandover_wait_secs = 60\n{precheck_line}"),
+    )?;
+    println!("    {}/current -> versions/{V1}", home_dir.display());
+
+    say("Starting the supervisor (molt run), which starts the v1 agent");
+    let child = Command::new(&exe)
+        .args(["run", "--home"])
+        .arg(&home_dir)
+        .env("MOLT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("supervisor.log"))?)
+        .spawn()
+        .context("start molt run")?;
+    let _sup = Supervisor(child);
+    wait_status(&home, V1, None, deadline).await.context("waiting for the v1 agent to be Up")?;
+    let pid1 = home.read_status()?.map(|s| s.pid);
+    say(&format!("Agent is Up on v1 (pid {})", pid1.unwrap_or(0)));
+
+    say("Setting the fleet version to v2 on the control plane (queues autoUpgrade)");
+    let n = molt_server::api_admin::apply_fleet_version(&state, V2).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    println!("    autoUpgrade queued for {n} agent(s)");
+
+    // Narrate from the agent log until the v2 agent is Up.
+    let log = home.agent_log();
+    let mut pos = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let keys = [
+        "Checking to see if agent needs to upgrade",
+        "Current packages",
+        "Installed:",
+        "Assigned:",
+        "Missing:",
+        "Downloaded:",
+        "Setting agent status",
+        "Performing pre-upgrade validation tests",
+        "Pre-upgrade validation tests successful",
+        "Aborting",
+        "Package was successfully downloaded",
+        "Upgrading agent",
+        "Extracting:",
+        "Stopping agent. Bootstrapping upgrade.",
+        "Upgrade History stage",
+        "Upgrade Complete",
+        "Rolled Back",
+        "Agent starting",
+        "ERROR",
+    ];
+    loop {
+        pos = narrate(&log, pos, &keys);
+        if let Ok(Some(s)) = home.read_status() {
+            if s.status == "Up" && s.version == V2 && Some(s.pid) != pid1 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the upgrade did not finish in time (status: {:?})", home.read_status().ok().flatten().map(|s| (s.version, s.status)));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    narrate(&log, pos, &keys);
+    say(&format!("Agent is Up on v2; {}/current -> versions/{V2}", home_dir.display()));
+
+    // The control plane's Upgrade History.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attempts = state
+        .db(|s| s.list_attempts(AGENT, 10))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let v = serde_json::to_value(&attempts)?;
+    say("Upgrade History");
+    for a in v.as_array().cloned().unwrap_or_default() {
+        println!(
+            "    attempt {}  {} -> {}  result: {}",
+            a["id"],
+            short(a["from_version"].as_str().unwrap_or("")),
+            short(a["to_version"].as_str().unwrap_or("")),
+            a["result"].as_str().unwrap_or("(in progress)")
+        );
+        println!("    {:<28} {:<12} {}", "stage", "state", "message");
+        for s in a["stages"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "    {:<28} {:<12} {}",
+                s["stage"].as_str().unwrap_or(""),
+                s["state"].as_str().unwrap_or(""),
+                s["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn short(v: &str) -> &str {
+    if v == V1 {
+        "v1"
+    } else if v == V2 {
+        "v2"
+    } else {
+        v
+    }
+}
+
+/// Print new lines of the log that carry one of `keys`; returns the new offset.
+fn narrate(log: &Path, pos: u64, keys: &[&str]) -> u64 {
+    let Ok(mut f) = std::fs::File::open(log) else { return pos };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let pos = if len < pos { 0 } else { pos };
+    if f.seek(std::io::SeekFrom::Start(pos)).is_err() {
+        return pos;
+    }
+    let mut r = std::io::BufReader::new(f);
+    let mut read = pos;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if !line.ends_with('\n') {
+                    break; // partial line: read it again next time
+                }
+                read += n as u64;
+                if keys.iter().any(|k| line.contains(k)) {
+                    // Drop the timestamp and level columns for readability.
+                    let text = line.trim_end();
+                    let msg = text.split_once("  ").map(|(_, m)| m.trim_start()).unwrap_or(text);
+                    println!("    | {msg}");
+                }
+            }
+        }
+    }
+    read
+}
+
+async fn wait_status(home: &Home, version: &str, not_pid: Option<u32>, deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        if let Ok(Some(s)) = home.read_status() {
+            if s.status == "Up" && s.version == version && Some(s.pid) != not_pid {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("timed out; supervisor log: {}", home.root().parent().map(|p| p.join("supervisor.log").display().to_string()).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
