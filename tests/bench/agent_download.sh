@@ -42,8 +42,8 @@ json.dump({"kind": "core", "name": f"molt-core.{v}.universal.universal.zip", "ve
           open(f"{home}/versions/{v}/meta/core.meta.json", "w"))
 PY
 ln -s "versions/$V1" "$H/current"; cp "$T/root.json" "$H/state/root.json"
-"$MOLT" serve --db "$T/cp.db" --packages "$T/pk" --listen 127.0.0.1:0 --admin-token a \
-  --fleet-version "$V2" --bootstrap-agent bench:bench-token > "$T/serve.out" 2> "$T/serve.err" & SRV=$!
+"$MOLT" serve --db "$T/cp.db" --packages "$T/pk" --listen 127.0.0.1:0 --admin-token bench-admin-token-0123 \
+  --fleet-version "$V2" --bootstrap-agent bench:bench-agent-token-0123 > "$T/serve.out" 2> "$T/serve.err" & SRV=$!
 for _ in $(seq 100); do grep -q http:// "$T/serve.out" 2>/dev/null && break; sleep 0.1; done
 URL="$(grep -o 'http://[0-9.:]*' "$T/serve.out" | head -1)"
 PKG="molt-core.$V2.universal.universal.zip"
@@ -51,7 +51,7 @@ BYTES=$(stat -c %s "$T/pk/$PKG")
 # curl first (also warms the page cache for both).
 curl -s -o /dev/null "$URL/packages/$PKG"
 CURL_S=$(curl -s -o "$T/curl.zip" -w '%{time_total}' "$URL/packages/$PKG")
-printf 'control_plane_url = "%s"\nagent_name = "bench"\ntoken = "bench-token"\nrun_precheck = false\ntest_skip_handover = true\n' "$URL" > "$H/config.toml"
+printf 'control_plane_url = "%s"\nagent_name = "bench"\ntoken = "bench-agent-token-0123"\nrun_precheck = false\ntest_skip_handover = true\n' "$URL" > "$H/config.toml"
 MOLT_LOG=info "$MOLT" agent --home "$H" 2> "$T/agent.err" & AG=$!
 for _ in $(seq 600); do grep -q "hand-over to deploy skipped\|ERROR" "$H/logs/agent.log" 2>/dev/null && break; sleep 0.1; done
 kill $AG 2>/dev/null || true
