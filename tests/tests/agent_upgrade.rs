@@ -79,6 +79,8 @@ fn a_clean_run_downloads_verifies_extracts_and_prepares_the_hand_over() {
         assert!(log.contains(line), "missing `{line}` in:\n{log}");
     }
     // Every stage reported when it started and when it ended.
+    // The installed version is not "upgraded" again: exactly one attempt.
+    assert_eq!(attempts(&srv.url).len(), 1);
     let a = latest(&srv.url);
     assert_eq!(a["from_version"], V1);
     assert_eq!(a["to_version"], V2);

@@ -313,6 +313,10 @@ impl Agent {
                 }
             };
         tracing::info!("{}", plan.render());
+        if plan.missing.is_empty() || target == current {
+            tracing::info!(version = %current, "Agent is up to date with the assigned version");
+            return UpgradeOutcome::UpToDate;
+        }
 
         // One slot per agent among the fleet's concurrent upgrades.
         if let Err(e) = self.acquire_slot(&target).await {

@@ -204,7 +204,7 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
     say("Starting the control plane on 127.0.0.1 (embedded SQLite), fleet version v1");
     let token = "demo-agent-token";
     let mut cfg = molt_server::Config::new(dir.join("cp.db"), &packages, "127.0.0.1:0".parse()?);
-    cfg.admin_token = Some("demo-admin".into());
+    cfg.admin_token = Some("demo-admin-token-0123".into());
     cfg.fleet_version = Some(V1.into());
     cfg.bootstrap_agents = vec![(AGENT.into(), token.into())];
     cfg.logs_dir = Some(dir.join("cp-logs"));
