@@ -411,7 +411,7 @@ mod tests {
                         return; // drop: the client sees a short body
                     }
                     let _ = s.write_all(part).await;
-                })
+                });
             }
         });
         (url, hits)
