@@ -22,13 +22,20 @@ pub fn molt_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join("molt");
-    assert!(p.is_file(), "{} is missing: build it first: cargo build -p molt", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first: cargo build -p molt",
+        p.display()
+    );
     p
 }
 
 /// The repo root (tests/..).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A TEST signing key and the single-key root that trusts it.
@@ -41,14 +48,24 @@ impl Pki {
     pub fn new(dir: &Path) -> Pki {
         std::fs::create_dir_all(dir).unwrap();
         let (key, _pk8) = SigningKey::generate().unwrap();
-        let root = molt_bundle::editor::single_key_root(&key, molt_bundle::chrono::Utc::now() + molt_bundle::chrono::Duration::days(30)).unwrap();
+        let root = molt_bundle::editor::single_key_root(
+            &key,
+            molt_bundle::chrono::Utc::now() + molt_bundle::chrono::Duration::days(30),
+        )
+        .unwrap();
         let root_path = dir.join("root.json");
         std::fs::write(&root_path, root.to_json_pretty().unwrap()).unwrap();
         Pki { key, root_path }
     }
 
     /// Pack every file under `src` as package `name` and sign it.
-    pub fn pack(&self, src: &Path, name: &str, out_dir: &Path, components: Vec<molt_bundle::Component>) -> PathBuf {
+    pub fn pack(
+        &self,
+        src: &Path,
+        name: &str,
+        out_dir: &Path,
+        components: Vec<molt_bundle::Component>,
+    ) -> PathBuf {
         std::fs::create_dir_all(out_dir).unwrap();
         let mut spec = PackSpec::from_buildstamp(name, 1).unwrap();
         spec.components = components;
@@ -63,9 +80,21 @@ impl Pki {
 /// changes in every version), conf defaults.
 pub fn core_files(version: &str) -> Vec<(String, Vec<u8>, u32)> {
     vec![
-        ("bin/molt".into(), b"#!/bin/sh\necho molt test payload\n".to_vec(), 0o755),
-        ("lib/common.txt".into(), b"unchanged between versions\n".to_vec(), 0o644),
-        ("lib/version.txt".into(), format!("{version}\n").into_bytes(), 0o644),
+        (
+            "bin/molt".into(),
+            b"#!/bin/sh\necho molt test payload\n".to_vec(),
+            0o755,
+        ),
+        (
+            "lib/common.txt".into(),
+            b"unchanged between versions\n".to_vec(),
+            0o644,
+        ),
+        (
+            "lib/version.txt".into(),
+            format!("{version}\n").into_bytes(),
+            0o644,
+        ),
         ("lib/big.bin".into(), noise(256 * 1024), 0o644),
     ]
 }
@@ -96,7 +125,9 @@ fn write_tree(dir: &Path, files: &[(String, Vec<u8>, u32)]) {
 
 /// The committed prebuilt bundles (or `$MOLT_SIGNED_BUNDLES`).
 pub fn signed_bundles_dir() -> PathBuf {
-    std::env::var_os("MOLT_SIGNED_BUNDLES").map(PathBuf::from).unwrap_or_else(|| repo_root().join("signed-bundles"))
+    std::env::var_os("MOLT_SIGNED_BUNDLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("signed-bundles"))
 }
 
 /// Extract the committed `molt-<kind>.*.zip` (verified against its TEST root)
@@ -107,9 +138,15 @@ pub fn committed_components(kind: &str, dest: &Path) -> Option<Vec<molt_bundle::
     }
     let dir = signed_bundles_dir();
     let prefix = format!("molt-{kind}.");
-    let bundle = std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".zip"))
-    })?;
+    let bundle = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".zip"))
+        })?;
     let root = molt_bundle::SignedRoot::load(&dir.join("root.json")).ok()?;
     let v = molt_bundle::verify_bundle(&bundle, &root, &Default::default()).ok()?;
     let _ = std::fs::remove_dir_all(dest);
@@ -120,7 +157,12 @@ pub fn committed_components(kind: &str, dest: &Path) -> Option<Vec<molt_bundle::
 /// The standard checks as signed-bundles/rebuild.sh packs them, from a directory
 /// of built guests (`$MOLT_GUEST_WASM`, e.g. `<target>/wasm32-wasip2/release`).
 fn from_wasm_dir(kind: &str, wasm: &Path, dest: &Path) -> Option<Vec<molt_bundle::Component>> {
-    type Check = (&'static str, &'static [&'static str], &'static [&'static str], &'static [(&'static str, &'static str)]);
+    type Check = (
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static [(&'static str, &'static str)],
+    );
     const CHECKS: &[Check] = &[
         ("disk_space", &["facts"], &[], &[("min_free", "1GiB")]),
         ("download_access", &["net"], &[], &[]),
@@ -130,27 +172,56 @@ fn from_wasm_dir(kind: &str, wasm: &Path, dest: &Path) -> Option<Vec<molt_bundle
         ("duplicate_install", &["services"], &[], &[]),
         ("file_locks", &["facts", "services"], &[], &[]),
     ];
-    let comp = |path: String, world: &str, caps: &[&str], pre: &[&str], params: &[(&str, &str)]| molt_bundle::Component {
-        path,
-        world: format!("molt:check/{world}@1.0.0"),
-        capabilities: caps.iter().map(|s| s.to_string()).collect(),
-        preopens: pre.iter().map(|s| s.to_string()).collect(),
-        limits: molt_bundle::ComponentLimits { deadline_ms: Some(5_000), fuel: None, memory_bytes: Some(32 << 20) },
-        params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    let comp = |path: String, world: &str, caps: &[&str], pre: &[&str], params: &[(&str, &str)]| {
+        molt_bundle::Component {
+            path,
+            world: format!("molt:check/{world}@1.0.0"),
+            capabilities: caps.iter().map(|s| s.to_string()).collect(),
+            preopens: pre.iter().map(|s| s.to_string()).collect(),
+            limits: molt_bundle::ComponentLimits {
+                deadline_ms: Some(5_000),
+                fuel: None,
+                memory_bytes: Some(32 << 20),
+            },
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
     };
     let _ = std::fs::remove_dir_all(dest);
     std::fs::create_dir_all(dest.join("checks")).ok()?;
     if kind == "precheck" {
         let mut out = Vec::new();
         for (name, caps, pre, params) in CHECKS {
-            std::fs::copy(wasm.join(format!("{name}.wasm")), dest.join(format!("checks/{name}.wasm"))).ok()?;
-            out.push(comp(format!("checks/{name}.wasm"), "precheck", caps, pre, params));
+            std::fs::copy(
+                wasm.join(format!("{name}.wasm")),
+                dest.join(format!("checks/{name}.wasm")),
+            )
+            .ok()?;
+            out.push(comp(
+                format!("checks/{name}.wasm"),
+                "precheck",
+                caps,
+                pre,
+                params,
+            ));
         }
         Some(out)
     } else {
         std::fs::remove_dir_all(dest.join("checks")).ok()?;
-        std::fs::copy(wasm.join("version_select.wasm"), dest.join("version_select.wasm")).ok()?;
-        Some(vec![comp("version_select.wasm".into(), "selector", &["log"], &[], &[])])
+        std::fs::copy(
+            wasm.join("version_select.wasm"),
+            dest.join("version_select.wasm"),
+        )
+        .ok()?;
+        Some(vec![comp(
+            "version_select.wasm".into(),
+            "selector",
+            &["log"],
+            &[],
+            &[],
+        )])
     }
 }
 
@@ -164,23 +235,58 @@ pub struct PackageSet {
 
 /// Build the signed packages of `version` into `out_dir`: core, upgrade,
 /// precheck (re-packed from the committed bundle); the selector only if `selector`.
-pub fn package_set(pki: &Pki, work: &Path, out_dir: &Path, version: &str, selector: bool) -> PackageSet {
+pub fn package_set(
+    pki: &Pki,
+    work: &Path,
+    out_dir: &Path,
+    version: &str,
+    selector: bool,
+) -> PackageSet {
     let src = work.join(format!("src-core-{version}"));
     write_tree(&src, &core_files(version));
-    let core = pki.pack(&src, &format!("molt-core.{version}.universal.universal.zip"), out_dir, vec![]);
+    let core = pki.pack(
+        &src,
+        &format!("molt-core.{version}.universal.universal.zip"),
+        out_dir,
+        vec![],
+    );
     let usrc = work.join(format!("src-upgrade-{version}"));
-    write_tree(&usrc, &[("bin/molt".into(), std::fs::read(molt_bin()).unwrap(), 0o755)]);
-    let upgrade = pki.pack(&usrc, &format!("molt-upgrade.{version}.universal.universal.zip"), out_dir, vec![]);
+    write_tree(
+        &usrc,
+        &[("bin/molt".into(), std::fs::read(molt_bin()).unwrap(), 0o755)],
+    );
+    let upgrade = pki.pack(
+        &usrc,
+        &format!("molt-upgrade.{version}.universal.universal.zip"),
+        out_dir,
+        vec![],
+    );
     let psrc = work.join(format!("src-precheck-{version}"));
-    let precheck = committed_components("precheck", &psrc)
-        .map(|c| pki.pack(&psrc, &format!("molt-precheck.{version}.universal.universal.zip"), out_dir, c));
+    let precheck = committed_components("precheck", &psrc).map(|c| {
+        pki.pack(
+            &psrc,
+            &format!("molt-precheck.{version}.universal.universal.zip"),
+            out_dir,
+            c,
+        )
+    });
     if selector {
         let ssrc = work.join(format!("src-selector-{version}"));
         if let Some(c) = committed_components("selector", &ssrc) {
-            pki.pack(&ssrc, &format!("molt-selector.{version}.universal.universal.zip"), out_dir, c);
+            pki.pack(
+                &ssrc,
+                &format!("molt-selector.{version}.universal.universal.zip"),
+                out_dir,
+                c,
+            );
         }
     }
-    PackageSet { dir: out_dir.to_path_buf(), core, upgrade, precheck }
+    PackageSet {
+        dir: out_dir.to_path_buf(),
+        core,
+        upgrade,
+        precheck,
+    }
 }
 
 /// A fresh install of `core` at `home`: `versions/<v>/` with the payload and
@@ -194,7 +300,16 @@ pub fn fresh_install(home: &Path, pki: &Pki, core: &Path, version: &str) {
         .manifest
         .entries
         .iter()
-        .map(|e| (e.path.clone(), molt_layout::FileMeta { size: e.size, sha256: e.sha256.clone(), mode: e.mode }))
+        .map(|e| {
+            (
+                e.path.clone(),
+                molt_layout::FileMeta {
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                    mode: e.mode,
+                },
+            )
+        })
         .collect();
     let meta = molt_layout::InstalledPackage {
         kind: "core".into(),
@@ -288,7 +403,14 @@ pub fn start_server(dir: &Path, packages: &Path, fleet: &str, port: u16, extra: 
         .arg(&db)
         .arg("--packages")
         .arg(packages)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN, "--fleet-version", fleet])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-token",
+            ADMIN,
+            "--fleet-version",
+            fleet,
+        ])
         .args(["--bootstrap-agent", &format!("{AGENT}:{TOKEN}")])
         .args(extra)
         .env("MOLT_LOG", "info")
@@ -305,8 +427,18 @@ pub fn start_server(dir: &Path, packages: &Path, fleet: &str, port: u16, extra: 
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("molt serve did not print its URL within 30 s");
-    Server { proc: Proc { child, name: "serve".into() }, url, db, packages: packages.to_path_buf() }
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("molt serve did not print its URL within 30 s");
+    Server {
+        proc: Proc {
+            child,
+            name: "serve".into(),
+        },
+        url,
+        db,
+        packages: packages.to_path_buf(),
+    }
 }
 
 /// Start `molt agent --home H`.
@@ -320,7 +452,10 @@ pub fn start_agent(home: &Path) -> Proc {
         .stderr(std::fs::File::create(home.join("agent.stderr")).unwrap())
         .spawn()
         .unwrap();
-    Proc { child, name: "agent".into() }
+    Proc {
+        child,
+        name: "agent".into(),
+    }
 }
 
 /// Wait until `<home>/logs/agent.log` contains `needle` (bounded); returns the log.
@@ -334,7 +469,10 @@ pub fn wait_log(home: &Path, needle: &str, limit: Duration) -> String {
         }
         if start.elapsed() > limit {
             let err = std::fs::read_to_string(home.join("agent.stderr")).unwrap_or_default();
-            panic!("`{needle}` not in {} after {limit:?}:\n{text}\n--- stderr ---\n{err}", log.display());
+            panic!(
+                "`{needle}` not in {} after {limit:?}:\n{text}\n--- stderr ---\n{err}",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -344,7 +482,10 @@ pub fn wait_log(home: &Path, needle: &str, limit: Duration) -> String {
 pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -355,8 +496,16 @@ pub fn admin_get(url: &str, path: &str) -> serde_json::Value {
 }
 
 /// Any admin call.
-pub fn admin(url: &str, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+pub fn admin(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let c = reqwest::Client::new();
         let mut r = c.request(method, format!("{url}{path}")).bearer_auth(ADMIN);
@@ -373,17 +522,31 @@ pub fn admin(url: &str, method: reqwest::Method, path: &str, body: Option<serde_
 
 /// The agent's upgrade attempts (newest first, as the control plane lists them).
 pub fn attempts(url: &str) -> Vec<serde_json::Value> {
-    admin_get(url, &format!("/api/v1/admin/agents/{AGENT}/attempts")).as_array().cloned().unwrap_or_default()
+    admin_get(url, &format!("/api/v1/admin/agents/{AGENT}/attempts"))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// State of `stage` in an attempt.
 pub fn stage_state(attempt: &serde_json::Value, stage: &str) -> Option<String> {
-    attempt["stages"].as_array()?.iter().find(|s| s["stage"] == stage).and_then(|s| s["state"].as_str()).map(str::to_string)
+    attempt["stages"]
+        .as_array()?
+        .iter()
+        .find(|s| s["stage"] == stage)
+        .and_then(|s| s["state"].as_str())
+        .map(str::to_string)
 }
 
 /// The agent's status as the control plane shows it.
 pub fn agent_status(url: &str) -> Option<String> {
     let v = admin_get(url, "/api/v1/admin/agents");
-    let list = v.as_array().cloned().or_else(|| v["agents"].as_array().cloned())?;
-    list.iter().find(|a| a["name"] == AGENT).and_then(|a| a["status"].as_str()).map(str::to_string)
+    let list = v
+        .as_array()
+        .cloned()
+        .or_else(|| v["agents"].as_array().cloned())?;
+    list.iter()
+        .find(|a| a["name"] == AGENT)
+        .and_then(|a| a["status"].as_str())
+        .map(str::to_string)
 }

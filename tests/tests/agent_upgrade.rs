@@ -44,17 +44,30 @@ fn env_with(target: &str, tamper: bool, selector: bool) -> Env {
     }
     let home = root.join("home");
     fresh_install(&home, &pki, &v1.core, V1);
-    Env { _tmp: tmp, root, home, pki, packages }
+    Env {
+        _tmp: tmp,
+        root,
+        home,
+        pki,
+        packages,
+    }
 }
 
 fn low_disk(home: &Path) -> String {
     let f = home.join("facts.toml");
-    std::fs::write(&f, "install_free_bytes = 1048576\ntemp_free_bytes = 1048576\n").unwrap();
+    std::fs::write(
+        &f,
+        "install_free_bytes = 1048576\ntemp_free_bytes = 1048576\n",
+    )
+    .unwrap();
     format!("facts_override = \"{}\"\n", f.display())
 }
 
 fn latest(url: &str) -> serde_json::Value {
-    attempts(url).into_iter().max_by_key(|a| a["id"].as_i64().unwrap_or(0)).expect("no upgrade attempt recorded")
+    attempts(url)
+        .into_iter()
+        .max_by_key(|a| a["id"].as_i64().unwrap_or(0))
+        .expect("no upgrade attempt recorded")
 }
 
 #[test]
@@ -68,7 +81,9 @@ fn a_clean_run_downloads_verifies_extracts_and_prepares_the_hand_over() {
         "Checking to see if agent needs to upgrade",
         "Current packages:",
         &format!("Installed: [molt-core.{V1}.universal.universal.zip]"),
-        &format!("Missing: [molt-upgrade.{V2}.universal.universal.zip, molt-core.{V2}.universal.universal.zip]"),
+        &format!(
+            "Missing: [molt-upgrade.{V2}.universal.universal.zip, molt-core.{V2}.universal.universal.zip]"
+        ),
         "Setting agent status to Upgrading",
         "Performing pre-upgrade validation tests",
         "Pre-upgrade validation tests successful. Continuing with upgrade process",
@@ -84,12 +99,26 @@ fn a_clean_run_downloads_verifies_extracts_and_prepares_the_hand_over() {
     let a = latest(&srv.url);
     assert_eq!(a["from_version"], V1);
     assert_eq!(a["to_version"], V2);
-    for s in ["Pre Upgrade Check", "Download Upgrade Packages", "Extract Upgrade Packages"] {
-        assert_eq!(stage_state(&a, s).as_deref(), Some("Complete"), "{s}: {a:#}");
+    for s in [
+        "Pre Upgrade Check",
+        "Download Upgrade Packages",
+        "Extract Upgrade Packages",
+    ] {
+        assert_eq!(
+            stage_state(&a, s).as_deref(),
+            Some("Complete"),
+            "{s}: {a:#}"
+        );
     }
     // The packages are in package/incoming and the plan names only the changed file.
-    for n in [format!("molt-core.{V2}.universal.universal.zip"), format!("molt-upgrade.{V2}.universal.universal.zip")] {
-        assert!(e.home.join("package/incoming").join(&n).is_file(), "{n} not downloaded");
+    for n in [
+        format!("molt-core.{V2}.universal.universal.zip"),
+        format!("molt-upgrade.{V2}.universal.universal.zip"),
+    ] {
+        assert!(
+            e.home.join("package/incoming").join(&n).is_file(),
+            "{n} not downloaded"
+        );
     }
     let dirs: Vec<_> = std::fs::read_dir(e.home.join("work/upgrade_temp"))
         .unwrap()
@@ -100,14 +129,23 @@ fn a_clean_run_downloads_verifies_extracts_and_prepares_the_hand_over() {
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     let name = dirs[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.len() == 15 && name.ends_with("-0"), "{name}");
-    let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(dirs[0].join("plan.json")).unwrap()).unwrap();
-    assert_eq!(plan["changed_files"], serde_json::json!(["lib/version.txt"]));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("plan.json")).unwrap()).unwrap();
+    assert_eq!(
+        plan["changed_files"],
+        serde_json::json!(["lib/version.txt"])
+    );
     assert_eq!(plan["to_version"], V2);
     assert!(plan["attempt_id"].is_string(), "{plan}");
     let staged = dirs[0].join("packages/core/lib/version.txt");
     assert_eq!(std::fs::read_to_string(staged).unwrap().trim(), V2);
     // Precheck temp files are gone.
-    assert!(!std::fs::read_dir(e.home.join("work/upgrade_temp")).unwrap().flatten().any(|d| d.file_name().to_string_lossy().ends_with("-precheck")));
+    assert!(
+        !std::fs::read_dir(e.home.join("work/upgrade_temp"))
+            .unwrap()
+            .flatten()
+            .any(|d| d.file_name().to_string_lossy().ends_with("-precheck"))
+    );
     assert_eq!(agent_status(&srv.url).as_deref(), Some("Upgrading"));
 }
 
@@ -116,22 +154,50 @@ fn a_blocking_precheck_on_a_patch_stops_the_upgrade_with_an_issue_and_status_up(
     let e = env(V2, false);
     let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &[]);
     let extra = low_disk(&e.home);
-    write_config(&e.home, &srv.url, &format!("test_skip_handover = true\n{extra}"));
+    write_config(
+        &e.home,
+        &srv.url,
+        &format!("test_skip_handover = true\n{extra}"),
+    );
     let _agent = start_agent(&e.home);
-    let log = wait_log(&e.home, "Aborting agent upgrade due to pre-upgrade check failure", T);
+    let log = wait_log(
+        &e.home,
+        "Aborting agent upgrade due to pre-upgrade check failure",
+        T,
+    );
     wait_log(&e.home, "Setting agent status to Up", T);
-    assert!(!log.contains("Package was successfully downloaded package=molt-core"), "{log}");
-    let a = latest(&srv.url);
-    assert_eq!(stage_state(&a, "Pre Upgrade Check").as_deref(), Some("Failed"), "{a:#}");
-    assert_eq!(stage_state(&a, "Download Upgrade Packages"), None);
-    wait_until("status Up on the control plane", T, || agent_status(&srv.url).as_deref() == Some("Up"));
-    let issues = admin_get(&srv.url, "/api/v1/admin/issues");
-    let issues = issues.as_array().cloned().or_else(|| issues["issues"].as_array().cloned()).unwrap_or_default();
     assert!(
-        issues.iter().any(|i| i["source"] == "UpgradeCheck" && i["severity"] == "blocking"),
+        !log.contains("Package was successfully downloaded package=molt-core"),
+        "{log}"
+    );
+    let a = latest(&srv.url);
+    assert_eq!(
+        stage_state(&a, "Pre Upgrade Check").as_deref(),
+        Some("Failed"),
+        "{a:#}"
+    );
+    assert_eq!(stage_state(&a, "Download Upgrade Packages"), None);
+    wait_until("status Up on the control plane", T, || {
+        agent_status(&srv.url).as_deref() == Some("Up")
+    });
+    let issues = admin_get(&srv.url, "/api/v1/admin/issues");
+    let issues = issues
+        .as_array()
+        .cloned()
+        .or_else(|| issues["issues"].as_array().cloned())
+        .unwrap_or_default();
+    assert!(
+        issues
+            .iter()
+            .any(|i| i["source"] == "UpgradeCheck" && i["severity"] == "blocking"),
         "no blocking UpgradeCheck issue: {issues:#?}"
     );
-    assert!(std::fs::read_dir(e.home.join("package/incoming")).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(e.home.join("package/incoming"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 #[test]
@@ -139,38 +205,70 @@ fn a_release_family_change_with_a_blocking_finding_ends_upgrade_failed() {
     let e = env(V_ROME, false);
     let srv = start_server(&e.root.join("cp"), &e.packages, V_ROME, 0, &[]);
     let extra = low_disk(&e.home);
-    write_config(&e.home, &srv.url, &format!("test_skip_handover = true\n{extra}"));
+    write_config(
+        &e.home,
+        &srv.url,
+        &format!("test_skip_handover = true\n{extra}"),
+    );
     let _agent = start_agent(&e.home);
     wait_log(&e.home, "Setting agent status to Upgrade Failed", T);
-    wait_until("status Upgrade Failed", T, || agent_status(&srv.url).as_deref() == Some("Upgrade Failed"));
+    wait_until("status Upgrade Failed", T, || {
+        agent_status(&srv.url).as_deref() == Some("Upgrade Failed")
+    });
     let a = latest(&srv.url);
-    assert_eq!(stage_state(&a, "Pre Upgrade Check").as_deref(), Some("Failed"));
+    assert_eq!(
+        stage_state(&a, "Pre Upgrade Check").as_deref(),
+        Some("Failed")
+    );
 }
 
 #[test]
 fn run_precheck_false_marks_the_stage_skipped() {
     let e = env(V2, false);
     let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &[]);
-    write_config(&e.home, &srv.url, "test_skip_handover = true\nrun_precheck = false\n");
+    write_config(
+        &e.home,
+        &srv.url,
+        "test_skip_handover = true\nrun_precheck = false\n",
+    );
     let _agent = start_agent(&e.home);
     wait_log(&e.home, "hand-over to deploy skipped", T);
     let a = latest(&srv.url);
-    assert_eq!(stage_state(&a, "Pre Upgrade Check").as_deref(), Some("Skipped"));
-    assert_eq!(stage_state(&a, "Extract Upgrade Packages").as_deref(), Some("Complete"));
+    assert_eq!(
+        stage_state(&a, "Pre Upgrade Check").as_deref(),
+        Some("Skipped")
+    );
+    assert_eq!(
+        stage_state(&a, "Extract Upgrade Packages").as_deref(),
+        Some("Complete")
+    );
 }
 
 #[test]
 fn a_tampered_package_is_refused_and_deleted() {
     let e = env(V2, true);
     let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &[]);
-    write_config(&e.home, &srv.url, "test_skip_handover = true\nrun_precheck = false\n");
+    write_config(
+        &e.home,
+        &srv.url,
+        "test_skip_handover = true\nrun_precheck = false\n",
+    );
     let _agent = start_agent(&e.home);
     let log = wait_log(&e.home, "refused and deleted", T);
     assert!(log.contains(&format!("molt-core.{V2}")), "{log}");
     wait_log(&e.home, "Setting agent status to Up", T);
-    assert!(!e.home.join(format!("package/incoming/molt-core.{V2}.universal.universal.zip")).exists());
+    assert!(
+        !e.home
+            .join(format!(
+                "package/incoming/molt-core.{V2}.universal.universal.zip"
+            ))
+            .exists()
+    );
     let a = latest(&srv.url);
-    assert_eq!(stage_state(&a, "Download Upgrade Packages").as_deref(), Some("Failed"));
+    assert_eq!(
+        stage_state(&a, "Download Upgrade Packages").as_deref(),
+        Some("Failed")
+    );
     assert_eq!(stage_state(&a, "Extract Upgrade Packages"), None);
 }
 
@@ -196,7 +294,11 @@ fn cutting_proxy(upstream: String, cut: usize) -> (String, Arc<AtomicBool>) {
                         break;
                     }
                     let s = String::from_utf8_lossy(&buf[..n]);
-                    if s.contains("GET /packages/molt-core.") && !s.contains("Range:") && !s.contains("range:") && !d3.load(Ordering::SeqCst) {
+                    if s.contains("GET /packages/molt-core.")
+                        && !s.contains("Range:")
+                        && !s.contains("range:")
+                        && !d3.load(Ordering::SeqCst)
+                    {
                         a2.store(true, Ordering::SeqCst);
                     }
                     if up2.write_all(&buf[..n]).is_err() {
@@ -237,17 +339,31 @@ fn cutting_proxy(upstream: String, cut: usize) -> (String, Arc<AtomicBool>) {
 fn a_download_cut_mid_transfer_resumes_with_range_and_verifies() {
     let e = env(V2, false);
     let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &[]);
-    let upstream = srv.url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let upstream = srv
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
     let (proxy, cut_done) = cutting_proxy(upstream, 100_000);
-    write_config(&e.home, &proxy, "test_skip_handover = true\nrun_precheck = false\n");
+    write_config(
+        &e.home,
+        &proxy,
+        "test_skip_handover = true\nrun_precheck = false\n",
+    );
     let _agent = start_agent(&e.home);
     let log = wait_log(&e.home, "hand-over to deploy skipped", T);
-    assert!(cut_done.load(Ordering::SeqCst), "the proxy never cut a transfer");
+    assert!(
+        cut_done.load(Ordering::SeqCst),
+        "the proxy never cut a transfer"
+    );
     assert!(log.contains("Download interrupted; retrying"), "{log}");
     assert!(log.contains("Resuming download"), "{log}");
     assert!(log.contains("resumed=true"), "{log}");
     let a = latest(&srv.url);
-    assert_eq!(stage_state(&a, "Download Upgrade Packages").as_deref(), Some("Complete"));
+    assert_eq!(
+        stage_state(&a, "Download Upgrade Packages").as_deref(),
+        Some("Complete")
+    );
 }
 
 #[test]
@@ -255,8 +371,19 @@ fn reports_are_queued_while_the_control_plane_is_down_and_delivered_in_order() {
     let e = env(V2, false);
     let cp = e.root.join("cp");
     let srv = start_server(&cp, &e.packages, V2, 0, &[]);
-    let port: u16 = srv.url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
-    write_config(&e.home, &srv.url, "test_skip_handover = true\nrun_precheck = false\ntest_hooks = true\n");
+    let port: u16 = srv
+        .url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    write_config(
+        &e.home,
+        &srv.url,
+        "test_skip_handover = true\nrun_precheck = false\ntest_hooks = true\n",
+    );
     std::fs::create_dir_all(e.home.join("work")).unwrap();
     let hold = e.home.join("work/hold.extract-upgrade-packages");
     std::fs::write(&hold, b"").unwrap();
@@ -271,18 +398,38 @@ fn reports_are_queued_while_the_control_plane_is_down_and_delivered_in_order() {
     assert!(e.home.join("work/report-queue.jsonl").is_file());
     // Back on the same port with the same database: the queue drains in order.
     let srv2 = start_server(&cp, &e.packages, V2, port, &[]);
-    wait_until("the report queue to drain", T, || !e.home.join("work/report-queue.jsonl").exists());
+    wait_until("the report queue to drain", T, || {
+        !e.home.join("work/report-queue.jsonl").exists()
+    });
     wait_log(&e.home, "Delivered queued reports to the control plane", T);
     let a = latest(&srv2.url);
-    assert_eq!(stage_state(&a, "Extract Upgrade Packages").as_deref(), Some("Complete"), "{a:#}");
+    assert_eq!(
+        stage_state(&a, "Extract Upgrade Packages").as_deref(),
+        Some("Complete"),
+        "{a:#}"
+    );
 }
 
 #[test]
 fn a_409_from_the_upgrade_slot_is_retried_until_a_slot_is_granted() {
     let e = env(V2, false);
-    let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &["--max-concurrent-upgrades", "1", "--bootstrap-agent", "agent2:agent2-token-for-tests"]);
+    let srv = start_server(
+        &e.root.join("cp"),
+        &e.packages,
+        V2,
+        0,
+        &[
+            "--max-concurrent-upgrades",
+            "1",
+            "--bootstrap-agent",
+            "agent2:agent2-token-for-tests",
+        ],
+    );
     // agent2 holds the only slot.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let slot = |method: reqwest::Method| {
         rt.block_on(async {
             let r = reqwest::Client::new()
@@ -296,7 +443,11 @@ fn a_409_from_the_upgrade_slot_is_retried_until_a_slot_is_granted() {
         })
     };
     slot(reqwest::Method::POST);
-    write_config(&e.home, &srv.url, "test_skip_handover = true\nrun_precheck = false\ntest_slot_retry_secs = 1\n");
+    write_config(
+        &e.home,
+        &srv.url,
+        "test_skip_handover = true\nrun_precheck = false\ntest_slot_retry_secs = 1\n",
+    );
     let _agent = start_agent(&e.home);
     let log = wait_log(&e.home, "409 Conflict", T);
     assert!(log.contains("Retrying in 1 s"), "{log}");

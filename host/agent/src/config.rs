@@ -165,13 +165,13 @@ impl AgentConfig {
         if token.is_empty() {
             return Err(invalid("token", "must not be empty".into()));
         }
-        if let Some(pin) = &raw.pinned_version {
-            if let Err(reason) = crate::deps::validate_version(pin) {
-                return Err(invalid(
-                    "pinned_version",
-                    format!("`{pin}` is not a valid package buildstamp: {reason}"),
-                ));
-            }
+        if let Some(pin) = &raw.pinned_version
+            && let Err(reason) = crate::deps::validate_version(pin)
+        {
+            return Err(invalid(
+                "pinned_version",
+                format!("`{pin}` is not a valid package buildstamp: {reason}"),
+            ));
         }
         let proxy = match raw.proxy.as_deref() {
             None | Some("") => None,
@@ -189,13 +189,13 @@ impl AgentConfig {
             return Err(invalid("handover_wait_secs", "must be at least 1".into()));
         }
         let facts_override = raw.facts_override.map(resolve);
-        if let Some(f) = &facts_override {
-            if !f.is_file() {
-                return Err(invalid(
-                    "facts_override",
-                    format!("{}: no such file", f.display()),
-                ));
-            }
+        if let Some(f) = &facts_override
+            && !f.is_file()
+        {
+            return Err(invalid(
+                "facts_override",
+                format!("{}: no such file", f.display()),
+            ));
         }
         Ok(Self {
             control_plane_url,

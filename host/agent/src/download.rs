@@ -400,11 +400,21 @@ mod tests {
                         .find_map(|l| l.strip_prefix("range: bytes="))
                         .and_then(|r| r.trim().trim_end_matches('-').parse::<usize>().ok());
                     let (status, from) = match start {
-                        Some(f) => (format!("206 Partial Content\r\ncontent-range: bytes {f}-{}/{}", body.len() - 1, body.len()), f),
+                        Some(f) => (
+                            format!(
+                                "206 Partial Content\r\ncontent-range: bytes {f}-{}/{}",
+                                body.len() - 1,
+                                body.len()
+                            ),
+                            f,
+                        ),
                         None => ("200 OK".to_string(), 0),
                     };
                     let part = &body[from..];
-                    let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", part.len());
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        part.len()
+                    );
                     s.write_all(head.as_bytes()).await.unwrap();
                     if n < cut_first {
                         let _ = s.write_all(&part[..part.len() / 2]).await;
@@ -419,15 +429,30 @@ mod tests {
 
     fn spec(url: &str, dest: &Path, body: &[u8]) -> DownloadSpec {
         let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
-        DownloadSpec { name: "pkg.zip".into(), url: url.parse().unwrap(), bearer: None, dest: dest.into(), size: body.len() as u64, sha256: sha }
+        DownloadSpec {
+            name: "pkg.zip".into(),
+            url: url.parse().unwrap(),
+            bearer: None,
+            dest: dest.into(),
+            size: body.len() as u64,
+            sha256: sha,
+        }
     }
 
     fn opts() -> DownloadOptions {
-        DownloadOptions { attempts: 4, backoff: Duration::from_millis(10), progress_bar: false }
+        DownloadOptions {
+            attempts: 4,
+            backoff: Duration::from_millis(10),
+            progress_bar: false,
+        }
     }
 
     fn body() -> Arc<Vec<u8>> {
-        Arc::new((0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect())
+        Arc::new(
+            (0..300_000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        )
     }
 
     #[tokio::test]
@@ -436,8 +461,16 @@ mod tests {
         let (url, hits) = serve(b.clone(), 1).await;
         let d = tempfile::tempdir().unwrap();
         let dest = d.path().join("pkg.zip");
-        let out = download(&reqwest::Client::new(), &spec(&url, &dest, &b), &opts()).await.unwrap();
-        assert_eq!(out, Outcome::Downloaded { resumed: true, attempts: 2 });
+        let out = download(&reqwest::Client::new(), &spec(&url, &dest, &b), &opts())
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            Outcome::Downloaded {
+                resumed: true,
+                attempts: 2
+            }
+        );
         assert_eq!(std::fs::read(&dest).unwrap(), *b);
         assert!(!part_path(&dest).exists());
         assert_eq!(hits.load(Ordering::SeqCst), 2);
@@ -451,8 +484,13 @@ mod tests {
         let dest = d.path().join("pkg.zip");
         // A partial file whose bytes are wrong: the digest fails, it is refetched whole.
         std::fs::write(part_path(&dest), vec![0u8; 1000]).unwrap();
-        let out = download(&reqwest::Client::new(), &spec(&url, &dest, &b), &opts()).await.unwrap();
-        assert!(matches!(out, Outcome::Downloaded { attempts: 2, .. }), "{out:?}");
+        let out = download(&reqwest::Client::new(), &spec(&url, &dest, &b), &opts())
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, Outcome::Downloaded { attempts: 2, .. }),
+            "{out:?}"
+        );
         assert_eq!(std::fs::read(&dest).unwrap(), *b);
     }
 
@@ -464,8 +502,14 @@ mod tests {
         let dest = d.path().join("pkg.zip");
         let mut s = spec(&url, &dest, &b);
         s.sha256 = "0".repeat(64); // never matches
-        let e = download(&reqwest::Client::new(), &s, &opts()).await.unwrap_err().to_string();
-        assert!(e.contains("pkg.zip") && e.contains("gave up after 4 attempts"), "{e}");
+        let e = download(&reqwest::Client::new(), &s, &opts())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pkg.zip") && e.contains("gave up after 4 attempts"),
+            "{e}"
+        );
         assert!(hits.load(Ordering::SeqCst) <= 8);
         assert!(!dest.exists());
     }
@@ -476,7 +520,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dest = d.path().join("pkg.zip");
         std::fs::write(&dest, &*b).unwrap();
-        let out = download(&reqwest::Client::new(), &spec("http://127.0.0.1:1/x", &dest, &b), &opts()).await.unwrap();
+        let out = download(
+            &reqwest::Client::new(),
+            &spec("http://127.0.0.1:1/x", &dest, &b),
+            &opts(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out, Outcome::AlreadyPresent);
     }
 }

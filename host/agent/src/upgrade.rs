@@ -749,10 +749,10 @@ impl Agent {
             .upgrade_temp_dir()
             .join(format!("{}-precheck", &random_dir_name()[..13]));
         let result = self.precheck_in(assigned, pc, &dir, &scratch_parent).await;
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "Could not delete pre-upgrade check temp files");
-            }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "Could not delete pre-upgrade check temp files");
         }
         let findings = result?;
         let report: Vec<Finding> = findings.iter().map(|f| f.finding.clone()).collect();
@@ -805,10 +805,10 @@ impl Agent {
         // The checks may probe the control plane and the package host (origins).
         let mut net_allow = vec![self.client.base().to_string()];
         for p in assigned.packages.iter().chain(std::iter::once(pc)) {
-            if let Ok(u) = self.client.resolve(&p.url) {
-                if !net_allow.contains(&u.to_string()) {
-                    net_allow.push(u.to_string());
-                }
+            if let Ok(u) = self.client.resolve(&p.url)
+                && !net_allow.contains(&u.to_string())
+            {
+                net_allow.push(u.to_string());
             }
         }
         tokio::task::spawn_blocking(move || {

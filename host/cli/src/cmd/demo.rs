@@ -38,7 +38,10 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             // SIGTERM: the supervisor forwards it to the agent and waits for it.
-            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.0.id().to_string())
+                .status();
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(15) {
                 if let Ok(Some(_)) = self.0.try_wait() {
@@ -67,7 +70,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             (Some(TempDir(t.clone())), t)
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let r = rt.block_on(demo(&dir, deadline));
     match r {
@@ -80,7 +86,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             eprintln!("demo failed: {e:#}");
-            eprintln!("    agent log: {}", dir.join("home/logs/agent.log").display());
+            eprintln!(
+                "    agent log: {}",
+                dir.join("home/logs/agent.log").display()
+            );
             if a.keep.is_none() {
                 eprintln!("    (run with --keep DIR to keep the files)");
             }
@@ -107,7 +116,13 @@ fn write_tree(dir: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn pack(key: &molt_bundle::SigningKey, src: &Path, name: &str, out: &Path, comps: Vec<molt_bundle::Component>) -> anyhow::Result<PathBuf> {
+fn pack(
+    key: &molt_bundle::SigningKey,
+    src: &Path,
+    name: &str,
+    out: &Path,
+    comps: Vec<molt_bundle::Component>,
+) -> anyhow::Result<PathBuf> {
     let mut spec = molt_bundle::PackSpec::from_buildstamp(name, 1)?;
     spec.components = comps;
     let p = out.join(name);
@@ -124,22 +139,32 @@ fn signed_bundles() -> Option<PathBuf> {
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../signed-bundles")),
         Some(PathBuf::from("signed-bundles")),
     ];
-    cands.into_iter().flatten().find(|p| p.join("root.json").is_file())
+    cands
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("root.json").is_file())
 }
 
 /// Extract the committed `molt-<kind>.*.zip` into `dest`; its components.
 fn committed(kind: &str, dest: &Path) -> anyhow::Result<Option<Vec<molt_bundle::Component>>> {
-    let Some(dir) = signed_bundles() else { return Ok(None) };
+    let Some(dir) = signed_bundles() else {
+        return Ok(None);
+    };
     let prefix = format!("molt-{kind}.");
     let Some(bundle) = std::fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".zip")))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".zip"))
+        })
     else {
         return Ok(None);
     };
     let root = molt_bundle::SignedRoot::load(&dir.join("root.json"))?;
-    let v = molt_bundle::verify_bundle(&bundle, &root, &Default::default()).with_context(|| format!("verify {}", bundle.display()))?;
+    let v = molt_bundle::verify_bundle(&bundle, &root, &Default::default())
+        .with_context(|| format!("verify {}", bundle.display()))?;
     molt_bundle::extract(&v, &bundle, dest, &Default::default())?;
     Ok(Some(v.manifest.components.clone()))
 }
@@ -155,11 +180,14 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
 
     say("Generating a TEST-ONLY signing key and trust root");
     let (key, _) = molt_bundle::SigningKey::generate()?;
-    let root = molt_bundle::editor::single_key_root(&key, chrono::Utc::now() + chrono::Duration::days(7))?;
+    let root =
+        molt_bundle::editor::single_key_root(&key, chrono::Utc::now() + chrono::Duration::days(7))?;
     let root_path = dir.join("root.json");
     std::fs::write(&root_path, root.to_json_pretty()?)?;
 
-    say(&format!("Building signed packages for v1 ({V1}) and v2 ({V2})"));
+    say(&format!(
+        "Building signed packages for v1 ({V1}) and v2 ({V2})"
+    ));
     let molt_bytes = std::fs::read(&exe)?;
     let arch = std::env::consts::ARCH.replace('_', "-");
     let mut v1_core = None;
@@ -168,7 +196,11 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
     for v in [V1, V2] {
         let mut files = vec![
             ("bin/molt", molt_bytes.clone(), 0o755),
-            ("lib/common.txt", b"shared by v1 and v2: hard-linked, never copied\n".to_vec(), 0o644),
+            (
+                "lib/common.txt",
+                b"shared by v1 and v2: hard-linked, never copied\n".to_vec(),
+                0o644,
+            ),
             ("lib/version.txt", format!("{v}\n").into_bytes(), 0o644),
         ];
         if v == V2 {
@@ -176,15 +208,33 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
         }
         let s = src.join(format!("core-{v}"));
         write_tree(&s, &files)?;
-        let core = pack(&key, &s, &format!("molt-core.{v}.universal.universal.zip"), &packages, vec![])?;
+        let core = pack(
+            &key,
+            &s,
+            &format!("molt-core.{v}.universal.universal.zip"),
+            &packages,
+            vec![],
+        )?;
         let s = src.join(format!("upgrade-{v}"));
         write_tree(&s, &[("bin/molt", molt_bytes.clone(), 0o755)])?;
-        pack(&key, &s, &format!("molt-upgrade.{v}.universal.universal.zip"), &packages, vec![])?;
+        pack(
+            &key,
+            &s,
+            &format!("molt-upgrade.{v}.universal.universal.zip"),
+            &packages,
+            vec![],
+        )?;
         for kind in ["precheck", "selector"] {
             let s = src.join(format!("{kind}-{v}"));
             match committed(kind, &s)? {
                 Some(c) => {
-                    pack(&key, &s, &format!("molt-{kind}.{v}.universal.universal.zip"), &packages, c)?;
+                    pack(
+                        &key,
+                        &s,
+                        &format!("molt-{kind}.{v}.universal.universal.zip"),
+                        &packages,
+                        c,
+                    )?;
                 }
                 None if kind == "precheck" => have_precheck = false,
                 None => {}
@@ -193,12 +243,23 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
         if v == V1 {
             v1_core = Some((core, s.clone()));
             let s = src.join("runtime-v1");
-            write_tree(&s, &[("runtime/cacerts.pem", TRUSTSTORE.as_bytes().to_vec(), 0o644)])?;
-            runtime = Some(pack(&key, &s, &format!("molt-runtime.{v}.linux.{arch}.zip"), &packages, vec![])?);
+            write_tree(
+                &s,
+                &[("runtime/cacerts.pem", TRUSTSTORE.as_bytes().to_vec(), 0o644)],
+            )?;
+            runtime = Some(pack(
+                &key,
+                &s,
+                &format!("molt-runtime.{v}.linux.{arch}.zip"),
+                &packages,
+                vec![],
+            )?);
         }
     }
     if !have_precheck {
-        say("No signed precheck bundle found (signed-bundles/): the Pre Upgrade Check will be Skipped");
+        say(
+            "No signed precheck bundle found (signed-bundles/): the Pre Upgrade Check will be Skipped",
+        );
     }
 
     say("Starting the control plane on 127.0.0.1 (embedded SQLite), fleet version v1");
@@ -219,7 +280,10 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
     say("Installing v1 into a fresh home");
     let home = Home::new(&home_dir);
     let mut install = Vec::new();
-    for p in [v1_core.as_ref().map(|c| c.0.clone()), runtime.clone()].into_iter().flatten() {
+    for p in [v1_core.as_ref().map(|c| c.0.clone()), runtime.clone()]
+        .into_iter()
+        .flatten()
+    {
         let v = molt_bundle::verify_bundle(&p, &root, &Default::default())?;
         let x = src.join("install").join(v.manifest.kind.as_str());
         molt_bundle::extract(&v, &p, &x, &Default::default())?;
@@ -227,18 +291,44 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
             .manifest
             .entries
             .iter()
-            .map(|e| (e.path.clone(), FileMeta { size: e.size, sha256: e.sha256.clone(), mode: e.mode }))
+            .map(|e| {
+                (
+                    e.path.clone(),
+                    FileMeta {
+                        size: e.size,
+                        sha256: e.sha256.clone(),
+                        mode: e.mode,
+                    },
+                )
+            })
             .collect();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        install.push((InstalledPackage { kind: v.manifest.kind.as_str().into(), name, version: V1.into(), files }, x));
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        install.push((
+            InstalledPackage {
+                kind: v.manifest.kind.as_str().into(),
+                name,
+                version: V1.into(),
+                files,
+            },
+            x,
+        ));
     }
     molt_deploy::install::fresh_install(&home, &install)?;
     std::fs::create_dir_all(home.state_dir())?;
     std::fs::copy(&root_path, home.state_dir().join("root.json"))?;
-    let precheck_line = if have_precheck { "" } else { "run_precheck = false\n" };
+    let precheck_line = if have_precheck {
+        ""
+    } else {
+        "run_precheck = false\n"
+    };
     std::fs::write(
         home.config_file(),
-        format!("control_plane_url = \"{url}\"\nagent_name = \"{AGENT}\"\ntoken = \"{token}\"\nheartbeat_secs = 2\nhandover_wait_secs = 60\n{precheck_line}"),
+        format!(
+            "control_plane_url = \"{url}\"\nagent_name = \"{AGENT}\"\ntoken = \"{token}\"\nheartbeat_secs = 2\nhandover_wait_secs = 60\n{precheck_line}"
+        ),
     )?;
     println!("    {}/current -> versions/{V1}", home_dir.display());
 
@@ -253,12 +343,16 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
         .spawn()
         .context("start molt run")?;
     let _sup = Supervisor(child);
-    wait_status(&home, V1, None, deadline).await.context("waiting for the v1 agent to be Up")?;
+    wait_status(&home, V1, None, deadline)
+        .await
+        .context("waiting for the v1 agent to be Up")?;
     let pid1 = home.read_status()?.map(|s| s.pid);
     say(&format!("Agent is Up on v1 (pid {})", pid1.unwrap_or(0)));
 
     say("Setting the fleet version to v2 on the control plane (queues autoUpgrade)");
-    let n = molt_server::api_admin::apply_fleet_version(&state, V2).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let n = molt_server::api_admin::apply_fleet_version(&state, V2)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     println!("    autoUpgrade queued for {n} agent(s)");
 
     // Narrate from the agent log until the v2 agent is Up.
@@ -293,12 +387,21 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
             }
         }
         if Instant::now() > deadline {
-            bail!("the upgrade did not finish in time (status: {:?})", home.read_status().ok().flatten().map(|s| (s.version, s.status)));
+            bail!(
+                "the upgrade did not finish in time (status: {:?})",
+                home.read_status()
+                    .ok()
+                    .flatten()
+                    .map(|s| (s.version, s.status))
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     narrate(&log, pos, &keys);
-    say(&format!("Agent is Up on v2; {}/current -> versions/{V2}", home_dir.display()));
+    say(&format!(
+        "Agent is Up on v2; {}/current -> versions/{V2}",
+        home_dir.display()
+    ));
 
     // The control plane's Upgrade History.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -341,7 +444,9 @@ fn short(v: &str) -> &str {
 
 /// Print new lines of the log that carry one of `keys`; returns the new offset.
 fn narrate(log: &Path, pos: u64, keys: &[&str]) -> u64 {
-    let Ok(mut f) = std::fs::File::open(log) else { return pos };
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return pos;
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let pos = if len < pos { 0 } else { pos };
     if f.seek(std::io::SeekFrom::Start(pos)).is_err() {
@@ -362,7 +467,10 @@ fn narrate(log: &Path, pos: u64, keys: &[&str]) -> u64 {
                 if keys.iter().any(|k| line.contains(k)) {
                     // Drop the timestamp and level columns for readability.
                     let text = line.trim_end();
-                    let msg = text.split_once("  ").map(|(_, m)| m.trim_start()).unwrap_or(text);
+                    let msg = text
+                        .split_once("  ")
+                        .map(|(_, m)| m.trim_start())
+                        .unwrap_or(text);
                     println!("    | {msg}");
                 }
             }
@@ -371,7 +479,12 @@ fn narrate(log: &Path, pos: u64, keys: &[&str]) -> u64 {
     read
 }
 
-async fn wait_status(home: &Home, version: &str, not_pid: Option<u32>, deadline: Instant) -> anyhow::Result<()> {
+async fn wait_status(
+    home: &Home,
+    version: &str,
+    not_pid: Option<u32>,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     loop {
         if let Ok(Some(s)) = home.read_status() {
             if s.status == "Up" && s.version == version && Some(s.pid) != not_pid {
@@ -379,7 +492,13 @@ async fn wait_status(home: &Home, version: &str, not_pid: Option<u32>, deadline:
             }
         }
         if Instant::now() > deadline {
-            bail!("timed out; supervisor log: {}", home.root().parent().map(|p| p.join("supervisor.log").display().to_string()).unwrap_or_default());
+            bail!(
+                "timed out; supervisor log: {}",
+                home.root()
+                    .parent()
+                    .map(|p| p.join("supervisor.log").display().to_string())
+                    .unwrap_or_default()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
