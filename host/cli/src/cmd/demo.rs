@@ -381,10 +381,12 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
     ];
     loop {
         pos = narrate(&log, pos, &keys);
-        if let Ok(Some(s)) = home.read_status() {
-            if s.status == "Up" && s.version == V2 && Some(s.pid) != pid1 {
-                break;
-            }
+        if let Ok(Some(s)) = home.read_status()
+            && s.status == "Up"
+            && s.version == V2
+            && Some(s.pid) != pid1
+        {
+            break;
         }
         if Instant::now() > deadline {
             bail!(
@@ -419,7 +421,7 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
             short(a["to_version"].as_str().unwrap_or("")),
             a["result"].as_str().unwrap_or("(in progress)")
         );
-        println!("    {:<28} {:<12} {}", "stage", "state", "message");
+        println!("    {:<28} {:<12} message", "stage", "state");
         for s in a["stages"].as_array().cloned().unwrap_or_default() {
             println!(
                 "    {:<28} {:<12} {}",
@@ -486,10 +488,12 @@ async fn wait_status(
     deadline: Instant,
 ) -> anyhow::Result<()> {
     loop {
-        if let Ok(Some(s)) = home.read_status() {
-            if s.status == "Up" && s.version == version && Some(s.pid) != not_pid {
-                return Ok(());
-            }
+        if let Ok(Some(s)) = home.read_status()
+            && s.status == "Up"
+            && s.version == version
+            && Some(s.pid) != not_pid
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
