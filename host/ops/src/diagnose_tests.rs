@@ -130,9 +130,14 @@ const SNIPPETS: &[(&str, &str)] = &[
         "precheck-blocked",
         "ERROR Aborting agent upgrade due to pre-upgrade check failure: 1 blocking finding(s): duplicate-install",
     ),
+    // molt-sandbox sandbox.rs classify(): Trap::Interrupt / Trap::OutOfFuel findings
     (
         "precheck-timeout",
-        "ERROR Aborting agent upgrade due to pre-upgrade check failure: pre-upgrade checks could not run: check slow-probe exceeded its deadline of 2000 ms",
+        "ERROR Pre-upgrade check error: Check slow-probe did not finish within its deadline of 2000 ms and was stopped check=slow-probe code=check.timeout",
+    ),
+    (
+        "precheck-timeout",
+        "ERROR Aborting agent upgrade due to pre-upgrade check failure: 1 blocking finding(s): check.fuel-exhausted",
     ),
     (
         "temp-folder-blocked",
