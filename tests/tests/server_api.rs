@@ -286,17 +286,29 @@ async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet
     let r = s
         .put("/api/v1/admin/fleet")
         .bearer_auth(&s.admin)
-        .json(&json!({ "version": "rome-06-23-2021__patch0_07-10-2021_0900" }))
+        .json(&json!({ "version": "rome-06-23-2021__patch0-07-01-2021_07-10-2021_0900" }))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text().await.unwrap().contains(
+        "molt-core.rome-06-23-2021__patch0-07-01-2021_07-10-2021_0900.universal.universal.zip"
+    ));
+    // Text that is not a buildstamp is refused with the parser's reason.
+    let r = s
+        .put("/api/v1/admin/fleet")
+        .bearer_auth(&s.admin)
+        .json(&json!({ "version": "quebec-latest" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let msg = r.text().await.unwrap();
     assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains("molt-core.rome-06-23-2021__patch0_07-10-2021_0900.universal.universal.zip")
+        msg.contains("Not a valid package buildstamp") && msg.contains("quebec-latest"),
+        "{msg}"
     );
+    assert_eq!(s.admin_get("/api/v1/admin/fleet").await["version"], Q3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -380,12 +392,12 @@ async fn a_download_resumes_with_range_requests() {
     let bytes = write_package(
         &packages_dir(s.dir.path()),
         "core",
-        "bigone-01-01-2024__p0_01-01-2024_0000",
+        "tokyo-01-01-2024__patch0-01-01-2024_01-01-2024_0000",
         "universal",
         "universal",
         1_000_000,
     );
-    let url = "/packages/molt-core.bigone-01-01-2024__p0_01-01-2024_0000.universal.universal.zip";
+    let url = "/packages/molt-core.tokyo-01-01-2024__patch0-01-01-2024_01-01-2024_0000.universal.universal.zip";
     // First part of an interrupted download …
     let r = s
         .get(url)

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api_agent::{check_name, check_text};
+use crate::api_agent::{check_text, check_version};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::model::{Agent, AgentStatus, CommandKind, CommandState, IssueState};
 use crate::state::{AdminAuth, AgentRef, AppState, hash_token, new_token};
@@ -165,7 +165,7 @@ pub struct VersionBody {
 
 /// Refuses a version the packages directory cannot serve.
 async fn check_servable(state: &AppState, version: &str) -> Result<(), ApiError> {
-    check_name("version", version)?;
+    check_version("version", version)?;
     let st = state.clone();
     let snap = tokio::task::spawn_blocking(move || st.packages.rescan())
         .await
@@ -255,7 +255,7 @@ pub async fn queue_command(
             let v = v
                 .as_str()
                 .ok_or_else(|| ApiError::unprocessable("field `args.version` must be a string"))?;
-            check_name("args.version", v)?;
+            check_version("args.version", v)?;
         } else if kind == CommandKind::RunPrecheck {
             return Err(ApiError::unprocessable(
                 "runPrecheck needs `args.version`: the version whose checks to run",
@@ -460,7 +460,7 @@ pub async fn readiness_for(state: &AppState, version: &str) -> Result<Vec<Readin
 
 /// Queues runPrecheck of `version` for every agent (Down ones get it when back Up).
 pub async fn start_readiness(state: &AppState, version: &str) -> Result<usize, ApiError> {
-    check_name("version", version)?;
+    check_version("version", version)?;
     let agents = state.db(|s| s.list_agents()).await?;
     for a in &agents {
         queue_command(

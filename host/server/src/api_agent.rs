@@ -41,6 +41,14 @@ pub(crate) fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiErro
     Ok(())
 }
 
+/// A buildstamp (`quebec-12-09-2020__patch1-…_1225`), parsed by `molt_bundle`.
+pub(crate) fn check_version(field: &str, v: &str) -> Result<(), ApiError> {
+    check_name(field, v)?;
+    v.parse::<molt_bundle::Version>()
+        .map(|_| ())
+        .map_err(|e| ApiError::unprocessable(format!("field `{field}`: {e}")))
+}
+
 /// A version or os/arch: the characters of a package-name field.
 pub(crate) fn check_name(field: &str, v: &str) -> Result<(), ApiError> {
     check_text(field, v, 200)?;
@@ -194,7 +202,7 @@ pub async fn assigned(
         check_name("runtime", r)?;
     }
     if let Some(p) = &pinned {
-        check_name("pinned", p)?;
+        check_version("pinned", p)?;
     }
     let (version, source) =
         choose_version(&state.fleet_state(), pinned.as_deref()).ok_or_else(|| {

@@ -32,16 +32,6 @@ impl PackageKind {
             PackageKind::Selector => "selector",
         }
     }
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "core" => PackageKind::Core,
-            "runtime" => PackageKind::Runtime,
-            "upgrade" => PackageKind::Upgrade,
-            "precheck" => PackageKind::Precheck,
-            "selector" => PackageKind::Selector,
-            _ => return None,
-        })
-    }
 }
 
 /// The fields of a package file name `molt-<kind>.<version>.<os>.<arch>.zip`.
@@ -56,22 +46,41 @@ pub struct PackageName {
 impl PackageName {
     /// Parses a file name; `None` for anything that is not a Molt package.
     pub fn parse(file: &str) -> Option<Self> {
-        let stem = file.strip_suffix(".zip")?;
-        let (kind, rest) = stem.strip_prefix("molt-")?.split_once('.')?;
-        let kind = PackageKind::parse(kind)?;
-        let (rest, arch) = rest.rsplit_once('.')?;
-        let (version, os) = rest.rsplit_once('.')?;
-        if [version, os, arch]
-            .iter()
-            .any(|s| s.is_empty() || !s.chars().all(name_char))
-        {
-            return None;
+        Self::parse_checked(file).ok()
+    }
+
+    /// Parses a file name with `molt_bundle`'s buildstamp parser; the error
+    /// says why a file is not a servable package.
+    pub fn parse_checked(file: &str) -> Result<Self, String> {
+        use molt_bundle::schema::BundleKind;
+        let b: molt_bundle::Buildstamp = file
+            .parse()
+            .map_err(|e: molt_bundle::BuildstampError| e.to_string())?;
+        if b.product != molt_bundle::Product::Molt {
+            return Err(format!(
+                "{file}: the control plane serves `molt-` packages only"
+            ));
         }
-        Some(Self {
+        let kind = match b.kind {
+            BundleKind::Core => PackageKind::Core,
+            BundleKind::Runtime => PackageKind::Runtime,
+            BundleKind::Upgrade => PackageKind::Upgrade,
+            BundleKind::Precheck => PackageKind::Precheck,
+            BundleKind::Selector => PackageKind::Selector,
+        };
+        // The version text exactly as written in the name (lookups are by name).
+        let version = file
+            .strip_suffix(".zip")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(_, r)| r.rsplit_once('.'))
+            .and_then(|(r, _)| r.rsplit_once('.'))
+            .map(|(v, _)| v.to_string())
+            .ok_or_else(|| format!("{file}: not <product>-<kind>.<version>.<os>.<arch>.zip"))?;
+        Ok(Self {
             kind,
-            version: version.into(),
-            os: os.into(),
-            arch: arch.into(),
+            version,
+            os: b.os,
+            arch: b.arch,
         })
     }
 
@@ -124,8 +133,15 @@ pub fn release_family(v: &str) -> &str {
     buildstamp_key(v).0
 }
 
-/// Orders two versions of one family by build date (then by text).
+/// Orders two versions as `molt_bundle` does (family table, patch, hotfix,
+/// build time); text that is not a buildstamp falls back to build date, then text.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    if let (Ok(x), Ok(y)) = (
+        a.parse::<molt_bundle::Version>(),
+        b.parse::<molt_bundle::Version>(),
+    ) {
+        return x.cmp(&y).then_with(|| a.cmp(b));
+    }
     let (_, ka) = buildstamp_key(a);
     let (_, kb) = buildstamp_key(b);
     match (ka, kb) {
@@ -243,6 +259,8 @@ type DigestCache = HashMap<PathBuf, (SystemTime, u64, String)>;
 pub struct PackageIndex {
     dir: PathBuf,
     digests: Mutex<DigestCache>,
+    /// Names already warned about (warn once, not at every rescan).
+    rejected: Mutex<std::collections::HashSet<String>>,
     snapshot: RwLock<(Arc<Snapshot>, Instant)>,
     refreshing: AtomicBool,
     max_age: Duration,
@@ -254,6 +272,7 @@ impl PackageIndex {
         let idx = Self {
             dir: dir.to_path_buf(),
             digests: Mutex::new(HashMap::new()),
+            rejected: Mutex::new(std::collections::HashSet::new()),
             snapshot: RwLock::new((Arc::new(Snapshot::default()), Instant::now())),
             refreshing: AtomicBool::new(false),
             max_age: Duration::from_secs(2),
@@ -295,8 +314,15 @@ impl PackageIndex {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
-            let Some(parsed) = PackageName::parse(&name) else {
-                continue;
+            let parsed = match PackageName::parse_checked(&name) {
+                Ok(p) => p,
+                Err(reason) => {
+                    let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+                    if rejected.insert(name.clone()) {
+                        tracing::warn!(file = %name, reason = %reason, "packages directory: file ignored");
+                    }
+                    continue;
+                }
             };
             let meta = match entry.metadata() {
                 Ok(m) if m.is_file() => m,
@@ -408,8 +434,16 @@ mod tests {
         write(d.path(), "runtime", Q3, "linux", "x86-64");
         write(d.path(), "runtime", R1, "linux", "x86-64");
         write(d.path(), "runtime", Q1, "linux", "aarch64");
+        std::fs::write(
+            d.path()
+                .join(format!("mid-core.{Q2}.universal.universal.zip")),
+            "seeds",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("README.txt"), "not a package").unwrap();
         let idx = PackageIndex::open(d.path()).unwrap();
         let (snap, _) = idx.current();
+        assert_eq!(snap.files.len(), 10, "only molt- packages are indexed");
         let a = snap.assigned(Q2, "linux", "x86-64", None).unwrap();
         assert_eq!(a.runtime.unwrap().version, Q1);
         assert_eq!(
