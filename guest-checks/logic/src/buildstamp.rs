@@ -143,7 +143,7 @@ pub fn parse_package(name: &str) -> Result<Package, String> {
         name: name.to_string(),
         product: product.to_string(),
         kind: kind.to_string(),
-        version: parse_version(parts[1])?,
+        version: parse_version(parts[1]).map_err(|e| format!("Not a valid package name: {name}: {e}"))?,
         os: parts[2].to_string(),
         arch: parts[3].to_string(),
     })

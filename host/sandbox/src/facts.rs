@@ -1,0 +1,370 @@
+//! Host facts: probed from this Linux host, or simulated from a `facts.toml`
+//! (any field given in the file replaces the probed one).
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SandboxError;
+
+/// State of the agent's service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    Running,
+    Stopped,
+    NotInstalled,
+    Unknown,
+}
+
+/// A process holding a file under the install dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHolder {
+    pub pid: u32,
+    pub name: String,
+    pub path: String,
+}
+
+/// A simulated outcome of `net.probe` for one URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeOutcome {
+    pub ok: bool,
+    /// `dns`, `tcp`, `tls` or `http`.
+    #[serde(default)]
+    pub failed_stage: Option<String>,
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Everything the `facts` and `services` imports report (and simulated `net` outcomes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFacts {
+    pub os: String,
+    pub arch: String,
+    pub is_64bit: bool,
+    pub libc_version: Option<String>,
+    pub install_free_bytes: u64,
+    pub temp_free_bytes: u64,
+    pub service_account: String,
+    pub privileged: bool,
+    pub runtime_version: Option<String>,
+    pub agent_pid: u32,
+    /// The agent's own service (excluded from `sharing_install_dir`).
+    pub service_name: Option<String>,
+    pub service_state: ServiceState,
+    pub file_holders: Vec<FileHolder>,
+    pub sharing_install_dir: Vec<String>,
+    /// Simulated probe outcomes by URL; other allow-listed URLs are probed for real.
+    #[serde(default)]
+    pub net: BTreeMap<String, ProbeOutcome>,
+}
+
+/// `facts.toml`: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FactsFile {
+    os: Option<String>,
+    arch: Option<String>,
+    is_64bit: Option<bool>,
+    libc_version: Option<String>,
+    install_free_bytes: Option<u64>,
+    temp_free_bytes: Option<u64>,
+    service_account: Option<String>,
+    privileged: Option<bool>,
+    runtime_version: Option<String>,
+    agent_pid: Option<u32>,
+    service_name: Option<String>,
+    service_state: Option<ServiceState>,
+    file_holders: Option<Vec<FileHolder>>,
+    sharing_install_dir: Option<Vec<String>>,
+    #[serde(default)]
+    net: BTreeMap<String, ProbeOutcome>,
+}
+
+fn os_name() -> &'static str {
+    match std::env::consts::OS {
+        "macos" => "macos",
+        other => other,
+    }
+}
+
+fn arch_name() -> String {
+    std::env::consts::ARCH.replace('_', "-")
+}
+
+/// Free bytes available to unprivileged users on the volume holding `path`.
+pub fn free_bytes(path: &Path) -> Result<u64, SandboxError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        SandboxError::io(
+            "statvfs",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"),
+        )
+    })?;
+    // SAFETY: statvfs writes into the zeroed struct; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(SandboxError::io("statvfs", path, std::io::Error::last_os_error()));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_version() -> Option<String> {
+    unsafe extern "C" {
+        fn gnu_get_libc_version() -> *const libc::c_char;
+    }
+    // SAFETY: glibc returns a static NUL-terminated string.
+    let p = unsafe { gnu_get_libc_version() };
+    if p.is_null() {
+        return None;
+    }
+    let s = unsafe { std::ffi::CStr::from_ptr(p) };
+    s.to_str().ok().map(str::to_string)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn glibc_version() -> Option<String> {
+    None
+}
+
+/// `uid=N(name)` for the effective user, from /etc/passwd.
+fn account() -> (String, bool) {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|s| {
+        s.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+        })
+    });
+    let acct = match name {
+        Some(n) => format!("uid={uid}({n})"),
+        None => format!("uid={uid}"),
+    };
+    (acct, uid == 0)
+}
+
+/// Processes (other than none) with an open fd on a file under `dir`.
+pub fn file_holders(dir: &Path) -> Vec<FileHolder> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let hit = fds.flatten().find_map(|fd| {
+            let t = std::fs::read_link(fd.path()).ok()?;
+            t.starts_with(&dir).then_some(t)
+        });
+        if let Some(t) = hit {
+            let name = std::fs::read_to_string(p.path().join("comm"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            out.push(FileHolder { pid, name, path: t.display().to_string() });
+        }
+    }
+    out
+}
+
+/// systemd units whose file mentions `dir` (WorkingDirectory=, ExecStart=).
+fn units_using(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for base in ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"] {
+        let Ok(rd) = std::fs::read_dir(base) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.ends_with(".service") || out.contains(&name) {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(e.path()) {
+                let uses = text.lines().any(|l| {
+                    (l.starts_with("WorkingDirectory=") || l.starts_with("ExecStart="))
+                        && l.split(['=', ' ']).any(|w| {
+                            w == needle || w.starts_with(&format!("{needle}/"))
+                        })
+                });
+                if uses {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl HostFacts {
+    /// Real facts of this host for an install in `install_dir` and temp files in `temp_dir`.
+    pub fn probe(install_dir: &Path, temp_dir: &Path) -> Result<HostFacts, SandboxError> {
+        let (service_account, privileged) = account();
+        Ok(HostFacts {
+            os: os_name().to_string(),
+            arch: arch_name(),
+            is_64bit: cfg!(target_pointer_width = "64"),
+            libc_version: glibc_version(),
+            install_free_bytes: free_bytes(install_dir)?,
+            temp_free_bytes: free_bytes(temp_dir)?,
+            service_account,
+            privileged,
+            runtime_version: std::fs::read_to_string(install_dir.join("current/runtime/VERSION"))
+                .ok()
+                .map(|s| s.trim().to_string()),
+            agent_pid: std::process::id(),
+            service_name: None,
+            service_state: ServiceState::NotInstalled,
+            file_holders: file_holders(install_dir),
+            sharing_install_dir: units_using(install_dir),
+            net: BTreeMap::new(),
+        })
+    }
+
+    /// Facts for tests and `molt check run` when nothing is probed: a healthy
+    /// 64-bit glibc Linux host with 10 GiB free, run as root.
+    pub fn healthy() -> HostFacts {
+        HostFacts {
+            os: "linux".into(),
+            arch: "x86-64".into(),
+            is_64bit: true,
+            libc_version: Some("2.36".into()),
+            install_free_bytes: 10 << 30,
+            temp_free_bytes: 10 << 30,
+            service_account: "uid=0(root)".into(),
+            privileged: true,
+            runtime_version: Some("21.0.2".into()),
+            agent_pid: std::process::id(),
+            service_name: Some("molt-agent.service".into()),
+            service_state: ServiceState::Running,
+            file_holders: Vec::new(),
+            sharing_install_dir: Vec::new(),
+            net: BTreeMap::new(),
+        }
+    }
+
+    /// Replace every field the TOML text gives.
+    pub fn with_overrides_str(mut self, text: &str, origin: &Path) -> Result<HostFacts, SandboxError> {
+        let f: FactsFile = toml::from_str(text).map_err(|e| SandboxError::Facts {
+            path: origin.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = f.$field { self.$field = v; } )* };
+        }
+        set!(os, arch, is_64bit, install_free_bytes, temp_free_bytes, service_account,
+             privileged, agent_pid, service_state, file_holders, sharing_install_dir);
+        if let Some(v) = f.libc_version {
+            self.libc_version = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = f.runtime_version {
+            self.runtime_version = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = f.service_name {
+            self.service_name = (!v.is_empty()).then_some(v);
+        }
+        for (url, o) in f.net {
+            if let Some(s) = &o.failed_stage
+                && !matches!(s.as_str(), "dns" | "tcp" | "tls" | "http")
+            {
+                return Err(SandboxError::Facts {
+                    path: origin.to_path_buf(),
+                    reason: format!("net.\"{url}\".failed_stage `{s}` is not dns, tcp, tls or http"),
+                });
+            }
+            self.net.insert(url, o);
+        }
+        Ok(self)
+    }
+
+    /// Replace every field `facts.toml` at `path` gives.
+    pub fn with_overrides(self, path: &Path) -> Result<HostFacts, SandboxError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SandboxError::io("read", path, e))?;
+        self.with_overrides_str(&text, path)
+    }
+
+    /// Sharing list without the agent's own service.
+    pub(crate) fn others_sharing(&self) -> Vec<String> {
+        self.sharing_install_dir
+            .iter()
+            .filter(|s| Some(s.as_str()) != self.service_name.as_deref())
+            .cloned()
+            .collect()
+    }
+
+    /// The same facts as the plain-Rust type the check logic uses.
+    pub fn to_logic(&self) -> molt_check_logic::Facts {
+        molt_check_logic::Facts {
+            os: self.os.clone(),
+            arch: self.arch.clone(),
+            is_64bit: self.is_64bit,
+            libc_version: self.libc_version.clone(),
+            install_free_bytes: self.install_free_bytes,
+            temp_free_bytes: self.temp_free_bytes,
+            service_account: self.service_account.clone(),
+            privileged: self.privileged,
+            runtime_version: self.runtime_version.clone(),
+            agent_pid: self.agent_pid,
+        }
+    }
+}
+
+/// Temp dir for `HostFacts::probe` callers that have no better idea.
+pub fn default_temp_dir() -> PathBuf {
+    std::env::temp_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_reads_this_host() {
+        let d = tempfile::tempdir().unwrap();
+        let f = HostFacts::probe(d.path(), d.path()).unwrap();
+        assert_eq!(f.os, "linux");
+        assert!(f.install_free_bytes > 0);
+        assert!(f.service_account.starts_with("uid="));
+        assert_eq!(f.agent_pid, std::process::id());
+    }
+
+    #[test]
+    fn overrides_replace_given_fields_only() {
+        let f = HostFacts::healthy()
+            .with_overrides_str(
+                "install_free_bytes = 5\nlibc_version = \"2.12\"\n[net.\"https://x/\"]\nok = false\nfailed_stage = \"tls\"\n",
+                Path::new("facts.toml"),
+            )
+            .unwrap();
+        assert_eq!(f.install_free_bytes, 5);
+        assert_eq!(f.libc_version.as_deref(), Some("2.12"));
+        assert_eq!(f.temp_free_bytes, 10 << 30);
+        assert_eq!(f.net.len(), 1);
+        let e = HostFacts::healthy()
+            .with_overrides_str("disk = 1", Path::new("facts.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("facts.toml"), "{e}");
+    }
+
+    #[test]
+    fn holders_found_in_proc() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("held.jar");
+        std::fs::write(&p, b"x").unwrap();
+        let _f = std::fs::File::open(&p).unwrap();
+        let hs = file_holders(d.path());
+        assert!(hs.iter().any(|h| h.pid == std::process::id() && h.path.ends_with("held.jar")), "{hs:?}");
+    }
+}
