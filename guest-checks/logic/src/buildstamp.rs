@@ -6,9 +6,32 @@ use std::cmp::Ordering;
 
 /// Release families in release order (same table as `molt_bundle::buildstamp::FAMILIES`).
 pub const FAMILIES: &[&str] = &[
-    "aspen", "berlin", "calgary", "dublin", "eureka", "fuji", "geneva", "helsinki", "istanbul",
-    "jakarta", "kingston", "london", "madrid", "newyork", "orlando", "paris", "quebec", "rome",
-    "sandiego", "tokyo", "utah", "vancouver", "washingtondc", "xanadu", "yokohama", "zurich",
+    "aspen",
+    "berlin",
+    "calgary",
+    "dublin",
+    "eureka",
+    "fuji",
+    "geneva",
+    "helsinki",
+    "istanbul",
+    "jakarta",
+    "kingston",
+    "london",
+    "madrid",
+    "newyork",
+    "orlando",
+    "paris",
+    "quebec",
+    "rome",
+    "sandiego",
+    "tokyo",
+    "utah",
+    "vancouver",
+    "washingtondc",
+    "xanadu",
+    "yokohama",
+    "zurich",
     "australia",
 ];
 
@@ -62,7 +85,10 @@ impl Package {
     }
     /// The same package name with another version.
     pub fn with_version(&self, v: &str) -> String {
-        format!("{}-{}.{}.{}.{}.zip", self.product, self.kind, v, self.os, self.arch)
+        format!(
+            "{}-{}.{}.{}.{}.zip",
+            self.product, self.kind, v, self.os, self.arch
+        )
     }
 }
 
@@ -85,7 +111,8 @@ pub fn parse_version(s: &str) -> Result<Version, String> {
         .iter()
         .position(|f| *f == family)
         .ok_or_else(|| bad(&format!("unknown release family `{family}`")))?;
-    let family_date = date(&fdate.split('-').collect::<Vec<_>>()).ok_or_else(|| bad("bad family date"))?;
+    let family_date =
+        date(&fdate.split('-').collect::<Vec<_>>()).ok_or_else(|| bad("bad family date"))?;
     let parts: Vec<&str> = rest.split('_').collect();
     if parts.len() != 3 {
         return Err(bad("expected <patch>-<date>_<date>_<HHMM>"));
@@ -109,7 +136,8 @@ pub fn parse_version(s: &str) -> Result<Version, String> {
         None => (None, &p[1..]),
     };
     let patch_date = date(dparts).ok_or_else(|| bad("bad patch date"))?;
-    let (by, bm, bd) = date(&parts[1].split('-').collect::<Vec<_>>()).ok_or_else(|| bad("bad build date"))?;
+    let (by, bm, bd) =
+        date(&parts[1].split('-').collect::<Vec<_>>()).ok_or_else(|| bad("bad build date"))?;
     let hhmm = parts[2];
     if hhmm.len() != 4 || !hhmm.chars().all(|c| c.is_ascii_digit()) {
         return Err(bad("bad build time"));
@@ -130,12 +158,16 @@ pub fn parse_version(s: &str) -> Result<Version, String> {
 /// Parse a full package name.
 pub fn parse_package(name: &str) -> Result<Package, String> {
     let bad = |why: &str| format!("Not a valid package name: {name}: {why}");
-    let stem = name.strip_suffix(".zip").ok_or_else(|| bad("no .zip suffix"))?;
+    let stem = name
+        .strip_suffix(".zip")
+        .ok_or_else(|| bad("no .zip suffix"))?;
     let parts: Vec<&str> = stem.split('.').collect();
     if parts.len() != 4 {
         return Err(bad("expected <product>-<kind>.<version>.<os>.<arch>.zip"));
     }
-    let (product, kind) = parts[0].rsplit_once('-').ok_or_else(|| bad("no <product>-<kind>"))?;
+    let (product, kind) = parts[0]
+        .rsplit_once('-')
+        .ok_or_else(|| bad("no <product>-<kind>"))?;
     if product.is_empty() || kind.is_empty() || parts[2].is_empty() || parts[3].is_empty() {
         return Err(bad("empty part"));
     }
@@ -143,7 +175,8 @@ pub fn parse_package(name: &str) -> Result<Package, String> {
         name: name.to_string(),
         product: product.to_string(),
         kind: kind.to_string(),
-        version: parse_version(parts[1]).map_err(|e| format!("Not a valid package name: {name}: {e}"))?,
+        version: parse_version(parts[1])
+            .map_err(|e| format!("Not a valid package name: {name}: {e}"))?,
         os: parts[2].to_string(),
         arch: parts[3].to_string(),
     })
@@ -155,11 +188,17 @@ mod tests {
     #[test]
     fn parses_and_orders_seed_names() {
         let a = parse_package("mid-core.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.universal.universal.zip").unwrap();
-        let b = parse_package("mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip").unwrap();
+        let b = parse_package(
+            "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
+        )
+        .unwrap();
         assert_eq!(a.kind, "core");
         assert_eq!(a.version.hotfix, Some((2, String::new())));
         assert!(a.version < b.version);
-        let j = parse_package("mid-jre.madrid-12-18-2018__patch1-02-13-2019_02-25-2019_1807.windows.x86-64.zip").unwrap();
+        let j = parse_package(
+            "mid-jre.madrid-12-18-2018__patch1-02-13-2019_02-25-2019_1807.windows.x86-64.zip",
+        )
+        .unwrap();
         assert!(j.is_runtime());
         assert!(parse_package("mid-core.nope.universal.universal.zip").is_err());
     }

@@ -75,7 +75,9 @@ pub fn download_access(target: Option<&str>, probe: Result<Probe, String>) -> Ve
                 format!(
                     "The download site {} answers, but with HTTP status {}: {}",
                     p.url,
-                    p.http_status.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    p.http_status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "?".into()),
                     p.detail
                 ),
                 "Check the proxy and the download URL; downloads may fail.",
@@ -172,11 +174,7 @@ pub fn version_lt(a: &str, b: &str) -> Option<bool> {
 
 /// Why a runtime upgrade would be skipped on this host (the seeds' rules:
 /// a 32-bit host, or Linux with glibc older than 2.17), or `None`.
-pub fn runtime_skip_reason(
-    os: &str,
-    is_64bit: bool,
-    libc_version: Option<&str>,
-) -> Option<String> {
+pub fn runtime_skip_reason(os: &str, is_64bit: bool, libc_version: Option<&str>) -> Option<String> {
     if !is_64bit {
         return Some("runtime upgrade skipped: the host is 32-bit".into());
     }
@@ -224,7 +222,10 @@ pub fn runtime_compat(facts: &Facts, params: &[(String, String)]) -> Vec<Finding
         Some(why) => vec![Finding::new(
             Severity::Warning,
             "runtime.skipped",
-            format!("{why}; the agent keeps runtime {}", facts.runtime_version.as_deref().unwrap_or("(none)")),
+            format!(
+                "{why}; the agent keeps runtime {}",
+                facts.runtime_version.as_deref().unwrap_or("(none)")
+            ),
             "Plan a move to a 64-bit host with glibc 2.17 or newer.",
         )],
     }
@@ -268,8 +269,9 @@ pub fn file_locks(agent_pid: u32, holders: &[Holder], params: &[(String, String)
         .filter(|s| !s.is_empty())
         .collect();
     let others: Vec<&Holder> = holders.iter().filter(|h| h.pid != agent_pid).collect();
-    let (soft, hard): (Vec<&Holder>, Vec<&Holder>) =
-        others.into_iter().partition(|h| transient.contains(&h.name.as_str()));
+    let (soft, hard): (Vec<&Holder>, Vec<&Holder>) = others
+        .into_iter()
+        .partition(|h| transient.contains(&h.name.as_str()));
     let list = |hs: &[&Holder]| {
         hs.iter()
             .map(|h| format!("{} (pid {}) holds {}", h.name, h.pid, h.path))
@@ -281,7 +283,10 @@ pub fn file_locks(agent_pid: u32, holders: &[Holder], params: &[(String, String)
         out.push(Finding::new(
             Severity::Blocking,
             "files.locked",
-            format!("Processes other than the agent hold files that the upgrade replaces: {}", list(&hard)),
+            format!(
+                "Processes other than the agent hold files that the upgrade replaces: {}",
+                list(&hard)
+            ),
             "Stop those processes (or exclude the install dir from scanners) before upgrading.",
         ));
     }
@@ -325,7 +330,11 @@ mod tests {
         assert_eq!(disk_space(&f, &[])[0].severity, Severity::Blocking);
         f.install_free_bytes = 5000;
         let p = vec![("min_free".to_string(), "1KiB".to_string())];
-        assert!(disk_space(&f, &p).iter().all(|x| x.severity != Severity::Blocking));
+        assert!(
+            disk_space(&f, &p)
+                .iter()
+                .all(|x| x.severity != Severity::Blocking)
+        );
     }
 
     #[test]

@@ -79,7 +79,10 @@ pub fn read_zip(b: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         let n = u16_at(b, i + 26).ok_or("truncated header")? as usize;
         let x = u16_at(b, i + 28).ok_or("truncated header")? as usize;
         if method != 0 {
-            return Err(format!("entry {} uses compression method {method}", out.len()));
+            return Err(format!(
+                "entry {} uses compression method {method}",
+                out.len()
+            ));
         }
         let name_at = i + 30;
         let name = b.get(name_at..name_at + n).ok_or("truncated name")?;
@@ -111,7 +114,10 @@ pub fn file_ops(scratch: &Path, staging: Option<&Path>) -> Vec<Finding> {
     if let Err(e) = fs::write(&zip_path, &zip) {
         return block(
             "fileops.scratch-write",
-            format!("Unable to write to the temp folder {}: {e}", scratch.display()),
+            format!(
+                "Unable to write to the temp folder {}: {e}",
+                scratch.display()
+            ),
             "Give the service account write access to the temp folder.",
         );
     }
@@ -143,17 +149,27 @@ pub fn file_ops(scratch: &Path, staging: Option<&Path>) -> Vec<Finding> {
             "Give the service account permission to create folders in the install dir.",
         );
     };
-    if fs::read_dir(staging).map(|mut d| d.next().is_some()).unwrap_or(false) {
+    if fs::read_dir(staging)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+    {
         out.push(Finding::new(
             Severity::Warning,
             "fileops.leftovers",
-            format!("The staging folder {} held files from an earlier run; they were removed", staging.display()),
+            format!(
+                "The staging folder {} held files from an earlier run; they were removed",
+                staging.display()
+            ),
             "None needed; an earlier check did not clean up (crash or kill).",
         ));
         if let Ok(rd) = fs::read_dir(staging) {
             for e in rd.flatten() {
                 let p = e.path();
-                let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
             }
         }
     }
@@ -161,7 +177,10 @@ pub fn file_ops(scratch: &Path, staging: Option<&Path>) -> Vec<Finding> {
         if let Err(e) = fs::copy(extract_dir.join(n), staging.join(n)) {
             return block(
                 "fileops.copy",
-                format!("Unable to copy {n} into the install dir {}: {e}", staging.display()),
+                format!(
+                    "Unable to copy {n} into the install dir {}: {e}",
+                    staging.display()
+                ),
                 "Give the service account write access to the install dir.",
             );
         }
@@ -204,6 +223,9 @@ mod tests {
     #[test]
     fn zip_roundtrip() {
         let z = make_zip(&[("a.txt", b"hello")]);
-        assert_eq!(read_zip(&z).unwrap(), vec![("a.txt".to_string(), b"hello".to_vec())]);
+        assert_eq!(
+            read_zip(&z).unwrap(),
+            vec![("a.txt".to_string(), b"hello".to_vec())]
+        );
     }
 }

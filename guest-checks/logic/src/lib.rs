@@ -111,9 +111,7 @@ pub fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
 /// Parse a byte count: plain integer or with a `KiB`/`MiB`/`GiB`/`KB`/`MB`/`GB` suffix.
 pub fn parse_bytes(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().ok()?;
     let mult: u64 = match unit.trim() {

@@ -61,7 +61,12 @@ pub fn current_packages_lines(
 
 impl Plan {
     pub fn current_packages_lines(&self) -> Vec<String> {
-        current_packages_lines(&self.installed, &self.assigned, &self.missing, &self.downloaded)
+        current_packages_lines(
+            &self.installed,
+            &self.assigned,
+            &self.missing,
+            &self.downloaded,
+        )
     }
 }
 
@@ -138,16 +143,25 @@ pub fn select(input: &SelectorInput) -> Result<Plan, String> {
                 runtime_skip_reason(&input.os, input.is_64bit, input.libc_version.as_deref())
             {
                 assigned.remove(i);
-                (RuntimeDecision::Skip, format!("{why} ({} not installed)", rt.name))
+                (
+                    RuntimeDecision::Skip,
+                    format!("{why} ({} not installed)", rt.name),
+                )
             } else if installed.iter().any(|p| p.name == rt.name) {
-                (RuntimeDecision::Current, format!("runtime {} is already installed", rt.name))
+                (
+                    RuntimeDecision::Current,
+                    format!("runtime {} is already installed", rt.name),
+                )
             } else {
                 let from = installed
                     .iter()
                     .find(|p| p.is_runtime())
                     .map(|p| p.name.clone())
                     .unwrap_or_else(|| "(none)".into());
-                (RuntimeDecision::Upgrade, format!("runtime {} replaces {from}", rt.name))
+                (
+                    RuntimeDecision::Upgrade,
+                    format!("runtime {} replaces {from}", rt.name),
+                )
             }
         }
     };
@@ -191,7 +205,8 @@ mod tests {
     #[test]
     fn madrid_seed_example() {
         let up = "mid-upgrade.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip";
-        let core = "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip";
+        let core =
+            "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip";
         let input = SelectorInput {
             installed: vec![
                 "mid-core.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.universal.universal.zip".into(),

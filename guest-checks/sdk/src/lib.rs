@@ -27,9 +27,9 @@ pub mod bindings {
 pub use molt_check_logic as logic;
 pub use molt_check_logic::{Facts, Finding, Holder, Probe, ServiceState, Severity, Stage, param};
 
-use bindings::molt::check::{facts as wfacts, log as wlog, net as wnet, services as wsvc};
-use bindings::molt::check::types as wtypes;
 use bindings::CheckInfo;
+use bindings::molt::check::types as wtypes;
+use bindings::molt::check::{facts as wfacts, log as wlog, net as wnet, services as wsvc};
 
 /// A pre-upgrade check.
 pub trait Check {
@@ -91,7 +91,11 @@ pub fn service_state() -> ServiceState {
 pub fn file_holders() -> Vec<Holder> {
     wsvc::file_holders()
         .into_iter()
-        .map(|p| Holder { pid: p.pid, name: p.name, path: p.path })
+        .map(|p| Holder {
+            pid: p.pid,
+            name: p.name,
+            path: p.path,
+        })
         .collect()
 }
 
@@ -140,7 +144,9 @@ macro_rules! check {
             fn describe() -> $crate::bindings::CheckInfo {
                 $crate::__describe::<$t>()
             }
-            fn run(params: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::std::vec::Vec<$crate::__WitFinding> {
+            fn run(
+                params: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::std::vec::Vec<$crate::__WitFinding> {
                 $crate::__run::<$t>(params)
             }
         }

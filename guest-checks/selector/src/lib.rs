@@ -22,7 +22,10 @@ impl Guest for Selector {
             libc_version: input.libc_version,
         };
         let p = s::select(&i)?;
-        log(Level::Debug, &format!("selected {} ({:?})", p.target_version, p.action));
+        log(
+            Level::Debug,
+            &format!("selected {} ({:?})", p.target_version, p.action),
+        );
         Ok(Plan {
             action: match p.action {
                 s::Action::Upgrade => w::Action::Upgrade,

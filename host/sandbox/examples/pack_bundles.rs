@@ -6,24 +6,47 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use molt_bundle::editor::{new_root, sign_root};
-use molt_bundle::{Component, ComponentLimits, PackSpec, SignedRoot, SigningKey, pack_dir, sign_bundle};
+use molt_bundle::{
+    Component, ComponentLimits, PackSpec, SignedRoot, SigningKey, pack_dir, sign_bundle,
+};
 
 pub const VERSION: &str = "xanadu-07-01-2024__patch0-07-01-2024_07-01-2024_1200";
 const KEY: &str = "TEST-ONLY-checks.pk8";
 
-fn comp(path: &str, world: &str, caps: &[&str], preopens: &[&str], params: &[(&str, &str)]) -> Component {
+fn comp(
+    path: &str,
+    world: &str,
+    caps: &[&str],
+    preopens: &[&str],
+    params: &[(&str, &str)],
+) -> Component {
     Component {
         path: path.into(),
         world: format!("molt:check/{world}@1.0.0"),
         capabilities: caps.iter().map(|s| s.to_string()).collect(),
         preopens: preopens.iter().map(|s| s.to_string()).collect(),
-        limits: ComponentLimits { deadline_ms: Some(5_000), fuel: None, memory_bytes: Some(32 << 20) },
-        params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        limits: ComponentLimits {
+            deadline_ms: Some(5_000),
+            fuel: None,
+            memory_bytes: Some(32 << 20),
+        },
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
-/// The standard suite: (crate, capabilities, preopens, params).
-pub const CHECKS: &[(&str, &[&str], &[&str], &[(&str, &str)])] = &[
+/// (crate, capabilities, preopens, params) of one check.
+type CheckSpec = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
+/// The standard suite.
+pub const CHECKS: &[CheckSpec] = &[
     ("disk_space", &["facts"], &[], &[("min_free", "1GiB")]),
     ("download_access", &["net"], &[], &[]),
     ("file_ops", &[], &["scratch", "staging"], &[]),
@@ -59,7 +82,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             roles.insert(r.to_string(), (vec![&key], 1));
         }
         let signed = new_root(&roles, chrono::Utc::now() + chrono::Duration::days(3650))?;
-        let mut root = SignedRoot { signed, signatures: vec![] };
+        let mut root = SignedRoot {
+            signed,
+            signatures: vec![],
+        };
         sign_root(&mut root, &[&key])?;
         std::fs::write(&root_path, root.to_json_pretty()?)?;
     }
@@ -69,18 +95,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(p.join("checks"))?;
     let mut comps = Vec::new();
     for (name, caps, pre, params) in CHECKS {
-        std::fs::copy(wasm_dir.join(format!("{name}.wasm")), p.join(format!("checks/{name}.wasm")))?;
-        comps.push(comp(&format!("checks/{name}.wasm"), "precheck", caps, pre, params));
+        std::fs::copy(
+            wasm_dir.join(format!("{name}.wasm")),
+            p.join(format!("checks/{name}.wasm")),
+        )?;
+        comps.push(comp(
+            &format!("checks/{name}.wasm"),
+            "precheck",
+            caps,
+            pre,
+            params,
+        ));
     }
     pack(&p, "molt-precheck", comps, &out, &key)?;
     // selector bundle
     let s = stage.join("selector");
     std::fs::create_dir_all(&s)?;
-    std::fs::copy(wasm_dir.join("version_select.wasm"), s.join("version_select.wasm"))?;
-    pack(&s, "molt-selector", vec![comp("version_select.wasm", "selector", &["log"], &[], &[])], &out, &key)?;
+    std::fs::copy(
+        wasm_dir.join("version_select.wasm"),
+        s.join("version_select.wasm"),
+    )?;
+    pack(
+        &s,
+        "molt-selector",
+        vec![comp("version_select.wasm", "selector", &["log"], &[], &[])],
+        &out,
+        &key,
+    )?;
     // hostile test guest (raw wasm: tests build their own manifests for it)
     std::fs::create_dir_all(out.join("test-guests"))?;
-    std::fs::copy(wasm_dir.join("hostile.wasm"), out.join("test-guests/hostile.wasm"))?;
+    std::fs::copy(
+        wasm_dir.join("hostile.wasm"),
+        out.join("test-guests/hostile.wasm"),
+    )?;
     std::fs::remove_dir_all(&stage)?;
     Ok(())
 }
@@ -91,7 +138,13 @@ fn tempdir(out: &Path) -> std::io::Result<PathBuf> {
     Ok(d)
 }
 
-fn pack(src: &Path, product: &str, comps: Vec<Component>, out: &Path, key: &SigningKey) -> Result<(), Box<dyn std::error::Error>> {
+fn pack(
+    src: &Path,
+    product: &str,
+    comps: Vec<Component>,
+    out: &Path,
+    key: &SigningKey,
+) -> Result<(), Box<dyn std::error::Error>> {
     let name = format!("{product}.{VERSION}.universal.universal.zip");
     let mut spec = PackSpec::from_buildstamp(&name, 1)?;
     spec.expires = chrono::Utc::now() + chrono::Duration::days(3650);

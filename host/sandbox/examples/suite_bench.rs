@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use molt_sandbox::{CheckContext, FactsSource, HostFacts, Policy, ProbeOutcome, Sandbox, SandboxConfig};
+use molt_sandbox::{
+    CheckContext, FactsSource, HostFacts, Policy, ProbeOutcome, Sandbox, SandboxConfig,
+};
 
 const DL: &str = "https://downloads.example.com/packages/";
 
@@ -15,14 +17,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let home = std::env::temp_dir().join(format!("molt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&home)?;
     let mut facts = HostFacts::healthy();
-    facts.net.insert(DL.into(), ProbeOutcome { ok: true, failed_stage: None, http_status: Some(200), detail: String::new() });
+    facts.net.insert(
+        DL.into(),
+        ProbeOutcome {
+            ok: true,
+            failed_stage: None,
+            http_status: Some(200),
+            detail: String::new(),
+        },
+    );
     let n = match args.get(1).map(String::as_str) {
         Some("sandbox") if args.len() == 5 => {
             let root = molt_bundle::SignedRoot::load(Path::new(&args[3]))?;
             let v = molt_bundle::verify_bundle(Path::new(&args[2]), &root, &Default::default())?;
             let dest = home.join("bundle");
             molt_bundle::extract(&v, Path::new(&args[2]), &dest, &Default::default())?;
-            let sb = Sandbox::new(SandboxConfig { cache_dir: args[4].clone().into(), policy: Policy::default() })?;
+            let sb = Sandbox::new(SandboxConfig {
+                cache_dir: args[4].clone().into(),
+                policy: Policy::default(),
+            })?;
             let ctx = CheckContext {
                 install_dir: home.clone(),
                 scratch_parent: home.clone(),
@@ -39,7 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             use molt_check_logic::{ServiceState, checks, fileops};
             let f = facts.to_logic();
             let p: Vec<(String, String)> = vec![("min_free".into(), "1GiB".into())];
-            let probe = molt_check_logic::Probe { url: DL.into(), ok: true, failed_stage: None, http_status: Some(200), detail: String::new() };
+            let probe = molt_check_logic::Probe {
+                url: DL.into(),
+                ok: true,
+                failed_stage: None,
+                http_status: Some(200),
+                detail: String::new(),
+            };
             let scratch = home.join("scratch");
             let staging = home.join("work/precheck-staging");
             std::fs::create_dir_all(&scratch)?;
@@ -53,10 +72,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             out.extend(checks::file_locks(f.agent_pid, &[], &[]));
             out.len()
         }
-        _ => return Err("usage: suite_bench sandbox <bundle> <root.json> <cache-dir> | native".into()),
+        _ => {
+            return Err(
+                "usage: suite_bench sandbox <bundle> <root.json> <cache-dir> | native".into(),
+            );
+        }
     };
     std::fs::remove_dir_all(&home)?;
-    eprintln!("findings={n} in-process={:.2}ms", t0.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "findings={n} in-process={:.2}ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     if n != 0 {
         return Err(format!("expected a clean suite, got {n} findings").into());
     }

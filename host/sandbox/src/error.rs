@@ -23,7 +23,15 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        SandboxError::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        SandboxError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 }

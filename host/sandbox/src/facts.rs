@@ -112,7 +112,11 @@ pub fn free_bytes(path: &Path) -> Result<u64, SandboxError> {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        return Err(SandboxError::io("statvfs", path, std::io::Error::last_os_error()));
+        return Err(SandboxError::io(
+            "statvfs",
+            path,
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
@@ -175,7 +179,11 @@ pub fn file_holders(dir: &Path) -> Vec<FileHolder> {
             let name = std::fs::read_to_string(p.path().join("comm"))
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
-            out.push(FileHolder { pid, name, path: t.display().to_string() });
+            out.push(FileHolder {
+                pid,
+                name,
+                path: t.display().to_string(),
+            });
         }
     }
     out
@@ -185,8 +193,14 @@ pub fn file_holders(dir: &Path) -> Vec<FileHolder> {
 fn units_using(dir: &Path) -> Vec<String> {
     let needle = dir.display().to_string();
     let mut out = Vec::new();
-    for base in ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"] {
-        let Ok(rd) = std::fs::read_dir(base) else { continue };
+    for base in [
+        "/etc/systemd/system",
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+    ] {
+        let Ok(rd) = std::fs::read_dir(base) else {
+            continue;
+        };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if !name.ends_with(".service") || out.contains(&name) {
@@ -195,9 +209,8 @@ fn units_using(dir: &Path) -> Vec<String> {
             if let Ok(text) = std::fs::read_to_string(e.path()) {
                 let uses = text.lines().any(|l| {
                     (l.starts_with("WorkingDirectory=") || l.starts_with("ExecStart="))
-                        && l.split(['=', ' ']).any(|w| {
-                            w == needle || w.starts_with(&format!("{needle}/"))
-                        })
+                        && l.split(['=', ' '])
+                            .any(|w| w == needle || w.starts_with(&format!("{needle}/")))
                 });
                 if uses {
                     out.push(name);
@@ -256,7 +269,11 @@ impl HostFacts {
     }
 
     /// Replace every field the TOML text gives.
-    pub fn with_overrides_str(mut self, text: &str, origin: &Path) -> Result<HostFacts, SandboxError> {
+    pub fn with_overrides_str(
+        mut self,
+        text: &str,
+        origin: &Path,
+    ) -> Result<HostFacts, SandboxError> {
         let f: FactsFile = toml::from_str(text).map_err(|e| SandboxError::Facts {
             path: origin.to_path_buf(),
             reason: e.to_string(),
@@ -264,8 +281,19 @@ impl HostFacts {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = f.$field { self.$field = v; } )* };
         }
-        set!(os, arch, is_64bit, install_free_bytes, temp_free_bytes, service_account,
-             privileged, agent_pid, service_state, file_holders, sharing_install_dir);
+        set!(
+            os,
+            arch,
+            is_64bit,
+            install_free_bytes,
+            temp_free_bytes,
+            service_account,
+            privileged,
+            agent_pid,
+            service_state,
+            file_holders,
+            sharing_install_dir
+        );
         if let Some(v) = f.libc_version {
             self.libc_version = (!v.is_empty()).then_some(v);
         }
@@ -281,7 +309,9 @@ impl HostFacts {
             {
                 return Err(SandboxError::Facts {
                     path: origin.to_path_buf(),
-                    reason: format!("net.\"{url}\".failed_stage `{s}` is not dns, tcp, tls or http"),
+                    reason: format!(
+                        "net.\"{url}\".failed_stage `{s}` is not dns, tcp, tls or http"
+                    ),
                 });
             }
             self.net.insert(url, o);
@@ -365,6 +395,10 @@ mod tests {
         std::fs::write(&p, b"x").unwrap();
         let _f = std::fs::File::open(&p).unwrap();
         let hs = file_holders(d.path());
-        assert!(hs.iter().any(|h| h.pid == std::process::id() && h.path.ends_with("held.jar")), "{hs:?}");
+        assert!(
+            hs.iter()
+                .any(|h| h.pid == std::process::id() && h.path.ends_with("held.jar")),
+            "{hs:?}"
+        );
     }
 }

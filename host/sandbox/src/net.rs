@@ -10,7 +10,13 @@ use molt_check_logic::{Probe, Stage};
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn fail(url: &str, stage: Stage, status: Option<u16>, detail: String) -> Probe {
-    Probe { url: url.to_string(), ok: false, failed_stage: Some(stage), http_status: status, detail }
+    Probe {
+        url: url.to_string(),
+        ok: false,
+        failed_stage: Some(stage),
+        http_status: status,
+        detail,
+    }
 }
 
 struct Parsed {
@@ -38,7 +44,12 @@ fn parse(url: &str) -> Option<Parsed> {
     if host.is_empty() || host.contains('@') {
         return None;
     }
-    Some(Parsed { https, host, port, path })
+    Some(Parsed {
+        https,
+        host,
+        port,
+        path,
+    })
 }
 
 fn http_status(stream: &mut dyn ReadWrite, p: &Parsed) -> Result<u16, String> {
@@ -46,7 +57,9 @@ fn http_status(stream: &mut dyn ReadWrite, p: &Parsed) -> Result<u16, String> {
         "HEAD {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: molt-precheck\r\nConnection: close\r\n\r\n",
         p.path, p.host
     );
-    stream.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut buf = [0u8; 256];
     let mut got = Vec::new();
     while !got.windows(2).any(|w| w == b"\r\n") && got.len() < 256 {
@@ -59,9 +72,15 @@ fn http_status(stream: &mut dyn ReadWrite, p: &Parsed) -> Result<u16, String> {
     let line = String::from_utf8_lossy(&got);
     let line = line.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
-    match (parts.next(), parts.next().and_then(|s| s.parse::<u16>().ok())) {
+    match (
+        parts.next(),
+        parts.next().and_then(|s| s.parse::<u16>().ok()),
+    ) {
         (Some(v), Some(code)) if v.starts_with("HTTP/") => Ok(code),
-        _ => Err(format!("not an HTTP answer: `{}`", line.chars().take(60).collect::<String>())),
+        _ => Err(format!(
+            "not an HTTP answer: `{}`",
+            line.chars().take(60).collect::<String>()
+        )),
     }
 }
 
@@ -97,7 +116,9 @@ pub fn probe(url: &str) -> Probe {
     let _ = tcp.set_read_timeout(Some(TIMEOUT));
     let _ = tcp.set_write_timeout(Some(TIMEOUT));
     let status = if p.https {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = match rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -163,11 +184,18 @@ mod tests {
         assert!(p.ok, "{p:?}");
         let port = serve_once(b"HTTP/1.1 404 Not Found\r\n\r\n");
         let p = probe(&format!("http://127.0.0.1:{port}/x"));
-        assert_eq!((p.failed_stage, p.http_status), (Some(Stage::Http), Some(404)));
+        assert_eq!(
+            (p.failed_stage, p.http_status),
+            (Some(Stage::Http), Some(404))
+        );
         let port = serve_once(b"HTTP/1.1 200 OK\r\n\r\n");
         let p = probe(&format!("https://127.0.0.1:{port}/x"));
         assert_eq!(p.failed_stage, Some(Stage::Tls), "{p:?}");
-        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let p = probe(&format!("http://127.0.0.1:{closed}/"));
         assert_eq!(p.failed_stage, Some(Stage::Tcp), "{p:?}");
         let p = probe("http://no-such-host.invalid/");

@@ -181,7 +181,11 @@ impl Policy {
                 .unwrap_or(self.defaults.memory_bytes)
                 .min(self.ceilings.memory_bytes),
         };
-        Ok(Grant { capabilities, preopens, limits })
+        Ok(Grant {
+            capabilities,
+            preopens,
+            limits,
+        })
     }
 }
 
@@ -211,7 +215,9 @@ pub fn origin(url: &str) -> Option<String> {
 pub fn url_allowed(allow: &[String], url: &str) -> bool {
     match origin(url) {
         None => false,
-        Some(o) => allow.iter().any(|a| origin(a).as_deref() == Some(o.as_str())),
+        Some(o) => allow
+            .iter()
+            .any(|a| origin(a).as_deref() == Some(o.as_str())),
     }
 }
 
@@ -239,8 +245,16 @@ mod tests {
         assert_eq!(g.capabilities.len(), 1);
         let e = p.grant(&comp(&["facts", "net"], &[])).unwrap_err();
         assert!(e.contains("`net`"), "{e}");
-        assert!(p.grant(&comp(&["disk"], &[])).unwrap_err().contains("unknown capability"));
-        assert!(p.grant(&comp(&[], &["root"])).unwrap_err().contains("unknown preopen"));
+        assert!(
+            p.grant(&comp(&["disk"], &[]))
+                .unwrap_err()
+                .contains("unknown capability")
+        );
+        assert!(
+            p.grant(&comp(&[], &["root"]))
+                .unwrap_err()
+                .contains("unknown preopen")
+        );
     }
 
     #[test]

@@ -73,12 +73,15 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub fn blocking(&self) -> bool {
-        self.findings.iter().any(|f| f.severity == Severity::Blocking)
+        self.findings
+            .iter()
+            .any(|f| f.severity == Severity::Blocking)
     }
 }
 
 /// Where the facts come from.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // built once per run; boxing would only obscure the API
 pub enum FactsSource {
     /// Probe this host (`HostFacts::probe(install_dir, scratch_parent)`).
     Probe,
@@ -146,7 +149,10 @@ struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -271,12 +277,19 @@ pub struct WorldRef {
 pub fn parse_world(s: &str) -> Result<WorldRef, String> {
     let bad = |why: &str| format!("world `{s}`: {why}");
     let (path, ver) = s.split_once('@').ok_or_else(|| bad("no @version"))?;
-    let (package, world) = path.split_once('/').ok_or_else(|| bad("expected <package>/<world>"))?;
+    let (package, world) = path
+        .split_once('/')
+        .ok_or_else(|| bad("expected <package>/<world>"))?;
     let mut v = ver.split('.').map(|p| p.parse::<u64>());
     let (Some(Ok(major)), Some(Ok(minor))) = (v.next(), v.next()) else {
         return Err(bad("version is not <major>.<minor>.<patch>"));
     };
-    Ok(WorldRef { package: package.to_string(), world: world.to_string(), major, minor })
+    Ok(WorldRef {
+        package: package.to_string(),
+        world: world.to_string(),
+        major,
+        minor,
+    })
 }
 
 /// Refuse a world this host cannot run.
@@ -289,7 +302,11 @@ pub fn check_world(s: &str, expected: &str) -> Result<WorldRef, String> {
         return Err(format!(
             "component is built for molt:check@{}.x, but this host supports molt:check@{}.x only ({CONTRACT}); upgrade the agent first",
             w.major,
-            KNOWN_MAJORS.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(".x, @")
+            KNOWN_MAJORS
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(".x, @")
         ));
     }
     if w.world != expected {
@@ -299,7 +316,12 @@ pub fn check_world(s: &str, expected: &str) -> Result<WorldRef, String> {
 }
 
 fn finding(severity: Severity, code: &str, message: String, remediation: &str) -> Finding {
-    Finding { severity, code: code.into(), message, remediation: remediation.into() }
+    Finding {
+        severity,
+        code: code.into(),
+        message,
+        remediation: remediation.into(),
+    }
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -309,7 +331,9 @@ fn sha256_hex(b: &[u8]) -> String {
 /// A path inside the bundle: relative, no `..`.
 fn inside(dir: &Path, rel: &str) -> Option<PathBuf> {
     let p = Path::new(rel);
-    if p.components().all(|c| matches!(c, PathComponent::Normal(_))) {
+    if p.components()
+        .all(|c| matches!(c, PathComponent::Normal(_)))
+    {
         Some(dir.join(p))
     } else {
         None
@@ -319,7 +343,8 @@ fn inside(dir: &Path, rel: &str) -> Option<PathBuf> {
 fn code_ok(c: &str) -> bool {
     !c.is_empty()
         && c.len() <= 64
-        && c.chars().all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == '.' || x == '-')
+        && c.chars()
+            .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == '.' || x == '-')
         && !c.starts_with(['.', '-'])
 }
 
@@ -395,7 +420,9 @@ impl Sandbox {
     /// key is the SHA-256 of the (signed) wasm plus the engine fingerprint
     /// (wasmtime version and config); only files this cache wrote are read.
     fn load_or_compile(&self, wasm: &[u8], sha: &str) -> Result<Component, String> {
-        let path = self.cache_dir.join(format!("{sha}-{}.cwasm", self.fingerprint));
+        let path = self
+            .cache_dir
+            .join(format!("{sha}-{}.cwasm", self.fingerprint));
         if path.is_file() {
             // SAFETY: the cache dir is the agent's own state and the file name
             // carries the digest of the verified wasm; wasmtime also checks the
@@ -410,12 +437,15 @@ impl Sandbox {
                 }
             }
         }
-        let c = Component::new(&self.engine, wasm).map_err(|e| format!("does not compile: {e:#}"))?;
+        let c =
+            Component::new(&self.engine, wasm).map_err(|e| format!("does not compile: {e:#}"))?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         match c.serialize() {
             Ok(bytes) => {
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &path)) {
+                if let Err(e) =
+                    std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &path))
+                {
                     let _ = std::fs::remove_file(&tmp);
                     tracing::warn!(file = %path.display(), error = %e, "Cannot write compile cache entry");
                 }
@@ -434,25 +464,42 @@ impl Sandbox {
         world: &str,
     ) -> Result<Prepared, Finding> {
         let denied = |why: String| {
-            finding(Severity::Blocking, "check.denied", format!("Check {} was refused: {why}", c.path),
-                "Ship the check with a manifest that requests only what the host policy allows.")
+            finding(
+                Severity::Blocking,
+                "check.denied",
+                format!("Check {} was refused: {why}", c.path),
+                "Ship the check with a manifest that requests only what the host policy allows.",
+            )
         };
         let grant = self.policy.grant(c).map_err(denied)?;
         check_world(&c.world, world).map_err(|why| {
-            finding(Severity::Blocking, "check.incompatible", format!("Check {} cannot run: {why}", c.path),
-                "Upgrade the agent, or ship a check built for this host's contract.")
+            finding(
+                Severity::Blocking,
+                "check.incompatible",
+                format!("Check {} cannot run: {why}", c.path),
+                "Upgrade the agent, or ship a check built for this host's contract.",
+            )
         })?;
         let invalid = |why: String| {
-            finding(Severity::Blocking, "check.invalid", format!("Check {} is invalid: {why}", c.path),
-                "Rebuild and re-sign the check bundle.")
+            finding(
+                Severity::Blocking,
+                "check.invalid",
+                format!("Check {} is invalid: {why}", c.path),
+                "Rebuild and re-sign the check bundle.",
+            )
         };
-        let path = inside(bundle_dir, &c.path).ok_or_else(|| invalid("path leaves the bundle".into()))?;
-        let wasm = std::fs::read(&path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let path =
+            inside(bundle_dir, &c.path).ok_or_else(|| invalid("path leaves the bundle".into()))?;
+        let wasm = std::fs::read(&path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
         let sha = sha256_hex(&wasm);
         if let Some(entry) = manifest.entry(&c.path)
             && entry.sha256 != sha
         {
-            return Err(invalid(format!("SHA-256 {sha} differs from the signed manifest's {}", entry.sha256)));
+            return Err(invalid(format!(
+                "SHA-256 {sha} differs from the signed manifest's {}",
+                entry.sha256
+            )));
         }
         let component = self.load_or_compile(&wasm, &sha).map_err(invalid)?;
         // The component's real imports must be within what its manifest requested.
@@ -461,19 +508,29 @@ impl Sandbox {
                 let (iface, ver) = rest.split_once('@').unwrap_or((rest, ""));
                 let major = ver.split('.').next().and_then(|m| m.parse::<u64>().ok());
                 if !major.is_some_and(|m| KNOWN_MAJORS.contains(&m)) {
-                    return Err(finding(Severity::Blocking, "check.incompatible",
-                        format!("Check {} imports {name}, but this host implements {CONTRACT}", c.path),
-                        "Upgrade the agent, or ship a check built for this host's contract."));
+                    return Err(finding(
+                        Severity::Blocking,
+                        "check.incompatible",
+                        format!(
+                            "Check {} imports {name}, but this host implements {CONTRACT}",
+                            c.path
+                        ),
+                        "Upgrade the agent, or ship a check built for this host's contract.",
+                    ));
                 }
                 if matches!(iface, "types" | "selection") {
                     continue;
                 }
                 let cap: Capability = iface.parse().map_err(|e: String| denied(e))?;
                 if !grant.capabilities.contains(&cap) {
-                    return Err(denied(format!("it imports `{cap}` but its manifest does not request that capability")));
+                    return Err(denied(format!(
+                        "it imports `{cap}` but its manifest does not request that capability"
+                    )));
                 }
             } else if !name.starts_with("wasi:") {
-                return Err(denied(format!("it imports `{name}`, which this host does not provide")));
+                return Err(denied(format!(
+                    "it imports `{name}`, which this host does not provide"
+                )));
             }
         }
         Ok(Prepared { component, grant })
@@ -490,10 +547,18 @@ impl Sandbox {
         }
         for cap in &grant.capabilities {
             match cap {
-                Capability::Facts => pb::molt::check::facts::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s),
-                Capability::Net => pb::molt::check::net::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s),
-                Capability::Services => pb::molt::check::services::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s),
-                Capability::Log => pb::molt::check::log::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s),
+                Capability::Facts => {
+                    pb::molt::check::facts::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s)
+                }
+                Capability::Net => {
+                    pb::molt::check::net::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s)
+                }
+                Capability::Services => {
+                    pb::molt::check::services::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s)
+                }
+                Capability::Log => {
+                    pb::molt::check::log::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s)
+                }
             }
             .map_err(e)?;
         }
@@ -518,11 +583,26 @@ impl Sandbox {
             .build();
         let mut store = Store::new(
             &self.engine,
-            HostState { wasi, table: ResourceTable::new(), limits, facts, net_allow, check: check.to_string(), log_lines: 0 },
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                facts,
+                net_allow,
+                check: check.to_string(),
+                log_lines: 0,
+            },
         );
         store.limiter(|s| &mut s.limits);
-        store.set_fuel(grant.limits.fuel).map_err(|e| e.to_string())?;
-        let ticks = grant.limits.deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64;
+        store
+            .set_fuel(grant.limits.fuel)
+            .map_err(|e| e.to_string())?;
+        let ticks = grant
+            .limits
+            .deadline
+            .as_millis()
+            .div_ceil(TICK.as_millis())
+            .max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         Ok(store)
@@ -556,13 +636,18 @@ impl Sandbox {
                 .zip(comps)
                 .map(|(h, c)| {
                     h.join().unwrap_or_else(|_| {
-                        Err(finding(Severity::Blocking, "check.crashed",
-                            format!("Check {}: the host panicked while preparing it", c.path), "Report this as a Molt bug."))
+                        Err(finding(
+                            Severity::Blocking,
+                            "check.crashed",
+                            format!("Check {}: the host panicked while preparing it", c.path),
+                            "Report this as a Molt bug.",
+                        ))
                     })
                 })
                 .collect()
         });
-        let slots: Vec<Mutex<Option<CheckReport>>> = comps.iter().map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Option<CheckReport>>> =
+            comps.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let workers = self.policy.concurrency.clamp(1, comps.len().max(1));
         std::thread::scope(|s| {
@@ -600,20 +685,29 @@ impl Sandbox {
             .into_iter()
             .zip(comps)
             .map(|(m, c)| {
-                m.into_inner().ok().flatten().unwrap_or_else(|| CheckReport {
-                    check: stem(&c.path),
-                    version: String::new(),
-                    description: String::new(),
-                    component: c.path.clone(),
-                    findings: vec![finding(Severity::Blocking, "check.crashed",
-                        format!("Check {}: the host panicked while running it", c.path), "Report this as a Molt bug.")],
-                    elapsed: Duration::ZERO,
-                })
+                m.into_inner()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| CheckReport {
+                        check: stem(&c.path),
+                        version: String::new(),
+                        description: String::new(),
+                        component: c.path.clone(),
+                        findings: vec![finding(
+                            Severity::Blocking,
+                            "check.crashed",
+                            format!("Check {}: the host panicked while running it", c.path),
+                            "Report this as a Molt bug.",
+                        )],
+                        elapsed: Duration::ZERO,
+                    })
             })
             .collect();
         let blocking = reports.iter().filter(|r| r.blocking()).count();
         if blocking == 0 {
-            tracing::info!("Pre-upgrade validation tests successful. Continuing with upgrade process");
+            tracing::info!(
+                "Pre-upgrade validation tests successful. Continuing with upgrade process"
+            );
         } else {
             tracing::warn!(blocking, "Pre-upgrade validation tests failed");
         }
@@ -638,10 +732,17 @@ impl Sandbox {
             elapsed: Duration::ZERO,
         };
         let crashed = |why: String| {
-            finding(Severity::Blocking, "check.crashed", why, "Report this to the check's author; the upgrade waits until it passes.")
+            finding(
+                Severity::Blocking,
+                "check.crashed",
+                why,
+                "Report this to the check's author; the upgrade waits until it passes.",
+            )
         };
         let mut b = WasiCtx::builder();
-        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         let stderr = MemoryOutputPipe::new(16 * 1024);
         b.stderr(stderr.clone());
         let mut scratch = ScratchGuard(None);
@@ -649,28 +750,43 @@ impl Sandbox {
         let mut setup = || -> Result<(), String> {
             if p.grant.preopens.contains(&Preopen::Scratch) {
                 let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
-                let dir = ctx.scratch_parent.join(format!("molt-check-{}-{n}", std::process::id()));
-                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create scratch dir {}: {e}", dir.display()))?;
+                let dir = ctx
+                    .scratch_parent
+                    .join(format!("molt-check-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("cannot create scratch dir {}: {e}", dir.display()))?;
                 scratch.0 = Some(dir.clone());
-                b.preopened_dir(&dir, "/scratch", FsPerms::ReadWrite).map_err(|e| e.to_string())?;
+                b.preopened_dir(&dir, "/scratch", FsPerms::ReadWrite)
+                    .map_err(|e| e.to_string())?;
             }
             if p.grant.preopens.contains(&Preopen::Install) {
-                b.preopened_dir(&ctx.install_dir, "/install", FsPerms::ReadOnly).map_err(|e| format!("cannot open install dir {}: {e}", ctx.install_dir.display()))?;
+                b.preopened_dir(&ctx.install_dir, "/install", FsPerms::ReadOnly)
+                    .map_err(|e| {
+                        format!("cannot open install dir {}: {e}", ctx.install_dir.display())
+                    })?;
             }
             if p.grant.preopens.contains(&Preopen::Staging) {
                 let dir = ctx.install_dir.join("work").join("precheck-staging");
                 match std::fs::create_dir_all(&dir) {
                     Ok(()) => {
-                        b.preopened_dir(&dir, "/staging", FsPerms::ReadWrite).map_err(|e| e.to_string())?;
+                        b.preopened_dir(&dir, "/staging", FsPerms::ReadWrite)
+                            .map_err(|e| e.to_string())?;
                         staging_created = Some(dir);
                     }
-                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "Pre Upgrade Check: Unable to create folder for upgrade check files"),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "Pre Upgrade Check: Unable to create folder for upgrade check files")
+                    }
                 }
             }
             Ok(())
         };
         if let Err(why) = setup() {
-            report.findings.push(finding(Severity::Blocking, "check.setup", format!("Check {}: {why}", report.check), "Fix the agent's work dir permissions."));
+            report.findings.push(finding(
+                Severity::Blocking,
+                "check.setup",
+                format!("Check {}: {why}", report.check),
+                "Fix the agent's work dir permissions.",
+            ));
             report.elapsed = started.elapsed();
             return report;
         }
@@ -680,7 +796,9 @@ impl Sandbox {
         let params: Vec<(String, String)> = params.into_iter().collect();
         let outcome = (|| -> Result<(pb::CheckInfo, Vec<pb::Finding>), wasmtime::Error> {
             let linker = self.linker(&p.grant, false).map_err(wasmtime::Error::msg)?;
-            let mut store = self.store(&p.grant, wasi, facts, allow, &report.check).map_err(wasmtime::Error::msg)?;
+            let mut store = self
+                .store(&p.grant, wasi, facts, allow, &report.check)
+                .map_err(wasmtime::Error::msg)?;
             let pre = pb::PrecheckPre::new(linker.instantiate_pre(&p.component)?)?;
             let inst = pre.instantiate(&mut store)?;
             let info = inst.call_describe(&mut store)?;
@@ -694,15 +812,25 @@ impl Sandbox {
         match outcome {
             Ok((info, fs)) => {
                 if info.name.is_empty() || info.name.len() > 64 || info.version.len() > 64 {
-                    report.findings.push(nonsense(&report.check, "describe() returned an empty or over-long name or version"));
+                    report.findings.push(nonsense(
+                        &report.check,
+                        "describe() returned an empty or over-long name or version",
+                    ));
                 } else {
                     report.check = info.name;
                     report.version = info.version;
                     report.description = info.description.chars().take(MAX_TEXT).collect();
                 }
                 if fs.len() > MAX_FINDINGS {
-                    report.findings.push(nonsense(&report.check, &format!("returned {} findings (at most {MAX_FINDINGS})", fs.len())));
-                } else if let Some(bad) = fs.iter().find(|f| !code_ok(&f.code) || f.message.len() > MAX_TEXT || f.remediation.len() > MAX_TEXT) {
+                    report.findings.push(nonsense(
+                        &report.check,
+                        &format!("returned {} findings (at most {MAX_FINDINGS})", fs.len()),
+                    ));
+                } else if let Some(bad) = fs.iter().find(|f| {
+                    !code_ok(&f.code)
+                        || f.message.len() > MAX_TEXT
+                        || f.remediation.len() > MAX_TEXT
+                }) {
                     report.findings.push(nonsense(&report.check, &format!(
                         "returned a finding with code `{}` ({} byte message): codes are 1-64 chars of a-z 0-9 . - and texts at most {MAX_TEXT} bytes",
                         bad.code.chars().take(64).collect::<String>(), bad.message.len())));
@@ -724,7 +852,13 @@ impl Sandbox {
             }
             Err(e) => {
                 let err_text = stderr_text(&stderr);
-                report.findings.push(classify(&e, &err_text, &report.check, &p.grant.limits, crashed));
+                report.findings.push(classify(
+                    &e,
+                    &err_text,
+                    &report.check,
+                    &p.grant.limits,
+                    crashed,
+                ));
             }
         }
         report.elapsed = started.elapsed();
@@ -733,7 +867,11 @@ impl Sandbox {
 
     /// Run the selector component at `component_path` (no manifest: default
     /// limits, `log` only, no preopens).
-    pub fn select_version(&self, component_path: &Path, input: &SelectorInput) -> Result<Plan, SandboxError> {
+    pub fn select_version(
+        &self,
+        component_path: &Path,
+        input: &SelectorInput,
+    ) -> Result<Plan, SandboxError> {
         let grant = Grant {
             capabilities: [Capability::Log].into_iter().collect(),
             preopens: Default::default(),
@@ -744,23 +882,53 @@ impl Sandbox {
 
     /// Run the selector of a verified, extracted selector bundle (the first
     /// `selector` component of its manifest, with its grant).
-    pub fn select_version_in_bundle(&self, bundle_dir: &Path, manifest: &Manifest, input: &SelectorInput) -> Result<Plan, SandboxError> {
+    pub fn select_version_in_bundle(
+        &self,
+        bundle_dir: &Path,
+        manifest: &Manifest,
+        input: &SelectorInput,
+    ) -> Result<Plan, SandboxError> {
         let c = manifest
             .components
             .iter()
             .find(|c| parse_world(&c.world).is_ok_and(|w| w.world == "selector"))
-            .ok_or_else(|| SandboxError::Component { component: manifest.buildstamp.clone(), reason: "bundle has no selector component".into() })?;
-        check_world(&c.world, "selector").map_err(|reason| SandboxError::Component { component: c.path.clone(), reason })?;
-        let grant = self.policy.grant(c).map_err(|reason| SandboxError::Component { component: c.path.clone(), reason })?;
-        let path = inside(bundle_dir, &c.path).ok_or_else(|| SandboxError::Component { component: c.path.clone(), reason: "path leaves the bundle".into() })?;
+            .ok_or_else(|| SandboxError::Component {
+                component: manifest.buildstamp.clone(),
+                reason: "bundle has no selector component".into(),
+            })?;
+        check_world(&c.world, "selector").map_err(|reason| SandboxError::Component {
+            component: c.path.clone(),
+            reason,
+        })?;
+        let grant = self
+            .policy
+            .grant(c)
+            .map_err(|reason| SandboxError::Component {
+                component: c.path.clone(),
+                reason,
+            })?;
+        let path = inside(bundle_dir, &c.path).ok_or_else(|| SandboxError::Component {
+            component: c.path.clone(),
+            reason: "path leaves the bundle".into(),
+        })?;
         self.select_with(&path, &grant, input)
     }
 
-    fn select_with(&self, path: &Path, grant: &Grant, input: &SelectorInput) -> Result<Plan, SandboxError> {
+    fn select_with(
+        &self,
+        path: &Path,
+        grant: &Grant,
+        input: &SelectorInput,
+    ) -> Result<Plan, SandboxError> {
         let name = path.display().to_string();
-        let err = |reason: String| SandboxError::Selector { component: name.clone(), reason };
+        let err = |reason: String| SandboxError::Selector {
+            component: name.clone(),
+            reason,
+        };
         let wasm = std::fs::read(path).map_err(|e| SandboxError::io("read", path, e))?;
-        let comp = self.load_or_compile(&wasm, &sha256_hex(&wasm)).map_err(err)?;
+        let comp = self
+            .load_or_compile(&wasm, &sha256_hex(&wasm))
+            .map_err(err)?;
         let facts = Arc::new(HostFacts::healthy());
         // Own thread: sync WASI must not run on a tokio worker (it would block_on).
         let res = std::thread::scope(|s| {
@@ -842,38 +1010,76 @@ fn stem(path: &str) -> String {
 }
 
 fn stderr_text(p: &MemoryOutputPipe) -> String {
-    String::from_utf8_lossy(&p.contents()).chars().take(MAX_TEXT).collect()
+    String::from_utf8_lossy(&p.contents())
+        .chars()
+        .take(MAX_TEXT)
+        .collect()
 }
 
 fn nonsense(check: &str, why: &str) -> Finding {
-    finding(Severity::Blocking, "check.nonsense", format!("Check {check} {why}"),
-        "Report this to the check's author; the upgrade waits until it passes.")
+    finding(
+        Severity::Blocking,
+        "check.nonsense",
+        format!("Check {check} {why}"),
+        "Report this to the check's author; the upgrade waits until it passes.",
+    )
 }
 
 /// Turn a guest failure into a finding naming the check.
-fn classify(e: &wasmtime::Error, stderr: &str, check: &str, limits: &Limits, crashed: impl Fn(String) -> Finding) -> Finding {
+fn classify(
+    e: &wasmtime::Error,
+    stderr: &str,
+    check: &str,
+    limits: &Limits,
+    crashed: impl Fn(String) -> Finding,
+) -> Finding {
     let text = format!("{e:#}");
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {
-            return finding(Severity::Blocking, "check.timeout",
-                format!("Check {check} did not finish within its deadline of {} ms and was stopped", limits.deadline.as_millis()),
-                "Report this to the check's author; the upgrade waits until it passes.");
+            return finding(
+                Severity::Blocking,
+                "check.timeout",
+                format!(
+                    "Check {check} did not finish within its deadline of {} ms and was stopped",
+                    limits.deadline.as_millis()
+                ),
+                "Report this to the check's author; the upgrade waits until it passes.",
+            );
         }
         Some(Trap::OutOfFuel) => {
-            return finding(Severity::Blocking, "check.fuel-exhausted",
-                format!("Check {check} used up its budget of {} fuel and was stopped", limits.fuel),
-                "Report this to the check's author; the upgrade waits until it passes.");
+            return finding(
+                Severity::Blocking,
+                "check.fuel-exhausted",
+                format!(
+                    "Check {check} used up its budget of {} fuel and was stopped",
+                    limits.fuel
+                ),
+                "Report this to the check's author; the upgrade waits until it passes.",
+            );
         }
         _ => {}
     }
     if stderr.contains("memory allocation of") || text.contains("growing memory") {
-        return finding(Severity::Blocking, "check.out-of-memory",
-            format!("Check {check} needed more than its memory cap of {} bytes: {}", limits.memory_bytes, stderr.lines().next().unwrap_or(&text)),
-            "Report this to the check's author; the upgrade waits until it passes.");
+        return finding(
+            Severity::Blocking,
+            "check.out-of-memory",
+            format!(
+                "Check {check} needed more than its memory cap of {} bytes: {}",
+                limits.memory_bytes,
+                stderr.lines().next().unwrap_or(&text)
+            ),
+            "Report this to the check's author; the upgrade waits until it passes.",
+        );
     }
-    if text.contains("import") && (text.contains("not defined") || text.contains("has the wrong type")) {
-        return finding(Severity::Blocking, "check.denied", format!("Check {check} could not be linked: {text}"),
-            "Ship the check with a manifest that requests only what the host policy allows.");
+    if text.contains("import")
+        && (text.contains("not defined") || text.contains("has the wrong type"))
+    {
+        return finding(
+            Severity::Blocking,
+            "check.denied",
+            format!("Check {check} could not be linked: {text}"),
+            "Ship the check with a manifest that requests only what the host policy allows.",
+        );
     }
     // Rust prints "thread '..' panicked at <file>:" and the message on the next line.
     let lines: Vec<&str> = stderr.lines().collect();

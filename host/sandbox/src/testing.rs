@@ -21,7 +21,10 @@ pub fn component(path: &str, params: &[(&str, &str)]) -> Component {
         capabilities: Capability::ALL.iter().map(|c| c.to_string()).collect(),
         preopens: Preopen::ALL.iter().map(|p| p.to_string()).collect(),
         limits: ComponentLimits::default(),
-        params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 

@@ -46,7 +46,12 @@ fn healthy() -> HostFacts {
     let mut f = HostFacts::healthy();
     f.net.insert(
         DL.into(),
-        ProbeOutcome { ok: true, failed_stage: None, http_status: Some(200), detail: "HTTP 200".into() },
+        ProbeOutcome {
+            ok: true,
+            failed_stage: None,
+            http_status: Some(200),
+            detail: "HTTP 200".into(),
+        },
     );
     f
 }
@@ -68,11 +73,23 @@ fn run_suite(facts: HostFacts) -> BTreeMap<String, Vec<(Severity, String)>> {
     let reports = sb.run_precheck(&dir, &m, &ctx(&home, facts)).unwrap();
     reports
         .into_iter()
-        .map(|r| (r.check.clone(), r.findings.iter().map(|f| (f.severity, f.code.clone())).collect()))
+        .map(|r| {
+            (
+                r.check.clone(),
+                r.findings
+                    .iter()
+                    .map(|f| (f.severity, f.code.clone()))
+                    .collect(),
+            )
+        })
         .collect()
 }
 
-fn hostile_with(params: &[(&str, &str)], edit: impl FnOnce(&mut Component), policy: Policy) -> CheckReport {
+fn hostile_with(
+    params: &[(&str, &str)],
+    edit: impl FnOnce(&mut Component),
+    policy: Policy,
+) -> CheckReport {
     let mut c = component("hostile.wasm", params);
     edit(&mut c);
     let sb = sandbox(policy).unwrap();
@@ -113,39 +130,100 @@ fn standard_checks_block_and_warn_on_simulated_facts() {
     f.sharing_install_dir = vec!["molt-agent.service".into(), "other-agent.service".into()];
     f.service_state = ServiceState::Running;
     f.file_holders = vec![
-        FileHolder { pid: f.agent_pid, name: "molt".into(), path: "/x/lib/a.jar".into() },
-        FileHolder { pid: 4242, name: "java".into(), path: "/x/lib/b.jar".into() },
-        FileHolder { pid: 4243, name: "clamscan".into(), path: "/x/lib/c.jar".into() },
+        FileHolder {
+            pid: f.agent_pid,
+            name: "molt".into(),
+            path: "/x/lib/a.jar".into(),
+        },
+        FileHolder {
+            pid: 4242,
+            name: "java".into(),
+            path: "/x/lib/b.jar".into(),
+        },
+        FileHolder {
+            pid: 4243,
+            name: "clamscan".into(),
+            path: "/x/lib/c.jar".into(),
+        },
     ];
     f.net.insert(
         DL.into(),
-        ProbeOutcome { ok: false, failed_stage: Some("tls".into()), http_status: None, detail: "bad certificate".into() },
+        ProbeOutcome {
+            ok: false,
+            failed_stage: Some("tls".into()),
+            http_status: None,
+            detail: "bad certificate".into(),
+        },
     );
     let r = run_suite(f);
-    let codes = |c: &str| r[c].iter().map(|(s, c)| (*s, c.as_str())).collect::<Vec<_>>();
-    assert_eq!(codes("disk-space"), vec![(Blocking, "disk.insufficient"), (Warning, "disk.low")]);
-    assert_eq!(codes("download-access"), vec![(Blocking, "download.unreachable")]);
-    assert_eq!(codes("service-account"), vec![(Blocking, "account.unprivileged")]);
+    let codes = |c: &str| {
+        r[c].iter()
+            .map(|(s, c)| (*s, c.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        codes("disk-space"),
+        vec![(Blocking, "disk.insufficient"), (Warning, "disk.low")]
+    );
+    assert_eq!(
+        codes("download-access"),
+        vec![(Blocking, "download.unreachable")]
+    );
+    assert_eq!(
+        codes("service-account"),
+        vec![(Blocking, "account.unprivileged")]
+    );
     assert_eq!(codes("runtime-compat"), vec![(Warning, "runtime.skipped")]);
-    assert_eq!(codes("duplicate-install"), vec![(Blocking, "install.shared")]);
-    assert_eq!(codes("file-locks"), vec![(Blocking, "files.locked"), (Warning, "files.transient-lock")]);
+    assert_eq!(
+        codes("duplicate-install"),
+        vec![(Blocking, "install.shared")]
+    );
+    assert_eq!(
+        codes("file-locks"),
+        vec![
+            (Blocking, "files.locked"),
+            (Warning, "files.transient-lock")
+        ]
+    );
 
     let mut f = healthy();
     f.service_account = "???".into();
     f.service_state = ServiceState::NotInstalled;
-    f.file_holders = vec![FileHolder { pid: 9, name: "updatedb".into(), path: "/x/a".into() }];
+    f.file_holders = vec![FileHolder {
+        pid: 9,
+        name: "updatedb".into(),
+        path: "/x/a".into(),
+    }];
     f.libc_version = Some("2.12".into());
     f.net.insert(
         DL.into(),
-        ProbeOutcome { ok: false, failed_stage: Some("http".into()), http_status: Some(503), detail: "HTTP 503".into() },
+        ProbeOutcome {
+            ok: false,
+            failed_stage: Some("http".into()),
+            http_status: Some(503),
+            detail: "HTTP 503".into(),
+        },
     );
     let r = run_suite(f);
-    let codes = |c: &str| r[c].iter().map(|(s, c)| (*s, c.as_str())).collect::<Vec<_>>();
-    assert_eq!(codes("service-account"), vec![(Warning, "account.unparsable")]);
-    assert_eq!(codes("duplicate-install"), vec![(Warning, "service.not-installed")]);
+    let codes = |c: &str| {
+        r[c].iter()
+            .map(|(s, c)| (*s, c.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        codes("service-account"),
+        vec![(Warning, "account.unparsable")]
+    );
+    assert_eq!(
+        codes("duplicate-install"),
+        vec![(Warning, "service.not-installed")]
+    );
     assert_eq!(codes("file-locks"), vec![(Warning, "files.transient-lock")]);
     assert_eq!(codes("runtime-compat"), vec![(Warning, "runtime.skipped")]);
-    assert_eq!(codes("download-access"), vec![(Warning, "download.http-status")]);
+    assert_eq!(
+        codes("download-access"),
+        vec![(Warning, "download.http-status")]
+    );
 }
 
 #[test]
@@ -163,14 +241,23 @@ fn runtime_compat_blocks_when_the_runtime_is_required() {
     // Without a runtime upgrade there is nothing to check.
     c.params.insert("runtime_upgrade".into(), "false".into());
     let r = sb.run_precheck(&dir, &m, &c).unwrap();
-    assert!(r.iter().find(|r| r.check == "runtime-compat").unwrap().findings.is_empty());
+    assert!(
+        r.iter()
+            .find(|r| r.check == "runtime-compat")
+            .unwrap()
+            .findings
+            .is_empty()
+    );
 }
 
 #[test]
 fn download_access_real_probe_and_allow_list() {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://127.0.0.1:{}/packages/", l.local_addr().unwrap().port());
+    let url = format!(
+        "http://127.0.0.1:{}/packages/",
+        l.local_addr().unwrap().port()
+    );
     std::thread::spawn(move || {
         for s in l.incoming().flatten().take(4) {
             let mut s = s;
@@ -180,7 +267,14 @@ fn download_access_real_probe_and_allow_list() {
         }
     });
     let (dir, m) = open_bundle("precheck");
-    let m = Manifest { components: m.components.into_iter().filter(|c| c.path.contains("download")).collect(), ..m };
+    let m = Manifest {
+        components: m
+            .components
+            .into_iter()
+            .filter(|c| c.path.contains("download"))
+            .collect(),
+        ..m
+    };
     let home = fresh_dir("home").unwrap();
     let sb = sandbox(Policy::default()).unwrap();
     let mut c = ctx(&home, HostFacts::healthy());
@@ -194,26 +288,44 @@ fn download_access_real_probe_and_allow_list() {
     let r = sb.run_precheck(&dir, &m, &c).unwrap();
     assert_findings(&r[0], &[(Severity::Blocking, "download.not-allowed")]);
     // Closed port: TCP stage fails.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let u = format!("https://127.0.0.1:{closed}/");
     c.net_allow = vec![u.clone()];
     c.params.insert("url".into(), u);
     let r = sb.run_precheck(&dir, &m, &c).unwrap();
     assert_findings(&r[0], &[(Severity::Blocking, "download.unreachable")]);
-    assert!(r[0].findings[0].message.contains("TCP"), "{:?}", r[0].findings);
+    assert!(
+        r[0].findings[0].message.contains("TCP"),
+        "{:?}",
+        r[0].findings
+    );
 }
 
 #[test]
 fn file_ops_warns_on_leftovers_and_blocks_without_staging() {
     let (dir, m) = open_bundle("precheck");
-    let m = Manifest { components: m.components.into_iter().filter(|c| c.path.contains("file_ops")).collect(), ..m };
+    let m = Manifest {
+        components: m
+            .components
+            .into_iter()
+            .filter(|c| c.path.contains("file_ops"))
+            .collect(),
+        ..m
+    };
     let sb = sandbox(Policy::default()).unwrap();
     let home = fresh_dir("home").unwrap();
     std::fs::create_dir_all(home.join("work/precheck-staging")).unwrap();
     std::fs::write(home.join("work/precheck-staging/old.txt"), b"old").unwrap();
     let r = sb.run_precheck(&dir, &m, &ctx(&home, healthy())).unwrap();
     assert_findings(&r[0], &[(Severity::Warning, "fileops.leftovers")]);
-    assert!(!home.join("work/precheck-staging").exists(), "staging dir is removed once empty");
+    assert!(
+        !home.join("work/precheck-staging").exists(),
+        "staging dir is removed once empty"
+    );
     // The install's work/ is a file: the staging folder cannot be created.
     let home = fresh_dir("home").unwrap();
     std::fs::write(home.join("work"), b"not a dir").unwrap();
@@ -222,16 +334,31 @@ fn file_ops_warns_on_leftovers_and_blocks_without_staging() {
     c.scratch_parent = scratch.clone();
     let r = sb.run_precheck(&dir, &m, &c).unwrap();
     assert_findings(&r[0], &[(Severity::Blocking, "fileops.staging-create")]);
-    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch dirs are removed");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "scratch dirs are removed"
+    );
 }
 
 #[test]
 fn a_looping_guest_is_stopped_at_its_deadline() {
-    let r = hostile_with(&[("mode", "loop")], |c| c.limits.deadline_ms = Some(200), Policy::default());
+    let r = hostile_with(
+        &[("mode", "loop")],
+        |c| c.limits.deadline_ms = Some(200),
+        Policy::default(),
+    );
     let f = only(&r, "check.timeout");
-    assert!(f.message.contains("hostile") && f.message.contains("200 ms"), "{f:?}");
+    assert!(
+        f.message.contains("hostile") && f.message.contains("200 ms"),
+        "{f:?}"
+    );
     // Fuel is the second, deterministic fence.
-    let r = hostile_with(&[("mode", "loop")], |c| c.limits.fuel = Some(10_000_000), Policy::default());
+    let r = hostile_with(
+        &[("mode", "loop")],
+        |c| c.limits.fuel = Some(10_000_000),
+        Policy::default(),
+    );
     only(&r, "check.fuel-exhausted");
 }
 
@@ -239,7 +366,11 @@ fn a_looping_guest_is_stopped_at_its_deadline() {
 fn a_guest_allocating_2_gib_is_refused() {
     let r = hostile_with(&[("mode", "alloc")], |_| {}, Policy::default());
     let f = only(&r, "check.out-of-memory");
-    assert!(f.message.contains("memory allocation of 2147479552 bytes failed"), "{f:?}");
+    assert!(
+        f.message
+            .contains("memory allocation of 2147479552 bytes failed"),
+        "{f:?}"
+    );
     // A guest that asks politely gets an allocation error it can report.
     let r = hostile_with(&[("mode", "alloc-try")], |_| {}, Policy::default());
     assert_findings(&r, &[(Severity::Info, "alloc.refused")]);
@@ -268,7 +399,11 @@ fn a_capability_beyond_policy_never_runs() {
     let f = only(&r, "check.denied");
     assert!(f.message.contains("`net`"), "{f:?}");
     // Imports beyond what the manifest requested: refused too.
-    let r = hostile_with(&[("mode", "net")], |c| c.capabilities = vec!["facts".into()], Policy::default());
+    let r = hostile_with(
+        &[("mode", "net")],
+        |c| c.capabilities = vec!["facts".into()],
+        Policy::default(),
+    );
     let f = only(&r, "check.denied");
     assert!(f.message.contains("net"), "{f:?}");
     // Granted: it runs.
@@ -280,13 +415,33 @@ fn a_capability_beyond_policy_never_runs() {
 fn panics_nonsense_and_unknown_majors_are_blocking_findings() {
     let r = hostile_with(&[("mode", "panic")], |_| {}, Policy::default());
     let f = only(&r, "check.crashed");
-    assert!(f.message.contains("hostile") && f.message.contains("panics on purpose"), "{f:?}");
-    only(&hostile_with(&[("mode", "nonsense")], |_| {}, Policy::default()), "check.nonsense");
-    only(&hostile_with(&[("mode", "many")], |_| {}, Policy::default()), "check.nonsense");
-    let r = hostile_with(&[], |c| c.world = "molt:check/precheck@2.0.0".into(), Policy::default());
+    assert!(
+        f.message.contains("hostile") && f.message.contains("panics on purpose"),
+        "{f:?}"
+    );
+    only(
+        &hostile_with(&[("mode", "nonsense")], |_| {}, Policy::default()),
+        "check.nonsense",
+    );
+    only(
+        &hostile_with(&[("mode", "many")], |_| {}, Policy::default()),
+        "check.nonsense",
+    );
+    let r = hostile_with(
+        &[],
+        |c| c.world = "molt:check/precheck@2.0.0".into(),
+        Policy::default(),
+    );
     let f = only(&r, "check.incompatible");
-    assert!(f.message.contains("@2.x") && f.message.contains("@1.x"), "{f:?}");
-    let r = hostile_with(&[], |c| c.path = "../hostile.wasm".into(), Policy::default());
+    assert!(
+        f.message.contains("@2.x") && f.message.contains("@1.x"),
+        "{f:?}"
+    );
+    let r = hostile_with(
+        &[],
+        |c| c.path = "../hostile.wasm".into(),
+        Policy::default(),
+    );
     only(&r, "check.invalid");
 }
 
@@ -297,7 +452,10 @@ fn tampered_wasm_is_refused() {
     let home = fresh_dir("home").unwrap();
     let sb = sandbox(Policy::default()).unwrap();
     let r = sb.run_precheck(&dir, &m, &ctx(&home, healthy())).unwrap();
-    let d = r.iter().find(|r| r.component.contains("disk_space")).unwrap();
+    let d = r
+        .iter()
+        .find(|r| r.component.contains("disk_space"))
+        .unwrap();
     let f = only(d, "check.invalid");
     assert!(f.message.contains("SHA-256"), "{f:?}");
 }
@@ -307,14 +465,29 @@ fn warm_cache_compiles_nothing() {
     let (dir, m) = open_bundle("precheck");
     let cache = fresh_dir("cache").unwrap();
     let home = fresh_dir("home").unwrap();
-    let cfg = || SandboxConfig { cache_dir: cache.clone(), policy: Policy::default() };
+    let cfg = || SandboxConfig {
+        cache_dir: cache.clone(),
+        policy: Policy::default(),
+    };
     let cold = Sandbox::new(cfg()).unwrap();
     cold.run_precheck(&dir, &m, &ctx(&home, healthy())).unwrap();
-    assert_eq!(cold.cache_stats(), CacheStats { compiled: 7, loaded: 0 });
+    assert_eq!(
+        cold.cache_stats(),
+        CacheStats {
+            compiled: 7,
+            loaded: 0
+        }
+    );
     drop(cold);
     let warm = Sandbox::new(cfg()).unwrap();
     let r = warm.run_precheck(&dir, &m, &ctx(&home, healthy())).unwrap();
-    assert_eq!(warm.cache_stats(), CacheStats { compiled: 0, loaded: 7 });
+    assert_eq!(
+        warm.cache_stats(),
+        CacheStats {
+            compiled: 0,
+            loaded: 7
+        }
+    );
     assert!(r.iter().all(|r| r.findings.is_empty()));
 }
 
@@ -335,7 +508,11 @@ fn checks_run_concurrently_and_a_hang_does_not_hold_the_others() {
 
 #[test]
 fn works_from_tokio_spawn_blocking() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let r = rt.block_on(async {
         tokio::task::spawn_blocking(|| {
             let (dir, m) = open_bundle("precheck");
@@ -355,7 +532,13 @@ fn works_from_tokio_spawn_blocking() {
 #[test]
 fn the_test_helper_runs_one_component() {
     let sb = sandbox(Policy::default()).unwrap();
-    let r = run_check(&sb, &hostile(), HostFacts::healthy(), &[("mode", "alloc-try")]).unwrap();
+    let r = run_check(
+        &sb,
+        &hostile(),
+        HostFacts::healthy(),
+        &[("mode", "alloc-try")],
+    )
+    .unwrap();
     assert_findings(&r, &[(Severity::Info, "alloc.refused")]);
 }
 
@@ -386,7 +569,9 @@ fn select(input: &SelectorInput) -> Plan {
     let sb = sandbox(Policy::default()).unwrap();
     let p = sb.select_version_in_bundle(&dir, &m, input).unwrap();
     // The same code natively gives the same answer.
-    let native: Plan = molt_check_logic::select::select(&input.to_logic()).unwrap().into();
+    let native: Plan = molt_check_logic::select::select(&input.to_logic())
+        .unwrap()
+        .into();
     assert_eq!(p, native);
     p
 }
@@ -443,10 +628,16 @@ fn version_select_pins_downgrades_and_skips_the_runtime() {
     let p = select(&i);
     assert_eq!(p.action, Action::None);
     assert!(p.missing.is_empty());
-    assert!(p.notes.iter().any(|n| n.contains("pinned")), "{:?}", p.notes);
+    assert!(
+        p.notes.iter().any(|n| n.contains("pinned")),
+        "{:?}",
+        p.notes
+    );
     // Downgrade: assigned older than installed (instance rollback).
     let mut i = quebec();
-    i.installed[0] = "mid-core.quebec-12-09-2020__patch2-04-01-2021_04-05-2021_1000.universal.universal.zip".into();
+    i.installed[0] =
+        "mid-core.quebec-12-09-2020__patch2-04-01-2021_04-05-2021_1000.universal.universal.zip"
+            .into();
     let p = select(&i);
     assert_eq!(p.action, Action::Downgrade);
     assert_eq!(p.missing.len(), 2);
@@ -479,7 +670,11 @@ fn version_select_pins_downgrades_and_skips_the_runtime() {
     i.libc_version = Some("2.12".into());
     let p = select(&i);
     assert_eq!(p.runtime, RuntimeDecision::Skip);
-    assert!(p.runtime_reason.contains("glibc 2.12 < 2.17"), "{}", p.runtime_reason);
+    assert!(
+        p.runtime_reason.contains("glibc 2.12 < 2.17"),
+        "{}",
+        p.runtime_reason
+    );
     assert_eq!(p.assigned.len(), 2);
     // 32-bit host: skipped too.
     i.libc_version = Some("2.31".into());
@@ -489,9 +684,13 @@ fn version_select_pins_downgrades_and_skips_the_runtime() {
     assert!(p.runtime_reason.contains("32-bit"));
     // Garbage in: a clear error naming the package.
     let mut i = madrid();
-    i.assigned.push("mid-core.not-a-version.universal.universal.zip".into());
+    i.assigned
+        .push("mid-core.not-a-version.universal.universal.zip".into());
     let (dir, m) = open_bundle("selector");
     let sb = sandbox(Policy::default()).unwrap();
-    let e = sb.select_version_in_bundle(&dir, &m, &i).unwrap_err().to_string();
+    let e = sb
+        .select_version_in_bundle(&dir, &m, &i)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("mid-core.not-a-version"), "{e}");
 }

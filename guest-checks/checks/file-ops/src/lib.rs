@@ -8,8 +8,7 @@ struct FileOps;
 impl Check for FileOps {
     const NAME: &'static str = "file-ops";
     const VERSION: &'static str = "0.1.0";
-    const DESCRIPTION: &'static str =
-        "Extract a zip into scratch, copy it into the install dir, read it back, delete everything.";
+    const DESCRIPTION: &'static str = "Extract a zip into scratch, copy it into the install dir, read it back, delete everything.";
     fn run(_params: &[(String, String)]) -> Vec<Finding> {
         // The host preopens /staging only if it could create it in the install dir.
         let staging = Path::new("/staging");

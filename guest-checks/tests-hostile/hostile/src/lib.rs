@@ -4,7 +4,12 @@ use molt_check_sdk::{Check, Finding, Severity, log_info, param};
 struct Hostile;
 
 fn f(sev: Severity, code: &str, msg: String) -> Finding {
-    Finding { severity: sev, code: code.into(), message: msg, remediation: String::new() }
+    Finding {
+        severity: sev,
+        code: code.into(),
+        message: msg,
+        remediation: String::new(),
+    }
 }
 
 /// Report what each attempt returned: `escape.blocked` when refused, `escape.succeeded` otherwise.
@@ -31,7 +36,11 @@ impl Check for Hostile {
             "alloc" => {
                 // 2 GiB (less one page: wasm32's isize::MAX), touched so it cannot be optimised away.
                 let v = std::hint::black_box(vec![1u8; (2 << 30) - 4096]);
-                out.push(f(Severity::Info, "alloc.done", format!("{}", v[v.len() - 1])));
+                out.push(f(
+                    Severity::Info,
+                    "alloc.done",
+                    format!("{}", v[v.len() - 1]),
+                ));
             }
             "alloc-try" => {
                 let mut v: Vec<u8> = Vec::new();
@@ -41,28 +50,72 @@ impl Check for Hostile {
                 }
             }
             "escape" => {
-                attempt(&mut out, "read /etc/passwd", std::fs::read("/etc/passwd").map(|_| ()));
-                attempt(&mut out, "read ../../../../etc/passwd", std::fs::read("../../../../etc/passwd").map(|_| ()));
-                attempt(&mut out, "read /scratch/../../etc/passwd", std::fs::read("/scratch/../../etc/passwd").map(|_| ()));
-                attempt(&mut out, "read /scratch/link-out", std::fs::read("/scratch/link-out").map(|_| ()));
-                attempt(&mut out, "write /install/owned", std::fs::write("/install/owned", b"x"));
+                attempt(
+                    &mut out,
+                    "read /etc/passwd",
+                    std::fs::read("/etc/passwd").map(|_| ()),
+                );
+                attempt(
+                    &mut out,
+                    "read ../../../../etc/passwd",
+                    std::fs::read("../../../../etc/passwd").map(|_| ()),
+                );
+                attempt(
+                    &mut out,
+                    "read /scratch/../../etc/passwd",
+                    std::fs::read("/scratch/../../etc/passwd").map(|_| ()),
+                );
+                attempt(
+                    &mut out,
+                    "read /scratch/link-out",
+                    std::fs::read("/scratch/link-out").map(|_| ()),
+                );
+                attempt(
+                    &mut out,
+                    "write /install/owned",
+                    std::fs::write("/install/owned", b"x"),
+                );
                 attempt(&mut out, "list /", std::fs::read_dir("/").map(|_| ()));
                 let env = std::env::vars().count() + std::env::args().count();
                 if env > 0 {
-                    out.push(f(Severity::Blocking, "escape.env", format!("{env} env vars/args visible")));
+                    out.push(f(
+                        Severity::Blocking,
+                        "escape.env",
+                        format!("{env} env vars/args visible"),
+                    ));
                 }
             }
             "socket" => {
-                attempt(&mut out, "connect 127.0.0.1:22", std::net::TcpStream::connect("127.0.0.1:22").map(|_| ()));
-                attempt(&mut out, "connect 1.1.1.1:443", std::net::TcpStream::connect("1.1.1.1:443").map(|_| ()));
-                attempt(&mut out, "bind 127.0.0.1:0", std::net::TcpListener::bind("127.0.0.1:0").map(|_| ()));
-                attempt(&mut out, "udp bind", std::net::UdpSocket::bind("0.0.0.0:0").map(|_| ()));
+                attempt(
+                    &mut out,
+                    "connect 127.0.0.1:22",
+                    std::net::TcpStream::connect("127.0.0.1:22").map(|_| ()),
+                );
+                attempt(
+                    &mut out,
+                    "connect 1.1.1.1:443",
+                    std::net::TcpStream::connect("1.1.1.1:443").map(|_| ()),
+                );
+                attempt(
+                    &mut out,
+                    "bind 127.0.0.1:0",
+                    std::net::TcpListener::bind("127.0.0.1:0").map(|_| ()),
+                );
+                attempt(
+                    &mut out,
+                    "udp bind",
+                    std::net::UdpSocket::bind("0.0.0.0:0").map(|_| ()),
+                );
             }
             "net" => {
                 // Uses the `net` capability: the manifest of a greedy bundle asks for it.
                 let urls = molt_check_sdk::allowed_urls();
                 log_info("hostile check ran");
-                out.push(f(Severity::Info, "greedy.ran", format!("{} urls", urls.len())));
+                out.push(f(
+                    Severity::Info,
+                    "greedy.ran",
+                    format!("{} urls", urls.len()),
+                ));
             }
             "panic" => panic!("hostile check panics on purpose"),
             "nonsense" => {
@@ -73,7 +126,11 @@ impl Check for Hostile {
                     out.push(f(Severity::Info, "many.findings", i.to_string()));
                 }
             }
-            other => out.push(f(Severity::Info, "hostile.mode", format!("unknown mode `{other}`"))),
+            other => out.push(f(
+                Severity::Info,
+                "hostile.mode",
+                format!("unknown mode `{other}`"),
+            )),
         }
         out
     }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use molt_sandbox::{CheckContext, FactsSource, HostFacts, Policy, Sandbox, SandboxConfig, Severity};
+use molt_sandbox::{
+    CheckContext, FactsSource, HostFacts, Policy, Sandbox, SandboxConfig, Severity,
+};
 
 #[derive(clap::Subcommand)]
 pub enum CheckCmd {
@@ -63,14 +65,22 @@ pub fn run(c: CheckCmd) -> Result<ExitCode> {
 
 fn new(a: NewArgs) -> Result<ExitCode> {
     let ok = !a.name.is_empty()
-        && a.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && a.name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && a.name.starts_with(|c: char| c.is_ascii_lowercase());
     if !ok {
-        bail!("check name `{}`: use lower-case letters, digits and `-`, starting with a letter", a.name);
+        bail!(
+            "check name `{}`: use lower-case letters, digits and `-`, starting with a letter",
+            a.name
+        );
     }
     let sdk = match a.sdk {
         Some(p) => p,
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../guest-checks/sdk")),
+        None => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../guest-checks/sdk"
+        )),
     };
     let sdk = std::fs::canonicalize(&sdk)
         .with_context(|| format!("molt-check-sdk not found at {} (pass --sdk)", sdk.display()))?;
@@ -78,13 +88,16 @@ fn new(a: NewArgs) -> Result<ExitCode> {
     if dir.exists() {
         bail!("{} already exists; not overwriting it", dir.display());
     }
-    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("src"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let ty: String = a
         .name
         .split('-')
         .map(|w| {
             let mut c = w.chars();
-            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
         })
         .collect();
     let cargo = format!(
@@ -153,7 +166,10 @@ molt_check_sdk::check!({ty});
     std::fs::write(dir.join("src/lib.rs"), lib)?;
     std::fs::write(dir.join(".gitignore"), "/target\n")?;
     println!("Created check crate {}", dir.display());
-    println!("  build: (cd {} && cargo build --release --target wasm32-wasip2)", dir.display());
+    println!(
+        "  build: (cd {} && cargo build --release --target wasm32-wasip2)",
+        dir.display()
+    );
     println!(
         "  run:   molt check run {}/target/wasm32-wasip2/release/{}.wasm",
         dir.display(),
@@ -171,7 +187,9 @@ fn fresh_tmp(label: &str) -> Result<PathBuf> {
 fn run_checks(a: RunArgs) -> Result<ExitCode> {
     let mut params = BTreeMap::new();
     for p in &a.params {
-        let (k, v) = p.split_once('=').with_context(|| format!("--param `{p}` is not KEY=VALUE"))?;
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--param `{p}` is not KEY=VALUE"))?;
         params.insert(k.to_string(), v.to_string());
     }
     let mut cleanup = Vec::new();
@@ -190,7 +208,10 @@ fn run_checks(a: RunArgs) -> Result<ExitCode> {
         facts = facts.with_overrides(f)?;
     }
     let sandbox = Sandbox::new(SandboxConfig {
-        cache_dir: a.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("molt-check-cache")),
+        cache_dir: a
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("molt-check-cache")),
         policy: Policy::default(),
     })?;
     let ctx = CheckContext {
@@ -202,18 +223,32 @@ fn run_checks(a: RunArgs) -> Result<ExitCode> {
     };
     let is_wasm = a.target.extension().is_some_and(|e| e == "wasm");
     let reports = if is_wasm {
-        let dir = a.target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = a.target.file_name().context("no file name")?.to_string_lossy().to_string();
+        let dir = a
+            .target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = a
+            .target
+            .file_name()
+            .context("no file name")?
+            .to_string_lossy()
+            .to_string();
         let m = molt_sandbox::testing::manifest(vec![molt_sandbox::testing::component(&name, &[])]);
         sandbox.run_precheck(dir, &m, &ctx)?
     } else {
         let root_path = match &a.root {
             Some(r) => r.clone(),
-            None => a.target.parent().unwrap_or(Path::new(".")).join("root.json"),
+            None => a
+                .target
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("root.json"),
         };
         let root = molt_bundle::SignedRoot::load(&root_path)
             .with_context(|| format!("trust root {} (pass --root)", root_path.display()))?;
-        let v = molt_bundle::verify_bundle(&a.target, &root, &molt_bundle::VerifyOptions::default())?;
+        let v =
+            molt_bundle::verify_bundle(&a.target, &root, &molt_bundle::VerifyOptions::default())?;
         let dest = work.join("bundle");
         molt_bundle::extract(&v, &a.target, &dest, &molt_bundle::Limits::default())?;
         sandbox.run_precheck(&dest, &v.manifest, &ctx)?
@@ -227,18 +262,42 @@ fn run_checks(a: RunArgs) -> Result<ExitCode> {
     } else {
         print_table(&reports);
     }
-    Ok(if blocking { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if blocking {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_table(reports: &[molt_sandbox::CheckReport]) {
-    let w = reports.iter().map(|r| r.check.len()).max().unwrap_or(5).max(5);
-    println!("{:<w$}  {:<8}  {:<24}  MESSAGE", "CHECK", "SEVERITY", "CODE");
+    let w = reports
+        .iter()
+        .map(|r| r.check.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:<w$}  {:<8}  {:<24}  MESSAGE",
+        "CHECK", "SEVERITY", "CODE"
+    );
     for r in reports {
         if r.findings.is_empty() {
-            println!("{:<w$}  {:<8}  {:<24}  passed ({} ms)", r.check, "ok", "-", r.elapsed.as_millis());
+            println!(
+                "{:<w$}  {:<8}  {:<24}  passed ({} ms)",
+                r.check,
+                "ok",
+                "-",
+                r.elapsed.as_millis()
+            );
         }
         for f in &r.findings {
-            println!("{:<w$}  {:<8}  {:<24}  {}", r.check, f.severity.as_str(), f.code, f.message);
+            println!(
+                "{:<w$}  {:<8}  {:<24}  {}",
+                r.check,
+                f.severity.as_str(),
+                f.code,
+                f.message
+            );
             if !f.remediation.is_empty() && f.severity != Severity::Info {
                 println!("{:<w$}  {:<8}  {:<24}  -> {}", "", "", "", f.remediation);
             }
@@ -249,6 +308,10 @@ fn print_table(reports: &[molt_sandbox::CheckReport]) {
         "{} checks, {} with blocking findings: {}",
         reports.len(),
         blocking,
-        if blocking == 0 { "Pre-upgrade validation tests successful" } else { "upgrade blocked" }
+        if blocking == 0 {
+            "Pre-upgrade validation tests successful"
+        } else {
+            "upgrade blocked"
+        }
     );
 }
