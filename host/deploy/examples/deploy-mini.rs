@@ -7,7 +7,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    let get = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
     let Some(home) = get("--home") else {
         if args.get(1).map(String::as_str) == Some("--version") {
             println!("deploy-mini");
@@ -20,7 +25,11 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("deploy") => {
             let r = if args.iter().any(|a| a == "--resume") {
-                molt_deploy::runner::resume(&home).map(|r| r.unwrap_or(molt_deploy::runner::DeployResult::Complete { version: String::new() }))
+                molt_deploy::runner::resume(&home).map(|r| {
+                    r.unwrap_or(molt_deploy::runner::DeployResult::Complete {
+                        version: String::new(),
+                    })
+                })
             } else {
                 molt_deploy::runner::run(&home, &get("--plan").unwrap_or_default())
             };

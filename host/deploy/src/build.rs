@@ -35,7 +35,12 @@ struct Item<'a> {
 
 /// Build `build_dir` (a fresh directory next to the versions) for `plan.to_version`.
 /// Returns the packages as they are installed (meta written under `build_dir/meta`).
-pub fn build_version(home: &Home, plan: &DeployPlan, upgrade_dir: &Path, build_dir: &Path) -> Result<(Vec<InstalledPackage>, BuildStats), DeployError> {
+pub fn build_version(
+    home: &Home,
+    plan: &DeployPlan,
+    upgrade_dir: &Path,
+    build_dir: &Path,
+) -> Result<(Vec<InstalledPackage>, BuildStats), DeployError> {
     let cur_dir = home.version_dir(&plan.from_version);
     let cur_pkgs = molt_layout::read_meta_dir(&home.meta_dir_of(&plan.from_version))?;
     let mut cur_files: BTreeMap<&str, &FileMeta> = BTreeMap::new();
@@ -61,8 +66,16 @@ pub fn build_version(home: &Home, plan: &DeployPlan, upgrade_dir: &Path, build_d
     for p in &packages {
         let carried = !plan_kinds.contains(p.kind.as_str());
         for (rel, meta) in &p.files {
-            crate::plan::check_rel_path(rel).map_err(|reason| DeployError::Plan { path: upgrade_dir.join("plan.json"), reason: format!("{rel}: {reason}") })?;
-            items.push(Item { kind: &p.kind, rel, meta, carried });
+            crate::plan::check_rel_path(rel).map_err(|reason| DeployError::Plan {
+                path: upgrade_dir.join("plan.json"),
+                reason: format!("{rel}: {reason}"),
+            })?;
+            items.push(Item {
+                kind: &p.kind,
+                rel,
+                meta,
+                carried,
+            });
         }
     }
 
@@ -71,18 +84,23 @@ pub fn build_version(home: &Home, plan: &DeployPlan, upgrade_dir: &Path, build_d
     for (i, it) in items.iter().enumerate() {
         let dest = build_dir.join(it.rel);
         if let Some(parent) = dest.parent()
-            && !made_dirs.contains(parent) {
-                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-                made_dirs.insert(parent.to_path_buf());
-            }
+            && !made_dirs.contains(parent)
+        {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            made_dirs.insert(parent.to_path_buf());
+        }
         let cur_src = cur_dir.join(it.rel);
-        let same_as_current = cur_files.get(it.rel).is_some_and(|m| m.sha256 == it.meta.sha256 && m.mode == it.meta.mode);
+        let same_as_current = cur_files
+            .get(it.rel)
+            .is_some_and(|m| m.sha256 == it.meta.sha256 && m.mode == it.meta.mode);
         let link = (it.carried || !changed.contains(it.rel)) && same_as_current;
         let mut linked = false;
         if link {
             match std::fs::hard_link(&cur_src, &dest) {
                 Ok(()) => linked = true,
-                Err(e) => tracing::warn!(file = it.rel, error = %e, "cannot hard-link from the current version; copying"),
+                Err(e) => {
+                    tracing::warn!(file = it.rel, error = %e, "cannot hard-link from the current version; copying")
+                }
             }
         }
         if linked {
@@ -91,12 +109,19 @@ pub fn build_version(home: &Home, plan: &DeployPlan, upgrade_dir: &Path, build_d
             let staged = DeployPlan::staged_file(upgrade_dir, it.kind, it.rel);
             let src = if staged.is_file() {
                 staged
-            } else if cur_files.get(it.rel).is_some_and(|m| m.sha256 == it.meta.sha256) && cur_src.is_file() {
+            } else if cur_files
+                .get(it.rel)
+                .is_some_and(|m| m.sha256 == it.meta.sha256)
+                && cur_src.is_file()
+            {
                 cur_src // same content, new mode: a copy, so the old inode keeps its mode
             } else {
                 return Err(DeployError::Plan {
                     path: upgrade_dir.join("plan.json"),
-                    reason: format!("{} (package {}) is neither in the extracted package nor unchanged in version {}", it.rel, it.kind, plan.from_version),
+                    reason: format!(
+                        "{} (package {}) is neither in the extracted package nor unchanged in version {}",
+                        it.rel, it.kind, plan.from_version
+                    ),
                 });
             };
             let n = std::fs::copy(&src, &dest).map_err(io_err(&dest))?;
@@ -109,31 +134,46 @@ pub fn build_version(home: &Home, plan: &DeployPlan, upgrade_dir: &Path, build_d
         }
     }
 
-    let to_check: Vec<(PathBuf, &FileMeta)> = items.iter().map(|it| (build_dir.join(it.rel), it.meta)).collect();
+    let to_check: Vec<(PathBuf, &FileMeta)> = items
+        .iter()
+        .map(|it| (build_dir.join(it.rel), it.meta))
+        .collect();
     verify_files(&to_check)?;
     stats.verified = to_check.len();
     crate::crash::checkpoint("build verified");
 
     // MigrateTrustStore (only when the runtime is part of the new packages).
     if plan_kinds.contains("runtime")
-        && let Some(m) = crate::truststore::migrate(&cur_dir, build_dir, &home.backup_dir().join("truststore"), &plan.from_version)? {
-            stats.truststore_carried = m.carried;
-            if m.carried > 0 {
-                let p = build_dir.join(crate::truststore::TRUSTSTORE);
-                let sha = fsutil::sha256_file(&p)?;
-                let size = std::fs::metadata(&p).map_err(io_err(&p))?.len();
-                for pkg in packages.iter_mut().filter(|p| p.kind == "runtime") {
-                    if let Some(f) = pkg.files.get_mut(crate::truststore::TRUSTSTORE) {
-                        f.sha256 = sha.clone();
-                        f.size = size;
-                    }
+        && let Some(m) = crate::truststore::migrate(
+            &cur_dir,
+            build_dir,
+            &home.backup_dir().join("truststore"),
+            &plan.from_version,
+        )?
+    {
+        stats.truststore_carried = m.carried;
+        if m.carried > 0 {
+            let p = build_dir.join(crate::truststore::TRUSTSTORE);
+            let sha = fsutil::sha256_file(&p)?;
+            let size = std::fs::metadata(&p).map_err(io_err(&p))?.len();
+            for pkg in packages.iter_mut().filter(|p| p.kind == "runtime") {
+                if let Some(f) = pkg.files.get_mut(crate::truststore::TRUSTSTORE) {
+                    f.sha256 = sha.clone();
+                    f.size = size;
                 }
             }
         }
+    }
 
     write_meta(build_dir, &packages)?;
     fsutil::sync_filesystem(build_dir)?;
-    tracing::info!(linked = stats.linked, copied = stats.copied, bytes_copied = stats.bytes_copied, verified = stats.verified, "Deploy Binary Files: version directory built");
+    tracing::info!(
+        linked = stats.linked,
+        copied = stats.copied,
+        bytes_copied = stats.bytes_copied,
+        verified = stats.verified,
+        "Deploy Binary Files: version directory built"
+    );
     Ok((packages, stats))
 }
 
@@ -149,7 +189,10 @@ pub fn write_meta(version_dir: &Path, packages: &[InstalledPackage]) -> Result<(
 
 /// Check digest and mode of every file, on all cores.
 pub fn verify_files(files: &[(PathBuf, &FileMeta)]) -> Result<(), DeployError> {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
     let chunk = files.len().div_ceil(n).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = files
@@ -159,11 +202,19 @@ pub fn verify_files(files: &[(PathBuf, &FileMeta)]) -> Result<(), DeployError> {
                     for (p, m) in part {
                         let actual = fsutil::sha256_file(p)?;
                         if !actual.eq_ignore_ascii_case(&m.sha256) {
-                            return Err(DeployError::Digest { path: p.clone(), expected: m.sha256.clone(), actual });
+                            return Err(DeployError::Digest {
+                                path: p.clone(),
+                                expected: m.sha256.clone(),
+                                actual,
+                            });
                         }
                         let mode = fsutil::mode_of(p)?;
                         if mode != m.mode & 0o7777 {
-                            return Err(DeployError::Mode { path: p.clone(), expected: m.mode, actual: mode });
+                            return Err(DeployError::Mode {
+                                path: p.clone(),
+                                expected: m.mode,
+                                actual: mode,
+                            });
                         }
                     }
                     Ok(())
@@ -173,7 +224,12 @@ pub fn verify_files(files: &[(PathBuf, &FileMeta)]) -> Result<(), DeployError> {
         for h in handles {
             match h.join() {
                 Ok(r) => r?,
-                Err(_) => return Err(DeployError::Install { home: PathBuf::new(), reason: "digest worker panicked".into() }),
+                Err(_) => {
+                    return Err(DeployError::Install {
+                        home: PathBuf::new(),
+                        reason: "digest worker panicked".into(),
+                    });
+                }
             }
         }
         Ok(())
@@ -186,7 +242,10 @@ pub fn verify_files(files: &[(PathBuf, &FileMeta)]) -> Result<(), DeployError> {
 pub fn verify_version_dir(dir: &Path) -> Result<Vec<InstalledPackage>, DeployError> {
     let pkgs = molt_layout::read_meta_dir(&dir.join("meta"))?;
     if pkgs.is_empty() {
-        return Err(DeployError::Install { home: dir.to_path_buf(), reason: "no meta/*.meta.json".into() });
+        return Err(DeployError::Install {
+            home: dir.to_path_buf(),
+            reason: "no meta/*.meta.json".into(),
+        });
     }
     let mut expected: BTreeMap<String, &FileMeta> = BTreeMap::new();
     for p in &pkgs {
@@ -202,13 +261,20 @@ pub fn verify_version_dir(dir: &Path) -> Result<Vec<InstalledPackage>, DeployErr
             let e = e.map_err(io_err(&d))?;
             let p = e.path();
             let ft = e.file_type().map_err(io_err(&p))?;
-            let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(dir)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
             if ft.is_dir() {
                 if rel != "meta" {
                     stack.push(p);
                 }
             } else if !expected.contains_key(&rel) {
-                return Err(DeployError::Install { home: dir.to_path_buf(), reason: format!("unexpected file {rel}") });
+                return Err(DeployError::Install {
+                    home: dir.to_path_buf(),
+                    reason: format!("unexpected file {rel}"),
+                });
             }
         }
     }

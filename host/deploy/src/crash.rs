@@ -14,13 +14,24 @@ pub fn checkpoint(name: &str) {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
     if let Some(file) = std::env::var_os("MOLT_DEPLOY_CHECKPOINTS") {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
             let _ = writeln!(f, "{n} {name}");
         }
     }
-    if let Some(at) = std::env::var("MOLT_DEPLOY_CRASH_AT").ok().and_then(|s| s.parse::<u64>().ok())
-        && at == n {
-            tracing::warn!(checkpoint = n, name, "deploy crash injected (test hook MOLT_DEPLOY_CRASH_AT)");
-            std::process::abort();
-        }
+    if let Some(at) = std::env::var("MOLT_DEPLOY_CRASH_AT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        && at == n
+    {
+        tracing::warn!(
+            checkpoint = n,
+            name,
+            "deploy crash injected (test hook MOLT_DEPLOY_CRASH_AT)"
+        );
+        std::process::abort();
+    }
 }

@@ -21,13 +21,23 @@ pub enum DeployError {
     #[error("deploy plan {path}: {reason}")]
     Plan { path: PathBuf, reason: String },
     #[error("{path}: digest mismatch: manifest says {expected}, file has {actual}")]
-    Digest { path: PathBuf, expected: String, actual: String },
+    Digest {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("{path}: mode mismatch: manifest says {expected:o}, file has {actual:o}")]
-    Mode { path: PathBuf, expected: u32, actual: u32 },
+    Mode {
+        path: PathBuf,
+        expected: u32,
+        actual: u32,
+    },
     #[error("{path}: the new version cannot be executed: {reason}")]
     NotExecutable { path: PathBuf, reason: String },
     /// The seeds' wording, so operators and `molt diagnose` recognise it.
-    #[error("Unable to receive upgrade process status: the runner did not signal start within {waited_secs} s")]
+    #[error(
+        "Unable to receive upgrade process status: the runner did not signal start within {waited_secs} s"
+    )]
     HandoverTimeout { waited_secs: u64 },
     #[error("the runner exited before signalling start ({status}); see {log}")]
     RunnerExited { status: String, log: PathBuf },
@@ -53,5 +63,8 @@ pub enum DeployError {
 
 /// Map an io error to [`DeployError::Io`] naming the path.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DeployError + '_ {
-    move |source| DeployError::Io { path: path.to_path_buf(), source }
+    move |source| DeployError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }

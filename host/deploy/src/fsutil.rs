@@ -36,7 +36,8 @@ pub fn mode_of(path: &Path) -> Result<u32, DeployError> {
 /// Set permission bits.
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), DeployError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(io_err(path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(io_err(path))
 }
 
 /// fsync a directory so renames and links inside it are durable.
@@ -69,7 +70,10 @@ pub fn sync_filesystem(path: &Path) -> Result<(), DeployError> {
 /// a reader sees either the old target or the new one, never nothing.
 pub fn switch_symlink(link: &Path, target: &Path) -> Result<(), DeployError> {
     let dir = link.parent().unwrap_or(Path::new("."));
-    let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.new.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).map_err(io_err(&tmp))?;
@@ -100,7 +104,10 @@ impl FileLock {
         // SAFETY: flock on a descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
-            Ok(Some(FileLock { _file: file, path: path.to_path_buf() }))
+            Ok(Some(FileLock {
+                _file: file,
+                path: path.to_path_buf(),
+            }))
         } else {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -149,7 +156,11 @@ mod tests {
         assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("versions/a"));
         switch_symlink(&link, Path::new("versions/b")).unwrap();
         assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("versions/b"));
-        let leftovers: Vec<_> = std::fs::read_dir(t.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
         assert!(leftovers.is_empty());
     }
 
@@ -170,6 +181,9 @@ mod tests {
         let p = t.path().join("f");
         std::fs::write(&p, b"hello").unwrap();
         assert_eq!(sha256_file(&p).unwrap(), sha256_bytes(b"hello"));
-        assert_eq!(sha256_bytes(b"hello"), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(
+            sha256_bytes(b"hello"),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
     }
 }

@@ -70,7 +70,11 @@ pub struct HandoverOutcome {
 /// Hand the deploy to a detached runner. On `Ok` the agent reports Down and stops;
 /// on `Err` it stays Up (for a timeout: the issue "Unable to receive upgrade
 /// process status"; the runner is killed so it cannot act later).
-pub fn hand_over(home: &Home, upgrade_dir: &Path, opts: &HandoverOptions) -> Result<HandoverOutcome, DeployError> {
+pub fn hand_over(
+    home: &Home,
+    upgrade_dir: &Path,
+    opts: &HandoverOptions,
+) -> Result<HandoverOutcome, DeployError> {
     let plan_path = upgrade_dir.join("plan.json");
     let plan = DeployPlan::load(&plan_path)?;
 
@@ -78,7 +82,14 @@ pub fn hand_over(home: &Home, upgrade_dir: &Path, opts: &HandoverOptions) -> Res
     let mut pids = vec![opts.agent_pid.unwrap_or_else(std::process::id)];
     pids.extend(opts.extra_pids.iter().copied());
     std::fs::create_dir_all(home.conf_dir()).map_err(io_err(&home.conf_dir()))?;
-    molt_layout::write_json_atomic(&home.handover_file(), &Handover { service: opts.service.clone(), pids, at: Utc::now() })?;
+    molt_layout::write_json_atomic(
+        &home.handover_file(),
+        &Handover {
+            service: opts.service.clone(),
+            pids,
+            at: Utc::now(),
+        },
+    )?;
 
     // A stale start marker would make us believe a runner that never started.
     let marker = upgrade_dir.join(STARTED_MARKER);
@@ -92,7 +103,12 @@ pub fn hand_over(home: &Home, upgrade_dir: &Path, opts: &HandoverOptions) -> Res
     molt_layout::write_atomic(&upgrade_dir.join("changed_files.txt"), list.as_bytes())?;
     molt_layout::write_json_atomic(
         &home.conf_dir().join("upgrade.marker"),
-        &UpgradeMarker { from_version: plan.from_version.clone(), to_version: plan.to_version.clone(), upgrade_dir: upgrade_dir.to_path_buf(), at: Utc::now() },
+        &UpgradeMarker {
+            from_version: plan.from_version.clone(),
+            to_version: plan.to_version.clone(),
+            upgrade_dir: upgrade_dir.to_path_buf(),
+            at: Utc::now(),
+        },
     )?;
 
     // Copy the runner into the upgrade dir: it must not run from a version dir.
@@ -100,7 +116,11 @@ pub fn hand_over(home: &Home, upgrade_dir: &Path, opts: &HandoverOptions) -> Res
         Some(p) => p.clone(),
         None => {
             let staged = DeployPlan::staged_file(upgrade_dir, "upgrade", "bin/molt");
-            if staged.is_file() { staged } else { std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))? }
+            if staged.is_file() {
+                staged
+            } else {
+                std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?
+            }
         }
     };
     let runner_dir = upgrade_dir.join("runner");
@@ -112,28 +132,51 @@ pub fn hand_over(home: &Home, upgrade_dir: &Path, opts: &HandoverOptions) -> Res
     let log = upgrade_dir.join("runner.log");
     let home_s = home.root().to_string_lossy().into_owned();
     let plan_s = plan_path.to_string_lossy().into_owned();
-    let pid = crate::service::spawn_detached(&runner, &["deploy", "--home", &home_s, "--plan", &plan_s], &log)?;
+    let pid = crate::service::spawn_detached(
+        &runner,
+        &["deploy", "--home", &home_s, "--plan", &plan_s],
+        &log,
+    )?;
     tracing::info!(pid, runner = %runner.display(), "upgrade runner started; waiting for its start signal");
 
     if opts.skip_wait {
-        return Ok(HandoverOutcome { runner_pid: pid, runner_exe: runner, upgrade_dir: upgrade_dir.to_path_buf(), waited: Duration::ZERO });
+        return Ok(HandoverOutcome {
+            runner_pid: pid,
+            runner_exe: runner,
+            upgrade_dir: upgrade_dir.to_path_buf(),
+            waited: Duration::ZERO,
+        });
     }
     let start = Instant::now();
     loop {
         if marker.is_file() {
             let waited = start.elapsed();
-            tracing::info!(pid, waited_ms = waited.as_millis() as u64, "upgrade runner signalled start");
-            return Ok(HandoverOutcome { runner_pid: pid, runner_exe: runner, upgrade_dir: upgrade_dir.to_path_buf(), waited });
+            tracing::info!(
+                pid,
+                waited_ms = waited.as_millis() as u64,
+                "upgrade runner signalled start"
+            );
+            return Ok(HandoverOutcome {
+                runner_pid: pid,
+                runner_exe: runner,
+                upgrade_dir: upgrade_dir.to_path_buf(),
+                waited,
+            });
         }
         if !crate::proc::alive(pid) {
             let _ = fsutil::remove_file_opt(&home.conf_dir().join("upgrade.marker"));
-            return Err(DeployError::RunnerExited { status: "exited".into(), log });
+            return Err(DeployError::RunnerExited {
+                status: "exited".into(),
+                log,
+            });
         }
         if start.elapsed() >= opts.limit {
             crate::proc::signal(pid, libc::SIGKILL);
             let _ = fsutil::remove_file_opt(&home.conf_dir().join("upgrade.marker"));
             tracing::error!(pid, "Unable to receive upgrade process status");
-            return Err(DeployError::HandoverTimeout { waited_secs: start.elapsed().as_secs() });
+            return Err(DeployError::HandoverTimeout {
+                waited_secs: start.elapsed().as_secs(),
+            });
         }
         let left = opts.limit.saturating_sub(start.elapsed());
         sleep_until_marker(&marker, opts.poll.min(left).max(Duration::from_millis(10)));
@@ -154,15 +197,25 @@ fn sleep_until_marker(marker: &Path, d: Duration) {
 /// Run the new core's `bin/molt --version` from the staging dir with the
 /// manifest's mode; it must exit 0 within 30 s.
 fn smoke_run(upgrade_dir: &Path, plan: &DeployPlan) -> Result<(), DeployError> {
-    let Some(core) = plan.packages.iter().find(|p| p.kind == "core") else { return Ok(()) };
-    let Some(meta) = core.files.get("bin/molt") else { return Ok(()) };
+    let Some(core) = plan.packages.iter().find(|p| p.kind == "core") else {
+        return Ok(());
+    };
+    let Some(meta) = core.files.get("bin/molt") else {
+        return Ok(());
+    };
     let staged = DeployPlan::staged_file(upgrade_dir, "core", "bin/molt");
     if !staged.is_file() {
         return Ok(()); // unchanged: it runs today
     }
-    let bad = |reason: String| DeployError::NotExecutable { path: staged.clone(), reason };
+    let bad = |reason: String| DeployError::NotExecutable {
+        path: staged.clone(),
+        reason,
+    };
     if meta.mode & 0o100 == 0 {
-        return Err(bad(format!("manifest mode {:o} is not executable", meta.mode)));
+        return Err(bad(format!(
+            "manifest mode {:o} is not executable",
+            meta.mode
+        )));
     }
     fsutil::set_mode(&staged, meta.mode)?;
     let mut child = std::process::Command::new(&staged)

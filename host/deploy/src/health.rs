@@ -11,13 +11,22 @@ use crate::proc;
 
 /// Wait until the agent of `version` reports Up (since `after`), or fail with the
 /// last thing seen.
-pub fn wait_up(home: &Home, version: &str, after: DateTime<Utc>, limit: Duration) -> Result<u32, DeployError> {
+pub fn wait_up(
+    home: &Home,
+    version: &str,
+    after: DateTime<Utc>,
+    limit: Duration,
+) -> Result<u32, DeployError> {
     let start = Instant::now();
     let mut last = String::from("no status file written");
     loop {
         match home.read_status() {
             Ok(Some(s)) => {
-                if s.status == "Up" && s.version == version && s.since >= after && proc::alive(s.pid) {
+                if s.status == "Up"
+                    && s.version == version
+                    && s.since >= after
+                    && proc::alive(s.pid)
+                {
                     tracing::info!(version, pid = s.pid, "Health Check: agent is Up");
                     return Ok(s.pid);
                 }

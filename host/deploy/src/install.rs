@@ -10,24 +10,49 @@ use crate::fsutil;
 /// payload paths)`), write meta, and point `current` at it. `<v>` is the core
 /// package's version (else the first package's). Refuses to replace a version
 /// that already exists.
-pub fn fresh_install(home: &Home, packages: &[(InstalledPackage, PathBuf)]) -> Result<String, DeployError> {
-    let bad = |reason: String| DeployError::Install { home: home.root().to_path_buf(), reason };
-    let first = packages.first().ok_or_else(|| bad("no packages to install".into()))?;
-    let version = packages.iter().find(|(p, _)| p.kind == "core").unwrap_or(first).0.version.clone();
+pub fn fresh_install(
+    home: &Home,
+    packages: &[(InstalledPackage, PathBuf)],
+) -> Result<String, DeployError> {
+    let bad = |reason: String| DeployError::Install {
+        home: home.root().to_path_buf(),
+        reason,
+    };
+    let first = packages
+        .first()
+        .ok_or_else(|| bad("no packages to install".into()))?;
+    let version = packages
+        .iter()
+        .find(|(p, _)| p.kind == "core")
+        .unwrap_or(first)
+        .0
+        .version
+        .clone();
     crate::plan::check_version_name(&version).map_err(|r| bad(format!("version: {r}")))?;
-    for d in [home.versions_dir(), home.conf_dir(), home.work_dir(), home.logs_dir()] {
+    for d in [
+        home.versions_dir(),
+        home.conf_dir(),
+        home.work_dir(),
+        home.logs_dir(),
+    ] {
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
     }
     let final_dir = home.version_dir(&version);
     if final_dir.exists() {
-        return Err(bad(format!("version {version} is already installed at {}", final_dir.display())));
+        return Err(bad(format!(
+            "version {version} is already installed at {}",
+            final_dir.display()
+        )));
     }
-    let build = home.versions_dir().join(format!(".{version}.install-{}", std::process::id()));
+    let build = home
+        .versions_dir()
+        .join(format!(".{version}.install-{}", std::process::id()));
     fsutil::remove_tree(&build)?;
     let mut checks = Vec::new();
     for (pkg, src) in packages {
         for (rel, meta) in &pkg.files {
-            crate::plan::check_rel_path(rel).map_err(|r| bad(format!("package {}: {rel}: {r}", pkg.kind)))?;
+            crate::plan::check_rel_path(rel)
+                .map_err(|r| bad(format!("package {}: {rel}: {r}", pkg.kind)))?;
             let from = src.join(rel);
             let to = build.join(rel);
             if let Some(p) = to.parent() {

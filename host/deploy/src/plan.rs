@@ -35,7 +35,11 @@ pub struct DeployOptions {
 
 impl Default for DeployOptions {
     fn default() -> Self {
-        Self { stop_timeout_secs: 120, health_timeout_secs: 300, report_timeout_secs: 5 }
+        Self {
+            stop_timeout_secs: 120,
+            health_timeout_secs: 300,
+            report_timeout_secs: 5,
+        }
     }
 }
 
@@ -68,8 +72,11 @@ impl DeployPlan {
     /// Read and validate `plan.json`.
     pub fn load(path: &Path) -> Result<Self, DeployError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let plan: DeployPlan = serde_json::from_slice(&bytes)
-            .map_err(|source| DeployError::Json { path: path.to_path_buf(), source })?;
+        let plan: DeployPlan =
+            serde_json::from_slice(&bytes).map_err(|source| DeployError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
         plan.validate(path)?;
         Ok(plan)
     }
@@ -87,11 +94,17 @@ impl DeployPlan {
 
     /// Reject plans that could write outside the version dir or are ambiguous.
     pub fn validate(&self, path: &Path) -> Result<(), DeployError> {
-        let bad = |reason: String| DeployError::Plan { path: path.to_path_buf(), reason };
+        let bad = |reason: String| DeployError::Plan {
+            path: path.to_path_buf(),
+            reason,
+        };
         check_version_name(&self.from_version).map_err(|r| bad(format!("from_version: {r}")))?;
         check_version_name(&self.to_version).map_err(|r| bad(format!("to_version: {r}")))?;
         if self.from_version == self.to_version {
-            return Err(bad(format!("from_version and to_version are both {}", self.to_version)));
+            return Err(bad(format!(
+                "from_version and to_version are both {}",
+                self.to_version
+            )));
         }
         if self.packages.is_empty() {
             return Err(bad("no packages".into()));
@@ -99,19 +112,34 @@ impl DeployPlan {
         let mut kinds = BTreeSet::new();
         let mut all = BTreeSet::new();
         for p in &self.packages {
-            if p.kind.is_empty() || !p.kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(bad(format!("package kind {:?} is not a plain name", p.kind)));
+            if p.kind.is_empty()
+                || !p
+                    .kind
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad(format!(
+                    "package kind {:?} is not a plain name",
+                    p.kind
+                )));
             }
             if !kinds.insert(p.kind.as_str()) {
                 return Err(bad(format!("package kind {} listed twice", p.kind)));
             }
             for (f, meta) in &p.files {
-                check_rel_path(f).map_err(|r| bad(format!("package {}: file {f:?}: {r}", p.kind)))?;
+                check_rel_path(f)
+                    .map_err(|r| bad(format!("package {}: file {f:?}: {r}", p.kind)))?;
                 if f == "meta" || f.starts_with("meta/") {
-                    return Err(bad(format!("package {}: file {f:?} collides with meta/", p.kind)));
+                    return Err(bad(format!(
+                        "package {}: file {f:?} collides with meta/",
+                        p.kind
+                    )));
                 }
                 if meta.sha256.len() != 64 || !meta.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(bad(format!("package {}: file {f:?}: sha256 is not 64 hex digits", p.kind)));
+                    return Err(bad(format!(
+                        "package {}: file {f:?}: sha256 is not 64 hex digits",
+                        p.kind
+                    )));
                 }
                 if !all.insert(f.as_str()) {
                     return Err(bad(format!("file {f:?} is in two packages")));
@@ -120,7 +148,9 @@ impl DeployPlan {
         }
         for f in &self.changed_files {
             if !all.contains(f.as_str()) {
-                return Err(bad(format!("changed file {f:?} is in no package of the plan")));
+                return Err(bad(format!(
+                    "changed file {f:?} is in no package of the plan"
+                )));
             }
         }
         Ok(())
@@ -164,13 +194,25 @@ mod tests {
 
     fn plan() -> DeployPlan {
         let mut files = std::collections::BTreeMap::new();
-        files.insert("bin/molt".into(), FileMeta { size: 1, sha256: "a".repeat(64), mode: 0o755 });
+        files.insert(
+            "bin/molt".into(),
+            FileMeta {
+                size: 1,
+                sha256: "a".repeat(64),
+                mode: 0o755,
+            },
+        );
         DeployPlan {
             attempt_id: Some("7".into()),
             control_plane: None,
             from_version: "v1".into(),
             to_version: "v2".into(),
-            packages: vec![InstalledPackage { kind: "core".into(), name: "molt-core.v2.universal.universal.zip".into(), version: "v2".into(), files }],
+            packages: vec![InstalledPackage {
+                kind: "core".into(),
+                name: "molt-core.v2.universal.universal.zip".into(),
+                version: "v2".into(),
+                files,
+            }],
             changed_files: vec!["bin/molt".into()],
             options: DeployOptions::default(),
         }
@@ -199,7 +241,12 @@ mod tests {
     fn it_rejects_a_changed_file_that_no_package_has() {
         let mut p = plan();
         p.changed_files.push("lib/x".into());
-        assert!(p.validate(Path::new("plan.json")).unwrap_err().to_string().contains("lib/x"));
+        assert!(
+            p.validate(Path::new("plan.json"))
+                .unwrap_err()
+                .to_string()
+                .contains("lib/x")
+        );
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub fn alive(pid: u32) -> bool {
 fn is_zombie(pid: u32) -> bool {
     // /proc/<pid>/stat: "pid (comm) S ...": the state follows the last ')'.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()).is_some_and(|st| st == "Z" || st == "X"),
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|st| st == "Z" || st == "X"),
         Err(_) => false,
     }
 }
@@ -60,9 +63,13 @@ pub fn wait_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
 pub fn users_of(dir: &std::path::Path) -> Vec<u32> {
     let me = std::process::id();
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for ent in rd.flatten() {
-        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid == me {
             continue;
         }
@@ -71,20 +78,19 @@ pub fn users_of(dir: &std::path::Path) -> Vec<u32> {
         if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
             for fd in fds.flatten() {
                 if let Ok(t) = std::fs::read_link(fd.path())
-                    && t.starts_with(dir) {
-                        uses = true;
-                        break;
-                    }
+                    && t.starts_with(dir)
+                {
+                    uses = true;
+                    break;
+                }
             }
         }
-        if !uses
-            && let Ok(t) = std::fs::read_link(base.join("exe")) {
-                uses = t.starts_with(dir);
-            }
-        if !uses
-            && let Ok(t) = std::fs::read_link(base.join("cwd")) {
-                uses = t.starts_with(dir);
-            }
+        if !uses && let Ok(t) = std::fs::read_link(base.join("exe")) {
+            uses = t.starts_with(dir);
+        }
+        if !uses && let Ok(t) = std::fs::read_link(base.join("cwd")) {
+            uses = t.starts_with(dir);
+        }
         if uses {
             out.push(pid);
         }

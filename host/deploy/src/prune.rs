@@ -93,7 +93,9 @@ pub fn retry_pending(home: &Home) -> Result<Option<PruneReport>, DeployError> {
         return Ok(None);
     }
     // Never prune beside a running deploy (it owns the hidden build dirs).
-    let Some(_lock) = crate::fsutil::FileLock::try_acquire(&crate::journal::Journal::lock_path(home))? else {
+    let Some(_lock) =
+        crate::fsutil::FileLock::try_acquire(&crate::journal::Journal::lock_path(home))?
+    else {
         return Ok(None);
     };
     if home.journal_file().exists() {

@@ -11,13 +11,20 @@ use crate::journal::{Journal, Step};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryOutcome {
     /// No unfinished deploy. `removed` lists the leftovers cleaned.
-    Clean { version: Option<String>, removed: Vec<PathBuf> },
+    Clean {
+        version: Option<String>,
+        removed: Vec<PathBuf>,
+    },
     /// A live runner holds the deploy lock: leave everything to it.
     DeployInProgress,
     /// The deploy had not switched; its leftovers were removed and the old
     /// version (the one running) stays. The agent should compare installed with
     /// assigned and upgrade again.
-    RolledBack { version: String, to_version: String, reason: String },
+    RolledBack {
+        version: String,
+        to_version: String,
+        reason: String,
+    },
     /// The switch happened: a resume runner was started to health-check this
     /// agent (and roll back if it does not come Up).
     HealthCheckPending { version: String, runner_pid: u32 },
@@ -29,7 +36,10 @@ pub fn recover(home: &Home) -> Result<RecoveryOutcome, DeployError> {
 }
 
 /// [`recover`] with an explicit `molt` binary for the resume runner (tests).
-pub fn recover_with(home: &Home, molt_exe: &std::path::Path) -> Result<RecoveryOutcome, DeployError> {
+pub fn recover_with(
+    home: &Home,
+    molt_exe: &std::path::Path,
+) -> Result<RecoveryOutcome, DeployError> {
     let lock_path = Journal::lock_path(home);
     let Some(lock) = FileLock::try_acquire(&lock_path)? else {
         return Ok(RecoveryOutcome::DeployInProgress);
@@ -39,7 +49,10 @@ pub fn recover_with(home: &Home, molt_exe: &std::path::Path) -> Result<RecoveryO
         let removed = clean_leftovers(home)?;
         drop(lock);
         let _ = crate::prune::retry_pending(home);
-        return Ok(RecoveryOutcome::Clean { version: current, removed });
+        return Ok(RecoveryOutcome::Clean {
+            version: current,
+            removed,
+        });
     };
     let switched = current.as_deref() == Some(j.to_version.as_str());
     if !switched && j.step < Step::RollingBack {
@@ -47,16 +60,22 @@ pub fn recover_with(home: &Home, molt_exe: &std::path::Path) -> Result<RecoveryO
         let reason = format!("the upgrade runner was interrupted at step {:?}", j.step);
         tracing::warn!(%reason, to = %j.to_version, "Recovery: undoing an unfinished deploy");
         if let Some(b) = &j.build_dir
-            && b.starts_with(home.versions_dir()) {
-                fsutil::remove_tree(b)?;
-            }
+            && b.starts_with(home.versions_dir())
+        {
+            fsutil::remove_tree(b)?;
+        }
         let newdir = home.version_dir(&j.to_version);
         if j.created_version_dir && newdir.exists() {
             fsutil::remove_tree(&newdir)?;
         }
         j.reason = Some(reason.clone());
         j.set(home, Step::RolledBack)?;
-        let rep = crate::report::Reporter::new(home, None, j.attempt_id.clone(), std::time::Duration::from_secs(1));
+        let rep = crate::report::Reporter::new(
+            home,
+            None,
+            j.attempt_id.clone(),
+            std::time::Duration::from_secs(1),
+        );
         rep.stage("Deploy Binary Files", "Failed", &reason);
         rep.finish("Rolled Back", &reason);
         crate::journal::write_last(
@@ -73,15 +92,34 @@ pub fn recover_with(home: &Home, molt_exe: &std::path::Path) -> Result<RecoveryO
         )?;
         Journal::remove(home)?;
         clean_leftovers(home)?;
-        return Ok(RecoveryOutcome::RolledBack { version: current.unwrap_or_default(), to_version: j.to_version, reason });
+        return Ok(RecoveryOutcome::RolledBack {
+            version: current.unwrap_or_default(),
+            to_version: j.to_version,
+            reason,
+        });
     }
     // After the switch (or mid-rollback): a resume runner health-checks and
     // finishes it, because this process cannot judge its own health.
     drop(lock);
     let log = home.logs_dir().join("deploy-resume.log");
-    let pid = crate::service::spawn_detached(molt_exe, &["deploy", "--home", &home.root().to_string_lossy(), "--resume"], &log)?;
-    tracing::info!(pid, "Recovery: resume runner started for an unfinished deploy");
-    Ok(RecoveryOutcome::HealthCheckPending { version: current.unwrap_or_default(), runner_pid: pid })
+    let pid = crate::service::spawn_detached(
+        molt_exe,
+        &[
+            "deploy",
+            "--home",
+            &home.root().to_string_lossy(),
+            "--resume",
+        ],
+        &log,
+    )?;
+    tracing::info!(
+        pid,
+        "Recovery: resume runner started for an unfinished deploy"
+    );
+    Ok(RecoveryOutcome::HealthCheckPending {
+        version: current.unwrap_or_default(),
+        runner_pid: pid,
+    })
 }
 
 /// Remove what no deploy needs any more: hidden build/trash dirs, temp symlinks,
@@ -118,7 +156,10 @@ pub fn clean_leftovers(home: &Home) -> Result<Vec<PathBuf>, DeployError> {
         }
     }
     if !removed.is_empty() {
-        tracing::info!(count = removed.len(), "Recovery: removed leftovers of earlier deploys");
+        tracing::info!(
+            count = removed.len(),
+            "Recovery: removed leftovers of earlier deploys"
+        );
     }
     Ok(removed)
 }

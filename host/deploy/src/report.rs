@@ -27,8 +27,18 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(home: &Home, cp: Option<ControlPlane>, attempt: Option<String>, timeout: Duration) -> Self {
-        Self { home: home.clone(), cp, attempt, timeout }
+    pub fn new(
+        home: &Home,
+        cp: Option<ControlPlane>,
+        attempt: Option<String>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            home: home.clone(),
+            cp,
+            attempt,
+            timeout,
+        }
     }
 
     /// Report a stage: `state` ∈ In Progress, Complete, Failed, Skipped.
@@ -53,7 +63,14 @@ impl Reporter {
     }
 
     /// Report an issue (`POST /api/v1/agent/issues`), e.g. the Reinstall Service warning.
-    pub fn issue(&self, source: &str, code: &str, severity: &str, description: &str, remediation: &str) {
+    pub fn issue(
+        &self,
+        source: &str,
+        code: &str,
+        severity: &str,
+        description: &str,
+        remediation: &str,
+    ) {
         tracing::warn!(source, code, description, "issue reported");
         let body = serde_json::json!({
             "source": source,
@@ -67,7 +84,11 @@ impl Reporter {
             Some(cp) => {
                 let url = format!("{}{}", cp.url.trim_end_matches('/'), path);
                 let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
-                match agent.request(method, &url).set("Authorization", &format!("Bearer {}", cp.token)).send_json(body.clone()) {
+                match agent
+                    .request(method, &url)
+                    .set("Authorization", &format!("Bearer {}", cp.token))
+                    .send_json(body.clone())
+                {
                     Ok(_) => true,
                     Err(e) => {
                         tracing::warn!(url, error = %e, "stage report failed; queued for the agent");
@@ -78,9 +99,17 @@ impl Reporter {
             None => false,
         };
         if !sent
-            && let Err(e) = enqueue(&self.home, &QueuedRequest { method: method.into(), path: path.into(), body }) {
-                tracing::error!(error = %e, "cannot queue report");
-            }
+            && let Err(e) = enqueue(
+                &self.home,
+                &QueuedRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    body,
+                },
+            )
+        {
+            tracing::error!(error = %e, "cannot queue report");
+        }
     }
 }
 
@@ -92,7 +121,10 @@ pub fn enqueue(home: &Home, req: &QueuedRequest) -> std::io::Result<()> {
     }
     let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
     f.write_all(&line)?;
     f.sync_all()
 }
@@ -104,7 +136,10 @@ pub fn read_queue(home: &Home) -> std::io::Result<Vec<QueuedRequest>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
+        .collect()
 }
 
 #[cfg(test)]
@@ -116,9 +151,21 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let home = Home::new(t.path());
         // Nothing listens on this port: bind then drop to get a free one.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let cp = ControlPlane { url: format!("http://127.0.0.1:{port}"), token: "t".into() };
-        let r = Reporter::new(&home, Some(cp), Some("42".into()), Duration::from_millis(500));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cp = ControlPlane {
+            url: format!("http://127.0.0.1:{port}"),
+            token: "t".into(),
+        };
+        let r = Reporter::new(
+            &home,
+            Some(cp),
+            Some("42".into()),
+            Duration::from_millis(500),
+        );
         r.stage("Deploy Binary Files", "In Progress", "");
         r.stage("Deploy Binary Files", "Complete", "done");
         let q = read_queue(&home).unwrap();
@@ -151,16 +198,24 @@ mod tests {
             }
             let mut body = vec![0; len];
             r.read_exact(&mut body).unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}").unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
+                .unwrap();
             (head, String::from_utf8(body).unwrap())
         });
         let t = tempfile::tempdir().unwrap();
         let home = Home::new(t.path());
-        let cp = ControlPlane { url: format!("http://127.0.0.1:{port}"), token: "tok".into() };
-        Reporter::new(&home, Some(cp), Some("9".into()), Duration::from_secs(5)).stage("Restart", "Complete", "ok");
+        let cp = ControlPlane {
+            url: format!("http://127.0.0.1:{port}"),
+            token: "tok".into(),
+        };
+        Reporter::new(&home, Some(cp), Some("9".into()), Duration::from_secs(5))
+            .stage("Restart", "Complete", "ok");
         let (head, body) = srv.join().unwrap();
         assert!(head[0].starts_with("POST /api/v1/agent/attempts/9/stages"));
-        assert!(head.iter().any(|h| h.trim() == "Authorization: Bearer tok"), "{head:?}");
+        assert!(
+            head.iter().any(|h| h.trim() == "Authorization: Bearer tok"),
+            "{head:?}"
+        );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["stage"], "Restart");
         assert!(read_queue(&home).unwrap().is_empty());

@@ -51,8 +51,16 @@ struct UpgradeLog {
 impl UpgradeLog {
     fn line(&self, msg: &str) {
         tracing::info!("{msg}");
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
-            let _ = writeln!(f, "{} {msg}", Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
+            let _ = writeln!(
+                f,
+                "{} {msg}",
+                Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
         }
     }
 
@@ -62,12 +70,18 @@ impl UpgradeLog {
         if let Some(d) = log.parent() {
             let _ = std::fs::create_dir_all(d);
         }
-        match std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
             Ok(mut f) => {
                 let _ = write!(f, "<< UPGRADE LOG BEGIN >>\n{body}<< UPGRADE LOG END >>\n");
                 let _ = f.sync_all();
             }
-            Err(e) => tracing::error!(log = %log.display(), error = %e, "cannot append the upgrade log to the agent log"),
+            Err(e) => {
+                tracing::error!(log = %log.display(), error = %e, "cannot append the upgrade log to the agent log")
+            }
         }
     }
 }
@@ -97,26 +111,42 @@ pub fn self_exe() -> PathBuf {
 pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     let lock_path = Journal::lock_path(home);
     let Some(_lock) = FileLock::try_acquire(&lock_path)? else {
-        return Err(DeployError::DeployInProgress { home: home.root().to_path_buf(), lock: lock_path });
+        return Err(DeployError::DeployInProgress {
+            home: home.root().to_path_buf(),
+            lock: lock_path,
+        });
     };
     if Journal::load(home)?.is_some() {
         tracing::warn!("an earlier deploy did not finish; resolving it first");
         resume_locked(home)?;
     }
     let plan = DeployPlan::load(plan_path)?;
-    let upgrade_dir = plan_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let upgrade_dir = plan_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let current = home.current_version()?;
     if current.as_deref() != Some(plan.from_version.as_str()) {
         return Err(DeployError::Plan {
             path: plan_path.to_path_buf(),
-            reason: format!("plan is from version {} but current is {:?}", plan.from_version, current),
+            reason: format!(
+                "plan is from version {} but current is {:?}",
+                plan.from_version, current
+            ),
         });
     }
     let ctx = Ctx {
         home,
         svc: service::for_home(home, &self_exe())?,
-        rep: Reporter::new(home, plan.control_plane.clone(), plan.attempt_id.clone(), Duration::from_secs(plan.options.report_timeout_secs)),
-        log: UpgradeLog { path: upgrade_dir.join("upgrade.log") },
+        rep: Reporter::new(
+            home,
+            plan.control_plane.clone(),
+            plan.attempt_id.clone(),
+            Duration::from_secs(plan.options.report_timeout_secs),
+        ),
+        log: UpgradeLog {
+            path: upgrade_dir.join("upgrade.log"),
+        },
         opts: plan.options.clone(),
         stopped_at: Default::default(),
         downtime: Default::default(),
@@ -135,32 +165,54 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
         reason: None,
         updated: Utc::now(),
     };
-    ctx.log.line(&format!("Upgrade runner started (pid {}): {} -> {}", std::process::id(), plan.from_version, plan.to_version));
+    ctx.log.line(&format!(
+        "Upgrade runner started (pid {}): {} -> {}",
+        std::process::id(),
+        plan.from_version,
+        plan.to_version
+    ));
     j.set(home, Step::Started)?;
     ctx.svc.hold()?;
     j.set(home, Step::Held)?;
-    molt_layout::write_atomic(&upgrade_dir.join(STARTED_MARKER), format!("{}\n", std::process::id()).as_bytes())?;
+    molt_layout::write_atomic(
+        &upgrade_dir.join(STARTED_MARKER),
+        format!("{}\n", std::process::id()).as_bytes(),
+    )?;
 
     // Deploy Binary Files (and MigrateTrustStore inside the build).
-    ctx.rep.stage("Deploy Binary Files", "In Progress", &format!("building versions/{}", plan.to_version));
-    let build_dir = home.versions_dir().join(format!(".{}.build-{}", plan.to_version, rand::random::<u32>()));
+    ctx.rep.stage(
+        "Deploy Binary Files",
+        "In Progress",
+        &format!("building versions/{}", plan.to_version),
+    );
+    let build_dir = home.versions_dir().join(format!(
+        ".{}.build-{}",
+        plan.to_version,
+        rand::random::<u32>()
+    ));
     j.build_dir = Some(build_dir.clone());
     j.set(home, Step::Building)?;
     let final_dir = home.version_dir(&plan.to_version);
     let build_started = std::time::Instant::now();
-    let built = move_aside(home, &final_dir).and_then(|_| crate::build::build_version(home, &plan, &upgrade_dir, &build_dir));
+    let built = move_aside(home, &final_dir)
+        .and_then(|_| crate::build::build_version(home, &plan, &upgrade_dir, &build_dir));
     let stats = match built {
         Ok((_, stats)) => stats,
         Err(e) => {
-            ctx.rep.stage("Deploy Binary Files", "Failed", &e.to_string());
+            ctx.rep
+                .stage("Deploy Binary Files", "Failed", &e.to_string());
             return undo_before_switch(&ctx, &mut j, &format!("Deploy Binary Files failed: {e}"));
         }
     };
     // Recorded before the rename: an undo must remove versions/<to> if it exists.
     j.created_version_dir = true;
     j.save(home)?;
-    if let Err(e) = std::fs::rename(&build_dir, &final_dir).map_err(io_err(&final_dir)).and_then(|_| fsutil::sync_dir(&home.versions_dir())) {
-        ctx.rep.stage("Deploy Binary Files", "Failed", &e.to_string());
+    if let Err(e) = std::fs::rename(&build_dir, &final_dir)
+        .map_err(io_err(&final_dir))
+        .and_then(|_| fsutil::sync_dir(&home.versions_dir()))
+    {
+        ctx.rep
+            .stage("Deploy Binary Files", "Failed", &e.to_string());
         return undo_before_switch(&ctx, &mut j, &format!("Deploy Binary Files failed: {e}"));
     }
     j.build_dir = None;
@@ -173,20 +225,45 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     ctx.log.line(&msg);
     ctx.rep.stage("Deploy Binary Files", "Complete", &msg);
     if plan.packages.iter().any(|p| p.kind == "runtime") {
-        ctx.rep.stage("MigrateTrustStore", "Complete", &format!("{} custom certificate(s) carried over", stats.truststore_carried));
+        ctx.rep.stage(
+            "MigrateTrustStore",
+            "Complete",
+            &format!(
+                "{} custom certificate(s) carried over",
+                stats.truststore_carried
+            ),
+        );
     } else {
-        ctx.rep.stage("MigrateTrustStore", "Skipped", "runtime unchanged");
+        ctx.rep
+            .stage("MigrateTrustStore", "Skipped", "runtime unchanged");
     }
 
     // Reinstall Service.
     let new_unit = final_dir.join(UNIT_FILE);
     let old_unit = home.version_dir(&plan.from_version).join(UNIT_FILE);
-    match ctx.svc.reinstall(new_unit.is_file().then_some(new_unit.as_path()), old_unit.is_file().then_some(old_unit.as_path())) {
-        Ok(Reinstall::Unchanged) => ctx.rep.stage("Reinstall Service", "Skipped", "service definition unchanged"),
-        Ok(Reinstall::Reinstalled) => ctx.rep.stage("Reinstall Service", "Complete", "service definition reinstalled"),
+    match ctx.svc.reinstall(
+        new_unit.is_file().then_some(new_unit.as_path()),
+        old_unit.is_file().then_some(old_unit.as_path()),
+    ) {
+        Ok(Reinstall::Unchanged) => ctx.rep.stage(
+            "Reinstall Service",
+            "Skipped",
+            "service definition unchanged",
+        ),
+        Ok(Reinstall::Reinstalled) => ctx.rep.stage(
+            "Reinstall Service",
+            "Complete",
+            "service definition reinstalled",
+        ),
         Ok(Reinstall::Skipped(w)) => {
             ctx.rep.stage("Reinstall Service", "Skipped", &w);
-            ctx.rep.issue("Reinstall Service", "reinstall-service-needed", "warning", &w, "Reinstall the service as an administrator.");
+            ctx.rep.issue(
+                "Reinstall Service",
+                "reinstall-service-needed",
+                "warning",
+                &w,
+                "Reinstall the service as an administrator.",
+            );
         }
         Err(e) => {
             ctx.rep.stage("Reinstall Service", "Failed", &e.to_string());
@@ -195,7 +272,8 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     }
 
     // Restart: stop the old agent, switch, start the new one.
-    ctx.rep.stage("Restart", "In Progress", "stopping the agent");
+    ctx.rep
+        .stage("Restart", "In Progress", "stopping the agent");
     j.set(home, Step::Stopping)?;
     let stop_requested = std::time::Instant::now();
     if let Err(e) = stop_old(&ctx) {
@@ -204,18 +282,28 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     }
     j.set(home, Step::Stopped)?;
     ctx.stopped_at.set(Some(std::time::Instant::now()));
-    ctx.log.line(&format!("the agent is stopped and every recorded pid is gone (stop took {} ms)", stop_requested.elapsed().as_millis()));
+    ctx.log.line(&format!(
+        "the agent is stopped and every recorded pid is gone (stop took {} ms)",
+        stop_requested.elapsed().as_millis()
+    ));
     // Re-check right before the switch: nothing may have restarted it (KB1001748).
     if let Err(e) = stop_old(&ctx) {
         return undo_before_switch(&ctx, &mut j, &format!("Restart failed: {e}"));
     }
     j.set(home, Step::Switching)?;
-    fsutil::switch_symlink(&home.current_link(), &Path::new("versions").join(&plan.to_version))?;
+    fsutil::switch_symlink(
+        &home.current_link(),
+        &Path::new("versions").join(&plan.to_version),
+    )?;
     j.set(home, Step::Switched)?;
-    ctx.log.line(&format!("current -> versions/{}", plan.to_version));
+    ctx.log
+        .line(&format!("current -> versions/{}", plan.to_version));
     let r = start_and_check(&ctx, &mut j);
     if let (Ok(DeployResult::Complete { .. }), Some(d)) = (&r, ctx.downtime.get()) {
-        println!("build_ms={build_ms} downtime_ms={} (service stopped -> new version Up)", d.as_millis());
+        println!(
+            "build_ms={build_ms} downtime_ms={} (service stopped -> new version Up)",
+            d.as_millis()
+        );
     }
     r
 }
@@ -232,19 +320,40 @@ fn start_and_check(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployErr
         ctx.rep.stage("Restart", "Failed", &e.to_string());
         return rollback(ctx, j, &format!("Restart failed: {e}"));
     }
-    ctx.rep.stage("Restart", "Complete", &format!("started version {}", j.to_version));
-    ctx.rep.stage("Health Check", "In Progress", &format!("waiting up to {} s for the agent to report Up", ctx.opts.health_timeout_secs));
+    ctx.rep.stage(
+        "Restart",
+        "Complete",
+        &format!("started version {}", j.to_version),
+    );
+    ctx.rep.stage(
+        "Health Check",
+        "In Progress",
+        &format!(
+            "waiting up to {} s for the agent to report Up",
+            ctx.opts.health_timeout_secs
+        ),
+    );
     j.set(home, Step::HealthCheck)?;
-    match crate::health::wait_up(home, &j.to_version, at, Duration::from_secs(ctx.opts.health_timeout_secs)) {
+    match crate::health::wait_up(
+        home,
+        &j.to_version,
+        at,
+        Duration::from_secs(ctx.opts.health_timeout_secs),
+    ) {
         Ok(pid) => {
             if let Some(t) = ctx.stopped_at.get() {
                 ctx.downtime.set(Some(t.elapsed()));
-                ctx.log.line(&format!("downtime_ms={} (service stopped -> new version Up)", t.elapsed().as_millis()));
+                ctx.log.line(&format!(
+                    "downtime_ms={} (service stopped -> new version Up)",
+                    t.elapsed().as_millis()
+                ));
             }
             let msg = format!("version {} is Up (pid {pid})", j.to_version);
             ctx.rep.stage("Health Check", "Complete", &msg);
             j.set(home, Step::Complete)?;
-            let r = DeployResult::Complete { version: j.to_version.clone() };
+            let r = DeployResult::Complete {
+                version: j.to_version.clone(),
+            };
             finalize(ctx, j, &r, &msg)?;
             Ok(r)
         }
@@ -255,20 +364,33 @@ fn start_and_check(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployErr
 /// Ask the agent to stop and wait until the service is stopped and every
 /// recorded pid (hand-over file and service manager) is gone.
 fn stop_old(ctx: &Ctx) -> Result<(), DeployError> {
-    let extra = Handover::load(ctx.home)?.map(|h| h.pids).unwrap_or_default();
+    let extra = Handover::load(ctx.home)?
+        .map(|h| h.pids)
+        .unwrap_or_default();
     ctx.svc.request_stop()?;
     for p in &extra {
         if *p != std::process::id() {
             crate::proc::signal(*p, libc::SIGTERM);
         }
     }
-    service::wait_stopped(ctx.svc.as_ref(), &extra, Duration::from_secs(ctx.opts.stop_timeout_secs))
+    service::wait_stopped(
+        ctx.svc.as_ref(),
+        &extra,
+        Duration::from_secs(ctx.opts.stop_timeout_secs),
+    )
 }
 
 /// A step before the switch failed: nothing of the old version was touched.
 /// Remove what was built, let the old agent run (start it if it was stopped).
-fn undo_before_switch(ctx: &Ctx, j: &mut Journal, reason: &str) -> Result<DeployResult, DeployError> {
-    ctx.log.line(&format!("deploy failed before the switch: {reason}; keeping version {}", j.from_version));
+fn undo_before_switch(
+    ctx: &Ctx,
+    j: &mut Journal,
+    reason: &str,
+) -> Result<DeployResult, DeployError> {
+    ctx.log.line(&format!(
+        "deploy failed before the switch: {reason}; keeping version {}",
+        j.from_version
+    ));
     j.reason = Some(reason.to_string());
     j.set(ctx.home, Step::RollingBack)?;
     continue_rollback(ctx, j)
@@ -277,7 +399,8 @@ fn undo_before_switch(ctx: &Ctx, j: &mut Journal, reason: &str) -> Result<Deploy
 /// After the switch something failed: flip `current` back, start the old version,
 /// health-check it too.
 fn rollback(ctx: &Ctx, j: &mut Journal, reason: &str) -> Result<DeployResult, DeployError> {
-    ctx.log.line(&format!("{reason}; rolling back to {}", j.from_version));
+    ctx.log
+        .line(&format!("{reason}; rolling back to {}", j.from_version));
     j.reason = Some(reason.to_string());
     j.set(ctx.home, Step::RollingBack)?;
     continue_rollback(ctx, j)
@@ -287,21 +410,33 @@ fn rollback(ctx: &Ctx, j: &mut Journal, reason: &str) -> Result<DeployResult, De
 /// here is simply resumed here.
 fn continue_rollback(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployError> {
     let home = ctx.home;
-    let reason = j.reason.clone().unwrap_or_else(|| "interrupted deploy".into());
-    let post_switch = j.restart_at.is_some() || home.current_version()?.as_deref() != Some(j.from_version.as_str());
+    let reason = j
+        .reason
+        .clone()
+        .unwrap_or_else(|| "interrupted deploy".into());
+    let post_switch = j.restart_at.is_some()
+        || home.current_version()?.as_deref() != Some(j.from_version.as_str());
     if home.current_version()?.as_deref() != Some(j.from_version.as_str()) {
         ctx.svc.hold()?;
         if let Err(e) = stop_old(ctx) {
             tracing::error!(error = %e, "the new agent does not stop; switching back anyway");
         }
-        fsutil::switch_symlink(&home.current_link(), &Path::new("versions").join(&j.from_version))?;
-        ctx.log.line(&format!("current -> versions/{} (rollback)", j.from_version));
+        fsutil::switch_symlink(
+            &home.current_link(),
+            &Path::new("versions").join(&j.from_version),
+        )?;
+        ctx.log.line(&format!(
+            "current -> versions/{} (rollback)",
+            j.from_version
+        ));
     }
     j.set(home, Step::RollbackSwitched)?;
     remove_new_version(home, j)?;
     // The old agent may never have been stopped (failure before the stop).
     let still_up = match (home.read_status(), ctx.svc.is_stopped()) {
-        (Ok(Some(s)), Ok(false)) => s.status == "Up" && s.version == j.from_version && crate::proc::alive(s.pid),
+        (Ok(Some(s)), Ok(false)) => {
+            s.status == "Up" && s.version == j.from_version && crate::proc::alive(s.pid)
+        }
         _ => false,
     };
     let at = Utc::now();
@@ -310,12 +445,29 @@ fn continue_rollback(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployE
         j.restart_at = Some(at);
     }
     j.set(home, Step::RollbackStarting)?;
-    let after = if still_up { chrono::DateTime::<Utc>::MIN_UTC } else { at };
-    let up = ctx.svc.start().and_then(|_| crate::health::wait_up(home, &j.from_version, after, Duration::from_secs(ctx.opts.health_timeout_secs)));
+    let after = if still_up {
+        chrono::DateTime::<Utc>::MIN_UTC
+    } else {
+        at
+    };
+    let up = ctx.svc.start().and_then(|_| {
+        crate::health::wait_up(
+            home,
+            &j.from_version,
+            after,
+            Duration::from_secs(ctx.opts.health_timeout_secs),
+        )
+    });
     let (r, msg) = match up {
         Ok(pid) => (
-            DeployResult::RolledBack { version: j.from_version.clone(), reason: reason.clone() },
-            format!("{reason}; rolled back to {}, which is Up (pid {pid})", j.from_version),
+            DeployResult::RolledBack {
+                version: j.from_version.clone(),
+                reason: reason.clone(),
+            },
+            format!(
+                "{reason}; rolled back to {}, which is Up (pid {pid})",
+                j.from_version
+            ),
         ),
         Err(e) => {
             let m = format!("{reason}; rollback to {} failed too: {e}", j.from_version);
@@ -325,7 +477,14 @@ fn continue_rollback(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployE
     if post_switch || matches!(r, DeployResult::Failed { .. }) {
         ctx.rep.stage("Health Check", "Failed", &msg);
     }
-    j.set(home, if matches!(r, DeployResult::Failed { .. }) { Step::Failed } else { Step::RolledBack })?;
+    j.set(
+        home,
+        if matches!(r, DeployResult::Failed { .. }) {
+            Step::Failed
+        } else {
+            Step::RolledBack
+        },
+    )?;
     finalize(ctx, j, &r, &msg)?;
     Ok(r)
 }
@@ -336,11 +495,19 @@ fn move_aside(home: &Home, dir: &Path) -> Result<(), DeployError> {
     if !dir.exists() {
         return Ok(());
     }
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if home.current_version()?.as_deref() == Some(name.as_str()) {
-        return Err(DeployError::Install { home: home.root().to_path_buf(), reason: format!("version {name} is the current version") });
+        return Err(DeployError::Install {
+            home: home.root().to_path_buf(),
+            reason: format!("version {name} is the current version"),
+        });
     }
-    let trash = home.versions_dir().join(format!(".{name}.trash-{}", rand::random::<u32>()));
+    let trash = home
+        .versions_dir()
+        .join(format!(".{name}.trash-{}", rand::random::<u32>()));
     std::fs::rename(dir, &trash).map_err(io_err(dir))?;
     fsutil::remove_tree(&trash)
 }
@@ -349,9 +516,10 @@ fn move_aside(home: &Home, dir: &Path) -> Result<(), DeployError> {
 /// and it is not current).
 fn remove_new_version(home: &Home, j: &Journal) -> Result<(), DeployError> {
     if let Some(b) = &j.build_dir
-        && b.starts_with(home.versions_dir()) {
-            fsutil::remove_tree(b)?;
-        }
+        && b.starts_with(home.versions_dir())
+    {
+        fsutil::remove_tree(b)?;
+    }
     if j.created_version_dir && home.current_version()?.as_deref() != Some(j.to_version.as_str()) {
         move_aside(home, &home.version_dir(&j.to_version))?;
     }
@@ -394,7 +562,10 @@ fn finalize(ctx: &Ctx, j: &mut Journal, r: &DeployResult, msg: &str) -> Result<(
     fsutil::remove_file_opt(&home.handover_file())?;
     fsutil::remove_tree(&j.upgrade_dir.join("packages"))?;
     if matches!(r, DeployResult::Complete { .. }) {
-        molt_layout::write_atomic(&crate::prune::previous_file(home), j.from_version.as_bytes())?;
+        molt_layout::write_atomic(
+            &crate::prune::previous_file(home),
+            j.from_version.as_bytes(),
+        )?;
     }
     if !matches!(r, DeployResult::Failed { .. }) {
         let keep = crate::prune::keep_set(home)?;
@@ -411,14 +582,21 @@ fn finalize(ctx: &Ctx, j: &mut Journal, r: &DeployResult, msg: &str) -> Result<(
 pub fn resume(home: &Home) -> Result<Option<DeployResult>, DeployError> {
     let lock_path = Journal::lock_path(home);
     let Some(_lock) = FileLock::try_acquire(&lock_path)? else {
-        return Err(DeployError::DeployInProgress { home: home.root().to_path_buf(), lock: lock_path });
+        return Err(DeployError::DeployInProgress {
+            home: home.root().to_path_buf(),
+            lock: lock_path,
+        });
     };
     resume_locked(home)
 }
 
 fn resume_locked(home: &Home) -> Result<Option<DeployResult>, DeployError> {
-    let Some(mut j) = Journal::load(home)? else { return Ok(None) };
-    let opts = DeployPlan::load(&j.plan).map(|p| p.options).unwrap_or_default();
+    let Some(mut j) = Journal::load(home)? else {
+        return Ok(None);
+    };
+    let opts = DeployPlan::load(&j.plan)
+        .map(|p| p.options)
+        .unwrap_or_default();
     let (cp, attempt) = match DeployPlan::load(&j.plan) {
         Ok(p) => (p.control_plane, p.attempt_id),
         Err(_) => (None, j.attempt_id.clone()),
@@ -426,21 +604,38 @@ fn resume_locked(home: &Home) -> Result<Option<DeployResult>, DeployError> {
     let ctx = Ctx {
         home,
         svc: service::for_home(home, &self_exe())?,
-        rep: Reporter::new(home, cp, attempt, Duration::from_secs(opts.report_timeout_secs)),
-        log: UpgradeLog { path: j.upgrade_dir.join("upgrade.log") },
+        rep: Reporter::new(
+            home,
+            cp,
+            attempt,
+            Duration::from_secs(opts.report_timeout_secs),
+        ),
+        log: UpgradeLog {
+            path: j.upgrade_dir.join("upgrade.log"),
+        },
         opts,
         stopped_at: Default::default(),
         downtime: Default::default(),
     };
     let actual = home.current_version()?;
-    ctx.log.line(&format!("resuming an interrupted deploy {} -> {} at step {:?} (current is {:?})", j.from_version, j.to_version, j.step, actual));
+    ctx.log.line(&format!(
+        "resuming an interrupted deploy {} -> {} at step {:?} (current is {:?})",
+        j.from_version, j.to_version, j.step, actual
+    ));
     j.runner_pid = std::process::id();
     let r = match j.step {
         Step::Complete | Step::RolledBack | Step::Failed => {
             let r = match j.step {
-                Step::Complete => DeployResult::Complete { version: j.to_version.clone() },
-                Step::RolledBack => DeployResult::RolledBack { version: j.from_version.clone(), reason: j.reason.clone().unwrap_or_default() },
-                _ => DeployResult::Failed { reason: j.reason.clone().unwrap_or_default() },
+                Step::Complete => DeployResult::Complete {
+                    version: j.to_version.clone(),
+                },
+                Step::RolledBack => DeployResult::RolledBack {
+                    version: j.from_version.clone(),
+                    reason: j.reason.clone().unwrap_or_default(),
+                },
+                _ => DeployResult::Failed {
+                    reason: j.reason.clone().unwrap_or_default(),
+                },
             };
             let msg = format!("deploy had ended ({})", r.result_word());
             finalize(&ctx, &mut j, &r, &msg)?;
@@ -449,7 +644,11 @@ fn resume_locked(home: &Home) -> Result<Option<DeployResult>, DeployError> {
         s if s >= Step::RollingBack => continue_rollback(&ctx, &mut j)?,
         _ if actual.as_deref() == Some(j.to_version.as_str()) => {
             // The switch happened: the new version is complete. Start it and check it.
-            ctx.rep.stage("Restart", "In Progress", "resuming after the runner was interrupted");
+            ctx.rep.stage(
+                "Restart",
+                "In Progress",
+                "resuming after the runner was interrupted",
+            );
             start_and_check(&ctx, &mut j)?
         }
         s => {

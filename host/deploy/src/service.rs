@@ -67,18 +67,30 @@ pub trait ServiceControl {
     /// Release the hold and start the agent from `current`.
     fn start(&self) -> Result<(), DeployError>;
     /// Install the unit file of the new version if it changed.
-    fn reinstall(&self, _new_unit: Option<&Path>, _old_unit: Option<&Path>) -> Result<Reinstall, DeployError> {
+    fn reinstall(
+        &self,
+        _new_unit: Option<&Path>,
+        _old_unit: Option<&Path>,
+    ) -> Result<Reinstall, DeployError> {
         Ok(Reinstall::Unchanged)
     }
 }
 
 /// Pick the service control named in `conf/handover.json` (default: supervisor).
 pub fn for_home(home: &Home, runner_exe: &Path) -> Result<Box<dyn ServiceControl>, DeployError> {
-    let name = Handover::load(home)?.map(|h| h.service).unwrap_or_else(|| "supervisor".into());
+    let name = Handover::load(home)?
+        .map(|h| h.service)
+        .unwrap_or_else(|| "supervisor".into());
     if let Some(unit) = name.strip_prefix("systemd:") {
-        return Ok(Box::new(Systemd { unit: unit.to_string(), home: home.clone() }));
+        return Ok(Box::new(Systemd {
+            unit: unit.to_string(),
+            home: home.clone(),
+        }));
     }
-    Ok(Box::new(Supervisor { home: home.clone(), exe: runner_exe.to_path_buf() }))
+    Ok(Box::new(Supervisor {
+        home: home.clone(),
+        exe: runner_exe.to_path_buf(),
+    }))
 }
 
 /// The built-in supervisor: `molt run --home H` keeps `<home>/current/bin/molt agent`
@@ -96,7 +108,9 @@ pub fn supervisor_lock(home: &Home) -> PathBuf {
 }
 
 pub fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok())
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 impl ServiceControl for Supervisor {
@@ -107,7 +121,10 @@ impl ServiceControl for Supervisor {
         Ok(read_pid(&self.home.agent_pid_file()).into_iter().collect())
     }
     fn hold(&self) -> Result<(), DeployError> {
-        molt_layout::write_atomic(&self.home.hold_marker(), format!("{}\n", std::process::id()).as_bytes())?;
+        molt_layout::write_atomic(
+            &self.home.hold_marker(),
+            format!("{}\n", std::process::id()).as_bytes(),
+        )?;
         Ok(())
     }
     fn request_stop(&self) -> Result<(), DeployError> {
@@ -123,7 +140,11 @@ impl ServiceControl for Supervisor {
             return Ok(()); // the running supervisor starts the agent on its next tick
         }
         tracing::info!(exe = %self.exe.display(), "no supervisor running; starting molt run");
-        spawn_detached(&self.exe, &["run", "--home", &self.home.root().to_string_lossy()], &self.home.logs_dir().join("supervisor.log"))?;
+        spawn_detached(
+            &self.exe,
+            &["run", "--home", &self.home.root().to_string_lossy()],
+            &self.home.logs_dir().join("supervisor.log"),
+        )?;
         Ok(())
     }
 }
@@ -140,11 +161,19 @@ impl Systemd {
         let out = Command::new("systemctl")
             .args(args)
             .output()
-            .map_err(|source| DeployError::Spawn { what: format!("systemctl {}", args.join(" ")), source })?;
+            .map_err(|source| DeployError::Spawn {
+                what: format!("systemctl {}", args.join(" ")),
+                source,
+            })?;
         if !out.status.success() {
             return Err(DeployError::Service {
                 service: self.name(),
-                reason: format!("systemctl {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                reason: format!(
+                    "systemctl {} failed ({}): {}",
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -156,7 +185,10 @@ impl ServiceControl for Systemd {
         format!("systemd:{}", self.unit)
     }
     fn pids(&self) -> Result<Vec<u32>, DeployError> {
-        let pid: u32 = self.ctl(&["show", "-p", "MainPID", "--value", &self.unit])?.parse().unwrap_or(0);
+        let pid: u32 = self
+            .ctl(&["show", "-p", "MainPID", "--value", &self.unit])?
+            .parse()
+            .unwrap_or(0);
         Ok(if pid == 0 { Vec::new() } else { vec![pid] })
     }
     fn is_stopped(&self) -> Result<bool, DeployError> {
@@ -165,7 +197,10 @@ impl ServiceControl for Systemd {
     }
     fn hold(&self) -> Result<(), DeployError> {
         // A runtime mask keeps anything from starting the unit until we unmask it.
-        molt_layout::write_atomic(&self.home.hold_marker(), format!("{}\n", std::process::id()).as_bytes())?;
+        molt_layout::write_atomic(
+            &self.home.hold_marker(),
+            format!("{}\n", std::process::id()).as_bytes(),
+        )?;
         self.ctl(&["mask", "--runtime", &self.unit]).map(|_| ())
     }
     fn request_stop(&self) -> Result<(), DeployError> {
@@ -176,8 +211,14 @@ impl ServiceControl for Systemd {
         crate::fsutil::remove_file_opt(&self.home.hold_marker())?;
         self.ctl(&["start", &self.unit]).map(|_| ())
     }
-    fn reinstall(&self, new_unit: Option<&Path>, old_unit: Option<&Path>) -> Result<Reinstall, DeployError> {
-        let Some(new_unit) = new_unit else { return Ok(Reinstall::Unchanged) };
+    fn reinstall(
+        &self,
+        new_unit: Option<&Path>,
+        old_unit: Option<&Path>,
+    ) -> Result<Reinstall, DeployError> {
+        let Some(new_unit) = new_unit else {
+            return Ok(Reinstall::Unchanged);
+        };
         let new = std::fs::read(new_unit).map_err(io_err(new_unit))?;
         let old = old_unit.and_then(|p| std::fs::read(p).ok());
         if old.as_deref() == Some(new.as_slice()) {
@@ -187,7 +228,10 @@ impl ServiceControl for Systemd {
         if unsafe { libc::geteuid() } != 0 {
             return Ok(Reinstall::Skipped(REINSTALL_WARNING.into()));
         }
-        let dest = Path::new("/etc/systemd/system").join(format!("{}.service", self.unit.trim_end_matches(".service")));
+        let dest = Path::new("/etc/systemd/system").join(format!(
+            "{}.service",
+            self.unit.trim_end_matches(".service")
+        ));
         molt_layout::write_atomic(&dest, &new)?;
         self.ctl(&["daemon-reload"])?;
         Ok(Reinstall::Reinstalled)
@@ -204,10 +248,17 @@ pub fn spawn_detached(exe: &Path, args: &[&str], log: &Path) -> Result<u32, Depl
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d).map_err(io_err(d))?;
     }
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io_err(log))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err(log))?;
     let err = out.try_clone().map_err(io_err(log))?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
     // SAFETY: setsid is async-signal-safe; it detaches the child from our session
     // so it survives our exit and our signals.
     unsafe {
@@ -218,7 +269,10 @@ pub fn spawn_detached(exe: &Path, args: &[&str], log: &Path) -> Result<u32, Depl
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| DeployError::Spawn { what: format!("{} {}", exe.display(), args.join(" ")), source })?;
+    let child = cmd.spawn().map_err(|source| DeployError::Spawn {
+        what: format!("{} {}", exe.display(), args.join(" ")),
+        source,
+    })?;
     let pid = child.id();
     // Reap it in the background if it exits while we are still alive.
     std::thread::spawn(move || {
@@ -232,18 +286,29 @@ pub fn spawn_detached(exe: &Path, args: &[&str], log: &Path) -> Result<u32, Depl
 pub fn detect_services(home: &Home) -> Result<Vec<String>, DeployError> {
     let mut found = Vec::new();
     if FileLock::is_held(&supervisor_lock(home))? {
-        found.push(format!("supervisor (pid {})", read_pid(&home.conf_dir().join("supervisor.pid")).unwrap_or(0)));
+        found.push(format!(
+            "supervisor (pid {})",
+            read_pid(&home.conf_dir().join("supervisor.pid")).unwrap_or(0)
+        ));
     }
     let root = home.root().to_string_lossy().into_owned();
-    for dir in ["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system"] {
-        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+    for dir in [
+        "/etc/systemd/system",
+        "/run/systemd/system",
+        "/usr/lib/systemd/system",
+    ] {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "service")
                 && let Ok(s) = std::fs::read_to_string(&p)
-                    && s.lines().any(|l| l.starts_with("ExecStart") && l.contains(&format!("--home {root}")) ) {
-                        found.push(format!("systemd unit {}", p.display()));
-                    }
+                && s.lines()
+                    .any(|l| l.starts_with("ExecStart") && l.contains(&format!("--home {root}")))
+            {
+                found.push(format!("systemd unit {}", p.display()));
+            }
         }
     }
     Ok(found)
@@ -255,7 +320,11 @@ pub fn refuse_duplicate(home: &Home) -> Result<(), DeployError> {
     if !s.is_empty() {
         return Err(DeployError::DuplicateService(format!(
             "{} already serves {}: {}",
-            if s.len() == 1 { "a service" } else { "services" },
+            if s.len() == 1 {
+                "a service"
+            } else {
+                "services"
+            },
             home.root().display(),
             s.join(", ")
         )));
@@ -265,7 +334,11 @@ pub fn refuse_duplicate(home: &Home) -> Result<(), DeployError> {
 
 /// Wait until the service is stopped and every pid is gone; SIGKILL what is left
 /// after `limit` (a hung shutdown, seeds 6.2/6.3), then wait up to 10 s more.
-pub fn wait_stopped(svc: &dyn ServiceControl, extra_pids: &[u32], limit: Duration) -> Result<(), DeployError> {
+pub fn wait_stopped(
+    svc: &dyn ServiceControl,
+    extra_pids: &[u32],
+    limit: Duration,
+) -> Result<(), DeployError> {
     let start = std::time::Instant::now();
     let mut deadline = limit;
     let mut killed = false;
@@ -278,9 +351,16 @@ pub fn wait_stopped(svc: &dyn ServiceControl, extra_pids: &[u32], limit: Duratio
         }
         if start.elapsed() >= deadline {
             if killed {
-                return Err(DeployError::StopTimeout { secs: start.elapsed().as_secs(), pids });
+                return Err(DeployError::StopTimeout {
+                    secs: start.elapsed().as_secs(),
+                    pids,
+                });
             }
-            tracing::warn!(?pids, secs = limit.as_secs(), "graceful stop timed out; killing the old agent");
+            tracing::warn!(
+                ?pids,
+                secs = limit.as_secs(),
+                "graceful stop timed out; killing the old agent"
+            );
             for p in &pids {
                 proc::signal(*p, libc::SIGKILL);
             }

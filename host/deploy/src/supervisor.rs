@@ -32,7 +32,10 @@ pub struct SupervisorOptions {
 
 impl Default for SupervisorOptions {
     fn default() -> Self {
-        Self { stop_timeout: Duration::from_secs(60), exe: crate::runner::self_exe() }
+        Self {
+            stop_timeout: Duration::from_secs(60),
+            exe: crate::runner::self_exe(),
+        }
     }
 }
 
@@ -48,7 +51,11 @@ fn spawn_agent(home: &Home) -> Result<Child, DeployError> {
     let exe = home.current_link().join("bin").join("molt");
     let log = home.logs_dir().join("agent.console.log");
     std::fs::create_dir_all(home.logs_dir()).map_err(io_err(&home.logs_dir()))?;
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(io_err(&log))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(io_err(&log))?;
     let err = out.try_clone().map_err(io_err(&log))?;
     Command::new(&exe)
         .args(["agent", "--home", &home.root().to_string_lossy()])
@@ -56,20 +63,34 @@ fn spawn_agent(home: &Home) -> Result<Child, DeployError> {
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|source| DeployError::Spawn { what: format!("{} agent", exe.display()), source })
+        .map_err(|source| DeployError::Spawn {
+            what: format!("{} agent", exe.display()),
+            source,
+        })
 }
 
 /// Run the supervisor until SIGTERM/SIGINT.
 pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
     let others = service::detect_services(home)?;
     let Some(_lock) = FileLock::try_acquire(&service::supervisor_lock(home))? else {
-        return Err(DeployError::DuplicateService(format!("a supervisor already serves {}: {}", home.root().display(), others.join(", "))));
+        return Err(DeployError::DuplicateService(format!(
+            "a supervisor already serves {}: {}",
+            home.root().display(),
+            others.join(", ")
+        )));
     };
     if !others.is_empty() {
-        return Err(DeployError::DuplicateService(format!("{} is already served by {}", home.root().display(), others.join(", "))));
+        return Err(DeployError::DuplicateService(format!(
+            "{} is already served by {}",
+            home.root().display(),
+            others.join(", ")
+        )));
     }
     std::fs::create_dir_all(home.conf_dir()).map_err(io_err(&home.conf_dir()))?;
-    molt_layout::write_atomic(&home.conf_dir().join("supervisor.pid"), format!("{}\n", std::process::id()).as_bytes())?;
+    molt_layout::write_atomic(
+        &home.conf_dir().join("supervisor.pid"),
+        format!("{}\n", std::process::id()).as_bytes(),
+    )?;
     install_handlers();
     tracing::info!(home = %home.root().display(), pid = std::process::id(), "supervisor started");
 
@@ -82,7 +103,10 @@ pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
     loop {
         if TERM.load(Ordering::SeqCst) {
             if let Some(mut c) = child.take() {
-                tracing::info!(pid = c.id(), "supervisor stopping: forwarding SIGTERM to the agent");
+                tracing::info!(
+                    pid = c.id(),
+                    "supervisor stopping: forwarding SIGTERM to the agent"
+                );
                 crate::proc::signal(c.id(), libc::SIGTERM);
                 let start = Instant::now();
                 loop {
@@ -104,25 +128,37 @@ pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
             return Ok(());
         }
         if let Some(c) = child.as_mut()
-            && let Ok(Some(status)) = c.try_wait() {
-                tracing::info!(pid = c.id(), %status, "agent exited");
-                child = None;
-                let _ = fsutil::remove_file_opt(&home.agent_pid_file());
-                // Quick exits back off (a crashing version must not spin).
-                if last_spawn.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                } else {
-                    backoff = Duration::from_millis(200);
-                }
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            tracing::info!(pid = c.id(), %status, "agent exited");
+            child = None;
+            let _ = fsutil::remove_file_opt(&home.agent_pid_file());
+            // Quick exits back off (a crashing version must not spin).
+            if last_spawn.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            } else {
+                backoff = Duration::from_millis(200);
             }
+        }
         let deploying = FileLock::is_held(&lock_path).unwrap_or(true);
         let journal = home.journal_file().exists();
         if journal && !deploying {
             // A runner died half-way. Start one that resumes its journal.
             if last_resume.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                tracing::warn!("found an unfinished deploy journal with no runner; starting a resume runner");
+                tracing::warn!(
+                    "found an unfinished deploy journal with no runner; starting a resume runner"
+                );
                 let log = home.logs_dir().join("deploy-resume.log");
-                match service::spawn_detached(&opts.exe, &["deploy", "--home", &home.root().to_string_lossy(), "--resume"], &log) {
+                match service::spawn_detached(
+                    &opts.exe,
+                    &[
+                        "deploy",
+                        "--home",
+                        &home.root().to_string_lossy(),
+                        "--resume",
+                    ],
+                    &log,
+                ) {
                     Ok(pid) => tracing::info!(pid, "resume runner started"),
                     Err(e) => tracing::error!(error = %e, "cannot start the resume runner"),
                 }
@@ -137,7 +173,10 @@ pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
             match spawn_agent(home) {
                 Ok(c) => {
                     tracing::info!(pid = c.id(), version = ?home.current_version().ok().flatten(), "agent started");
-                    let _ = molt_layout::write_atomic(&home.agent_pid_file(), format!("{}\n", c.id()).as_bytes());
+                    let _ = molt_layout::write_atomic(
+                        &home.agent_pid_file(),
+                        format!("{}\n", c.id()).as_bytes(),
+                    );
                     child = Some(c);
                 }
                 Err(e) => tracing::error!(error = %e, "cannot start the agent"),

@@ -33,7 +33,10 @@ pub fn pem_blocks(text: &str) -> Vec<String> {
 /// Certificates in `old_store` that are not in `old_stock`.
 pub fn custom_certs(old_store: &str, old_stock: &str) -> Vec<String> {
     let stock = pem_blocks(old_stock);
-    pem_blocks(old_store).into_iter().filter(|b| !stock.contains(b)).collect()
+    pem_blocks(old_store)
+        .into_iter()
+        .filter(|b| !stock.contains(b))
+        .collect()
 }
 
 /// The new truststore: the new stock content plus the custom certificates it lacks.
@@ -62,7 +65,12 @@ pub struct Migration {
 /// Migrate custom certificates from `old_dir` into the (not yet switched) `new_dir`.
 /// The new truststore is written as a new file (never in place: it may be a hard
 /// link shared with the old version). Returns `None` when there is nothing to do.
-pub fn migrate(old_dir: &Path, new_dir: &Path, backup_dir: &Path, from_version: &str) -> Result<Option<Migration>, DeployError> {
+pub fn migrate(
+    old_dir: &Path,
+    new_dir: &Path,
+    backup_dir: &Path,
+    from_version: &str,
+) -> Result<Option<Migration>, DeployError> {
     let old_store_p = old_dir.join(TRUSTSTORE);
     let new_store_p = new_dir.join(TRUSTSTORE);
     if !old_store_p.is_file() || !new_store_p.is_file() {
@@ -78,7 +86,10 @@ pub fn migrate(old_dir: &Path, new_dir: &Path, backup_dir: &Path, from_version: 
     };
     let custom = custom_certs(&old_store, &old_stock);
     if custom.is_empty() {
-        return Ok(Some(Migration { carried: 0, backup: None }));
+        return Ok(Some(Migration {
+            carried: 0,
+            backup: None,
+        }));
     }
     std::fs::create_dir_all(backup_dir).map_err(io_err(backup_dir))?;
     let backup = backup_dir.join(format!("{from_version}.cacerts.pem"));
@@ -90,7 +101,10 @@ pub fn migrate(old_dir: &Path, new_dir: &Path, backup_dir: &Path, from_version: 
     molt_layout::write_atomic(&new_store_p, merged.as_bytes())?;
     crate::fsutil::set_mode(&new_store_p, mode)?;
     tracing::info!(carried = custom.len(), backup = %backup.display(), "MigrateTrustStore: custom certificates carried over");
-    Ok(Some(Migration { carried: custom.len(), backup: Some(backup) }))
+    Ok(Some(Migration {
+        carried: custom.len(),
+        backup: Some(backup),
+    }))
 }
 
 #[cfg(test)]
@@ -109,6 +123,9 @@ mod tests {
     #[test]
     fn merging_adds_custom_certificates_once() {
         let merged = merge(&format!("{A}\n{B}\n"), &[C.to_string(), B.to_string()]);
-        assert_eq!(pem_blocks(&merged), vec![A.to_string(), B.to_string(), C.to_string()]);
+        assert_eq!(
+            pem_blocks(&merged),
+            vec![A.to_string(), B.to_string(), C.to_string()]
+        );
     }
 }

@@ -29,16 +29,32 @@ fn run_case(fx: &Fixture, case: Case) -> &'static str {
     let mut th = TestHome::new("v1", &fx.v1);
     th.start_supervisor();
     th.wait_up("v1", Duration::from_secs(30)).unwrap();
-    let plan = th.prepare_upgrade("v1", "v2", &[("core", &fx.v2)], &fx.changed, fast_opts(), Some("1"));
+    let plan = th.prepare_upgrade(
+        "v1",
+        "v2",
+        &[("core", &fx.v2)],
+        &fx.changed,
+        fast_opts(),
+        Some("1"),
+    );
     let log = std::fs::File::create(th.root().join("runner.test.log")).unwrap();
     let mut cmd = Command::new(molt_bin());
-    cmd.args(["deploy", "--home", th.root().to_str().unwrap(), "--plan", plan.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+    cmd.args([
+        "deploy",
+        "--home",
+        th.root().to_str().unwrap(),
+        "--plan",
+        plan.to_str().unwrap(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log);
     match case {
         Case::CrashAt(k) => {
-            let st = cmd.env("MOLT_DEPLOY_CRASH_AT", k.to_string()).status().unwrap();
+            let st = cmd
+                .env("MOLT_DEPLOY_CRASH_AT", k.to_string())
+                .status()
+                .unwrap();
             assert!(!st.success() || k > 0, "{case:?}");
         }
         Case::KillAfter { ms, host_restart } => {
@@ -62,9 +78,16 @@ fn run_case(fx: &Fixture, case: Case) -> &'static str {
             }
         }
     }
-    let cur = th.wait_settled(Duration::from_secs(90)).unwrap_or_else(|e| {
-        panic!("{case:?}: {e}\nrunner log:\n{}\nresume log:\n{}", std::fs::read_to_string(th.root().join("runner.test.log")).unwrap_or_default(), std::fs::read_to_string(th.home.logs_dir().join("deploy-resume.log")).unwrap_or_default())
-    });
+    let cur = th
+        .wait_settled(Duration::from_secs(90))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{case:?}: {e}\nrunner log:\n{}\nresume log:\n{}",
+                std::fs::read_to_string(th.root().join("runner.test.log")).unwrap_or_default(),
+                std::fs::read_to_string(th.home.logs_dir().join("deploy-resume.log"))
+                    .unwrap_or_default()
+            )
+        });
     match cur.as_str() {
         "v1" => {
             th.assert_exactly("v1", &fx.v1);
@@ -90,18 +113,35 @@ fn every_crash_point_ends_up_on_exactly_the_old_or_the_new_version() {
     let mut th = TestHome::new("v1", &fx.v1);
     th.start_supervisor();
     th.wait_up("v1", Duration::from_secs(30)).unwrap();
-    let plan = th.prepare_upgrade("v1", "v2", &[("core", &fx.v2)], &fx.changed, fast_opts(), Some("1"));
+    let plan = th.prepare_upgrade(
+        "v1",
+        "v2",
+        &[("core", &fx.v2)],
+        &fx.changed,
+        fast_opts(),
+        Some("1"),
+    );
     let cps = th.root().join("checkpoints.txt");
     let t0 = Instant::now();
     let st = Command::new(molt_bin())
-        .args(["deploy", "--home", th.root().to_str().unwrap(), "--plan", plan.to_str().unwrap()])
+        .args([
+            "deploy",
+            "--home",
+            th.root().to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+        ])
         .env("MOLT_DEPLOY_CHECKPOINTS", &cps)
         .status()
         .unwrap();
     let full = t0.elapsed();
     assert!(st.success(), "full deploy failed");
     th.assert_exactly("v2", &fx.v2);
-    let names: Vec<String> = std::fs::read_to_string(&cps).unwrap().lines().map(String::from).collect();
+    let names: Vec<String> = std::fs::read_to_string(&cps)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     drop(th);
     assert!(names.len() >= 20, "too few checkpoints: {names:?}");
 
@@ -109,7 +149,10 @@ fn every_crash_point_ends_up_on_exactly_the_old_or_the_new_version() {
     let random = 210usize.saturating_sub(cases.len()).max(60);
     let span = (full.as_millis() as u64 * 13 / 10).max(50);
     for i in 0..random {
-        cases.push(Case::KillAfter { ms: rand_u64() % span, host_restart: i % 3 == 0 });
+        cases.push(Case::KillAfter {
+            ms: rand_u64() % span,
+            host_restart: i % 3 == 0,
+        });
     }
     let total = cases.len();
     assert!(total >= 200);
@@ -121,7 +164,9 @@ fn every_crash_point_ends_up_on_exactly_the_old_or_the_new_version() {
             let (q, c, fx) = (queue.clone(), counts.clone(), fx.clone());
             std::thread::spawn(move || {
                 loop {
-                    let Some(case) = q.lock().unwrap().pop() else { return };
+                    let Some(case) = q.lock().unwrap().pop() else {
+                        return;
+                    };
                     let r = run_case(&fx, case);
                     let mut c = c.lock().unwrap();
                     match (case, r) {

@@ -29,9 +29,17 @@ fn hand_over_starts_the_runner_which_deploys_the_new_version() {
     let dir = plan.parent().unwrap();
     // A stale start marker from an earlier try must not be believed.
     std::fs::write(dir.join("runner.started"), b"1\n").unwrap();
-    let opts = HandoverOptions { agent_pid: Some(agent), poll: Duration::from_millis(100), limit: Duration::from_secs(60), ..Default::default() };
+    let opts = HandoverOptions {
+        agent_pid: Some(agent),
+        poll: Duration::from_millis(100),
+        limit: Duration::from_secs(60),
+        ..Default::default()
+    };
     let out = hand_over(&th.home, dir, &opts).unwrap();
-    assert!(out.runner_exe.starts_with(dir), "the runner runs from the upgrade dir");
+    assert!(
+        out.runner_exe.starts_with(dir),
+        "the runner runs from the upgrade dir"
+    );
     assert!(dir.join("changed_files.txt").is_file());
     let h = molt_deploy::service::Handover::load(&th.home);
     let _ = h; // may already be removed by a fast runner
@@ -64,8 +72,16 @@ fn hand_over_times_out_with_the_seeds_issue_and_the_agent_stays_up() {
         ..Default::default()
     };
     let err = hand_over(&th.home, plan.parent().unwrap(), &opts).unwrap_err();
-    assert!(err.to_string().contains("Unable to receive upgrade process status"), "{err}");
-    assert_eq!(th.wait_up("v1", UP).unwrap(), agent, "the same agent is still Up");
+    assert!(
+        err.to_string()
+            .contains("Unable to receive upgrade process status"),
+        "{err}"
+    );
+    assert_eq!(
+        th.wait_up("v1", UP).unwrap(),
+        agent,
+        "the same agent is still Up"
+    );
     assert!(!th.home.conf_dir().join("upgrade.marker").exists());
 }
 
@@ -76,10 +92,20 @@ fn hand_over_refuses_a_new_version_that_cannot_run() {
     v2.insert("bin/molt".into(), (b"#!/bin/sh\nexit 7\n".to_vec(), 0o755));
     let th = TestHome::new("v1", &v1);
     let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), None);
-    let opts = HandoverOptions { agent_pid: Some(1), skip_wait: true, ..Default::default() };
+    let opts = HandoverOptions {
+        agent_pid: Some(1),
+        skip_wait: true,
+        ..Default::default()
+    };
     let err = hand_over(&th.home, plan.parent().unwrap(), &opts).unwrap_err();
-    assert!(matches!(err, molt_deploy::DeployError::NotExecutable { .. }), "{err}");
-    assert!(!plan.parent().unwrap().join("runner").exists(), "no runner was started");
+    assert!(
+        matches!(err, molt_deploy::DeployError::NotExecutable { .. }),
+        "{err}"
+    );
+    assert!(
+        !plan.parent().unwrap().join("runner").exists(),
+        "no runner was started"
+    );
 }
 
 #[test]
@@ -90,7 +116,13 @@ fn recovery_at_start_undoes_a_deploy_interrupted_before_the_switch() {
     let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), Some("r1"));
     // Checkpoint 5 is in the middle of the build (after "journal Building").
     let st = std::process::Command::new(molt_bin())
-        .args(["deploy", "--home", th.root().to_str().unwrap(), "--plan", plan.to_str().unwrap()])
+        .args([
+            "deploy",
+            "--home",
+            th.root().to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+        ])
         .env("MOLT_DEPLOY_CRASH_AT", "5")
         .env("MOLT_DEPLOY_CHECKPOINTS", th.root().join("cps.txt"))
         .status()
@@ -100,7 +132,11 @@ fn recovery_at_start_undoes_a_deploy_interrupted_before_the_switch() {
     assert!(cps.lines().last().unwrap().contains("build file"), "{cps}");
     assert!(th.home.journal_file().exists());
     match recover_with(&th.home, &molt_bin()).unwrap() {
-        RecoveryOutcome::RolledBack { version, to_version, .. } => {
+        RecoveryOutcome::RolledBack {
+            version,
+            to_version,
+            ..
+        } => {
             assert_eq!(version, "v1");
             assert_eq!(to_version, "v2");
         }
@@ -109,13 +145,31 @@ fn recovery_at_start_undoes_a_deploy_interrupted_before_the_switch() {
     assert!(!th.home.journal_file().exists());
     assert!(!th.home.hold_marker().exists());
     assert!(!th.home.version_dir("v2").exists());
-    let hidden: Vec<_> = std::fs::read_dir(th.home.versions_dir()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    let hidden: Vec<_> = std::fs::read_dir(th.home.versions_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
     assert!(hidden.is_empty(), "no partial build left");
-    assert!(std::fs::read_dir(th.home.upgrade_temp_dir()).map(|r| r.count()).unwrap_or(0) == 0, "upgrade temp dirs and runners removed");
+    assert!(
+        std::fs::read_dir(th.home.upgrade_temp_dir())
+            .map(|r| r.count())
+            .unwrap_or(0)
+            == 0,
+        "upgrade temp dirs and runners removed"
+    );
     th.assert_exactly("v1", &v1);
-    assert!(molt_deploy::report::read_queue(&th.home).unwrap().iter().any(|r| r.body["result"] == "Rolled Back"));
+    assert!(
+        molt_deploy::report::read_queue(&th.home)
+            .unwrap()
+            .iter()
+            .any(|r| r.body["result"] == "Rolled Back")
+    );
     // A clean start afterwards finds nothing to do.
-    assert!(matches!(recover_with(&th.home, &molt_bin()).unwrap(), RecoveryOutcome::Clean { .. }));
+    assert!(matches!(
+        recover_with(&th.home, &molt_bin()).unwrap(),
+        RecoveryOutcome::Clean { .. }
+    ));
 }
 
 #[test]
@@ -130,16 +184,36 @@ fn recovery_at_start_after_the_switch_health_checks_the_new_version() {
     let th2 = TestHome::new("v1", &v1);
     let plan2 = th2.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), None);
     let _ = std::process::Command::new(molt_bin())
-        .args(["deploy", "--home", th2.root().to_str().unwrap(), "--plan", plan2.to_str().unwrap()])
+        .args([
+            "deploy",
+            "--home",
+            th2.root().to_str().unwrap(),
+            "--plan",
+            plan2.to_str().unwrap(),
+        ])
         .env("MOLT_DEPLOY_CHECKPOINTS", th2.root().join("cps.txt"))
         .env("MOLT_DEPLOY_CRASH_AT", "1000000")
         .status()
         .unwrap();
     let cps = std::fs::read_to_string(th2.root().join("cps.txt")).unwrap();
-    let n: u64 = cps.lines().find(|l| l.ends_with("journal Switched")).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let n: u64 = cps
+        .lines()
+        .find(|l| l.ends_with("journal Switched"))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     // Stop the supervisor so only the agent-start recovery acts.
     let st = std::process::Command::new(molt_bin())
-        .args(["deploy", "--home", th.root().to_str().unwrap(), "--plan", plan.to_str().unwrap()])
+        .args([
+            "deploy",
+            "--home",
+            th.root().to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+        ])
         .env("MOLT_DEPLOY_CRASH_AT", n.to_string())
         .status()
         .unwrap();

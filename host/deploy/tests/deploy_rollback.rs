@@ -11,7 +11,11 @@ const UP: Duration = Duration::from_secs(30);
 
 fn queue_has(th: &TestHome, needle: &[(&str, &str)]) -> bool {
     let q = molt_deploy::report::read_queue(&th.home).unwrap();
-    q.iter().any(|r| needle.iter().all(|(k, v)| r.body[*k].as_str().is_some_and(|s| s.contains(v))))
+    q.iter().any(|r| {
+        needle
+            .iter()
+            .all(|(k, v)| r.body[*k].as_str().is_some_and(|s| s.contains(v)))
+    })
 }
 
 #[test]
@@ -30,13 +34,22 @@ fn an_upgrade_then_a_rollback_leave_every_file_of_the_other_versions_unchanged()
 
     // The file whose mode alone changed is a separate inode; unchanged files are shared.
     use std::os::unix::fs::MetadataExt;
-    let mode_changed = ch2.iter().find(|f| v1.get(*f).is_some_and(|(b, m)| v2[*f].0 == *b && v2[*f].1 != *m)).unwrap();
+    let mode_changed = ch2
+        .iter()
+        .find(|f| {
+            v1.get(*f)
+                .is_some_and(|(b, m)| v2[*f].0 == *b && v2[*f].1 != *m)
+        })
+        .unwrap();
     let a = std::fs::metadata(th.home.version_dir("v1").join(mode_changed)).unwrap();
     let b = std::fs::metadata(th.home.version_dir("v2").join(mode_changed)).unwrap();
     assert_ne!(a.ino(), b.ino());
     assert_eq!(a.mode() & 0o7777, 0o644);
     assert_eq!(b.mode() & 0o7777, 0o600);
-    let same = v1.keys().find(|k| !ch2.contains(k) && v2.contains_key(*k)).unwrap();
+    let same = v1
+        .keys()
+        .find(|k| !ch2.contains(k) && v2.contains_key(*k))
+        .unwrap();
     let a = std::fs::metadata(th.home.version_dir("v1").join(same)).unwrap();
     let b = std::fs::metadata(th.home.version_dir("v2").join(same)).unwrap();
     assert_eq!(a.ino(), b.ino(), "unchanged files are hard links");
@@ -44,15 +57,33 @@ fn an_upgrade_then_a_rollback_leave_every_file_of_the_other_versions_unchanged()
     // v3 crashes at start: rolled back to v2, which is Up; v1 and v2 untouched.
     let (v3, ch3) = next_content(&v2, "v3", 7, Agent::Crashes);
     let p = th.prepare_upgrade("v2", "v3", &[("core", &v3)], &ch3, fast_opts(), Some("a3"));
-    assert_eq!(th.deploy(&p), 2, "expected Rolled Back: {}", th.deploy_log());
+    assert_eq!(
+        th.deploy(&p),
+        2,
+        "expected Rolled Back: {}",
+        th.deploy_log()
+    );
     th.wait_up("v2", UP).unwrap();
     th.assert_exactly("v2", &v2);
     assert_dir_exactly(&th.home.version_dir("v1"), &v1);
-    assert!(!th.home.version_dir("v3").exists(), "the failed version is removed");
-    assert!(queue_has(&th, &[("stage", "Health Check"), ("state", "Failed"), ("message", "rolled back to v2")]));
+    assert!(
+        !th.home.version_dir("v3").exists(),
+        "the failed version is removed"
+    );
+    assert!(queue_has(
+        &th,
+        &[
+            ("stage", "Health Check"),
+            ("state", "Failed"),
+            ("message", "rolled back to v2")
+        ]
+    ));
     assert!(queue_has(&th, &[("result", "Rolled Back")]));
     let log = std::fs::read_to_string(th.home.agent_log()).unwrap();
-    assert!(log.contains("<< UPGRADE LOG BEGIN >>") && log.contains("<< UPGRADE LOG END >>"), "{log}");
+    assert!(
+        log.contains("<< UPGRADE LOG BEGIN >>") && log.contains("<< UPGRADE LOG END >>"),
+        "{log}"
+    );
     assert!(log.contains("rolling back to v2"), "{log}");
 }
 
@@ -66,8 +97,18 @@ fn a_rollback_whose_old_version_also_fails_is_reported_as_failed() {
     std::fs::write(th.home.conf_dir().join("old-breaks"), b"").unwrap();
     let p = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), Some("a1"));
     assert_eq!(th.deploy(&p), 3, "expected Failed: {}", th.deploy_log());
-    assert!(th.deploy_log().contains("rollback to v1 failed too"), "{}", th.deploy_log());
-    assert!(queue_has(&th, &[("result", "Failed"), ("message", "rollback to v1 failed too")]));
+    assert!(
+        th.deploy_log().contains("rollback to v1 failed too"),
+        "{}",
+        th.deploy_log()
+    );
+    assert!(queue_has(
+        &th,
+        &[
+            ("result", "Failed"),
+            ("message", "rollback to v1 failed too")
+        ]
+    ));
     let last = molt_deploy::journal::read_last(&th.home).unwrap().unwrap();
     assert_eq!(last.result, "Failed");
     assert_eq!(th.home.current_version().unwrap().as_deref(), Some("v1"));
@@ -86,7 +127,12 @@ fn a_process_holding_old_files_open_does_not_stop_the_upgrade_and_pruning_retrie
     th.wait_up("v1", UP).unwrap();
     // A slow process (think antivirus) keeps a file of v1 open throughout.
     let held = th.home.version_dir("v1").join("lib/d00/f0000.dat");
-    let mut holder = Command::new("tail").arg("-f").arg(&held).stdout(Stdio::null()).spawn().unwrap();
+    let mut holder = Command::new("tail")
+        .arg("-f")
+        .arg(&held)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
     let p = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch2, fast_opts(), None);
@@ -107,22 +153,38 @@ fn a_process_holding_old_files_open_does_not_stop_the_upgrade_and_pruning_retrie
     // The supervisor retries in the background.
     let start = std::time::Instant::now();
     while th.home.version_dir("v1").exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "v1 was never pruned");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "v1 was never pruned"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(th.home.version_dir("v2").exists(), "the previous version is kept for rollback");
+    assert!(
+        th.home.version_dir("v2").exists(),
+        "the previous version is kept for rollback"
+    );
     assert!(!molt_deploy::prune::pending_file(&th.home).exists());
 }
 
 const STOCK_A: &str = "-----BEGIN CERTIFICATE-----\nU1RPQ0stQQ==\n-----END CERTIFICATE-----\n";
 const STOCK_B: &str = "-----BEGIN CERTIFICATE-----\nU1RPQ0stQg==\n-----END CERTIFICATE-----\n";
-const CUSTOM: &str = "-----BEGIN CERTIFICATE-----\nQ1VTVE9NLUNPUlAtQ0E=\n-----END CERTIFICATE-----\n";
+const CUSTOM: &str =
+    "-----BEGIN CERTIFICATE-----\nQ1VTVE9NLUNPUlAtQ0E=\n-----END CERTIFICATE-----\n";
 
 fn runtime_content(stock: &str, java: &str) -> Content {
     let mut c = Content::new();
-    c.insert("runtime/bin/java".into(), (format!("#!/bin/sh\necho {java}\n").into_bytes(), 0o755));
-    c.insert(molt_deploy::truststore::TRUSTSTORE.into(), (stock.as_bytes().to_vec(), 0o644));
-    c.insert(molt_deploy::truststore::STOCK.into(), (stock.as_bytes().to_vec(), 0o644));
+    c.insert(
+        "runtime/bin/java".into(),
+        (format!("#!/bin/sh\necho {java}\n").into_bytes(), 0o755),
+    );
+    c.insert(
+        molt_deploy::truststore::TRUSTSTORE.into(),
+        (stock.as_bytes().to_vec(), 0o644),
+    );
+    c.insert(
+        molt_deploy::truststore::STOCK.into(),
+        (stock.as_bytes().to_vec(), 0o644),
+    );
     c
 }
 
@@ -132,7 +194,10 @@ fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical(
     let rt1 = runtime_content(STOCK_A, "rt1");
     let mut th = TestHome::with_packages(&[("core", "v1", &core1), ("runtime", "v1", &rt1)]);
     // The operator adds a corporate CA to the running runtime's truststore.
-    let store = th.home.version_dir("v1").join(molt_deploy::truststore::TRUSTSTORE);
+    let store = th
+        .home
+        .version_dir("v1")
+        .join(molt_deploy::truststore::TRUSTSTORE);
     molt_layout::write_atomic(&store, format!("{STOCK_A}{CUSTOM}").as_bytes()).unwrap();
     let config_before = std::fs::read(th.home.config_file()).unwrap();
     let conf_before = std::fs::read(th.home.conf_dir().join("override.properties")).unwrap();
@@ -142,24 +207,59 @@ fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical(
     let (core2, mut ch) = next_content(&core1, "v2", 4, Agent::Good);
     let rt2 = runtime_content(&format!("{STOCK_A}{STOCK_B}"), "rt2");
     ch.extend(rt2.keys().cloned());
-    let p = th.prepare_upgrade("v1", "v2", &[("core", &core2), ("runtime", &rt2)], &ch, fast_opts(), Some("t1"));
+    let p = th.prepare_upgrade(
+        "v1",
+        "v2",
+        &[("core", &core2), ("runtime", &rt2)],
+        &ch,
+        fast_opts(),
+        Some("t1"),
+    );
     assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
     th.wait_up("v2", UP).unwrap();
 
-    let new_store = std::fs::read_to_string(th.home.version_dir("v2").join(molt_deploy::truststore::TRUSTSTORE)).unwrap();
+    let new_store = std::fs::read_to_string(
+        th.home
+            .version_dir("v2")
+            .join(molt_deploy::truststore::TRUSTSTORE),
+    )
+    .unwrap();
     let blocks = molt_deploy::truststore::pem_blocks(&new_store);
     assert_eq!(blocks.len(), 3, "{new_store}");
-    assert!(new_store.contains("Q1VTVE9NLUNPUlAtQ0E="), "custom CA carried over");
+    assert!(
+        new_store.contains("Q1VTVE9NLUNPUlAtQ0E="),
+        "custom CA carried over"
+    );
     assert!(new_store.contains("U1RPQ0stQg=="), "new stock CA present");
     let backup = th.home.backup_dir().join("truststore/v1.cacerts.pem");
-    assert_eq!(std::fs::read_to_string(backup).unwrap(), format!("{STOCK_A}{CUSTOM}"));
+    assert_eq!(
+        std::fs::read_to_string(backup).unwrap(),
+        format!("{STOCK_A}{CUSTOM}")
+    );
     // The old version's truststore is untouched (it was never written in place).
-    assert_eq!(std::fs::read_to_string(&store).unwrap(), format!("{STOCK_A}{CUSTOM}"));
+    assert_eq!(
+        std::fs::read_to_string(&store).unwrap(),
+        format!("{STOCK_A}{CUSTOM}")
+    );
     molt_deploy::build::verify_version_dir(&th.home.version_dir("v2")).unwrap();
-    assert!(queue_has(&th, &[("stage", "MigrateTrustStore"), ("state", "Complete"), ("message", "1 custom")]));
+    assert!(queue_has(
+        &th,
+        &[
+            ("stage", "MigrateTrustStore"),
+            ("state", "Complete"),
+            ("message", "1 custom")
+        ]
+    ));
 
-    assert_eq!(std::fs::read(th.home.config_file()).unwrap(), config_before, "config.toml byte-identical");
-    assert_eq!(std::fs::read(th.home.conf_dir().join("override.properties")).unwrap(), conf_before);
+    assert_eq!(
+        std::fs::read(th.home.config_file()).unwrap(),
+        config_before,
+        "config.toml byte-identical"
+    );
+    assert_eq!(
+        std::fs::read(th.home.conf_dir().join("override.properties")).unwrap(),
+        conf_before
+    );
 }
 
 #[test]
@@ -168,7 +268,10 @@ fn a_second_supervisor_on_the_same_install_is_refused() {
     let mut th = TestHome::new("v1", &v1);
     th.start_supervisor();
     th.wait_up("v1", UP).unwrap();
-    let out = Command::new(molt_bin()).args(["run", "--home", th.root().to_str().unwrap()]).output().unwrap();
+    let out = Command::new(molt_bin())
+        .args(["run", "--home", th.root().to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("two services on one install"), "{err}");
@@ -194,7 +297,10 @@ fn systemd_service_control_works_where_systemd_runs() {
         .unwrap();
     assert!(st.success());
     th.wait_up("v1", UP).unwrap();
-    let svc = molt_deploy::service::Systemd { unit: format!("{unit}.service"), home: th.home.clone() };
+    let svc = molt_deploy::service::Systemd {
+        unit: format!("{unit}.service"),
+        home: th.home.clone(),
+    };
     use molt_deploy::service::ServiceControl;
     assert!(!svc.is_stopped().unwrap());
     svc.request_stop().unwrap();

@@ -24,7 +24,10 @@ pub enum LayoutError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
-    move |source| LayoutError::Io { path: path.to_path_buf(), source }
+    move |source| LayoutError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// An agent install directory (`<home>`).
@@ -184,7 +187,9 @@ pub fn read_meta_dir(dir: &Path) -> Result<Vec<InstalledPackage>, LayoutError> {
     for ent in rd {
         let ent = ent.map_err(io_err(dir))?;
         let p = ent.path();
-        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".meta.json"))
+        if p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".meta.json"))
             && let Some(m) = read_json_opt::<InstalledPackage>(&p)?
         {
             out.push(m);
@@ -199,7 +204,10 @@ pub fn read_json_opt<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|source| LayoutError::Json { path: path.to_path_buf(), source }),
+            .map_err(|source| LayoutError::Json {
+                path: path.to_path_buf(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path)(e)),
     }
@@ -207,8 +215,10 @@ pub fn read_json_opt<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option
 
 /// Write JSON to `path` atomically: a temp file in the same directory, fsync, rename.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), LayoutError> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|source| LayoutError::Json { path: path.to_path_buf(), source })?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| LayoutError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     write_atomic(path, &bytes)
 }
 
@@ -217,7 +227,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;

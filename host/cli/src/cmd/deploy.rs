@@ -45,7 +45,8 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
         }
     } else {
         let plan = a.plan.context("--plan is required")?;
-        molt_deploy::runner::run(&home, &plan).with_context(|| format!("deploy {}", plan.display()))?
+        molt_deploy::runner::run(&home, &plan)
+            .with_context(|| format!("deploy {}", plan.display()))?
     };
     Ok(match result {
         DeployResult::Complete { version } => {
@@ -65,7 +66,11 @@ pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
 
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let home = Home::new(&a.home);
-    let opts = molt_deploy::supervisor::SupervisorOptions { stop_timeout: std::time::Duration::from_secs(a.stop_timeout), ..Default::default() };
-    molt_deploy::supervisor::run(&home, &opts).with_context(|| format!("supervise {}", a.home.display()))?;
+    let opts = molt_deploy::supervisor::SupervisorOptions {
+        stop_timeout: std::time::Duration::from_secs(a.stop_timeout),
+        ..Default::default()
+    };
+    molt_deploy::supervisor::run(&home, &opts)
+        .with_context(|| format!("supervise {}", a.home.display()))?;
     Ok(ExitCode::SUCCESS)
 }

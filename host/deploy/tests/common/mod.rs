@@ -21,7 +21,11 @@ pub fn molt_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join("molt");
-    assert!(p.is_file(), "the molt binary is missing at {}: build it first with `cargo build -p molt` (same CARGO_TARGET_DIR)", p.display());
+    assert!(
+        p.is_file(),
+        "the molt binary is missing at {}: build it first with `cargo build -p molt` (same CARGO_TARGET_DIR)",
+        p.display()
+    );
     p
 }
 
@@ -41,7 +45,9 @@ pub fn stand_in_script(version: &str, kind: Agent) -> Vec<u8> {
     let crash = match kind {
         Agent::Good => "",
         Agent::Crashes => "echo \"stand-in $V: crashing at start\" >&2; exit 1",
-        Agent::BreaksOnFlag => "if [ -e \"$H/conf/old-breaks\" ]; then echo \"stand-in $V: broken\" >&2; exit 1; fi",
+        Agent::BreaksOnFlag => {
+            "if [ -e \"$H/conf/old-breaks\" ]; then echo \"stand-in $V: broken\" >&2; exit 1; fi"
+        }
     };
     format!(
         r#"#!/bin/sh
@@ -67,8 +73,25 @@ pub fn sha(b: &[u8]) -> String {
 }
 
 pub fn manifest(kind: &str, version: &str, c: &Content) -> InstalledPackage {
-    let files = c.iter().map(|(p, (b, m))| (p.clone(), FileMeta { size: b.len() as u64, sha256: sha(b), mode: *m })).collect();
-    InstalledPackage { kind: kind.into(), name: format!("molt-{kind}.{version}.universal.universal.zip"), version: version.into(), files }
+    let files = c
+        .iter()
+        .map(|(p, (b, m))| {
+            (
+                p.clone(),
+                FileMeta {
+                    size: b.len() as u64,
+                    sha256: sha(b),
+                    mode: *m,
+                },
+            )
+        })
+        .collect();
+    InstalledPackage {
+        kind: kind.into(),
+        name: format!("molt-{kind}.{version}.universal.universal.zip"),
+        version: version.into(),
+        files,
+    }
 }
 
 /// Write a package's payload under `dir`.
@@ -86,21 +109,39 @@ pub fn core_content(version: &str, n: usize, agent: Agent) -> Content {
     let mut c = Content::new();
     c.insert("bin/molt".into(), (stand_in_script(version, agent), 0o755));
     for i in 0..n {
-        c.insert(format!("lib/d{:02}/f{i:04}.dat", i % 20), (format!("file {i} of the base version\n").into_bytes(), 0o644));
+        c.insert(
+            format!("lib/d{:02}/f{i:04}.dat", i % 20),
+            (
+                format!("file {i} of the base version\n").into_bytes(),
+                0o644,
+            ),
+        );
     }
     c
 }
 
 /// Derive version `to` from `from`: change every `every`-th file, change one
 /// file's mode only, add one file, remove one file.
-pub fn next_content(from: &Content, to: &str, every: usize, agent: Agent) -> (Content, Vec<String>) {
+pub fn next_content(
+    from: &Content,
+    to: &str,
+    every: usize,
+    agent: Agent,
+) -> (Content, Vec<String>) {
     let mut c = from.clone();
     let mut changed = vec!["bin/molt".to_string()];
     c.insert("bin/molt".into(), (stand_in_script(to, agent), 0o755));
-    let libs: Vec<String> = from.keys().filter(|k| k.starts_with("lib/")).cloned().collect();
+    let libs: Vec<String> = from
+        .keys()
+        .filter(|k| k.starts_with("lib/"))
+        .cloned()
+        .collect();
     for (i, k) in libs.iter().enumerate() {
         if every > 0 && i % every == 0 {
-            c.insert(k.clone(), (format!("{k} changed in {to}\n").into_bytes(), 0o644));
+            c.insert(
+                k.clone(),
+                (format!("{k} changed in {to}\n").into_bytes(), 0o644),
+            );
             changed.push(k.clone());
         }
     }
@@ -115,7 +156,10 @@ pub fn next_content(from: &Content, to: &str, every: usize, agent: Agent) -> (Co
         changed.retain(|x| x != k);
     }
     let added = format!("lib/new-in-{to}.dat");
-    c.insert(added.clone(), (format!("added in {to}\n").into_bytes(), 0o644));
+    c.insert(
+        added.clone(),
+        (format!("added in {to}\n").into_bytes(), 0o644),
+    );
     changed.push(added);
     changed.sort();
     changed.dedup();
@@ -135,7 +179,10 @@ impl TestHome {
     }
 
     pub fn with_packages(pkgs: &[(&str, &str, &Content)]) -> TestHome {
-        let dir = tempfile::Builder::new().prefix("molt-deploy-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("molt-deploy-e2e-")
+            .tempdir()
+            .unwrap();
         let home = Home::new(dir.path());
         let src = dir.path().join("src");
         let mut list = Vec::new();
@@ -146,9 +193,17 @@ impl TestHome {
         }
         molt_deploy::install::fresh_install(&home, &list).unwrap();
         std::fs::remove_dir_all(&src).unwrap();
-        std::fs::write(home.config_file(), b"# agent config\ncontrol_plane = \"http://127.0.0.1:1\"\nproxy_password = \"\"\n").unwrap();
+        std::fs::write(
+            home.config_file(),
+            b"# agent config\ncontrol_plane = \"http://127.0.0.1:1\"\nproxy_password = \"\"\n",
+        )
+        .unwrap();
         std::fs::write(home.conf_dir().join("override.properties"), b"x=1\n").unwrap();
-        TestHome { dir, home, supervisor: None }
+        TestHome {
+            dir,
+            home,
+            supervisor: None,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -159,7 +214,13 @@ impl TestHome {
     pub fn start_supervisor(&mut self) {
         let log = std::fs::File::create(self.root().join("supervisor.test.log")).unwrap();
         let c = Command::new(molt_bin())
-            .args(["run", "--home", self.root().to_str().unwrap(), "--stop-timeout", "10"])
+            .args([
+                "run",
+                "--home",
+                self.root().to_str().unwrap(),
+                "--stop-timeout",
+                "10",
+            ])
             .env("MOLT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -170,7 +231,15 @@ impl TestHome {
     }
 
     /// Prepare `work/upgrade_temp/<13 digits>-0/` with plan.json and the extracted packages.
-    pub fn prepare_upgrade(&self, from: &str, to: &str, pkgs: &[(&str, &Content)], changed: &[String], opts: DeployOptions, attempt: Option<&str>) -> PathBuf {
+    pub fn prepare_upgrade(
+        &self,
+        from: &str,
+        to: &str,
+        pkgs: &[(&str, &Content)],
+        changed: &[String],
+        opts: DeployOptions,
+        attempt: Option<&str>,
+    ) -> PathBuf {
         let n: u64 = 1_000_000_000_000 + rand_u64() % 9_000_000_000_000;
         let dir = self.home.upgrade_temp_dir().join(format!("{n}-0"));
         for (kind, c) in pkgs {
@@ -194,10 +263,20 @@ impl TestHome {
     /// Run `molt deploy` to the end; returns its exit code.
     pub fn deploy(&self, plan: &Path) -> i32 {
         let out = Command::new(molt_bin())
-            .args(["deploy", "--home", self.root().to_str().unwrap(), "--plan", plan.to_str().unwrap()])
+            .args([
+                "deploy",
+                "--home",
+                self.root().to_str().unwrap(),
+                "--plan",
+                plan.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
-        std::fs::write(self.root().join("deploy.test.log"), [out.stdout.as_slice(), out.stderr.as_slice()].concat()).unwrap();
+        std::fs::write(
+            self.root().join("deploy.test.log"),
+            [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
+        )
+        .unwrap();
         out.status.code().unwrap_or(-1)
     }
 
@@ -215,7 +294,10 @@ impl TestHome {
                 }
             }
             if start.elapsed() > limit {
-                return Err(format!("{version} not Up after {limit:?}; status: {:?}", self.home.read_status()));
+                return Err(format!(
+                    "{version} not Up after {limit:?}; status: {:?}",
+                    self.home.read_status()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -252,7 +334,10 @@ impl TestHome {
 
     /// `current` is exactly `version`: every file's digest and mode as expected, nothing extra.
     pub fn assert_exactly(&self, version: &str, expected: &Content) {
-        assert_eq!(self.home.current_version().unwrap().as_deref(), Some(version));
+        assert_eq!(
+            self.home.current_version().unwrap().as_deref(),
+            Some(version)
+        );
         assert_dir_exactly(&self.home.version_dir(version), expected);
     }
 
@@ -304,10 +389,21 @@ pub fn assert_dir_exactly(dir: &Path, expected: &Content) {
                 }
                 continue;
             }
-            let (b, m) = expected.get(&rel).unwrap_or_else(|| panic!("{}: unexpected file {rel}", dir.display()));
+            let (b, m) = expected
+                .get(&rel)
+                .unwrap_or_else(|| panic!("{}: unexpected file {rel}", dir.display()));
             let got = std::fs::read(&p).unwrap();
-            assert!(got == *b, "{}: {rel} has the wrong content (mixed versions?)", dir.display());
-            assert_eq!(molt_deploy::fsutil::mode_of(&p).unwrap(), *m, "{}: {rel} has the wrong mode", dir.display());
+            assert!(
+                got == *b,
+                "{}: {rel} has the wrong content (mixed versions?)",
+                dir.display()
+            );
+            assert_eq!(
+                molt_deploy::fsutil::mode_of(&p).unwrap(),
+                *m,
+                "{}: {rel} has the wrong mode",
+                dir.display()
+            );
             seen += 1;
         }
     }
@@ -318,11 +414,20 @@ pub fn assert_dir_exactly(dir: &Path, expected: &Content) {
 pub fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     h.finish()
 }
 
 /// Fast options for tests.
 pub fn fast_opts() -> DeployOptions {
-    DeployOptions { stop_timeout_secs: 10, health_timeout_secs: 15, report_timeout_secs: 1 }
+    DeployOptions {
+        stop_timeout_secs: 10,
+        health_timeout_secs: 15,
+        report_timeout_secs: 1,
+    }
 }
