@@ -168,7 +168,7 @@ pub fn diagnose_with(table: &[Compiled], ev: &Evidence, home: &Home) -> Report {
         .collect();
     findings.retain(|f| !hidden.contains(&f.id));
     // Errors first, then warnings, then notes; table order within a severity.
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Report {
         home: home.root().to_path_buf(),
         signatures_checked: table.len(),
@@ -178,7 +178,7 @@ pub fn diagnose_with(table: &[Compiled], ev: &Evidence, home: &Home) -> Report {
     }
 }
 
-fn lines_of<'a>(input: Input, ev: &'a Evidence) -> Vec<&'a Line> {
+fn lines_of(input: Input, ev: &Evidence) -> Vec<&Line> {
     match input {
         Input::AgentLog => ev.agent.iter().collect(),
         Input::UpgradeLog => ev.upgrade.iter().collect(),

@@ -63,18 +63,17 @@ pub fn verify_readonly(
         path: path.to_path_buf(),
         reason: format!("refused: {e}"),
     })?;
-    if let Ok(store) = TrustStore::open(state_dir) {
-        if let Some(highest) = store.highest_sequence(&v.manifest.name) {
-            if v.manifest.sequence < highest {
-                return Err(OpsError::Package {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "refused: replayed or older bundle refused: `{}` sequence {} is lower than {highest} already accepted",
-                        v.manifest.name, v.manifest.sequence
-                    ),
-                });
-            }
-        }
+    if let Ok(store) = TrustStore::open(state_dir)
+        && let Some(highest) = store.highest_sequence(&v.manifest.name)
+        && v.manifest.sequence < highest
+    {
+        return Err(OpsError::Package {
+            path: path.to_path_buf(),
+            reason: format!(
+                "refused: replayed or older bundle refused: `{}` sequence {} is lower than {highest} already accepted",
+                v.manifest.name, v.manifest.sequence
+            ),
+        });
     }
     Ok(v)
 }
@@ -238,7 +237,7 @@ mod tests {
         let k = Kit::new();
         let h = k.install(&k.dir.path().join("home"), V1);
         let p = k.core(V2, 2);
-        let r = import(&h, &[p.clone()]).unwrap();
+        let r = import(&h, std::slice::from_ref(&p)).unwrap();
         assert_eq!(r[0].name, format!("molt-core.{V2}.universal.universal.zip"));
         assert!(!r[0].already_present);
         assert_eq!(
@@ -265,7 +264,9 @@ mod tests {
         let n = bytes.len();
         bytes[n / 2] ^= 0xff; // corrupt the payload
         std::fs::write(set.join("b.zip"), &bytes).unwrap();
-        let e = import(&h, &[set.clone()]).unwrap_err().to_string();
+        let e = import(&h, std::slice::from_ref(&set))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("b.zip") && e.contains("refused"), "{e}");
         assert!(
             std::fs::read_dir(h.incoming_dir())

@@ -117,12 +117,11 @@ pub fn runs_of(lines: &[Line]) -> Vec<Run> {
                 to: c[2].to_string(),
                 result: None,
             });
-        } else if let Some(c) = RUN_END.captures(&l.text) {
-            if let Some(r) = runs.last_mut() {
-                if r.result.is_none() {
-                    r.result = Some(c[1].to_string());
-                }
-            }
+        } else if let Some(c) = RUN_END.captures(&l.text)
+            && let Some(r) = runs.last_mut()
+            && r.result.is_none()
+        {
+            r.result = Some(c[1].to_string());
         }
     }
     runs

@@ -226,16 +226,18 @@ pub fn plan(
         home.conf_dir().join("supervisor.pid"),
         home.agent_pid_file(),
     ] {
-        if let Some(p) = molt_deploy::service::read_pid(&f) {
-            if molt_deploy::proc::alive(p) && !stop_pids.contains(&p) {
-                stop_pids.push(p);
-            }
+        if let Some(p) = molt_deploy::service::read_pid(&f)
+            && molt_deploy::proc::alive(p)
+            && !stop_pids.contains(&p)
+        {
+            stop_pids.push(p);
         }
     }
-    if let Ok(Some(s)) = home.read_status() {
-        if molt_deploy::proc::alive(s.pid) && !stop_pids.contains(&s.pid) {
-            stop_pids.push(s.pid);
-        }
+    if let Ok(Some(s)) = home.read_status()
+        && molt_deploy::proc::alive(s.pid)
+        && !stop_pids.contains(&s.pid)
+    {
+        stop_pids.push(s.pid);
     }
     for s in molt_deploy::service::detect_services(home).unwrap_or_default() {
         if s.starts_with("systemd") {

@@ -232,19 +232,19 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
         view.result = Some(result.clone());
         view.message = Some(msg.clone());
     }
-    if let Some(l) = &ev.last_deploy {
-        if since.is_none_or(|s| l.at >= s) {
-            view.from_version = Some(l.from_version.clone());
-            view.to_version = Some(l.to_version.clone());
-            view.result = Some(l.result.clone());
-            view.message = Some(l.message.clone());
-        }
+    if let Some(l) = &ev.last_deploy
+        && since.is_none_or(|s| l.at >= s)
+    {
+        view.from_version = Some(l.from_version.clone());
+        view.to_version = Some(l.to_version.clone());
+        view.result = Some(l.result.clone());
+        view.message = Some(l.message.clone());
     }
-    if view.result.is_none() {
-        if let Some(f) = view.stages.iter().rev().find(|e| e.state == "Failed") {
-            view.result = Some("Failed".into());
-            view.message = Some(format!("{}: {}", f.stage, f.message));
-        }
+    if view.result.is_none()
+        && let Some(f) = view.stages.iter().rev().find(|e| e.state == "Failed")
+    {
+        view.result = Some("Failed".into());
+        view.message = Some(format!("{}: {}", f.stage, f.message));
     }
     if view.stages.is_empty() && view.result.is_none() && view.to_version.is_none() {
         return None;

@@ -288,10 +288,12 @@ impl TestHome {
     pub fn wait_up(&self, version: &str, limit: Duration) -> Result<u32, String> {
         let start = Instant::now();
         loop {
-            if let Ok(Some(s)) = self.home.read_status() {
-                if s.status == "Up" && s.version == version && molt_deploy::proc::alive(s.pid) {
-                    return Ok(s.pid);
-                }
+            if let Ok(Some(s)) = self.home.read_status()
+                && s.status == "Up"
+                && s.version == version
+                && molt_deploy::proc::alive(s.pid)
+            {
+                return Ok(s.pid);
             }
             if start.elapsed() > limit {
                 return Err(format!(
@@ -311,12 +313,10 @@ impl TestHome {
             let busy = self.home.journal_file().exists()
                 || self.home.hold_marker().exists()
                 || molt_deploy::fsutil::FileLock::is_held(&lock).unwrap_or(true);
-            if !busy {
-                if let Ok(Some(s)) = self.home.read_status() {
-                    let cur = self.home.current_version().unwrap().unwrap_or_default();
-                    if s.status == "Up" && s.version == cur && molt_deploy::proc::alive(s.pid) {
-                        return Ok(cur);
-                    }
+            if !busy && let Ok(Some(s)) = self.home.read_status() {
+                let cur = self.home.current_version().unwrap().unwrap_or_default();
+                if s.status == "Up" && s.version == cur && molt_deploy::proc::alive(s.pid) {
+                    return Ok(cur);
                 }
             }
             if start.elapsed() > limit {
