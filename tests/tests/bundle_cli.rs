@@ -360,3 +360,56 @@ fn buildstamp_parses_sorts_and_rejects() {
         r.err
     );
 }
+
+#[test]
+fn verify_explain_names_the_signer_role_sequence_and_capabilities() {
+    // The committed precheck bundle: real components requesting capabilities.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let sb = repo.join("signed-bundles");
+    let bundle = std::fs::read_dir(&sb)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("molt-precheck.") && n.ends_with(".zip"))
+        })
+        .expect("a committed precheck bundle in signed-bundles/");
+    let tmp = tempfile::TempDir::new().unwrap();
+    let root = sb.join("root.json");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "bundle".to_string(),
+            "verify".into(),
+            "--root".into(),
+            root.to_str().unwrap().into(),
+            "--state".into(),
+            "state".into(),
+            "--explain".into(),
+            bundle.to_str().unwrap().into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let first: Vec<String> = args(&[]);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let out = ok(tmp.path(), &first);
+    assert!(out.starts_with("VALID "), "{out}");
+    assert!(out.contains("is a precheck package"), "{out}");
+    assert!(out.contains("for role `checks`"), "{out}");
+    assert!(
+        out.contains("nothing accepted for `molt-precheck` on this host yet"),
+        "{out}"
+    );
+    assert!(out.contains("wasm component(s)"), "{out}");
+    // The disk check requests the host facts capability; the explanation says so.
+    assert!(out.contains("may read host facts"), "{out}");
+    // The second time, the host remembers the sequence it accepted.
+    let out = ok(tmp.path(), &first);
+    assert!(out.contains("this host has accepted up to"), "{out}");
+    // --explain and --json are exclusive: a usage error, exit 2.
+    let both: Vec<String> = args(&["--json"]);
+    let both: Vec<&str> = both.iter().map(String::as_str).collect();
+    assert_eq!(molt(tmp.path(), &both).code, 2);
+}

@@ -31,7 +31,7 @@ fn role_words(role: &str) -> &'static str {
 fn capability_words(c: &str) -> String {
     match c {
         "facts" => "read host facts (OS, architecture, runtime, disk space, install paths)".into(),
-        "net" => "open network connections, only to the control plane and download hosts the agent allows".into(),
+        "net" => "ask the host to probe allow-listed URLs (DNS, TCP, TLS, HTTP outcome); it never opens a socket itself".into(),
         "services" => "ask the service manager about services (which services run this install)".into(),
         "log" => "write lines to the agent log".into(),
         other => format!("`{other}` (not a capability this host knows: the sandbox will refuse the component)"),
@@ -234,7 +234,7 @@ mod tests {
             "Sequence 7: this host has accepted up to 6",
             "implements `molt:check/precheck@1.0.0`",
             "may read host facts",
-            "may open network connections",
+            "may ask the host to probe allow-listed URLs",
             "sees the install folder, read-only",
             "at most 2000 ms",
         ] {

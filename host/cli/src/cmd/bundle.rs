@@ -172,6 +172,10 @@ pub struct VerifyArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// After verifying, say in words which key signed for which role, the
+    /// expiry, the sequence and what each component may do.
+    #[arg(long, conflicts_with = "json")]
+    pub explain: bool,
 }
 
 #[derive(clap::Args)]
@@ -571,24 +575,37 @@ pub fn bundle(c: BundleCmd) -> anyhow::Result<ExitCode> {
                 deep: a.deep,
                 ..Default::default()
             };
-            let result = (|| -> Result<VerifiedBundle, molt_bundle::BundleError> {
+            // The root the bundle was checked against and, with --state, the
+            // highest sequence accepted before this one (for --explain).
+            type Verified = (VerifiedBundle, SignedRoot, Option<u64>);
+            let result = (|| -> Result<Verified, molt_bundle::BundleError> {
                 match (&a.root, &a.state) {
                     (Some(r), None) => {
-                        molt_bundle::verify_bundle(&a.bundle, &SignedRoot::load(r)?, &opts)
+                        let root = SignedRoot::load(r)?;
+                        let v = molt_bundle::verify_bundle(&a.bundle, &root, &opts)?;
+                        Ok((v, root, None))
                     }
                     (r, Some(dir)) => {
                         let mut store = match r {
                             Some(r) => TrustStore::open_or_init(dir, &SignedRoot::load(r)?)?,
                             None => TrustStore::open(dir)?,
                         };
-                        store.verify_bundle(&a.bundle, &opts)
+                        let before = molt_bundle::verify::inspect(&a.bundle)
+                            .ok()
+                            .and_then(|i| store.highest_sequence(&i.manifest.name));
+                        let v = store.verify_bundle(&a.bundle, &opts)?;
+                        Ok((v, store.root().clone(), before))
                     }
                     (None, None) => unreachable!("clap requires --root or --state"),
                 }
             })();
             match result {
-                Ok(v) => {
-                    if a.json {
+                Ok((v, root, before)) => {
+                    if a.explain {
+                        print_verified(&v, a.deep);
+                        println!();
+                        print!("{}", molt_ops::explain::explain(&v, &root, before));
+                    } else if a.json {
                         println!("{}", verified_json(&v, a.deep));
                     } else {
                         print_verified(&v, a.deep);
