@@ -300,7 +300,12 @@ fn a_corrupted_signature_is_named_signature_failed() {
     std::fs::write(&log, &o.stderr).unwrap();
 
     let (code, text) = diagnose(&h, &["--log", log.to_str().unwrap()]);
-    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        code,
+        1,
+        "{text}\nimport said:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(
         text.contains("[error] signature-failed: A package failed signature verification"),
         "{text}"

@@ -535,13 +535,15 @@ pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, 
 }
 
 /// Read one entry fully into memory (only for the bounded manifest and
-/// signature slot); checks size and CRC-32. Records the parsed bytes.
+/// signature slot); checks size and, with `check_crc`, CRC-32. Records the
+/// parsed bytes.
 pub fn read_small_entry(
     file: &File,
     path: &Path,
     layout: &mut Layout,
     index: usize,
     max: u64,
+    check_crc: bool,
 ) -> Result<Vec<u8>, BundleError> {
     let e = layout.entries[index].clone();
     if e.csize > max || e.usize > max {
@@ -571,7 +573,7 @@ pub fn read_small_entry(
             actual: data.len() as u64,
         });
     }
-    if crc32fast::hash(&data) != e.crc {
+    if check_crc && crc32fast::hash(&data) != e.crc {
         return Err(entry_err(
             path,
             &e.name,

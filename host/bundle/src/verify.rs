@@ -82,9 +82,14 @@ pub(crate) fn parse_bundle(
 ) -> Result<Parsed, BundleError> {
     let mut layout = container::read_layout(file, path, limits)?;
     let manifest_bytes =
-        container::read_small_entry(file, path, &mut layout, 0, limits.max_manifest_size)?;
+        container::read_small_entry(file, path, &mut layout, 0, limits.max_manifest_size, true)?;
     let last = layout.entries.len() - 1;
-    let sig_bytes = container::read_small_entry(file, path, &mut layout, last, SIGNATURES_SIZE)?;
+    // The slot's CRC is zeroed in the signed digest, so it proves nothing; the
+    // signatures themselves decide, and a damaged slot is then reported as a
+    // bad or unreadable signature (what the operator needs to know) rather than
+    // as a checksum error.
+    let sig_bytes =
+        container::read_small_entry(file, path, &mut layout, last, SIGNATURES_SIZE, false)?;
     let sig_err = |reason: String| BundleError::SignatureFile {
         bundle: path.to_path_buf(),
         reason,

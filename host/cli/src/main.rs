@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "molt", version, about, long_about = None, propagate_version = true)]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `molt=debug`.
-    #[arg(long, global = true, env = "MOLT_LOG", default_value = "info")]
+    #[arg(
+        long = "log-level",
+        global = true,
+        env = "MOLT_LOG",
+        default_value = "info"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -83,5 +88,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks over every subcommand (duplicate option
+    /// names, bad defaults): the same asserts that otherwise panic at run time.
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }
