@@ -174,23 +174,29 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
     let (tx, mut rx) = mpsc::channel::<Trigger>(16);
     let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let restart_pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // An upgrade check is queued or running: triggers that arrive meanwhile
+    // (the start check, the fleet's autoUpgrade, the hourly timer) coalesce
+    // into it instead of starting a second attempt right after it.
+    let queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (exit_tx, mut exit_rx) = mpsc::channel::<Exit>(1);
 
+    claim(&queued);
     let _ = tx.send(Trigger::Startup).await;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(heartbeat_loop(agent.clone()));
-    tasks.spawn(hourly_loop(tx.clone()));
+    tasks.spawn(hourly_loop(tx.clone(), queued.clone()));
     tasks.spawn(command_loop(
         agent.clone(),
         tx.clone(),
         busy.clone(),
+        queued.clone(),
         restart_pending.clone(),
         exit_tx.clone(),
     ));
     let sock = agent.home.work_dir().join("agent.sock");
     match tokio::net::UnixListener::bind(replace_socket(&sock)) {
         Ok(l) => {
-            tasks.spawn(socket_loop(l, tx.clone(), busy.clone()));
+            tasks.spawn(socket_loop(l, tx.clone(), queued.clone()));
         }
         Err(e) => {
             tracing::warn!(socket = %sock.display(), error = %e, "Cannot listen for `molt upgrade now`")
@@ -202,6 +208,7 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
         let agent = agent.clone();
         let busy = busy.clone();
         let restart_pending = restart_pending.clone();
+        let queued = queued.clone();
         let exit_tx = exit_tx.clone();
         tokio::spawn(async move {
             while let Some(t) = rx.recv().await {
@@ -245,6 +252,9 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                     command_done(&agent, &id, ok, &msg).await;
                 }
                 busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                if mode == Mode::Upgrade {
+                    queued.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
                 if let UpgradeOutcome::HandedOver { to_version } = outcome {
                     let _ = exit_tx.send(Exit::HandedOver { to_version }).await;
                     return;
@@ -309,16 +319,24 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
 }
 
 /// Every hour, jittered by up to 5 minutes so a fleet does not stampede. Cannot be disabled.
-async fn hourly_loop(tx: mpsc::Sender<Trigger>) {
+async fn hourly_loop(tx: mpsc::Sender<Trigger>, queued: Arc<std::sync::atomic::AtomicBool>) {
     use rand::Rng;
     loop {
         let jitter = rand::thread_rng().gen_range(0..300u64);
         tokio::time::sleep(Duration::from_secs(3600 + jitter)).await;
         tracing::info!("Hourly upgrade check");
-        if tx.try_send(Trigger::Hourly).is_err() {
-            tracing::info!("Hourly upgrade check skipped: a check is already queued");
+        if !claim(&queued) {
+            tracing::info!("Hourly upgrade check skipped: a check is already queued or running");
+        } else if tx.try_send(Trigger::Hourly).is_err() {
+            queued.store(false, std::sync::atomic::Ordering::SeqCst);
         }
     }
+}
+
+/// Take the "an upgrade check is queued or running" flag; false if taken.
+fn claim(queued: &std::sync::atomic::AtomicBool) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    queued.compare_exchange(false, true, SeqCst, SeqCst).is_ok()
 }
 
 async fn command_done(agent: &Agent, id: &serde_json::Value, ok: bool, message: &str) {
@@ -340,6 +358,7 @@ async fn command_loop(
     agent: Arc<Agent>,
     tx: mpsc::Sender<Trigger>,
     busy: Arc<std::sync::atomic::AtomicBool>,
+    queued: Arc<std::sync::atomic::AtomicBool>,
     restart_pending: Arc<std::sync::atomic::AtomicBool>,
     exit_tx: mpsc::Sender<Exit>,
 ) {
@@ -362,9 +381,15 @@ async fn command_loop(
             let upgrading = busy.load(std::sync::atomic::Ordering::SeqCst);
             match c.kind.as_str() {
                 "autoUpgrade" | "upgrade" | "runPrecheck" => {
-                    if upgrading && c.kind != "runPrecheck" {
-                        command_done(&agent, &c.id, true, "an upgrade check is already running")
-                            .await;
+                    let is_upgrade = c.kind != "runPrecheck";
+                    if is_upgrade && !claim(&queued) {
+                        command_done(
+                            &agent,
+                            &c.id,
+                            true,
+                            "an upgrade check is already queued or running",
+                        )
+                        .await;
                     } else if tx
                         .send(Trigger::Command {
                             id: c.id.clone(),
@@ -435,7 +460,7 @@ fn tail(path: &Path, max: u64) -> Vec<u8> {
 async fn socket_loop(
     l: tokio::net::UnixListener,
     tx: mpsc::Sender<Trigger>,
-    busy: Arc<std::sync::atomic::AtomicBool>,
+    queued: Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     loop {
@@ -443,7 +468,7 @@ async fn socket_loop(
             continue;
         };
         let tx = tx.clone();
-        let busy = busy.clone();
+        let queued = queued.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -453,15 +478,18 @@ async fn socket_loop(
             )
             .await;
             let answer = match line.trim() {
-                "upgrade-now" if busy.load(std::sync::atomic::Ordering::SeqCst) => {
-                    "busy: an upgrade check is already running".to_string()
+                "upgrade-now" if !claim(&queued) => {
+                    "busy: an upgrade check is already queued or running".to_string()
                 }
                 "upgrade-now" => {
                     tracing::info!("Upgrade check requested locally (molt upgrade now)");
                     let (rtx, rrx) = oneshot::channel();
                     match tx.try_send(Trigger::Local { reply: rtx }) {
                         Ok(()) => rrx.await.unwrap_or_else(|_| "agent is stopping".into()),
-                        Err(_) => "busy: an upgrade check is already queued".into(),
+                        Err(_) => {
+                            queued.store(false, std::sync::atomic::Ordering::SeqCst);
+                            "busy: an upgrade check is already queued".into()
+                        }
                     }
                 }
                 other => format!("error: unknown request `{other}`"),
