@@ -22,21 +22,18 @@ enum Case {
 struct Fixture {
     v1: Content,
     v2: Content,
-    changed: Vec<String>,
+    /// v1 installed, v2 extracted and planned under work/upgrade_temp: each
+    /// case runs on a fresh copy of it.
+    template: TestHome,
+    /// plan.json, relative to the home.
+    plan: std::path::PathBuf,
 }
 
 fn run_case(fx: &Fixture, case: Case) -> &'static str {
-    let mut th = TestHome::new("v1", &fx.v1);
+    let mut th = fx.template.copy_of();
     th.start_supervisor();
     th.wait_up("v1", Duration::from_secs(30)).unwrap();
-    let plan = th.prepare_upgrade(
-        "v1",
-        "v2",
-        &[("core", &fx.v2)],
-        &fx.changed,
-        fast_opts(),
-        Some("1"),
-    );
+    let plan = th.root().join(&fx.plan);
     let log = std::fs::File::create(th.root().join("runner.test.log")).unwrap();
     let mut cmd = Command::new(molt_bin());
     cmd.args([
@@ -107,20 +104,34 @@ fn run_case(fx: &Fixture, case: Case) -> &'static str {
 fn every_crash_point_ends_up_on_exactly_the_old_or_the_new_version() {
     let v1 = core_content("v1", 2000, Agent::Good);
     let (v2, changed) = next_content(&v1, "v2", 20, Agent::Good); // 5% changed
-    let fx = Arc::new(Fixture { v1, v2, changed });
-
-    // A full deploy first: learn the checkpoints and how long a deploy takes.
-    let mut th = TestHome::new("v1", &fx.v1);
-    th.start_supervisor();
-    th.wait_up("v1", Duration::from_secs(30)).unwrap();
-    let plan = th.prepare_upgrade(
+    let template = TestHome::new("v1", &v1);
+    let plan = template.prepare_upgrade(
         "v1",
         "v2",
-        &[("core", &fx.v2)],
-        &fx.changed,
+        &[("core", &v2)],
+        &changed,
         fast_opts(),
         Some("1"),
     );
+    // The runner reads only the changed files from the extracted package (the
+    // rest are hard links to v1): stage just those, so a copy per case is cheap.
+    let staged = plan.parent().unwrap().join("packages").join("core");
+    for rel in v2.keys().filter(|k| !changed.contains(k)) {
+        let _ = std::fs::remove_file(staged.join(rel));
+    }
+    let plan = plan.strip_prefix(template.root()).unwrap().to_path_buf();
+    let fx = Arc::new(Fixture {
+        v1,
+        v2,
+        template,
+        plan,
+    });
+
+    // A full deploy first: learn the checkpoints and how long a deploy takes.
+    let mut th = fx.template.copy_of();
+    th.start_supervisor();
+    th.wait_up("v1", Duration::from_secs(30)).unwrap();
+    let plan = th.root().join(&fx.plan);
     let cps = th.root().join("checkpoints.txt");
     let t0 = Instant::now();
     let st = Command::new(molt_bin())
