@@ -62,8 +62,15 @@ pub enum Exit {
 pub enum Trigger {
     Startup,
     Hourly,
-    Command { id: serde_json::Value, kind: String },
-    Local { reply: oneshot::Sender<String> },
+    Command {
+        id: serde_json::Value,
+        kind: String,
+        /// When the command was received (to tell whether a check ran since).
+        at: std::time::Instant,
+    },
+    Local {
+        reply: oneshot::Sender<String>,
+    },
 }
 
 /// The running agent.
@@ -75,6 +82,8 @@ pub struct Agent {
     pub(crate) status: Mutex<Status>,
     pub(crate) version: String,
     pub(crate) host: String,
+    /// The version the control plane assigned at the last version check.
+    pub(crate) last_assigned: std::sync::Mutex<Option<String>>,
 }
 
 impl Agent {
@@ -90,6 +99,7 @@ impl Agent {
             status: Mutex::new(Status::Up),
             version,
             host: hostname(),
+            last_assigned: std::sync::Mutex::new(None),
         })
     }
 
@@ -211,11 +221,33 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
         let queued = queued.clone();
         let exit_tx = exit_tx.clone();
         tokio::spawn(async move {
+            // When the last upgrade check finished.
+            let mut last_finished: Option<std::time::Instant> = None;
             while let Some(t) = rx.recv().await {
                 busy.store(true, std::sync::atomic::Ordering::SeqCst);
                 let (mode, cmd, reply) = match t {
                     Trigger::Startup | Trigger::Hourly => (Mode::Upgrade, None, None),
-                    Trigger::Command { id, kind } => {
+                    Trigger::Command { id, kind, at } => {
+                        if kind == "autoUpgrade"
+                            && last_finished.is_some_and(|f| f > at)
+                            && assignment_unchanged(&agent).await
+                        {
+                            // It arrived while a check ran against this same
+                            // assignment: that check already answered it.
+                            queued.store(false, std::sync::atomic::Ordering::SeqCst);
+                            busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                            tracing::info!(
+                                "autoUpgrade already answered by the check that just ran"
+                            );
+                            command_done(
+                                &agent,
+                                &id,
+                                true,
+                                "already checked against this assignment",
+                            )
+                            .await;
+                            continue;
+                        }
                         let m = if kind == "runPrecheck" {
                             Mode::PrecheckOnly
                         } else {
@@ -225,6 +257,11 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                     }
                     Trigger::Local { reply } => (Mode::Upgrade, None, Some(reply)),
                 };
+                if mode == Mode::Upgrade {
+                    // From now on a new trigger queues a new check (the
+                    // assignment may change while this one runs).
+                    queued.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
                 if let Some(r) = reply {
                     let _ = r.send("upgrade check started".into());
                 }
@@ -253,7 +290,7 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                 }
                 busy.store(false, std::sync::atomic::Ordering::SeqCst);
                 if mode == Mode::Upgrade {
-                    queued.store(false, std::sync::atomic::Ordering::SeqCst);
+                    last_finished = Some(std::time::Instant::now());
                 }
                 if let UpgradeOutcome::HandedOver { to_version } = outcome {
                     let _ = exit_tx.send(Exit::HandedOver { to_version }).await;
@@ -333,7 +370,17 @@ async fn hourly_loop(tx: mpsc::Sender<Trigger>, queued: Arc<std::sync::atomic::A
     }
 }
 
-/// Take the "an upgrade check is queued or running" flag; false if taken.
+/// Whether the control plane still assigns what the last check saw (an
+/// unreachable control plane counts as changed: the check then reports it).
+async fn assignment_unchanged(agent: &Agent) -> bool {
+    let seen = agent.last_assigned.lock().ok().and_then(|l| l.clone());
+    match (seen, agent.query_assigned().await) {
+        (Some(seen), Ok((_, now))) => seen == now.version,
+        _ => false,
+    }
+}
+
+/// Take the "an upgrade check is queued" flag; false if one is queued already.
 fn claim(queued: &std::sync::atomic::AtomicBool) -> bool {
     use std::sync::atomic::Ordering::SeqCst;
     queued.compare_exchange(false, true, SeqCst, SeqCst).is_ok()
@@ -383,17 +430,13 @@ async fn command_loop(
                 "autoUpgrade" | "upgrade" | "runPrecheck" => {
                     let is_upgrade = c.kind != "runPrecheck";
                     if is_upgrade && !claim(&queued) {
-                        command_done(
-                            &agent,
-                            &c.id,
-                            true,
-                            "an upgrade check is already queued or running",
-                        )
-                        .await;
+                        command_done(&agent, &c.id, true, "an upgrade check is already queued")
+                            .await;
                     } else if tx
                         .send(Trigger::Command {
                             id: c.id.clone(),
                             kind: c.kind.clone(),
+                            at: std::time::Instant::now(),
                         })
                         .await
                         .is_err()
@@ -479,7 +522,7 @@ async fn socket_loop(
             .await;
             let answer = match line.trim() {
                 "upgrade-now" if !claim(&queued) => {
-                    "busy: an upgrade check is already queued or running".to_string()
+                    "busy: an upgrade check is already queued".to_string()
                 }
                 "upgrade-now" => {
                     tracing::info!("Upgrade check requested locally (molt upgrade now)");

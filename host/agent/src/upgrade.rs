@@ -206,20 +206,10 @@ impl Agent {
     }
 
     /// Ask the control plane what is assigned and log the plan.
-    async fn version_check(
+    /// The installed packages and what the control plane assigns to them now.
+    pub(crate) async fn query_assigned(
         &self,
-    ) -> Result<(String, Vec<InstalledPackage>, Assigned, PackagePlan), CheckError> {
-        tracing::info!("Checking to see if agent needs to upgrade");
-        let current = self
-            .home
-            .current_version()
-            .map_err(|e| CheckError::NotInstalled(e.to_string()))?
-            .ok_or_else(|| {
-                CheckError::NotInstalled(format!(
-                    "{} does not exist",
-                    self.home.current_link().display()
-                ))
-            })?;
+    ) -> Result<(Vec<InstalledPackage>, Assigned), CheckError> {
         let installed = self
             .home
             .installed()
@@ -239,6 +229,27 @@ impl Agent {
             )
             .await
             .map_err(CheckError::Query)?;
+        Ok((installed, assigned))
+    }
+
+    async fn version_check(
+        &self,
+    ) -> Result<(String, Vec<InstalledPackage>, Assigned, PackagePlan), CheckError> {
+        tracing::info!("Checking to see if agent needs to upgrade");
+        let current = self
+            .home
+            .current_version()
+            .map_err(|e| CheckError::NotInstalled(e.to_string()))?
+            .ok_or_else(|| {
+                CheckError::NotInstalled(format!(
+                    "{} does not exist",
+                    self.home.current_link().display()
+                ))
+            })?;
+        let (installed, assigned) = self.query_assigned().await?;
+        if let Ok(mut l) = self.last_assigned.lock() {
+            *l = Some(assigned.version.clone());
+        }
         deps::validate_version(&assigned.version).map_err(|reason| CheckError::Buildstamp {
             version: assigned.version.clone(),
             reason,

@@ -189,6 +189,18 @@ pub fn file_holders(dir: &Path) -> Vec<FileHolder> {
     out
 }
 
+/// Where the files an upgrade replaces live: `versions/` in a Molt install
+/// (conf/, logs/ and work/ are never replaced, and the service's own lock
+/// and log files there are not in the way), else the whole dir.
+fn replaced_dir(install_dir: &Path) -> PathBuf {
+    let v = install_dir.join("versions");
+    if v.is_dir() {
+        v
+    } else {
+        install_dir.to_path_buf()
+    }
+}
+
 /// systemd units whose file mentions `dir` (WorkingDirectory=, ExecStart=).
 fn units_using(dir: &Path) -> Vec<String> {
     let needle = dir.display().to_string();
@@ -240,7 +252,7 @@ impl HostFacts {
             agent_pid: std::process::id(),
             service_name: None,
             service_state: ServiceState::NotInstalled,
-            file_holders: file_holders(install_dir),
+            file_holders: file_holders(&replaced_dir(install_dir)),
             sharing_install_dir: units_using(install_dir),
             net: BTreeMap::new(),
         })
@@ -386,6 +398,29 @@ mod tests {
             .with_overrides_str("disk = 1", Path::new("facts.toml"))
             .unwrap_err();
         assert!(e.to_string().contains("facts.toml"), "{e}");
+    }
+
+    #[test]
+    fn holders_of_version_files_count_but_the_services_own_conf_files_do_not() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("versions/v1/lib")).unwrap();
+        std::fs::create_dir_all(d.path().join("conf")).unwrap();
+        let lib = d.path().join("versions/v1/lib/held.jar");
+        let lock = d.path().join("conf/supervisor.lock");
+        std::fs::write(&lib, b"x").unwrap();
+        std::fs::write(&lock, b"x").unwrap();
+        let _l = std::fs::File::open(&lock).unwrap();
+        let tmp = d.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let f = HostFacts::probe(d.path(), &tmp).unwrap();
+        assert!(f.file_holders.is_empty(), "{:?}", f.file_holders);
+        let _j = std::fs::File::open(&lib).unwrap();
+        let f = HostFacts::probe(d.path(), &tmp).unwrap();
+        assert!(
+            f.file_holders.iter().any(|h| h.path.ends_with("held.jar")),
+            "{:?}",
+            f.file_holders
+        );
     }
 
     #[test]

@@ -385,6 +385,12 @@ impl TestHome {
 impl Drop for TestHome {
     fn drop(&mut self) {
         self.stop_supervisor();
+        // A supervisor the runner (re)started detached, not our child.
+        if let Some(p) =
+            molt_deploy::service::read_pid(&self.home.conf_dir().join("supervisor.pid"))
+        {
+            molt_deploy::proc::signal(p, 9);
+        }
         // Stop any agent still running from this home.
         if let Ok(Some(s)) = self.home.read_status() {
             molt_deploy::proc::signal(s.pid, 9);
