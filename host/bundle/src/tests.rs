@@ -236,6 +236,43 @@ fn every_flipped_byte_and_every_truncation_is_refused() {
     );
 }
 
+/// The signature slot is outside the signed digest, so it must be canonical:
+/// JSON whitespace swapped into the padding or between tokens, or a hex digit
+/// changed, must not pass (a plain 0xFF flip is caught by the JSON parser alone,
+/// so it does not prove this).
+#[test]
+fn every_plausible_substitution_in_the_signature_slot_is_refused() {
+    let fx = fx();
+    let src = fx.dir.path().join("tiny");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "hello\n").unwrap();
+    let b = fx.dir.path().join("tiny.zip");
+    pack_dir(&src, &PackSpec::from_buildstamp(CORE, 1).unwrap(), &b).unwrap();
+    sign_bundle(&b, &[&fx.key]).unwrap();
+    let orig = std::fs::read(&b).unwrap();
+    // The slot is the last entry's data: find it by its JSON prefix.
+    let start = orig
+        .windows(10)
+        .rposition(|w| w == b"{\"format\":")
+        .expect("signature slot");
+    let t = fx.dir.path().join("t.zip");
+    let mut accepted = Vec::new();
+    for i in start..start + crate::container::SIGNATURES_SIZE as usize {
+        for v in [b'\t', b'\n', b'\r', b'0', b'f'] {
+            if orig[i] == v {
+                continue;
+            }
+            let mut m = orig.clone();
+            m[i] = v;
+            std::fs::write(&t, &m).unwrap();
+            if verify(&t, &fx.root).is_ok() {
+                accepted.push((i, v));
+            }
+        }
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:?}");
+}
+
 /// Build a bundle by hand: entries (name, data, deflate, st_mode), a manifest
 /// derived from them and then edited, signed with `key` when structurally possible.
 fn craft(

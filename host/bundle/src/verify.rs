@@ -84,10 +84,11 @@ pub(crate) fn parse_bundle(
     let manifest_bytes =
         container::read_small_entry(file, path, &mut layout, 0, limits.max_manifest_size, true)?;
     let last = layout.entries.len() - 1;
-    // The slot's CRC is zeroed in the signed digest, so it proves nothing; the
-    // signatures themselves decide, and a damaged slot is then reported as a
-    // bad or unreadable signature (what the operator needs to know) rather than
-    // as a checksum error.
+    // The slot and its CRC are zeroed in the signed digest, so the CRC proves
+    // nothing. Instead the slot must be byte-for-byte the canonical form of the
+    // signatures it holds (checked below), so no byte of it can change unseen,
+    // and a damaged signature is reported as a bad signature (what the
+    // operator needs to know) rather than as a checksum error.
     let sig_bytes =
         container::read_small_entry(file, path, &mut layout, last, SIGNATURES_SIZE, false)?;
     let sig_err = |reason: String| BundleError::SignatureFile {
@@ -106,6 +107,11 @@ pub(crate) fn parse_bundle(
             "format {} (expected 1)",
             signatures.format
         )));
+    }
+    if container::signature_slot(&signatures).ok().as_deref() != Some(&sig_bytes[..]) {
+        return Err(sig_err(
+            "not in its canonical form (the slot was altered after signing)".into(),
+        ));
     }
     Ok(Parsed {
         layout,
