@@ -24,5 +24,8 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 (cd "$repo/guest-checks" && CARGO_TARGET_DIR="$guest_target" cargo build --release --locked --target wasm32-wasip2)
 wasm="$guest_target/wasm32-wasip2/release"
-(cd "$repo" && cargo run -q -p molt-sandbox --example pack_bundles -- "$wasm" "$out")
+# Build the whole host workspace the way `cargo test --workspace` will (same
+# feature unification), so CI compiles wasmtime and friends once, then pack.
+(cd "$repo" && cargo build -q --workspace --all-targets)
+"${CARGO_TARGET_DIR:-$repo/target}/debug/examples/pack_bundles" "$wasm" "$out"
 ls -l "$out"

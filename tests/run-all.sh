@@ -4,5 +4,7 @@
 # end-to-end tests in tests/tests/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -p molt
+# --all-targets: the same feature set as `cargo test --workspace`, so nothing
+# is compiled twice; it also builds target/debug/molt for the e2e tests.
+cargo build --workspace --all-targets
 cargo test --workspace "$@"
