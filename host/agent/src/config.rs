@@ -75,6 +75,24 @@ fn yes() -> bool {
     true
 }
 
+/// A TOML error on one line (`line N (`<that line>`): reason`): its default
+/// rendering spans several lines, and a log line reader (`molt diagnose`, grep)
+/// would see only "TOML parse error at line N, column M" without the key.
+fn one_line(e: &toml::de::Error, text: &str) -> String {
+    let reason = e.message().trim().replace('\n', "; ");
+    let line_no = e
+        .span()
+        .and_then(|s| text.get(..s.start))
+        .map(|before| before.matches('\n').count() + 1);
+    match line_no {
+        Some(n) => {
+            let line = text.lines().nth(n - 1).unwrap_or("").trim();
+            format!("line {n} (`{line}`): {reason}")
+        }
+        None => reason,
+    }
+}
+
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -111,7 +129,7 @@ impl AgentConfig {
     pub fn parse(text: &str, home: &Path, path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: one_line(&e, text),
         })?;
         let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -248,6 +266,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("run_prechek"), "{e}");
+        assert!(!e.contains('\n'), "one line, for log readers: {e}");
     }
 
     #[test]
