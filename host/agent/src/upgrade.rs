@@ -518,7 +518,25 @@ impl Agent {
                 UpgradeOutcome::HandedOver { to_version: target }
             }
             Err(e) => {
-                let msg = format!("Failed to bootstrap. {e}");
+                let mut msg = format!("Failed to bootstrap. {e}");
+                // The upgrade dir is removed below, but the runner's own output
+                // (which the error points the operator to) must survive it.
+                let runner_log = upgrade_dir.join("runner.log");
+                if runner_log.is_file() {
+                    let name = upgrade_dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let kept = self.home.logs_dir().join(format!("runner-{name}.log"));
+                    let moved = std::fs::rename(&runner_log, &kept)
+                        .or_else(|_| std::fs::copy(&runner_log, &kept).map(|_| ()));
+                    if moved.is_ok() {
+                        msg = msg.replace(
+                            &runner_log.display().to_string(),
+                            &kept.display().to_string(),
+                        );
+                    }
+                }
                 tracing::error!("{msg}");
                 self.finish(&attempt, "Failed", &msg).await;
                 self.end_upgrade(fail_status).await;

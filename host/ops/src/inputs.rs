@@ -154,6 +154,23 @@ impl Evidence {
                 }
             }
         }
+        // Output of runners that never signalled start, kept by the agent
+        // when it removed their upgrade dir (`logs/runner-<dir>.log`).
+        if let Ok(rd) = std::fs::read_dir(&logs) {
+            let mut kept: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("runner-") && n.ends_with(".log"))
+                })
+                .collect();
+            kept.sort();
+            for f in kept {
+                ev.read_log(&f, true);
+            }
+        }
         ev.runs = runs_of(&ev.upgrade);
 
         match Journal::load(home) {
