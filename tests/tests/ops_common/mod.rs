@@ -402,18 +402,19 @@ impl Kit {
 
     /// A precheck (or selector) bundle of `v` re-packed from the committed
     /// TEST bundle in `signed-bundles/`, signed by the kit's key, with its
-    /// components changed by `tweak` (e.g. a smaller deadline).
+    /// components changed by `tweak` (e.g. a smaller deadline; it gets the
+    /// bundle's source dir to add files).
     pub fn side_bundle(
         &self,
         kind: &str,
         v: &str,
-        tweak: impl FnOnce(&mut Vec<molt_bundle::Component>),
+        tweak: impl FnOnce(&Path, &mut Vec<molt_bundle::Component>),
     ) -> PathBuf {
         let name = format!("molt-{kind}.{v}.universal.universal.zip");
         let src = self.dir.path().join(format!("src-{name}"));
         let mut comps = molt_e2e::agent_fx::committed_components(kind, &src)
             .unwrap_or_else(|| panic!("no committed molt-{kind} bundle in signed-bundles/"));
-        tweak(&mut comps);
+        tweak(&src, &mut comps);
         self.pack(
             &name,
             &[],
@@ -642,9 +643,22 @@ pub fn agent_config(h: &Home, cp_url: &str, extra: &str) {
     std::fs::write(h.config_file(), t).unwrap();
 }
 
+/// A real agent process; on drop it is killed, and so is anything else still
+/// running on its install (a runner it handed over to, a supervisor that
+/// runner started).
+pub struct Agent(pub Child, pub Home);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        kill_all_of(&self.1);
+    }
+}
+
 /// Start the real agent on `h` (stderr to `logs/agent.console.log`, as the
 /// supervisor does), with `env`.
-pub fn start_agent(h: &Home, env: &[(&str, &str)]) -> Proc {
+pub fn start_agent(h: &Home, env: &[(&str, &str)]) -> Agent {
     std::fs::create_dir_all(h.logs_dir()).unwrap();
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -661,7 +675,7 @@ pub fn start_agent(h: &Home, env: &[(&str, &str)]) -> Proc {
         .stderr(f)
         .spawn()
         .unwrap();
-    Proc(child)
+    Agent(child, h.clone())
 }
 
 /// Wait until `logs/agent.log` holds `needle`; returns the log.
@@ -742,30 +756,39 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         self.stop();
-        let conf = self.home.conf_dir();
-        for f in [conf.join("supervisor.pid"), conf.join("agent.pid")] {
-            if let Some(p) = std::fs::read_to_string(&f)
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-            {
-                kill9(p);
-            }
-        }
-        if let Ok(Some(s)) = self.home.read_status()
-            && s.pid != std::process::id()
-        {
-            kill9(s.pid);
-        }
+        kill_all_of(&self.home);
     }
 }
 
-/// SIGKILL `pid` if it is a process of this test's (it is alive).
-pub fn kill9(pid: u32) {
-    if pid > 1 && alive(pid) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
+/// SIGKILL every process whose command line names `h` as its home (`--home
+/// <h>`): the agents, supervisors and runners this test started there, even
+/// detached ones. Nothing else is touched.
+pub fn kill_all_of(h: &Home) {
+    let home = h.root().to_string_lossy().into_owned();
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args
+            .windows(2)
+            .any(|w| w[0] == b"--home" && w[1] == home.as_bytes())
+        {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
     }
 }
 
