@@ -307,37 +307,6 @@ fn a_typo_in_config_toml_is_named_config_invalid_not_agent_cannot_start() {
     );
 }
 
-/// `chattr +i` on a directory for the life of the guard (what hardening or
-/// security software does to a folder); `None` where the file system refuses.
-struct Immutable(std::path::PathBuf);
-
-impl Immutable {
-    fn set(dir: &std::path::Path) -> Result<Immutable, String> {
-        let o = std::process::Command::new("chattr")
-            .arg("+i")
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("chattr: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "chattr +i {} failed: {}",
-                dir.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        Ok(Immutable(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn an_upgrade_temp_folder_that_refuses_new_files_is_named_temp_folder_blocked() {
     let (_k, _cp, h) = env(&[], "run_precheck = false\n");

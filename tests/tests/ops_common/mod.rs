@@ -868,3 +868,31 @@ pub fn assert_diagnosed_with(
     assert_eq!(code, i32::from(failure), "exit code: {v:#}");
     v
 }
+
+/// `chattr +i` on a directory for the life of the guard (what hardening or
+/// security software does to a folder); an error where the file system refuses.
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    pub fn set(dir: &Path) -> Result<Immutable, String> {
+        let o = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("chattr: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "chattr +i {} failed: {}",
+                dir.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(Immutable(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
