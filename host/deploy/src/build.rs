@@ -14,6 +14,7 @@ use molt_layout::{FileMeta, Home, InstalledPackage};
 use crate::error::{DeployError, io_err};
 use crate::fsutil;
 use crate::plan::DeployPlan;
+use crate::truststore::{STOCK, TRUSTSTORE};
 
 /// Counts of one build, for the log and the benchmark.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct BuildStats {
     pub bytes_copied: u64,
     pub verified: usize,
     pub truststore_carried: usize,
+    /// The version has a truststore with a stock copy, so MigrateTrustStore ran.
+    pub truststore_rebuilt: bool,
 }
 
 /// One file to place in the new version.
@@ -63,6 +66,8 @@ pub fn build_version(
     std::fs::create_dir_all(build_dir).map_err(io_err(build_dir))?;
 
     let mut items = Vec::new();
+    // The operator-editable truststore is rebuilt after the loop, not linked.
+    let mut store: Option<Item> = None;
     for p in &packages {
         let carried = !plan_kinds.contains(p.kind.as_str());
         for (rel, meta) in &p.files {
@@ -70,6 +75,15 @@ pub fn build_version(
                 path: upgrade_dir.join("plan.json"),
                 reason: format!("{rel}: {reason}"),
             })?;
+            if rel == TRUSTSTORE && p.files.contains_key(STOCK) {
+                store = Some(Item {
+                    kind: &p.kind,
+                    rel,
+                    meta,
+                    carried,
+                });
+                continue;
+            }
             items.push(Item {
                 kind: &p.kind,
                 rel,
@@ -142,25 +156,28 @@ pub fn build_version(
     stats.verified = to_check.len();
     crate::crash::checkpoint("build verified");
 
-    // MigrateTrustStore (only when the runtime is part of the new packages).
-    if plan_kinds.contains("runtime")
-        && let Some(m) = crate::truststore::migrate(
+    // MigrateTrustStore: new stock content plus the current custom certificates.
+    if let Some(ts) = store {
+        let staged = DeployPlan::staged_file(upgrade_dir, ts.kind, TRUSTSTORE);
+        let m = crate::truststore::rebuild(
             &cur_dir,
             build_dir,
+            (!ts.carried).then_some(staged.as_path()),
+            ts.meta,
             &home.backup_dir().join("truststore"),
             &plan.from_version,
-        )?
-    {
+        )?;
         stats.truststore_carried = m.carried;
-        if m.carried > 0 {
-            let p = build_dir.join(crate::truststore::TRUSTSTORE);
-            let sha = fsutil::sha256_file(&p)?;
-            let size = std::fs::metadata(&p).map_err(io_err(&p))?.len();
-            for pkg in packages.iter_mut().filter(|p| p.kind == "runtime") {
-                if let Some(f) = pkg.files.get_mut(crate::truststore::TRUSTSTORE) {
-                    f.sha256 = sha.clone();
-                    f.size = size;
-                }
+        stats.truststore_rebuilt = true;
+        stats.verified += 1;
+        let kind = ts.kind.to_string();
+        let p = build_dir.join(TRUSTSTORE);
+        let sha = fsutil::sha256_file(&p)?;
+        let size = std::fs::metadata(&p).map_err(io_err(&p))?.len();
+        for pkg in packages.iter_mut().filter(|p| p.kind == kind) {
+            if let Some(f) = pkg.files.get_mut(TRUSTSTORE) {
+                f.sha256 = sha.clone();
+                f.size = size;
             }
         }
     }

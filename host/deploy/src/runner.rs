@@ -224,7 +224,7 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     );
     ctx.log.line(&msg);
     ctx.rep.stage("Deploy Binary Files", "Complete", &msg);
-    if plan.packages.iter().any(|p| p.kind == "runtime") {
+    if stats.truststore_rebuilt {
         ctx.rep.stage(
             "MigrateTrustStore",
             "Complete",
@@ -234,8 +234,11 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
             ),
         );
     } else {
-        ctx.rep
-            .stage("MigrateTrustStore", "Skipped", "runtime unchanged");
+        ctx.rep.stage(
+            "MigrateTrustStore",
+            "Skipped",
+            "no truststore with a stock copy in the runtime",
+        );
     }
 
     // Reinstall Service.
@@ -365,7 +368,7 @@ fn start_and_check(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployErr
 /// recorded pid (hand-over file and service manager) is gone.
 fn stop_old(ctx: &Ctx) -> Result<(), DeployError> {
     let extra = Handover::load(ctx.home)?
-        .map(|h| h.pids)
+        .map(|h| h.live_pids())
         .unwrap_or_default();
     ctx.svc.request_stop()?;
     for p in &extra {

@@ -4,6 +4,8 @@
 //! PEM-level, so no keystore password is involved (seeds 7.7, 7.13).
 use std::path::Path;
 
+use molt_layout::FileMeta;
+
 use crate::error::{DeployError, io_err};
 
 /// The truststore a runtime package ships, relative to the version dir.
@@ -62,49 +64,83 @@ pub struct Migration {
     pub backup: Option<std::path::PathBuf>,
 }
 
-/// Migrate custom certificates from `old_dir` into the (not yet switched) `new_dir`.
-/// The new truststore is written as a new file (never in place: it may be a hard
-/// link shared with the old version). Returns `None` when there is nothing to do.
-pub fn migrate(
+/// Build the new version's truststore (MigrateTrustStore).
+///
+/// The truststore is the one file operators edit in place (keytool, `cat >>`),
+/// so it is never hard-linked from the current version nor checked against a
+/// digest recorded before the edit (that made every later deploy fail "digest
+/// mismatch"). It is written fresh: the runtime package's shipped truststore
+/// when it was extracted (`shipped`, checked against the package manifest's
+/// `expected` digest), else the new version's stock copy (already verified),
+/// plus the certificates of the current truststore that its stock copy lacks.
+/// A backup of the current truststore is kept when anything is carried.
+pub fn rebuild(
     old_dir: &Path,
     new_dir: &Path,
+    shipped: Option<&Path>,
+    expected: &FileMeta,
     backup_dir: &Path,
     from_version: &str,
-) -> Result<Option<Migration>, DeployError> {
-    let old_store_p = old_dir.join(TRUSTSTORE);
+) -> Result<Migration, DeployError> {
     let new_store_p = new_dir.join(TRUSTSTORE);
-    if !old_store_p.is_file() || !new_store_p.is_file() {
-        return Ok(None);
-    }
-    let old_store = std::fs::read_to_string(&old_store_p).map_err(io_err(&old_store_p))?;
-    let old_stock = match std::fs::read_to_string(old_dir.join(STOCK)) {
-        Ok(s) => s,
-        Err(_) => {
-            tracing::warn!(path = %old_dir.join(STOCK).display(), "MigrateTrustStore: no stock copy in the old runtime; nothing can be told apart as custom");
-            return Ok(None);
+    let base = match shipped.filter(|p| p.is_file()) {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(io_err(p))?;
+            let actual = crate::fsutil::sha256_bytes(&bytes);
+            if !actual.eq_ignore_ascii_case(&expected.sha256) {
+                return Err(DeployError::Digest {
+                    path: p.to_path_buf(),
+                    expected: expected.sha256.clone(),
+                    actual,
+                });
+            }
+            bytes
+        }
+        None => {
+            let stock = new_dir.join(STOCK);
+            std::fs::read(&stock).map_err(io_err(&stock))?
         }
     };
-    let custom = custom_certs(&old_store, &old_stock);
-    if custom.is_empty() {
-        return Ok(Some(Migration {
-            carried: 0,
-            backup: None,
-        }));
+    let base = String::from_utf8(base).map_err(|_| DeployError::Install {
+        home: new_dir.to_path_buf(),
+        reason: format!("{TRUSTSTORE}: the shipped truststore is not PEM text"),
+    })?;
+    let old_store_p = old_dir.join(TRUSTSTORE);
+    let custom = match (
+        std::fs::read_to_string(&old_store_p),
+        std::fs::read_to_string(old_dir.join(STOCK)),
+    ) {
+        (Ok(store), Ok(stock)) => custom_certs(&store, &stock),
+        (Ok(_), Err(_)) => {
+            tracing::warn!(path = %old_dir.join(STOCK).display(), "MigrateTrustStore: no stock copy in the old runtime; nothing can be told apart as custom");
+            Vec::new()
+        }
+        (Err(_), _) => Vec::new(),
+    };
+    let mut backup = None;
+    if !custom.is_empty() {
+        std::fs::create_dir_all(backup_dir).map_err(io_err(backup_dir))?;
+        let b = backup_dir.join(format!("{from_version}.cacerts.pem"));
+        let old = std::fs::read(&old_store_p).map_err(io_err(&old_store_p))?;
+        molt_layout::write_atomic(&b, &old)?;
+        backup = Some(b);
     }
-    std::fs::create_dir_all(backup_dir).map_err(io_err(backup_dir))?;
-    let backup = backup_dir.join(format!("{from_version}.cacerts.pem"));
-    molt_layout::write_atomic(&backup, old_store.as_bytes())?;
-    let new_store = std::fs::read_to_string(&new_store_p).map_err(io_err(&new_store_p))?;
-    let merged = merge(&new_store, &custom);
-    let mode = crate::fsutil::mode_of(&new_store_p)?;
-    // write_atomic renames a new inode over the path: the shared inode is untouched.
+    let merged = merge(&base, &custom);
+    // A new inode, never a write through a link shared with the old version.
     molt_layout::write_atomic(&new_store_p, merged.as_bytes())?;
-    crate::fsutil::set_mode(&new_store_p, mode)?;
-    tracing::info!(carried = custom.len(), backup = %backup.display(), "MigrateTrustStore: custom certificates carried over");
-    Ok(Some(Migration {
+    crate::fsutil::set_mode(&new_store_p, expected.mode)?;
+    tracing::info!(
+        carried = custom.len(),
+        backup = backup
+            .as_ref()
+            .map(|b| b.display().to_string())
+            .unwrap_or_default(),
+        "MigrateTrustStore: truststore built from the new stock content and the custom certificates"
+    );
+    Ok(Migration {
         carried: custom.len(),
-        backup: Some(backup),
-    }))
+        backup,
+    })
 }
 
 #[cfg(test)]

@@ -262,6 +262,105 @@ fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical(
     );
 }
 
+/// The operator edits the running truststore *in place* (keytool, `cat >>`):
+/// a later core-only upgrade and a later runtime upgrade both succeed and keep
+/// the certificate. (Before the fix the build hard-linked the edited file and
+/// checked it against the stock digest: "digest mismatch", retried forever.)
+#[test]
+fn a_truststore_edited_in_place_does_not_break_later_upgrades() {
+    use std::io::Write;
+    let core1 = core_content("v1", 20, Agent::Good);
+    let rt1 = runtime_content(STOCK_A, "rt1");
+    let mut th = TestHome::with_packages(&[("core", "v1", &core1), ("runtime", "v1", &rt1)]);
+    let store_v1 = th
+        .home
+        .version_dir("v1")
+        .join(molt_deploy::truststore::TRUSTSTORE);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&store_v1)
+        .unwrap()
+        .write_all(CUSTOM.as_bytes())
+        .unwrap();
+    th.start_supervisor();
+    th.wait_up("v1", UP).unwrap();
+
+    // 1. Core only: the runtime package is carried over from v1.
+    let (core2, ch) = next_content(&core1, "v2", 4, Agent::Good);
+    let p = th.prepare_upgrade(
+        "v1",
+        "v2",
+        &[("core", &core2)],
+        &ch,
+        fast_opts(),
+        Some("t1"),
+    );
+    assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
+    th.wait_up("v2", UP).unwrap();
+    let v2_store = th
+        .home
+        .version_dir("v2")
+        .join(molt_deploy::truststore::TRUSTSTORE);
+    let text = std::fs::read_to_string(&v2_store).unwrap();
+    assert!(
+        text.contains("Q1VTVE9NLUNPUlAtQ0E="),
+        "custom CA kept: {text}"
+    );
+    assert!(text.contains("U1RPQ0stQQ=="), "stock CA kept: {text}");
+    molt_deploy::build::verify_version_dir(&th.home.version_dir("v2")).unwrap();
+    assert!(queue_has(
+        &th,
+        &[
+            ("stage", "MigrateTrustStore"),
+            ("state", "Complete"),
+            ("message", "1 custom")
+        ]
+    ));
+    // A fresh inode: a later in-place edit of v2's truststore cannot reach v1.
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(
+        std::fs::metadata(&v2_store).unwrap().ino(),
+        std::fs::metadata(&store_v1).unwrap().ino()
+    );
+
+    // 2. Another in-place edit, then a runtime upgrade with a new stock CA.
+    const SECOND: &str =
+        "-----BEGIN CERTIFICATE-----\nU0VDT05ELUNPUlAtQ0E=\n-----END CERTIFICATE-----\n";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&v2_store)
+        .unwrap()
+        .write_all(SECOND.as_bytes())
+        .unwrap();
+    let (core3, mut ch) = next_content(&core2, "v3", 4, Agent::Good);
+    let rt3 = runtime_content(&format!("{STOCK_A}{STOCK_B}"), "rt3");
+    ch.extend(rt3.keys().cloned());
+    let p = th.prepare_upgrade(
+        "v2",
+        "v3",
+        &[("core", &core3), ("runtime", &rt3)],
+        &ch,
+        fast_opts(),
+        Some("t2"),
+    );
+    assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
+    th.wait_up("v3", UP).unwrap();
+    let text = std::fs::read_to_string(
+        th.home
+            .version_dir("v3")
+            .join(molt_deploy::truststore::TRUSTSTORE),
+    )
+    .unwrap();
+    let blocks = molt_deploy::truststore::pem_blocks(&text);
+    assert_eq!(blocks.len(), 4, "two stock and two custom: {text}");
+    assert!(text.contains("U1RPQ0stQg=="), "new stock CA present");
+    assert!(
+        text.contains("U0VDT05ELUNPUlAtQ0E="),
+        "second custom CA kept"
+    );
+    molt_deploy::build::verify_version_dir(&th.home.version_dir("v3")).unwrap();
+}
+
 #[test]
 fn a_second_supervisor_on_the_same_install_is_refused() {
     let v1 = core_content("v1", 5, Agent::Good);
