@@ -75,6 +75,21 @@ pub fn hand_over(
     upgrade_dir: &Path,
     opts: &HandoverOptions,
 ) -> Result<HandoverOutcome, DeployError> {
+    let r = hand_over_inner(home, upgrade_dir, opts);
+    if r.is_err() {
+        // No runner acts on them now: a stale hand-over file would name pids a
+        // later runner might signal after they are reused.
+        let _ = fsutil::remove_file_opt(&home.handover_file());
+        let _ = fsutil::remove_file_opt(&home.conf_dir().join("upgrade.marker"));
+    }
+    r
+}
+
+fn hand_over_inner(
+    home: &Home,
+    upgrade_dir: &Path,
+    opts: &HandoverOptions,
+) -> Result<HandoverOutcome, DeployError> {
     let plan_path = upgrade_dir.join("plan.json");
     let plan = DeployPlan::load(&plan_path)?;
 
@@ -84,11 +99,7 @@ pub fn hand_over(
     std::fs::create_dir_all(home.conf_dir()).map_err(io_err(&home.conf_dir()))?;
     molt_layout::write_json_atomic(
         &home.handover_file(),
-        &Handover {
-            service: opts.service.clone(),
-            pids,
-            at: Utc::now(),
-        },
+        &Handover::new(opts.service.clone(), pids),
     )?;
 
     // A stale start marker would make us believe a runner that never started.
@@ -164,7 +175,6 @@ pub fn hand_over(
             });
         }
         if !crate::proc::alive(pid) {
-            let _ = fsutil::remove_file_opt(&home.conf_dir().join("upgrade.marker"));
             return Err(DeployError::RunnerExited {
                 status: "exited".into(),
                 log,
@@ -172,7 +182,6 @@ pub fn hand_over(
         }
         if start.elapsed() >= opts.limit {
             crate::proc::signal(pid, libc::SIGKILL);
-            let _ = fsutil::remove_file_opt(&home.conf_dir().join("upgrade.marker"));
             tracing::error!(pid, "Unable to receive upgrade process status");
             return Err(DeployError::HandoverTimeout {
                 waited_secs: start.elapsed().as_secs(),

@@ -34,6 +34,32 @@ fn is_zombie(_pid: u32) -> bool {
     false
 }
 
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22).
+/// With the pid it names one process for good: a pid recorded earlier and
+/// reused since has another start time.
+#[cfg(target_os = "linux")]
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after "(comm)": state is field 3, starttime field 22.
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn start_ticks(_pid: u32) -> Option<u64> {
+    None
+}
+
+/// Is `pid` still the process that had start time `recorded`? Without a
+/// recorded start time only liveness can be asked.
+pub fn same_process(pid: u32, recorded: Option<u64>) -> bool {
+    match (recorded, start_ticks(pid)) {
+        (Some(r), Some(now)) => r == now && alive(pid),
+        (Some(_), None) => false,
+        (None, _) => alive(pid),
+    }
+}
+
 /// Send a signal; a process that is already gone is not an error.
 pub fn signal(pid: u32, sig: i32) {
     if pid == 0 || pid > i32::MAX as u32 {
@@ -114,6 +140,19 @@ mod tests {
         let pid = c.id();
         c.wait().unwrap();
         assert!(!alive(pid));
+    }
+
+    #[test]
+    fn a_recorded_start_time_tells_a_reused_pid_apart() {
+        let me = std::process::id();
+        let t = start_ticks(me).expect("linux /proc");
+        assert!(same_process(me, Some(t)));
+        assert!(!same_process(me, Some(t + 1)), "another start time: not us");
+        assert!(same_process(me, None));
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        assert!(!same_process(pid, Some(t)));
     }
 
     #[test]

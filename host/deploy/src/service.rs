@@ -18,12 +18,49 @@ pub struct Handover {
     pub service: String,
     /// Processes that must be gone before the switch.
     pub pids: Vec<u32>,
+    /// Start time (clock ticks since boot) of each pid when it was recorded, so
+    /// the runner never signals or waits for a process that reused the pid.
+    #[serde(default)]
+    pub start_ticks: std::collections::BTreeMap<u32, u64>,
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Handover {
     pub fn load(home: &Home) -> Result<Option<Handover>, DeployError> {
         Ok(molt_layout::read_json_opt(&home.handover_file())?)
+    }
+
+    /// Record `pids` with their start times.
+    pub fn new(service: String, pids: Vec<u32>) -> Handover {
+        let start_ticks = pids
+            .iter()
+            .filter_map(|p| crate::proc::start_ticks(*p).map(|t| (*p, t)))
+            .collect();
+        Handover {
+            service,
+            pids,
+            start_ticks,
+            at: chrono::Utc::now(),
+        }
+    }
+
+    /// The recorded pids that still name the process recorded (a pid reused
+    /// by another process since is left alone).
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.pids
+            .iter()
+            .copied()
+            .filter(|p| {
+                let same = crate::proc::same_process(*p, self.start_ticks.get(p).copied());
+                if !same && crate::proc::alive(*p) {
+                    tracing::warn!(
+                        pid = p,
+                        "recorded pid now names another process; not signalled"
+                    );
+                }
+                same
+            })
+            .collect()
     }
 }
 

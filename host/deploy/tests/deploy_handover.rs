@@ -1,6 +1,7 @@
 //! Hand-over (agent side) and recovery at start, with the real runner binary.
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -83,6 +84,10 @@ fn hand_over_times_out_with_the_seeds_issue_and_the_agent_stays_up() {
         "the same agent is still Up"
     );
     assert!(!th.home.conf_dir().join("upgrade.marker").exists());
+    assert!(
+        !th.home.handover_file().exists(),
+        "a failed hand-over leaves no pids for a later runner to signal"
+    );
 }
 
 #[test]
@@ -106,6 +111,35 @@ fn hand_over_refuses_a_new_version_that_cannot_run() {
         !plan.parent().unwrap().join("runner").exists(),
         "no runner was started"
     );
+    assert!(!th.home.handover_file().exists());
+}
+
+/// A hand-over file naming a pid that another process has reused since (here:
+/// an unrelated `sleep` with the recorded start time off by one): the runner
+/// neither signals it nor waits for it.
+#[test]
+fn the_runner_leaves_alone_a_process_that_reused_a_recorded_pid() {
+    let v1 = core_content("v1", 10, Agent::Good);
+    let (v2, ch) = next_content(&v1, "v2", 2, Agent::Good);
+    let mut th = TestHome::new("v1", &v1);
+    th.start_supervisor();
+    th.wait_up("v1", UP).unwrap();
+    let mut bystander = Command::new("sleep").arg("300").spawn().unwrap();
+    let pid = bystander.id();
+    let ticks = molt_deploy::proc::start_ticks(pid).unwrap();
+    let mut h = molt_deploy::service::Handover::new("supervisor".into(), vec![pid]);
+    h.start_ticks.insert(pid, ticks + 1);
+    molt_layout::write_json_atomic(&th.home.handover_file(), &h).unwrap();
+
+    let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), None);
+    assert_eq!(th.deploy(&plan), 0, "{}", th.deploy_log());
+    th.wait_up("v2", UP).unwrap();
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the process that reused the pid was not signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }
 
 #[test]
