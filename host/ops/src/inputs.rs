@@ -49,6 +49,10 @@ pub struct Evidence {
     /// Files that exist but could not be read, with the reason.
     pub unreadable: Vec<String>,
     pub files_read: Vec<PathBuf>,
+    /// Texts of the lines of the files read so far: the same event in two
+    /// files (agent.log and the supervisor's agent.console.log, an upgrade
+    /// section and the runner's own log) is evidence once, not twice.
+    pub(crate) seen: std::collections::HashSet<String>,
 }
 
 /// ANSI colour codes that tracing writes when its output is a terminal.
@@ -68,15 +72,41 @@ fn read_tail(path: &Path) -> std::io::Result<(String, usize)> {
     let len = f.metadata()?.len();
     let mut skipped = 0;
     if len > MAX_LOG_BYTES {
-        // Count the lines we skip so line numbers stay true.
-        let mut head = vec![0u8; (len - MAX_LOG_BYTES) as usize];
-        f.read_exact(&mut head)?;
-        skipped = head.iter().filter(|b| **b == b'\n').count();
+        // Count the lines we skip so line numbers stay true (in chunks: the
+        // head of a runaway log can be gigabytes).
+        let mut head = (&mut f).take(len - MAX_LOG_BYTES);
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            let n = head.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            skipped += chunk[..n].iter().filter(|b| **b == b'\n').count();
+        }
         f.seek(SeekFrom::Start(len - MAX_LOG_BYTES))?;
     }
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;
     Ok((String::from_utf8_lossy(&buf).into_owned(), skipped))
+}
+
+/// What names one event across files: the timestamp to the second plus the
+/// rest of the line. The agent formats each event once per output (file and
+/// stderr), each with its own clock reading, so the copies differ in their
+/// microseconds. `None` for a line without a timestamp: the same text in two
+/// files may be two events.
+fn event_key(text: &str) -> Option<String> {
+    let (ts, rest) = text.split_once(char::is_whitespace)?;
+    let b = ts.as_bytes();
+    let stamped = b.len() >= 19
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':';
+    stamped.then(|| {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        format!("{} {}", &ts[..19], words.join(" "))
+    })
 }
 
 /// Split a log into lines outside and inside upgrade-log sections.
@@ -200,7 +230,15 @@ impl Evidence {
     fn read_log(&mut self, f: &Path, upgrade: bool) {
         match read_tail(f) {
             Ok((text, skipped)) => {
-                let (out, ins) = split_sections(f, &text, skipped);
+                let (mut out, mut ins) = split_sections(f, &text, skipped);
+                let earlier = &self.seen;
+                out.retain(|l| event_key(&l.text).is_none_or(|k| !earlier.contains(&k)));
+                ins.retain(|l| event_key(&l.text).is_none_or(|k| !earlier.contains(&k)));
+                self.seen.extend(
+                    out.iter()
+                        .chain(ins.iter())
+                        .filter_map(|l| event_key(&l.text)),
+                );
                 if upgrade {
                     self.upgrade.extend(out);
                 } else {
@@ -289,6 +327,40 @@ mod tests {
             ins.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
             ["b", "c"]
         );
+    }
+
+    #[test]
+    fn an_event_in_agent_log_and_console_log_is_evidence_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        std::fs::create_dir_all(home.logs_dir()).unwrap();
+        let ev1 = "2026-11-23T07:00:00.123456Z ERROR unable to download x: refused";
+        let ev2 = "2026-11-23T07:00:20.654321Z ERROR unable to download x: refused";
+        std::fs::write(home.agent_log(), format!("{ev1}\n{ev2}\n")).unwrap();
+        std::fs::write(
+            home.logs_dir().join("agent.console.log"),
+            // The console copy: its own clock reading, ANSI colours.
+            "2026-11-23T07:00:00.123471Z \x1b[31mERROR\x1b[0m unable to download x: refused\n\
+             2026-11-23T07:00:20.654339Z \x1b[31mERROR\x1b[0m unable to download x: refused\n\
+             starting supervisor child\n",
+        )
+        .unwrap();
+        let ev = Evidence::gather(&home, &[]);
+        let texts: Vec<&str> = ev.agent.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, [ev1, ev2, "starting supervisor child"]);
+        assert!(ev.agent[0].file.ends_with("agent.log"));
+    }
+
+    #[test]
+    fn a_log_larger_than_the_window_keeps_true_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.log");
+        let line = "x".repeat(1023) + "\n";
+        let n = (MAX_LOG_BYTES / 1024) as usize + 3;
+        std::fs::write(&p, line.repeat(n)).unwrap();
+        let (text, skipped) = read_tail(&p).unwrap();
+        assert_eq!(skipped, 3);
+        assert_eq!(text.lines().count(), n - 3);
     }
 
     #[test]
