@@ -257,7 +257,19 @@ async fn one_try(
             .append(offset > 0)
             .open(part)
             .map_err(io_err(part))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        // Hashing, writing and flushing to disk run on their own thread, fed
+        // through a bounded channel, so they overlap with receiving.
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let writer = std::thread::spawn(move || write_and_hash(file, ctx, rx));
+        let finish = |tx, writer: std::thread::JoinHandle<std::io::Result<_>>| {
+            drop(tx);
+            match writer.join() {
+                Ok(r) => r.map_err(io_err(part)),
+                Err(_) => Err(io_err(part)(std::io::Error::other(
+                    "download writer thread panicked",
+                ))),
+            }
+        };
         let mut progress = Progress::new(&spec.name, spec.size, offset, opts.progress_bar);
         let mut got = offset;
         loop {
@@ -265,20 +277,25 @@ async fn one_try(
                 Ok(Some(bytes)) => {
                     got += bytes.len() as u64;
                     if got > spec.size {
-                        drop(w);
+                        let _ = finish(tx, writer);
                         remove_if_exists(part)?;
                         return Ok(Try::Retry(format!(
                             "server sent more than the expected {} bytes",
                             spec.size
                         )));
                     }
-                    ctx.update(&bytes);
-                    w.write_all(&bytes).map_err(io_err(part))?;
+                    if tx.send(bytes).is_err() {
+                        // The writer stopped: its error says why (e.g. disk full).
+                        finish(tx, writer)?;
+                        return Err(io_err(part)(std::io::Error::other(
+                            "download writer stopped",
+                        )));
+                    }
                     progress.update(got);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    w.flush().map_err(io_err(part))?;
+                    finish(tx, writer)?;
                     progress.abandon();
                     return Ok(Try::Retry(format!(
                         "connection lost at {got} of {} bytes: {}",
@@ -288,9 +305,7 @@ async fn one_try(
                 }
             }
         }
-        w.flush().map_err(io_err(part))?;
-        let f = w.into_inner().map_err(|e| io_err(part)(e.into_error()))?;
-        f.sync_all().map_err(io_err(part))?;
+        ctx = finish(tx, writer)?;
         progress.finish();
         if got < spec.size {
             return Ok(Try::Retry(format!(
@@ -308,6 +323,48 @@ async fn one_try(
     }
     Ok(Try::Done { resumed })
 }
+
+/// The download's disk side: hash and write each chunk, start write-back every
+/// 16 MiB so the final fsync has little left to do, then fsync. Returns the
+/// digest context of everything written (flushed even when the sender quits
+/// early, so a resumed download continues from what is on disk).
+fn write_and_hash<B: AsRef<[u8]>>(
+    file: std::fs::File,
+    mut ctx: ring::digest::Context,
+    rx: std::sync::mpsc::Receiver<B>,
+) -> std::io::Result<ring::digest::Context> {
+    const WRITEBACK_EVERY: u64 = 16 << 20;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut since_writeback = 0u64;
+    for b in rx {
+        let b = b.as_ref();
+        ctx.update(b);
+        w.write_all(b)?;
+        since_writeback += b.len() as u64;
+        if since_writeback >= WRITEBACK_EVERY {
+            w.flush()?;
+            start_writeback(w.get_ref());
+            since_writeback = 0;
+        }
+    }
+    w.flush()?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    Ok(ctx)
+}
+
+/// Ask the kernel to start writing dirty pages of `f` out now (no wait).
+#[cfg(target_os = "linux")]
+fn start_writeback(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on an fd we own; offset 0, nbytes 0 = to the end.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_f: &std::fs::File) {}
 
 /// A progress bar on a terminal, structured progress events in the log otherwise.
 struct Progress {
