@@ -55,7 +55,7 @@ BS="molt-core.vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815.universal.
 "$MOLT" keygen --out packages-TEST-ONLY.pk8 >/dev/null
 "$MOLT" root init --out root.json --root-key root-TEST-ONLY.pk8 \
   --checks-key root-TEST-ONLY.pk8 --packages-key packages-TEST-ONLY.pk8 >/dev/null
-"$MOLT" --log warn bundle pack tree --buildstamp "$BS" --sequence 1 --out bundle.zip \
+"$MOLT" --log-level warn bundle pack tree --buildstamp "$BS" --sequence 1 --out bundle.zip \
   --key packages-TEST-ONLY.pk8 >/dev/null
 
 # The same tree, JAR-signed (RSA 2048 / SHA-256, jarsigner's defaults).
@@ -82,12 +82,12 @@ best() { # best wall time (s) of $RUNS runs of "$@"
   printf '%.3f' "$best"
 }
 
-t_molt=$(best "$MOLT" --log warn bundle verify --root root.json bundle.zip)
+t_molt=$(best "$MOLT" --log-level warn bundle verify --root root.json bundle.zip)
 t_ossl=$(best openssl dgst -sha256 bundle.zip)
 t_jar=$(best jarsigner -verify tree.jar)
 
 # Peak RSS of one molt verification (and its exit status must be 0).
-/usr/bin/time -v "$MOLT" --log warn bundle verify --root root.json bundle.zip >/dev/null 2>time.txt
+/usr/bin/time -v "$MOLT" --log-level warn bundle verify --root root.json bundle.zip >/dev/null 2>time.txt
 rss_kb=$(awk -F: '/Maximum resident set size/ {gsub(/ /,"",$2); print $2}' time.txt)
 rss_mb=$(echo "scale=1; $rss_kb / 1024" | bc -l)
 

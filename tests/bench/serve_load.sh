@@ -54,7 +54,7 @@ cut -d: -f2 "$work/agents.txt" > "$work/tokens.txt"
 
 "$MOLT_BIN" serve --db "$work/cp.db" --packages "$work/packages" --listen "127.0.0.1:$MOLT_PORT" \
   --admin-token "bench-admin-token-0123456789" --bootstrap-agents-file "$work/agents.txt" \
-  --fleet-version "$VERSION" --log warn > "$work/molt.out" 2> "$work/molt.err" &
+  --fleet-version "$VERSION" --log-level warn > "$work/molt.out" 2> "$work/molt.err" &
 pids+=($!)
 for _ in $(seq 1 600); do grep -q "control plane listening on" "$work/molt.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "control plane listening on" "$work/molt.out" || { echo "molt serve did not start:"; cat "$work/molt.err"; exit 1; }
