@@ -119,9 +119,12 @@ pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, Dep
 }
 
 /// Extract a verified package into `dest` (streaming, every entry re-checked,
-/// never outside `dest`); returns the relative paths written.
+/// never outside `dest`); returns the relative paths written. No fsync per
+/// file: `dest` is under work/upgrade_temp, whose side bundles are run once and
+/// deleted, and whose packages the deploy digest-checks file by file again
+/// while building the version directory, which it then flushes to disk.
 pub fn extract_package(pkg: &VerifiedPackage, dest: &Path) -> Result<Vec<String>, DepError> {
-    let r = molt_bundle::extract(
+    let r = molt_bundle::extract_scratch(
         &pkg.bundle,
         &pkg.bundle.path,
         dest,

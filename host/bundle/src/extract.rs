@@ -37,6 +37,29 @@ pub fn extract(
     dest_dir: &Path,
     limits: &Limits,
 ) -> Result<ExtractReport, BundleError> {
+    extract_with(verified, bundle_path, dest_dir, limits, true)
+}
+
+/// [`extract`] without an fsync per file, for a scratch directory that is
+/// discarded after use (a precheck or selector bundle run once) or whose files
+/// are digest-checked again before anything depends on them. A crash may leave
+/// such a directory torn; its user never trusts it across a restart.
+pub fn extract_scratch(
+    verified: &VerifiedBundle,
+    bundle_path: &Path,
+    dest_dir: &Path,
+    limits: &Limits,
+) -> Result<ExtractReport, BundleError> {
+    extract_with(verified, bundle_path, dest_dir, limits, false)
+}
+
+fn extract_with(
+    verified: &VerifiedBundle,
+    bundle_path: &Path,
+    dest_dir: &Path,
+    limits: &Limits,
+    durable: bool,
+) -> Result<ExtractReport, BundleError> {
     let total: u64 = verified.entries.iter().map(|e| e.size).sum();
     if total > limits.max_total_size {
         return Err(BundleError::TotalTooLarge {
@@ -66,6 +89,7 @@ pub fn extract(
         &file,
         bundle_path,
         dest_dir,
+        durable,
         &mut created_dirs,
         &mut created_files,
     );
@@ -124,6 +148,7 @@ fn extract_inner(
     file: &File,
     bundle_path: &Path,
     dest: &Path,
+    durable: bool,
     created_dirs: &mut Vec<PathBuf>,
     created_files: &mut Vec<PathBuf>,
 ) -> Result<ExtractReport, BundleError> {
@@ -180,8 +205,10 @@ fn extract_inner(
             .map_err(|e| ex_err(dest, &loc.path, format!("write failed: {}", e.error())))?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(|e| ex_err(dest, &loc.path, format!("cannot set mode {mode:#o}: {e}")))?;
-        f.sync_all()
-            .map_err(|e| ex_err(dest, &loc.path, format!("fsync failed: {e}")))?;
+        if durable {
+            f.sync_all()
+                .map_err(|e| ex_err(dest, &loc.path, format!("fsync failed: {e}")))?;
+        }
         report.files.push(loc.path.clone());
         report.bytes += loc.size;
     }

@@ -35,7 +35,7 @@ pub use buildstamp::{Buildstamp, BuildstampError, FamilyTable, Hotfix, Product, 
 pub use container::{Limits, MANIFEST_PATH, SIGNATURES_PATH};
 pub use editor::{PackSpec, pack_dir, sign_bundle};
 pub use error::BundleError;
-pub use extract::{ExtractReport, extract};
+pub use extract::{ExtractReport, extract, extract_scratch};
 pub use keys::{SigningKey, key_id};
 pub use schema::{
     BundleKind, Component, ComponentLimits, Manifest, ManifestDiff, ManifestEntry, Role,

@@ -151,6 +151,17 @@ fn pack_sign_verify_extract_round_trip() {
         .mode()
         & 0o7777;
     assert_eq!(mode, 0o755);
+    // The scratch variant (no fsync per file) writes the same tree.
+    let scratch = fx.dir.path().join("scratch");
+    let rep2 = crate::extract_scratch(&v, &b, &scratch, &Limits::default()).unwrap();
+    assert_eq!(rep2.files, rep.files);
+    for f in &rep.files {
+        assert_eq!(
+            std::fs::read(scratch.join(f)).unwrap(),
+            std::fs::read(dest.join(f)).unwrap(),
+            "{f}"
+        );
+    }
     // A second extraction into the same place refuses to overwrite and leaves the first intact.
     let e = extract(&v, &b, &dest, &Limits::default())
         .unwrap_err()

@@ -28,14 +28,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let n = match args.get(1).map(String::as_str) {
         Some("sandbox") if args.len() == 5 => {
+            let ms = |t: Instant| format!("{:.1}", t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
             let root = molt_bundle::SignedRoot::load(Path::new(&args[3]))?;
             let v = molt_bundle::verify_bundle(Path::new(&args[2]), &root, &Default::default())?;
             let dest = home.join("bundle");
-            molt_bundle::extract(&v, Path::new(&args[2]), &dest, &Default::default())?;
+            // As the agent does: a run-once scratch dir (molt_agent::deps::extract_package).
+            molt_bundle::extract_scratch(&v, Path::new(&args[2]), &dest, &Default::default())?;
+            eprint!("verify+extract={}ms ", ms(t));
+            let t = Instant::now();
             let sb = Sandbox::new(SandboxConfig {
                 cache_dir: args[4].clone().into(),
                 policy: Policy::default(),
             })?;
+            eprint!("engine={}ms ", ms(t));
+            let t = Instant::now();
             let ctx = CheckContext {
                 install_dir: home.clone(),
                 scratch_parent: home.clone(),
@@ -44,6 +51,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 params: BTreeMap::new(),
             };
             let r = sb.run_precheck(&dest, &v.manifest, &ctx)?;
+            eprint!("checks={}ms ", ms(t));
+            for c in &r {
+                eprint!("{}={:.1} ", c.check, c.elapsed.as_secs_f64() * 1e3);
+            }
             let s = sb.cache_stats();
             eprintln!("compiled={} loaded={}", s.compiled, s.loaded);
             r.iter().map(|r| r.findings.len()).sum::<usize>()

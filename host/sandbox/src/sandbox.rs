@@ -131,6 +131,8 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.ticker.take() {
+            // Wake it from its tick sleep: joining must not cost up to a tick.
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -387,8 +389,11 @@ impl Sandbox {
         let ticker = std::thread::Builder::new()
             .name("molt-sandbox-epoch".into())
             .spawn(move || {
+                // park_timeout, not sleep, so Drop can wake it at once. A
+                // spurious or early wake-up only makes one tick shorter, which
+                // deadlines (whole ticks, rounded up) tolerate.
                 while !s2.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
+                    std::thread::park_timeout(TICK);
                     e2.increment_epoch();
                 }
             })
@@ -735,9 +740,12 @@ impl Sandbox {
             )
         };
         let mut b = WasiCtx::builder();
+        // Checks run synchronously on their own threads: file operations are
+        // done on that thread, not bounced through a runtime's blocking pool.
         b.allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .allow_blocking_current_thread(true);
         let stderr = MemoryOutputPipe::new(16 * 1024);
         b.stderr(stderr.clone());
         let mut scratch = ScratchGuard(None);
@@ -931,7 +939,7 @@ impl Sandbox {
                 let linker = self.linker(grant, true)?;
                 let stderr = MemoryOutputPipe::new(16 * 1024);
                 let mut b = WasiCtx::builder();
-                b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+                b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).allow_blocking_current_thread(true);
                 b.stderr(stderr.clone());
                 let mut store = self.store(grant, b.build(), facts, Arc::new(Vec::new()), "version-select")?;
                 let mut run = || -> Result<Result<sb::molt::check::selection::Plan, String>, wasmtime::Error> {

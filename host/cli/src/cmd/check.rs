@@ -250,7 +250,7 @@ fn run_checks(a: RunArgs) -> Result<ExitCode> {
         let v =
             molt_bundle::verify_bundle(&a.target, &root, &molt_bundle::VerifyOptions::default())?;
         let dest = work.join("bundle");
-        molt_bundle::extract(&v, &a.target, &dest, &molt_bundle::Limits::default())?;
+        molt_bundle::extract_scratch(&v, &a.target, &dest, &molt_bundle::Limits::default())?;
         sandbox.run_precheck(&dest, &v.manifest, &ctx)?
     };
     for d in cleanup {

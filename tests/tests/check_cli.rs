@@ -1,0 +1,146 @@
+//! The check author's tools through the real binary: `molt check run` on the
+//! signed precheck bundle with simulated facts, and `molt check new` scaffolding
+//! a crate that builds to a component `molt check run` then runs.
+use std::path::Path;
+use std::process::Command;
+
+use molt_e2e::agent_fx::{molt_bin, repo_root, signed_bundles_dir};
+
+fn precheck_bundle() -> std::path::PathBuf {
+    let dir = signed_bundles_dir();
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("molt-precheck.") && n.ends_with(".zip"))
+        })
+        .unwrap_or_else(|| panic!("no molt-precheck.*.zip in {}", dir.display()))
+}
+
+fn check_run(args: &[&str], cache: &Path) -> (i32, String, String) {
+    let o = Command::new(molt_bin())
+        .args(["check", "run"])
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_run_reports_simulated_low_disk_as_blocking_and_plenty_as_passing() {
+    let t = tempfile::tempdir().unwrap();
+    let bundle = precheck_bundle();
+    let b = bundle.to_str().unwrap();
+    let cache = t.path().join("cache");
+
+    let low = t.path().join("low.toml");
+    std::fs::write(&low, "install_free_bytes = 5\n").unwrap();
+    let (code, out, err) = check_run(&[b, "--facts", low.to_str().unwrap(), "--json"], &cache);
+    assert_eq!(code, 1, "blocking findings exit 1\n{out}\n{err}");
+    let reports: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let findings: Vec<&serde_json::Value> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["findings"].as_array().unwrap())
+        .collect();
+    let disk = findings
+        .iter()
+        .find(|f| f["code"] == "disk.insufficient")
+        .unwrap_or_else(|| panic!("no disk.insufficient in {out}"));
+    assert_eq!(disk["severity"], "blocking", "{disk}");
+
+    // Plenty of disk: no disk finding; the table names every check.
+    let plenty = t.path().join("plenty.toml");
+    std::fs::write(&plenty, "install_free_bytes = 1099511627776\n").unwrap();
+    let (_, out, err) = check_run(&[b, "--facts", plenty.to_str().unwrap()], &cache);
+    assert!(!out.contains("disk.insufficient"), "{out}\n{err}");
+    for check in ["disk-space", "file-ops", "runtime-compat", "file-locks"] {
+        assert!(out.contains(check), "{check} missing from\n{out}");
+    }
+}
+
+#[test]
+fn check_new_scaffolds_a_crate_that_builds_and_runs_in_the_sandbox() {
+    let t = tempfile::tempdir().unwrap();
+    let out = Command::new(molt_bin())
+        .args(["check", "new", "tmp-space", "--dir"])
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let krate = t.path().join("tmp-space");
+    let lib = std::fs::read_to_string(krate.join("src/lib.rs")).unwrap();
+    assert!(lib.contains("molt_check_sdk::check!(TmpSpace);"), "{lib}");
+    // A second scaffold of the same name does not overwrite it.
+    let again = Command::new(molt_bin())
+        .args(["check", "new", "tmp-space", "--dir"])
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let wasm_ok = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"));
+    if !wasm_ok {
+        println!(
+            "SKIPPED building the scaffold: the wasm32-wasip2 target is not installed (rustup target add wasm32-wasip2)"
+        );
+        return;
+    }
+    // Same versions as the committed guests, and their target dir, so the
+    // SDK's dependencies are already compiled when CI rebuilt the guests.
+    std::fs::copy(
+        repo_root().join("guest-checks/Cargo.lock"),
+        krate.join("Cargo.lock"),
+    )
+    .unwrap();
+    let target = std::env::var_os("CARGO_TARGET_DIR_GUESTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let base = std::env::var_os("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("guest-checks/target"));
+            std::path::PathBuf::from(format!("{}-guests", base.display()))
+        });
+    let build = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(&krate)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "scaffold does not build:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/tmp_space.wasm");
+    assert!(wasm.is_file(), "{} missing", wasm.display());
+
+    let cache = t.path().join("cache");
+    let low = t.path().join("low.toml");
+    std::fs::write(&low, "install_free_bytes = 5\n").unwrap();
+    let (code, out, err) = check_run(
+        &[wasm.to_str().unwrap(), "--facts", low.to_str().unwrap()],
+        &cache,
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("tmp-space.insufficient"), "{out}");
+    // The check's parameter reaches the guest: 1 byte is always free.
+    let (code, out, err) = check_run(&[wasm.to_str().unwrap(), "--param", "min_free=1"], &cache);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("passed"), "{out}");
+}
