@@ -259,7 +259,7 @@ async fn one_try(
             .map_err(io_err(part))?;
         // Hashing, writing and flushing to disk run on their own thread, fed
         // through a bounded channel, so they overlap with receiving.
-        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
         let writer = std::thread::spawn(move || write_and_hash(file, ctx, rx));
         let finish = |tx, writer: std::thread::JoinHandle<std::io::Result<_>>| {
             drop(tx);
@@ -272,6 +272,11 @@ async fn one_try(
         };
         let mut progress = Progress::new(&spec.name, spec.size, offset, opts.progress_bar);
         let mut got = offset;
+        // Chunks go to the writer in batches of about 1 MiB: one hand-off per
+        // chunk (8-16 KiB each) cost more than the hashing it overlaps.
+        const BATCH: usize = 1 << 20;
+        let mut batch: Vec<_> = Vec::new();
+        let mut batched = 0usize;
         loop {
             match resp.chunk().await {
                 Ok(Some(bytes)) => {
@@ -284,17 +289,24 @@ async fn one_try(
                             spec.size
                         )));
                     }
-                    if tx.send(bytes).is_err() {
-                        // The writer stopped: its error says why (e.g. disk full).
-                        finish(tx, writer)?;
-                        return Err(io_err(part)(std::io::Error::other(
-                            "download writer stopped",
-                        )));
+                    batched += bytes.len();
+                    batch.push(bytes);
+                    if batched >= BATCH {
+                        batched = 0;
+                        if tx.send(std::mem::take(&mut batch)).is_err() {
+                            // The writer stopped: its error says why (e.g. disk full).
+                            finish(tx, writer)?;
+                            return Err(io_err(part)(std::io::Error::other(
+                                "download writer stopped",
+                            )));
+                        }
                     }
                     progress.update(got);
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    // What arrived is kept on disk for the resumed attempt.
+                    let _ = tx.send(std::mem::take(&mut batch));
                     finish(tx, writer)?;
                     progress.abandon();
                     return Ok(Try::Retry(format!(
@@ -304,6 +316,12 @@ async fn one_try(
                     )));
                 }
             }
+        }
+        if !batch.is_empty() && tx.send(batch).is_err() {
+            finish(tx, writer)?;
+            return Err(io_err(part)(std::io::Error::other(
+                "download writer stopped",
+            )));
         }
         ctx = finish(tx, writer)?;
         progress.finish();
@@ -331,12 +349,12 @@ async fn one_try(
 fn write_and_hash<B: AsRef<[u8]>>(
     file: std::fs::File,
     mut ctx: ring::digest::Context,
-    rx: std::sync::mpsc::Receiver<B>,
+    rx: std::sync::mpsc::Receiver<Vec<B>>,
 ) -> std::io::Result<ring::digest::Context> {
     const WRITEBACK_EVERY: u64 = 16 << 20;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut since_writeback = 0u64;
-    for b in rx {
+    for b in rx.iter().flatten() {
         let b = b.as_ref();
         ctx.update(b);
         w.write_all(b)?;
