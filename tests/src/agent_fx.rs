@@ -130,15 +130,10 @@ pub fn signed_bundles_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("signed-bundles"))
 }
 
-/// Extract the committed `molt-<kind>.*.zip` (verified against its TEST root)
-/// into `dest`; returns its components. `None` if there is none.
-pub fn committed_components(kind: &str, dest: &Path) -> Option<Vec<molt_bundle::Component>> {
-    if let Some(w) = std::env::var_os("MOLT_GUEST_WASM") {
-        return from_wasm_dir(kind, Path::new(&w), dest);
-    }
-    let dir = signed_bundles_dir();
+/// The `molt-<kind>.*.zip` in [`signed_bundles_dir`], if there is one.
+pub fn signed_bundle(kind: &str) -> Option<PathBuf> {
     let prefix = format!("molt-{kind}.");
-    let bundle = std::fs::read_dir(&dir)
+    std::fs::read_dir(signed_bundles_dir())
         .ok()?
         .flatten()
         .map(|e| e.path())
@@ -146,7 +141,17 @@ pub fn committed_components(kind: &str, dest: &Path) -> Option<Vec<molt_bundle::
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".zip"))
-        })?;
+        })
+}
+
+/// Extract the committed `molt-<kind>.*.zip` (verified against its TEST root)
+/// into `dest`; returns its components. `None` if there is none.
+pub fn committed_components(kind: &str, dest: &Path) -> Option<Vec<molt_bundle::Component>> {
+    if let Some(w) = std::env::var_os("MOLT_GUEST_WASM") {
+        return from_wasm_dir(kind, Path::new(&w), dest);
+    }
+    let dir = signed_bundles_dir();
+    let bundle = signed_bundle(kind)?;
     let root = molt_bundle::SignedRoot::load(&dir.join("root.json")).ok()?;
     let v = molt_bundle::verify_bundle(&bundle, &root, &Default::default()).ok()?;
     let _ = std::fs::remove_dir_all(dest);

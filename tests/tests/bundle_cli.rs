@@ -364,17 +364,8 @@ fn buildstamp_parses_sorts_and_rejects() {
 #[test]
 fn verify_explain_names_the_signer_role_sequence_and_capabilities() {
     // The committed precheck bundle: real components requesting capabilities.
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let sb = repo.join("signed-bundles");
-    let bundle = std::fs::read_dir(&sb)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("molt-precheck.") && n.ends_with(".zip"))
-        })
+    let sb = molt_e2e::agent_fx::signed_bundles_dir();
+    let bundle = molt_e2e::agent_fx::signed_bundle("precheck")
         .expect("a committed precheck bundle in signed-bundles/");
     let tmp = tempfile::TempDir::new().unwrap();
     let root = sb.join("root.json");

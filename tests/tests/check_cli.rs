@@ -4,20 +4,15 @@
 use std::path::Path;
 use std::process::Command;
 
-use molt_e2e::agent_fx::{molt_bin, repo_root, signed_bundles_dir};
+use molt_e2e::agent_fx::{molt_bin, repo_root, signed_bundle, signed_bundles_dir};
 
 fn precheck_bundle() -> std::path::PathBuf {
-    let dir = signed_bundles_dir();
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("molt-precheck.") && n.ends_with(".zip"))
-        })
-        .unwrap_or_else(|| panic!("no molt-precheck.*.zip in {}", dir.display()))
+    signed_bundle("precheck").unwrap_or_else(|| {
+        panic!(
+            "no molt-precheck.*.zip in {}",
+            signed_bundles_dir().display()
+        )
+    })
 }
 
 fn check_run(args: &[&str], cache: &Path) -> (i32, String, String) {
