@@ -272,8 +272,8 @@ async fn one_try(
         };
         let mut progress = Progress::new(&spec.name, spec.size, offset, opts.progress_bar);
         let mut got = offset;
-        // Chunks go to the writer in batches of about 1 MiB: one hand-off per
-        // chunk (8-16 KiB each) cost more than the hashing it overlaps.
+        // Chunks (a few KiB each) go to the writer in batches of about 1 MiB,
+        // so thread hand-offs stay few.
         const BATCH: usize = 1 << 20;
         let mut batch: Vec<_> = Vec::new();
         let mut batched = 0usize;
