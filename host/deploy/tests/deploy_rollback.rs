@@ -188,6 +188,39 @@ fn runtime_content(stock: &str, java: &str) -> Content {
     c
 }
 
+/// Deploy `from` -> `to` with a new core derived from `core` and a new runtime
+/// whose stock truststore is `stock`; returns the new core and the truststore
+/// the new version got.
+fn runtime_upgrade(
+    th: &TestHome,
+    from: &str,
+    to: &str,
+    core: &Content,
+    stock: &str,
+    attempt: &str,
+) -> (Content, String) {
+    let (new_core, mut ch) = next_content(core, to, 4, Agent::Good);
+    let rt = runtime_content(stock, &format!("rt-{to}"));
+    ch.extend(rt.keys().cloned());
+    let p = th.prepare_upgrade(
+        from,
+        to,
+        &[("core", &new_core), ("runtime", &rt)],
+        &ch,
+        fast_opts(),
+        Some(attempt),
+    );
+    assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
+    th.wait_up(to, UP).unwrap();
+    let store = std::fs::read_to_string(
+        th.home
+            .version_dir(to)
+            .join(molt_deploy::truststore::TRUSTSTORE),
+    )
+    .unwrap();
+    (new_core, store)
+}
+
 #[test]
 fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical() {
     let core1 = core_content("v1", 20, Agent::Good);
@@ -204,26 +237,14 @@ fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical(
     th.start_supervisor();
     th.wait_up("v1", UP).unwrap();
 
-    let (core2, mut ch) = next_content(&core1, "v2", 4, Agent::Good);
-    let rt2 = runtime_content(&format!("{STOCK_A}{STOCK_B}"), "rt2");
-    ch.extend(rt2.keys().cloned());
-    let p = th.prepare_upgrade(
+    let (_, new_store) = runtime_upgrade(
+        &th,
         "v1",
         "v2",
-        &[("core", &core2), ("runtime", &rt2)],
-        &ch,
-        fast_opts(),
-        Some("t1"),
+        &core1,
+        &format!("{STOCK_A}{STOCK_B}"),
+        "t1",
     );
-    assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
-    th.wait_up("v2", UP).unwrap();
-
-    let new_store = std::fs::read_to_string(
-        th.home
-            .version_dir("v2")
-            .join(molt_deploy::truststore::TRUSTSTORE),
-    )
-    .unwrap();
     let blocks = molt_deploy::truststore::pem_blocks(&new_store);
     assert_eq!(blocks.len(), 3, "{new_store}");
     assert!(
@@ -332,25 +353,14 @@ fn a_truststore_edited_in_place_does_not_break_later_upgrades() {
         .unwrap()
         .write_all(SECOND.as_bytes())
         .unwrap();
-    let (core3, mut ch) = next_content(&core2, "v3", 4, Agent::Good);
-    let rt3 = runtime_content(&format!("{STOCK_A}{STOCK_B}"), "rt3");
-    ch.extend(rt3.keys().cloned());
-    let p = th.prepare_upgrade(
+    let (_, text) = runtime_upgrade(
+        &th,
         "v2",
         "v3",
-        &[("core", &core3), ("runtime", &rt3)],
-        &ch,
-        fast_opts(),
-        Some("t2"),
+        &core2,
+        &format!("{STOCK_A}{STOCK_B}"),
+        "t2",
     );
-    assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
-    th.wait_up("v3", UP).unwrap();
-    let text = std::fs::read_to_string(
-        th.home
-            .version_dir("v3")
-            .join(molt_deploy::truststore::TRUSTSTORE),
-    )
-    .unwrap();
     let blocks = molt_deploy::truststore::pem_blocks(&text);
     assert_eq!(blocks.len(), 4, "two stock and two custom: {text}");
     assert!(text.contains("U1RPQ0stQg=="), "new stock CA present");
