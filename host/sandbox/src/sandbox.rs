@@ -127,6 +127,20 @@ pub struct Sandbox {
     ticker: Option<JoinHandle<()>>,
 }
 
+/// The WASI context every guest starts from: no sockets, no name lookup, no
+/// env, args or stdin; stderr captured into `stderr`. Guests run synchronously
+/// on their own threads, so file operations are done on that thread rather than
+/// bounced through a runtime's blocking pool.
+fn base_wasi(stderr: &MemoryOutputPipe) -> wasmtime_wasi::WasiCtxBuilder {
+    let mut b = WasiCtx::builder();
+    b.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .allow_blocking_current_thread(true)
+        .stderr(stderr.clone());
+    b
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
@@ -739,15 +753,8 @@ impl Sandbox {
                 "Report this to the check's author; the upgrade waits until it passes.",
             )
         };
-        let mut b = WasiCtx::builder();
-        // Checks run synchronously on their own threads: file operations are
-        // done on that thread, not bounced through a runtime's blocking pool.
-        b.allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .allow_blocking_current_thread(true);
         let stderr = MemoryOutputPipe::new(16 * 1024);
-        b.stderr(stderr.clone());
+        let mut b = base_wasi(&stderr);
         let mut scratch = ScratchGuard(None);
         let mut staging_created = None;
         let mut setup = || -> Result<(), String> {
@@ -938,9 +945,7 @@ impl Sandbox {
             s.spawn(|| -> Result<Plan, String> {
                 let linker = self.linker(grant, true)?;
                 let stderr = MemoryOutputPipe::new(16 * 1024);
-                let mut b = WasiCtx::builder();
-                b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).allow_blocking_current_thread(true);
-                b.stderr(stderr.clone());
+                let mut b = base_wasi(&stderr);
                 let mut store = self.store(grant, b.build(), facts, Arc::new(Vec::new()), "version-select")?;
                 let mut run = || -> Result<Result<sb::molt::check::selection::Plan, String>, wasmtime::Error> {
                     let pre = sb::SelectorPre::new(linker.instantiate_pre(&comp)?)?;
