@@ -386,6 +386,56 @@ async fn package_urls_point_at_an_external_base_when_configured() {
     );
 }
 
+/// A package file cut short while it is being served (replaced by a careless
+/// copy, a full disk on the mirror) must not be passed off as complete: the body
+/// ends early, so the agent sees a short transfer and resumes or starts over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_package_truncated_while_served_ends_the_transfer_short() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start(|_| {}).await;
+    let v = "tokyo-01-01-2024__patch0-01-01-2024_01-01-2024_0000";
+    let len = 48 << 20; // far more than loopback socket buffers hold
+    write_package(
+        &packages_dir(s.dir.path()),
+        "core",
+        v,
+        "universal",
+        "universal",
+        len,
+    );
+    let name = format!("molt-core.{v}.universal.universal.zip");
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(format!("GET /packages/{name} HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Read the head and a little of the body, then stop reading: the server
+    // fills the socket buffers and waits.
+    let mut got = vec![0u8; 64 * 1024];
+    c.read_exact(&mut got).await.unwrap();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    assert!(head.contains(&format!("content-length: {len}")), "{head}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(packages_dir(s.dir.path()).join(&name))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // The rest: the connection closes before the advertised length.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut rest))
+        .await
+        .expect("the server ends the connection");
+    let body = got.len() - head_end + rest.len();
+    assert!(read.is_ok() || body < len, "{read:?}");
+    assert!(
+        body < len,
+        "served {body} of {len} bytes of a truncated file as complete"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_download_resumes_with_range_requests() {
     let s = TestServer::start(|_| {}).await;
