@@ -73,34 +73,52 @@ const BODY_CHUNK: u64 = 512 * 1024;
 /// `len` bytes of `f` from `start` as a response body, read in `BODY_CHUNK`s on
 /// the blocking pool straight into the buffer that is sent. A file that ends
 /// early (replaced or truncated while being served) ends the body with an error,
-/// so the client sees a short transfer and resumes instead of trusting it.
-fn file_body(f: std::fs::File, start: u64, len: u64) -> Body {
-    let stream =
-        futures_util::stream::try_unfold((f, start, len), |(mut f, pos, left)| async move {
+/// so the client sees a short transfer and resumes instead of trusting it; the
+/// control plane's log says which file and where.
+fn file_body(f: std::fs::File, name: String, start: u64, len: u64) -> Body {
+    let stream = futures_util::stream::try_unfold((f, start, len), move |(f, pos, left)| {
+        let name = name.clone();
+        async move {
             if left == 0 {
-                return Ok(None);
+                return Ok::<_, std::io::Error>(None);
             }
-            let want = left.min(BODY_CHUNK);
-            let (f, chunk) = tokio::task::spawn_blocking(move || {
-                let r = read_chunk(&mut f, pos, want);
-                (f, r)
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-            let chunk = chunk?;
-            if chunk.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "package file ended before its advertised length",
-                ));
-            }
+            let (f, chunk) = match next_chunk(f, pos, left.min(BODY_CHUNK)).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(package = %name, offset = pos, error = %e,
+                        "Package file read failed while serving it; the download was cut short");
+                    return Err(e);
+                }
+            };
             let n = chunk.len() as u64;
             Ok(Some((
                 axum::body::Bytes::from(chunk),
                 (f, pos + n, left - n),
             )))
-        });
+        }
+    });
     Body::from_stream(stream)
+}
+
+/// The next non-empty chunk of at most `want` bytes at `pos`, read on the blocking pool.
+async fn next_chunk(
+    mut f: std::fs::File,
+    pos: u64,
+    want: u64,
+) -> std::io::Result<(std::fs::File, Vec<u8>)> {
+    let (f, chunk) = tokio::task::spawn_blocking(move || {
+        let r = read_chunk(&mut f, pos, want);
+        (f, r)
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    match chunk? {
+        c if c.is_empty() => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file ended before its advertised length",
+        )),
+        c => Ok((f, c)),
+    }
 }
 
 /// Up to `want` bytes at `pos`, read into a fresh buffer without zeroing it first.
@@ -169,14 +187,14 @@ pub async fn get_package(
             return Ok(r);
         }
         RangeReq::Full => {
-            let mut r = Response::new(file_body(f.into_std().await, 0, size));
+            let mut r = Response::new(file_body(f.into_std().await, file.clone(), 0, size));
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             r
         }
         RangeReq::Part(start, end) => {
             let len = end - start + 1;
-            let mut r = Response::new(file_body(f.into_std().await, start, len));
+            let mut r = Response::new(file_body(f.into_std().await, file.clone(), start, len));
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
