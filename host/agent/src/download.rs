@@ -357,7 +357,6 @@ fn write_and_hash<B: AsRef<[u8]> + Clone + Send>(
     mut ctx: ring::digest::Context,
     rx: std::sync::mpsc::Receiver<Vec<B>>,
 ) -> std::io::Result<ring::digest::Context> {
-    const WRITEBACK_EVERY: u64 = 16 << 20;
     std::thread::scope(|s| {
         let (htx, hrx) = std::sync::mpsc::sync_channel::<Vec<B>>(8);
         let hasher = std::thread::Builder::new()
@@ -368,27 +367,36 @@ fn write_and_hash<B: AsRef<[u8]> + Clone + Send>(
                 }
                 ctx
             })?;
-        let written = (|| {
-            let mut since_writeback = 0u64;
-            for batch in rx.iter() {
-                // A clone of a batch is a clone of its buffer handles, not of the bytes.
-                if htx.send(batch.clone()).is_err() {
-                    return Err(std::io::Error::other("download hash thread stopped"));
-                }
-                since_writeback += write_all_vectored(&mut file, &batch)?;
-                if since_writeback >= WRITEBACK_EVERY {
-                    start_writeback(&file);
-                    since_writeback = 0;
-                }
-            }
-            file.sync_all()
-        })();
+        let written = write_batches(&mut file, &rx, &htx);
         drop(htx);
         let ctx = hasher
             .join()
             .map_err(|_| std::io::Error::other("download hash thread panicked"))?;
         written.map(|()| ctx)
     })
+}
+
+/// Write each received batch, pass it on to the hash thread, start write-back
+/// every 16 MiB, and fsync once the sender is done.
+fn write_batches<B: AsRef<[u8]> + Clone>(
+    file: &mut std::fs::File,
+    rx: &std::sync::mpsc::Receiver<Vec<B>>,
+    to_hash: &std::sync::mpsc::SyncSender<Vec<B>>,
+) -> std::io::Result<()> {
+    const WRITEBACK_EVERY: u64 = 16 << 20;
+    let mut since_writeback = 0u64;
+    for batch in rx.iter() {
+        // A clone of a batch is a clone of its buffer handles, not of the bytes.
+        if to_hash.send(batch.clone()).is_err() {
+            return Err(std::io::Error::other("download hash thread stopped"));
+        }
+        since_writeback += write_all_vectored(file, &batch)?;
+        if since_writeback >= WRITEBACK_EVERY {
+            start_writeback(file);
+            since_writeback = 0;
+        }
+    }
+    file.sync_all()
 }
 
 /// Write every buffer of `bufs`, in order, with as few `writev` calls as the

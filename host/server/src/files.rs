@@ -76,9 +76,9 @@ const BODY_CHUNK: u64 = 512 * 1024;
 /// so the client sees a short transfer and resumes instead of trusting it; the
 /// control plane's log says which file and where.
 fn file_body(f: std::fs::File, name: String, start: u64, len: u64) -> Body {
-    let stream = futures_util::stream::try_unfold((f, start, len), move |(f, pos, left)| {
-        let name = name.clone();
-        async move {
+    let stream = futures_util::stream::try_unfold(
+        (f, name, start, len),
+        |(f, name, pos, left)| async move {
             if left == 0 {
                 return Ok::<_, std::io::Error>(None);
             }
@@ -93,10 +93,10 @@ fn file_body(f: std::fs::File, name: String, start: u64, len: u64) -> Body {
             let n = chunk.len() as u64;
             Ok(Some((
                 axum::body::Bytes::from(chunk),
-                (f, pos + n, left - n),
+                (f, name, pos + n, left - n),
             )))
-        }
-    });
+        },
+    );
     Body::from_stream(stream)
 }
 
