@@ -46,6 +46,9 @@ pub struct RawConfig {
     pub proxy: Option<String>,
     #[serde(default)]
     pub handover_wait_secs: Option<u64>,
+    /// `supervisor` or `systemd:<unit>`; default: detected from this process's cgroup.
+    #[serde(default)]
+    pub service: Option<String>,
     /// Tests and simulations only: a facts.toml whose values replace probed host facts.
     #[serde(default)]
     pub facts_override: Option<PathBuf>,
@@ -105,6 +108,8 @@ pub struct AgentConfig {
     pub use_os_temp_folder: bool,
     pub proxy: Option<reqwest::Url>,
     pub handover_wait_secs: u64,
+    /// The service manager that runs this agent; the runner stops and starts it through it.
+    pub service: molt_deploy::service::ServiceKind,
     pub facts_override: Option<PathBuf>,
     pub trust_root: PathBuf,
     pub heartbeat_secs: u64,
@@ -206,6 +211,11 @@ impl AgentConfig {
         if handover_wait_secs == 0 {
             return Err(invalid("handover_wait_secs", "must be at least 1".into()));
         }
+        let service = match raw.service.as_deref() {
+            None | Some("") => molt_deploy::service::ServiceKind::detect(),
+            Some(s) => molt_deploy::service::ServiceKind::parse(s)
+                .map_err(|e| invalid("service", e.to_string()))?,
+        };
         let facts_override = raw.facts_override.map(resolve);
         if let Some(f) = &facts_override
             && !f.is_file()
@@ -225,6 +235,7 @@ impl AgentConfig {
             use_os_temp_folder: raw.use_os_temp_folder,
             proxy,
             handover_wait_secs,
+            service,
             facts_override,
             trust_root: raw
                 .trust_root
@@ -267,6 +278,21 @@ mod tests {
             .to_string();
         assert!(e.contains("run_prechek"), "{e}");
         assert!(!e.contains('\n'), "one line, for log readers: {e}");
+    }
+
+    #[test]
+    fn the_service_kind_is_read_and_an_unknown_one_is_refused_by_name() {
+        let c = parse(&format!("{OK}service = \"systemd:molt-agent\"\n")).unwrap();
+        assert_eq!(
+            c.service,
+            molt_deploy::service::ServiceKind::Systemd("molt-agent.service".into())
+        );
+        let c = parse(&format!("{OK}service = \"supervisor\"\n")).unwrap();
+        assert_eq!(c.service, molt_deploy::service::ServiceKind::Supervisor);
+        let e = parse(&format!("{OK}service = \"upstart\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`service`") && e.contains("upstart"), "{e}");
     }
 
     #[test]

@@ -224,8 +224,10 @@ pub fn hand_over(
     home: &molt_layout::Home,
     upgrade_dir: &Path,
     wait_secs: u64,
+    service: molt_deploy::service::ServiceKind,
 ) -> Result<u32, DepError> {
     let opts = molt_deploy::handover::HandoverOptions {
+        service,
         poll: std::time::Duration::from_millis(200),
         limit: std::time::Duration::from_secs(wait_secs),
         ..Default::default()

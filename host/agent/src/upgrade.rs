@@ -508,8 +508,10 @@ impl Agent {
         tracing::info!("Stopping agent. Bootstrapping upgrade.");
         let home = self.home.clone();
         let wait = self.cfg.handover_wait_secs;
+        let service = self.cfg.service.clone();
+        tracing::info!(%service, "Handing over to the upgrade runner through the agent's service manager");
         let dir = upgrade_dir.clone();
-        let res = tokio::task::spawn_blocking(move || deps::hand_over(&home, &dir, wait))
+        let res = tokio::task::spawn_blocking(move || deps::hand_over(&home, &dir, wait, service))
             .await
             .unwrap_or_else(|e| Err(DepError::Handover(format!("hand-over task failed: {e}"))));
         match res {

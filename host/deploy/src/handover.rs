@@ -12,13 +12,13 @@ use crate::error::{DeployError, io_err};
 use crate::fsutil;
 use crate::plan::DeployPlan;
 use crate::runner::STARTED_MARKER;
-use crate::service::Handover;
+use crate::service::{Handover, ServiceKind};
 
 /// Hand-over settings (from the agent's config).
 #[derive(Debug, Clone)]
 pub struct HandoverOptions {
-    /// `supervisor` or `systemd:<unit>`.
-    pub service: String,
+    /// The service manager that runs the agent (config `service`, else detected).
+    pub service: ServiceKind,
     /// The agent's pid (default: this process). The runner waits for it to be gone.
     pub agent_pid: Option<u32>,
     /// More PIDs the runner must see gone.
@@ -37,7 +37,7 @@ pub struct HandoverOptions {
 impl Default for HandoverOptions {
     fn default() -> Self {
         Self {
-            service: "supervisor".into(),
+            service: ServiceKind::detect(),
             agent_pid: None,
             extra_pids: Vec::new(),
             poll: Duration::from_secs(10),

@@ -11,11 +11,88 @@ use crate::error::{DeployError, io_err};
 use crate::fsutil::FileLock;
 use crate::proc;
 
+/// Which service manager keeps the agent running. Known, never assumed: the
+/// runner must stop and start the agent through the manager that really runs it
+/// (a supervisor started under a systemd unit is refused as a second service).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ServiceKind {
+    /// The built-in `molt run`.
+    Supervisor,
+    /// A systemd unit, always with its `.service` suffix.
+    Systemd(String),
+}
+
+impl ServiceKind {
+    /// `supervisor` or `systemd:<unit>`; anything else is refused (no fallback).
+    pub fn parse(text: &str) -> Result<ServiceKind, DeployError> {
+        let bad = |reason: &str| DeployError::Service {
+            service: text.to_string(),
+            reason: format!(
+                "{reason}; expected `supervisor` or `systemd:<unit>` (e.g. systemd:molt-agent.service)"
+            ),
+        };
+        if text == "supervisor" {
+            return Ok(ServiceKind::Supervisor);
+        }
+        let Some(unit) = text.strip_prefix("systemd:") else {
+            return Err(bad("unknown service kind"));
+        };
+        let base = unit.strip_suffix(".service").unwrap_or(unit);
+        if base.is_empty()
+            || !base
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c))
+        {
+            return Err(bad("not a systemd unit name"));
+        }
+        Ok(ServiceKind::Systemd(format!("{base}.service")))
+    }
+
+    /// The service this process runs under: the systemd unit of its own cgroup
+    /// when systemd is the host's service manager, else the supervisor.
+    pub fn detect() -> ServiceKind {
+        molt_layout::own_systemd_unit()
+            .map(ServiceKind::Systemd)
+            .unwrap_or(ServiceKind::Supervisor)
+    }
+
+    /// The systemd unit, if any.
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            ServiceKind::Supervisor => None,
+            ServiceKind::Systemd(u) => Some(u),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceKind::Supervisor => f.write_str("supervisor"),
+            ServiceKind::Systemd(u) => write!(f, "systemd:{u}"),
+        }
+    }
+}
+
+impl From<ServiceKind> for String {
+    fn from(k: ServiceKind) -> String {
+        k.to_string()
+    }
+}
+
+impl TryFrom<String> for ServiceKind {
+    type Error = DeployError;
+    fn try_from(s: String) -> Result<Self, DeployError> {
+        ServiceKind::parse(&s)
+    }
+}
+
 /// What the agent writes under `conf/` before it stops (`conf/handover.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handover {
-    /// `supervisor` or `systemd:<unit>`.
-    pub service: String,
+    /// The service manager that runs the agent; the runner controls it through it.
+    pub service: ServiceKind,
     /// Processes that must be gone before the switch.
     pub pids: Vec<u32>,
     /// Start time (clock ticks since boot) of each pid when it was recorded, so
@@ -31,7 +108,7 @@ impl Handover {
     }
 
     /// Record `pids` with their start times.
-    pub fn new(service: String, pids: Vec<u32>) -> Handover {
+    pub fn new(service: ServiceKind, pids: Vec<u32>) -> Handover {
         let start_ticks = pids
             .iter()
             .filter_map(|p| crate::proc::start_ticks(*p).map(|t| (*p, t)))
@@ -113,21 +190,23 @@ pub trait ServiceControl {
     }
 }
 
-/// Pick the service control named in `conf/handover.json` (default: supervisor).
+/// Pick the service control named in `conf/handover.json`. Without a hand-over
+/// file (a runner resumed by hand) the service this process runs under is used;
+/// an unreadable or unknown kind is an error, never a silent supervisor.
 pub fn for_home(home: &Home, runner_exe: &Path) -> Result<Box<dyn ServiceControl>, DeployError> {
-    let name = Handover::load(home)?
+    let kind = Handover::load(home)?
         .map(|h| h.service)
-        .unwrap_or_else(|| "supervisor".into());
-    if let Some(unit) = name.strip_prefix("systemd:") {
-        return Ok(Box::new(Systemd {
-            unit: unit.to_string(),
+        .unwrap_or_else(ServiceKind::detect);
+    Ok(match kind {
+        ServiceKind::Systemd(unit) => Box::new(Systemd {
+            unit,
             home: home.clone(),
-        }));
-    }
-    Ok(Box::new(Supervisor {
-        home: home.clone(),
-        exe: runner_exe.to_path_buf(),
-    }))
+        }),
+        ServiceKind::Supervisor => Box::new(Supervisor {
+            home: home.clone(),
+            exe: runner_exe.to_path_buf(),
+        }),
+    })
 }
 
 /// The built-in supervisor: `molt run --home H` keeps `<home>/current/bin/molt agent`
@@ -320,7 +399,15 @@ pub fn spawn_detached(exe: &Path, args: &[&str], log: &Path) -> Result<u32, Depl
 }
 
 /// Services serving one install dir. More than one is the seeds' 7.3 failure.
+/// The unit this process runs under is the agent's own service, not another.
 pub fn detect_services(home: &Home) -> Result<Vec<String>, DeployError> {
+    let own = ServiceKind::detect();
+    detect_services_except(home, own.unit())
+}
+
+/// [`detect_services`] leaving out the unit file named `own` (e.g. the unit
+/// recorded in the hand-over, when the runner itself runs outside it).
+pub fn detect_services_except(home: &Home, own: Option<&str>) -> Result<Vec<String>, DeployError> {
     let mut found = Vec::new();
     if FileLock::is_held(&supervisor_lock(home))? {
         found.push(format!(
@@ -328,18 +415,30 @@ pub fn detect_services(home: &Home) -> Result<Vec<String>, DeployError> {
             read_pid(&home.conf_dir().join("supervisor.pid")).unwrap_or(0)
         ));
     }
-    let root = home.root().to_string_lossy().into_owned();
-    for dir in [
-        "/etc/systemd/system",
-        "/run/systemd/system",
-        "/usr/lib/systemd/system",
-    ] {
+    found.extend(units_serving(
+        &[
+            Path::new("/etc/systemd/system"),
+            Path::new("/run/systemd/system"),
+            Path::new("/usr/lib/systemd/system"),
+        ],
+        home.root(),
+        own,
+    ));
+    Ok(found)
+}
+
+/// Unit files in `dirs` whose ExecStart serves `--home <root>`, except `own`.
+fn units_serving(dirs: &[&Path], root: &Path, own: Option<&str>) -> Vec<String> {
+    let root = root.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for dir in dirs {
         let Ok(rd) = std::fs::read_dir(dir) else {
             continue;
         };
         for e in rd.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "service")
+                && own.is_none_or(|u| e.file_name().to_str() != Some(u))
                 && let Ok(s) = std::fs::read_to_string(&p)
                 && s.lines()
                     .any(|l| l.starts_with("ExecStart") && l.contains(&format!("--home {root}")))
@@ -348,7 +447,7 @@ pub fn detect_services(home: &Home) -> Result<Vec<String>, DeployError> {
             }
         }
     }
-    Ok(found)
+    found
 }
 
 /// Refuse to run when another service already serves this install.
@@ -405,5 +504,71 @@ pub fn wait_stopped(
             deadline = limit + Duration::from_secs(10);
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_kinds_parse_and_round_trip_and_unknown_ones_are_refused() {
+        assert_eq!(
+            ServiceKind::parse("supervisor").unwrap(),
+            ServiceKind::Supervisor
+        );
+        let k = ServiceKind::parse("systemd:molt-agent").unwrap();
+        assert_eq!(k, ServiceKind::Systemd("molt-agent.service".into()));
+        assert_eq!(k.to_string(), "systemd:molt-agent.service");
+        assert_eq!(ServiceKind::parse(&k.to_string()).unwrap(), k);
+        for bad in [
+            "",
+            "systemd",
+            "systemd:",
+            "systemd:.service",
+            "launchd",
+            "systemd:a b",
+        ] {
+            let e = ServiceKind::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("expected `supervisor` or `systemd:<unit>`"),
+                "{bad}: {e}"
+            );
+        }
+        // The hand-over file carries the same text, and an unknown kind in it
+        // is an error when read, not a silent supervisor.
+        let h: Handover = serde_json::from_str(
+            r#"{"service":"systemd:molt-agent.service","pids":[1],"at":"2026-12-02T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(h.service.unit(), Some("molt-agent.service"));
+        assert!(
+            serde_json::from_str::<Handover>(
+                r#"{"service":"upstart","pids":[1],"at":"2026-12-02T00:00:00Z"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_agents_own_unit_is_not_another_service_on_the_install() {
+        let units = tempfile::tempdir().unwrap();
+        let unit = |name: &str, home: &str| {
+            std::fs::write(
+                units.path().join(name),
+                format!("[Service]\nExecStart=/opt/molt/current/bin/molt agent --home {home}\n"),
+            )
+            .unwrap()
+        };
+        unit("molt-agent.service", "/opt/molt");
+        unit("other-agent.service", "/opt/molt");
+        unit("elsewhere.service", "/srv/other");
+        let dirs = [units.path()];
+        let root = Path::new("/opt/molt");
+        let found = units_serving(&dirs, root, Some("molt-agent.service"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].ends_with("other-agent.service"), "{found:?}");
+        // Seen from outside any unit (e.g. `molt run` started by hand) both count.
+        assert_eq!(units_serving(&dirs, root, None).len(), 2);
     }
 }

@@ -127,7 +127,10 @@ fn the_runner_leaves_alone_a_process_that_reused_a_recorded_pid() {
     let mut bystander = Command::new("sleep").arg("300").spawn().unwrap();
     let pid = bystander.id();
     let ticks = molt_deploy::proc::start_ticks(pid).unwrap();
-    let mut h = molt_deploy::service::Handover::new("supervisor".into(), vec![pid]);
+    let mut h = molt_deploy::service::Handover::new(
+        molt_deploy::service::ServiceKind::Supervisor,
+        vec![pid],
+    );
     h.start_ticks.insert(pid, ticks + 1);
     molt_layout::write_json_atomic(&th.home.handover_file(), &h).unwrap();
 

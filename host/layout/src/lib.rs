@@ -243,8 +243,55 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     Ok(())
 }
 
+/// The systemd unit this process runs in, when systemd is the host's service
+/// manager. Shared by the deploy runner and the host facts, so "the agent's own
+/// unit" means the same in both and is never counted as another service.
+pub fn own_systemd_unit() -> Option<String> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    unit_of_cgroup(&std::fs::read_to_string("/proc/self/cgroup").ok()?)
+}
+
+/// The `.service` unit named by a `/proc/<pid>/cgroup` text (the cgroup v2 `0::`
+/// line, else v1's named `systemd` hierarchy). A process in a login session or
+/// a scope (`session-3.scope`) has none.
+pub fn unit_of_cgroup(text: &str) -> Option<String> {
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .filter(|p| !p.trim().is_empty() && p.trim() != "/")
+        .or_else(|| {
+            text.lines()
+                .find_map(|l| l.split_once(":name=systemd:").map(|x| x.1))
+        })?;
+    let last = path.trim().rsplit('/').next()?;
+    (last.ends_with(".service") && last.len() > ".service".len()).then(|| last.to_string())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_unit_of_a_cgroup_is_its_last_service_component() {
+        use super::unit_of_cgroup;
+        assert_eq!(
+            unit_of_cgroup("0::/system.slice/molt-agent.service\n").as_deref(),
+            Some("molt-agent.service")
+        );
+        // v1 hybrid: the unified line is "/", the named hierarchy holds the unit.
+        assert_eq!(
+            unit_of_cgroup("1:name=systemd:/system.slice/molt-agent.service\n0::/\n").as_deref(),
+            Some("molt-agent.service")
+        );
+        assert_eq!(
+            unit_of_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+        assert_eq!(unit_of_cgroup("0::/\n"), None);
+        assert_eq!(unit_of_cgroup("0::/system.slice/.service\n"), None);
+        assert_eq!(unit_of_cgroup(""), None);
+    }
+
     use super::*;
 
     #[test]

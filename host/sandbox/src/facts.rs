@@ -201,8 +201,9 @@ fn replaced_dir(install_dir: &Path) -> PathBuf {
     }
 }
 
-/// systemd units whose file mentions `dir` (WorkingDirectory=, ExecStart=).
-fn units_using(dir: &Path) -> Vec<String> {
+/// systemd units whose file mentions `dir` (WorkingDirectory=, ExecStart=),
+/// except `own`: the unit this agent runs in serves the install, it does not share it.
+fn units_using(dir: &Path, own: Option<&str>) -> Vec<String> {
     let needle = dir.display().to_string();
     let mut out = Vec::new();
     for base in [
@@ -215,7 +216,7 @@ fn units_using(dir: &Path) -> Vec<String> {
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if !name.ends_with(".service") || out.contains(&name) {
+            if !name.ends_with(".service") || out.contains(&name) || own == Some(name.as_str()) {
                 continue;
             }
             if let Ok(text) = std::fs::read_to_string(e.path()) {
@@ -237,6 +238,14 @@ impl HostFacts {
     /// Real facts of this host for an install in `install_dir` and temp files in `temp_dir`.
     pub fn probe(install_dir: &Path, temp_dir: &Path) -> Result<HostFacts, SandboxError> {
         let (service_account, privileged) = account();
+        // The service manager, not a guess: under systemd the agent's own unit
+        // (it is running, or this code would not be).
+        let own_unit = molt_layout::own_systemd_unit();
+        let service_state = if own_unit.is_some() {
+            ServiceState::Running
+        } else {
+            ServiceState::NotInstalled
+        };
         Ok(HostFacts {
             os: os_name().to_string(),
             arch: arch_name(),
@@ -250,10 +259,10 @@ impl HostFacts {
                 .ok()
                 .map(|s| s.trim().to_string()),
             agent_pid: std::process::id(),
-            service_name: None,
-            service_state: ServiceState::NotInstalled,
+            sharing_install_dir: units_using(install_dir, own_unit.as_deref()),
+            service_name: own_unit,
+            service_state,
             file_holders: file_holders(&replaced_dir(install_dir)),
-            sharing_install_dir: units_using(install_dir),
             net: BTreeMap::new(),
         })
     }
