@@ -8,6 +8,7 @@ pub mod buildstamp;
 pub mod checks;
 pub mod fileops;
 pub mod select;
+pub mod vectors;
 
 /// How bad a finding is. `Blocking` stops the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

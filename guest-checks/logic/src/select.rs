@@ -1,5 +1,5 @@
 //! Version selection (the seeds' "Current packages" step).
-use crate::buildstamp::{Package, parse_package, parse_version};
+use crate::buildstamp::{Buildstamp, Kind, Version};
 use crate::checks::runtime_skip_reason;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -70,38 +70,51 @@ impl Plan {
     }
 }
 
+fn package(name: &str) -> Result<Buildstamp, String> {
+    name.parse()
+        .map_err(|e: crate::buildstamp::BuildstampError| e.to_string())
+}
+
+fn version(v: &str) -> Result<Version, String> {
+    v.parse()
+        .map_err(|e: crate::buildstamp::BuildstampError| e.to_string())
+}
+
 /// Decide what to install. Errors name the offending package or version.
 pub fn select(input: &SelectorInput) -> Result<Plan, String> {
     let mut notes = Vec::new();
-    let installed: Vec<Package> = input
+    let installed: Vec<Buildstamp> = input
         .installed
         .iter()
-        .map(|n| parse_package(n))
+        .map(|n| package(n))
         .collect::<Result<_, _>>()?;
-    parse_version(&input.assigned_version)?;
-    let target = match &input.pinned {
+    version(&input.assigned_version)?;
+    let (target, target_version) = match &input.pinned {
         Some(p) if !p.is_empty() => {
-            parse_version(p).map_err(|e| format!("pinned version: {e}"))?;
+            let v = version(p).map_err(|e| format!("pinned version: {e}"))?;
             if *p != input.assigned_version {
                 notes.push(format!(
                     "pinned version {p} overrides the assigned version {}",
                     input.assigned_version
                 ));
             }
-            p.clone()
+            (p.clone(), v)
         }
-        _ => input.assigned_version.clone(),
+        _ => (
+            input.assigned_version.clone(),
+            version(&input.assigned_version)?,
+        ),
     };
-    let mut assigned: Vec<Package> = Vec::new();
+    let mut assigned: Vec<Buildstamp> = Vec::new();
     for n in &input.assigned {
-        let p = parse_package(n)?;
-        if p.version.text == target {
+        let p = package(n)?;
+        if p.version == target_version {
             assigned.push(p);
         } else if p.is_runtime() {
             // The runtime keeps its own buildstamp (it is upgraded per family).
             assigned.push(p);
         } else if input.pinned.as_deref() == Some(target.as_str()) {
-            assigned.push(parse_package(&p.with_version(&target))?);
+            assigned.push(p.with_version(&target_version));
         } else {
             return Err(format!(
                 "assigned package {n} does not match the assigned version {target}"
@@ -110,10 +123,10 @@ pub fn select(input: &SelectorInput) -> Result<Plan, String> {
     }
     let core = assigned
         .iter()
-        .find(|p| p.kind == "core")
+        .find(|p| p.kind == Kind::Core)
         .ok_or_else(|| format!("the assignment for {target} has no core package"))?
         .clone();
-    let inst_core = installed.iter().find(|p| p.kind == "core");
+    let inst_core = installed.iter().find(|p| p.kind == Kind::Core);
     let mut action = match inst_core {
         None => {
             notes.push("no core package installed: installing the assigned version".into());
@@ -124,7 +137,7 @@ pub fn select(input: &SelectorInput) -> Result<Plan, String> {
             std::cmp::Ordering::Less => {
                 notes.push(format!(
                     "assigned version {target} is older than the installed {}: downgrading (the older version may lack APIs the running agent expects)",
-                    ic.version.text
+                    ic.version
                 ));
                 Action::Downgrade
             }
@@ -132,7 +145,7 @@ pub fn select(input: &SelectorInput) -> Result<Plan, String> {
         },
     };
     let crosses_family = inst_core.is_some_and(|ic| ic.version.family != core.version.family);
-    let (runtime, runtime_reason) = match assigned.iter().position(Package::is_runtime) {
+    let (runtime, runtime_reason) = match assigned.iter().position(Buildstamp::is_runtime) {
         None => (
             RuntimeDecision::Current,
             "no runtime assigned: the installed runtime matches the assignment".to_string(),
@@ -143,24 +156,21 @@ pub fn select(input: &SelectorInput) -> Result<Plan, String> {
                 runtime_skip_reason(&input.os, input.is_64bit, input.libc_version.as_deref())
             {
                 assigned.remove(i);
-                (
-                    RuntimeDecision::Skip,
-                    format!("{why} ({} not installed)", rt.name),
-                )
-            } else if installed.iter().any(|p| p.name == rt.name) {
+                (RuntimeDecision::Skip, format!("{why} ({rt} not installed)"))
+            } else if installed.contains(&rt) {
                 (
                     RuntimeDecision::Current,
-                    format!("runtime {} is already installed", rt.name),
+                    format!("runtime {rt} is already installed"),
                 )
             } else {
                 let from = installed
                     .iter()
                     .find(|p| p.is_runtime())
-                    .map(|p| p.name.clone())
+                    .map(|p| p.to_string())
                     .unwrap_or_else(|| "(none)".into());
                 (
                     RuntimeDecision::Upgrade,
-                    format!("runtime {} replaces {from}", rt.name),
+                    format!("runtime {rt} replaces {from}"),
                 )
             }
         }
@@ -169,7 +179,7 @@ pub fn select(input: &SelectorInput) -> Result<Plan, String> {
         notes.push("core is current; upgrading the runtime only".into());
         action = Action::Upgrade;
     }
-    let assigned: Vec<String> = assigned.into_iter().map(|p| p.name).collect();
+    let assigned: Vec<String> = assigned.iter().map(Buildstamp::to_string).collect();
     let missing: Vec<String> = if action == Action::None {
         Vec::new()
     } else {

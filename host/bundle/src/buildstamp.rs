@@ -1,18 +1,18 @@
 //! Package names ("buildstamps") in the seeds' scheme, e.g.
 //! `mid-core.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip`.
 //!
-//! Grammar (`<version>` is the seeds' `mid.buildstamp`):
-//! ```text
-//! <product>-<kind>.<version>.<os>.<arch>.zip
-//! <version> = <family>-<MM-DD-YYYY>__patch<N>[-hotfix<M>[<letters>]]-<MM-DD-YYYY>_<MM-DD-YYYY>_<HHMM>
-//! ```
-//! Release families are ordered by an explicit table ([`FamilyTable`]), never by
-//! the alphabet: the names wrap around after `zurich`.
+//! A chrono-typed layer over `molt_check_logic::buildstamp`, which holds the
+//! one parser, ordering and family table that the wasm guests run too (so the
+//! host and the selector cannot disagree about what is newer). Grammar and
+//! order: docs/bundle-format.md section 7.
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use molt_check_logic::buildstamp as logic;
+
+pub use logic::{FAMILIES, FamilyTable, Hotfix, KNOWN_ARCH, KNOWN_OS, Product};
 
 use crate::schema::BundleKind;
 
@@ -24,97 +24,12 @@ pub struct BuildstampError {
     pub reason: String,
 }
 
-/// Release families in their real release order. Append new families at the end.
-pub const FAMILIES: &[&str] = &[
-    "aspen",
-    "berlin",
-    "calgary",
-    "dublin",
-    "eureka",
-    "fuji",
-    "geneva",
-    "helsinki",
-    "istanbul",
-    "jakarta",
-    "kingston",
-    "london",
-    "madrid",
-    "newyork",
-    "orlando",
-    "paris",
-    "quebec",
-    "rome",
-    "sandiego",
-    "tokyo",
-    "utah",
-    "vancouver",
-    "washingtondc",
-    "xanadu",
-    "yokohama",
-    "zurich",
-    // After zurich the alphabet starts again: the table, not the name, orders them.
-    "australia",
-];
-
-/// An ordered list of release families. The built-in [`FAMILIES`] can be
-/// extended at run time (e.g. from configuration) as families are released.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FamilyTable {
-    names: Vec<String>,
-}
-
-impl Default for FamilyTable {
-    fn default() -> Self {
-        FamilyTable {
-            names: FAMILIES.iter().map(|s| s.to_string()).collect(),
+impl From<logic::BuildstampError> for BuildstampError {
+    fn from(e: logic::BuildstampError) -> Self {
+        BuildstampError {
+            input: e.input,
+            reason: e.reason,
         }
-    }
-}
-
-impl FamilyTable {
-    /// Append families released after the last known one (in order).
-    pub fn extended<I: IntoIterator<Item = S>, S: Into<String>>(mut self, newer: I) -> Self {
-        for n in newer {
-            let n = n.into();
-            if !self.names.contains(&n) {
-                self.names.push(n);
-            }
-        }
-        self
-    }
-
-    /// Position of a family in release order.
-    pub fn rank(&self, family: &str) -> Option<u32> {
-        self.names
-            .iter()
-            .position(|n| n == family)
-            .and_then(|p| u32::try_from(p).ok())
-    }
-
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-}
-
-/// A hotfix number with an optional letter suffix (`hotfix2`, `hotfix2a`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Hotfix {
-    pub number: u32,
-    pub suffix: String,
-}
-
-impl Ord for Hotfix {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // "" < "a" < "b" < ... < "z" < "aa": shorter suffixes first, then letters.
-        self.number
-            .cmp(&other.number)
-            .then(self.suffix.len().cmp(&other.suffix.len()))
-            .then(self.suffix.cmp(&other.suffix))
-    }
-}
-impl PartialOrd for Hotfix {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
     }
 }
 
@@ -127,6 +42,8 @@ pub struct Version {
     pub family_rank: u32,
     pub family_date: NaiveDate,
     pub patch: u32,
+    /// A security patch's letter (`a` in `patch12a`); empty for a plain patch.
+    pub patch_suffix: String,
     pub hotfix: Option<Hotfix>,
     /// Release date of the patch or hotfix.
     pub patch_date: NaiveDate,
@@ -134,186 +51,98 @@ pub struct Version {
     pub built: NaiveDateTime,
 }
 
+fn to_logic_date(d: &NaiveDate) -> logic::Date {
+    logic::Date {
+        year: d.year(),
+        month: d.month(),
+        day: d.day(),
+    }
+}
+
+/// The logic crate only accepts real calendar dates, which chrono accepts too;
+/// an error here would be a disagreement between the two, reported, not a panic.
+fn from_logic_date(input: &str, d: logic::Date) -> Result<NaiveDate, BuildstampError> {
+    NaiveDate::from_ymd_opt(d.year, d.month, d.day).ok_or_else(|| BuildstampError {
+        input: input.to_string(),
+        reason: format!("date `{d}` is out of range"),
+    })
+}
+
+impl Version {
+    /// Parse with an explicit family table (use [`FromStr`] for the built-in one).
+    pub fn parse_with(table: &FamilyTable, s: &str) -> Result<Version, BuildstampError> {
+        Self::from_logic(s, logic::Version::parse_with(table, s)?)
+    }
+
+    fn from_logic(input: &str, v: logic::Version) -> Result<Version, BuildstampError> {
+        let time = NaiveTime::from_hms_opt(v.built.hour, v.built.minute, 0).ok_or_else(|| {
+            BuildstampError {
+                input: input.to_string(),
+                reason: format!(
+                    "build time {}:{} is out of range",
+                    v.built.hour, v.built.minute
+                ),
+            }
+        })?;
+        Ok(Version {
+            family_date: from_logic_date(input, v.family_date)?,
+            patch_date: from_logic_date(input, v.patch_date)?,
+            built: NaiveDateTime::new(from_logic_date(input, v.built.date)?, time),
+            family: v.family,
+            family_rank: v.family_rank,
+            patch: v.patch,
+            patch_suffix: v.patch_suffix,
+            hotfix: v.hotfix,
+        })
+    }
+
+    /// The same version in the logic crate's types (for its Display).
+    fn to_logic(&self) -> logic::Version {
+        logic::Version {
+            family: self.family.clone(),
+            family_rank: self.family_rank,
+            family_date: to_logic_date(&self.family_date),
+            patch: self.patch,
+            patch_suffix: self.patch_suffix.clone(),
+            hotfix: self.hotfix.clone(),
+            patch_date: to_logic_date(&self.patch_date),
+            built: self.built_logic(),
+        }
+    }
+
+    fn built_logic(&self) -> logic::Built {
+        logic::Built {
+            date: to_logic_date(&self.built.date()),
+            hour: self.built.hour(),
+            minute: self.built.minute(),
+        }
+    }
+
+    /// The release order key of the logic crate: the one definition of "newer".
+    pub fn key(&self) -> logic::OrderKey<'_> {
+        logic::OrderKey {
+            family_rank: self.family_rank,
+            family_date: to_logic_date(&self.family_date),
+            patch: logic::Level {
+                number: self.patch,
+                suffix: &self.patch_suffix,
+            },
+            hotfix: self.hotfix.as_ref().map(Hotfix::level),
+            built: self.built_logic(),
+            patch_date: to_logic_date(&self.patch_date),
+            family: &self.family,
+        }
+    }
+}
+
 impl Ord for Version {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.family_rank
-            .cmp(&o.family_rank)
-            .then(self.family_date.cmp(&o.family_date))
-            .then(self.patch.cmp(&o.patch))
-            .then(self.hotfix.cmp(&o.hotfix))
-            .then(self.built.cmp(&o.built))
-            .then(self.patch_date.cmp(&o.patch_date))
-            .then(self.family.cmp(&o.family))
+        self.key().cmp(&o.key())
     }
 }
 impl PartialOrd for Version {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
-    }
-}
-
-fn err(input: &str, reason: impl Into<String>) -> BuildstampError {
-    BuildstampError {
-        input: input.to_string(),
-        reason: reason.into(),
-    }
-}
-
-/// `MM-DD-YYYY`, exactly 2-2-4 digits so that Display round-trips.
-fn parse_date(input: &str, s: &str, what: &str) -> Result<NaiveDate, BuildstampError> {
-    let b = s.as_bytes();
-    let shape_ok = b.len() == 10
-        && b[2] == b'-'
-        && b[5] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 2 || i == 5 || c.is_ascii_digit());
-    if !shape_ok {
-        return Err(err(
-            input,
-            format!("{what} `{s}` is not a date in MM-DD-YYYY form"),
-        ));
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u32>().ok());
-    match (num(0..2), num(3..5), num(6..10)) {
-        (Some(m), Some(d), Some(y)) => NaiveDate::from_ymd_opt(y as i32, m, d)
-            .ok_or_else(|| err(input, format!("{what} `{s}` is not a real calendar date"))),
-        _ => Err(err(input, format!("{what} `{s}` is not a date"))),
-    }
-}
-
-fn fmt_date(d: &NaiveDate) -> String {
-    d.format("%m-%d-%Y").to_string()
-}
-
-fn parse_number(input: &str, s: &str, what: &str) -> Result<u32, BuildstampError> {
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(err(input, format!("{what} `{s}` is not a number")));
-    }
-    if s.len() > 1 && s.starts_with('0') {
-        return Err(err(input, format!("{what} `{s}` has a leading zero")));
-    }
-    s.parse::<u32>()
-        .map_err(|_| err(input, format!("{what} `{s}` is too large")))
-}
-
-impl Version {
-    /// Parse with an explicit family table (use [`FromStr`] for the built-in one).
-    /// `input` is only used in error messages (the whole package name, when
-    /// called from [`Buildstamp`]).
-    pub fn parse_with(table: &FamilyTable, s: &str) -> Result<Version, BuildstampError> {
-        Self::parse_inner(table, s, s)
-    }
-
-    fn parse_inner(table: &FamilyTable, s: &str, input: &str) -> Result<Version, BuildstampError> {
-        if s.contains("...") {
-            return Err(err(
-                input,
-                "the version is elided (`...`); a full name such as `quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225` is needed",
-            ));
-        }
-        let (head, tail) = s.split_once("__").ok_or_else(|| {
-            err(
-                input,
-                "missing `__` between the release family and the patch part",
-            )
-        })?;
-        let (family, family_date) = head
-            .split_once('-')
-            .ok_or_else(|| err(input, format!("`{head}` is not `<family>-<MM-DD-YYYY>`")))?;
-        if family.is_empty() || !family.bytes().all(|c| c.is_ascii_lowercase()) {
-            return Err(err(
-                input,
-                format!("release family `{family}` must be lowercase letters"),
-            ));
-        }
-        let family_rank = table.rank(family).ok_or_else(|| {
-            err(
-                input,
-                format!(
-                    "unknown release family `{family}` (known: {})",
-                    table.names().join(", ")
-                ),
-            )
-        })?;
-        let family_date = parse_date(input, family_date, "family date")?;
-
-        // tail: patch<N>[-hotfix<M><sfx>]-<MM-DD-YYYY>_<MM-DD-YYYY>_<HHMM>
-        let parts: Vec<&str> = tail.split('_').collect();
-        let [pd, build_date, build_time] = parts.as_slice() else {
-            return Err(err(
-                input,
-                format!("`{tail}` is not `patch<N>[-hotfix<M>]-<MM-DD-YYYY>_<MM-DD-YYYY>_<HHMM>`"),
-            ));
-        };
-        let rest = pd
-            .strip_prefix("patch")
-            .ok_or_else(|| err(input, format!("`{pd}` does not start with `patch<N>`")))?;
-        // rest = N[-hotfixM sfx]-MM-DD-YYYY: the date is always the last 10 chars.
-        if rest.len() < 12 || !rest.is_char_boundary(rest.len() - 11) {
-            return Err(err(
-                input,
-                format!("`{pd}` is not `patch<N>[-hotfix<M>]-<MM-DD-YYYY>`"),
-            ));
-        }
-        let (levels, date_part) = rest.split_at(rest.len() - 11);
-        let patch_date_s = date_part.strip_prefix('-').ok_or_else(|| {
-            err(
-                input,
-                format!("`{pd}` is not `patch<N>[-hotfix<M>]-<MM-DD-YYYY>`"),
-            )
-        })?;
-        let patch_date = parse_date(input, patch_date_s, "patch date")?;
-        let (patch_s, hotfix) = match levels.split_once('-') {
-            None => (levels, None),
-            Some((p, h)) => {
-                let h = h.strip_prefix("hotfix").ok_or_else(|| {
-                    err(
-                        input,
-                        format!("`{h}` after the patch number is not `hotfix<M>`"),
-                    )
-                })?;
-                let digits_end = h.bytes().take_while(|c| c.is_ascii_digit()).count();
-                let (num, sfx) = h.split_at(digits_end);
-                let number = parse_number(input, num, "hotfix number")?;
-                if sfx.len() > 3 || !sfx.bytes().all(|c| c.is_ascii_lowercase()) {
-                    return Err(err(
-                        input,
-                        format!("hotfix suffix `{sfx}` must be at most 3 lowercase letters"),
-                    ));
-                }
-                (
-                    p,
-                    Some(Hotfix {
-                        number,
-                        suffix: sfx.to_string(),
-                    }),
-                )
-            }
-        };
-        let patch = parse_number(input, patch_s, "patch number")?;
-        let bdate = parse_date(input, build_date, "build date")?;
-        let bt = build_time.as_bytes();
-        if bt.len() != 4 || !bt.iter().all(|c| c.is_ascii_digit()) {
-            return Err(err(input, format!("build time `{build_time}` is not HHMM")));
-        }
-        let hh = u32::from(bt[0] - b'0') * 10 + u32::from(bt[1] - b'0');
-        let mm = u32::from(bt[2] - b'0') * 10 + u32::from(bt[3] - b'0');
-        let time = NaiveTime::from_hms_opt(hh, mm, 0).ok_or_else(|| {
-            err(
-                input,
-                format!("build time `{build_time}` is not a time of day"),
-            )
-        })?;
-        Ok(Version {
-            family: family.to_string(),
-            family_rank,
-            family_date,
-            patch,
-            hotfix,
-            patch_date,
-            built: NaiveDateTime::new(bdate, time),
-        })
     }
 }
 
@@ -326,44 +155,9 @@ impl FromStr for Version {
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}-{}__patch{}",
-            self.family,
-            fmt_date(&self.family_date),
-            self.patch
-        )?;
-        if let Some(h) = &self.hotfix {
-            write!(f, "-hotfix{}{}", h.number, h.suffix)?;
-        }
-        write!(
-            f,
-            "-{}_{}_{}",
-            fmt_date(&self.patch_date),
-            self.built.format("%m-%d-%Y"),
-            self.built.format("%H%M")
-        )
+        self.to_logic().fmt(f)
     }
 }
-
-/// `mid` (the seeds' MID Server packages) or `molt` (our own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Product {
-    Mid,
-    Molt,
-}
-
-impl Product {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Product::Mid => "mid",
-            Product::Molt => "molt",
-        }
-    }
-}
-
-pub const KNOWN_OS: &[&str] = &["universal", "linux", "windows", "darwin"];
-pub const KNOWN_ARCH: &[&str] = &["universal", "x86-64", "x86", "aarch64"];
 
 /// A full package name, e.g. `mid-jre.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.windows.x86-64.zip`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -376,92 +170,57 @@ pub struct Buildstamp {
     pub arch: String,
 }
 
+fn kind_from_logic(k: logic::Kind) -> BundleKind {
+    match k {
+        logic::Kind::Precheck => BundleKind::Precheck,
+        logic::Kind::Selector => BundleKind::Selector,
+        logic::Kind::Core => BundleKind::Core,
+        logic::Kind::Runtime => BundleKind::Runtime,
+        logic::Kind::Upgrade => BundleKind::Upgrade,
+    }
+}
+
+fn kind_to_logic(k: BundleKind) -> logic::Kind {
+    match k {
+        BundleKind::Precheck => logic::Kind::Precheck,
+        BundleKind::Selector => logic::Kind::Selector,
+        BundleKind::Core => logic::Kind::Core,
+        BundleKind::Runtime => logic::Kind::Runtime,
+        BundleKind::Upgrade => logic::Kind::Upgrade,
+    }
+}
+
 impl Buildstamp {
     pub fn parse_with(table: &FamilyTable, input: &str) -> Result<Buildstamp, BuildstampError> {
-        if input.contains("...") {
-            return Err(err(
-                input,
-                "the version is elided (`...`); a full name such as `mid-core.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip` is needed",
-            ));
-        }
-        let rest = input
-            .strip_suffix(".zip")
-            .ok_or_else(|| err(input, "does not end in `.zip`"))?;
-        let (pk, rest) = rest
-            .split_once('.')
-            .ok_or_else(|| err(input, "missing `.` after `<product>-<kind>`"))?;
-        let (product, kind_s) = pk
-            .split_once('-')
-            .ok_or_else(|| err(input, format!("`{pk}` is not `<product>-<kind>`")))?;
-        let product = match product {
-            "mid" => Product::Mid,
-            "molt" => Product::Molt,
-            other => {
-                return Err(err(
-                    input,
-                    format!("unknown product `{other}` (expected `mid` or `molt`)"),
-                ));
-            }
-        };
-        let kind = match (product, kind_s) {
-            (Product::Mid, "core") | (Product::Molt, "core") => BundleKind::Core,
-            (Product::Mid, "jre") | (Product::Molt, "runtime") => BundleKind::Runtime,
-            (Product::Mid, "upgrade") | (Product::Molt, "upgrade") => BundleKind::Upgrade,
-            (Product::Molt, "precheck") => BundleKind::Precheck,
-            (Product::Molt, "selector") => BundleKind::Selector,
-            (p, k) => {
-                let known = match p {
-                    Product::Mid => "core, jre, upgrade",
-                    Product::Molt => "core, runtime, upgrade, precheck, selector",
-                };
-                return Err(err(
-                    input,
-                    format!(
-                        "unknown package kind `{k}` for `{}` (known: {known})",
-                        p.as_str()
-                    ),
-                ));
-            }
-        };
-        let (rest, arch) = rest
-            .rsplit_once('.')
-            .ok_or_else(|| err(input, "missing `.<os>.<arch>` before `.zip`"))?;
-        let (version_s, os) = rest
-            .rsplit_once('.')
-            .ok_or_else(|| err(input, "missing `.<os>.<arch>` before `.zip`"))?;
-        let version = Version::parse_inner(table, version_s, input)?;
-        if !KNOWN_OS.contains(&os) {
-            return Err(err(
-                input,
-                format!("unknown os `{os}` (known: {})", KNOWN_OS.join(", ")),
-            ));
-        }
-        if !KNOWN_ARCH.contains(&arch) {
-            return Err(err(
-                input,
-                format!("unknown arch `{arch}` (known: {})", KNOWN_ARCH.join(", ")),
-            ));
-        }
+        let b = logic::Buildstamp::parse_with(table, input)?;
         Ok(Buildstamp {
-            product,
-            kind,
-            version,
-            os: os.to_string(),
-            arch: arch.to_string(),
+            product: b.product,
+            kind: kind_from_logic(b.kind),
+            version: Version::from_logic(input, b.version)?,
+            os: b.os,
+            arch: b.arch,
         })
     }
 
     /// The word used in the package name for the kind (`jre` for `mid` runtimes).
     pub fn kind_word(&self) -> &'static str {
-        match (self.product, self.kind) {
-            (Product::Mid, BundleKind::Runtime) => "jre",
-            (_, k) => k.as_str(),
-        }
+        kind_to_logic(self.kind).word(self.product)
     }
 
     /// `<product>-<kind>`, the bundle name (the key of rollback protection).
     pub fn package(&self) -> String {
         format!("{}-{}", self.product.as_str(), self.kind_word())
+    }
+
+    /// The logic crate's total order key (version first).
+    pub fn key(&self) -> logic::BuildstampKey<'_> {
+        logic::BuildstampKey {
+            version: self.version.key(),
+            product: self.product,
+            kind: kind_to_logic(self.kind),
+            os: &self.os,
+            arch: &self.arch,
+        }
     }
 }
 
@@ -488,12 +247,7 @@ impl fmt::Display for Buildstamp {
 impl Ord for Buildstamp {
     /// Version first (what "newer" means), then the rest so that the order is total.
     fn cmp(&self, o: &Self) -> Ordering {
-        self.version
-            .cmp(&o.version)
-            .then(self.product.cmp(&o.product))
-            .then(self.kind.cmp(&o.kind))
-            .then(self.os.cmp(&o.os))
-            .then(self.arch.cmp(&o.arch))
+        self.key().cmp(&o.key())
     }
 }
 impl PartialOrd for Buildstamp {
@@ -673,6 +427,90 @@ mod tests {
         assert!(reason("").contains(".zip"));
     }
 
+    /// The shared vectors (guest-checks/logic/testdata/buildstamp-vectors.txt)
+    /// through this chrono-typed layer: same fields, same refusals, same order.
+    #[test]
+    fn shared_vectors_parse_and_sort_the_same_through_the_host_types() {
+        use molt_check_logic::vectors::{BUILDSTAMP_VECTORS, Expect, parse_vectors};
+        let vectors = parse_vectors(BUILDSTAMP_VECTORS).unwrap();
+        assert!(vectors.len() >= 30, "{} vectors", vectors.len());
+        let mut ok = Vec::new();
+        for v in &vectors {
+            let parsed = v.name.parse::<Buildstamp>();
+            match (&v.expect, parsed) {
+                (
+                    Expect::Ok {
+                        family,
+                        patch,
+                        hotfix,
+                    },
+                    Ok(b),
+                ) => {
+                    let bv = &b.version;
+                    assert_eq!(&bv.family, family, "line {}", v.line);
+                    assert_eq!(
+                        &format!("{}{}", bv.patch, bv.patch_suffix),
+                        patch,
+                        "line {}",
+                        v.line
+                    );
+                    let h = bv
+                        .hotfix
+                        .as_ref()
+                        .map(|h| format!("{}{}", h.number, h.suffix))
+                        .unwrap_or_else(|| "-".into());
+                    assert_eq!(&h, hotfix, "line {}", v.line);
+                    assert_eq!(b.to_string(), v.name, "line {}", v.line);
+                    // The logic crate's own parse agrees field for field.
+                    let l: molt_check_logic::buildstamp::Buildstamp = v.name.parse().unwrap();
+                    assert_eq!(bv.to_logic(), l.version, "line {}", v.line);
+                    assert_eq!(kind_to_logic(b.kind), l.kind, "line {}", v.line);
+                    ok.push(b);
+                }
+                (Expect::Err { reason }, Err(e)) => {
+                    assert!(e.reason.contains(reason.as_str()), "line {}: {e}", v.line);
+                    assert!(
+                        e.to_string()
+                            .starts_with(&format!("Not a valid package buildstamp: {}: ", v.name))
+                    );
+                }
+                (expect, got) => panic!("line {}: expected {expect:?}, got {got:?}", v.line),
+            }
+        }
+        for w in ok.windows(2) {
+            assert!(w[0] < w[1], "{} < {}", w[0], w[1]);
+            assert!(w[0].version <= w[1].version, "{} <= {}", w[0], w[1]);
+        }
+        let mut scrambled = ok.clone();
+        scrambled.reverse();
+        scrambled.rotate_left(ok.len() / 3);
+        scrambled.sort();
+        assert_eq!(scrambled, ok);
+    }
+
+    #[test]
+    fn the_issue_s_security_patch_tag_parses() {
+        let n = "mid-core.helsinki-03-16-2016__patch12a-08-25-2017_08-25-2017_1200.universal.universal.zip";
+        let b: Buildstamp = n.parse().unwrap();
+        assert_eq!(
+            (b.version.patch, b.version.patch_suffix.as_str()),
+            (12, "a")
+        );
+        assert_eq!(b.version.hotfix, None);
+        assert_eq!(b.to_string(), n);
+        let v = |s: &str| s.parse::<Version>().unwrap();
+        let (base, tail) = ("helsinki-03-16-2016__patch", "-08-25-2017_08-25-2017_1200");
+        let ordered = ["6", "6-hotfix1", "6-hotfix2", "6a", "6a-hotfix1", "6b", "7"];
+        for w in ordered.windows(2) {
+            assert!(
+                v(&format!("{base}{}{tail}", w[0])) < v(&format!("{base}{}{tail}", w[1])),
+                "{} < {}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
@@ -686,7 +524,7 @@ mod tests {
 
         /// Near-valid names (mutated from a template alphabet) never panic and round-trip.
         #[test]
-        fn structured_input_never_panics(s in "(mid|molt)-(core|jre|runtime|upgrade|precheck)\\.(quebec|rome|x)-[0-9]{1,2}-[0-9]{2}-[0-9]{4}__patch[0-9]{1,2}(-hotfix[0-9][a-c]{0,2})?-[0-9]{2}-[0-9]{2}-[0-9]{4}_[0-9]{2}-[0-9]{2}-[0-9]{4}_[0-9]{4}\\.(universal|linux)\\.(universal|x86-64)\\.zip") {
+        fn structured_input_never_panics(s in "(mid|molt)-(core|jre|runtime|upgrade|precheck)\\.(quebec|rome|x)-[0-9]{1,2}-[0-9]{2}-[0-9]{4}__patch[0-9]{1,2}[a-c]?(-hotfix[0-9][a-c]{0,2})?-[0-9]{2}-[0-9]{2}-[0-9]{4}_[0-9]{2}-[0-9]{2}-[0-9]{4}_[0-9]{4}\\.(universal|linux)\\.(universal|x86-64)\\.zip") {
             if let Ok(b) = s.parse::<Buildstamp>() {
                 proptest::prop_assert_eq!(b.to_string(), s.clone());
                 let again: Buildstamp = b.to_string().parse().unwrap();
@@ -696,12 +534,12 @@ mod tests {
 
         /// The order is total and consistent with equality on generated versions.
         #[test]
-        fn order_is_antisymmetric(a in 0u32..5, b in 0u32..5, ha in proptest::option::of(0u32..3), hb in proptest::option::of(0u32..3)) {
-            let mk = |p: u32, h: Option<u32>| {
+        fn order_is_antisymmetric(a in 0u32..5, b in 0u32..5, la in "[ab]?", lb in "[ab]?", ha in proptest::option::of(0u32..3), hb in proptest::option::of(0u32..3)) {
+            let mk = |p: u32, l: &str, h: Option<u32>| {
                 let h = h.map(|h| format!("-hotfix{h}")).unwrap_or_default();
-                format!("rome-01-01-2021__patch{p}{h}-02-02-2021_02-03-2021_1000").parse::<Version>().unwrap()
+                format!("rome-01-01-2021__patch{p}{l}{h}-02-02-2021_02-03-2021_1000").parse::<Version>().unwrap()
             };
-            let (x, y) = (mk(a, ha), mk(b, hb));
+            let (x, y) = (mk(a, &la, ha), mk(b, &lb, hb));
             proptest::prop_assert_eq!(x.cmp(&y), y.cmp(&x).reverse());
             proptest::prop_assert_eq!(x.cmp(&y) == Ordering::Equal, x == y);
         }
