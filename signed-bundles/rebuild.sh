@@ -28,4 +28,6 @@ wasm="$guest_target/wasm32-wasip2/release"
 # feature unification), so CI compiles wasmtime and friends once, then pack.
 (cd "$repo" && cargo build -q --workspace --all-targets)
 "${CARGO_TARGET_DIR:-$repo/target}/debug/examples/pack_bundles" "$wasm" "$out"
+# Test-only guests the sandbox tests run from raw wasm (never in a signed bundle).
+cp "$wasm/buildstamp_vectors.wasm" "$out/test-guests/buildstamp_vectors.wasm"
 ls -l "$out"

@@ -694,3 +694,162 @@ fn version_select_pins_downgrades_and_skips_the_runtime() {
         .to_string();
     assert!(e.contains("mid-core.not-a-version"), "{e}");
 }
+
+// ---- buildstamp vectors in wasm ---------------------------------------------
+
+/// guest-checks/logic/testdata/buildstamp-vectors.txt, the file the host's
+/// unit tests read too.
+fn buildstamp_vectors() -> Vec<molt_check_logic::vectors::Vector> {
+    let v = molt_check_logic::vectors::parse_vectors(molt_check_logic::vectors::BUILDSTAMP_VECTORS)
+        .unwrap();
+    assert!(v.len() >= 30, "{} vectors", v.len());
+    v
+}
+
+fn is_ok(v: &molt_check_logic::vectors::Vector) -> bool {
+    matches!(v.expect, molt_check_logic::vectors::Expect::Ok { .. })
+}
+
+#[test]
+fn buildstamp_vectors_parse_and_sort_the_same_in_wasm() {
+    let vectors = buildstamp_vectors();
+    // Keys scramble the file order, so the guest's sort has work to do.
+    let n = vectors.len();
+    let keyed: Vec<(String, &molt_check_logic::vectors::Vector)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("name-{:03}", (i * 7 + 3) % n), v))
+        .collect();
+    assert_eq!(
+        keyed
+            .iter()
+            .map(|(k, _)| k)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        n,
+        "keys must be distinct (7 and {n} coprime)"
+    );
+    let params: Vec<(&str, &str)> = keyed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.name.as_str()))
+        .collect();
+    let sb = sandbox(Policy::default()).unwrap();
+    let wasm = bundles().join("test-guests/buildstamp_vectors.wasm");
+    let r = run_check(&sb, &wasm, HostFacts::healthy(), &params).unwrap();
+    assert_eq!(r.findings.len(), n + 1, "{:#?}", r.findings);
+    assert!(
+        r.findings.iter().all(|f| f.severity == Severity::Info),
+        "{:#?}",
+        r.findings
+    );
+    let from_wasm: BTreeMap<&str, &str> = r
+        .findings
+        .iter()
+        .filter(|f| f.code != "buildstamp.order")
+        .map(|f| f.message.split_once(' ').unwrap())
+        .collect();
+    for (k, v) in &keyed {
+        let wasm_says = from_wasm[k.as_str()];
+        // Identical to the same code run natively, field for field ...
+        assert_eq!(
+            wasm_says,
+            molt_check_logic::vectors::describe(&v.name),
+            "line {}",
+            v.line
+        );
+        // ... to what the vector file expects ...
+        molt_check_logic::vectors::check_description(v, wasm_says).unwrap();
+        // ... and to the host's chrono-typed parse.
+        match v.name.parse::<molt_bundle::Buildstamp>() {
+            Ok(b) => {
+                assert!(wasm_says.starts_with("ok "), "line {}: {wasm_says}", v.line);
+                let patch = format!("patch={}{}", b.version.patch, b.version.patch_suffix);
+                assert!(wasm_says.contains(&patch), "line {}: {wasm_says}", v.line);
+                assert!(wasm_says.ends_with(&format!("display={b}")));
+            }
+            Err(e) => assert_eq!(wasm_says, format!("err {e}"), "line {}", v.line),
+        }
+    }
+    // The guest's sorted order is the file's order of the `ok` vectors, which
+    // is also the host's order.
+    let order = &r
+        .findings
+        .iter()
+        .find(|f| f.code == "buildstamp.order")
+        .unwrap()
+        .message;
+    let by_key: BTreeMap<&str, &str> = keyed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.name.as_str()))
+        .collect();
+    let wasm_sorted: Vec<&str> = order.split(' ').map(|k| by_key[k]).collect();
+    let expected: Vec<&str> = vectors
+        .iter()
+        .filter(|v| is_ok(v))
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(wasm_sorted, expected);
+    let mut host: Vec<molt_bundle::Buildstamp> = keyed
+        .iter()
+        .filter_map(|(_, v)| v.name.parse().ok())
+        .collect();
+    host.sort();
+    let host: Vec<String> = host.iter().map(|b| b.to_string()).collect();
+    assert_eq!(wasm_sorted, host);
+}
+
+/// The real signed selector, asked to go from one vector's version to
+/// another's, upgrades exactly when the host says the target is newer.
+#[test]
+fn the_signed_selector_orders_the_vector_versions_like_the_host() {
+    let vectors = buildstamp_vectors();
+    let mut versions: Vec<molt_bundle::Version> = vectors
+        .iter()
+        .filter(|v| is_ok(v))
+        .map(|v| v.name.parse::<molt_bundle::Buildstamp>().unwrap().version)
+        .collect();
+    versions.dedup();
+    assert!(versions.len() >= 30, "{} versions", versions.len());
+    let (dir, m) = open_bundle("selector");
+    let sb = sandbox(Policy::default()).unwrap();
+    let core = |v: &molt_bundle::Version| format!("mid-core.{v}.universal.universal.zip");
+    let input = |from: &molt_bundle::Version, to: &molt_bundle::Version| SelectorInput {
+        installed: vec![core(from)],
+        assigned_version: to.to_string(),
+        assigned: vec![core(to)],
+        downloaded: vec![],
+        pinned: None,
+        os: "linux".into(),
+        arch: "x86-64".into(),
+        is_64bit: true,
+        libc_version: Some("2.31".into()),
+    };
+    let mut asked = 0;
+    for from in &versions {
+        for to in &versions {
+            let p = sb
+                .select_version_in_bundle(&dir, &m, &input(from, to))
+                .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+            let want = match to.cmp(from) {
+                std::cmp::Ordering::Greater => Action::Upgrade,
+                std::cmp::Ordering::Less => Action::Downgrade,
+                std::cmp::Ordering::Equal => Action::None,
+            };
+            assert_eq!(p.action, want, "{from} -> {to}");
+            assert_eq!(p.target_version, to.to_string());
+            asked += 1;
+        }
+    }
+    assert_eq!(asked, versions.len() * versions.len());
+    // Refused names: the selector's reason is the host parser's reason.
+    for v in vectors.iter().filter(|v| !is_ok(v)) {
+        let mut i = input(&versions[0], &versions[1]);
+        i.installed = vec![v.name.clone()];
+        let e = sb
+            .select_version_in_bundle(&dir, &m, &i)
+            .unwrap_err()
+            .to_string();
+        let host = v.name.parse::<molt_bundle::Buildstamp>().unwrap_err();
+        assert!(e.contains(&host.to_string()), "line {}: {e}", v.line);
+    }
+}
