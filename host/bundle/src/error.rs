@@ -35,6 +35,16 @@ pub enum BundleError {
     #[error("bundle {bundle}: duplicate entry name `{entry}`")]
     Duplicate { bundle: PathBuf, entry: String },
 
+    /// A file that is also a directory of another entry: no extraction can lay out both.
+    #[error(
+        "bundle {bundle}: entry `{file}` is a file but entry `{nested}` needs it to be a directory; no extraction can lay out both"
+    )]
+    PathConflict {
+        bundle: PathBuf,
+        file: String,
+        nested: String,
+    },
+
     #[error("bundle {bundle}: too many entries: {count} (limit {limit})")]
     TooManyEntries {
         bundle: PathBuf,

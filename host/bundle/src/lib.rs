@@ -15,6 +15,7 @@
 //!   [`editor::new_root`], [`editor::sign_root`], [`editor::add_key`].
 //! - Keys: [`SigningKey::generate`], [`SigningKey::load`]`(pk8 path)`, `key_id()`, `public_hex()`.
 //! - Buildstamps: [`Buildstamp`] and [`Version`] (`FromStr`, `Display`, `Ord`), [`FamilyTable`].
+//! - Untrusted text: [`sanitize`]`(text, max_bytes)` escapes control characters and bounds length.
 //! - Errors: one enum, [`BundleError`], each variant naming the bundle/entry/key and the reason.
 
 /// Re-exported so callers (the CLI) use the same chrono types as the manifest.
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod root;
 pub mod schema;
 pub mod store;
+pub mod text;
 pub mod verify;
 
 pub use buildstamp::{Buildstamp, BuildstampError, FamilyTable, Hotfix, Product, Version};
@@ -42,6 +44,7 @@ pub use schema::{
     RootSigned, SignedRoot, Target,
 };
 pub use store::TrustStore;
+pub use text::sanitize;
 pub use verify::{EntryLocation, VerifiedBundle, VerifyOptions, verify_bundle};
 
 #[cfg(test)]

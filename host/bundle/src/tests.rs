@@ -457,6 +457,61 @@ fn refuses_duplicate_names() {
 }
 
 #[test]
+fn refuses_a_file_that_is_also_a_directory_of_another_entry() {
+    let fx = fx();
+    let b = craft(
+        &fx,
+        &[f("lib/a.dat", b"file"), f("lib/a.dat/b.dat", b"nested")],
+        |_| {},
+        CORE,
+    );
+    // Signed, so only the layout rule can refuse it: fast, deep and stateful alike.
+    for deep in [false, true] {
+        let e = msg(verify_bundle(
+            &b,
+            &fx.root,
+            &VerifyOptions {
+                deep,
+                ..Default::default()
+            },
+        ));
+        assert!(
+            e.contains(
+                "entry `lib/a.dat` is a file but entry `lib/a.dat/b.dat` needs it to be a directory"
+            ),
+            "{e}"
+        );
+    }
+    let mut store = TrustStore::open_or_init(&fx.dir.path().join("state"), &fx.root).unwrap();
+    let e = msg(store.verify_bundle(&b, &VerifyOptions::default()));
+    assert!(e.contains("`lib/a.dat/b.dat`"), "{e}");
+    // In either order of the entries.
+    let b = craft(
+        &fx,
+        &[f("x/y/z", b"nested"), f("x/y", b"file")],
+        |_| {},
+        CORE,
+    );
+    let e = msg(verify(&b, &fx.root));
+    assert!(e.contains("entry `x/y` is a file but entry `x/y/z`"), "{e}");
+    // Extraction refuses it too, should such a list ever reach it.
+    let ok = craft(
+        &fx,
+        &[f("lib/a.dat", b"file"), f("lib/c/b.dat", b"nested")],
+        |_| {},
+        CORE,
+    );
+    let mut v = verify(&ok, &fx.root).unwrap();
+    v.entries[1].path = "lib/a.dat/b.dat".into();
+    let dest = fx.dir.path().join("conflict");
+    let e = extract(&v, &ok, &dest, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exists and is not a directory"), "{e}");
+    assert!(!dest.exists(), "extraction left files behind");
+}
+
+#[test]
 fn refuses_absolute_paths() {
     let fx = fx();
     let b = craft(&fx, &[f("/etc/cron.d/x", b"1")], |_| {}, CORE);

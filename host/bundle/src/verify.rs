@@ -203,6 +203,7 @@ fn check_manifest(
             ));
         }
     }
+    check_path_conflicts(path, by_path.keys().copied())?;
     let zip_names: BTreeSet<&str> = payload.iter().map(|e| e.name.as_str()).collect();
     for e in &manifest.entries {
         if !zip_names.contains(e.path.as_str()) {
@@ -266,6 +267,29 @@ fn check_manifest(
         }
     }
     Ok((bs, locs))
+}
+
+/// Refuse a file that is also a directory prefix of another entry (`lib/a.dat`
+/// beside `lib/a.dat/b.dat`): no extraction can lay out both, so a bundle that
+/// passed verification would fail on every agent.
+fn check_path_conflicts<'a>(
+    bundle: &Path,
+    paths: impl Iterator<Item = &'a str> + Clone,
+) -> Result<(), BundleError> {
+    let files: BTreeSet<&str> = paths.clone().collect();
+    for p in paths {
+        for (i, _) in p.match_indices('/') {
+            let dir = &p[..i];
+            if files.contains(dir) {
+                return Err(BundleError::PathConflict {
+                    bundle: bundle.to_path_buf(),
+                    file: dir.to_string(),
+                    nested: p.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Verify a bundle file against `root` (stateless: no rollback protection; see
