@@ -8,10 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use molt_bundle::text::{
+    MAX_CODE, MAX_LABEL, MAX_LOG_LINE, MAX_MESSAGE, MAX_REMEDIATION, sanitize,
+};
 use molt_bundle::{Component as ManifestComponent, Manifest};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
@@ -28,8 +31,9 @@ pub const KNOWN_MAJORS: &[u64] = &[1];
 /// Epoch tick: the granularity of deadlines.
 const TICK: Duration = Duration::from_millis(10);
 const MAX_FINDINGS: usize = 256;
-const MAX_TEXT: usize = 4096;
 const MAX_LOG_LINES: usize = 200;
+/// Elements a guest's tables may hold in all.
+const TABLE_ELEMENTS: usize = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,7 +160,7 @@ impl Drop for Sandbox {
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
     facts: Arc<HostFacts>,
     net_allow: Arc<Vec<String>>,
     check: String,
@@ -269,7 +273,7 @@ impl pb::molt::check::log::Host for HostState {
         if self.log_lines > MAX_LOG_LINES {
             return;
         }
-        let msg: String = message.chars().take(MAX_TEXT).collect();
+        let msg = sanitize(&message, MAX_LOG_LINE);
         let check = &self.check;
         match level {
             Level::Trace | Level::Debug => tracing::debug!(%check, "guest: {msg}"),
@@ -277,6 +281,90 @@ impl pb::molt::check::log::Host for HostState {
             Level::Warn => tracing::warn!(%check, "guest: {msg}"),
             Level::Error => tracing::error!(%check, "guest: {msg}"),
         }
+    }
+}
+
+/// What the store's limiter refused, read after a guest fails: out of memory is
+/// known from here, never from the guest's own (forgeable) output.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Largest memory size in bytes a `memory.grow` asked for and was refused (0: none).
+    memory: AtomicU64,
+    /// Largest table size in elements a `table.grow` asked for and was refused (0: none).
+    table: AtomicU64,
+}
+
+impl Refusals {
+    fn record(slot: &AtomicU64, desired: usize) {
+        slot.fetch_max(
+            u64::try_from(desired).unwrap_or(u64::MAX).max(1),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The store's limits, recording every refusal in [`Refusals`].
+struct Limiter {
+    inner: StoreLimits,
+    refused: Arc<Refusals>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if !ok {
+            Refusals::record(&self.refused.memory, desired);
+        }
+        Ok(ok)
+    }
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Refusals::record(&self.refused.memory, 1);
+        self.inner.memory_grow_failed(error)
+    }
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.table_growing(current, desired, maximum)?;
+        if !ok {
+            Refusals::record(&self.refused.table, desired);
+        }
+        Ok(ok)
+    }
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Refusals::record(&self.refused.table, 1);
+        self.inner.table_grow_failed(error)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// Make every text of a report safe for a log line, a terminal or a page (see
+/// [`molt_bundle::sanitize`]). Applied once, to each report as it leaves the
+/// sandbox, whether the text came from the guest or from the host's own findings
+/// (which quote guest output such as a panic message).
+fn sanitize_report(r: &mut CheckReport) {
+    r.check = sanitize(&r.check, MAX_LABEL);
+    r.version = sanitize(&r.version, MAX_LABEL);
+    r.description = sanitize(&r.description, MAX_MESSAGE);
+    for f in &mut r.findings {
+        f.code = sanitize(&f.code, MAX_CODE);
+        f.message = sanitize(&f.message, MAX_MESSAGE);
+        f.remediation = sanitize(&f.remediation, MAX_REMEDIATION);
     }
 }
 
@@ -592,20 +680,21 @@ impl Sandbox {
         facts: Arc<HostFacts>,
         net_allow: Arc<Vec<String>>,
         check: &str,
+        refused: Arc<Refusals>,
     ) -> Result<Store<HostState>, String> {
-        let limits = StoreLimitsBuilder::new()
+        let inner = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(grant.limits.memory_bytes).unwrap_or(usize::MAX))
             .memories(4)
             .instances(64)
             .tables(16)
-            .table_elements(100_000)
+            .table_elements(TABLE_ELEMENTS)
             .build();
         let mut store = Store::new(
             &self.engine,
             HostState {
                 wasi,
                 table: ResourceTable::new(),
-                limits,
+                limits: Limiter { inner, refused },
                 facts,
                 net_allow,
                 check: check.to_string(),
@@ -679,7 +768,7 @@ impl Sandbox {
                         }
                         let c = &comps[i];
                         let started = Instant::now();
-                        let report = match &prepared[i] {
+                        let mut report = match &prepared[i] {
                             Err(f) => CheckReport {
                                 check: stem(&c.path),
                                 version: String::new(),
@@ -690,6 +779,7 @@ impl Sandbox {
                             },
                             Ok(p) => self.run_one(p, c, ctx, facts.clone(), allow.clone()),
                         };
+                        sanitize_report(&mut report);
                         for f in &report.findings {
                             tracing::info!(check = %report.check, severity = f.severity.as_str(), code = %f.code, "Pre Upgrade Check finding: {}", f.message);
                         }
@@ -804,10 +894,11 @@ impl Sandbox {
         let mut params: BTreeMap<String, String> = c.params.clone();
         params.extend(ctx.params.iter().map(|(k, v)| (k.clone(), v.clone())));
         let params: Vec<(String, String)> = params.into_iter().collect();
+        let refused = Arc::new(Refusals::default());
         let outcome = (|| -> Result<(pb::CheckInfo, Vec<pb::Finding>), wasmtime::Error> {
             let linker = self.linker(&p.grant, false).map_err(wasmtime::Error::msg)?;
             let mut store = self
-                .store(&p.grant, wasi, facts, allow, &report.check)
+                .store(&p.grant, wasi, facts, allow, &report.check, refused.clone())
                 .map_err(wasmtime::Error::msg)?;
             let pre = pb::PrecheckPre::new(linker.instantiate_pre(&p.component)?)?;
             let inst = pre.instantiate(&mut store)?;
@@ -829,21 +920,23 @@ impl Sandbox {
                 } else {
                     report.check = info.name;
                     report.version = info.version;
-                    report.description = info.description.chars().take(MAX_TEXT).collect();
+                    report.description = info.description;
                 }
                 if fs.len() > MAX_FINDINGS {
                     report.findings.push(nonsense(
                         &report.check,
                         &format!("returned {} findings (at most {MAX_FINDINGS})", fs.len()),
                     ));
-                } else if let Some(bad) = fs.iter().find(|f| {
-                    !code_ok(&f.code)
-                        || f.message.len() > MAX_TEXT
-                        || f.remediation.len() > MAX_TEXT
-                }) {
-                    report.findings.push(nonsense(&report.check, &format!(
-                        "returned a finding with code `{}` ({} byte message): codes are 1-64 chars of a-z 0-9 . - and texts at most {MAX_TEXT} bytes",
-                        bad.code.chars().take(64).collect::<String>(), bad.message.len())));
+                } else if let Some(bad) = fs.iter().find(|f| !code_ok(&f.code)) {
+                    // Over-long texts are cut (visibly) when the report leaves the
+                    // sandbox; a code is an identifier, so a bad one is refused.
+                    report.findings.push(nonsense(
+                        &report.check,
+                        &format!(
+                            "returned a finding with code `{}`: codes are 1-{MAX_CODE} chars of a-z 0-9 . -",
+                            sanitize(&bad.code, MAX_CODE)
+                        ),
+                    ));
                 } else {
                     report.findings = fs
                         .into_iter()
@@ -865,6 +958,7 @@ impl Sandbox {
                 report.findings.push(classify(
                     &e,
                     &err_text,
+                    &refused,
                     &report.check,
                     &p.grant.limits,
                     crashed,
@@ -946,7 +1040,8 @@ impl Sandbox {
                 let linker = self.linker(grant, true)?;
                 let stderr = MemoryOutputPipe::new(16 * 1024);
                 let mut b = base_wasi(&stderr);
-                let mut store = self.store(grant, b.build(), facts, Arc::new(Vec::new()), "version-select")?;
+                let refused = Arc::new(Refusals::default());
+                let mut store = self.store(grant, b.build(), facts, Arc::new(Vec::new()), "version-select", refused.clone())?;
                 let mut run = || -> Result<Result<sb::molt::check::selection::Plan, String>, wasmtime::Error> {
                     let pre = sb::SelectorPre::new(linker.instantiate_pre(&comp)?)?;
                     let inst = pre.instantiate(&mut store)?;
@@ -954,10 +1049,10 @@ impl Sandbox {
                 };
                 match run() {
                     Ok(Ok(p)) => Ok(from_wit_plan(p)),
-                    Ok(Err(e)) => Err(format!("refused the input: {e}")),
+                    Ok(Err(e)) => Err(format!("refused the input: {}", sanitize(&e, MAX_MESSAGE))),
                     Err(e) => {
-                        let f = classify(&e, &stderr_text(&stderr), "version-select", &grant.limits, |m| finding(Severity::Blocking, "check.crashed", m, ""));
-                        Err(format!("{}: {}", f.code, f.message))
+                        let f = classify(&e, &stderr_text(&stderr), &refused, "version-select", &grant.limits, |m| finding(Severity::Blocking, "check.crashed", m, ""));
+                        Err(format!("{}: {}", f.code, sanitize(&f.message, MAX_MESSAGE)))
                     }
                 }
             })
@@ -986,27 +1081,32 @@ fn to_wit_input(i: &SelectorInput) -> sb::molt::check::selection::SelectorInput 
     }
 }
 
+/// The selector's plan as host types, every text sanitized: package names
+/// are only ever compared with the assignment's, so escaping one cannot make
+/// it match; reasons and notes are logged and reported.
 fn from_wit_plan(p: sb::molt::check::selection::Plan) -> Plan {
     use sb::molt::check::selection as w;
+    let names =
+        |v: Vec<String>| -> Vec<String> { v.iter().map(|n| sanitize(n, MAX_LABEL)).collect() };
     Plan {
         action: match p.action {
             w::Action::Upgrade => Action::Upgrade,
             w::Action::Downgrade => Action::Downgrade,
             w::Action::None => Action::None,
         },
-        target_version: p.target_version,
-        installed: p.installed,
-        assigned: p.assigned,
-        missing: p.missing,
-        downloaded: p.downloaded,
+        target_version: sanitize(&p.target_version, MAX_LABEL),
+        installed: names(p.installed),
+        assigned: names(p.assigned),
+        missing: names(p.missing),
+        downloaded: names(p.downloaded),
         crosses_family: p.crosses_family,
         runtime: match p.runtime {
             w::RuntimeDecision::Upgrade => RuntimeDecision::Upgrade,
             w::RuntimeDecision::Skip => RuntimeDecision::Skip,
             w::RuntimeDecision::Current => RuntimeDecision::Current,
         },
-        runtime_reason: p.runtime_reason,
-        notes: p.notes,
+        runtime_reason: sanitize(&p.runtime_reason, MAX_MESSAGE),
+        notes: p.notes.iter().map(|n| sanitize(n, MAX_MESSAGE)).collect(),
     }
 }
 
@@ -1017,11 +1117,9 @@ fn stem(path: &str) -> String {
         .unwrap_or_else(|| path.to_string())
 }
 
+/// The guest's stderr (bounded by its pipe), for quoting a panic message.
 fn stderr_text(p: &MemoryOutputPipe) -> String {
-    String::from_utf8_lossy(&p.contents())
-        .chars()
-        .take(MAX_TEXT)
-        .collect()
+    String::from_utf8_lossy(&p.contents()).into_owned()
 }
 
 fn nonsense(check: &str, why: &str) -> Finding {
@@ -1033,10 +1131,13 @@ fn nonsense(check: &str, why: &str) -> Finding {
     )
 }
 
-/// Turn a guest failure into a finding naming the check.
+/// Turn a guest failure into a finding naming the check. Out of memory is
+/// recognised from what the store's limiter refused, never from the guest's
+/// output; `stderr` is only quoted (for a panic message).
 fn classify(
     e: &wasmtime::Error,
     stderr: &str,
+    refused: &Refusals,
     check: &str,
     limits: &Limits,
     crashed: impl Fn(String) -> Finding,
@@ -1067,14 +1168,30 @@ fn classify(
         }
         _ => {}
     }
-    if stderr.contains("memory allocation of") || text.contains("growing memory") {
+    let memory = refused.memory.load(Ordering::Relaxed);
+    if memory > 0 {
+        let asked = if memory > 1 {
+            format!(" (it asked for {memory} bytes)")
+        } else {
+            String::new()
+        };
         return finding(
             Severity::Blocking,
             "check.out-of-memory",
             format!(
-                "Check {check} needed more than its memory cap of {} bytes: {}",
-                limits.memory_bytes,
-                stderr.lines().next().unwrap_or(&text)
+                "Check {check} needed more than its memory cap of {} bytes{asked} and was stopped",
+                limits.memory_bytes
+            ),
+            "Report this to the check's author; the upgrade waits until it passes.",
+        );
+    }
+    let table = refused.table.load(Ordering::Relaxed);
+    if table > 0 {
+        return finding(
+            Severity::Blocking,
+            "check.out-of-memory",
+            format!(
+                "Check {check} needed a table larger than its cap of {TABLE_ELEMENTS} elements and was stopped"
             ),
             "Report this to the check's author; the upgrade waits until it passes.",
         );

@@ -363,17 +363,69 @@ fn a_looping_guest_is_stopped_at_its_deadline() {
 }
 
 #[test]
-fn a_guest_allocating_2_gib_is_refused() {
+fn a_guest_allocating_1_gib_is_refused() {
     let r = hostile_with(&[("mode", "alloc")], |_| {}, Policy::default());
     let f = only(&r, "check.out-of-memory");
+    // Known from the store's limiter, which refused the growth.
     assert!(
-        f.message
-            .contains("memory allocation of 2147479552 bytes failed"),
+        f.message.contains("needed more than its memory cap of") && f.message.contains("asked for"),
         "{f:?}"
     );
     // A guest that asks politely gets an allocation error it can report.
     let r = hostile_with(&[("mode", "alloc-try")], |_| {}, Policy::default());
     assert_findings(&r, &[(Severity::Info, "alloc.refused")]);
+    // A guest that only prints the allocator's message and crashes did not run
+    // out of memory: its own output cannot make it so.
+    let r = hostile_with(&[("mode", "fake-oom")], |_| {}, Policy::default());
+    let f = only(&r, "check.crashed");
+    assert!(f.message.contains("crashed"), "{f:?}");
+}
+
+/// The line the hostile guest's `forge` mode tries to put on a line of its own.
+const FORGED: &str = "2026-01-01T00:00:00.000000Z  INFO Pre-upgrade validation tests successful";
+
+#[test]
+fn guest_text_leaves_the_sandbox_escaped_and_bounded() {
+    let r = hostile_with(&[("mode", "forge")], |_| {}, Policy::default());
+    let codes: Vec<&str> = r.findings.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(
+        codes,
+        ["forge.error", "forge.warning", "forge.long"],
+        "{r:#?}"
+    );
+    for f in &r.findings {
+        for text in [&f.code, &f.message, &f.remediation] {
+            assert!(
+                !text.chars().any(|c| c.is_control() || c == '\u{2028}'),
+                "control character left in {text:?}"
+            );
+            assert!(
+                text.len() <= 2048 + "…(truncated)".len(),
+                "{} bytes",
+                text.len()
+            );
+        }
+    }
+    let m = &r.findings[0].message;
+    assert!(
+        m.starts_with("looks fine\\n2026-01-01T00:00:00.000000Z  INFO Pre-upgrade")
+            && m.contains("\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\r2026-")
+            && m.contains("\\u{2028}2026-"),
+        "{m}"
+    );
+    assert!(r.findings[0].remediation.starts_with("none\\n2026-"));
+    assert!(
+        r.findings[2].message.ends_with("…(truncated)"),
+        "{}",
+        r.findings[2].message
+    );
+    assert!(
+        !r.findings[0]
+            .message
+            .lines()
+            .skip(1)
+            .any(|l| l.starts_with(FORGED))
+    );
 }
 
 #[test]

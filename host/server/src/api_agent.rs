@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use molt_bundle::text::{MAX_LABEL, sanitize};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -25,6 +26,18 @@ pub const AGENT_REGISTRY: &str = "AgentRegistry";
 
 fn ok() -> axum::Json<serde_json::Value> {
     axum::Json(json!({ "ok": true }))
+}
+
+/// Bound for a stage, attempt or command message an agent sends.
+const MAX_REPORT_MESSAGE: usize = 4096;
+
+/// Text an agent sent, made safe (control characters escaped, length bounded)
+/// before it reaches a log, the store or the dashboard: the same rule the
+/// sandbox applies to guest text, so a forged line cannot pass through either.
+fn clean(v: &mut String, max: usize) {
+    if v.len() > max || !molt_bundle::text::is_clean(v) {
+        *v = sanitize(v, max);
+    }
 }
 
 pub(crate) fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
@@ -63,10 +76,12 @@ pub(crate) fn check_name(field: &str, v: &str) -> Result<(), ApiError> {
 pub async fn heartbeat(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
-    ApiJson(hb): ApiJson<Heartbeat>,
+    ApiJson(mut hb): ApiJson<Heartbeat>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_text("host", &hb.host, 255)?;
     check_text("version", &hb.version, 200)?;
+    clean(&mut hb.host, MAX_LABEL);
+    clean(&mut hb.version, MAX_LABEL);
     let now = state.config.clock.now();
     let window = crate::clock::chrono_dur(state.config.agent_down_after);
     let id = agent.id;
@@ -311,10 +326,12 @@ pub struct AttemptRequest {
 pub async fn create_attempt(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
-    ApiJson(req): ApiJson<AttemptRequest>,
+    ApiJson(mut req): ApiJson<AttemptRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_text("from_version", &req.from_version, 200)?;
     check_text("to_version", &req.to_version, 200)?;
+    clean(&mut req.from_version, MAX_LABEL);
+    clean(&mut req.to_version, MAX_LABEL);
     let now = state.config.clock.now();
     let id = agent.id;
     let attempt_id = state
@@ -339,13 +356,14 @@ pub async fn record_stage(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
     ApiPath(attempt_id): ApiPath<i64>,
-    ApiJson(req): ApiJson<StageRequest>,
+    ApiJson(mut req): ApiJson<StageRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if req.message.len() > 64 * 1024 {
         return Err(ApiError::unprocessable(
             "field `message` is longer than 65536 bytes",
         ));
     }
+    clean(&mut req.message, MAX_REPORT_MESSAGE);
     let at = req.at.unwrap_or_else(|| state.config.clock.now());
     let id = agent.id;
     tracing::info!(agent = %agent.name, attempt_id, stage = %req.stage, state = %req.state, "upgrade history stage");
@@ -367,8 +385,9 @@ pub async fn finish_attempt(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
     ApiPath(attempt_id): ApiPath<i64>,
-    ApiJson(req): ApiJson<FinishRequest>,
+    ApiJson(mut req): ApiJson<FinishRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    clean(&mut req.message, MAX_REPORT_MESSAGE);
     let now = state.config.clock.now();
     let id = agent.id;
     tracing::info!(agent = %agent.name, attempt_id, result = %req.result, "upgrade attempt finished");
@@ -388,7 +407,7 @@ pub struct IssuesReport {
 pub async fn report_issues(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
-    ApiJson(req): ApiJson<IssuesReport>,
+    ApiJson(mut req): ApiJson<IssuesReport>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_text("source", &req.source, 100)?;
     if req.source == AGENT_REGISTRY {
@@ -405,6 +424,16 @@ pub async fn report_issues(
         check_text(&format!("findings[{i}].code"), &f.code, 100)?;
         check_text(&format!("findings[{i}].severity"), &f.severity, 40)?;
         check_text(&format!("findings[{i}].description"), &f.description, 4000)?;
+    }
+    clean(&mut req.source, MAX_LABEL);
+    for f in &mut req.findings {
+        // The bounds the API already enforces (above): only escaping can lengthen.
+        clean(&mut f.code, 100);
+        clean(&mut f.severity, 40);
+        clean(&mut f.description, 4000);
+        if let Some(r) = &mut f.remediation {
+            clean(r, 4000);
+        }
     }
     let now = state.config.clock.now();
     let id = agent.id;
@@ -481,8 +510,9 @@ pub async fn command_done(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
     ApiPath(command_id): ApiPath<i64>,
-    ApiJson(req): ApiJson<DoneRequest>,
+    ApiJson(mut req): ApiJson<DoneRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    clean(&mut req.message, MAX_REPORT_MESSAGE);
     let now = state.config.clock.now();
     let id = agent.id;
     tracing::info!(agent = %agent.name, command_id, ok = req.ok, "command done");

@@ -3,6 +3,9 @@ use molt_check_sdk::{Check, Finding, Severity, log_info, param};
 
 struct Hostile;
 
+/// A log line as the agent writes it, for the `forge` mode to inject.
+const FORGED: &str = "2026-01-01T00:00:00.000000Z  INFO Pre-upgrade validation tests successful. Continuing with upgrade process";
+
 fn f(sev: Severity, code: &str, msg: String) -> Finding {
     Finding {
         severity: sev,
@@ -34,8 +37,10 @@ impl Check for Hostile {
                 }
             }
             "alloc" => {
-                // 2 GiB (less one page: wasm32's isize::MAX), touched so it cannot be optimised away.
-                let v = std::hint::black_box(vec![1u8; (2 << 30) - 4096]);
+                // 1 GiB, touched so it cannot be optimised away: far above the
+                // host's cap, and small enough that the guest's allocator asks
+                // the host (memory.grow) rather than refusing it itself.
+                let v = std::hint::black_box(vec![1u8; 1 << 30]);
                 out.push(f(
                     Severity::Info,
                     "alloc.done",
@@ -44,8 +49,8 @@ impl Check for Hostile {
             }
             "alloc-try" => {
                 let mut v: Vec<u8> = Vec::new();
-                match v.try_reserve_exact(2 << 30) {
-                    Ok(()) => out.push(f(Severity::Blocking, "alloc.granted", "2 GiB".into())),
+                match v.try_reserve_exact(1 << 30) {
+                    Ok(()) => out.push(f(Severity::Blocking, "alloc.granted", "1 GiB".into())),
                     Err(e) => out.push(f(Severity::Info, "alloc.refused", e.to_string())),
                 }
             }
@@ -118,6 +123,26 @@ impl Check for Hostile {
                 ));
             }
             "panic" => panic!("hostile check panics on purpose"),
+            "forge" => {
+                // Text that would forge a log line, recolour and retitle the
+                // terminal and clear the screen if the host printed it as is.
+                let forged = format!("looks fine\n{FORGED}\x1b]0;owned\x07\x1b[2J\r{FORGED}\u{2028}{FORGED}");
+                log_info(&forged);
+                out.push(Finding {
+                    severity: Severity::Blocking,
+                    code: "forge.error".into(),
+                    message: forged.clone(),
+                    remediation: format!("none\n{FORGED}"),
+                });
+                out.push(f(Severity::Warning, "forge.warning", forged.clone()));
+                out.push(f(Severity::Info, "forge.long", "é".repeat(10_000)));
+            }
+            "fake-oom" => {
+                // What the Rust runtime prints when an allocation fails, then a
+                // crash: the host must not believe the guest ran out of memory.
+                eprintln!("memory allocation of 4096 bytes failed");
+                panic!("memory allocation of 4096 bytes failed");
+            }
             "nonsense" => {
                 out.push(f(Severity::Warning, "", "x".repeat(100_000)));
             }
