@@ -720,7 +720,8 @@ pub fn buildstamp(a: BuildstampArgs) -> anyhow::Result<ExitCode> {
                 v.family,
                 v.family_date.format("%m-%d-%Y")
             );
-            println!("  patch:       {}", v.patch);
+            // With a security patch's letter: `12a`, not `12`.
+            println!("  patch:       {}{}", v.patch, v.patch_suffix);
             println!(
                 "  hotfix:      {}",
                 v.hotfix
@@ -751,6 +752,7 @@ fn buildstamp_json(b: &Buildstamp) -> serde_json::Value {
         "family": v.family,
         "family_date": v.family_date.to_string(),
         "patch": v.patch,
+        "patch_suffix": v.patch_suffix,
         "hotfix": v.hotfix.as_ref().map(|h| h.number),
         "hotfix_suffix": v.hotfix.as_ref().map(|h| h.suffix.clone()),
         "patch_date": v.patch_date.to_string(),
