@@ -95,13 +95,31 @@ fn check_new_scaffolds_a_crate_that_builds_and_runs_in_the_sandbox() {
         );
         return;
     }
-    // Same versions as the committed guests, and their target dir, so the
-    // SDK's dependencies are already compiled when CI rebuilt the guests.
-    std::fs::copy(
-        repo_root().join("guest-checks/Cargo.lock"),
-        krate.join("Cargo.lock"),
-    )
-    .unwrap();
+    // The scaffold is self-contained: the SDK, its logic crate and the WIT
+    // files are vendored from the binary, nothing points into this tree. Move
+    // it to a fresh directory elsewhere, as a check author on another machine
+    // would have it, and build it there.
+    let repo = std::fs::canonicalize(repo_root()).unwrap();
+    let mut files = Vec::new();
+    walk(&krate, &mut files);
+    for f in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+        assert!(
+            !text.contains(repo.to_str().unwrap()),
+            "{} refers to the Molt source tree",
+            f.display()
+        );
+    }
+    assert!(krate.join("vendor/guest-checks/sdk/Cargo.toml").is_file());
+    assert!(krate.join("vendor/wit/check.wit").is_file());
+    assert!(krate.join("Cargo.lock").is_file());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().join("tmp-space");
+    copy_tree(&krate, &moved);
+    std::fs::remove_dir_all(&krate).unwrap();
+    let krate = moved;
+    // The guests' target dir, so the SDK's dependencies are already compiled
+    // when CI rebuilt the guests (it holds no source the scaffold could use).
     let target = std::env::var_os("CARGO_TARGET_DIR_GUESTS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
@@ -138,4 +156,30 @@ fn check_new_scaffolds_a_crate_that_builds_and_runs_in_the_sandbox() {
     let (code, out, err) = check_run(&[wasm.to_str().unwrap(), "--param", "min_free=1"], &cache);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("passed"), "{out}");
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Copy the tree at `from` to `to` (files and directories only).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let dest = to.join(e.file_name());
+        if p.is_dir() {
+            copy_tree(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
 }

@@ -63,6 +63,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    logging::end_quietly_on_broken_pipe();
     let cli = Cli::parse();
     logging::init(&cli.log);
     let result = match cli.command {

@@ -46,6 +46,7 @@ fn agent_dispatch(home: &Home) -> anyhow::Result<tracing::Dispatch> {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_target(false)
+                .with_ansi(crate::logging::stderr_colour())
                 .with_writer(std::io::stderr),
         )
         .with(

@@ -24,7 +24,8 @@ pub struct NewArgs {
     /// Parent directory of the new crate.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Path of the molt-check-sdk crate (default: the one in this Molt source tree).
+    /// Path of a molt-check-sdk crate to use instead of the copy vendored into
+    /// the scaffold (`vendor/`, embedded in this binary).
     #[arg(long)]
     pub sdk: Option<PathBuf>,
 }
@@ -75,21 +76,28 @@ fn new(a: NewArgs) -> Result<ExitCode> {
             a.name
         );
     }
-    let sdk = match a.sdk {
-        Some(p) => p,
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../guest-checks/sdk"
-        )),
+    let sdk = match &a.sdk {
+        Some(p) => Some(
+            std::fs::canonicalize(p)
+                .with_context(|| format!("molt-check-sdk not found at {}", p.display()))?,
+        ),
+        None => None,
     };
-    let sdk = std::fs::canonicalize(&sdk)
-        .with_context(|| format!("molt-check-sdk not found at {} (pass --sdk)", sdk.display()))?;
     let dir = a.dir.join(&a.name);
     if dir.exists() {
         bail!("{} already exists; not overwriting it", dir.display());
     }
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    // The SDK, the logic crate and the WIT contract, as this binary was built
+    // with them: the scaffold builds from its own folder, anywhere.
+    let sdk_dep = match &sdk {
+        Some(p) => toml_string(&p.display().to_string()),
+        None => {
+            write_vendored(&dir)?;
+            toml_string(VENDORED_SDK)
+        }
+    };
     let ty: String = a
         .name
         .split('-')
@@ -111,7 +119,7 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-molt-check-sdk = {{ path = "{sdk}" }}
+molt-check-sdk = {{ path = {sdk} }}
 
 # Keep the component small (about 50 KB).
 [profile.release]
@@ -125,7 +133,7 @@ panic = "abort"
 [workspace]
 "#,
         name = a.name,
-        sdk = sdk.display()
+        sdk = sdk_dep
     );
     let lib = format!(
         r#"//! `{name}`: describe what this check verifies.
@@ -176,6 +184,36 @@ molt_check_sdk::check!({ty});
         a.name.replace('-', "_")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the scaffold's copy of the SDK lives, relative to the scaffold.
+const VENDORED_SDK: &str = "vendor/guest-checks/sdk";
+
+/// The SDK sources, the logic crate and the WIT files, embedded at build time
+/// (build.rs), plus the guests' Cargo.lock.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/scaffold_files.rs"));
+}
+
+/// Write the embedded SDK, logic crate and WIT contract under `<dir>/vendor/`
+/// and the guests' Cargo.lock as the scaffold's.
+fn write_vendored(dir: &Path) -> Result<()> {
+    for (rel, bytes) in embedded::VENDORED_FILES {
+        let p = dir.join("vendor").join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    std::fs::write(dir.join("Cargo.lock"), embedded::GUEST_LOCK)
+        .with_context(|| format!("cannot write {}", dir.join("Cargo.lock").display()))?;
+    Ok(())
+}
+
+/// A TOML basic string (quotes and backslashes escaped).
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn fresh_tmp(label: &str) -> Result<PathBuf> {
@@ -269,10 +307,16 @@ fn run_checks(a: RunArgs) -> Result<ExitCode> {
     })
 }
 
+/// Guest text as the table prints it: the sandbox already escaped it; this
+/// keeps the terminal safe should a report ever come from elsewhere.
+fn shown(s: &str) -> String {
+    molt_bundle::sanitize(s, usize::MAX)
+}
+
 fn print_table(reports: &[molt_sandbox::CheckReport]) {
     let w = reports
         .iter()
-        .map(|r| r.check.len())
+        .map(|r| shown(&r.check).len())
         .max()
         .unwrap_or(5)
         .max(5);
@@ -284,7 +328,7 @@ fn print_table(reports: &[molt_sandbox::CheckReport]) {
         if r.findings.is_empty() {
             println!(
                 "{:<w$}  {:<8}  {:<24}  passed ({} ms)",
-                r.check,
+                shown(&r.check),
                 "ok",
                 "-",
                 r.elapsed.as_millis()
@@ -293,13 +337,19 @@ fn print_table(reports: &[molt_sandbox::CheckReport]) {
         for f in &r.findings {
             println!(
                 "{:<w$}  {:<8}  {:<24}  {}",
-                r.check,
+                shown(&r.check),
                 f.severity.as_str(),
-                f.code,
-                f.message
+                shown(&f.code),
+                shown(&f.message)
             );
             if !f.remediation.is_empty() && f.severity != Severity::Info {
-                println!("{:<w$}  {:<8}  {:<24}  -> {}", "", "", "", f.remediation);
+                println!(
+                    "{:<w$}  {:<8}  {:<24}  -> {}",
+                    "",
+                    "",
+                    "",
+                    shown(&f.remediation)
+                );
             }
         }
     }
