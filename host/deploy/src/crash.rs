@@ -5,6 +5,10 @@
 //! of the version build). The crash-injection test uses it to kill the runner at
 //! every step; `MOLT_DEPLOY_CHECKPOINTS=<file>` makes the runner append each
 //! checkpoint's number and name to that file so the test learns how many there are.
+//! `MOLT_DEPLOY_KILL_AT=<name>` (e.g. `journal Switched`) with
+//! `MOLT_DEPLOY_KILL_ONCE=<file>`: the runner SIGKILLs itself at the checkpoint of
+//! that name, once (the file records it), so a runner restarted by its service
+//! manager resumes instead of dying again (the systemd tests).
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -21,6 +25,21 @@ pub fn checkpoint(name: &str) {
         {
             let _ = writeln!(f, "{n} {name}");
         }
+    }
+    if std::env::var("MOLT_DEPLOY_KILL_AT").is_ok_and(|at| at == name)
+        && let Some(once) = std::env::var_os("MOLT_DEPLOY_KILL_ONCE")
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&once)
+            .is_ok()
+    {
+        tracing::warn!(
+            name,
+            "deploy SIGKILL injected (test hook MOLT_DEPLOY_KILL_AT)"
+        );
+        // SAFETY: signalling ourselves; nothing runs after it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
     if let Some(at) = std::env::var("MOLT_DEPLOY_CRASH_AT")
         .ok()

@@ -123,6 +123,8 @@ fn hand_over_inner(
     )?;
 
     // Copy the runner into the upgrade dir: it must not run from a version dir.
+    // (A companion unit runs the installed, root-owned `current/bin/molt`
+    // instead: root never executes a file the service account wrote.)
     let src = match &opts.runner {
         Some(p) => p.clone(),
         None => {
@@ -141,14 +143,17 @@ fn hand_over_inner(
     fsutil::set_mode(&runner, 0o755)?;
 
     let log = upgrade_dir.join("runner.log");
-    let home_s = home.root().to_string_lossy().into_owned();
-    let plan_s = plan_path.to_string_lossy().into_owned();
-    let pid = crate::service::spawn_detached(
+    let launched = crate::launch::start_runner(
+        home,
+        &opts.service,
         &runner,
-        &["deploy", "--home", &home_s, "--plan", &plan_s],
+        &crate::launch::Job::Plan {
+            plan: plan_path.clone(),
+        },
         &log,
     )?;
-    tracing::info!(pid, runner = %runner.display(), "upgrade runner started; waiting for its start signal");
+    let pid = launched.pid().unwrap_or(0);
+    tracing::info!(?launched, service = %opts.service, "upgrade runner started; waiting for its start signal");
 
     if opts.skip_wait {
         return Ok(HandoverOutcome {
@@ -163,26 +168,26 @@ fn hand_over_inner(
         if marker.is_file() {
             let waited = start.elapsed();
             tracing::info!(
-                pid,
+                ?launched,
                 waited_ms = waited.as_millis() as u64,
                 "upgrade runner signalled start"
             );
             return Ok(HandoverOutcome {
-                runner_pid: pid,
+                runner_pid: marker_pid(&marker).unwrap_or(pid),
                 runner_exe: runner,
                 upgrade_dir: upgrade_dir.to_path_buf(),
                 waited,
             });
         }
-        if !crate::proc::alive(pid) {
+        if launched.ended() {
             return Err(DeployError::RunnerExited {
                 status: "exited".into(),
                 log,
             });
         }
         if start.elapsed() >= opts.limit {
-            crate::proc::signal(pid, libc::SIGKILL);
-            tracing::error!(pid, "Unable to receive upgrade process status");
+            launched.cancel();
+            tracing::error!(?launched, "Unable to receive upgrade process status");
             return Err(DeployError::HandoverTimeout {
                 waited_secs: start.elapsed().as_secs(),
             });
@@ -190,6 +195,11 @@ fn hand_over_inner(
         let left = opts.limit.saturating_sub(start.elapsed());
         sleep_until_marker(&marker, opts.poll.min(left).max(Duration::from_millis(10)));
     }
+}
+
+/// The runner's pid, from its start marker.
+fn marker_pid(marker: &Path) -> Option<u32> {
+    std::fs::read_to_string(marker).ok()?.trim().parse().ok()
 }
 
 /// Sleep up to `d`, waking early when the marker shows up.

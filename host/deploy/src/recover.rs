@@ -32,13 +32,23 @@ pub enum RecoveryOutcome {
 
 /// Called by the agent at start, before anything else.
 pub fn recover(home: &Home) -> Result<RecoveryOutcome, DeployError> {
-    recover_with(home, &crate::runner::self_exe())
+    recover_as(home, &crate::service::ServiceKind::detect())
+}
+
+/// [`recover`] for an agent run by `service` (a resume runner is started the
+/// way a hand-over starts one: see [`crate::launch`]).
+pub fn recover_as(
+    home: &Home,
+    service: &crate::service::ServiceKind,
+) -> Result<RecoveryOutcome, DeployError> {
+    recover_with(home, &crate::runner::self_exe(), service)
 }
 
 /// [`recover`] with an explicit `molt` binary for the resume runner (tests).
 pub fn recover_with(
     home: &Home,
     molt_exe: &std::path::Path,
+    service: &crate::service::ServiceKind,
 ) -> Result<RecoveryOutcome, DeployError> {
     let lock_path = Journal::lock_path(home);
     let Some(lock) = FileLock::try_acquire(&lock_path)? else {
@@ -102,24 +112,39 @@ pub fn recover_with(
     // finishes it, because this process cannot judge its own health.
     drop(lock);
     let log = home.logs_dir().join("deploy-resume.log");
-    let pid = crate::service::spawn_detached(
-        molt_exe,
-        &[
-            "deploy",
-            "--home",
-            &home.root().to_string_lossy(),
-            "--resume",
-        ],
-        &log,
-    )?;
+    let launched =
+        crate::launch::start_runner(home, service, molt_exe, &crate::launch::Job::Resume, &log)?;
     tracing::info!(
-        pid,
+        ?launched,
         "Recovery: resume runner started for an unfinished deploy"
     );
     Ok(RecoveryOutcome::HealthCheckPending {
         version: current.unwrap_or_default(),
-        runner_pid: pid,
+        runner_pid: launched.pid().unwrap_or(0),
     })
+}
+
+/// After a deploy has ended (no runner holds the lock, no journal): remove the
+/// upgrade dirs that were handed over (`work/upgrade_temp/<n>/plan.json`),
+/// with their runner copy and logs. Other dirs there (a check that is running
+/// now) are left. `Ok(None)` while a runner still works.
+pub fn clean_handed_over(home: &Home) -> Result<Option<Vec<PathBuf>>, DeployError> {
+    let Some(_lock) = FileLock::try_acquire(&Journal::lock_path(home))? else {
+        return Ok(None);
+    };
+    if Journal::load(home)?.is_some() {
+        return Ok(None);
+    }
+    let mut removed = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(home.upgrade_temp_dir()) {
+        for e in rd.flatten() {
+            if e.path().join("plan.json").is_file() {
+                fsutil::remove_tree(&e.path())?;
+                removed.push(e.path());
+            }
+        }
+    }
+    Ok(Some(removed))
 }
 
 /// Remove what no deploy needs any more: hidden build/trash dirs, temp symlinks,

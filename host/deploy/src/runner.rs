@@ -109,6 +109,31 @@ pub fn self_exe() -> PathBuf {
 
 /// Run a deploy from `plan.json` (the `molt deploy --plan` entry point).
 pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
+    run_with(home, plan_path, None)
+}
+
+/// The companion unit's entry point (`molt deploy --request --service ...`):
+/// take `work/upgrade.request`, act as the home's owner from then on (root only
+/// for systemctl on the one unit `service` names), and deploy the requested
+/// plan, or finish an interrupted deploy. `Ok(None)`: nothing to do.
+pub fn run_requested(
+    home: &Home,
+    service: &service::ServiceKind,
+) -> Result<Option<DeployResult>, DeployError> {
+    let job = crate::launch::take_request(home)?;
+    crate::privilege::drop_to_owner(home)?;
+    match job {
+        Some(crate::launch::Job::Plan { plan }) => run_with(home, &plan, Some(service)).map(Some),
+        Some(crate::launch::Job::Resume) | None => resume_with(home, Some(service)),
+    }
+}
+
+/// [`run`], controlling the service `given` instead of the one the hand-over names.
+pub fn run_with(
+    home: &Home,
+    plan_path: &Path,
+    given: Option<&service::ServiceKind>,
+) -> Result<DeployResult, DeployError> {
     let lock_path = Journal::lock_path(home);
     let Some(_lock) = FileLock::try_acquire(&lock_path)? else {
         return Err(DeployError::DeployInProgress {
@@ -118,7 +143,7 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     };
     if Journal::load(home)?.is_some() {
         tracing::warn!("an earlier deploy did not finish; resolving it first");
-        resume_locked(home)?;
+        resume_locked(home, given)?;
     }
     let plan = DeployPlan::load(plan_path)?;
     let upgrade_dir = plan_path
@@ -137,7 +162,7 @@ pub fn run(home: &Home, plan_path: &Path) -> Result<DeployResult, DeployError> {
     }
     let ctx = Ctx {
         home,
-        svc: service::for_home(home, &self_exe())?,
+        svc: service::control_for(home, &self_exe(), given)?,
         rep: Reporter::new(
             home,
             plan.control_plane.clone(),
@@ -583,6 +608,14 @@ fn finalize(ctx: &Ctx, j: &mut Journal, r: &DeployResult, msg: &str) -> Result<(
 /// Finish or undo an unfinished deploy (`molt deploy --resume`). Takes the
 /// deploy lock; `Ok(None)` when there was nothing to do.
 pub fn resume(home: &Home) -> Result<Option<DeployResult>, DeployError> {
+    resume_with(home, None)
+}
+
+/// [`resume`], controlling the service `given` instead of the one the hand-over names.
+pub fn resume_with(
+    home: &Home,
+    given: Option<&service::ServiceKind>,
+) -> Result<Option<DeployResult>, DeployError> {
     let lock_path = Journal::lock_path(home);
     let Some(_lock) = FileLock::try_acquire(&lock_path)? else {
         return Err(DeployError::DeployInProgress {
@@ -590,10 +623,13 @@ pub fn resume(home: &Home) -> Result<Option<DeployResult>, DeployError> {
             lock: lock_path,
         });
     };
-    resume_locked(home)
+    resume_locked(home, given)
 }
 
-fn resume_locked(home: &Home) -> Result<Option<DeployResult>, DeployError> {
+fn resume_locked(
+    home: &Home,
+    given: Option<&service::ServiceKind>,
+) -> Result<Option<DeployResult>, DeployError> {
     let Some(mut j) = Journal::load(home)? else {
         return Ok(None);
     };
@@ -606,7 +642,7 @@ fn resume_locked(home: &Home) -> Result<Option<DeployResult>, DeployError> {
     };
     let ctx = Ctx {
         home,
-        svc: service::for_home(home, &self_exe())?,
+        svc: service::control_for(home, &self_exe(), given)?,
         rep: Reporter::new(
             home,
             cp,

@@ -141,18 +141,6 @@ impl Handover {
     }
 }
 
-/// Is this host's service manager usable? (Used to skip systemd tests with a reason.)
-pub fn systemd_available() -> Result<(), String> {
-    if !Path::new("/run/systemd/system").is_dir() {
-        return Err("systemd is not PID 1 here (/run/systemd/system is missing)".into());
-    }
-    match Command::new("systemctl").arg("--version").output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!("systemctl --version failed: {}", o.status)),
-        Err(e) => Err(format!("systemctl not runnable: {e}")),
-    }
-}
-
 /// Result of the Reinstall Service stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reinstall {
@@ -194,9 +182,33 @@ pub trait ServiceControl {
 /// file (a runner resumed by hand) the service this process runs under is used;
 /// an unreadable or unknown kind is an error, never a silent supervisor.
 pub fn for_home(home: &Home, runner_exe: &Path) -> Result<Box<dyn ServiceControl>, DeployError> {
-    let kind = Handover::load(home)?
-        .map(|h| h.service)
-        .unwrap_or_else(ServiceKind::detect);
+    control_for(home, runner_exe, None)
+}
+
+/// [`for_home`], or the service `given` on the runner's command line (the
+/// companion unit names the one unit it may control; a hand-over file that
+/// names another is refused, since the account that wrote it is not trusted
+/// with root's choice of unit).
+pub fn control_for(
+    home: &Home,
+    runner_exe: &Path,
+    given: Option<&ServiceKind>,
+) -> Result<Box<dyn ServiceControl>, DeployError> {
+    let recorded = Handover::load(home)?.map(|h| h.service);
+    let kind = match (given, recorded) {
+        (Some(g), Some(r)) if *g != r => {
+            return Err(DeployError::Service {
+                service: g.to_string(),
+                reason: format!(
+                    "the hand-over file {} names {r}, but this runner controls only {g}",
+                    home.handover_file().display()
+                ),
+            });
+        }
+        (Some(g), _) => g.clone(),
+        (None, Some(r)) => r,
+        (None, None) => ServiceKind::detect(),
+    };
     Ok(match kind {
         ServiceKind::Systemd(unit) => Box::new(Systemd {
             unit,
@@ -274,6 +286,7 @@ pub struct Systemd {
 
 impl Systemd {
     fn ctl(&self, args: &[&str]) -> Result<String, DeployError> {
+        let _root = crate::privilege::Elevated::new();
         let out = Command::new("systemctl")
             .args(args)
             .output()
@@ -296,6 +309,15 @@ impl Systemd {
     }
 }
 
+impl Systemd {
+    /// `/run/systemd/system/<unit>.d/50-molt-deploy-hold.conf`.
+    fn hold_dropin(&self) -> PathBuf {
+        Path::new("/run/systemd/system")
+            .join(format!("{}.d", self.unit))
+            .join("50-molt-deploy-hold.conf")
+    }
+}
+
 impl ServiceControl for Systemd {
     fn name(&self) -> String {
         format!("systemd:{}", self.unit)
@@ -312,19 +334,44 @@ impl ServiceControl for Systemd {
         Ok(matches!(state.as_str(), "inactive" | "failed") && self.pids()?.is_empty())
     }
     fn hold(&self) -> Result<(), DeployError> {
-        // A runtime mask keeps anything from starting the unit until we unmask it.
+        // A runtime drop-in whose condition fails while the hold marker exists:
+        // neither Restart= nor anyone's `systemctl start` starts the unit until
+        // start() removes it. (A runtime mask would not do: it does not shadow a
+        // unit installed under /etc/systemd/system.)
         molt_layout::write_atomic(
             &self.home.hold_marker(),
             format!("{}\n", std::process::id()).as_bytes(),
         )?;
-        self.ctl(&["mask", "--runtime", &self.unit]).map(|_| ())
+        let dropin = self.hold_dropin();
+        {
+            let _root = crate::privilege::Elevated::new();
+            molt_layout::write_atomic(
+                &dropin,
+                format!(
+                    "# Written by the Molt deploy runner while it replaces the agent's version;\n\
+                     # removed when it starts the agent again.\n[Unit]\nConditionPathExists=!{}\n",
+                    self.home.hold_marker().display()
+                )
+                .as_bytes(),
+            )?;
+        }
+        self.ctl(&["daemon-reload"]).map(|_| ())
     }
     fn request_stop(&self) -> Result<(), DeployError> {
         self.ctl(&["stop", "--no-block", &self.unit]).map(|_| ())
     }
     fn start(&self) -> Result<(), DeployError> {
-        self.ctl(&["unmask", "--runtime", &self.unit])?;
         crate::fsutil::remove_file_opt(&self.home.hold_marker())?;
+        let dropin = self.hold_dropin();
+        if dropin.exists() {
+            {
+                let _root = crate::privilege::Elevated::new();
+                crate::fsutil::remove_file_opt(&dropin)?;
+            }
+            self.ctl(&["daemon-reload"])?;
+        }
+        // A unit that hit its start limit (a crash loop) refuses `start` until reset.
+        self.ctl(&["reset-failed", &self.unit])?;
         self.ctl(&["start", &self.unit]).map(|_| ())
     }
     fn reinstall(
@@ -340,15 +387,14 @@ impl ServiceControl for Systemd {
         if old.as_deref() == Some(new.as_slice()) {
             return Ok(Reinstall::Unchanged);
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        // A runner acting for an unprivileged account (or not root at all) may
+        // not change what root's service manager runs.
+        if !crate::privilege::is_root() {
             return Ok(Reinstall::Skipped(REINSTALL_WARNING.into()));
         }
-        let dest = Path::new("/etc/systemd/system").join(format!(
-            "{}.service",
-            self.unit.trim_end_matches(".service")
-        ));
-        molt_layout::write_atomic(&dest, &new)?;
+        let dest = Path::new("/etc/systemd/system").join(&self.unit);
+        let text = String::from_utf8_lossy(&new);
+        molt_layout::write_atomic(&dest, render_unit(&text, self.home.root()).as_bytes())?;
         self.ctl(&["daemon-reload"])?;
         Ok(Reinstall::Reinstalled)
     }
@@ -360,6 +406,16 @@ pub const REINSTALL_WARNING: &str = "The service definition changed in this vers
 /// Start a program detached from us: new session, stdin from /dev/null, stdout and
 /// stderr appended to `log`. Returns its pid.
 pub fn spawn_detached(exe: &Path, args: &[&str], log: &Path) -> Result<u32, DeployError> {
+    spawn_detached_as(exe, args, log, None)
+}
+
+/// [`spawn_detached`] as the account `ids` (uid, gid) when given (root only).
+pub fn spawn_detached_as(
+    exe: &Path,
+    args: &[&str],
+    log: &Path,
+    ids: Option<(u32, u32)>,
+) -> Result<u32, DeployError> {
     use std::os::unix::process::CommandExt;
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d).map_err(io_err(d))?;
@@ -375,6 +431,9 @@ pub fn spawn_detached(exe: &Path, args: &[&str], log: &Path) -> Result<u32, Depl
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err);
+    if let Some((uid, gid)) = ids {
+        cmd.uid(uid).gid(gid);
+    }
     // SAFETY: setsid is async-signal-safe; it detaches the child from our session
     // so it survives our exit and our signals.
     unsafe {
@@ -415,39 +474,17 @@ pub fn detect_services_except(home: &Home, own: Option<&str>) -> Result<Vec<Stri
             read_pid(&home.conf_dir().join("supervisor.pid")).unwrap_or(0)
         ));
     }
-    found.extend(units_serving(
-        &[
-            Path::new("/etc/systemd/system"),
-            Path::new("/run/systemd/system"),
-            Path::new("/usr/lib/systemd/system"),
-        ],
-        home.root(),
-        own,
-    ));
+    found.extend(
+        molt_layout::systemd::units_serving(home.root(), own)
+            .into_iter()
+            .map(|u| format!("systemd unit {u}")),
+    );
     Ok(found)
 }
 
-/// Unit files in `dirs` whose ExecStart serves `--home <root>`, except `own`.
-fn units_serving(dirs: &[&Path], root: &Path, own: Option<&str>) -> Vec<String> {
-    let root = root.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "service")
-                && own.is_none_or(|u| e.file_name().to_str() != Some(u))
-                && let Ok(s) = std::fs::read_to_string(&p)
-                && s.lines()
-                    .any(|l| l.starts_with("ExecStart") && l.contains(&format!("--home {root}")))
-            {
-                found.push(format!("systemd unit {}", p.display()));
-            }
-        }
-    }
-    found
+/// A unit file shipped for `/opt/molt`, for the install at `home`.
+pub fn render_unit(template: &str, home: &Path) -> String {
+    template.replace("/opt/molt", &home.to_string_lossy())
 }
 
 /// Refuse to run when another service already serves this install.
@@ -548,27 +585,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn the_agents_own_unit_is_not_another_service_on_the_install() {
-        let units = tempfile::tempdir().unwrap();
-        let unit = |name: &str, home: &str| {
-            std::fs::write(
-                units.path().join(name),
-                format!("[Service]\nExecStart=/opt/molt/current/bin/molt agent --home {home}\n"),
-            )
-            .unwrap()
-        };
-        unit("molt-agent.service", "/opt/molt");
-        unit("other-agent.service", "/opt/molt");
-        unit("elsewhere.service", "/srv/other");
-        let dirs = [units.path()];
-        let root = Path::new("/opt/molt");
-        let found = units_serving(&dirs, root, Some("molt-agent.service"));
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].ends_with("other-agent.service"), "{found:?}");
-        // Seen from outside any unit (e.g. `molt run` started by hand) both count.
-        assert_eq!(units_serving(&dirs, root, None).len(), 2);
     }
 }

@@ -168,7 +168,13 @@ fn recovery_at_start_undoes_a_deploy_interrupted_before_the_switch() {
     let cps = std::fs::read_to_string(th.root().join("cps.txt")).unwrap();
     assert!(cps.lines().last().unwrap().contains("build file"), "{cps}");
     assert!(th.home.journal_file().exists());
-    match recover_with(&th.home, &molt_bin()).unwrap() {
+    match recover_with(
+        &th.home,
+        &molt_bin(),
+        &molt_deploy::service::ServiceKind::Supervisor,
+    )
+    .unwrap()
+    {
         RecoveryOutcome::RolledBack {
             version,
             to_version,
@@ -204,7 +210,12 @@ fn recovery_at_start_undoes_a_deploy_interrupted_before_the_switch() {
     );
     // A clean start afterwards finds nothing to do.
     assert!(matches!(
-        recover_with(&th.home, &molt_bin()).unwrap(),
+        recover_with(
+            &th.home,
+            &molt_bin(),
+            &molt_deploy::service::ServiceKind::Supervisor
+        )
+        .unwrap(),
         RecoveryOutcome::Clean { .. }
     ));
 }
@@ -257,7 +268,13 @@ fn recovery_at_start_after_the_switch_health_checks_the_new_version() {
     assert!(!st.success());
     assert_eq!(th.home.current_version().unwrap().as_deref(), Some("v2"));
     th.stop_supervisor();
-    match recover_with(&th.home, &molt_bin()).unwrap() {
+    match recover_with(
+        &th.home,
+        &molt_bin(),
+        &molt_deploy::service::ServiceKind::Supervisor,
+    )
+    .unwrap()
+    {
         RecoveryOutcome::HealthCheckPending { version, .. } => assert_eq!(version, "v2"),
         other => panic!("{other:?}"),
     }

@@ -386,33 +386,3 @@ fn a_second_supervisor_on_the_same_install_is_refused() {
     assert!(err.contains("two services on one install"), "{err}");
     th.wait_up("v1", UP).unwrap();
 }
-
-#[test]
-fn systemd_service_control_works_where_systemd_runs() {
-    if let Err(reason) = molt_deploy::service::systemd_available() {
-        println!("SKIPPED systemd_service_control_works_where_systemd_runs: {reason}");
-        return;
-    }
-    // On a systemd host: a transient unit running a stand-in agent, stopped and
-    // started through the trait.
-    let v1 = core_content("v1", 5, Agent::Good);
-    let th = TestHome::new("v1", &v1);
-    let unit = format!("molt-deploy-test-{}", std::process::id());
-    let st = Command::new("systemd-run")
-        .args(["--unit", &unit, "--collect"])
-        .arg(th.home.current_link().join("bin/molt"))
-        .args(["agent", "--home", th.root().to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    th.wait_up("v1", UP).unwrap();
-    let svc = molt_deploy::service::Systemd {
-        unit: format!("{unit}.service"),
-        home: th.home.clone(),
-    };
-    use molt_deploy::service::ServiceControl;
-    assert!(!svc.is_stopped().unwrap());
-    svc.request_stop().unwrap();
-    molt_deploy::service::wait_stopped(&svc, &[], Duration::from_secs(20)).unwrap();
-    assert!(svc.is_stopped().unwrap());
-}

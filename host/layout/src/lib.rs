@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod systemd;
+
 /// Errors reading or writing layout state.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -101,6 +103,12 @@ impl Home {
     /// `<home>/conf/agent.pid`: the agent's pid, owned by the supervisor (`molt run`).
     pub fn agent_pid_file(&self) -> PathBuf {
         self.conf_dir().join("agent.pid")
+    }
+    /// `<home>/work/upgrade.request`: written by an agent that may not start the
+    /// runner itself (an unprivileged account under systemd); the companion path
+    /// unit sees it and starts the runner as root (docs/deploy.md).
+    pub fn upgrade_request_file(&self) -> PathBuf {
+        self.work_dir().join("upgrade.request")
     }
     /// `<home>/conf/handover.json`: PIDs and service name written by the agent at hand-over.
     pub fn handover_file(&self) -> PathBuf {

@@ -141,7 +141,7 @@ fn glibc_version() -> Option<String> {
 }
 
 /// `uid=N(name)` for the effective user, from /etc/passwd.
-fn account() -> (String, bool) {
+fn account() -> String {
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|s| {
@@ -150,11 +150,38 @@ fn account() -> (String, bool) {
             (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
         })
     });
-    let acct = match name {
+    match name {
         Some(n) => format!("uid={uid}({n})"),
         None => format!("uid={uid}"),
+    }
+}
+
+/// May this agent carry out an upgrade of `install_dir`: write its home, and
+/// have its own service stopped and started? (The `privileged` fact; not
+/// `uid == 0`: an unprivileged account under systemd upgrades through the
+/// companion unit, and `molt run` restarts whatever account runs it.)
+/// `Err` says what is missing.
+fn upgrade_rights(install_dir: &Path, own_unit: Option<&str>) -> Result<(), String> {
+    let work = install_dir.join("work");
+    let probe = if work.is_dir() {
+        work
+    } else {
+        install_dir.to_path_buf()
     };
-    (acct, uid == 0)
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} is not a valid path", probe.display()))?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(format!("cannot write {}", probe.display()));
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    match own_unit {
+        None => Ok(()),
+        Some(unit) => molt_layout::systemd::companion_enabled(unit, install_dir),
+    }
 }
 
 /// Processes (other than none) with an open fd on a file under `dir`.
@@ -201,46 +228,20 @@ fn replaced_dir(install_dir: &Path) -> PathBuf {
     }
 }
 
-/// systemd units whose file mentions `dir` (WorkingDirectory=, ExecStart=),
-/// except `own`: the unit this agent runs in serves the install, it does not share it.
-fn units_using(dir: &Path, own: Option<&str>) -> Vec<String> {
-    let needle = dir.display().to_string();
-    let mut out = Vec::new();
-    for base in [
-        "/etc/systemd/system",
-        "/lib/systemd/system",
-        "/usr/lib/systemd/system",
-    ] {
-        let Ok(rd) = std::fs::read_dir(base) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if !name.ends_with(".service") || out.contains(&name) || own == Some(name.as_str()) {
-                continue;
-            }
-            if let Ok(text) = std::fs::read_to_string(e.path()) {
-                let uses = text.lines().any(|l| {
-                    (l.starts_with("WorkingDirectory=") || l.starts_with("ExecStart="))
-                        && l.split(['=', ' '])
-                            .any(|w| w == needle || w.starts_with(&format!("{needle}/")))
-                });
-                if uses {
-                    out.push(name);
-                }
-            }
-        }
-    }
-    out
-}
-
 impl HostFacts {
     /// Real facts of this host for an install in `install_dir` and temp files in `temp_dir`.
     pub fn probe(install_dir: &Path, temp_dir: &Path) -> Result<HostFacts, SandboxError> {
-        let (service_account, privileged) = account();
+        let service_account = account();
         // The service manager, not a guess: under systemd the agent's own unit
         // (it is running, or this code would not be).
         let own_unit = molt_layout::own_systemd_unit();
+        let privileged = match upgrade_rights(install_dir, own_unit.as_deref()) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(account = %service_account, unit = ?own_unit, "The service account cannot carry out an upgrade: {why}");
+                false
+            }
+        };
         let service_state = if own_unit.is_some() {
             ServiceState::Running
         } else {
@@ -259,7 +260,10 @@ impl HostFacts {
                 .ok()
                 .map(|s| s.trim().to_string()),
             agent_pid: std::process::id(),
-            sharing_install_dir: units_using(install_dir, own_unit.as_deref()),
+            sharing_install_dir: molt_layout::systemd::units_serving(
+                install_dir,
+                own_unit.as_deref(),
+            ),
             service_name: own_unit,
             service_state,
             file_holders: file_holders(&replaced_dir(install_dir)),

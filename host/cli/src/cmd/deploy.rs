@@ -15,11 +15,19 @@ pub struct DeployArgs {
     #[arg(long)]
     pub home: PathBuf,
     /// `plan.json` in the hand-over directory (`work/upgrade_temp/<n>-0/plan.json`).
-    #[arg(long, conflicts_with = "resume", required_unless_present = "resume")]
+    #[arg(long, conflicts_with_all = ["resume", "request"], required_unless_present_any = ["resume", "request"])]
     pub plan: Option<PathBuf>,
     /// Finish or undo an interrupted deploy from `work/deploy.journal`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "request")]
     pub resume: bool,
+    /// Run what the agent asked for in `work/upgrade.request` (the companion unit
+    /// of an unprivileged agent: started as root, it acts as the home's owner and
+    /// uses root only to control the unit given by --service).
+    #[arg(long, requires = "service")]
+    pub request: bool,
+    /// The one service this runner controls, `systemd:<unit>` or `supervisor`.
+    #[arg(long)]
+    pub service: Option<String>,
 }
 
 /// The built-in supervisor: keeps `<home>/current/bin/molt agent` running.
@@ -35,7 +43,22 @@ pub struct RunArgs {
 
 pub fn deploy(a: DeployArgs) -> anyhow::Result<ExitCode> {
     let home = Home::new(&a.home);
-    let result = if a.resume {
+    let result = if a.request {
+        let service = molt_deploy::service::ServiceKind::parse(a.service.as_deref().unwrap_or(""))
+            .context("--service")?;
+        match molt_deploy::runner::run_requested(&home, &service)
+            .context("run the requested upgrade")?
+        {
+            Some(r) => r,
+            None => {
+                println!(
+                    "no upgrade request and no unfinished deploy in {}",
+                    a.home.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    } else if a.resume {
         match molt_deploy::runner::resume(&home).context("resume an interrupted deploy")? {
             Some(r) => r,
             None => {
