@@ -60,6 +60,10 @@ enum Command {
     Repair(cmd::ops::RepairArgs),
     /// Verify and place packages for an offline upgrade.
     Import(cmd::ops::ImportArgs),
+    /// Install an agent: verify packages, create the home and account, install and start the service.
+    Install(cmd::install::InstallArgs),
+    /// Stop and remove an agent's service and its install directory.
+    Uninstall(cmd::install::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +86,8 @@ fn main() -> ExitCode {
         Command::Diagnose(a) => cmd::ops::diagnose(a),
         Command::Repair(a) => cmd::ops::repair(a),
         Command::Import(a) => cmd::ops::import(a),
+        Command::Install(a) => cmd::install::install(a),
+        Command::Uninstall(a) => cmd::install::uninstall(a),
     };
     match result {
         Ok(code) => code,

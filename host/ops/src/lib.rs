@@ -10,6 +10,7 @@ pub mod diagnose;
 pub mod explain;
 pub mod import;
 pub mod inputs;
+pub mod install;
 pub mod repair;
 pub mod signatures;
 pub mod status;

@@ -4,5 +4,6 @@ pub mod bundle;
 pub mod check;
 pub mod demo;
 pub mod deploy;
+pub mod install;
 pub mod ops;
 pub mod serve;
