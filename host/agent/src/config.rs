@@ -49,6 +49,13 @@ pub struct RawConfig {
     /// `supervisor` or `systemd:<unit>`; default: detected from this process's cgroup.
     #[serde(default)]
     pub service: Option<String>,
+    /// Seconds the old agent has to stop gracefully at an upgrade before it is killed (default 120).
+    #[serde(default)]
+    pub stop_timeout_secs: Option<u64>,
+    /// Seconds a new (or rolled-back) version has to report Up before it is
+    /// judged unhealthy (default 300).
+    #[serde(default)]
+    pub health_timeout_secs: Option<u64>,
     /// Tests and simulations only: a facts.toml whose values replace probed host facts.
     #[serde(default)]
     pub facts_override: Option<PathBuf>,
@@ -110,6 +117,8 @@ pub struct AgentConfig {
     pub handover_wait_secs: u64,
     /// The service manager that runs this agent; the runner stops and starts it through it.
     pub service: molt_deploy::service::ServiceKind,
+    /// Time limits handed to the runner (`stop_timeout_secs`, `health_timeout_secs`).
+    pub deploy: molt_deploy::DeployOptions,
     pub facts_override: Option<PathBuf>,
     pub trust_root: PathBuf,
     pub heartbeat_secs: u64,
@@ -216,6 +225,25 @@ impl AgentConfig {
             Some(s) => molt_deploy::service::ServiceKind::parse(s)
                 .map_err(|e| invalid("service", e.to_string()))?,
         };
+        let mut deploy = molt_deploy::DeployOptions::default();
+        for (key, given, slot) in [
+            (
+                "stop_timeout_secs",
+                raw.stop_timeout_secs,
+                &mut deploy.stop_timeout_secs,
+            ),
+            (
+                "health_timeout_secs",
+                raw.health_timeout_secs,
+                &mut deploy.health_timeout_secs,
+            ),
+        ] {
+            match given {
+                Some(0) => return Err(invalid(key, "must be at least 1".into())),
+                Some(v) => *slot = v,
+                None => {}
+            }
+        }
         let facts_override = raw.facts_override.map(resolve);
         if let Some(f) = &facts_override
             && !f.is_file()
@@ -236,6 +264,7 @@ impl AgentConfig {
             proxy,
             handover_wait_secs,
             service,
+            deploy,
             facts_override,
             trust_root: raw
                 .trust_root

@@ -3,6 +3,7 @@
 //! Upgrade Check in the sandbox), and prepares everything (Download, Extract)
 //! before the deploy runner touches a single installed file. See docs/agent.md.
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod deps;

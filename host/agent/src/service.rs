@@ -84,6 +84,9 @@ pub struct Agent {
     pub(crate) host: String,
     /// The version the control plane assigned at the last version check.
     pub(crate) last_assigned: std::sync::Mutex<Option<String>>,
+    /// The next check was asked for by an operator (`upgrade` command, `molt
+    /// upgrade now`): it ends a hold after rollback.
+    pub(crate) retry_requested: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -100,6 +103,7 @@ impl Agent {
             version,
             host: hostname(),
             last_assigned: std::sync::Mutex::new(None),
+            retry_requested: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -171,10 +175,26 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
     let _lock = lock_home(&home)?;
     // Finish or undo an interrupted deploy before anything else.
     let h2 = home.clone();
-    match tokio::task::spawn_blocking(move || molt_deploy::recover(&h2)).await {
-        Ok(Ok(outcome)) => tracing::info!(outcome = ?outcome, "Start-up recovery"),
-        Ok(Err(e)) => return Err(AgentError::Recovery(e.to_string())),
-        Err(e) => return Err(AgentError::Recovery(e.to_string())),
+    let service = cfg.service.clone();
+    let s2 = service.clone();
+    let in_progress =
+        match tokio::task::spawn_blocking(move || molt_deploy::recover::recover_as(&h2, &s2)).await
+        {
+            Ok(Ok(outcome)) => {
+                tracing::info!(outcome = ?outcome, "Start-up recovery");
+                outcome == molt_deploy::RecoveryOutcome::DeployInProgress
+            }
+            Ok(Err(e)) => return Err(AgentError::Recovery(e.to_string())),
+            Err(e) => return Err(AgentError::Recovery(e.to_string())),
+        };
+    // While a runner is health-checking this process (the new version, or the
+    // old one after a rollback), no upgrade check starts: it would report
+    // Upgrading instead of Up and hand over a second time under the runner.
+    let (deploy_done, mut deploy_done_rx) = tokio::sync::watch::channel(!in_progress);
+    if in_progress {
+        // Once the runner is done, clean what it left (the upgrade dir with its
+        // runner copy and logs, which the agent log already holds).
+        tokio::spawn(clean_after_deploy(home.clone(), deploy_done));
     }
     let agent = Arc::new(Agent::new(home, cfg)?);
     tracing::info!(version = %agent.version, home = %agent.home.root().display(), control_plane = %agent.client.base(), "Agent starting");
@@ -223,6 +243,10 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
         tokio::spawn(async move {
             // When the last upgrade check finished.
             let mut last_finished: Option<std::time::Instant> = None;
+            if !*deploy_done_rx.borrow() {
+                tracing::info!("Upgrade checks wait until the running deploy has finished");
+                let _ = deploy_done_rx.wait_for(|done| *done).await;
+            }
             while let Some(t) = rx.recv().await {
                 busy.store(true, std::sync::atomic::Ordering::SeqCst);
                 let (mode, cmd, reply) = match t {
@@ -248,6 +272,11 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                             .await;
                             continue;
                         }
+                        if kind == "upgrade" {
+                            agent
+                                .retry_requested
+                                .store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
                         let m = if kind == "runPrecheck" {
                             Mode::PrecheckOnly
                         } else {
@@ -255,7 +284,12 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                         };
                         (m, Some(id), None)
                     }
-                    Trigger::Local { reply } => (Mode::Upgrade, None, Some(reply)),
+                    Trigger::Local { reply } => {
+                        agent
+                            .retry_requested
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                        (Mode::Upgrade, None, Some(reply))
+                    }
                 };
                 if mode == Mode::Upgrade {
                     // From now on a new trigger queues a new check (the
@@ -285,6 +319,7 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                             (false, format!("{stage}: {message}"))
                         }
                         UpgradeOutcome::CheckFailed { message } => (false, message.clone()),
+                        UpgradeOutcome::HeldAfterRollback { message } => (false, message.clone()),
                     };
                     command_done(&agent, &id, ok, &msg).await;
                 }
@@ -314,7 +349,16 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
     let _ = std::fs::remove_file(&sock);
     match &exit {
         Exit::HandedOver { to_version } => {
-            tracing::info!(to_version = %to_version, "Agent stopped for the upgrade")
+            tracing::info!(to_version = %to_version, "Agent stopped for the upgrade");
+            // The seeds: the agent is Down from the hand-over until the new
+            // version reports Up (the runner's stages say why).
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                agent
+                    .client
+                    .heartbeat(&agent.host, &agent.version, "Down", std::process::id()),
+            )
+            .await;
         }
         Exit::Restart => tracing::info!("Agent stopping for restart"),
         Exit::Stopped => {
@@ -591,6 +635,49 @@ fn lock_home(home: &Home) -> Result<std::fs::File, AgentError> {
 
 /// Remove precheck leftovers of a crashed run (`*-precheck` dirs); extract dirs
 /// (`*-0`) belong to deploy and are its to clean.
+/// Wait (bounded) for the runner that deployed this version to finish, then
+/// remove the upgrade dir it worked from (its runner copy and logs; the agent
+/// log already holds the upgrade log).
+async fn clean_after_deploy(home: Home, done: tokio::sync::watch::Sender<bool>) {
+    // Whatever happens below, upgrade checks may run afterwards.
+    let _done = scopeguard(move || {
+        let _ = done.send(true);
+    });
+    for _ in 0..3600 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let h = home.clone();
+        match tokio::task::spawn_blocking(move || molt_deploy::recover::clean_handed_over(&h)).await
+        {
+            Ok(Ok(None)) => continue,
+            Ok(Ok(Some(removed))) => {
+                tracing::info!(
+                    count = removed.len(),
+                    "Upgrade directory cleaned after the deploy finished"
+                );
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Cannot clean the upgrade directory after the deploy");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Run `f` when the returned guard is dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 fn cleanup_stale_temp(home: &Home) {
     let Ok(rd) = std::fs::read_dir(home.upgrade_temp_dir()) else {
         return;

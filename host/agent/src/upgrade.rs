@@ -39,6 +39,9 @@ pub enum UpgradeOutcome {
     Failed { stage: String, message: String },
     /// The control plane could not be asked.
     CheckFailed { message: String },
+    /// The assigned version was rolled back on this agent and is backing off
+    /// (see [`crate::backoff`]).
+    HeldAfterRollback { message: String },
 }
 
 /// Errors that end an upgrade check before any stage.
@@ -329,6 +332,19 @@ impl Agent {
             return UpgradeOutcome::UpToDate;
         }
 
+        let retry = self
+            .retry_requested
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = crate::backoff::check(&self.home, &target, chrono::Utc::now(), retry) {
+            let message = format!(
+                "Version {target} held after rollback until {} ({} rollback(s) in a row); not upgrading. Retry now with the `upgrade` command or `molt upgrade now`",
+                h.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                h.rollbacks
+            );
+            tracing::warn!("{message}");
+            return UpgradeOutcome::HeldAfterRollback { message };
+        }
+
         // One slot per agent among the fleet's concurrent upgrades.
         if let Err(e) = self.acquire_slot(&target).await {
             tracing::error!("{e}");
@@ -490,7 +506,7 @@ impl Agent {
             to_version: target.clone(),
             packages: new_packages,
             changed_files: changed,
-            options: molt_deploy::DeployOptions::default(),
+            options: self.cfg.deploy.clone(),
         };
         if let Err(e) = plan.save(&upgrade_dir.join("plan.json")) {
             let _ = std::fs::remove_dir_all(&upgrade_dir);
