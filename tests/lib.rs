@@ -3,3 +3,7 @@
 /// Agent and demo fixtures: keys, signed packages, installs, `molt serve`, agents.
 #[path = "src/agent_fx.rs"]
 pub mod agent_fx;
+
+/// A real systemd as PID 1 of a throwaway namespace.
+#[path = "src/systemd.rs"]
+pub mod systemd;

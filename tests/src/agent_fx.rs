@@ -432,9 +432,15 @@ pub fn start_server(dir: &Path, packages: &Path, fleet: &str, port: u16, extra: 
             }
         }
     });
+    let log = dir.join(format!("serve-{port}.log"));
     let url = rx
         .recv_timeout(Duration::from_secs(30))
-        .expect("molt serve did not print its URL within 30 s");
+        .unwrap_or_else(|e| {
+            panic!(
+                "molt serve did not print its URL within 30 s ({e}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     Server {
         proc: Proc {
             child,

@@ -1,0 +1,471 @@
+//! The shipped Linux service, the way operators deploy it: a real systemd as
+//! PID 1 (in a throwaway namespace, tests/systemd/boot.sh), `molt install
+//! --service systemd --user molt`, a real `molt serve` on 127.0.0.1, packages on
+//! a plain static site that is not the control plane (Python's http.server,
+//! standing in for a CDN or mirror), the real `molt` binary as the agent in
+//! every package, and upgrades moved by the control plane.
+//!
+//! These tests need root (CI runs as root); they fail, never skip, where
+//! systemd cannot boot. They share one systemd at a time (a lock below).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use molt_e2e::agent_fx::*;
+use molt_e2e::systemd::Systemd;
+
+const UNIT: &str = "molt-agent.service";
+const HOME: &str = "/opt/molt";
+const T: Duration = Duration::from_secs(120);
+
+/// One systemd namespace at a time (the notes' pitfall).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A stand-in bin/molt for a broken release: `--version` works (so the
+/// hand-over's smoke run passes), anything else exits 1 at once.
+const CRASHING_AGENT: &[u8] =
+    b"#!/bin/sh\n# Stand-in for a broken release: starts, then crashes.\n[ \"$1\" = --version ] && { echo molt broken; exit 0; }\necho 'crashing at start' >&2\nexit 1\n";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    pki: Pki,
+    packages: PathBuf,
+    site: Proc,
+    site_url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A core package of `version` whose bin/molt is `molt` (the real binary
+/// unless a stand-in is given) and which ships the project's unit file.
+fn core_package(e: &Env, version: &str, molt: &[u8], unit: &str) -> PathBuf {
+    let src = e.root.join(format!("src-core-{version}"));
+    let _ = std::fs::remove_dir_all(&src);
+    let files: Vec<(&str, &[u8], u32)> = vec![
+        ("bin/molt", molt, 0o755),
+        ("lib/systemd/molt-agent.service", unit.as_bytes(), 0o644),
+        ("lib/version.txt", version.as_bytes(), 0o644),
+    ];
+    for (p, data, mode) in files {
+        use std::os::unix::fs::PermissionsExt;
+        let f = src.join(p);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, data).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    e.pki.pack(
+        &src,
+        &format!("molt-core.{version}.universal.universal.zip"),
+        &e.packages,
+        vec![],
+    )
+}
+
+/// The precheck bundle of `version` (the committed signed checks, re-signed),
+/// and its upgrade package (the real runner; the control plane assigns none
+/// without one).
+fn precheck_package(e: &Env, version: &str) {
+    let usrc = e.root.join(format!("src-upgrade-{version}"));
+    std::fs::create_dir_all(usrc.join("bin")).unwrap();
+    std::fs::copy(molt_bin(), usrc.join("bin/molt")).unwrap();
+    e.pki.pack(
+        &usrc,
+        &format!("molt-upgrade.{version}.universal.universal.zip"),
+        &e.packages,
+        vec![],
+    );
+    let src = e.root.join(format!("src-precheck-{version}"));
+    let c = committed_components("precheck", &src).expect("committed precheck bundle");
+    e.pki.pack(
+        &src,
+        &format!("molt-precheck.{version}.universal.universal.zip"),
+        &e.packages,
+        c,
+    );
+}
+
+fn shipped_unit() -> String {
+    std::fs::read_to_string(repo_root().join("dist/systemd/molt-agent.service")).unwrap()
+}
+
+fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let pki = Pki::new(&root.join("pki"));
+    let packages = root.join("packages");
+    std::fs::create_dir_all(&packages).unwrap();
+    let port = free_port();
+    let site = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--directory")
+        .arg(&packages)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("site.log")).unwrap())
+        .spawn()
+        .expect("python3 (the static package site)");
+    let site_url = format!("http://127.0.0.1:{port}");
+    wait_until("the package site", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let e = Env {
+        _tmp: tmp,
+        root,
+        pki,
+        packages,
+        site: Proc {
+            child: site,
+            name: "package site".into(),
+        },
+        site_url,
+    };
+    let molt = std::fs::read(molt_bin()).unwrap();
+    core_package(&e, V1, &molt, &shipped_unit());
+    precheck_package(&e, V1);
+    e
+}
+
+/// `molt serve` with packages on the static site.
+fn serve(e: &Env) -> Server {
+    start_server(
+        &e.root.join("cp"),
+        &e.packages,
+        V1,
+        0,
+        &[
+            "--package-base-url",
+            &e.site_url,
+            "--agent-down-after",
+            "30",
+        ],
+    )
+}
+
+/// Boot systemd and copy the packages and the trust root into it.
+fn boot(e: &Env) -> Systemd {
+    let sd = Systemd::boot();
+    let dst = sd.path("/srv/molt-packages");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in std::fs::read_dir(&e.packages).unwrap().flatten() {
+        std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+    }
+    std::fs::copy(&e.pki.root_path, dst.join("root.json")).unwrap();
+    std::fs::write(
+        dst.join("extra.toml"),
+        "heartbeat_secs = 1\nhandover_wait_secs = 60\nstop_timeout_secs = 20\nhealth_timeout_secs = 20\n",
+    )
+    .unwrap();
+    sd
+}
+
+/// `molt install --service systemd --user molt` inside the namespace.
+fn install(sd: &Systemd, srv: &Server, user: Option<&str>) -> String {
+    let molt = molt_bin();
+    let core = format!("/srv/molt-packages/molt-core.{V1}.universal.universal.zip");
+    let mut argv: Vec<String> = vec![
+        molt.to_string_lossy().into_owned(),
+        "install".into(),
+        "--home".into(),
+        HOME.into(),
+        "--package".into(),
+        core,
+        "--root".into(),
+        "/srv/molt-packages/root.json".into(),
+        "--control-plane".into(),
+        srv.url.clone(),
+        "--agent-name".into(),
+        AGENT.into(),
+        "--token".into(),
+        TOKEN.into(),
+        "--service".into(),
+        "systemd".into(),
+        "--config-extra".into(),
+        "/srv/molt-packages/extra.toml".into(),
+        "--json".into(),
+    ];
+    if let Some(u) = user {
+        argv.push("--user".into());
+        argv.push(u.into());
+    }
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let r = sd.run(&refs);
+    assert!(r.ok(), "molt install failed: {}\n{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+/// The control plane's record of the agent.
+fn agent_record(url: &str) -> Option<serde_json::Value> {
+    let v = admin_get(url, "/api/v1/admin/agents");
+    let list = v
+        .as_array()
+        .cloned()
+        .or_else(|| v["agents"].as_array().cloned())?;
+    list.into_iter().find(|a| a["name"] == AGENT)
+}
+
+fn wait_up_on(url: &str, version: &str, sd: &Systemd) {
+    let start = Instant::now();
+    loop {
+        if let Some(a) = agent_record(url)
+            && a["status"] == "Up"
+            && a["version"] == version
+        {
+            return;
+        }
+        if start.elapsed() > T {
+            panic!(
+                "agent not Up on {version} after {T:?}: {:?}\n--- journal ---\n{}\n--- agent.log ---\n{}",
+                agent_record(url),
+                sd.journal(UNIT),
+                std::fs::read_to_string(sd.path(&format!("{HOME}/logs/agent.log")))
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// uid of the unit's main process, from /proc/<MainPID>/status.
+fn main_uid(sd: &Systemd) -> u32 {
+    let pid = sd.prop(UNIT, "MainPID");
+    assert_ne!(pid, "0", "{UNIT} has no main process");
+    let st = sd.run(&["cat", &format!("/proc/{pid}/status")]).stdout;
+    st.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no Uid in /proc/{pid}/status: {st}"))
+}
+
+/// What the service manager and the logs say, for a failure message.
+fn diag(sd: &Systemd) -> String {
+    format!(
+        "--- journal {UNIT} ---\n{}\n--- journal molt-agent-upgrade ---\n{}\n--- agent.log ---\n{}",
+        sd.journal(UNIT),
+        sd.journal("molt-agent-upgrade.service"),
+        std::fs::read_to_string(sd.path(&format!("{HOME}/logs/agent.log"))).unwrap_or_default()
+    )
+}
+
+fn current(sd: &Systemd) -> String {
+    std::fs::read_link(sd.path(&format!("{HOME}/current")))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn latest_attempt(url: &str) -> Option<serde_json::Value> {
+    attempts(url)
+        .into_iter()
+        .max_by_key(|a| a["id"].as_i64().unwrap_or(0))
+}
+
+fn set_fleet(url: &str, version: &str) {
+    admin(
+        url,
+        reqwest::Method::PUT,
+        "/api/v1/admin/fleet",
+        Some(serde_json::json!({ "version": version })),
+    );
+}
+
+/// Wait until the latest attempt ends; returns it.
+fn wait_attempt_end(url: &str, sd: &Systemd) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(a) = latest_attempt(url)
+            && a["result"].as_str().is_some_and(|r| !r.is_empty())
+        {
+            return a;
+        }
+        if start.elapsed() > T {
+            panic!(
+                "no upgrade attempt ended after {T:?}: {:#?}\n--- agent journal ---\n{}\n--- runner journal ---\n{}",
+                latest_attempt(url),
+                sd.journal(UNIT),
+                sd.journal("molt-agent-upgrade.service")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_unprivileged_agent_under_the_shipped_unit_upgrades_through_the_control_plane() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let e = env();
+    let molt = std::fs::read(molt_bin()).unwrap();
+    core_package(&e, V2, &molt, &shipped_unit());
+    precheck_package(&e, V2);
+    let srv = serve(&e);
+    let sd = boot(&e);
+    let out = install(&sd, &srv, Some("molt"));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["service"], format!("systemd:{UNIT}"), "{out}");
+    assert_eq!(report["user"], "molt");
+
+    wait_up_on(&srv.url, V1, &sd);
+    assert_eq!(sd.is_active(UNIT), "active");
+    assert_ne!(main_uid(&sd), 0, "the agent must not run as root");
+    assert_eq!(sd.is_active("molt-agent-upgrade.path"), "active");
+
+    // The control plane moves the fleet; watch for Down at the hand-over.
+    set_fleet(&srv.url, V2);
+    let mut runner_seen: Option<Instant> = None;
+    let mut down_seen: Option<Instant> = None;
+    let start = Instant::now();
+    loop {
+        if runner_seen.is_none()
+            && latest_attempt(&srv.url)
+                .is_some_and(|a| stage_state(&a, "Deploy Binary Files").is_some())
+        {
+            runner_seen = Some(Instant::now());
+        }
+        if down_seen.is_none() && agent_record(&srv.url).is_some_and(|a| a["status"] == "Down") {
+            down_seen = Some(Instant::now());
+        }
+        if let Some(a) = agent_record(&srv.url)
+            && a["status"] == "Up"
+            && a["version"] == V2
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < T,
+            "not Up on {V2}: {:?} {:#?}\n--- agent ---\n{}\n--- runner ---\n{}",
+            agent_record(&srv.url),
+            latest_attempt(&srv.url),
+            sd.journal(UNIT),
+            sd.journal("molt-agent-upgrade.service")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = wait_attempt_end(&srv.url, &sd);
+    assert_eq!(a["result"], "Complete", "{a:#}\n{}", diag(&sd));
+    assert_eq!(a["to_version"], V2);
+    assert_eq!(current(&sd), format!("versions/{V2}"));
+    assert_eq!(sd.is_active(UNIT), "active");
+    assert_ne!(main_uid(&sd), 0);
+    // Down was shown at the hand-over, within 5 s of the runner's first stage.
+    let (r, d) = (runner_seen.expect("runner stage seen"), down_seen);
+    let d = d.expect("the control plane never showed the agent Down during the upgrade");
+    assert!(
+        d <= r + Duration::from_secs(5),
+        "Down shown {:?} after the runner started",
+        d.saturating_duration_since(r)
+    );
+    // The unit file did not change, and no stage failed.
+    assert_eq!(
+        stage_state(&a, "Reinstall Service").as_deref(),
+        Some("Skipped"),
+        "{a:#}"
+    );
+    // The upgrade dir (runner copy, logs) is cleaned by the new agent.
+    let temp = sd.path(&format!("{HOME}/work/upgrade_temp"));
+    wait_until("work/upgrade_temp empty", Duration::from_secs(60), || {
+        std::fs::read_dir(&temp).is_ok_and(|mut d| d.next().is_none())
+    });
+    // Every file of the install still belongs to the account (the runner
+    // worked as it; only systemctl ran as root).
+    let r = sd.sh(&format!("find {HOME} ! -user molt | head -5"));
+    assert!(
+        r.stdout.trim().is_empty(),
+        "files not owned by molt: {}",
+        r.stdout
+    );
+    drop(srv);
+    drop(e.site);
+}
+
+#[test]
+fn a_new_version_that_crashes_at_start_is_rolled_back_with_the_unit_active() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let e = env();
+    core_package(&e, V2, CRASHING_AGENT, &shipped_unit());
+    precheck_package(&e, V2);
+    let srv = serve(&e);
+    let sd = boot(&e);
+    install(&sd, &srv, Some("molt"));
+    wait_up_on(&srv.url, V1, &sd);
+    set_fleet(&srv.url, V2);
+    let a = wait_attempt_end(&srv.url, &sd);
+    assert_eq!(a["result"], "Rolled Back", "{a:#}\n{}", diag(&sd));
+    assert_eq!(current(&sd), format!("versions/{V1}"));
+    wait_up_on(&srv.url, V1, &sd);
+    assert_eq!(sd.is_active(UNIT), "active");
+    assert_ne!(main_uid(&sd), 0);
+    assert!(
+        !sd.path(&format!("{HOME}/versions/{V2}")).exists(),
+        "the failed version dir is removed"
+    );
+    // The old version does not try the bad one again at its restart: it is
+    // held after rollback (one attempt in all), and says so.
+    wait_until("held after rollback", T, || {
+        std::fs::read_to_string(sd.path(&format!("{HOME}/logs/agent.log")))
+            .is_ok_and(|l| l.contains("held after rollback"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let to_v2 = attempts(&srv.url)
+        .iter()
+        .filter(|a| a["to_version"] == V2)
+        .count();
+    assert_eq!(to_v2, 1, "{:#?}\n{}", attempts(&srv.url), diag(&sd));
+    assert_eq!(sd.is_active(UNIT), "active");
+}
+
+#[test]
+fn a_second_unit_on_the_same_home_blocks_the_precheck_but_the_agents_own_unit_does_not() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let e = env();
+    let molt = std::fs::read(molt_bin()).unwrap();
+    core_package(&e, V2, &molt, &shipped_unit());
+    precheck_package(&e, V2);
+    let srv = serve(&e);
+    let sd = boot(&e);
+    install(&sd, &srv, Some("molt"));
+    wait_up_on(&srv.url, V1, &sd);
+    // Another unit (not started) that would run a second agent on this home.
+    std::fs::write(
+        sd.path("/etc/systemd/system/second-agent.service"),
+        format!("[Service]\nExecStart={HOME}/current/bin/molt agent --home {HOME}\n"),
+    )
+    .unwrap();
+    set_fleet(&srv.url, V2);
+    let start = Instant::now();
+    let blocked = loop {
+        let issues = admin_get(&srv.url, "/api/v1/admin/issues");
+        let text = issues.to_string();
+        if text.contains("install.shared") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < T,
+            "no install.shared issue: {text}\n{}",
+            sd.journal(UNIT)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(blocked.contains("second-agent.service"), "{blocked}");
+    assert!(
+        !blocked.contains(&format!("\"{UNIT}")) && !blocked.contains(&format!(" {UNIT}")),
+        "the agent's own unit counted as another service: {blocked}"
+    );
+    assert!(!blocked.contains("account.unprivileged"), "{blocked}");
+    assert_eq!(current(&sd), format!("versions/{V1}"));
+    assert_eq!(sd.is_active(UNIT), "active");
+}
