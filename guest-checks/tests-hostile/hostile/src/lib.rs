@@ -126,7 +126,9 @@ impl Check for Hostile {
             "forge" => {
                 // Text that would forge a log line, recolour and retitle the
                 // terminal and clear the screen if the host printed it as is.
-                let forged = format!("looks fine\n{FORGED}\x1b]0;owned\x07\x1b[2J\r{FORGED}\u{2028}{FORGED}");
+                let forged = format!(
+                    "looks fine\n{FORGED}\x1b]0;owned\x07\x1b[2J\r{FORGED}\u{2028}{FORGED}"
+                );
                 log_info(&forged);
                 out.push(Finding {
                     severity: Severity::Blocking,
