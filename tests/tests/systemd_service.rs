@@ -29,6 +29,32 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const CRASHING_AGENT: &[u8] =
     b"#!/bin/sh\n# Stand-in for a broken release: starts, then crashes.\n[ \"$1\" = --version ] && { echo molt broken; exit 0; }\necho 'crashing at start' >&2\nexit 1\n";
 
+/// A stand-in bin/molt for a release that starts but cannot reach its control
+/// plane (as with a broken TLS setting): it says Up in its status file and
+/// never reports to the control plane.
+fn silent_agent(version: &str) -> Vec<u8> {
+    format!(
+        "#!/bin/sh\n# Stand-in for a release that cannot reach its control plane.\n\
+         [ \"$1\" = --version ] && {{ echo molt silent; exit 0; }}\n\
+         home={HOME}\n\
+         printf '{{\"pid\":%d,\"version\":\"{version}\",\"status\":\"Up\",\"since\":\"%s\"}}' $$ \"$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)\" > $home/work/.st && mv $home/work/.st $home/work/agent.status.json\n\
+         exec sleep 100000\n"
+    )
+    .into_bytes()
+}
+
+/// A stand-in bin/molt for a release that says Up, then crashes after 2 s.
+fn flapping_agent(version: &str) -> Vec<u8> {
+    format!(
+        "#!/bin/sh\n# Stand-in for a release that crashes shortly after it starts.\n\
+         [ \"$1\" = --version ] && {{ echo molt flapping; exit 0; }}\n\
+         home={HOME}\n\
+         printf '{{\"pid\":%d,\"version\":\"{version}\",\"status\":\"Up\",\"since\":\"%s\"}}' $$ \"$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)\" > $home/work/.st && mv $home/work/.st $home/work/agent.status.json\n\
+         sleep 2\nexit 1\n"
+    )
+    .into_bytes()
+}
+
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -143,8 +169,13 @@ fn env() -> Env {
 
 /// `molt serve` with packages on the static site.
 fn serve(e: &Env) -> Server {
+    serve_in(e, "cp")
+}
+
+/// [`serve`] with its database in `e.root/<dir>`.
+fn serve_in(e: &Env, dir: &str) -> Server {
     start_server(
-        &e.root.join("cp"),
+        &e.root.join(dir),
         &e.packages,
         V1,
         0,
@@ -159,6 +190,11 @@ fn serve(e: &Env) -> Server {
 
 /// Boot systemd and copy the packages and the trust root into it.
 fn boot(e: &Env) -> Systemd {
+    boot_with(e, "")
+}
+
+/// [`boot`] with more config.toml lines.
+fn boot_with(e: &Env, extra: &str) -> Systemd {
     let sd = Systemd::boot();
     let dst = sd.path("/srv/molt-packages");
     std::fs::create_dir_all(&dst).unwrap();
@@ -168,7 +204,7 @@ fn boot(e: &Env) -> Systemd {
     std::fs::copy(&e.pki.root_path, dst.join("root.json")).unwrap();
     std::fs::write(
         dst.join("extra.toml"),
-        "heartbeat_secs = 1\nhandover_wait_secs = 60\nstop_timeout_secs = 20\nhealth_timeout_secs = 20\n",
+        format!("heartbeat_secs = 1\nhandover_wait_secs = 60\nstop_timeout_secs = 20\nhealth_timeout_secs = 20\n{extra}"),
     )
     .unwrap();
     sd
@@ -388,6 +424,21 @@ fn an_unprivileged_agent_under_the_shipped_unit_upgrades_through_the_control_pla
         "files not owned by molt: {}",
         r.stdout
     );
+    // One clean upgrade leaves nothing for `molt diagnose` to report.
+    let d = sd.run(&[
+        &molt_bin().to_string_lossy(),
+        "diagnose",
+        "--home",
+        HOME,
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&d.stdout)
+        .unwrap_or_else(|e| panic!("diagnose --json: {e}: {}{}", d.stdout, d.stderr));
+    assert_eq!(
+        report["findings"].as_array().map(Vec::len),
+        Some(0),
+        "{report:#}"
+    );
     drop(srv);
     drop(e.site);
 }
@@ -468,4 +519,208 @@ fn a_second_unit_on_the_same_home_blocks_the_precheck_but_the_agents_own_unit_do
     assert!(!blocked.contains("account.unprivileged"), "{blocked}");
     assert_eq!(current(&sd), format!("versions/{V1}"));
     assert_eq!(sd.is_active(UNIT), "active");
+}
+
+#[test]
+fn a_new_version_that_cannot_reach_its_control_plane_while_the_runner_can_is_rolled_back() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let e = env();
+    core_package(&e, V2, &silent_agent(V2), &shipped_unit());
+    precheck_package(&e, V2);
+    let srv = serve(&e);
+    let sd = boot(&e);
+    install(&sd, &srv, Some("molt"));
+    wait_up_on(&srv.url, V1, &sd);
+    set_fleet(&srv.url, V2);
+    let a = wait_attempt_end(&srv.url, &sd);
+    assert_eq!(a["result"], "Rolled Back", "{a:#}\n{}", diag(&sd));
+    assert!(
+        a["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not report Up to its control plane")),
+        "{a:#}"
+    );
+    assert_eq!(current(&sd), format!("versions/{V1}"));
+    wait_up_on(&srv.url, V1, &sd);
+    assert_eq!(sd.is_active(UNIT), "active");
+}
+
+#[test]
+fn a_new_version_that_exits_three_times_in_the_grace_period_is_rolled_back_when_nobody_reaches_the_control_plane()
+ {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let e = env();
+    core_package(&e, V2, &flapping_agent(V2), &shipped_unit());
+    precheck_package(&e, V2);
+    let mut srv = serve(&e);
+    let sd = boot_with(&e, "health_grace_secs = 60\n");
+    install(&sd, &srv, Some("molt"));
+    wait_up_on(&srv.url, V1, &sd);
+    set_fleet(&srv.url, V2);
+    // The control plane goes away once the runner has started: neither the new
+    // version nor the runner can reach it.
+    wait_until("the runner's first stage", T, || {
+        latest_attempt(&srv.url).is_some_and(|a| stage_state(&a, "Deploy Binary Files").is_some())
+    });
+    srv.proc.kill();
+    let last = sd.path(&format!("{HOME}/work/last-deploy.json"));
+    wait_until("the deploy to end", Duration::from_secs(180), || {
+        last.is_file()
+    });
+    let l: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&last).unwrap()).unwrap();
+    assert_eq!(l["result"], "Rolled Back", "{l:#}\n{}", diag(&sd));
+    assert!(
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("crash loop")),
+        "{l:#}"
+    );
+    assert_eq!(current(&sd), format!("versions/{V1}"));
+    wait_until("the unit active on v1", T, || {
+        sd.is_active(UNIT) == "active"
+    });
+    let st: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(sd.path(&format!("{HOME}/work/agent.status.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(st["version"], V1, "{st}");
+}
+
+/// quebec patch `n` (patch2 is V2).
+fn patch(n: u32) -> String {
+    format!("quebec-12-09-2020__patch{n}-04-18-2021_05-01-2021_1130")
+}
+
+#[test]
+fn the_runner_killed_at_each_journal_step_ends_on_the_old_or_the_new_version_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let e = env();
+    let molt = std::fs::read(molt_bin()).unwrap();
+    let steps = [
+        "Held",
+        "Building",
+        "Built",
+        "Stopping",
+        "Stopped",
+        "Switching",
+        "Switched",
+        "Starting",
+        "HealthCheck",
+    ];
+    for (i, _) in steps.iter().enumerate() {
+        let v = patch(i as u32 + 2);
+        core_package(&e, &v, &molt, &shipped_unit());
+        precheck_package(&e, &v);
+    }
+    let srv = serve(&e);
+    let sd = boot(&e);
+    install(&sd, &srv, Some("molt"));
+    wait_up_on(&srv.url, V1, &sd);
+    let dropin = sd.path("/etc/systemd/system/molt-agent-upgrade.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    let mut old = V1.to_string();
+    for (i, step) in steps.iter().enumerate() {
+        let new = patch(i as u32 + 2);
+        let once = format!("/tmp/molt-killed-{i}");
+        std::fs::write(
+            dropin.join("kill.conf"),
+            format!(
+                "[Service]\nEnvironment=\"MOLT_DEPLOY_KILL_AT=journal {step}\" MOLT_DEPLOY_KILL_ONCE={once}\n"
+            ),
+        )
+        .unwrap();
+        assert!(sd.run(&["systemctl", "daemon-reload"]).ok());
+        let before = attempts(&srv.url).len();
+        set_fleet(&srv.url, &new);
+        // The kill happens, then the deploy ends (the runner restarted by
+        // systemd finishes or undoes it) on exactly one of the two versions.
+        wait_until(&format!("the kill at {step}"), T, || {
+            sd.path(&once).exists()
+        });
+        let start = Instant::now();
+        let landed = loop {
+            let cur = current(&sd);
+            let ended = !sd.path(&format!("{HOME}/work/deploy.journal")).exists();
+            let up = agent_record(&srv.url).is_some_and(|a| {
+                a["status"] == "Up"
+                    && format!("versions/{}", a["version"].as_str().unwrap_or("")) == cur
+            });
+            if ended && up && sd.is_active(UNIT) == "active" {
+                break cur;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(150),
+                "killed at {step}: not settled (current {cur}, agent {:?}, unit {})\n{}",
+                agent_record(&srv.url),
+                sd.is_active(UNIT),
+                diag(&sd)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(
+            landed == format!("versions/{old}") || landed == format!("versions/{new}"),
+            "killed at {step}: current is {landed}"
+        );
+        assert!(attempts(&srv.url).len() > before, "no attempt for {new}");
+        assert_ne!(main_uid(&sd), 0);
+        eprintln!("killed at {step}: ended on {landed}");
+        if landed == format!("versions/{new}") {
+            old = new;
+        }
+    }
+}
+
+/// The shipped unit with one more setting: a changed service definition.
+fn changed_unit() -> String {
+    shipped_unit().replace(
+        "RestartSec=5",
+        "RestartSec=5\nEnvironment=MOLT_UNIT_REVISION=2",
+    )
+}
+
+#[test]
+fn a_changed_unit_file_is_reinstalled_by_a_root_agent_and_reported_by_an_unprivileged_one() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let e = env();
+    let molt = std::fs::read(molt_bin()).unwrap();
+    core_package(&e, V2, &molt, &changed_unit());
+    precheck_package(&e, V2);
+    for (i, user) in [None, Some("molt")].into_iter().enumerate() {
+        let srv = serve_in(&e, &format!("cp-{i}"));
+        let sd = boot(&e);
+        install(&sd, &srv, user);
+        wait_up_on(&srv.url, V1, &sd);
+        if user.is_none() {
+            assert_eq!(main_uid(&sd), 0, "installed without --user: root");
+        }
+        set_fleet(&srv.url, V2);
+        let a = wait_attempt_end(&srv.url, &sd);
+        assert_eq!(a["result"], "Complete", "{a:#}\n{}", diag(&sd));
+        wait_up_on(&srv.url, V2, &sd);
+        let installed =
+            std::fs::read_to_string(sd.path(&format!("/etc/systemd/system/{UNIT}"))).unwrap();
+        let issues = admin_get(&srv.url, "/api/v1/admin/issues").to_string();
+        match user {
+            None => {
+                assert_eq!(
+                    stage_state(&a, "Reinstall Service").as_deref(),
+                    Some("Complete"),
+                    "{a:#}"
+                );
+                assert!(installed.contains("MOLT_UNIT_REVISION=2"), "{installed}");
+                assert_eq!(sd.prop(UNIT, "Environment"), "MOLT_UNIT_REVISION=2");
+            }
+            Some(_) => {
+                assert_eq!(
+                    stage_state(&a, "Reinstall Service").as_deref(),
+                    Some("Skipped"),
+                    "{a:#}"
+                );
+                assert!(!installed.contains("MOLT_UNIT_REVISION"), "{installed}");
+                assert!(issues.contains("reinstall-service-needed"), "{issues}");
+            }
+        }
+        assert_eq!(sd.is_active(UNIT), "active");
+    }
 }

@@ -56,6 +56,10 @@ pub struct RawConfig {
     /// judged unhealthy (default 300).
     #[serde(default)]
     pub health_timeout_secs: Option<u64>,
+    /// Seconds a new version must stay up without crashing to count as healthy
+    /// when neither it nor the runner reaches the control plane (default 600).
+    #[serde(default)]
+    pub health_grace_secs: Option<u64>,
     /// Tests and simulations only: a facts.toml whose values replace probed host facts.
     #[serde(default)]
     pub facts_override: Option<PathBuf>,
@@ -236,6 +240,11 @@ impl AgentConfig {
                 "health_timeout_secs",
                 raw.health_timeout_secs,
                 &mut deploy.health_timeout_secs,
+            ),
+            (
+                "health_grace_secs",
+                raw.health_grace_secs,
+                &mut deploy.grace_secs,
             ),
         ] {
             match given {

@@ -44,7 +44,9 @@ pub enum DepError {
     #[error("version selector failed: {0}")]
     Selector(String),
     #[error("hand-over to deploy failed: {0}")]
-    Handover(String),
+    Handover(#[source] molt_deploy::DeployError),
+    #[error("hand-over task failed: {0}")]
+    Task(String),
 }
 
 /// Load the trust root (`config.trust_root`) into the trust state in `<home>/state`
@@ -234,5 +236,5 @@ pub fn hand_over(
     };
     molt_deploy::handover::hand_over(home, upgrade_dir, &opts)
         .map(|o| o.runner_pid)
-        .map_err(|e| DepError::Handover(e.to_string()))
+        .map_err(DepError::Handover)
 }

@@ -529,7 +529,7 @@ impl Agent {
         let dir = upgrade_dir.clone();
         let res = tokio::task::spawn_blocking(move || deps::hand_over(&home, &dir, wait, service))
             .await
-            .unwrap_or_else(|e| Err(DepError::Handover(format!("hand-over task failed: {e}"))));
+            .unwrap_or_else(|e| Err(DepError::Task(e.to_string())));
         match res {
             Ok(pid) => {
                 tracing::info!(runner_pid = pid, "Upgrade runner started; agent stopping");
@@ -556,6 +556,32 @@ impl Agent {
                     }
                 }
                 tracing::error!("{msg}");
+                if matches!(
+                    e,
+                    DepError::Handover(
+                        molt_deploy::DeployError::HandoverTimeout { .. }
+                            | molt_deploy::DeployError::RunnerExited { .. }
+                    )
+                ) {
+                    // The seeds' issue record: the operator sees it without reading logs.
+                    let finding = Finding {
+                        code: "upgrade.runner-not-started".into(),
+                        severity: "error".into(),
+                        description: format!("Unable to receive upgrade process status. {e}"),
+                        remediation: "The agent stays on its version. Check that the upgrade runner can start (under systemd as an unprivileged account: the companion unit `<unit>-upgrade.path` is enabled; see docs/deploy.md), then retry the upgrade.".into(),
+                    };
+                    if let Err(err) = self
+                        .reporter
+                        .send(
+                            "POST",
+                            "/api/v1/agent/issues",
+                            json!({"source": "Couldn't Launch Upgrade Process", "findings": [finding]}),
+                        )
+                        .await
+                    {
+                        tracing::error!(error = %err, "Cannot queue the hand-over issue");
+                    }
+                }
                 self.finish(&attempt, "Failed", &msg).await;
                 self.end_upgrade(fail_status).await;
                 let _ = std::fs::remove_dir_all(&upgrade_dir);
@@ -755,16 +781,32 @@ impl Agent {
         let res = async {
             let (bundle_dir, v) = self.fetch_side_bundle(sel, &dir).await?;
             let cache = self.home.work_dir().join("wasm-cache");
+            // The host's platform, probed (glibc's own answer: with None every
+            // runtime was skipped as "glibc version unknown"); a configured
+            // `facts_override` simulates it, as it does for the checks.
+            let (mut os, mut arch, mut is_64bit, mut libc_version) = (
+                host_os().to_string(),
+                host_arch(),
+                cfg!(target_pointer_width = "64"),
+                molt_sandbox::facts::glibc_version(),
+            );
+            if let Some(f) = &self.cfg.facts_override {
+                let sim = molt_sandbox::HostFacts::probe(self.home.root(), &self.temp_parent())
+                    .and_then(|h| h.with_overrides(f))
+                    .map_err(|e| format!("facts_override {}: {e}", f.display()))?;
+                (os, arch, is_64bit, libc_version) =
+                    (sim.os, sim.arch, sim.is_64bit, sim.libc_version);
+            }
             let input = molt_sandbox::SelectorInput {
                 installed: installed.iter().map(|p| p.name.clone()).collect(),
                 assigned_version: assigned.version.clone(),
                 assigned: assigned.packages.iter().map(|p| p.name.clone()).collect(),
                 downloaded: plan.downloaded.clone(),
                 pinned: self.cfg.pinned_version.clone(),
-                os: host_os().to_string(),
-                arch: host_arch(),
-                is_64bit: cfg!(target_pointer_width = "64"),
-                libc_version: None,
+                os,
+                arch,
+                is_64bit,
+                libc_version,
             };
             tokio::task::spawn_blocking(move || {
                 deps::select_version(&bundle_dir, &cache, &v, &input)
@@ -849,13 +891,21 @@ impl Agent {
         let cache = self.home.work_dir().join("wasm-cache");
         let facts = self.cfg.facts_override.clone();
         let scratch = scratch_parent.to_path_buf();
-        // The checks may probe the control plane and the package host (origins).
-        let mut net_allow = vec![self.client.base().to_string()];
-        for p in assigned.packages.iter().chain(std::iter::once(pc)) {
-            if let Ok(u) = self.client.resolve(&p.url)
-                && !net_allow.contains(&u.to_string())
-            {
-                net_allow.push(u.to_string());
+        // The checks may probe the packages' URLs and the control plane. The
+        // package URLs come first: `download-access` probes the first allowed
+        // URL, and the packages may come from a CDN or mirror
+        // (`--package-base-url`), not from the control plane.
+        let mut net_allow: Vec<String> = Vec::new();
+        let base = self.client.base().to_string();
+        for u in assigned
+            .packages
+            .iter()
+            .chain(std::iter::once(pc))
+            .filter_map(|p| self.client.resolve(&p.url).ok().map(|u| u.to_string()))
+            .chain(std::iter::once(base))
+        {
+            if !net_allow.contains(&u) {
+                net_allow.push(u);
             }
         }
         tokio::task::spawn_blocking(move || {

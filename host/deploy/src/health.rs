@@ -51,3 +51,178 @@ pub fn wait_up(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// What the control plane says about this agent (`GET /api/v1/agent/self`).
+#[derive(Debug, serde::Deserialize)]
+struct CpRecord {
+    status: String,
+    version: Option<String>,
+    last_seen: Option<DateTime<Utc>>,
+}
+
+/// One question to the control plane. `Ok(None)`: it answered but has no such
+/// endpoint (an older control plane: nothing to confirm with); `Err`: it could
+/// not be reached.
+fn ask_cp(cp: &crate::ControlPlane, timeout: Duration) -> Result<Option<CpRecord>, String> {
+    let url = format!("{}/api/v1/agent/self", cp.url.trim_end_matches('/'));
+    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    match agent
+        .get(&url)
+        .set("Authorization", &format!("Bearer {}", cp.token))
+        .call()
+    {
+        Ok(r) => r
+            .into_json::<CpRecord>()
+            .map(Some)
+            .map_err(|e| format!("unreadable answer from {url}: {e}")),
+        Err(ureq::Error::Status(404, _)) => Ok(None),
+        Err(ureq::Error::Status(code, _)) => Err(format!("{url} answered HTTP {code}")),
+        Err(e) => Err(format!("{url}: {e}")),
+    }
+}
+
+/// The health check of a new version: it must report Up here (the status file,
+/// [`wait_up`]) and to its control plane, within the deadline. The runner asks
+/// the control plane itself, so it can tell "the new version cannot reach the
+/// control plane" (the runner can: roll back) from "nobody can" (a network
+/// outage is not the new version's fault: healthy once it has stayed up through
+/// the grace period, rolled back if it exits `CRASHES` times in it).
+pub fn wait_healthy(
+    home: &Home,
+    version: &str,
+    after: DateTime<Utc>,
+    opts: &crate::DeployOptions,
+    cp: Option<&crate::ControlPlane>,
+) -> Result<u32, DeployError> {
+    let start = Instant::now();
+    let deadline = Duration::from_secs(opts.health_timeout_secs);
+    let pid = wait_up(home, version, after, deadline)?;
+    let Some(cp) = cp else {
+        return Ok(pid);
+    };
+    let ask_timeout = Duration::from_secs(opts.report_timeout_secs.max(1));
+    let mut reached = false;
+    let mut last;
+    loop {
+        match ask_cp(cp, ask_timeout) {
+            Ok(None) => {
+                tracing::warn!(
+                    "the control plane has no /api/v1/agent/self; health confirmed locally only"
+                );
+                return Ok(pid);
+            }
+            Ok(Some(r)) => {
+                reached = true;
+                if r.status == "Up"
+                    && r.version.as_deref() == Some(version)
+                    && r.last_seen.is_some_and(|t| t >= after)
+                {
+                    tracing::info!(
+                        version,
+                        pid,
+                        "Health Check: the control plane shows the agent Up"
+                    );
+                    return Ok(pid);
+                }
+                last = format!(
+                    "the control plane shows {} on version {}",
+                    r.status,
+                    r.version.as_deref().unwrap_or("none")
+                );
+            }
+            Err(e) => last = e,
+        }
+        if start.elapsed() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if reached {
+        return Err(DeployError::HealthCheck {
+            version: version.to_string(),
+            reason: format!(
+                "it did not report Up to its control plane within {} s, though the runner reaches the control plane ({last})",
+                deadline.as_secs()
+            ),
+        });
+    }
+    tracing::warn!(reason = %last, grace_secs = opts.grace_secs,
+        "the control plane cannot be reached from here either; the new version is healthy if it stays up through the grace period");
+    watch_grace(
+        home,
+        version,
+        pid,
+        Duration::from_secs(opts.grace_secs),
+        deadline,
+    )
+}
+
+/// Exits within the grace period that count as a crash loop.
+pub const CRASHES: u32 = 3;
+
+/// Healthy when the agent of `version` stays up through `grace`; an exit is a
+/// status file naming a new pid or a recorded pid that is gone; `CRASHES` exits
+/// fail it, and so does no live Up agent for `down_limit` in a row.
+fn watch_grace(
+    home: &Home,
+    version: &str,
+    first_pid: u32,
+    grace: Duration,
+    down_limit: Duration,
+) -> Result<u32, DeployError> {
+    let start = Instant::now();
+    let mut pid = first_pid;
+    let mut exits = 0u32;
+    let mut gone_since: Option<Instant> = None;
+    let fail = |reason: String| DeployError::HealthCheck {
+        version: version.to_string(),
+        reason,
+    };
+    while start.elapsed() < grace {
+        let live = home
+            .read_status()
+            .ok()
+            .flatten()
+            .filter(|s| s.status == "Up" && s.version == version && proc::alive(s.pid))
+            .map(|s| s.pid);
+        let alive_now = proc::alive(pid);
+        if !alive_now && gone_since.is_none() {
+            exits += 1;
+            gone_since = Some(Instant::now());
+            tracing::warn!(pid, exits, "the new version exited during the grace period");
+            if exits >= CRASHES {
+                return Err(fail(format!(
+                    "it exited {exits} times within the {} s grace period (crash loop)",
+                    grace.as_secs()
+                )));
+            }
+        }
+        if let Some(p) = live
+            && p != pid
+        {
+            pid = p;
+            gone_since = None;
+        }
+        if let Some(g) = gone_since
+            && g.elapsed() >= down_limit
+        {
+            return Err(fail(format!(
+                "it exited and was not Up again within {} s",
+                down_limit.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !proc::alive(pid) {
+        return Err(fail(
+            "it was not running at the end of the grace period".into(),
+        ));
+    }
+    tracing::info!(
+        version,
+        pid,
+        secs = grace.as_secs(),
+        "Health Check: the new version stayed up through the grace period"
+    );
+    Ok(pid)
+}

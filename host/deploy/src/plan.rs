@@ -31,6 +31,10 @@ pub struct DeployOptions {
     pub health_timeout_secs: u64,
     /// Timeout of one stage report to the control plane before it is queued.
     pub report_timeout_secs: u64,
+    /// When neither the new version nor the runner reaches the control plane:
+    /// how long the new version must stay up without crashing to count as healthy
+    /// (Elastic Agent's upgrade watcher uses 10 minutes).
+    pub grace_secs: u64,
 }
 
 impl Default for DeployOptions {
@@ -39,6 +43,7 @@ impl Default for DeployOptions {
             stop_timeout_secs: 120,
             health_timeout_secs: 300,
             report_timeout_secs: 5,
+            grace_secs: 600,
         }
     }
 }

@@ -93,6 +93,8 @@ struct Ctx<'a> {
     rep: Reporter,
     log: UpgradeLog,
     opts: DeployOptions,
+    /// The control plane the new version must report Up to (health check).
+    cp: Option<crate::ControlPlane>,
     /// When the old agent was confirmed stopped, and the downtime until the new one was Up.
     stopped_at: std::cell::Cell<Option<std::time::Instant>>,
     downtime: std::cell::Cell<Option<Duration>>,
@@ -173,6 +175,7 @@ pub fn run_with(
             path: upgrade_dir.join("upgrade.log"),
         },
         opts: plan.options.clone(),
+        cp: plan.control_plane.clone(),
         stopped_at: Default::default(),
         downtime: Default::default(),
     };
@@ -362,12 +365,7 @@ fn start_and_check(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployErr
         ),
     );
     j.set(home, Step::HealthCheck)?;
-    match crate::health::wait_up(
-        home,
-        &j.to_version,
-        at,
-        Duration::from_secs(ctx.opts.health_timeout_secs),
-    ) {
+    match crate::health::wait_healthy(home, &j.to_version, at, &ctx.opts, ctx.cp.as_ref()) {
         Ok(pid) => {
             if let Some(t) = ctx.stopped_at.get() {
                 ctx.downtime.set(Some(t.elapsed()));
@@ -640,6 +638,7 @@ fn resume_locked(
         Ok(p) => (p.control_plane, p.attempt_id),
         Err(_) => (None, j.attempt_id.clone()),
     };
+    let cp_for_health = cp.clone();
     let ctx = Ctx {
         home,
         svc: service::control_for(home, &self_exe(), given)?,
@@ -653,6 +652,7 @@ fn resume_locked(
             path: j.upgrade_dir.join("upgrade.log"),
         },
         opts,
+        cp: cp_for_health,
         stopped_at: Default::default(),
         downtime: Default::default(),
     };

@@ -392,9 +392,17 @@ impl ServiceControl for Systemd {
         if !crate::privilege::is_root() {
             return Ok(Reinstall::Skipped(REINSTALL_WARNING.into()));
         }
+        // The installed unit keeps its home and its account: the package's
+        // unit is written for /opt/molt and the `molt` account.
         let dest = Path::new("/etc/systemd/system").join(&self.unit);
+        let user = std::fs::read_to_string(&dest)
+            .ok()
+            .and_then(|t| unit_user(&t));
         let text = String::from_utf8_lossy(&new);
-        molt_layout::write_atomic(&dest, render_unit(&text, self.home.root()).as_bytes())?;
+        molt_layout::write_atomic(
+            &dest,
+            render_unit(&text, self.home.root(), user.as_deref()).as_bytes(),
+        )?;
         self.ctl(&["daemon-reload"])?;
         Ok(Reinstall::Reinstalled)
     }
@@ -482,9 +490,29 @@ pub fn detect_services_except(home: &Home, own: Option<&str>) -> Result<Vec<Stri
     Ok(found)
 }
 
-/// A unit file shipped for `/opt/molt`, for the install at `home`.
-pub fn render_unit(template: &str, home: &Path) -> String {
-    template.replace("/opt/molt", &home.to_string_lossy())
+/// A unit file shipped for `/opt/molt` and the `molt` account, for the
+/// install at `home` run by `user` (`None`: root, no `User=`/`Group=` lines).
+pub fn render_unit(template: &str, home: &Path, user: Option<&str>) -> String {
+    template
+        .replace("/opt/molt", &home.to_string_lossy())
+        .lines()
+        .filter_map(|l| match (l.split_once('='), user) {
+            (Some(("User", _)), Some(u)) => Some(format!("User={u}")),
+            (Some(("Group", _)), Some(u)) => Some(format!("Group={u}")),
+            (Some(("User" | "Group", _)), None) => None,
+            _ => Some(l.to_string()),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The `User=` of an installed unit file (`None`: it runs as root).
+pub fn unit_user(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("User="))
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty() && u != "root")
 }
 
 /// Refuse to run when another service already serves this install.

@@ -337,17 +337,7 @@ fn agent_unit_text(home: &Path, user: Option<&str>) -> String {
             .join(molt_deploy::runner::UNIT_FILE),
     )
     .unwrap_or_else(|_| AGENT_UNIT_TEMPLATE.to_string());
-    let text = molt_deploy::service::render_unit(&shipped, home);
-    text.lines()
-        .filter_map(|l| match (l.split_once('='), user) {
-            (Some(("User", _)), Some(u)) => Some(format!("User={u}")),
-            (Some(("Group", _)), Some(u)) => Some(format!("Group={u}")),
-            (Some(("User" | "Group", _)), None) => None,
-            _ => Some(l.to_string()),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
+    molt_deploy::service::render_unit(&shipped, home, user)
 }
 
 fn install_systemd(
@@ -534,7 +524,11 @@ mod tests {
             "{t}"
         );
         let t = agent_unit_text(Path::new("/srv/edge"), None);
-        assert!(!t.contains("User=") && !t.contains("Group="), "{t}");
+        assert!(
+            !t.lines()
+                .any(|l| l.starts_with("User=") || l.starts_with("Group=")),
+            "{t}"
+        );
     }
 
     #[test]

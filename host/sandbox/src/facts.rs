@@ -121,8 +121,10 @@ pub fn free_bytes(path: &Path) -> Result<u64, SandboxError> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+/// This process's glibc version, asked of glibc itself (`gnu_get_libc_version`),
+/// never parsed from command output; `None` elsewhere (musl, other systems).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn glibc_version() -> Option<String> {
+pub fn glibc_version() -> Option<String> {
     unsafe extern "C" {
         fn gnu_get_libc_version() -> *const libc::c_char;
     }
@@ -136,7 +138,7 @@ fn glibc_version() -> Option<String> {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn glibc_version() -> Option<String> {
+pub fn glibc_version() -> Option<String> {
     None
 }
 

@@ -1033,7 +1033,15 @@ impl Sandbox {
         let comp = self
             .load_or_compile(&wasm, &sha256_hex(&wasm))
             .map_err(err)?;
-        let facts = Arc::new(HostFacts::healthy());
+        // The platform the selector decides for is the host's, as the caller
+        // probed it (or a simulation gave it): never made-up defaults.
+        let facts = Arc::new(HostFacts {
+            os: input.os.clone(),
+            arch: input.arch.clone(),
+            is_64bit: input.is_64bit,
+            libc_version: input.libc_version.clone(),
+            ..HostFacts::healthy()
+        });
         // Own thread: sync WASI must not run on a tokio worker (it would block_on).
         let res = std::thread::scope(|s| {
             s.spawn(|| -> Result<Plan, String> {

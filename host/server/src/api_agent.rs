@@ -73,6 +73,21 @@ pub(crate) fn check_name(field: &str, v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The calling agent's own record, as the control plane sees it: the deploy
+/// runner's health check asks it whether the new version has reported Up here
+/// (an agent sees only its own record).
+pub async fn get_self(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = agent.name.to_string();
+    let a = state
+        .db(move |s| s.agent_by_name(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("agent {} not found", agent.name)))?;
+    Ok(axum::Json(crate::api_admin::AgentView::of(&state, a)))
+}
+
 pub async fn heartbeat(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,

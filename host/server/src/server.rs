@@ -29,6 +29,7 @@ pub const MAX_LOG_UPLOAD: usize = 32 * 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/agent/heartbeat", post(api_agent::heartbeat))
+        .route("/api/v1/agent/self", get(api_agent::get_self))
         .route("/api/v1/agent/assigned", get(api_agent::assigned))
         .route(
             "/api/v1/agent/upgrade-slot",

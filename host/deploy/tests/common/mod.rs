@@ -460,5 +460,6 @@ pub fn fast_opts() -> DeployOptions {
         stop_timeout_secs: 10,
         health_timeout_secs: 15,
         report_timeout_secs: 1,
+        grace_secs: 30,
     }
 }
