@@ -97,10 +97,8 @@ pub fn check(home: &Home, target: &str, now: DateTime<Utc>, retry: bool) -> Opti
             out = Some(h);
         }
     }
-    if changed {
-        if let Err(e) = molt_layout::write_json_atomic(&file(home), &rec) {
-            tracing::warn!(error = %e, "Cannot record the hold after rollback");
-        }
+    if changed && let Err(e) = molt_layout::write_json_atomic(&file(home), &rec) {
+        tracing::warn!(error = %e, "Cannot record the hold after rollback");
     }
     out
 }
