@@ -724,3 +724,114 @@ fn a_changed_unit_file_is_reinstalled_by_a_root_agent_and_reported_by_an_unprivi
         assert_eq!(sd.is_active(UNIT), "active");
     }
 }
+
+#[test]
+fn molt_install_refuses_bad_input_leaving_nothing_and_uninstall_removes_everything() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let e = env();
+    let srv = serve(&e);
+    let sd = boot(&e);
+    let molt = molt_bin().to_string_lossy().into_owned();
+    let core = format!("/srv/molt-packages/molt-core.{V1}.universal.universal.zip");
+    let install_cmd = |home: &str, package: &str| -> Vec<String> {
+        [
+            molt.as_str(),
+            "install",
+            "--home",
+            home,
+            "--package",
+            package,
+            "--root",
+            "/srv/molt-packages/root.json",
+            "--control-plane",
+            &srv.url,
+            "--agent-name",
+            AGENT,
+            "--token",
+            TOKEN,
+            "--service",
+            "systemd",
+            "--user",
+            "molt",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |argv: &[String]| {
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        sd.run(&refs)
+    };
+    let nothing_left = |home: &str| {
+        assert!(!sd.path(home).exists(), "{home} was left behind");
+        assert!(
+            !sd.path(&format!("/etc/systemd/system/{UNIT}")).exists(),
+            "a unit file was left behind"
+        );
+        let r = sd.sh("ls -a /opt | grep installing || true");
+        assert!(r.stdout.trim().is_empty(), "staging left: {}", r.stdout);
+    };
+
+    // A tampered package: refused, nothing written.
+    let tampered = sd.path("/srv/molt-packages/tampered.zip");
+    let mut bytes = std::fs::read(sd.path(&core)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&tampered, bytes).unwrap();
+    let r = run(&install_cmd(HOME, "/srv/molt-packages/tampered.zip"));
+    assert!(!r.ok(), "a tampered package was installed: {}", r.stdout);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    nothing_left(HOME);
+
+    // No privilege: a clear error, nothing written.
+    let mut argv = vec![
+        "runuser".to_string(),
+        "-u".into(),
+        "nobody".into(),
+        "--".into(),
+    ];
+    argv.extend(install_cmd(HOME, &core));
+    let r = run(&argv);
+    assert!(!r.ok());
+    assert!(r.stderr.contains("needs root"), "{}", r.stderr);
+    nothing_left(HOME);
+
+    // A good install; a second one with the same unit name is refused.
+    let r = run(&install_cmd(HOME, &core));
+    assert!(r.ok(), "{}{}", r.stdout, r.stderr);
+    wait_up_on(&srv.url, V1, &sd);
+    let r = run(&install_cmd("/opt/molt-second", &core));
+    assert!(!r.ok());
+    assert!(
+        r.stderr.contains(&format!("the unit name {UNIT} is taken")),
+        "{}",
+        r.stderr
+    );
+    assert!(!sd.path("/opt/molt-second").exists());
+    assert_eq!(
+        sd.is_active(UNIT),
+        "active",
+        "the first install was touched"
+    );
+
+    // Uninstall removes the units, the runner copy and the home.
+    let r = sd.run(&[
+        &molt,
+        "uninstall",
+        "--home",
+        HOME,
+        "--service",
+        "systemd",
+        "--json",
+    ]);
+    assert!(r.ok(), "{}{}", r.stdout, r.stderr);
+    nothing_left(HOME);
+    for u in ["molt-agent-upgrade.path", "molt-agent-upgrade.service"] {
+        assert!(
+            !sd.path(&format!("/etc/systemd/system/{u}")).exists(),
+            "{u}"
+        );
+    }
+    assert!(!sd.path("/usr/local/libexec/molt/molt-agent").exists());
+    assert_ne!(sd.is_active(UNIT), "active");
+}
