@@ -56,4 +56,22 @@ fn molt_demo_upgrades_a_real_install_from_v1_to_v2_through_every_stage() {
         cur.display()
     );
     assert!(home.join("current/lib/new-in-v2.txt").is_file());
+    // One clean upgrade under `molt run` leaves nothing for `molt diagnose`.
+    let d = Command::new(molt_bin())
+        .args(["diagnose", "--json", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap_or_else(|e| {
+        panic!(
+            "diagnose --json: {e}: {}{}",
+            String::from_utf8_lossy(&d.stdout),
+            String::from_utf8_lossy(&d.stderr)
+        )
+    });
+    assert_eq!(
+        report["findings"].as_array().map(Vec::len),
+        Some(0),
+        "{report:#}"
+    );
 }
