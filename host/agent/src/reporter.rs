@@ -4,31 +4,15 @@
 //! runner uses) and delivered in order once the control plane answers again.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use molt_layout::queue::{self, Flusher};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::client::{Client, ClientError};
 
-/// One queued request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueuedReport {
-    pub method: String,
-    pub path: String,
-    pub body: Value,
-}
-
-/// Errors of the report queue file.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use molt_layout::queue::{QueueError, QueuedReport};
 
 /// What happened to one report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +22,29 @@ pub enum Delivery {
 }
 
 /// Sends reports in order, queueing them on disk while the control plane is down.
+///
+/// The queue file is shared with the deploy runner through `molt_layout::queue`
+/// (file locks across the two processes). Its file work is blocking, so it runs on
+/// the blocking pool; the sending stays async: collect the queue, send each report
+/// with reqwest, commit it (see `molt_layout::queue` for why this is split).
 pub struct Reporter {
     client: Client,
     queue_file: PathBuf,
-    /// Serialises senders so reports keep their order.
+    /// Serialises senders in this process so reports keep their order.
     lock: Mutex<()>,
+}
+
+/// Run blocking queue file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| QueueError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 impl Reporter {
@@ -71,11 +73,20 @@ impl Reporter {
             path: path.into(),
             body,
         };
-        if self.flush_locked().await? > 0 {
-            // Still unreachable: keep the order by queueing behind the others.
-            append(&self.queue_file, &report)?;
-            tracing::warn!(path = %report.path, "Control plane unreachable; queued report for later delivery");
-            return Ok(Delivery::Queued);
+        match self.flush_locked().await? {
+            None => {
+                // Another process is delivering the queue: go behind it.
+                self.append(&report).await?;
+                tracing::info!(path = %report.path, "Report queue busy; queued report behind it");
+                return Ok(Delivery::Queued);
+            }
+            Some(n) if n > 0 => {
+                // Still unreachable: keep the order by queueing behind the others.
+                self.append(&report).await?;
+                tracing::warn!(path = %report.path, "Control plane unreachable; queued report for later delivery");
+                return Ok(Delivery::Queued);
+            }
+            Some(_) => {}
         }
         match self
             .client
@@ -84,7 +95,7 @@ impl Reporter {
         {
             Ok(()) => Ok(Delivery::Delivered),
             Err(e) if e.is_unreachable() => {
-                append(&self.queue_file, &report)?;
+                self.append(&report).await?;
                 tracing::warn!(path = %report.path, error = %e, "Control plane unreachable; queued report for later delivery");
                 Ok(Delivery::Queued)
             }
@@ -96,115 +107,71 @@ impl Reporter {
         }
     }
 
+    async fn append(&self, report: &QueuedReport) -> Result<(), QueueError> {
+        let q = self.queue_file.clone();
+        let r = report.clone();
+        blocking(&self.queue_file, move || queue::append(&q, &r)).await
+    }
+
     /// Try to deliver the queue; returns how many reports remain queued.
     pub async fn flush(&self) -> Result<usize, QueueError> {
         let _g = self.lock.lock().await;
-        self.flush_locked().await
+        match self.flush_locked().await? {
+            Some(n) => Ok(n),
+            // Another process is delivering it.
+            None => Ok(read_queue(&self.queue_file)?.len()),
+        }
     }
 
-    async fn flush_locked(&self) -> Result<usize, QueueError> {
-        let queued = read_queue(&self.queue_file)?;
-        if queued.is_empty() {
-            return Ok(0);
-        }
-        let total = queued.len();
+    /// `None` when another process is delivering the queue.
+    async fn flush_locked(&self) -> Result<Option<usize>, QueueError> {
+        let q = self.queue_file.clone();
+        let Some(f) = blocking(&self.queue_file, move || Flusher::try_new(&q)).await? else {
+            return Ok(None);
+        };
+        let f = Arc::new(f);
         let mut sent = 0usize;
-        let mut result = Ok(());
-        for r in &queued {
-            match self.client.call(&r.method, &r.path, &r.body).await {
-                Ok(()) => sent += 1,
-                Err(ClientError::Unreachable { .. }) => break,
-                Err(e) => {
-                    tracing::warn!(path = %r.path, error = %e, "Control plane refused queued report; dropped");
-                    sent += 1;
+        let remaining = 'deliver: loop {
+            let batch = {
+                let f = f.clone();
+                blocking(&self.queue_file, move || f.pending()).await?
+            };
+            if batch.is_empty() {
+                break 0;
+            }
+            let mut remaining = batch.len();
+            for r in &batch {
+                match self.client.call(&r.method, &r.path, &r.body).await {
+                    Ok(()) => {}
+                    Err(ClientError::Unreachable { .. }) => break 'deliver remaining,
+                    Err(e) => {
+                        tracing::warn!(path = %r.path, error = %e, "Control plane refused queued report; dropped");
+                    }
                 }
+                sent += 1;
+                // Commit after every report so a crash never re-sends many.
+                let f = f.clone();
+                remaining = blocking(&self.queue_file, move || f.commit(1)).await?;
             }
-            // Persist progress after every report so a crash never re-sends many.
-            if let Err(e) = rewrite(&self.queue_file, &queued[sent..]) {
-                result = Err(e);
-                break;
+            if remaining == 0 {
+                break 0;
             }
-        }
-        result?;
+        };
         if sent > 0 {
             tracing::info!(
                 delivered = sent,
-                remaining = total - sent,
+                remaining,
                 "Delivered queued reports to the control plane"
             );
         }
-        Ok(total - sent)
+        Ok(Some(remaining))
     }
 }
 
-/// Read the queue; a line that is not a valid report is skipped with a warning
-/// (it cannot be delivered, and it must not block the ones after it).
+/// Read the queue without changing it; a line that is not a valid report is
+/// skipped with a warning (a flush sets it aside in `report-queue.bad.jsonl`).
 pub fn read_queue(path: &Path) -> Result<Vec<QueuedReport>, QueueError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(QueueError::Io {
-                path: path.into(),
-                source,
-            });
-        }
-    };
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<QueuedReport>(line) {
-            Ok(r) => out.push(r),
-            Err(e) => {
-                tracing::warn!(file = %path.display(), line = i + 1, error = %e, "Skipping unreadable queued report")
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn append(path: &Path, r: &QueuedReport) -> Result<(), QueueError> {
-    use std::io::Write;
-    let io = |source| QueueError::Io {
-        path: path.into(),
-        source,
-    };
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(io)?;
-    }
-    let mut line = serde_json::to_string(r).unwrap_or_default();
-    line.push('\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(line.as_bytes()).map_err(io)?;
-    f.sync_data().map_err(io)
-}
-
-fn rewrite(path: &Path, rest: &[QueuedReport]) -> Result<(), QueueError> {
-    if rest.is_empty() {
-        return match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(QueueError::Io {
-                path: path.into(),
-                source,
-            }),
-        };
-    }
-    let mut text = String::new();
-    for r in rest {
-        text.push_str(&serde_json::to_string(r).unwrap_or_default());
-        text.push('\n');
-    }
-    molt_layout::write_atomic(path, text.as_bytes()).map_err(|e| QueueError::Io {
-        path: path.into(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    queue::read(path)
 }
 
 #[cfg(test)]
@@ -212,11 +179,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_queue_file_round_trips_in_order_and_skips_garbage() {
+    fn the_queue_file_is_the_shared_one() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("q.jsonl");
         for i in 0..3 {
-            append(
+            queue::append(
                 &p,
                 &QueuedReport {
                     method: "POST".into(),
@@ -226,19 +193,226 @@ mod tests {
             )
             .unwrap();
         }
-        std::fs::write(
-            &p,
-            format!("{}not json\n", std::fs::read_to_string(&p).unwrap()),
-        )
-        .unwrap();
         let q = read_queue(&p).unwrap();
         assert_eq!(
             q.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
             ["/p/0", "/p/1", "/p/2"]
         );
-        rewrite(&p, &q[2..]).unwrap();
-        assert_eq!(read_queue(&p).unwrap().len(), 1);
-        rewrite(&p, &[]).unwrap();
-        assert!(!p.exists());
+    }
+}
+
+/// The agent's and the deploy runner's writers in two processes (this test
+/// binary re-run with `MOLT_QUEUE_WRITER`), 1,000 reports each, over a control
+/// plane that goes up and down every 50 ms, and a third process flushing like the
+/// agent's heartbeat: every report arrives, each writer's in its order, and the
+/// queue ends empty.
+#[cfg(test)]
+mod concurrent {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    const N: usize = 1000;
+    const AGENT_PATH: &str = "/api/v1/agent/test-reports";
+    const RUNNER_PATH: &str = "/api/v1/agent/attempts/runner/stages";
+
+    type Log = Arc<std::sync::Mutex<Vec<(String, usize)>>>;
+
+    fn client(url: &str) -> Client {
+        let text = format!("control_plane_url = \"{url}\"\nagent_name = \"a1\"\ntoken = \"t\"\n");
+        let cfg =
+            crate::config::AgentConfig::parse(&text, Path::new("/h"), Path::new("/h/config.toml"))
+                .unwrap();
+        Client::new(&cfg).unwrap()
+    }
+
+    /// One HTTP request: record which writer and which sequence number it carries.
+    fn handle(s: TcpStream, log: Log) {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut first = String::new();
+        if r.read_line(&mut first).is_err() {
+            return;
+        }
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let path = first.split(' ').nth(1).unwrap_or("").to_string();
+        let seq = if path == AGENT_PATH {
+            v["seq"].as_u64().unwrap() as usize
+        } else {
+            v["message"].as_str().unwrap().parse().unwrap()
+        };
+        log.lock().unwrap().push((path, seq));
+        let mut s = s;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+    }
+
+    /// Serve on `port` until `until` says stop.
+    fn serve(port: u16, log: &Log, until: impl Fn() -> bool) {
+        let l = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        l.set_nonblocking(true).unwrap();
+        while !until() {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let log = log.clone();
+                    std::thread::spawn(move || handle(s, log));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    #[test]
+    fn queue_writer_process() {
+        let Ok(who) = std::env::var("MOLT_QUEUE_WRITER") else {
+            return; // only meaningful when the test below runs this binary as a writer
+        };
+        let url = std::env::var("MOLT_QUEUE_URL").unwrap();
+        let home = molt_layout::Home::new(std::env::var("MOLT_QUEUE_HOME").unwrap());
+        if who == "agent" {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let r = Reporter::new(client(&url), home.report_queue_file());
+            rt.block_on(async {
+                for i in 0..N {
+                    r.send("POST", AGENT_PATH, serde_json::json!({ "seq": i }))
+                        .await
+                        .unwrap();
+                }
+            });
+        } else {
+            let cp = molt_deploy::plan::ControlPlane {
+                url,
+                token: "t".into(),
+            };
+            let r = molt_deploy::report::Reporter::new(
+                &home,
+                Some(cp),
+                Some("runner".into()),
+                Duration::from_secs(5),
+            );
+            for i in 0..N {
+                r.stage("Test", "In Progress", &i.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn two_writers_in_two_processes_over_a_flapping_control_plane_lose_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let home = molt_layout::Home::new(t.path());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log: Log = Arc::default();
+        let writers_done = Arc::new(AtomicBool::new(false));
+        let all_done = Arc::new(AtomicBool::new(false));
+        let server = {
+            let (log, writers_done, all_done) =
+                (log.clone(), writers_done.clone(), all_done.clone());
+            std::thread::spawn(move || {
+                let mut toggles = 0;
+                while !writers_done.load(Ordering::SeqCst) {
+                    let up = Instant::now();
+                    serve(port, &log, || up.elapsed() >= Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(50));
+                    toggles += 1;
+                }
+                serve(port, &log, || all_done.load(Ordering::SeqCst));
+                toggles
+            })
+        };
+        let started = Instant::now();
+        let spawn = |who: &str| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "reporter::concurrent::queue_writer_process",
+                    "--test-threads=1",
+                ])
+                .env("MOLT_QUEUE_WRITER", who)
+                .env("MOLT_QUEUE_URL", &url)
+                .env("MOLT_QUEUE_HOME", t.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut agent = spawn("agent");
+        let mut runner = spawn("runner");
+        // The agent's heartbeat flush, in this third process.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let flusher = Reporter::new(client(&url), home.report_queue_file());
+        let mut flushes = 0;
+        while agent.try_wait().unwrap().is_none() || runner.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(45),
+                "writers too slow"
+            );
+            rt.block_on(flusher.flush()).unwrap();
+            flushes += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(agent.wait().unwrap().success());
+        assert!(runner.wait().unwrap().success());
+        writers_done.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rt.block_on(flusher.flush()).unwrap() > 0 {
+            assert!(Instant::now() < deadline, "queue not drained");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        all_done.store(true, Ordering::SeqCst);
+        let toggles = server.join().unwrap();
+
+        let log = log.lock().unwrap().clone();
+        let mut firsts: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (path, seq) in &log {
+            if seen.insert((path.clone(), *seq)) {
+                firsts.entry(path.as_str()).or_default().push(*seq);
+            }
+        }
+        let expect: Vec<usize> = (0..N).collect();
+        assert_eq!(seen.len(), 2 * N, "distinct reports received");
+        assert_eq!(firsts[AGENT_PATH], expect, "the agent's order");
+        assert_eq!(firsts[RUNNER_PATH], expect, "the runner's order");
+        assert!(read_queue(&home.report_queue_file()).unwrap().is_empty());
+        assert!(!queue::bad_path(&home.report_queue_file()).exists());
+        assert!(
+            toggles >= 4,
+            "the control plane went down only {toggles} times"
+        );
+        eprintln!(
+            "{} requests ({} duplicates), {toggles} toggles, {flushes} flushes, {:?}",
+            log.len(),
+            log.len() - 2 * N,
+            started.elapsed()
+        );
     }
 }

@@ -1,21 +1,17 @@
 //! Stage reports to the control plane (`POST /api/v1/agent/attempts/{id}/stages`).
-//! Tried once with a short timeout; on failure the request is appended to
-//! `work/report-queue.jsonl` and the agent sends it when it is back, in order.
-use std::io::Write;
+//! Each report first delivers what is queued in `work/report-queue.jsonl` (shared
+//! with the agent through `molt_layout::queue`), then is tried once with a short
+//! timeout; when the control plane cannot be reached, or another process is
+//! delivering the queue, it is appended behind the queue, so the order is kept.
 use std::time::Duration;
 
 use molt_layout::Home;
-use serde::{Deserialize, Serialize};
+use molt_layout::queue::{self, Flushed, Outcome};
 
 use crate::plan::ControlPlane;
 
 /// One queued request (`{"method","path","body"}` per line).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueuedRequest {
-    pub method: String,
-    pub path: String,
-    pub body: serde_json::Value,
-}
+pub type QueuedRequest = queue::QueuedReport;
 
 /// Sends stage reports for one attempt.
 #[derive(Debug, Clone)]
@@ -80,66 +76,63 @@ impl Reporter {
     }
 
     fn send(&self, method: &str, path: &str, body: serde_json::Value) {
-        let sent = match &self.cp {
-            Some(cp) => {
-                let url = format!("{}{}", cp.url.trim_end_matches('/'), path);
-                let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
-                match agent
-                    .request(method, &url)
-                    .set("Authorization", &format!("Bearer {}", cp.token))
-                    .send_json(body.clone())
-                {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::warn!(url, error = %e, "stage report failed; queued for the agent");
-                        false
-                    }
-                }
-            }
-            None => false,
+        let req = QueuedRequest {
+            method: method.into(),
+            path: path.into(),
+            body,
         };
-        if !sent
-            && let Err(e) = enqueue(
-                &self.home,
-                &QueuedRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    body,
-                },
-            )
-        {
+        let file = self.home.report_queue_file();
+        if let Some(cp) = &self.cp {
+            // Only after a flush of our own empties the queue may this one go
+            // directly: otherwise it would overtake reports queued before it.
+            let empty = match queue::flush(&file, |r| self.post(cp, r)) {
+                Ok(Flushed::Remaining(n)) => n == 0,
+                Ok(Flushed::Busy) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the report queue");
+                    false
+                }
+            };
+            if empty && self.post(cp, &req) == Outcome::Done {
+                return;
+            }
+        }
+        if let Err(e) = queue::append(&file, &req) {
             tracing::error!(error = %e, "cannot queue report");
+        }
+    }
+
+    /// One request; `Keep` when the control plane cannot be reached (a 502-504
+    /// from a proxy counts as that), `Done` when it answered, even with a refusal.
+    fn post(&self, cp: &ControlPlane, r: &QueuedRequest) -> Outcome {
+        let url = format!("{}{}", cp.url.trim_end_matches('/'), r.path);
+        let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
+        match agent
+            .request(&r.method, &url)
+            .set("Authorization", &format!("Bearer {}", cp.token))
+            .send_json(r.body.clone())
+        {
+            Ok(_) => Outcome::Done,
+            Err(ureq::Error::Status(code, _)) if !(502..=504).contains(&code) => {
+                tracing::warn!(url, status = code, "control plane refused report; dropped");
+                Outcome::Done
+            }
+            Err(e) => {
+                tracing::warn!(url, error = %e, "report not delivered; queued");
+                Outcome::Keep
+            }
         }
     }
 }
 
-/// Append one request to the report queue (fsync'd: it must survive a crash).
+/// Append one request to the report queue (fsync'd, under the queue's file lock).
 pub fn enqueue(home: &Home, req: &QueuedRequest) -> std::io::Result<()> {
-    let path = home.report_queue_file();
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
-    f.write_all(&line)?;
-    f.sync_all()
+    queue::append(&home.report_queue_file(), req).map_err(std::io::Error::other)
 }
 
-/// Read the queue (for the agent's flush and for tests).
+/// Read the queue without changing it (for status tools and tests).
 pub fn read_queue(home: &Home) -> std::io::Result<Vec<QueuedRequest>> {
-    let s = match std::fs::read_to_string(home.report_queue_file()) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
-        .collect()
+    queue::read(&home.report_queue_file()).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
@@ -177,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_report_is_posted_over_real_http_with_the_token() {
-        use std::io::{BufRead, BufReader, Read};
+        use std::io::{BufRead, BufReader, Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let srv = std::thread::spawn(move || {

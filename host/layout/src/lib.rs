@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod queue;
 pub mod systemd;
 
 /// Errors reading or writing layout state.
