@@ -501,12 +501,16 @@ pub async fn get_readiness(
     Ok(axum::Json(readiness_for(&state, &q.version).await?))
 }
 
-/// Deletes Resolved issues older than the retention (30 days by default).
+/// Deletes issues not detected for the retention (30 days by default),
+/// whatever their state, as the seeds do.
 pub async fn purge_now(state: &AppState) -> Result<usize, ApiError> {
     let cutoff = state.config.clock.now() - crate::clock::chrono_dur(state.config.issue_retention);
-    let n = state.db(move |s| s.purge_resolved_issues(cutoff)).await?;
+    let n = state.db(move |s| s.purge_stale_issues(cutoff)).await?;
     if n > 0 {
-        tracing::info!(purged = n, "resolved issues purged");
+        tracing::info!(
+            purged = n,
+            "issues not detected within the retention purged"
+        );
     }
     Ok(n)
 }

@@ -32,7 +32,7 @@ pub struct Config {
     pub lease_timeout: Duration,
     /// An agent not seen for this long is shown Down.
     pub agent_down_after: Duration,
-    /// Resolved issues older than this are purged (30 days).
+    /// Issues not detected for this long are purged, whatever their state (30 days).
     pub issue_retention: Duration,
     /// Package URLs point here (a CDN or mirror) instead of this server's `/packages/`.
     pub package_base_url: Option<String>,

@@ -157,8 +157,10 @@ pub trait Store: Send + Sync + 'static {
         state: IssueState,
         now: DateTime<Utc>,
     ) -> Result<Issue, StoreError>;
-    /// Deletes Resolved issues resolved before `cutoff`; returns how many.
-    fn purge_resolved_issues(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
+    /// Deletes issues last detected before `cutoff`, whatever their state (the
+    /// seeds: an issue nobody has seen for 30 days is stale, even if still open);
+    /// returns how many.
+    fn purge_stale_issues(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
 
     // Commands.
     fn queue_command(

@@ -800,10 +800,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn purge_resolved_issues(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+    fn purge_stale_issues(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         self.tx(|tx| {
             Ok(tx.execute(
-                "DELETE FROM issues WHERE state = 'Resolved' AND resolved_at < ?1",
+                "DELETE FROM issues WHERE last_detected < ?1",
                 [to_ms(cutoff)],
             )?)
         })
@@ -1042,6 +1042,52 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn issues_not_detected_for_30_days_are_purged_whatever_their_state() {
+        let (_d, s) = store();
+        let t0 = Utc::now();
+        let day = chrono::Duration::days(1);
+        let a = s.create_agent("a1", &[1; 32], t0).unwrap();
+        // OLD stays New, ACK is acknowledged, GONE is resolved: all last seen at t0.
+        s.report_issues(
+            a,
+            "UpgradeCheck",
+            &[finding("OLD"), finding("ACK"), finding("GONE")],
+            t0,
+        )
+        .unwrap();
+        let id = |code: &str| {
+            s.list_issues(&IssueFilter::default())
+                .unwrap()
+                .into_iter()
+                .find(|i| i.code == code)
+                .unwrap()
+                .id
+        };
+        s.set_issue_state(id("ACK"), IssueState::Acknowledged, t0)
+            .unwrap();
+        // Another source: FRESH is detected again on day 29, so it stays.
+        s.report_issues(a, "Other", &[finding("FRESH")], t0)
+            .unwrap();
+        s.report_issues(a, "UpgradeCheck", &[finding("OLD"), finding("ACK")], t0)
+            .unwrap();
+        s.report_issues(a, "Other", &[finding("FRESH")], t0 + day * 29)
+            .unwrap();
+        // Resolved on day 20, but last detected at t0: its 30 days count from then.
+        s.set_issue_state(id("GONE"), IssueState::Resolved, t0 + day * 20)
+            .unwrap();
+        assert_eq!(s.purge_stale_issues(t0 + day * 29 - day * 30).unwrap(), 0);
+        let n = s.purge_stale_issues(t0 + day * 31 - day * 30).unwrap();
+        assert_eq!(n, 3, "New, Acknowledged and Resolved alike");
+        let left: Vec<String> = s
+            .list_issues(&IssueFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|i| i.code)
+            .collect();
+        assert_eq!(left, ["FRESH"]);
     }
 
     #[test]
