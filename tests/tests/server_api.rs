@@ -188,30 +188,78 @@ async fn issues_count_repeats_resolve_when_no_longer_reported_and_are_purged_aft
         4
     );
 
-    // 29 days on, the resolved issue is kept; after 31 days it is purged.
+    // 29 days on nothing is purged; DISK_SPACE is detected again then. After
+    // 31 days the resolved issue is purged, and so is an open one (the seeds
+    // purge issues not detected for 30 days, whatever their state).
     s.clock.advance(Duration::from_secs(29 * 86400));
     let purge = |s: &TestServer| s.post("/api/v1/admin/purge").bearer_auth(&s.admin).send();
     assert_eq!(
         purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"],
         0
     );
-    s.clock.advance(Duration::from_secs(2 * 86400));
+    report(&s, &a, "Diagnose", vec![finding("STALE_OPEN")]).await;
+    s.clock.advance(Duration::from_secs(86400));
+    report(&s, &a, "UpgradeCheck", vec![finding("DISK_SPACE")]).await;
+    s.clock.advance(Duration::from_secs(86400));
     assert_eq!(
         purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"],
         1
     );
     let all = s.admin_get("/api/v1/admin/issues").await;
+    let codes: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["DISK_SPACE", "STALE_OPEN"], "{all}");
+    // 30 days after its last detection, the still-open STALE_OPEN goes too.
+    s.clock.advance(Duration::from_secs(28 * 86400 + 43200));
     assert_eq!(
-        all.as_array().unwrap().len(),
-        1,
-        "open issues are never purged: {all}"
+        purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"],
+        1
     );
+    let all = s.admin_get("/api/v1/admin/issues").await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["code"], "DISK_SPACE");
 
     // Everything is in the SQLite file: a restarted server sees it.
     let clock = s.clock.clone();
     let dir = s.stop();
     let s = TestServer::start_in(dir, |c| c.clock = clock).await;
-    assert_eq!(s.admin_get("/api/v1/admin/issues").await[0]["count"], 4);
+    assert_eq!(s.admin_get("/api/v1/admin/issues").await[0]["count"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commands_version_is_answered_for_that_version_if_its_packages_are_served() {
+    let s = TestServer::start(|_| {}).await;
+    let a = s.register("a1").await;
+    s.set_fleet(Q2).await;
+    // Readiness of the next version: that version's packages and precheck.
+    let (st, v) = s
+        .assigned(&a, &format!("os=linux&arch=x86-64&version={Q3}"))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["version"].as_str(), v["source"].as_str()),
+        (Some(Q3), Some("requested"))
+    );
+    let precheck = v["precheck"]["name"].as_str().unwrap();
+    assert!(precheck.contains(Q3), "{v}");
+    // The fleet assignment is unchanged.
+    let (_, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
+    assert_eq!(v["version"], Q2);
+    // Only versions the packages directory serves.
+    let rome = "rome-06-23-2021__patch0-07-01-2021_07-10-2021_0900";
+    let (st, v) = s
+        .assigned(&a, &format!("os=linux&arch=x86-64&version={rome}"))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    assert!(v["error"].as_str().unwrap().contains(rome), "{v}");
+    let (st, v) = s
+        .assigned(&a, "os=linux&arch=x86-64&version=not-a-buildstamp")
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

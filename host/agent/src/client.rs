@@ -246,12 +246,15 @@ impl Client {
         .map(|_| ())
     }
 
+    /// What the control plane assigns; with `version`, the packages of that
+    /// version instead (a command's argument: readiness, `upgrade {version}`).
     pub async fn assigned(
         &self,
         os: &str,
         arch: &str,
         runtime: &str,
         pinned: Option<&str>,
+        version: Option<&str>,
     ) -> Result<Assigned, ClientError> {
         let mut url = self.resolve("/api/v1/agent/assigned")?;
         {
@@ -261,6 +264,9 @@ impl Client {
                 .append_pair("runtime", runtime);
             if let Some(p) = pinned {
                 q.append_pair("pinned", p);
+            }
+            if let Some(v) = version {
+                q.append_pair("version", v);
             }
         }
         let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));

@@ -65,6 +65,10 @@ pub enum Trigger {
     Command {
         id: serde_json::Value,
         kind: String,
+        /// `args.version`: the version to check or upgrade to (else the assignment).
+        version: Option<String>,
+        /// This command holds the "a check is queued" flag (see `claim`).
+        claimed: bool,
         /// When the command was received (to tell whether a check ran since).
         at: std::time::Instant,
     },
@@ -249,9 +253,15 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
             }
             while let Some(t) = rx.recv().await {
                 busy.store(true, std::sync::atomic::Ordering::SeqCst);
-                let (mode, cmd, reply) = match t {
-                    Trigger::Startup | Trigger::Hourly => (Mode::Upgrade, None, None),
-                    Trigger::Command { id, kind, at } => {
+                let (mode, cmd, reply, version, claimed) = match t {
+                    Trigger::Startup | Trigger::Hourly => (Mode::Upgrade, None, None, None, true),
+                    Trigger::Command {
+                        id,
+                        kind,
+                        version,
+                        claimed,
+                        at,
+                    } => {
                         if kind == "autoUpgrade"
                             && last_finished.is_some_and(|f| f > at)
                             && assignment_unchanged(&agent).await
@@ -282,16 +292,16 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                         } else {
                             Mode::Upgrade
                         };
-                        (m, Some(id), None)
+                        (m, Some(id), None, version, claimed)
                     }
                     Trigger::Local { reply } => {
                         agent
                             .retry_requested
                             .store(true, std::sync::atomic::Ordering::SeqCst);
-                        (Mode::Upgrade, None, Some(reply))
+                        (Mode::Upgrade, None, Some(reply), None, true)
                     }
                 };
-                if mode == Mode::Upgrade {
+                if mode == Mode::Upgrade && claimed {
                     // From now on a new trigger queues a new check (the
                     // assignment may change while this one runs).
                     queued.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -299,7 +309,7 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                 if let Some(r) = reply {
                     let _ = r.send("upgrade check started".into());
                 }
-                let outcome = agent.check_and_upgrade(mode).await;
+                let outcome = agent.check_and_upgrade(mode, version.as_deref()).await;
                 tracing::info!(outcome = ?outcome, "Upgrade check finished");
                 if let Some(id) = cmd {
                     let (ok, msg) = match &outcome {
@@ -312,9 +322,9 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                         UpgradeOutcome::Prepared { to_version, .. } => {
                             (true, format!("prepared {to_version}"))
                         }
-                        UpgradeOutcome::Blocked { findings } => {
-                            (false, format!("{findings} blocking finding(s)"))
-                        }
+                        UpgradeOutcome::Blocked { message, .. } => (false, message.clone()),
+                        UpgradeOutcome::Ready { message } => (true, message.clone()),
+                        UpgradeOutcome::Refused { message } => (false, message.clone()),
                         UpgradeOutcome::Failed { stage, message } => {
                             (false, format!("{stage}: {message}"))
                         }
@@ -418,7 +428,7 @@ async fn hourly_loop(tx: mpsc::Sender<Trigger>, queued: Arc<std::sync::atomic::A
 /// unreachable control plane counts as changed: the check then reports it).
 async fn assignment_unchanged(agent: &Agent) -> bool {
     let seen = agent.last_assigned.lock().ok().and_then(|l| l.clone());
-    match (seen, agent.query_assigned().await) {
+    match (seen, agent.query_assigned(None).await) {
         (Some(seen), Ok((_, now))) => seen == now.version,
         _ => false,
     }
@@ -472,19 +482,43 @@ async fn command_loop(
             let upgrading = busy.load(std::sync::atomic::Ordering::SeqCst);
             match c.kind.as_str() {
                 "autoUpgrade" | "upgrade" | "runPrecheck" => {
+                    // autoUpgrade's version only says why it came: the
+                    // assignment (with the agent's pin) decides.
+                    let args = if c.kind == "autoUpgrade" {
+                        &serde_json::Value::Null
+                    } else {
+                        &c.args
+                    };
+                    let version = match command_version(args) {
+                        Ok(v) => v,
+                        Err(m) => {
+                            tracing::warn!(id = %c.id, kind = %c.kind, "Command refused: {m}");
+                            command_done(&agent, &c.id, false, &m).await;
+                            continue;
+                        }
+                    };
                     let is_upgrade = c.kind != "runPrecheck";
-                    if is_upgrade && !claim(&queued) {
+                    // An operator's `upgrade {version}` names its own target:
+                    // it never coalesces into a fleet check already queued.
+                    let explicit = c.kind == "upgrade" && version.is_some();
+                    let claimed = is_upgrade && claim(&queued);
+                    if is_upgrade && !claimed && !explicit {
                         command_done(&agent, &c.id, true, "an upgrade check is already queued")
                             .await;
                     } else if tx
                         .send(Trigger::Command {
                             id: c.id.clone(),
                             kind: c.kind.clone(),
+                            version,
+                            claimed,
                             at: std::time::Instant::now(),
                         })
                         .await
                         .is_err()
                     {
+                        if claimed {
+                            queued.store(false, std::sync::atomic::Ordering::SeqCst);
+                        }
                         command_done(&agent, &c.id, false, "agent is stopping").await;
                     }
                 }
@@ -529,6 +563,28 @@ async fn command_loop(
             }
         }
     }
+}
+
+/// A command's `args.version`: absent or null is the assignment (the seeds'
+/// commands carry none); anything else must be a buildstamp.
+fn command_version(args: &serde_json::Value) -> Result<Option<String>, String> {
+    let v = match args {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(m) => match m.get("version") {
+            None | Some(serde_json::Value::Null) => return Ok(None),
+            Some(serde_json::Value::String(v)) => v,
+            Some(other) => return Err(format!("args.version must be a string, not {other}")),
+        },
+        other => return Err(format!("args must be an object, not {other}")),
+    };
+    crate::deps::validate_version(v)
+        .map(|()| Some(v.clone()))
+        .map_err(|reason| {
+            format!(
+                "args.version `{}` is not a valid buildstamp: {reason}",
+                crate::upgrade::bounded(v.clone(), 200)
+            )
+        })
 }
 
 fn tail(path: &Path, max: u64) -> Vec<u8> {
@@ -695,4 +751,26 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_version;
+    use serde_json::json;
+
+    const V: &str = "quebec-12-09-2020__patch2-04-18-2021_05-01-2021_1130";
+
+    #[test]
+    fn a_commands_version_is_its_args_version_and_must_be_a_buildstamp() {
+        assert_eq!(command_version(&json!(null)), Ok(None));
+        assert_eq!(command_version(&json!({})), Ok(None));
+        assert_eq!(command_version(&json!({"version": null})), Ok(None));
+        assert_eq!(command_version(&json!({"version": V})), Ok(Some(V.into())));
+        let e = command_version(&json!({"version": 7})).unwrap_err();
+        assert!(e.contains("must be a string"), "{e}");
+        let e = command_version(&json!({"version": "../../x"})).unwrap_err();
+        assert!(e.contains("not a valid buildstamp"), "{e}");
+        let e = command_version(&json!([V])).unwrap_err();
+        assert!(e.contains("must be an object"), "{e}");
+    }
 }

@@ -33,8 +33,13 @@ pub enum UpgradeOutcome {
         to_version: String,
         upgrade_dir: PathBuf,
     },
-    /// Blocking pre-upgrade findings.
-    Blocked { findings: usize },
+    /// Blocking pre-upgrade findings; `message` names them (the command's answer).
+    Blocked { findings: usize, message: String },
+    /// A readiness check (runPrecheck) passed.
+    Ready { message: String },
+    /// The command asked for something this agent does not do (a version
+    /// against its pin); nothing was done.
+    Refused { message: String },
     /// A stage failed.
     Failed { stage: String, message: String },
     /// The control plane could not be asked.
@@ -210,8 +215,10 @@ impl Agent {
 
     /// Ask the control plane what is assigned and log the plan.
     /// The installed packages and what the control plane assigns to them now.
+    /// With `requested`, the packages of that version (a command's argument).
     pub(crate) async fn query_assigned(
         &self,
+        requested: Option<&str>,
     ) -> Result<(Vec<InstalledPackage>, Assigned), CheckError> {
         let installed = self
             .home
@@ -229,6 +236,7 @@ impl Agent {
                 &host_arch(),
                 &runtime,
                 self.cfg.pinned_version.as_deref(),
+                requested,
             )
             .await
             .map_err(CheckError::Query)?;
@@ -237,6 +245,7 @@ impl Agent {
 
     async fn version_check(
         &self,
+        requested: Option<&str>,
     ) -> Result<(String, Vec<InstalledPackage>, Assigned, PackagePlan), CheckError> {
         tracing::info!("Checking to see if agent needs to upgrade");
         let current = self
@@ -249,8 +258,20 @@ impl Agent {
                     self.home.current_link().display()
                 ))
             })?;
-        let (installed, assigned) = self.query_assigned().await?;
-        if let Ok(mut l) = self.last_assigned.lock() {
+        let (installed, assigned) = self.query_assigned(requested).await?;
+        if let Some(v) = requested
+            && assigned.version != v
+        {
+            return Err(CheckError::Buildstamp {
+                version: assigned.version.clone(),
+                reason: format!("the control plane answered for another version than {v}"),
+            });
+        }
+        // A command's version is not the assignment: autoUpgrade coalescing
+        // compares against what the fleet assigns.
+        if requested.is_none()
+            && let Ok(mut l) = self.last_assigned.lock()
+        {
             *l = Some(assigned.version.clone());
         }
         deps::validate_version(&assigned.version).map_err(|reason| CheckError::Buildstamp {
@@ -275,8 +296,21 @@ impl Agent {
     }
 
     /// The whole upgrade check, from the version check to the hand-over.
-    pub async fn check_and_upgrade(self: &Arc<Self>, mode: Mode) -> UpgradeOutcome {
-        let (current, installed, assigned, plan) = match self.version_check().await {
+    /// `requested` is a command's `args.version`: readiness checks that version,
+    /// an upgrade goes to it (if the pin allows); `None` is the assignment.
+    pub async fn check_and_upgrade(
+        self: &Arc<Self>,
+        mode: Mode,
+        requested: Option<&str>,
+    ) -> UpgradeOutcome {
+        if mode == Mode::Upgrade
+            && let Some(v) = requested
+            && let Err(message) = pin_allows(self.cfg.pinned_version.as_deref(), v)
+        {
+            tracing::warn!("{message}");
+            return UpgradeOutcome::Refused { message };
+        }
+        let (current, installed, assigned, plan) = match self.version_check(requested).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!("{e}");
@@ -403,6 +437,7 @@ impl Agent {
                     self.end_upgrade(fail_status).await;
                     return UpgradeOutcome::Blocked {
                         findings: r.blocking,
+                        message: msg,
                     };
                 }
                 Err(e) => {
@@ -873,6 +908,11 @@ impl Agent {
                 .map(|f| f.finding.code.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+            details: blocking
+                .iter()
+                .map(|f| format!("{}: {}", f.finding.code, f.finding.description))
+                .collect::<Vec<_>>()
+                .join("; "),
         })
     }
 
@@ -933,11 +973,22 @@ impl Agent {
         installed: &[InstalledPackage],
         assigned: &Assigned,
     ) -> UpgradeOutcome {
-        tracing::info!(from = %current, to = %assigned.version, "Performing pre-upgrade validation tests (readiness check, no upgrade)");
+        let precheck = assigned
+            .precheck
+            .as_ref()
+            .map(|p| p.name.as_str())
+            .unwrap_or("(none)");
+        tracing::info!(from = %current, to = %assigned.version, precheck, "Performing pre-upgrade validation tests (readiness check, no upgrade): {} for {}", precheck, assigned.version);
+        let v = &assigned.version;
         match self.precheck(installed, assigned).await {
             Ok(r) if r.blocking == 0 => {
                 tracing::info!("Pre-upgrade validation tests successful");
-                UpgradeOutcome::UpToDate
+                UpgradeOutcome::Ready {
+                    message: format!(
+                        "Ready for {v}: checks passed ({} finding(s), {} warning(s))",
+                        r.total, r.warnings
+                    ),
+                }
             }
             Ok(r) => {
                 tracing::warn!(
@@ -947,6 +998,13 @@ impl Agent {
                 );
                 UpgradeOutcome::Blocked {
                     findings: r.blocking,
+                    message: bounded(
+                        format!(
+                            "Not Ready for {v}: {} blocking finding(s): {}",
+                            r.blocking, r.details
+                        ),
+                        MAX_ANSWER,
+                    ),
                 }
             }
             Err(e) => {
@@ -964,7 +1022,38 @@ struct PrecheckResult {
     total: usize,
     blocking: usize,
     warnings: usize,
+    /// Blocking finding codes.
     summary: String,
+    /// Blocking findings with their descriptions (the readiness answer).
+    details: String,
+}
+
+/// Bound of a command answer: the control plane keeps at most 4 KiB of it.
+const MAX_ANSWER: usize = 2000;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+pub(crate) fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(" …");
+    }
+    s
+}
+
+/// Whether a command may move this agent to `requested`: a configured
+/// `pinned_version` is the operator's word and wins over a command (the seeds'
+/// `mid.pinned.version`), so only the pinned version itself is allowed.
+pub fn pin_allows(pinned: Option<&str>, requested: &str) -> Result<(), String> {
+    match pinned {
+        Some(p) if p != requested => Err(format!(
+            "Not upgrading to {requested}: this agent is pinned to {p} (`pinned_version` in config.toml); remove the pin or ask for {p}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The `os` of package names.
@@ -1062,6 +1151,20 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("Missing: [molt-upgrade.v2.universal.universal.zip, molt-core.v2.universal.universal.zip]"));
+    }
+
+    #[test]
+    fn a_pinned_agent_upgrades_by_command_only_to_its_pin() {
+        assert_eq!(pin_allows(None, "v2"), Ok(()));
+        assert_eq!(pin_allows(Some("v2"), "v2"), Ok(()));
+        let e = pin_allows(Some("v1"), "v2").unwrap_err();
+        assert!(e.contains("pinned to v1") && e.contains("v2"), "{e}");
+    }
+
+    #[test]
+    fn answers_are_bounded_on_a_character_boundary() {
+        assert_eq!(bounded("abc".into(), 3), "abc");
+        assert_eq!(bounded("aé".into(), 2), "a …");
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub struct AssignedQuery {
     arch: Option<String>,
     runtime: Option<String>,
     pinned: Option<String>,
+    /// A command's version (readiness of the next version, `upgrade {version}`):
+    /// answered for that version instead of the agent's assignment, if the
+    /// packages directory serves it.
+    version: Option<String>,
 }
 
 /// One package of an assignment.
@@ -234,12 +238,18 @@ pub async fn assigned(
     if let Some(p) = &pinned {
         check_version("pinned", p)?;
     }
-    let (version, source) =
-        choose_version(&state.fleet_state(), pinned.as_deref()).ok_or_else(|| {
+    let requested = q.version.filter(|v| !v.is_empty());
+    if let Some(v) = &requested {
+        check_version("version", v)?;
+    }
+    let (version, source) = match requested {
+        Some(v) => (v, "requested"),
+        None => choose_version(&state.fleet_state(), pinned.as_deref()).ok_or_else(|| {
             ApiError::not_found(
                 "no fleet version is set: PUT /api/v1/admin/fleet {\"version\": ...}",
             )
-        })?;
+        })?,
+    };
 
     let (mut snap, stale) = state.packages.current();
     if stale && state.packages.begin_refresh() {
