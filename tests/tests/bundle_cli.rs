@@ -404,3 +404,53 @@ fn verify_explain_names_the_signer_role_sequence_and_capabilities() {
     let both: Vec<&str> = both.iter().map(String::as_str).collect();
     assert_eq!(molt(tmp.path(), &both).code, 2);
 }
+
+#[test]
+fn buildstamp_takes_lettered_security_patches_in_release_order() {
+    let d = tempfile::TempDir::new().unwrap();
+    let name = |p: &str| {
+        format!(
+            "mid-core.helsinki-03-16-2016__{p}-08-25-2017_08-25-2017_1200.universal.universal.zip"
+        )
+    };
+    // The seeds' platform tags real builds like `glide-helsinki-03-16-2016__patch12a-08-25-2017`.
+    let h = ok(d.path(), &["buildstamp", &name("patch12a")]);
+    assert!(h.contains("12a"), "{h}");
+    let given = [
+        "patch7",
+        "patch6a-hotfix1",
+        "patch6",
+        "patch6a",
+        "patch6-hotfix2",
+        "patch6b",
+    ];
+    let names: Vec<String> = given.iter().map(|p| name(p)).collect();
+    let mut args = vec!["buildstamp", "--sort"];
+    args.extend(names.iter().map(String::as_str));
+    let out = ok(d.path(), &args);
+    let order: Vec<&str> = out
+        .lines()
+        .map(|l| {
+            given
+                .iter()
+                .copied()
+                .filter(|p| l.contains(&format!("__{p}-")))
+                .max_by_key(|p| p.len())
+                .unwrap_or("?")
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "patch6",
+            "patch6-hotfix2",
+            "patch6a",
+            "patch6a-hotfix1",
+            "patch6b",
+            "patch7"
+        ],
+        "{out}"
+    );
+    let r = molt(d.path(), &["buildstamp", &name("patch12ab")]);
+    assert_eq!(r.code, 1);
+}
