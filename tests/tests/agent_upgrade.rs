@@ -264,11 +264,12 @@ fn a_tampered_package_is_refused_and_deleted() {
             ))
             .exists()
     );
+    // The stage report reaches the control plane through the report queue,
+    // possibly after the status line: wait for it (bounded).
+    wait_until("Download Upgrade Packages: Failed", T, || {
+        stage_state(&latest(&srv.url), "Download Upgrade Packages").as_deref() == Some("Failed")
+    });
     let a = latest(&srv.url);
-    assert_eq!(
-        stage_state(&a, "Download Upgrade Packages").as_deref(),
-        Some("Failed")
-    );
     assert_eq!(stage_state(&a, "Extract Upgrade Packages"), None);
 }
 
