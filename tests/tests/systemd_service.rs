@@ -444,7 +444,8 @@ fn an_unprivileged_agent_under_the_shipped_unit_upgrades_through_the_control_pla
 }
 
 #[test]
-fn a_new_version_that_crashes_at_start_is_rolled_back_with_the_unit_active() {
+fn a_new_version_that_crashes_at_start_is_rolled_back_with_the_unit_active_even_if_the_runner_is_killed_mid_rollback()
+ {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let e = env();
     core_package(&e, V2, CRASHING_AGENT, &shipped_unit());
@@ -453,8 +454,26 @@ fn a_new_version_that_crashes_at_start_is_rolled_back_with_the_unit_active() {
     let sd = boot(&e);
     install(&sd, &srv, Some("molt"));
     wait_up_on(&srv.url, V1, &sd);
+    // The last journal step of the SIGKILL sweep: the runner dies as it
+    // starts the rollback; systemd restarts it and it finishes the rollback.
+    let dropin = sd.path("/etc/systemd/system/molt-agent-upgrade.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    let once = "/tmp/molt-killed-rolling-back";
+    std::fs::write(
+        dropin.join("kill.conf"),
+        format!(
+            "[Service]\nEnvironment=\"MOLT_DEPLOY_KILL_AT=journal RollingBack\" MOLT_DEPLOY_KILL_ONCE={once}\n"
+        ),
+    )
+    .unwrap();
+    assert!(sd.run(&["systemctl", "daemon-reload"]).ok());
     set_fleet(&srv.url, V2);
     let a = wait_attempt_end(&srv.url, &sd);
+    assert!(
+        sd.path(once).exists(),
+        "the runner was not killed at RollingBack\n{}",
+        diag(&sd)
+    );
     assert_eq!(a["result"], "Rolled Back", "{a:#}\n{}", diag(&sd));
     assert_eq!(current(&sd), format!("versions/{V1}"));
     wait_up_on(&srv.url, V1, &sd);
@@ -771,6 +790,17 @@ fn molt_install_refuses_bad_input_leaving_nothing_and_uninstall_removes_everythi
         let r = sd.sh("ls -a /opt | grep installing || true");
         assert!(r.stdout.trim().is_empty(), "staging left: {}", r.stdout);
     };
+
+    // A CA bundle that holds no certificate: refused before anything is written.
+    let mut argv = install_cmd(HOME, &core);
+    argv.extend([
+        "--ca-bundle".to_string(),
+        "/srv/molt-packages/root.json".to_string(),
+    ]);
+    let r = run(&argv);
+    assert!(!r.ok(), "installed with a CA bundle holding no certificate");
+    assert!(r.stderr.contains("BEGIN CERTIFICATE"), "{}", r.stderr);
+    nothing_left(HOME);
 
     // A tampered package: refused, nothing written.
     let tampered = sd.path("/srv/molt-packages/tampered.zip");

@@ -101,6 +101,15 @@ impl Client {
             if let Some(t) = overall {
                 b = b.timeout(t);
             }
+            if let Some(ca) = &cfg.ca_bundle {
+                // The same trust as the runner and the sandbox's probes.
+                let tls =
+                    molt_layout::tls::client_config(Some(ca)).map_err(|e| ClientError::Decode {
+                        url: ca.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                b = b.use_preconfigured_tls((*tls).clone());
+            }
             if let Some(p) = &cfg.proxy {
                 let proxy = reqwest::Proxy::all(p.as_str()).map_err(|e| ClientError::Decode {
                     url: p.to_string(),

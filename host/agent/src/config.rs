@@ -44,6 +44,10 @@ pub struct RawConfig {
     pub use_os_temp_folder: bool,
     #[serde(default)]
     pub proxy: Option<String>,
+    /// PEM bundle of a private CA trusted besides the web PKI, for the control
+    /// plane, the package site and the pre-upgrade probes (self-hosted TLS).
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
     #[serde(default)]
     pub handover_wait_secs: Option<u64>,
     /// `supervisor` or `systemd:<unit>`; default: detected from this process's cgroup.
@@ -118,6 +122,8 @@ pub struct AgentConfig {
     pub download_through_control_plane: bool,
     pub use_os_temp_folder: bool,
     pub proxy: Option<reqwest::Url>,
+    /// `ca_bundle`, resolved and checked to hold certificates.
+    pub ca_bundle: Option<PathBuf>,
     pub handover_wait_secs: u64,
     /// The service manager that runs this agent; the runner stops and starts it through it.
     pub service: molt_deploy::service::ServiceKind,
@@ -216,6 +222,11 @@ impl AgentConfig {
                     .map_err(|e| invalid("proxy", format!("`{p}` is not a URL: {e}")))?,
             ),
         };
+        let ca_bundle = raw.ca_bundle.map(resolve);
+        if let Some(ca) = &ca_bundle {
+            molt_layout::tls::client_config(Some(ca))
+                .map_err(|e| invalid("ca_bundle", e.to_string()))?;
+        }
         let heartbeat_secs = raw.heartbeat_secs.unwrap_or(30);
         if heartbeat_secs == 0 {
             return Err(invalid("heartbeat_secs", "must be at least 1".into()));
@@ -271,6 +282,7 @@ impl AgentConfig {
             download_through_control_plane: raw.download_through_control_plane,
             use_os_temp_folder: raw.use_os_temp_folder,
             proxy,
+            ca_bundle,
             handover_wait_secs,
             service,
             deploy,

@@ -155,6 +155,8 @@ pub struct PrecheckRun<'a> {
     pub cache_dir: &'a Path,
     pub facts_override: Option<&'a Path>,
     pub net_allow: Vec<String>,
+    /// The operator's private CA bundle, trusted by `net.probe` too.
+    pub ca_bundle: Option<&'a Path>,
 }
 
 fn sandbox(cache_dir: &Path) -> Result<molt_sandbox::Sandbox, molt_sandbox::SandboxError> {
@@ -184,6 +186,7 @@ pub fn run_precheck(
         scratch_parent: run.scratch_parent.to_path_buf(),
         facts,
         net_allow: run.net_allow.clone(),
+        ca_bundle: run.ca_bundle.map(Path::to_path_buf),
         params: Default::default(),
     };
     let reports = sb

@@ -308,6 +308,8 @@ mod concurrent {
             let cp = molt_deploy::plan::ControlPlane {
                 url,
                 token: "t".into(),
+                ca_bundle: None,
+                proxy: None,
             };
             let r = molt_deploy::report::Reporter::new(
                 &home,

@@ -536,6 +536,8 @@ impl Agent {
                     .trim_end_matches('/')
                     .to_string(),
                 token: self.client.token().to_string(),
+                ca_bundle: self.cfg.ca_bundle.clone(),
+                proxy: self.cfg.proxy.as_ref().map(|u| u.to_string()),
             }),
             from_version: current.clone(),
             to_version: target.clone(),
@@ -930,6 +932,7 @@ impl Agent {
         let install_dir = self.home.root().to_path_buf();
         let cache = self.home.work_dir().join("wasm-cache");
         let facts = self.cfg.facts_override.clone();
+        let ca_bundle = self.cfg.ca_bundle.clone();
         let scratch = scratch_parent.to_path_buf();
         // The checks may probe the packages' URLs and the control plane. The
         // package URLs come first: `download-access` probes the first allowed
@@ -957,6 +960,7 @@ impl Agent {
                     cache_dir: &cache,
                     facts_override: facts.as_deref(),
                     net_allow,
+                    ca_bundle: ca_bundle.as_deref(),
                 },
                 &v,
             )

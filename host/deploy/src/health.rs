@@ -65,7 +65,7 @@ struct CpRecord {
 /// not be reached.
 fn ask_cp(cp: &crate::ControlPlane, timeout: Duration) -> Result<Option<CpRecord>, String> {
     let url = format!("{}/api/v1/agent/self", cp.url.trim_end_matches('/'));
-    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    let agent = cp.http(timeout)?;
     match agent
         .get(&url)
         .set("Authorization", &format!("Bearer {}", cp.token))

@@ -19,6 +19,27 @@ pub struct ControlPlane {
     pub url: String,
     /// The agent's bearer token.
     pub token: String,
+    /// The agent's `ca_bundle`: a private CA the runner trusts too, so its
+    /// health check reaches a self-hosted control plane the agent reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
+    /// The agent's `proxy`, for the same reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+impl ControlPlane {
+    /// An HTTP client that reaches the control plane the way the agent does
+    /// (its CA bundle, its proxy), with an overall timeout per request.
+    pub fn http(&self, timeout: std::time::Duration) -> Result<ureq::Agent, String> {
+        let tls = molt_layout::tls::client_config(self.ca_bundle.as_deref())
+            .map_err(|e| e.to_string())?;
+        let mut b = ureq::AgentBuilder::new().timeout(timeout).tls_config(tls);
+        if let Some(p) = &self.proxy {
+            b = b.proxy(ureq::Proxy::new(p).map_err(|e| format!("proxy {p}: {e}"))?);
+        }
+        Ok(b.build())
+    }
 }
 
 /// Time limits of one deploy. Defaults suit a real service; tests shorten them.

@@ -106,7 +106,13 @@ impl Reporter {
     /// from a proxy counts as that), `Done` when it answered, even with a refusal.
     fn post(&self, cp: &ControlPlane, r: &QueuedRequest) -> Outcome {
         let url = format!("{}{}", cp.url.trim_end_matches('/'), r.path);
-        let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
+        let agent = match cp.http(self.timeout) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "report not delivered (the control plane's client cannot be set up); queued");
+                return Outcome::Keep;
+            }
+        };
         match agent
             .request(&r.method, &url)
             .set("Authorization", &format!("Bearer {}", cp.token))
@@ -152,6 +158,8 @@ mod tests {
         let cp = ControlPlane {
             url: format!("http://127.0.0.1:{port}"),
             token: "t".into(),
+            ca_bundle: None,
+            proxy: None,
         };
         let r = Reporter::new(
             &home,
@@ -200,6 +208,8 @@ mod tests {
         let cp = ControlPlane {
             url: format!("http://127.0.0.1:{port}"),
             token: "tok".into(),
+            ca_bundle: None,
+            proxy: None,
         };
         Reporter::new(&home, Some(cp), Some("9".into()), Duration::from_secs(5))
             .stage("Restart", "Complete", "ok");

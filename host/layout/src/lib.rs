@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod queue;
 pub mod systemd;
+pub mod tls;
 
 /// Errors reading or writing layout state.
 #[derive(Debug, thiserror::Error)]

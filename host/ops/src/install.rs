@@ -53,6 +53,9 @@ pub struct InstallOptions {
     pub unit: String,
     /// Extra config.toml lines (settings such as deadlines).
     pub extra_config: String,
+    /// A private CA's PEM bundle, copied to `state/ca-bundle.pem` and named
+    /// as `ca_bundle` (self-hosted TLS for the control plane or package site).
+    pub ca_bundle: Option<PathBuf>,
     /// Start the service at the end.
     pub start: bool,
 }
@@ -150,6 +153,9 @@ pub fn install(o: &InstallOptions) -> Result<InstallReport, OpsError> {
                 ));
             }
         }
+    }
+    if let Some(ca) = &o.ca_bundle {
+        molt_layout::tls::read_ca_bundle(ca).map_err(|e| bad(home, e.to_string()))?;
     }
     if o.packages.is_empty() {
         return Err(bad(home, "no --package given (a core package is required)"));
@@ -252,6 +258,14 @@ fn build_home(
     }
     let root_dst = h.state_dir().join("root.json");
     std::fs::copy(&o.root, &root_dst).map_err(io_err(&o.root))?;
+    let ca_line = match &o.ca_bundle {
+        Some(ca) => {
+            let dst = h.state_dir().join("ca-bundle.pem");
+            std::fs::copy(ca, &dst).map_err(io_err(ca))?;
+            "ca_bundle = \"state/ca-bundle.pem\"\n"
+        }
+        None => "",
+    };
     let service = match o.service {
         ServiceChoice::Systemd => format!("systemd:{unit}"),
         ServiceChoice::Supervisor => "supervisor".into(),
@@ -259,11 +273,12 @@ fn build_home(
     let q = |s: &str| toml_string(s);
     let config = format!(
         "# Written by `molt install`; see docs/agent.md for every key.\n\
-         control_plane_url = {}\nagent_name = {}\ntoken = {}\nservice = {}\ntrust_root = \"state/root.json\"\n{}",
+         control_plane_url = {}\nagent_name = {}\ntoken = {}\nservice = {}\ntrust_root = \"state/root.json\"\n{}{}",
         q(&o.control_plane),
         q(&o.agent_name),
         q(&o.token),
         q(&service),
+        ca_line,
         o.extra_config
     );
     let cfg = h.config_file();

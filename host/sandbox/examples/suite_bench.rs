@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 scratch_parent: home.clone(),
                 facts: FactsSource::Given(facts),
                 net_allow: vec![DL.into()],
+                ca_bundle: None,
                 params: BTreeMap::new(),
             };
             let r = sb.run_precheck(&dest, &v.manifest, &ctx)?;

@@ -20,6 +20,9 @@ pub enum SandboxError {
     /// The selector trapped, timed out or returned an error.
     #[error("version selector {component}: {reason}")]
     Selector { component: String, reason: String },
+    /// The operator's `ca_bundle` cannot be used for `net.probe`.
+    #[error(transparent)]
+    Tls(#[from] molt_layout::tls::TlsError),
 }
 
 impl SandboxError {

@@ -102,6 +102,9 @@ pub struct CheckContext {
     pub facts: FactsSource,
     /// URLs allowed for this run in addition to the policy's (the download URL).
     pub net_allow: Vec<String>,
+    /// The operator's private CA bundle (`ca_bundle`), trusted by `net.probe`
+    /// besides the web PKI, as the agent's own downloads trust it.
+    pub ca_bundle: Option<PathBuf>,
     /// Parameters added to (and overriding) every check's manifest params.
     pub params: BTreeMap<String, String>,
 }
@@ -162,9 +165,16 @@ struct HostState {
     table: ResourceTable,
     limits: Limiter,
     facts: Arc<HostFacts>,
-    net_allow: Arc<Vec<String>>,
+    net: Arc<NetGrant>,
     check: String,
     log_lines: usize,
+}
+
+/// What `net.probe` may reach in one run, and which TLS servers it trusts.
+struct NetGrant {
+    allow: Vec<String>,
+    /// `None` when nothing is allowed (the selector): never used.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl WasiView for HostState {
@@ -199,11 +209,11 @@ impl pb::molt::check::facts::Host for HostState {
 
 impl pb::molt::check::net::Host for HostState {
     fn allowed(&mut self) -> Vec<String> {
-        self.net_allow.to_vec()
+        self.net.allow.clone()
     }
     fn probe(&mut self, url: String) -> Result<pb::molt::check::net::ProbeResult, String> {
         use pb::molt::check::net::{ProbeResult, Stage as W};
-        if !url_allowed(&self.net_allow, &url) {
+        if !url_allowed(&self.net.allow, &url) {
             tracing::warn!(check = %self.check, %url, "Pre Upgrade Check: probe refused (not on the allow-list)");
             return Err(format!("URL {url} is not on the host's network allow-list"));
         }
@@ -222,7 +232,12 @@ impl pb::molt::check::net::Host for HostState {
                 detail: o.detail.clone(),
             });
         }
-        let p = crate::net::probe(&url);
+        let Some(tls) = &self.net.tls else {
+            return Err(format!(
+                "URL {url}: no network is granted to this component"
+            ));
+        };
+        let p = crate::net::probe(&url, tls);
         tracing::info!(check = %self.check, %url, ok = p.ok, detail = %p.detail, "Pre Upgrade Check: probed URL");
         use molt_check_logic::Stage as L;
         Ok(ProbeResult {
@@ -678,7 +693,7 @@ impl Sandbox {
         grant: &Grant,
         wasi: WasiCtx,
         facts: Arc<HostFacts>,
-        net_allow: Arc<Vec<String>>,
+        net: Arc<NetGrant>,
         check: &str,
         refused: Arc<Refusals>,
     ) -> Result<Store<HostState>, String> {
@@ -696,7 +711,7 @@ impl Sandbox {
                 table: ResourceTable::new(),
                 limits: Limiter { inner, refused },
                 facts,
-                net_allow,
+                net,
                 check: check.to_string(),
                 log_lines: 0,
             },
@@ -731,7 +746,10 @@ impl Sandbox {
         });
         let mut allow = self.policy.net_allow.clone();
         allow.extend(ctx.net_allow.iter().cloned());
-        let allow = Arc::new(allow);
+        let allow = Arc::new(NetGrant {
+            allow,
+            tls: Some(molt_layout::tls::client_config(ctx.ca_bundle.as_deref())?),
+        });
         let comps = &manifest.components;
         tracing::info!(bundle = %manifest.buildstamp, checks = comps.len(), "Performing pre-upgrade validation tests");
         // Compile (or load) in parallel, then run in parallel.
@@ -824,7 +842,7 @@ impl Sandbox {
         c: &ManifestComponent,
         ctx: &CheckContext,
         facts: Arc<HostFacts>,
-        allow: Arc<Vec<String>>,
+        allow: Arc<NetGrant>,
     ) -> CheckReport {
         let started = Instant::now();
         let mut report = CheckReport {
@@ -1049,7 +1067,7 @@ impl Sandbox {
                 let stderr = MemoryOutputPipe::new(16 * 1024);
                 let mut b = base_wasi(&stderr);
                 let refused = Arc::new(Refusals::default());
-                let mut store = self.store(grant, b.build(), facts, Arc::new(Vec::new()), "version-select", refused.clone())?;
+                let mut store = self.store(grant, b.build(), facts, Arc::new(NetGrant { allow: Vec::new(), tls: None }), "version-select", refused.clone())?;
                 let mut run = || -> Result<Result<sb::molt::check::selection::Plan, String>, wasmtime::Error> {
                     let pre = sb::SelectorPre::new(linker.instantiate_pre(&comp)?)?;
                     let inst = pre.instantiate(&mut store)?;

@@ -85,6 +85,7 @@ pub fn run_check(
         scratch_parent: home.clone(),
         facts: FactsSource::Given(facts),
         net_allow: Vec::new(),
+        ca_bundle: None,
         params: BTreeMap::new(),
     };
     let mut r = sandbox.run_precheck(dir, &m, &ctx)?;

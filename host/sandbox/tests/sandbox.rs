@@ -62,6 +62,7 @@ fn ctx(home: &Path, facts: HostFacts) -> CheckContext {
         scratch_parent: home.to_path_buf(),
         facts: FactsSource::Given(facts),
         net_allow: vec![DL.into()],
+        ca_bundle: None,
         params: BTreeMap::new(),
     }
 }

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// URL the `net` probe may reach (repeatable).
     #[arg(long = "allow-url")]
     pub allow_urls: Vec<String>,
+    /// PEM bundle of a private CA the `net` probe trusts besides the web PKI
+    /// (as the agent's `ca_bundle` setting).
+    #[arg(long, value_name = "PEM")]
+    pub ca_bundle: Option<std::path::PathBuf>,
     /// Compile cache dir (default: $TMPDIR/molt-check-cache).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -257,6 +261,7 @@ fn run_checks(a: RunArgs) -> Result<ExitCode> {
         scratch_parent: work.clone(),
         facts: FactsSource::Given(facts),
         net_allow: a.allow_urls.clone(),
+        ca_bundle: a.ca_bundle.clone(),
         params,
     };
     let is_wasm = a.target.extension().is_some_and(|e| e == "wasm");

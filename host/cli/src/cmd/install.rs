@@ -54,6 +54,10 @@ pub struct InstallArgs {
     /// A file whose lines are appended to config.toml (settings from docs/agent.md).
     #[arg(long)]
     pub config_extra: Option<PathBuf>,
+    /// PEM bundle of a private CA to trust besides the web PKI (a self-hosted
+    /// control plane or package site); copied into the install as `ca_bundle`.
+    #[arg(long, value_name = "PEM")]
+    pub ca_bundle: Option<PathBuf>,
     /// Install and enable, but do not start the service.
     #[arg(long)]
     pub no_start: bool,
@@ -91,6 +95,7 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
         user: a.user,
         unit: a.unit,
         extra_config,
+        ca_bundle: a.ca_bundle,
         start: !a.no_start,
     })
     .with_context(|| format!("install into {}", a.home.display()))?;
