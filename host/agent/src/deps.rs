@@ -85,6 +85,10 @@ impl VerifiedPackage {
 }
 
 /// Verify a package file's signatures, manifest and sequence against the trust root.
+/// Every package the agent verifies is one the control plane named for the
+/// version it assigned (or a command requested), so it is verified as
+/// `Accept::Assigned`: a downgrade (the control plane rolled back) passes down
+/// to the trusted root's rollback floor and no further (molt-bundle's policy).
 pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, DepError> {
     let bad = |reason: String| DepError::Verify {
         path: path.into(),
@@ -95,7 +99,11 @@ pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, Dep
         .lock()
         .map_err(|_| bad("trust store lock poisoned".into()))?;
     let v = store
-        .verify_bundle(path, &molt_bundle::VerifyOptions::default())
+        .verify_bundle_as(
+            path,
+            &molt_bundle::VerifyOptions::default(),
+            molt_bundle::Accept::Assigned,
+        )
         .map_err(|e| bad(e.to_string()))?;
     let files = v
         .manifest

@@ -626,8 +626,28 @@ pub fn new_root(
         keys,
         roles: role_map,
         revoked: vec![],
+        rollback_floor: BTreeMap::new(),
     };
     Ok(r)
+}
+
+/// Set the rollback floor of bundle `name` to `sequence` in a root being
+/// edited (the root must then be signed and rotated as usual). Returns the
+/// floor it replaces. Lowering a floor is allowed: it is how an operator
+/// authorises a downgrade below the old floor; the caller says so.
+pub fn set_floor(
+    root: &mut RootSigned,
+    name: &str,
+    sequence: u64,
+) -> Result<Option<u64>, BundleError> {
+    crate::root::check_floor_name(name)?;
+    Ok(root.rollback_floor.insert(name.to_string(), sequence))
+}
+
+/// Remove the rollback floor of `name` (no floor: no downgrade below the
+/// highest accepted sequence at all). Returns the floor removed, if any.
+pub fn clear_floor(root: &mut RootSigned, name: &str) -> Option<u64> {
+    root.rollback_floor.remove(name)
 }
 
 /// Sign the root's canonical JSON with `keys` (replacing their older signatures).

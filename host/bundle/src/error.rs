@@ -115,14 +115,18 @@ pub enum BundleError {
         expires: String,
     },
 
+    /// Refused by rollback protection; `rule` says which rule and what to do.
     #[error(
-        "bundle {bundle}: replayed or older bundle refused: `{name}` sequence {sequence} is lower than {highest} already accepted"
+        "bundle {bundle}: replayed or older bundle refused: `{name}` sequence {sequence} {}",
+        replay_detail(.name, *.sequence, *.root_version, .rule)
     )]
     Replay {
         bundle: PathBuf,
         name: String,
         sequence: u64,
-        highest: u64,
+        /// Version of the trusted root whose floor (or lack of one) applied.
+        root_version: u64,
+        rule: ReplayRule,
     },
 
     #[error(
@@ -154,6 +158,43 @@ pub enum BundleError {
 
     #[error(transparent)]
     Buildstamp(#[from] BuildstampError),
+}
+
+/// Which rollback rule refused a bundle (`TrustStore::verify_bundle_as`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayRule {
+    /// Below the trusted root's `rollback_floor` for the name: refused whoever asks.
+    BelowFloor { floor: u64, highest: Option<u64> },
+    /// Lower than the highest accepted and not the version the control plane
+    /// assigned (an import, an offline check): only an assignment may go back.
+    NotAssigned { highest: u64, floor: Option<u64> },
+    /// The control plane assigned it, but the trusted root sets no floor for
+    /// the name, so no downgrade below the highest accepted is allowed.
+    NoFloor { highest: u64 },
+}
+
+fn replay_detail(name: &str, sequence: u64, root_version: u64, rule: &ReplayRule) -> String {
+    let how = format!(
+        "sign a root with rollback_floor `{name}` <= {sequence} (molt root rotate --floor {name}={sequence}) and install it on the host"
+    );
+    match *rule {
+        ReplayRule::BelowFloor { floor, highest } => format!(
+            "is below the rollback floor {floor} that trusted root version {root_version} sets for `{name}`{}; to allow it, {how}",
+            highest
+                .map(|h| format!(" ({h} already accepted)"))
+                .unwrap_or_default()
+        ),
+        ReplayRule::NotAssigned { highest, floor } => format!(
+            "is lower than {highest} already accepted; only the version the control plane assigns may go back, down to the rollback floor of trusted root version {root_version} ({})",
+            floor.map_or_else(
+                || format!("it sets none for `{name}`"),
+                |f| format!("{f} for `{name}`")
+            )
+        ),
+        ReplayRule::NoFloor { highest } => format!(
+            "is lower than {highest} already accepted, and trusted root version {root_version} sets no rollback_floor for `{name}`, so no downgrade is allowed; to allow this one, {how}"
+        ),
+    }
 }
 
 fn fmt_rejected(rejected: &[(String, String)]) -> String {

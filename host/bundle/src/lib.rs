@@ -6,13 +6,15 @@
 //!   - [`verify_bundle`]`(path, &SignedRoot, &VerifyOptions) -> Result<VerifiedBundle>`: stateless.
 //!   - [`TrustStore`]: `open(dir)`, `open_or_init(dir, &SignedRoot)`, `update_root(SignedRoot)`,
 //!     `verify_bundle(path, &VerifyOptions)` (also refuses and records `sequence`),
-//!     `highest_sequence(name)`.
+//!     `verify_bundle_as(path, &VerifyOptions, Accept)` (an assigned downgrade down to the
+//!     root's `rollback_floor`; the policy is [`store::check_sequence`]), `highest_sequence(name)`.
 //!   - [`extract`]`(&VerifiedBundle, bundle_path, dest_dir, &Limits) -> Result<ExtractReport>`.
 //!   - [`SignedRoot::load`]`(path)`, [`SignedRoot::from_slice`]`(bytes)`.
 //! - Write ([`editor`]): [`PackSpec`] (+ `PackSpec::from_buildstamp(name, sequence)`),
 //!   [`pack_dir`]`(src_dir, &PackSpec, out) -> Result<Manifest>`,
 //!   [`sign_bundle`]`(path, &[&SigningKey]) -> Result<String /*digest*/>`,
-//!   [`editor::new_root`], [`editor::sign_root`], [`editor::add_key`].
+//!   [`editor::new_root`], [`editor::sign_root`], [`editor::add_key`],
+//!   [`editor::set_floor`], [`editor::clear_floor`] (rollback floors).
 //! - Keys: [`SigningKey::generate`], [`SigningKey::load`]`(pk8 path)`, `key_id()`, `public_hex()`.
 //! - Buildstamps: [`Buildstamp`] and [`Version`] (`FromStr`, `Display`, `Ord`), [`FamilyTable`].
 //! - Untrusted text: [`sanitize`]`(text, max_bytes)` escapes control characters and bounds length.
@@ -36,14 +38,15 @@ pub mod verify;
 pub use buildstamp::{Buildstamp, BuildstampError, FamilyTable, Hotfix, Product, Version};
 pub use container::{Limits, MANIFEST_PATH, SIGNATURES_PATH};
 pub use editor::{PackSpec, pack_dir, sign_bundle};
-pub use error::BundleError;
+pub use error::{BundleError, ReplayRule};
 pub use extract::{ExtractReport, extract, extract_scratch};
 pub use keys::{SigningKey, key_id};
+pub use root::FloorChange;
 pub use schema::{
     BundleKind, Component, ComponentLimits, Manifest, ManifestDiff, ManifestEntry, Role,
     RootSigned, SignedRoot, Target,
 };
-pub use store::TrustStore;
+pub use store::{Accept, SequenceDecision, TrustStore, check_sequence};
 pub use text::sanitize;
 pub use verify::{EntryLocation, VerifiedBundle, VerifyOptions, verify_bundle};
 

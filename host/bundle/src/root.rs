@@ -17,6 +17,62 @@ fn root_err(reason: impl Into<String>) -> BundleError {
     }
 }
 
+/// A bundle name in `rollback_floor`: the `<product>-<kind>` of a manifest.
+/// Checked so a typo or a stray character cannot hide in a signed root.
+pub fn check_floor_name(name: &str) -> Result<(), BundleError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(root_err(format!(
+            "rollback_floor: `{}` is not a bundle name (`<product>-<kind>`, e.g. `mid-core`)",
+            crate::text::sanitize(name, 200)
+        )))
+    }
+}
+
+/// One rollback floor changed by a root rotation (`None`: no floor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FloorChange {
+    pub name: String,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+}
+
+impl FloorChange {
+    /// The new root accepts older bundles of `name` than the old one did.
+    pub fn lowers(&self) -> bool {
+        match (self.from, self.to) {
+            (Some(f), Some(t)) => t < f,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for FloorChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "rollback floor of `{}`: {} -> {}",
+            self.name,
+            show(self.from),
+            show(self.to)
+        )?;
+        if self.lowers() {
+            f.write_str(
+                " (LOWERED: older signed bundles of it become acceptable as an assigned downgrade)",
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl RootSigned {
     /// The bytes root signatures are made over.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>, BundleError> {
@@ -64,6 +120,12 @@ impl RootSigned {
                 )));
             }
         }
+        for name in self.rollback_floor.keys() {
+            check_floor_name(name).map_err(|e| match e {
+                BundleError::Root { reason } => root_err(format!("version {v}: {reason}")),
+                other => other,
+            })?;
+        }
         for role in REQUIRED_ROLES {
             if !self.roles.contains_key(role.as_str()) {
                 return Err(root_err(format!("version {v}: role `{role}` is missing")));
@@ -102,6 +164,32 @@ impl RootSigned {
             }
         }
         Ok(())
+    }
+
+    /// The rollback floor this root sets for bundle `name`, if any.
+    pub fn floor(&self, name: &str) -> Option<u64> {
+        self.rollback_floor.get(name).copied()
+    }
+
+    /// Floors that differ between `self` and `newer`, by name. A lowered or
+    /// removed floor widens what a host accepts, so it is logged and printed.
+    pub fn floor_changes(&self, newer: &RootSigned) -> Vec<FloorChange> {
+        let names: BTreeSet<&String> = self
+            .rollback_floor
+            .keys()
+            .chain(newer.rollback_floor.keys())
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let (from, to) = (self.floor(n), newer.floor(n));
+                (from != to).then(|| FloorChange {
+                    name: n.clone(),
+                    from,
+                    to,
+                })
+            })
+            .collect()
     }
 
     pub fn threshold(&self, role: Role) -> u32 {

@@ -157,7 +157,8 @@ pub struct Manifest {
     pub target: Target,
     pub created: DateTime<Utc>,
     pub expires: DateTime<Utc>,
-    /// Monotonic per `name`: a verifier with state refuses a lower one.
+    /// Monotonic per `name`: a verifier with state refuses a lower one, except
+    /// a control-plane assignment at or above the root's `rollback_floor`.
     pub sequence: u64,
     pub entries: Vec<ManifestEntry>,
     #[serde(default)]
@@ -252,6 +253,15 @@ pub struct RootSigned {
     pub roles: BTreeMap<String, RoleKeys>,
     #[serde(default)]
     pub revoked: Vec<String>,
+    /// Per bundle name, the lowest manifest `sequence` a host may accept: a
+    /// bundle below it is refused whatever the control plane says, and a
+    /// downgrade the control plane assigns may go down to it, not further
+    /// (docs/bundle-format.md, "Rollback floor"). Omitted when empty, so a root
+    /// without floors keeps the canonical bytes (and signatures) it always had.
+    /// An agent older than this field refuses a root that carries it (unknown
+    /// field): upgrade the agents before signing a root with a floor.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollback_floor: BTreeMap<String, u64>,
 }
 
 /// root.json: `signed` plus signatures over its canonical JSON.

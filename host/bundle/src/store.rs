@@ -1,6 +1,7 @@
 //! The host's trust state: the trusted root and the highest accepted sequence
 //! per bundle name, in a state directory, written atomically. This is what
-//! refuses a replayed older bundle or an older root.
+//! refuses a replayed older bundle or an older root, and the one place that
+//! decides when an older bundle is a legitimate downgrade ([`check_sequence`]).
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -9,12 +10,66 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::error::BundleError;
+use crate::error::{BundleError, ReplayRule};
 use crate::schema::SignedRoot;
 use crate::verify::{VerifiedBundle, VerifyOptions, verify_bundle};
 
 pub const ROOT_FILE: &str = "root.json";
 pub const SEQUENCES_FILE: &str = "sequences.json";
+
+/// Why a bundle is being verified: decides whether a sequence lower than the
+/// highest accepted for its name may pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accept {
+    /// Imports, offline verification, anything not assigned: never lower than
+    /// the highest accepted (a replay).
+    #[default]
+    Newer,
+    /// A package of the version the control plane assigned (or a command
+    /// named): lower than the highest is a downgrade, accepted down to the
+    /// trusted root's `rollback_floor` for the name, never below it, and never
+    /// when the root sets no floor for the name.
+    Assigned,
+}
+
+/// What [`check_sequence`] decided for an accepted bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceDecision {
+    /// At or above the highest accepted (or the first of its name): recorded.
+    Current,
+    /// An assigned downgrade at or above the floor. The highest accepted stays
+    /// as it was, so the next upgrade needs a sequence at least that high and
+    /// an unassigned replay of anything below it is still refused.
+    Downgrade,
+}
+
+/// The rollback policy, in one place. `highest` is the highest sequence this
+/// host accepted for the name, `floor` the trusted root's floor for it.
+/// 1. Below the floor: refused, whoever asks (a signed minimum).
+/// 2. At or above the highest: accepted (today's rule).
+/// 3. Lower than the highest: accepted only for [`Accept::Assigned`] and only
+///    when the root sets a floor for the name (at or below the sequence, by 1).
+///    No floor means no downgrade: the safe default of roots that predate it.
+pub fn check_sequence(
+    sequence: u64,
+    highest: Option<u64>,
+    floor: Option<u64>,
+    accept: Accept,
+) -> Result<SequenceDecision, ReplayRule> {
+    if let Some(f) = floor
+        && sequence < f
+    {
+        return Err(ReplayRule::BelowFloor { floor: f, highest });
+    }
+    match highest {
+        Some(h) if sequence < h => match (accept, floor) {
+            (Accept::Newer, _) => Err(ReplayRule::NotAssigned { highest: h, floor }),
+            (Accept::Assigned, None) => Err(ReplayRule::NoFloor { highest: h }),
+            (Accept::Assigned, Some(_)) => Ok(SequenceDecision::Downgrade),
+        },
+        _ => Ok(SequenceDecision::Current),
+    }
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Sequences {
@@ -114,6 +169,8 @@ impl TrustStore {
     }
 
     /// Rotate to `new` (TUF rules; see `SignedRoot::check_rotation`).
+    /// A lowered or removed rollback floor is allowed (it is how a downgrade
+    /// below the old floor is authorised) but logged as a warning.
     pub fn update_root(&mut self, new: SignedRoot) -> Result<(), BundleError> {
         self.root.check_rotation(&new, Utc::now())?;
         write_atomic(&self.dir, ROOT_FILE, &new.to_json_pretty()?)?;
@@ -122,16 +179,36 @@ impl TrustStore {
             to = new.signed.version,
             "Trusted root rotated"
         );
+        for c in self.root.signed.floor_changes(&new.signed) {
+            if c.lowers() {
+                tracing::warn!(root_version = new.signed.version, "Trusted root: {c}");
+            } else {
+                tracing::info!(root_version = new.signed.version, "Trusted root: {c}");
+            }
+        }
         self.root = new;
         Ok(())
     }
 
     /// Verify a bundle against the trusted root, refuse a sequence lower than
-    /// the highest accepted for its name, and record the new highest.
+    /// the highest accepted for its name (or below the root's floor), and
+    /// record the new highest. The strict rule: [`Accept::Newer`].
     pub fn verify_bundle(
         &mut self,
         path: &Path,
         opts: &VerifyOptions,
+    ) -> Result<VerifiedBundle, BundleError> {
+        self.verify_bundle_as(path, opts, Accept::Newer)
+    }
+
+    /// [`TrustStore::verify_bundle`] for a caller that says why it verifies:
+    /// with [`Accept::Assigned`] a downgrade within the root's rollback floor
+    /// passes (see [`check_sequence`]) and leaves the recorded highest as is.
+    pub fn verify_bundle_as(
+        &mut self,
+        path: &Path,
+        opts: &VerifyOptions,
+        accept: Accept,
     ) -> Result<VerifiedBundle, BundleError> {
         let v = verify_bundle(path, &self.root, opts)?;
         let name = v.manifest.name.clone();
@@ -144,17 +221,33 @@ impl TrustStore {
             let e = self.sequences.entry(k).or_insert(n);
             *e = (*e).max(n);
         }
-        if let Some(&highest) = self.sequences.get(&name)
-            && seq < highest
-        {
-            return Err(BundleError::Replay {
-                bundle: path.to_path_buf(),
-                name,
-                sequence: seq,
-                highest,
-            });
+        let highest = self.sequences.get(&name).copied();
+        let floor = self.root.signed.floor(&name);
+        match check_sequence(seq, highest, floor, accept) {
+            Err(rule) => {
+                return Err(BundleError::Replay {
+                    bundle: path.to_path_buf(),
+                    name,
+                    sequence: seq,
+                    root_version: self.root.signed.version,
+                    rule,
+                });
+            }
+            Ok(SequenceDecision::Downgrade) => {
+                tracing::warn!(
+                    bundle = %path.display(),
+                    name = %name,
+                    sequence = seq,
+                    highest = highest.unwrap_or_default(),
+                    floor = floor.unwrap_or_default(),
+                    root_version = self.root.signed.version,
+                    "Downgrade accepted: the control plane assigned an older bundle within the trusted root's rollback floor"
+                );
+                return Ok(v);
+            }
+            Ok(SequenceDecision::Current) => {}
         }
-        if self.sequences.get(&name) != Some(&seq) {
+        if highest != Some(seq) {
             self.sequences.insert(name, seq);
             let s = Sequences {
                 format: 1,

@@ -1060,3 +1060,279 @@ proptest::proptest! {
         });
     }
 }
+
+// --- Rollback floors: the downgrade policy (store::check_sequence) ---
+
+/// The next root version of `r` with `floors` set (None: cleared), signed by `k`.
+fn with_floors(r: &SignedRoot, floors: &[(&str, Option<u64>)], k: &SigningKey) -> SignedRoot {
+    let mut s = r.signed.clone();
+    s.version += 1;
+    for (n, f) in floors {
+        match f {
+            Some(f) => {
+                editor::set_floor(&mut s, n, *f).unwrap();
+            }
+            None => {
+                editor::clear_floor(&mut s, n);
+            }
+        }
+    }
+    let mut root = SignedRoot {
+        signed: s,
+        signatures: vec![],
+    };
+    editor::sign_root(&mut root, &[k]).unwrap();
+    root
+}
+
+#[test]
+fn sequence_policy_table() {
+    use crate::error::ReplayRule::*;
+    use crate::store::{Accept, SequenceDecision::*, check_sequence};
+    let (n, a) = (Accept::Newer, Accept::Assigned);
+    // (sequence, highest, floor, accept) -> decision
+    type Want = Result<crate::store::SequenceDecision, crate::error::ReplayRule>;
+    type Row = (u64, Option<u64>, Option<u64>, Accept, Want);
+    let cases: &[Row] = &[
+        (1, None, None, n, Ok(Current)),
+        (5, Some(5), None, n, Ok(Current)),
+        (6, Some(5), None, n, Ok(Current)),
+        (6, Some(5), None, a, Ok(Current)),
+        // No floor: no downgrade, assigned or not (today's rule).
+        (
+            4,
+            Some(5),
+            None,
+            n,
+            Err(NotAssigned {
+                highest: 5,
+                floor: None,
+            }),
+        ),
+        (4, Some(5), None, a, Err(NoFloor { highest: 5 })),
+        // A floor: an assigned downgrade down to it, not below; never unassigned.
+        (4, Some(5), Some(3), a, Ok(Downgrade)),
+        (3, Some(5), Some(3), a, Ok(Downgrade)),
+        (
+            2,
+            Some(5),
+            Some(3),
+            a,
+            Err(BelowFloor {
+                floor: 3,
+                highest: Some(5),
+            }),
+        ),
+        (
+            4,
+            Some(5),
+            Some(3),
+            n,
+            Err(NotAssigned {
+                highest: 5,
+                floor: Some(3),
+            }),
+        ),
+        // The floor is a signed minimum even with nothing accepted yet.
+        (
+            2,
+            None,
+            Some(3),
+            n,
+            Err(BelowFloor {
+                floor: 3,
+                highest: None,
+            }),
+        ),
+        (
+            2,
+            None,
+            Some(3),
+            a,
+            Err(BelowFloor {
+                floor: 3,
+                highest: None,
+            }),
+        ),
+        (3, None, Some(3), n, Ok(Current)),
+        // A floor above the highest refuses even the highest again.
+        (
+            5,
+            Some(5),
+            Some(6),
+            a,
+            Err(BelowFloor {
+                floor: 6,
+                highest: Some(5),
+            }),
+        ),
+    ];
+    for (seq, highest, floor, accept, want) in cases {
+        assert_eq!(
+            &check_sequence(*seq, *highest, *floor, *accept),
+            want,
+            "sequence {seq}, highest {highest:?}, floor {floor:?}, {accept:?}"
+        );
+    }
+}
+
+#[test]
+fn an_assigned_downgrade_needs_a_floor_in_the_trusted_root() {
+    use crate::store::Accept;
+    let fx = fx();
+    let state = fx.dir.path().join("state");
+    let mut store = TrustStore::open_or_init(&state, &fx.root).unwrap();
+    let b5 = packed(&fx, "s5", CORE, 5, &[&fx.key]);
+    let b4 = packed(&fx, "s4", CORE, 4, &[&fx.key]);
+    store.verify_bundle(&b5, &VerifyOptions::default()).unwrap();
+    // Root without a floor: assigned or not, refused, and the message says what to do.
+    let e = msg(store.verify_bundle_as(&b4, &VerifyOptions::default(), Accept::Assigned));
+    assert!(
+        e.contains("replayed or older bundle refused: `molt-core` sequence 4 is lower than 5 already accepted, and trusted root version 1 sets no rollback_floor for `molt-core`"),
+        "{e}"
+    );
+    assert!(e.contains("molt root rotate --floor molt-core=4"), "{e}");
+    let e = msg(store.verify_bundle(&b4, &VerifyOptions::default()));
+    assert!(
+        e.contains("sequence 4 is lower than 5 already accepted; only the version the control plane assigns may go back"),
+        "{e}"
+    );
+    assert_eq!(store.highest_sequence("molt-core"), Some(5));
+}
+
+#[test]
+fn a_floor_allows_assigned_downgrades_down_to_it_and_no_further() {
+    use crate::store::Accept;
+    let fx = fx();
+    let state = fx.dir.path().join("state");
+    let mut store = TrustStore::open_or_init(&state, &fx.root).unwrap();
+    let b: Vec<PathBuf> = (0..=6)
+        .map(|s| packed(&fx, &format!("s{s}"), CORE, s, &[&fx.key]))
+        .collect();
+    let o = VerifyOptions::default();
+    store.verify_bundle(&b[5], &o).unwrap();
+    // The operator signs root version 2 with floor 3 for molt-core; the host applies it.
+    let v2 = with_floors(&fx.root, &[("molt-core", Some(3))], &fx.key);
+    store.update_root(v2).unwrap();
+    // Above the floor: the control plane's assignment passes, an import does not.
+    store.verify_bundle_as(&b[4], &o, Accept::Assigned).unwrap();
+    assert!(
+        msg(store.verify_bundle(&b[4], &o))
+            .contains("down to the rollback floor of trusted root version 2 (3 for `molt-core`)")
+    );
+    // At the floor: passes. Below: refused for everyone, naming the floor and the fix.
+    store.verify_bundle_as(&b[3], &o, Accept::Assigned).unwrap();
+    let e = msg(store.verify_bundle_as(&b[2], &o, Accept::Assigned));
+    assert!(
+        e.contains("`molt-core` sequence 2 is below the rollback floor 3 that trusted root version 2 sets for `molt-core` (5 already accepted)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("sign a root with rollback_floor `molt-core` <= 2"),
+        "{e}"
+    );
+    assert!(msg(store.verify_bundle(&b[2], &o)).contains("below the rollback floor 3"));
+    // A downgrade does not lower the highest: the next upgrade must be at
+    // least as high as before, and it works.
+    assert_eq!(store.highest_sequence("molt-core"), Some(5));
+    let again = TrustStore::open(&state).unwrap();
+    assert_eq!(again.highest_sequence("molt-core"), Some(5));
+    assert_eq!(again.root().signed.floor("molt-core"), Some(3));
+    store.verify_bundle(&b[5], &o).unwrap();
+    store.verify_bundle_as(&b[6], &o, Accept::Assigned).unwrap();
+    assert_eq!(store.highest_sequence("molt-core"), Some(6));
+    // Another name has no floor: no downgrade for it.
+    let p2 = packed(&fx, "p2", PRECHECK, 2, &[&fx.key]);
+    let p1 = packed(&fx, "p1", PRECHECK, 1, &[&fx.key]);
+    store.verify_bundle(&p2, &o).unwrap();
+    assert!(
+        msg(store.verify_bundle_as(&p1, &o, Accept::Assigned))
+            .contains("sets no rollback_floor for `molt-precheck`")
+    );
+}
+
+#[test]
+fn a_floor_refuses_old_bundles_on_a_fresh_host_too() {
+    use crate::store::Accept;
+    let fx = fx();
+    let v2 = with_floors(&fx.root, &[("molt-core", Some(3))], &fx.key);
+    fx.root.check_rotation(&v2, Utc::now()).unwrap();
+    let mut store = TrustStore::open_or_init(&fx.dir.path().join("state"), &v2).unwrap();
+    let b2 = packed(&fx, "s2", CORE, 2, &[&fx.key]);
+    let e = msg(store.verify_bundle_as(&b2, &VerifyOptions::default(), Accept::Assigned));
+    assert!(e.contains("is below the rollback floor 3 that trusted root version 2 sets for `molt-core`; to allow it"), "{e}");
+    assert_eq!(store.highest_sequence("molt-core"), None);
+}
+
+#[test]
+fn a_root_without_floors_keeps_its_canonical_bytes_and_signatures() {
+    let t = rot();
+    // The JSON a root had before floors existed: no `rollback_floor` key.
+    let old_json = serde_json::to_value(&t.v1).unwrap();
+    assert!(
+        old_json["signed"].get("rollback_floor").is_none(),
+        "{old_json}"
+    );
+    let signed_value = old_json["signed"].clone();
+    let want = crate::schema::canonical_json(&signed_value).unwrap();
+    let parsed = SignedRoot::from_slice(&serde_json::to_vec(&old_json).unwrap()).unwrap();
+    assert!(parsed.signed.rollback_floor.is_empty());
+    assert_eq!(parsed.signed.canonical_bytes().unwrap(), want);
+    assert!(!String::from_utf8(want).unwrap().contains("rollback_floor"));
+    // With a floor, the field is signed: changing it breaks the signature.
+    let v2 = with_floors(&t.v1, &[("molt-core", Some(3))], &t.r1);
+    let text = String::from_utf8(v2.to_json_pretty().unwrap()).unwrap();
+    assert!(text.contains("\"rollback_floor\""), "{text}");
+    SignedRoot::from_slice(text.as_bytes()).unwrap();
+    let lowered = text.replace("\"molt-core\": 3", "\"molt-core\": 1");
+    assert_ne!(lowered, text);
+    let e = SignedRoot::from_slice(lowered.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad signature"), "{e}");
+}
+
+#[test]
+fn rotation_carries_floors_and_says_when_one_is_lowered() {
+    let t = rot();
+    let state = t.fx.dir.path().join("state");
+    let mut store = TrustStore::open_or_init(&state, &t.v1).unwrap();
+    let v2 = with_floors(
+        &t.v1,
+        &[("molt-core", Some(5)), ("molt-upgrade", Some(2))],
+        &t.r1,
+    );
+    let c = t.v1.signed.floor_changes(&v2.signed);
+    assert_eq!(c.len(), 2);
+    assert!(c.iter().all(|c| !c.lowers()), "{c:?}");
+    store.update_root(v2.clone()).unwrap();
+    // Version 3 lowers one floor and removes the other: allowed (that is how
+    // an operator authorises an older version), and said so.
+    let v3 = with_floors(
+        &v2,
+        &[("molt-core", Some(3)), ("molt-upgrade", None)],
+        &t.r1,
+    );
+    let c = v2.signed.floor_changes(&v3.signed);
+    assert_eq!(
+        c.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        vec![
+            "rollback floor of `molt-core`: 5 -> 3 (LOWERED: older signed bundles of it become acceptable as an assigned downgrade)",
+            "rollback floor of `molt-upgrade`: 2 -> none (LOWERED: older signed bundles of it become acceptable as an assigned downgrade)",
+        ]
+    );
+    store.update_root(v3).unwrap();
+    let s = TrustStore::open(&state).unwrap();
+    assert_eq!(s.root().signed.version, 3);
+    assert_eq!(s.root().signed.floor("molt-core"), Some(3));
+    assert_eq!(s.root().signed.floor("molt-upgrade"), None);
+    // A floor name that is not a bundle name is refused when editing and in a root.
+    let mut bad = v2.signed.clone();
+    assert!(editor::set_floor(&mut bad, "molt core\n", 1).is_err());
+    bad.rollback_floor.insert("../x".into(), 1);
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("rollback_floor: `../x` is not a bundle name"),
+        "{e}"
+    );
+}

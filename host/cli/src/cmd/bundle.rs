@@ -28,7 +28,8 @@ pub enum RootCmd {
     Init(RootInitArgs),
     /// Add signatures to a root.json (for roles with a threshold above 1).
     Sign(RootSignArgs),
-    /// Create version N+1 from version N: change keys, roles, thresholds, revocations.
+    /// Create version N+1 from version N: change keys, roles, thresholds,
+    /// revocations, rollback floors.
     ///
     /// The new root is accepted only when signed by a threshold of the old
     /// root keys AND of its own root keys; pass those keys with --key (or add
@@ -92,6 +93,15 @@ pub struct RootRotateArgs {
     /// Set a role's threshold: ROLE=N.
     #[arg(long = "threshold", value_name = "ROLE=N")]
     pub thresholds: Vec<String>,
+    /// Set the rollback floor of a bundle name: NAME=SEQUENCE (e.g.
+    /// mid-core=7). Hosts refuse bundles of NAME below SEQUENCE, and accept a
+    /// downgrade the control plane assigns down to it. Lowering a floor is
+    /// allowed (it authorises older versions) and printed.
+    #[arg(long = "floor", value_name = "NAME=SEQUENCE")]
+    pub floors: Vec<String>,
+    /// Remove the rollback floor of a bundle name (then no downgrade of it at all).
+    #[arg(long = "clear-floor", value_name = "NAME")]
+    pub clear_floors: Vec<String>,
     /// Days until the new root expires.
     #[arg(long, default_value_t = 365)]
     pub expires_days: i64,
@@ -271,8 +281,19 @@ fn root_summary(r: &SignedRoot) -> String {
         .iter()
         .map(|(n, k)| format!("{n} {}/{}", k.threshold, k.keyids.len()))
         .collect();
+    let floors = if r.signed.rollback_floor.is_empty() {
+        String::new()
+    } else {
+        let f: Vec<String> = r
+            .signed
+            .rollback_floor
+            .iter()
+            .map(|(n, s)| format!("{n} >= {s}"))
+            .collect();
+        format!("; rollback floors: {}", f.join(", "))
+    };
     format!(
-        "root version {} expires {}; roles: {}; {} signature(s)",
+        "root version {} expires {}; roles: {}{floors}; {} signature(s)",
         r.signed.version,
         r.signed.expires.to_rfc3339(),
         roles.join(", "),
@@ -412,6 +433,23 @@ pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("--threshold: unknown role `{role}`"))?
                     .threshold = n;
             }
+            for spec in &a.floors {
+                let (name, n) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--floor `{spec}` is not NAME=SEQUENCE"))?;
+                let n: u64 = n
+                    .parse()
+                    .with_context(|| format!("--floor: `{n}` is not a sequence number"))?;
+                editor::set_floor(&mut signed, name, n)?;
+            }
+            for name in &a.clear_floors {
+                if editor::clear_floor(&mut signed, name).is_none() {
+                    bail!(
+                        "--clear-floor: root version {} sets no rollback floor for `{name}`",
+                        old.signed.version
+                    );
+                }
+            }
             // Keys no role uses any more are dropped, unless revoked (kept for the record).
             let used: std::collections::BTreeSet<String> = signed
                 .roles
@@ -431,6 +469,9 @@ pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> {
             editor::sign_root(&mut root, &keys.iter().collect::<Vec<_>>())?;
             write_root(&a.out, &root)?;
             println!("wrote {}: {}", a.out.display(), root_summary(&root));
+            for c in old.signed.floor_changes(&root.signed) {
+                println!("{c}");
+            }
             match old.check_rotation(&root, Utc::now()) {
                 Ok(()) => println!("rotation from version {} is acceptable", old.signed.version),
                 Err(e) => {
@@ -443,7 +484,11 @@ pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> {
             let new = SignedRoot::load(&a.root)?;
             let mut store = TrustStore::open(&a.state)?;
             let from = store.root().signed.version;
+            let changes = store.root().signed.floor_changes(&new.signed);
             store.update_root(new)?;
+            for c in changes {
+                println!("{c}");
+            }
             println!(
                 "trusted root rotated from version {from} to {}",
                 store.root().signed.version
