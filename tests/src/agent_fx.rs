@@ -561,3 +561,315 @@ pub fn agent_status(url: &str) -> Option<String> {
         .and_then(|a| a["status"].as_str())
         .map(str::to_string)
 }
+
+// ---------------------------------------------------------------------------
+// Whole upgrades under the built-in supervisor (`molt run`): light packages
+// whose `bin/molt` is a launcher of the molt binary under test, a runtime
+// package for this host, installs of several packages, supervisors started
+// with a chosen environment (e.g. libfaketime).
+// ---------------------------------------------------------------------------
+
+/// A `bin/molt` that runs the molt binary under test with the same arguments:
+/// the agent, the runner and the supervisor of a light package are the real ones.
+pub fn launcher() -> Vec<u8> {
+    format!("#!/bin/sh\nexec '{}' \"$@\"\n", molt_bin().display()).into_bytes()
+}
+
+/// Sign `files` as package `name` (a buildstamped file name) into `out_dir`.
+pub fn pack_files(
+    pki: &Pki,
+    work: &Path,
+    out_dir: &Path,
+    name: &str,
+    files: &[(String, Vec<u8>, u32)],
+) -> PathBuf {
+    let src = work.join(format!("src-{name}"));
+    write_tree(&src, files);
+    pki.pack(&src, name, out_dir, vec![])
+}
+
+/// Core and upgrade packages of `version` in `out_dir`; the core's `bin/molt`
+/// is `core_bin` ([`launcher`] for a working release), the upgrade's is the
+/// launcher (the real runner). Returns the core package.
+pub fn light_release(
+    pki: &Pki,
+    work: &Path,
+    out_dir: &Path,
+    version: &str,
+    core_bin: &[u8],
+) -> PathBuf {
+    pack_files(
+        pki,
+        work,
+        out_dir,
+        &format!("molt-upgrade.{version}.universal.universal.zip"),
+        &[("bin/molt".into(), launcher(), 0o755)],
+    );
+    pack_files(
+        pki,
+        work,
+        out_dir,
+        &format!("molt-core.{version}.universal.universal.zip"),
+        &[
+            ("bin/molt".into(), core_bin.to_vec(), 0o755),
+            (
+                "lib/version.txt".into(),
+                format!("{version}\n").into_bytes(),
+                0o644,
+            ),
+        ],
+    )
+}
+
+/// The runtime package of `version` for this host's os and arch, named as the
+/// agent asks for it (`molt-runtime.<v>.linux.x86-64.zip`).
+pub fn runtime_package(pki: &Pki, work: &Path, out_dir: &Path, version: &str) -> PathBuf {
+    let name = format!(
+        "molt-runtime.{version}.{}.{}.zip",
+        std::env::consts::OS,
+        std::env::consts::ARCH.replace('_', "-")
+    );
+    pack_files(
+        pki,
+        work,
+        out_dir,
+        &name,
+        &[
+            // Where the host facts read the installed runtime's version from.
+            (
+                "runtime/VERSION".into(),
+                format!("{version}\n").into_bytes(),
+                0o644,
+            ),
+            ("runtime/bin/rt".into(), b"#!/bin/sh\n".to_vec(), 0o755),
+            // The truststore and its stock copy (MigrateTrustStore reads both).
+            (
+                "runtime/lib/security/cacerts.pem".into(),
+                STOCK_PEM.as_bytes().to_vec(),
+                0o644,
+            ),
+            (
+                "runtime/lib/security/cacerts.stock.pem".into(),
+                STOCK_PEM.as_bytes().to_vec(),
+                0o644,
+            ),
+        ],
+    )
+}
+
+/// The stock certificate of [`runtime_package`]'s truststore.
+pub const STOCK_PEM: &str =
+    "-----BEGIN CERTIFICATE-----\nU1RPQ0sgQ0E=\n-----END CERTIFICATE-----\n";
+
+/// A side bundle (`precheck` or `selector`) of `version` re-packed from the
+/// committed signed components, signed by `pki`. Panics if there is none.
+pub fn side_bundle(pki: &Pki, work: &Path, out_dir: &Path, kind: &str, version: &str) -> PathBuf {
+    let src = work.join(format!("src-{kind}-{version}"));
+    let comps = committed_components(kind, &src).unwrap_or_else(|| {
+        panic!(
+            "no committed molt-{kind} bundle in {}",
+            signed_bundles_dir().display()
+        )
+    });
+    pki.pack(
+        &src,
+        &format!("molt-{kind}.{version}.universal.universal.zip"),
+        out_dir,
+        comps,
+    )
+}
+
+/// A fresh install of `version` made of `packages` (core first, then e.g. a
+/// runtime): each extracted into `versions/<v>/` with `meta/<kind>.meta.json`,
+/// `current` pointing at it, the trust root in `state/`.
+pub fn fresh_install_packages(home: &Path, pki: &Pki, version: &str, packages: &[&Path]) {
+    let root = molt_bundle::SignedRoot::load(&pki.root_path).unwrap();
+    let vdir = home.join("versions").join(version);
+    for p in packages {
+        let v = molt_bundle::verify_bundle(p, &root, &Default::default()).unwrap();
+        molt_bundle::extract(&v, p, &vdir, &Default::default()).unwrap();
+        let files = v
+            .manifest
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.path.clone(),
+                    molt_layout::FileMeta {
+                        size: e.size,
+                        sha256: e.sha256.clone(),
+                        mode: e.mode,
+                    },
+                )
+            })
+            .collect();
+        let kind = v.manifest.kind.as_str().to_string();
+        let meta = molt_layout::InstalledPackage {
+            kind: kind.clone(),
+            name: p.file_name().unwrap().to_string_lossy().into_owned(),
+            version: v.buildstamp.version.to_string(),
+            files,
+        };
+        molt_layout::write_json_atomic(&vdir.join("meta").join(format!("{kind}.meta.json")), &meta)
+            .unwrap();
+    }
+    std::os::unix::fs::symlink(format!("versions/{version}"), home.join("current")).unwrap();
+    std::fs::create_dir_all(home.join("state")).unwrap();
+    std::fs::copy(&pki.root_path, home.join("state").join("root.json")).unwrap();
+}
+
+/// Start the built-in supervisor `molt run --home H --stop-timeout 5` with
+/// `env` added (it passes its environment on to the agent it starts, and the
+/// agent to the runner). Its output goes to `<home>/supervisor.out`.
+pub fn start_supervisor(home: &Path, env: &[(&str, &str)]) -> Proc {
+    std::fs::create_dir_all(home).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("supervisor.out"))
+        .unwrap();
+    let child = Command::new(molt_bin())
+        .args(["run", "--stop-timeout", "5", "--home"])
+        .arg(home)
+        .envs(env.iter().copied())
+        .env("MOLT_LOG", "info")
+        .env_remove("MOLT_HOME")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: "supervisor".into(),
+    }
+}
+
+/// The pids of the processes whose command line names `home` as their home
+/// (`--home <home>`): the agents, supervisors and runners a test started there.
+pub fn pids_on(home: &Path) -> Vec<u32> {
+    let home = home.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args
+            .windows(2)
+            .any(|w| w[0] == b"--home" && w[1] == home.as_bytes())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// SIGKILL every process [`pids_on`] finds for `home` (detached runners
+/// included), by pid.
+pub fn kill_all_on(home: &Path) {
+    for pid in pids_on(home) {
+        // SAFETY: kill(2) on a pid this test started (its command line names
+        // the test's own temporary home).
+        unsafe { libc_kill(pid as i32, 9) };
+    }
+}
+
+/// `<home>/work/agent.status.json`, if readable.
+pub fn local_status(home: &Path) -> Option<serde_json::Value> {
+    let t = std::fs::read_to_string(home.join("work/agent.status.json")).ok()?;
+    serde_json::from_str(&t).ok()
+}
+
+/// The agent record (`GET /api/v1/admin/agents`) of [`AGENT`].
+pub fn cp_agent(url: &str) -> Option<serde_json::Value> {
+    let v = admin_get(url, "/api/v1/admin/agents");
+    let list = v
+        .as_array()
+        .cloned()
+        .or_else(|| v["agents"].as_array().cloned())?;
+    list.into_iter().find(|a| a["name"] == AGENT)
+}
+
+/// Set the fleet version on the control plane.
+pub fn set_fleet_version(url: &str, version: &str) {
+    admin(
+        url,
+        reqwest::Method::PUT,
+        "/api/v1/admin/fleet",
+        Some(serde_json::json!({ "version": version })),
+    );
+}
+
+/// As [`start_server`], with `env` added to the server's environment (e.g.
+/// libfaketime to move its clock).
+pub fn start_server_with_env(
+    dir: &Path,
+    packages: &Path,
+    fleet: &str,
+    port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
+    std::fs::create_dir_all(dir).unwrap();
+    let db = dir.join("cp.db");
+    let log = dir.join(format!("serve-{port}.log"));
+    let mut child = Command::new(molt_bin())
+        .args(["serve", "--db"])
+        .arg(&db)
+        .arg("--packages")
+        .arg(packages)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-token",
+            ADMIN,
+            "--fleet-version",
+            fleet,
+        ])
+        .args(["--bootstrap-agent", &format!("{AGENT}:{TOKEN}")])
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("MOLT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("http://") {
+                let _ = tx.send(line[i..].trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|e| {
+            panic!(
+                "molt serve did not print its URL within 30 s ({e}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    Server {
+        proc: Proc {
+            child,
+            name: "serve".into(),
+        },
+        url,
+        db,
+        packages: packages.to_path_buf(),
+    }
+}

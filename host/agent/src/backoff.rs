@@ -3,8 +3,13 @@
 //! by this agent, not at restarts and not by the hourly check, until
 //! - the assignment moves to another version (the record is dropped),
 //! - an operator retries (`upgrade` command, `molt upgrade now`), or
-//! - the back-off expires: 1 h after the first rollback of that version,
-//!   doubling with each further one, capped at 24 h.
+//! - the back-off expires: 4 h after the first rollback of that version,
+//!   doubling with each further one (8 h, 16 h, ...), capped at 3 days.
+//!
+//! 4 h, not less: the hourly check and a few restarts in the first hours after
+//! a bad release must not try it again (the fleet's operators need the time to
+//! move the assignment); 3 days caps how long a host stays behind a version
+//! that was only transiently bad.
 //!
 //! Without it an agent whose new version crashes at start upgrades, rolls back
 //! and upgrades again at its next start, forever. The record is
@@ -15,9 +20,9 @@ use molt_layout::Home;
 use serde::{Deserialize, Serialize};
 
 /// First back-off after a rollback.
-pub const FIRST: Duration = Duration::hours(1);
+pub const FIRST: Duration = Duration::hours(4);
 /// The longest back-off.
-pub const CAP: Duration = Duration::hours(24);
+pub const CAP: Duration = Duration::days(3);
 
 /// A version held after rollback(s).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,12 +130,16 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_an_hour_and_stops_at_a_day() {
-        assert_eq!(backoff(1), Duration::hours(1));
-        assert_eq!(backoff(2), Duration::hours(2));
-        assert_eq!(backoff(5), Duration::hours(16));
-        assert_eq!(backoff(6), Duration::hours(24));
-        assert_eq!(backoff(60), Duration::hours(24));
+    fn backoff_doubles_from_four_hours_and_stops_at_three_days() {
+        assert_eq!(backoff(0), Duration::hours(4));
+        assert_eq!(backoff(1), Duration::hours(4));
+        assert_eq!(backoff(2), Duration::hours(8));
+        assert_eq!(backoff(3), Duration::hours(16));
+        assert_eq!(backoff(4), Duration::hours(32));
+        assert_eq!(backoff(5), Duration::hours(64));
+        assert_eq!(backoff(6), Duration::days(3));
+        assert_eq!(backoff(60), Duration::days(3));
+        assert_eq!(backoff(u32::MAX), Duration::days(3));
     }
 
     #[test]
@@ -142,22 +151,31 @@ mod tests {
         let t0 = Utc::now();
         assert_eq!(check(&home, "v2", t0, false), None, "nothing failed yet");
         rolled_back(&home, "v2", t0);
-        // Held at restarts and hourly checks for an hour, however often asked.
-        for m in [0, 1, 30, 59] {
+        // Held at restarts and hourly checks for four hours, however often
+        // asked (two hours later included: the e2e test's faked clock).
+        for m in [0, 1, 30, 60, 120, 180, 239] {
             let h = check(&home, "v2", t0 + Duration::minutes(m), false);
             assert_eq!(h.map(|h| h.rollbacks), Some(1), "minute {m}");
         }
-        assert_eq!(check(&home, "v2", t0 + Duration::minutes(61), false), None);
-        // A second rollback of the same version: two hours.
-        let t1 = t0 + Duration::minutes(62);
+        assert_eq!(check(&home, "v2", t0 + Duration::minutes(241), false), None);
+        // A second rollback of the same version: eight hours.
+        let t1 = t0 + Duration::minutes(242);
         rolled_back(&home, "v2", t1);
-        let h = check(&home, "v2", t1 + Duration::minutes(90), false).unwrap();
-        assert_eq!((h.rollbacks, h.until), (2, t1 + Duration::hours(2)));
+        let h = check(&home, "v2", t1 + Duration::hours(7), false).unwrap();
+        assert_eq!((h.rollbacks, h.until), (2, t1 + Duration::hours(8)));
         // An operator's retry releases it at once.
-        assert_eq!(check(&home, "v2", t1 + Duration::minutes(91), true), None);
-        assert_eq!(check(&home, "v2", t1 + Duration::minutes(92), false), None);
+        assert_eq!(check(&home, "v2", t1 + Duration::hours(7), true), None);
+        assert_eq!(
+            check(
+                &home,
+                "v2",
+                t1 + Duration::hours(7) + Duration::minutes(1),
+                false
+            ),
+            None
+        );
         // The fleet moving to another version releases it too.
-        let t2 = t1 + Duration::hours(3);
+        let t2 = t1 + Duration::hours(9);
         rolled_back(&home, "v2", t2);
         assert!(check(&home, "v2", t2, false).is_some());
         assert_eq!(check(&home, "v3", t2, false), None);

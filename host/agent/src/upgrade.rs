@@ -330,6 +330,14 @@ impl Agent {
                     for n in &sel.notes {
                         tracing::info!(selector = %n, "Version selector note");
                     }
+                    // Why the runtime is (not) upgraded: a skip (32-bit host,
+                    // old glibc) leaves the runtime out of Assigned/Missing, and
+                    // without this line nothing said why.
+                    if sel.runtime == molt_sandbox::RuntimeDecision::Skip {
+                        tracing::warn!("Version selector: {}", sel.runtime_reason);
+                    } else {
+                        tracing::info!("Version selector: {}", sel.runtime_reason);
+                    }
                     let known: BTreeSet<&str> =
                         assigned.packages.iter().map(|p| p.name.as_str()).collect();
                     let missing: Vec<String> = sel
