@@ -58,6 +58,9 @@ struct CpRecord {
     status: String,
     version: Option<String>,
     last_seen: Option<DateTime<Utc>>,
+    /// The process that reported (absent from older control planes).
+    #[serde(default)]
+    pid: Option<i64>,
 }
 
 /// One question to the control plane. `Ok(None)`: it answered but has no such
@@ -113,9 +116,14 @@ pub fn wait_healthy(
             }
             Ok(Some(r)) => {
                 reached = true;
+                // Reported by the new process: its pid (clock-free), or a report
+                // after the start by this host's clock. The pid comes first: a
+                // host whose clock runs ahead of the control plane's would
+                // otherwise never see a fresh enough `last_seen` and roll back
+                // a healthy version.
                 if r.status == "Up"
                     && r.version.as_deref() == Some(version)
-                    && r.last_seen.is_some_and(|t| t >= after)
+                    && (r.pid == Some(i64::from(pid)) || r.last_seen.is_some_and(|t| t >= after))
                 {
                     tracing::info!(
                         version,

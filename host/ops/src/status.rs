@@ -82,6 +82,24 @@ pub struct DeployInProgress {
     pub runner_alive: bool,
 }
 
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct HeldView {
+    pub version: String,
+    pub rollbacks: u32,
+    pub until: DateTime<Utc>,
+}
+
+/// The agent's hold after rollback, while it lasts.
+fn held_after_rollback(home: &Home) -> Option<HeldView> {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        held: Option<HeldView>,
+    }
+    let t = std::fs::read_to_string(home.state_dir().join("held-after-rollback.json")).ok()?;
+    let h = serde_json::from_str::<Record>(&t).ok()?.held?;
+    (h.until > Utc::now()).then_some(h)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub home: PathBuf,
@@ -103,6 +121,9 @@ pub struct StatusReport {
     pub control_plane: String,
     pub control_plane_reachable: bool,
     pub last_attempt: Option<AttemptView>,
+    /// A version this agent rolled back and will not attempt again before
+    /// `until` (`state/held-after-rollback.json`, written by the agent).
+    pub held_after_rollback: Option<HeldView>,
     pub issues: Vec<IssueView>,
     pub queued_reports: usize,
     pub notes: Vec<String>,
@@ -323,6 +344,7 @@ pub fn status(home: &Home, opts: &StatusOptions) -> StatusReport {
         control_plane: String::new(),
         control_plane_reachable: false,
         last_attempt: local_attempt(&ev),
+        held_after_rollback: held_after_rollback(home),
         issues: local_issues(&ev),
         queued_reports: ev.queued.len(),
         notes,
@@ -553,6 +575,14 @@ impl StatusReport {
                     s.push_str(&format!("    result: {m}\n"));
                 }
             }
+        }
+        if let Some(h) = &self.held_after_rollback {
+            s.push_str(&format!(
+                "  Held after rollback: {} until {} ({} rollback(s) in a row; the `upgrade` command or `molt upgrade now` retries now)\n",
+                h.version,
+                h.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                h.rollbacks
+            ));
         }
         if self.issues.is_empty() {
             s.push_str("  Open issues: none known\n");
