@@ -9,7 +9,10 @@
 //! on it. A replay of V0 (sequence 1, under the floor) assigned by the control
 //! plane is refused with the rollback message in the attempt's Download stage,
 //! and the install stays Up on V1. Offline verification of V1 against the
-//! host's state stays strict (not assigned: refused).
+//! host's state stays strict (not assigned: refused). The operator's tools
+//! apply the same policy: `molt repair` accepts the downgraded install's own
+//! package (nothing to fix), `molt import` and stateless `molt bundle verify
+//! --root` refuse V0 naming the floor, and the import changes nothing.
 mod ops_common;
 
 use std::path::Path;
@@ -129,7 +132,7 @@ fn a_control_plane_rollback_downgrades_within_the_floor_and_a_replay_below_it_is
     let root1 = pki.join("root-1.json");
     std::fs::write(&root1, k.root.to_json_pretty().unwrap()).unwrap();
 
-    release(&k, V0, 1);
+    let core0 = release(&k, V0, 1);
     let core1 = release(&k, V1, 2);
     let core2 = release(&k, V2, 3);
     let cp = serve(
@@ -233,6 +236,71 @@ fn a_control_plane_rollback_downgrades_within_the_floor_and_a_replay_below_it_is
     let seqs: Value =
         serde_json::from_slice(&std::fs::read(state.join("sequences.json")).unwrap()).unwrap();
     assert_eq!(seqs["sequences"]["molt-core"], 3, "{seqs}");
+
+    // 3b. The operator's tools agree with the agent. `molt repair` (dry run)
+    // accepts the downgraded install's own package: V1 was assigned, so it is
+    // judged as assigned, within the floor; and there is nothing to fix.
+    let home = h.root().to_string_lossy().into_owned();
+    let out = molt_ok(&[
+        "repair",
+        "--home",
+        &home,
+        "--package",
+        &core1.to_string_lossy(),
+    ]);
+    assert!(out.starts_with("Dry run"), "{out}");
+    assert!(
+        out.contains("Nothing to fix: the installed version is complete"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "molt-core.{V1}.universal.universal.zip of the installed version, older than the highest sequence accepted"
+        )),
+        "{out}"
+    );
+    assert!(!k.dir.path().join("agent_old-do_not_run").exists());
+    // `molt import` of V0 (below the floor): refused with the agent's floor
+    // message, and nothing on disk changes (incoming/, the trust state).
+    let snapshot = || {
+        let incoming: Vec<String> = std::fs::read_dir(h.incoming_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (
+            incoming,
+            std::fs::read(state.join("sequences.json")).unwrap(),
+            std::fs::read(state.join("root.json")).unwrap(),
+        )
+    };
+    let before = snapshot();
+    let o = molt(&["import", "--home", &home, &core0.to_string_lossy()]);
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("replayed or older bundle refused: `molt-core` sequence 1 is below the rollback floor 2 that trusted root version 2 sets for `molt-core` (3 already accepted)")
+            && text.contains("sign a root with rollback_floor `molt-core` <= 1"),
+        "{text}"
+    );
+    assert_eq!(snapshot(), before);
+    // Stateless `molt bundle verify --root` applies the root's floor: V0 is
+    // refused naming it, V1 (at the floor) passes.
+    let o = molt(&["bundle", "verify", "--root", &r2, &core0.to_string_lossy()]);
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("INVALID")
+            && text.contains("`molt-core` sequence 1 is below the rollback floor 2 that trusted root version 2 sets for `molt-core`"),
+        "{text}"
+    );
+    molt_ok(&["bundle", "verify", "--root", &r2, &core1.to_string_lossy()]);
+    // Against root version 1 (no floor) stateless verification knows no history.
+    molt_ok(&["bundle", "verify", "--root", &r1, &core0.to_string_lossy()]);
 
     // 4. A replay of V0 (sequence 1, below the floor), assigned: refused.
     admin(

@@ -292,8 +292,31 @@ fn check_path_conflicts<'a>(
     Ok(())
 }
 
-/// Verify a bundle file against `root` (stateless: no rollback protection; see
-/// `TrustStore::verify_bundle` for that).
+/// Refuse a verified bundle below the rollback floor `root` sets for its name.
+/// The floor is part of the signed root, not of a host's state, so even a
+/// stateless check (`molt bundle verify --root`) applies it, with the same
+/// message as the agent's ([`crate::store::check_sequence`] with no history).
+pub fn check_floor(v: &VerifiedBundle, root: &SignedRoot) -> Result<(), BundleError> {
+    let m = &v.manifest;
+    crate::store::check_sequence(
+        m.sequence,
+        None,
+        root.signed.floor(&m.name),
+        crate::store::Accept::Newer,
+    )
+    .map(|_| ())
+    .map_err(|rule| BundleError::Replay {
+        bundle: v.path.clone(),
+        name: m.name.clone(),
+        sequence: m.sequence,
+        root_version: root.signed.version,
+        rule,
+    })
+}
+
+/// Verify a bundle file against `root` (stateless: no sequence history and no
+/// floor; see [`check_floor`] for the root's floor and
+/// `TrustStore::verify_bundle` for both).
 pub fn verify_bundle(
     path: &Path,
     root: &SignedRoot,
@@ -519,4 +542,47 @@ pub fn inspect(path: &Path) -> Result<InspectInfo, BundleError> {
         digest: hex::encode(digest),
         file_len: parsed.layout.file_len,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::editor::{self, PackSpec};
+    use crate::keys::SigningKey;
+
+    const CORE: &str =
+        "molt-core.vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815.universal.universal.zip";
+
+    #[test]
+    fn check_floor_refuses_below_the_roots_floor_and_names_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let key = SigningKey::generate().unwrap().0;
+        let expires = Utc::now() + chrono::Duration::days(30);
+        let mut root = editor::single_key_root(&key, expires).unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f.txt"), b"x").unwrap();
+        let pack = |seq: u64| {
+            let out = dir.path().join(format!("core-{seq}.zip"));
+            let spec = PackSpec::from_buildstamp(CORE, seq).unwrap();
+            editor::pack_dir(&src, &spec, &out).unwrap();
+            editor::sign_bundle(&out, &[&key]).unwrap();
+            out
+        };
+        let (b1, b2) = (pack(1), pack(2));
+        let v1 = verify_bundle(&b1, &root, &VerifyOptions::default()).unwrap();
+        // No floor in the root: nothing to refuse.
+        check_floor(&v1, &root).unwrap();
+        editor::set_floor(&mut root.signed, "molt-core", 2).unwrap();
+        root.signed.version = 2;
+        editor::sign_root(&mut root, &[&key]).unwrap();
+        let v1 = verify_bundle(&b1, &root, &VerifyOptions::default()).unwrap();
+        let e = check_floor(&v1, &root).unwrap_err().to_string();
+        assert!(
+            e.contains("replayed or older bundle refused: `molt-core` sequence 1 is below the rollback floor 2 that trusted root version 2 sets for `molt-core`; to allow it"),
+            "{e}"
+        );
+        let v2 = verify_bundle(&b2, &root, &VerifyOptions::default()).unwrap();
+        check_floor(&v2, &root).unwrap();
+    }
 }

@@ -1,9 +1,12 @@
 //! `molt bundle verify --explain`: what a verified bundle is and why it was
 //! trusted, in an operator's words: which key signed it for which role, when
-//! the keys, the root and the bundle expire, its sequence, and what each wasm
-//! component asks the sandbox for.
+//! the keys, the root and the bundle expire, its sequence against the host's
+//! history and the root's rollback floor, and what each wasm component asks
+//! the sandbox for.
 use chrono::{DateTime, Utc};
-use molt_bundle::{BundleKind, SignedRoot, VerifiedBundle};
+use molt_bundle::{
+    Accept, BundleKind, Manifest, ReplayRule, SignedRoot, VerifiedBundle, check_sequence,
+};
 
 fn kind_words(k: BundleKind) -> &'static str {
     match k {
@@ -67,6 +70,45 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// The sequence line, by the one rollback policy ([`check_sequence`]) as an
+/// offline check sees it (not an assignment), naming the root's floor: what
+/// the operator reads must be what a host would decide.
+fn sequence_words(m: &Manifest, root: &SignedRoot, highest: Option<u64>) -> String {
+    let (seq, name, rv) = (m.sequence, &m.name, root.signed.version);
+    let floor = root.signed.floor(name);
+    match check_sequence(seq, highest, floor, Accept::Newer) {
+        Err(ReplayRule::BelowFloor { floor, .. }) => format!(
+            "  Sequence {seq}: BELOW the rollback floor {floor} that trusted root version {rv} sets for `{name}`; it would be refused on every host, assigned or not.\n"
+        ),
+        Err(ReplayRule::NotAssigned {
+            highest: h,
+            floor: Some(f),
+        }) => format!(
+            "  Sequence {seq}: LOWER than {h}, already accepted on this host for `{name}`; it would be refused as a replayed older bundle, except as a downgrade the control plane assigns (trusted root version {rv} allows those down to its rollback floor {f}).\n"
+        ),
+        Err(ReplayRule::NotAssigned { highest: h, .. } | ReplayRule::NoFloor { highest: h }) => {
+            format!(
+                "  Sequence {seq}: LOWER than {h}, already accepted on this host for `{name}`; it would be refused as a replayed older bundle (trusted root version {rv} sets no rollback floor for it, so not even as an assigned downgrade).\n"
+            )
+        }
+        Ok(_) => {
+            let floor = floor.map_or_else(String::new, |f| {
+                format!(
+                    " Trusted root version {rv} sets rollback floor {f} for it: the control plane may still assign an older one down to {f} (a downgrade), and below {f} it is refused on every host."
+                )
+            });
+            match highest {
+                Some(h) => format!(
+                    "  Sequence {seq}: this host has accepted up to {h} for `{name}`; a bundle with a lower sequence would be refused as a replay.{floor}\n"
+                ),
+                None => format!(
+                    "  Sequence {seq}: nothing accepted for `{name}` on this host yet; after this one, lower sequences are refused as replays.{floor}\n"
+                ),
+            }
+        }
+    }
+}
+
 /// Explain `v`, verified against `root`. `highest_accepted` is the sequence this
 /// host already accepted for the bundle's name, if known.
 pub fn explain(v: &VerifiedBundle, root: &SignedRoot, highest_accepted: Option<u64>) -> String {
@@ -127,20 +169,7 @@ pub fn explain_at(
         m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         when(m.expires, now)
     ));
-    match highest_accepted {
-        Some(h) if h > m.sequence => s.push_str(&format!(
-            "  Sequence {}: LOWER than {h}, already accepted on this host for `{}`; it would be refused as a replayed older bundle.\n",
-            m.sequence, m.name
-        )),
-        Some(h) => s.push_str(&format!(
-            "  Sequence {}: this host has accepted up to {h} for `{}`; a bundle with a lower sequence would be refused as a replay.\n",
-            m.sequence, m.name
-        )),
-        None => s.push_str(&format!(
-            "  Sequence {}: nothing accepted for `{}` on this host yet; after this one, lower sequences are refused as replays.\n",
-            m.sequence, m.name
-        )),
-    }
+    s.push_str(&sequence_words(m, root, highest_accepted));
     let total: u64 = m.entries.iter().map(|e| e.size).sum();
     s.push_str(&format!(
         "  Content: {} file(s), {} uncompressed; signed digest sha256:{}.\n",
@@ -241,5 +270,32 @@ mod tests {
             assert!(t.contains(want), "missing {want:?} in:\n{t}");
         }
         assert!(explain(&v, &k.root, Some(9)).contains("LOWER than 9"));
+        assert!(
+            explain(&v, &k.root, Some(9)).contains("sets no rollback floor for it"),
+            "{}",
+            explain(&v, &k.root, Some(9))
+        );
+
+        // The root's floor is named, and a bundle below it is called out.
+        let mut floored = k.root.clone();
+        molt_bundle::editor::set_floor(&mut floored.signed, "molt-precheck", 5).unwrap();
+        floored.signed.version = 2;
+        let t = explain(&v, &floored, Some(9));
+        assert!(
+            t.contains("Sequence 7: LOWER than 9")
+                && t.contains("except as a downgrade the control plane assigns (trusted root version 2 allows those down to its rollback floor 5)"),
+            "{t}"
+        );
+        let t = explain(&v, &floored, None);
+        assert!(
+            t.contains("Trusted root version 2 sets rollback floor 5 for it"),
+            "{t}"
+        );
+        molt_bundle::editor::set_floor(&mut floored.signed, "molt-precheck", 8).unwrap();
+        let t = explain(&v, &floored, Some(6));
+        assert!(
+            t.contains("Sequence 7: BELOW the rollback floor 8 that trusted root version 2 sets for `molt-precheck`; it would be refused on every host"),
+            "{t}"
+        );
     }
 }

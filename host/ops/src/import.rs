@@ -1,13 +1,17 @@
 //! `molt import <package-or-dir>...`: offline upgrades (seeds 4.1, 4.8,
 //! PRB1484957). Each package is verified against the install's trusted root
-//! (signatures, expiry, every entry's digest, and not older than what this host
-//! already accepted), then placed in `package/incoming/` under its package name
-//! with a temp file and one rename. The agent's Download Upgrade Packages stage
-//! finds it there with the assigned size and SHA-256 and uses it as already
-//! downloaded, so an agent that cannot reach the download site upgrades from it.
+//! (signatures, expiry, every entry's digest, and the rollback policy the agent
+//! applies to an assigned package: see [`IMPORT_ACCEPT`]), then placed in
+//! `package/incoming/` under its package name with a temp file and one rename.
+//! The agent's Download Upgrade Packages stage finds it there with the assigned
+//! size and SHA-256 and uses it as already downloaded, so an agent that cannot
+//! reach the download site upgrades from it.
 use std::path::{Path, PathBuf};
 
-use molt_bundle::{SignedRoot, TrustStore, VerifiedBundle, VerifyOptions};
+use molt_bundle::{
+    Accept, BundleError, SequenceDecision, SignedRoot, TrustStore, VerifiedBundle, VerifyOptions,
+    check_sequence,
+};
 use molt_layout::{FileMeta, Home, InstalledPackage};
 use serde::Serialize;
 
@@ -44,14 +48,41 @@ pub fn load_root(path: &Path) -> Result<SignedRoot, OpsError> {
     })
 }
 
-/// Verify deeply (every entry inflated and hashed) against `root`, and refuse a
-/// sequence lower than the one `state_dir` already accepted. Records nothing.
+/// How `molt import` judges sequences: [`Accept::Assigned`], the agent's rule.
+/// An import only places files in `package/incoming/`; nothing there is
+/// installed unless the control plane assigns that version, and the agent then
+/// verifies it again itself, as assigned. So an import accepts exactly what the
+/// agent would accept if assigned: an offline host whose control plane rolled
+/// back can be given the older version's packages (down to the root's floor),
+/// while the strict rule would refuse the very packages the agent needs. Below
+/// the floor, or lower than the highest with no floor for the name, stays
+/// refused with the agent's message, and an import records no sequence.
+pub const IMPORT_ACCEPT: Accept = Accept::Assigned;
+
+/// Verify deeply (every entry inflated and hashed) against `root`, then apply
+/// the rollback policy as `accept` ([`check_rollback`]). Records nothing.
 pub fn verify_readonly(
     path: &Path,
     root: &SignedRoot,
     state_dir: &Path,
+    accept: Accept,
 ) -> Result<VerifiedBundle, OpsError> {
-    let v = molt_bundle::verify_bundle(
+    let v = verify_deep(path, root)?;
+    check_rollback(&v, root, state_dir, accept)?;
+    Ok(v)
+}
+
+fn refused(path: &Path, e: BundleError) -> OpsError {
+    OpsError::Package {
+        path: path.to_path_buf(),
+        reason: format!("refused: {e}"),
+    }
+}
+
+/// Signatures, expiry, manifest and every entry's digest against `root`; no
+/// sequence rule (a caller that must first know what the package is).
+pub fn verify_deep(path: &Path, root: &SignedRoot) -> Result<VerifiedBundle, OpsError> {
+    molt_bundle::verify_bundle(
         path,
         root,
         &VerifyOptions {
@@ -59,23 +90,35 @@ pub fn verify_readonly(
             ..VerifyOptions::default()
         },
     )
-    .map_err(|e| OpsError::Package {
-        path: path.to_path_buf(),
-        reason: format!("refused: {e}"),
-    })?;
-    if let Ok(store) = TrustStore::open(state_dir)
-        && let Some(highest) = store.highest_sequence(&v.manifest.name)
-        && v.manifest.sequence < highest
-    {
-        return Err(OpsError::Package {
-            path: path.to_path_buf(),
-            reason: format!(
-                "refused: replayed or older bundle refused: `{}` sequence {} is lower than {highest} already accepted",
-                v.manifest.name, v.manifest.sequence
-            ),
-        });
-    }
-    Ok(v)
+    .map_err(|e| refused(path, e))
+}
+
+/// The rollback policy ([`check_sequence`], the agent's) for `v` as `accept`:
+/// `root`'s floor and the highest sequence `state_dir` accepted. A host with
+/// no trust state yet has no history, but the floor still applies. The
+/// refusal is the agent's `BundleError::Replay` message. Records nothing.
+pub fn check_rollback(
+    v: &VerifiedBundle,
+    root: &SignedRoot,
+    state_dir: &Path,
+    accept: Accept,
+) -> Result<SequenceDecision, OpsError> {
+    let m = &v.manifest;
+    let highest = TrustStore::open(state_dir)
+        .ok()
+        .and_then(|s| s.highest_sequence(&m.name));
+    check_sequence(m.sequence, highest, root.signed.floor(&m.name), accept).map_err(|rule| {
+        refused(
+            &v.path,
+            BundleError::Replay {
+                bundle: v.path.clone(),
+                name: m.name.clone(),
+                sequence: m.sequence,
+                root_version: root.signed.version,
+                rule,
+            },
+        )
+    })
 }
 
 /// The installed-meta form of a verified package.
@@ -159,7 +202,7 @@ pub fn import(home: &Home, paths: &[PathBuf]) -> Result<Vec<Imported>, OpsError>
     let files = expand(paths)?;
     let mut verified = Vec::new();
     for f in &files {
-        let v = verify_readonly(f, &root, &home.state_dir())?;
+        let v = verify_readonly(f, &root, &home.state_dir(), IMPORT_ACCEPT)?;
         check_platform(&v)?;
         verified.push(v);
     }
@@ -300,6 +343,60 @@ mod tests {
             .verify_bundle(&newer, &VerifyOptions::default())
             .unwrap();
         let e = import(&h, &[k.core(V2, 4)]).unwrap_err().to_string();
-        assert!(e.contains("replayed or older bundle refused"), "{e}");
+        // Even as the agent's rule: the root sets no floor, so no downgrade.
+        assert!(
+            e.contains("replayed or older bundle refused: `molt-core` sequence 4 is lower than 5 already accepted, and trusted root version 1 sets no rollback_floor"),
+            "{e}"
+        );
+    }
+
+    /// Root version 2 of the kit's root with `floor` for molt-core, trusted by `h`.
+    fn trust_floor(k: &Kit, h: &Home, floor: u64) {
+        let mut r = k.root.clone();
+        r.signed.version = 2;
+        molt_bundle::editor::set_floor(&mut r.signed, "molt-core", floor).unwrap();
+        molt_bundle::editor::sign_root(&mut r, &[&k.key]).unwrap();
+        TrustStore::open(&h.state_dir())
+            .unwrap()
+            .update_root(r)
+            .unwrap();
+    }
+
+    #[test]
+    fn under_a_floor_an_older_package_is_imported_as_the_agent_would_accept_it() {
+        let k = Kit::new();
+        let h = k.install(&k.dir.path().join("home"), V1);
+        TrustStore::open(&h.state_dir())
+            .unwrap()
+            .verify_bundle(&k.core(V2, 5), &VerifyOptions::default())
+            .unwrap();
+        trust_floor(&k, &h, 3);
+        // At the floor, below the highest: the control plane may assign it, so
+        // it may be imported for an offline host; nothing is recorded.
+        let r = import(&h, &[k.core(V1, 3)]).unwrap();
+        assert!(r[0].dest.is_file());
+        let st = TrustStore::open(&h.state_dir()).unwrap();
+        assert_eq!(st.highest_sequence("molt-core"), Some(5));
+    }
+
+    #[test]
+    fn below_the_floor_an_import_is_refused_with_the_agents_message_and_places_nothing() {
+        let k = Kit::new();
+        let h = k.install(&k.dir.path().join("home"), V1);
+        trust_floor(&k, &h, 3);
+        let sequences = h.state_dir().join(molt_bundle::store::SEQUENCES_FILE);
+        let before = std::fs::read(&sequences).ok();
+        let e = import(&h, &[k.core(V2, 2)]).unwrap_err().to_string();
+        assert!(
+            e.contains("replayed or older bundle refused: `molt-core` sequence 2 is below the rollback floor 3 that trusted root version 2 sets for `molt-core`; to allow it, sign a root with rollback_floor `molt-core` <= 2"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_dir(h.incoming_dir())
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0
+        );
+        assert_eq!(std::fs::read(&sequences).ok(), before);
     }
 }

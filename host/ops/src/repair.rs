@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use molt_bundle::{Limits, TrustStore, VerifiedBundle, VerifyOptions};
+use molt_bundle::{
+    Accept, BundleKind, Limits, SequenceDecision, TrustStore, VerifiedBundle, VerifyOptions,
+};
 use molt_deploy::truststore::{STOCK, TRUSTSTORE, custom_certs, merge, pem_blocks};
 use molt_layout::Home;
 use serde::Serialize;
@@ -56,6 +58,9 @@ pub struct RepairPlan {
     pub custom_certs_from: Option<PathBuf>,
     pub stop_pids: Vec<u32>,
     pub warnings: Vec<String>,
+    /// What is wrong with the install now (`molt diagnose`'s install check);
+    /// empty: nothing to fix, a repair would only rebuild it as it is.
+    pub problems: Vec<String>,
     pub steps: Vec<String>,
 }
 
@@ -129,6 +134,35 @@ fn users(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// How repair judges a package's sequence. A package of the installed current
+/// version was accepted as assigned when it was installed (after a control
+/// plane rollback its sequence may be lower than the highest recorded), so it
+/// gets the agent's rule, [`Accept::Assigned`]: rebuilding what is installed is
+/// no new downgrade, and the root's floor still refuses anything below it. Any
+/// other package would move the host to a version nobody assigned: the strict
+/// rule, [`Accept::Newer`].
+pub fn repair_accept(home: &Home, v: &VerifiedBundle) -> Accept {
+    let name = v.buildstamp.to_string();
+    let installed = home
+        .installed()
+        .unwrap_or_default()
+        .iter()
+        .any(|p| p.name == name);
+    // The meta may be what is broken: the core package also names the version
+    // folder `current` points at.
+    let core_of_current = v.manifest.kind == BundleKind::Core
+        && home
+            .current_version()
+            .ok()
+            .flatten()
+            .is_some_and(|c| c == v.buildstamp.version.to_string());
+    if installed || core_of_current {
+        Accept::Assigned
+    } else {
+        Accept::Newer
+    }
+}
+
 /// Verify the packages and work out the plan; changes nothing.
 pub fn plan(
     home: &Home,
@@ -146,8 +180,15 @@ pub fn plan(
         .unwrap_or_else(|| crate::import::trusted_root_path(home));
     let root = crate::import::load_root(&root_path)?;
     let mut verified = Vec::new();
+    let mut downgrades = Vec::new();
     for p in &opts.packages {
-        let v = crate::import::verify_readonly(p, &root, &home.state_dir())?;
+        let v = crate::import::verify_deep(p, &root)?;
+        let accept = repair_accept(home, &v);
+        if crate::import::check_rollback(&v, &root, &home.state_dir(), accept)?
+            == SequenceDecision::Downgrade
+        {
+            downgrades.push(v.buildstamp.to_string());
+        }
         crate::import::check_platform(&v)?;
         if !matches!(
             v.manifest.kind,
@@ -252,6 +293,12 @@ pub fn plan(
         "verify {} (done: signatures, expiry, sequence, every entry's digest)",
         names.join(", ")
     )];
+    if !downgrades.is_empty() {
+        steps[0].push_str(&format!(
+            "; {} of the installed version, older than the highest sequence accepted: accepted as when it was assigned, within the trusted root's rollback floor",
+            downgrades.join(", ")
+        ));
+    }
     if !stop_pids.is_empty() {
         steps.push(format!(
             "stop the running service (pids {stop_pids:?}) and wait until every process has exited"
@@ -302,6 +349,7 @@ pub fn plan(
         custom_certs_from: from,
         stop_pids,
         warnings,
+        problems: crate::diagnose::install_problems(home),
         steps,
     };
     Ok((plan, verified))
@@ -513,11 +561,13 @@ fn build_new(
         }
     }
 
-    // Record the accepted sequences in the carried trust state.
+    // Record the accepted sequences in the carried trust state, by the rule
+    // the packages were verified with (a downgraded install's own packages
+    // leave the recorded highest as it is).
     if let Ok(mut store) = TrustStore::open(&new.state_dir()) {
         for v in verified {
             store
-                .verify_bundle(&v.path, &VerifyOptions::default())
+                .verify_bundle_as(&v.path, &VerifyOptions::default(), repair_accept(home, v))
                 .map_err(|e| OpsError::Package {
                     path: v.path.clone(),
                     reason: e.to_string(),
@@ -543,6 +593,16 @@ impl RepairOutcome {
                 "Dry run: repair of {} (nothing changed; add --apply to do it).\n",
                 p.home.display()
             ));
+        }
+        if !self.applied {
+            if p.problems.is_empty() {
+                s.push_str("  Nothing to fix: the installed version is complete (every file matches its meta); --apply would rebuild it anyway.\n");
+            } else {
+                s.push_str("  Problems found:\n");
+                for pr in &p.problems {
+                    s.push_str(&format!("    - {pr}\n"));
+                }
+            }
         }
         for (i, st) in p.steps.iter().enumerate() {
             s.push_str(&format!("  {}. {st}\n", i + 1));
@@ -649,6 +709,79 @@ mod tests {
         // Trust state carried: the sequence of the package is recorded.
         let st = TrustStore::open(&h.state_dir()).unwrap();
         assert_eq!(st.highest_sequence("molt-core"), Some(1));
+    }
+
+    /// An older patch of V1's family (a version this host never ran).
+    const V0: &str = "vancouver-06-01-2023__patch1-06-01-2023_06-02-2023_0800";
+
+    /// `h` runs V1 (sequence 1) after a downgrade: it had accepted sequence 3
+    /// for both names, and trusts root version 2 with floor `floor` for both.
+    fn downgraded(k: &Kit, h: &Home, floor: u64) {
+        let mut st = TrustStore::open(&h.state_dir()).unwrap();
+        for p in [k.core(V2, 3), k.runtime(V2, 3)] {
+            st.verify_bundle(&p, &VerifyOptions::default()).unwrap();
+        }
+        let mut r = k.root.clone();
+        r.signed.version = 2;
+        for n in ["molt-core", "molt-runtime"] {
+            molt_bundle::editor::set_floor(&mut r.signed, n, floor).unwrap();
+        }
+        molt_bundle::editor::sign_root(&mut r, &[&k.key]).unwrap();
+        st.update_root(r).unwrap();
+    }
+
+    #[test]
+    fn a_downgraded_install_is_repaired_from_its_own_packages_within_the_floor() {
+        let k = Kit::new();
+        let h = k.install(&k.dir.path().join("agent"), V1);
+        downgraded(&k, &h, 1);
+        let pkgs = vec![k.core(V1, 1), k.runtime(V1, 1)];
+        let out = repair(&h, &opts(pkgs.clone(), false)).unwrap();
+        assert!(out.plan.problems.is_empty(), "{:?}", out.plan.problems);
+        let text = out.render_text();
+        assert!(text.contains("Nothing to fix"), "{text}");
+        assert!(
+            text.contains("of the installed version, older than the highest sequence accepted"),
+            "{text}"
+        );
+        // Applied: rebuilt, and the recorded highest is not lowered.
+        let out = repair(&h, &opts(pkgs, true)).unwrap();
+        assert!(out.applied);
+        assert!(crate::diagnose::install_problems(&h).is_empty());
+        let st = TrustStore::open(&h.state_dir()).unwrap();
+        assert_eq!(st.highest_sequence("molt-core"), Some(3));
+        assert_eq!(st.highest_sequence("molt-runtime"), Some(3));
+    }
+
+    #[test]
+    fn an_older_version_than_installed_is_no_assignment_and_the_floor_holds_for_all() {
+        let k = Kit::new();
+        let h = k.install(&k.dir.path().join("agent"), V1);
+        downgraded(&k, &h, 1);
+        // Another version, within the floor but never assigned: strict rule.
+        let e = repair(&h, &opts(vec![k.core(V0, 2)], false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`molt-core` sequence 2 is lower than 3 already accepted; only the version the control plane assigns may go back"),
+            "{e}"
+        );
+        // The install's own packages, but the floor was raised above them.
+        let mut st = TrustStore::open(&h.state_dir()).unwrap();
+        let mut r = st.root().clone();
+        r.signed.version = 3;
+        molt_bundle::editor::set_floor(&mut r.signed, "molt-core", 2).unwrap();
+        molt_bundle::editor::sign_root(&mut r, &[&k.key]).unwrap();
+        st.update_root(r).unwrap();
+        let e = repair(&h, &opts(vec![k.core(V1, 1), k.runtime(V1, 1)], true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`molt-core` sequence 1 is below the rollback floor 2 that trusted root version 3 sets for `molt-core` (3 already accepted)"),
+            "{e}"
+        );
+        assert!(!old_home_path(h.root()).to_string_lossy().ends_with(".2"));
+        assert!(!k.dir.path().join("agent_old-do_not_run").exists());
     }
 
     #[test]

@@ -169,7 +169,8 @@ pub struct SignArgs {
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     pub bundle: PathBuf,
-    /// Trust root to verify against (stateless: no replay protection).
+    /// Trust root to verify against (stateless: no replay protection beyond
+    /// the root's rollback floor, which is applied).
     #[arg(long, value_name = "ROOT_JSON", required_unless_present = "state")]
     pub root: Option<PathBuf>,
     /// State directory: trusted root and highest accepted sequences (refuses
@@ -628,6 +629,8 @@ pub fn bundle(c: BundleCmd) -> anyhow::Result<ExitCode> {
                     (Some(r), None) => {
                         let root = SignedRoot::load(r)?;
                         let v = molt_bundle::verify_bundle(&a.bundle, &root, &opts)?;
+                        // No host state, but the root's signed floor still holds.
+                        molt_bundle::verify::check_floor(&v, &root)?;
                         Ok((v, root, None))
                     }
                     (r, Some(dir)) => {
