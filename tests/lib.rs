@@ -7,3 +7,7 @@ pub mod agent_fx;
 /// A real systemd as PID 1 of a throwaway namespace.
 #[path = "src/systemd.rs"]
 pub mod systemd;
+
+/// A private CA and a server certificate, made by openssl.
+#[path = "src/tls.rs"]
+pub mod tls;

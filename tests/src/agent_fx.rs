@@ -17,14 +17,18 @@ pub const ADMIN: &str = "admin-token-for-tests";
 pub const AGENT: &str = "agent1";
 pub const TOKEN: &str = "agent1-token-for-tests";
 
-/// The `molt` binary beside the test executable (`target/<profile>/molt`).
+/// The `molt` binary under test: `$MOLT_BIN`, else the one beside the test
+/// executable (`target/<profile>/molt`). Every e2e test uses this one.
 pub fn molt_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOLT_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join("molt");
     assert!(
         p.is_file(),
-        "{} is missing: build it first: cargo build -p molt",
+        "{} is missing: build it first with `cargo build -p molt` (or set MOLT_BIN)",
         p.display()
     );
     p

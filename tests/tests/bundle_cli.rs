@@ -1,22 +1,9 @@
 //! End-to-end tests of `molt keygen`, `molt root`, `molt bundle` and
 //! `molt buildstamp` through the real binary, on real files.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-/// `target/<profile>/molt` next to this test executable (or `MOLT_BIN`).
-fn molt_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOLT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("molt");
-    assert!(
-        p.exists(),
-        "{} not found: build it first with `cargo build -p molt` (or set MOLT_BIN)",
-        p.display()
-    );
-    p
-}
+use molt_e2e::agent_fx::molt_bin;
 
 struct Run {
     code: i32,

@@ -1,22 +1,10 @@
 //! The README's main-job command, end to end: `molt demo` starts a real control
 //! plane, installs a signed v1, runs the real supervisor and agent, and upgrades
 //! to v2 through every stage (the precheck bundle's real wasm checks included).
-use std::path::PathBuf;
+
 use std::process::Command;
 
-fn molt_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOLT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("molt");
-    assert!(
-        p.exists(),
-        "{} not found: `cargo build -p molt` first",
-        p.display()
-    );
-    p
-}
+use molt_e2e::agent_fx::molt_bin;
 
 #[test]
 fn molt_demo_upgrades_a_real_install_from_v1_to_v2_through_every_stage() {

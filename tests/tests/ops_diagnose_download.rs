@@ -58,50 +58,15 @@ fn an_unreachable_download_site_is_named_download_failed() {
     );
 }
 
-/// A self-signed certificate for 127.0.0.1, as a TLS-inspecting proxy presents.
-fn self_signed_cert(dir: &std::path::Path) -> (String, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let o = Command::new("openssl")
-        .current_dir(dir)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "proxy.key",
-            "-out",
-            "proxy.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Corporate TLS inspection CA",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl is installed");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    (
-        dir.join("proxy.pem").to_string_lossy().into_owned(),
-        dir.join("proxy.key").to_string_lossy().into_owned(),
-    )
-}
-
 #[test]
 fn a_download_site_behind_an_untrusted_certificate_is_named_download_tls_failed() {
     let k = kit_with_releases();
     // The packages are served over HTTPS with a certificate no public CA signed.
-    let (cert, key) = self_signed_cert(&k.dir.path().join("tls"));
-    let mirror = serve(
-        &k.dir.path().join("mirror"),
-        &k.packages_dir(),
-        &["--tls-cert", &cert, "--tls-key", &key],
-    );
+    // A TLS-inspecting proxy's CA, which the agent is not told to trust.
+    let pki = molt_e2e::tls::private_ca(&k.dir.path().join("tls"), "Corporate TLS inspection CA");
+    let tls_args = pki.serve_args();
+    let tls: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let mirror = serve(&k.dir.path().join("mirror"), &k.packages_dir(), &tls);
     assert!(mirror.url.starts_with("https://"), "{}", mirror.url);
     let site = format!("{}/packages", mirror.url.trim_end_matches('/'));
     let cp = serve(

@@ -9,104 +9,13 @@
 //! signed precheck components.
 mod ops_common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
+use molt_e2e::tls::private_ca;
 use ops_common::*;
 
 const T: Duration = Duration::from_secs(90);
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl is installed (.ci/run installs it)");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A private CA (`ca.pem`) and a server certificate it signed for 127.0.0.1
-/// (`server.pem`, `server.key`).
-fn private_ca(dir: &Path) -> (PathBuf, String, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Example Corp Private CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=molt.example.internal",
-        ],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    );
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem").to_string_lossy().into_owned(),
-        dir.join("server.key").to_string_lossy().into_owned(),
-    )
-}
 
 /// `GET` on the admin API of a control plane whose certificate `ca` signed.
 fn admin_get(url: &str, path: &str, ca: &Path) -> serde_json::Value {
@@ -138,14 +47,16 @@ fn a_self_hosted_control_plane_and_package_site_behind_a_private_ca_upgrade_with
     // The next version's precheck: `download-access` probes the package site
     // over HTTPS from the sandbox; a TLS failure there is blocking.
     k.side_bundle("precheck", V2, |_, _| {});
-    let (ca, cert, key) = private_ca(&k.dir.path().join("tls"));
-    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    let pki = private_ca(&k.dir.path().join("tls"), "Example Corp Private CA");
+    let ca = pki.ca.clone();
+    let tls_args = pki.serve_args();
+    let tls: Vec<&str> = tls_args.iter().map(String::as_str).collect();
 
     let mirror = serve(&k.dir.path().join("mirror"), &k.packages_dir(), &tls);
     assert!(mirror.url.starts_with("https://"), "{}", mirror.url);
     let site = format!("{}/packages", mirror.url.trim_end_matches('/'));
     let mut args = vec!["--fleet-version", V2, "--package-base-url", site.as_str()];
-    args.extend(tls);
+    args.extend(tls.iter().copied());
     let cp = serve(&k.dir.path().join("cp"), &k.packages_dir(), &args);
     assert!(cp.url.starts_with("https://"), "{}", cp.url);
 

@@ -3,27 +3,14 @@
 mod server_common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server_common::*;
 
-/// The `molt` binary next to this test's build (tests/run-all.sh builds it first).
-fn molt_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("MOLT_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("molt");
-    assert!(
-        p.exists(),
-        "{} not found: build it first with `cargo build -p molt` (or set MOLT_BIN)",
-        p.display()
-    );
-    p
-}
+use molt_e2e::agent_fx::molt_bin;
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -179,94 +166,19 @@ async fn molt_serve_refuses_a_missing_packages_directory_with_a_clear_error() {
     );
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn it_serves_https_with_a_configured_certificate() {
     let certs = tempfile::tempdir().unwrap();
-    let d = certs.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Molt test CA",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
+    let pki = molt_e2e::tls::private_ca(certs.path(), "Molt test CA");
     let s = TestServer::start(|c| {
         c.tls = Some(molt_server::TlsFiles {
-            cert: d.join("server.pem"),
-            key: d.join("server.key"),
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
         });
     })
     .await;
     assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(d.join("ca.pem")).unwrap()).unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
     let tls = reqwest::Client::builder()
         .add_root_certificate(ca)
         .build()

@@ -19,20 +19,7 @@ pub const STOCK_CERT: &str =
 pub const CUSTOM_CERT: &str =
     "-----BEGIN CERTIFICATE-----\nQ1VTVE9NIElOVEVSTkFMIENB\n-----END CERTIFICATE-----\n";
 
-/// `target/<profile>/molt` next to this test executable (or `MOLT_BIN`).
-pub fn molt_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOLT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("molt");
-    assert!(
-        p.exists(),
-        "{} not found: build it first with `cargo build -p molt` (or set MOLT_BIN)",
-        p.display()
-    );
-    p
-}
+pub use molt_e2e::agent_fx::molt_bin;
 
 pub fn host_os() -> &'static str {
     std::env::consts::OS
