@@ -21,12 +21,13 @@ pub const SEQUENCES_FILE: &str = "sequences.json";
 /// highest accepted for its name may pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Accept {
-    /// Imports, offline verification, anything not assigned: never lower than
-    /// the highest accepted (a replay).
+    /// Offline verification, anything not assigned: never lower than the
+    /// highest accepted (a replay).
     #[default]
     Newer,
     /// A package of the version the control plane assigned (or a command
-    /// named): lower than the highest is a downgrade, accepted down to the
+    /// named; also `molt import`, whose files the agent re-verifies as
+    /// assigned, and `molt repair` of the installed version): lower than the highest is a downgrade, accepted down to the
     /// trusted root's `rollback_floor` for the name, never below it, and never
     /// when the root sets no floor for the name.
     Assigned,
