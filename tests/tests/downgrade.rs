@@ -301,6 +301,47 @@ fn a_control_plane_rollback_downgrades_within_the_floor_and_a_replay_below_it_is
     molt_ok(&["bundle", "verify", "--root", &r2, &core1.to_string_lossy()]);
     // Against root version 1 (no floor) stateless verification knows no history.
     molt_ok(&["bundle", "verify", "--root", &r1, &core0.to_string_lossy()]);
+    // Nor does `molt bundle extract --root` or `molt install` lay out V0
+    // under a root whose floor is above it.
+    let out_dir = k.dir.path().join("extract-v0");
+    let o = molt(&[
+        "bundle",
+        "extract",
+        "--root",
+        &r2,
+        &core0.to_string_lossy(),
+        &out_dir.to_string_lossy(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "extracted below the floor");
+    assert!(text.contains("below the rollback floor 2"), "{text}");
+    assert!(
+        !out_dir.join("bin").exists(),
+        "files laid out below the floor"
+    );
+    let new_home = k.dir.path().join("fresh-v0");
+    let o = molt(&[
+        "install",
+        "--home",
+        &new_home.to_string_lossy(),
+        "--package",
+        &core0.to_string_lossy(),
+        "--root",
+        &r2,
+        "--control-plane",
+        "http://127.0.0.1:9",
+        "--agent-name",
+        "fresh",
+        "--token",
+        "t",
+        "--service",
+        "supervisor",
+        "--no-start",
+    ]);
+    let text = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "installed below the floor");
+    assert!(text.contains("below the rollback floor 2"), "{text}");
+    assert!(!new_home.exists(), "a home was left by a refused install");
 
     // 4. A replay of V0 (sequence 1, below the floor), assigned: refused.
     admin(

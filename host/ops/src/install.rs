@@ -166,12 +166,13 @@ pub fn install(o: &InstallOptions) -> Result<InstallReport, OpsError> {
     })?;
     let mut verified = Vec::new();
     for p in &o.packages {
-        let v = molt_bundle::verify_bundle(p, &root, &VerifyOptions::default()).map_err(|e| {
-            OpsError::Package {
+        // The root's rollback floor too: a fresh host must not start below it.
+        let v = molt_bundle::verify_bundle(p, &root, &VerifyOptions::default())
+            .and_then(|v| molt_bundle::verify::check_floor(&v, &root).map(|()| v))
+            .map_err(|e| OpsError::Package {
                 path: p.clone(),
                 reason: format!("refused: {e}"),
-            }
-        })?;
+            })?;
         verified.push(v);
     }
     if !verified.iter().any(|v| v.manifest.kind.as_str() == "core") {

@@ -678,6 +678,8 @@ pub fn bundle(c: BundleCmd) -> anyhow::Result<ExitCode> {
         BundleCmd::Extract(a) => {
             let root = SignedRoot::load(&a.root)?;
             let v = molt_bundle::verify_bundle(&a.bundle, &root, &VerifyOptions::default())?;
+            // As verify --root: nothing below the root's rollback floor is laid out.
+            molt_bundle::verify::check_floor(&v, &root)?;
             let r = molt_bundle::extract(&v, &a.bundle, &a.dest, &Limits::default())?;
             println!(
                 "extracted {} files ({}) to {}",
