@@ -17,6 +17,7 @@
 //! what it learns rollbacks from.
 use chrono::{DateTime, Duration, Utc};
 use molt_layout::Home;
+use molt_protocol::AttemptResult;
 use serde::{Deserialize, Serialize};
 
 /// First back-off after a rollback.
@@ -68,8 +69,10 @@ pub fn check(home: &Home, target: &str, now: DateTime<Utc>, retry: bool) -> Opti
     {
         rec.seen = Some(last.at);
         changed = true;
-        if matches!(last.result.as_str(), "Rolled Back" | "Failed")
-            && last.running_version != last.to_version
+        if matches!(
+            last.result,
+            AttemptResult::RolledBack | AttemptResult::Failed
+        ) && last.running_version != last.to_version
         {
             let rollbacks = match &rec.held {
                 Some(h) if h.version == last.to_version => h.rollbacks + 1,
@@ -84,7 +87,7 @@ pub fn check(home: &Home, target: &str, now: DateTime<Utc>, retry: bool) -> Opti
             tracing::warn!(version = %h.version, rollbacks, until = %h.until,
                 "Version held after rollback: not attempted again before the back-off expires, the assignment changes or an operator retries");
             rec.held = Some(h);
-        } else if last.result == "Complete" {
+        } else if last.result == AttemptResult::Complete {
             rec.held = None;
         }
     }
@@ -120,7 +123,7 @@ mod tests {
                 attempt_id: None,
                 from_version: "v1".into(),
                 to_version: to.into(),
-                result: "Rolled Back".into(),
+                result: AttemptResult::RolledBack,
                 message: "health check failed".into(),
                 running_version: "v1".into(),
                 at,

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use molt_protocol::{AgentStatus, Heartbeat};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -63,14 +64,9 @@ pub struct Assigned {
     pub selector: Option<AssignedPackage>,
 }
 
-/// A command queued for this agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Command {
-    pub id: Value,
-    pub kind: String,
-    #[serde(default)]
-    pub args: Value,
-}
+/// A command queued for this agent, as received: `kind` stays a string so that
+/// an unknown kind can be refused by name (see `molt_protocol::AgentCommand`).
+pub type Command = molt_protocol::CommandMessage<Value, String>;
 
 /// A finding reported to `/issues`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,11 +236,16 @@ impl Client {
         &self,
         host: &str,
         version: &str,
-        status: &str,
+        status: AgentStatus,
         pid: u32,
     ) -> Result<(), ClientError> {
-        let body =
-            serde_json::json!({"host": host, "version": version, "status": status, "pid": pid});
+        let body = serde_json::to_value(Heartbeat {
+            host: host.to_string(),
+            version: version.to_string(),
+            status,
+            pid: i64::from(pid),
+        })
+        .unwrap_or_default();
         self.send(
             reqwest::Method::POST,
             "/api/v1/agent/heartbeat",

@@ -318,7 +318,11 @@ mod concurrent {
                 Duration::from_secs(5),
             );
             for i in 0..N {
-                r.stage("Test", "In Progress", &i.to_string());
+                r.stage(
+                    molt_protocol::Stage::Restart,
+                    molt_protocol::StageState::InProgress,
+                    &i.to_string(),
+                );
             }
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use molt_layout::{AgentStatus, Home};
+use molt_protocol::{AgentCommand, CommandError, CommandKind};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::client::{Client, ClientError};
@@ -13,23 +14,9 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::reporter::Reporter;
 use crate::upgrade::{Mode, UpgradeOutcome};
 
-/// Agent status (the control plane's words).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Up,
-    Upgrading,
-    UpgradeFailed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Up => "Up",
-            Status::Upgrading => "Upgrading",
-            Status::UpgradeFailed => "Upgrade Failed",
-        }
-    }
-}
+/// Agent status: the control plane's words (Up, Upgrading, Paused, Down,
+/// Upgrade Failed), shared through molt-protocol.
+pub use molt_protocol::AgentStatus as Status;
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +51,7 @@ pub enum Trigger {
     Hourly,
     Command {
         id: serde_json::Value,
-        kind: String,
+        kind: CommandKind,
         /// `args.version`: the version to check or upgrade to (else the assignment).
         version: Option<String>,
         /// This command holds the "a check is queued" flag (see `claim`).
@@ -147,7 +134,7 @@ impl Agent {
         let s = self.status().await;
         match self
             .client
-            .heartbeat(&self.host, &self.version, s.as_str(), std::process::id())
+            .heartbeat(&self.host, &self.version, s, std::process::id())
             .await
         {
             Ok(()) => {
@@ -262,7 +249,7 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                         claimed,
                         at,
                     } => {
-                        if kind == "autoUpgrade"
+                        if kind == CommandKind::AutoUpgrade
                             && last_finished.is_some_and(|f| f > at)
                             && assignment_unchanged(&agent).await
                         {
@@ -282,12 +269,12 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                             .await;
                             continue;
                         }
-                        if kind == "upgrade" {
+                        if kind == CommandKind::Upgrade {
                             agent
                                 .retry_requested
                                 .store(true, std::sync::atomic::Ordering::SeqCst);
                         }
-                        let m = if kind == "runPrecheck" {
+                        let m = if kind == CommandKind::RunPrecheck {
                             Mode::PrecheckOnly
                         } else {
                             Mode::Upgrade
@@ -364,9 +351,12 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
             // version reports Up (the runner's stages say why).
             let _ = tokio::time::timeout(
                 Duration::from_secs(3),
-                agent
-                    .client
-                    .heartbeat(&agent.host, &agent.version, "Down", std::process::id()),
+                agent.client.heartbeat(
+                    &agent.host,
+                    &agent.version,
+                    Status::Down,
+                    std::process::id(),
+                ),
             )
             .await;
         }
@@ -376,9 +366,12 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
             // Say so to the control plane unless the runner is taking over.
             let _ = tokio::time::timeout(
                 Duration::from_secs(3),
-                agent
-                    .client
-                    .heartbeat(&agent.host, &agent.version, "Down", std::process::id()),
+                agent.client.heartbeat(
+                    &agent.host,
+                    &agent.version,
+                    Status::Down,
+                    std::process::id(),
+                ),
             )
             .await;
         }
@@ -480,16 +473,31 @@ async fn command_loop(
         for c in cmds {
             tracing::info!(id = %c.id, kind = %c.kind, "Received command {}", c.kind);
             let upgrading = busy.load(std::sync::atomic::Ordering::SeqCst);
-            match c.kind.as_str() {
-                "autoUpgrade" | "upgrade" | "runPrecheck" => {
+            let cmd = match AgentCommand::from_wire(&c.kind, &c.args) {
+                Ok(cmd) => cmd,
+                Err(CommandError::UnknownKind(other)) => {
+                    command_done(
+                        &agent,
+                        &c.id,
+                        false,
+                        &format!("unknown command kind `{other}`"),
+                    )
+                    .await;
+                    continue;
+                }
+                Err(CommandError::Args(m)) => {
+                    tracing::warn!(id = %c.id, kind = %c.kind, "Command refused: {m}");
+                    command_done(&agent, &c.id, false, &m).await;
+                    continue;
+                }
+            };
+            match cmd.kind() {
+                kind @ (CommandKind::AutoUpgrade
+                | CommandKind::Upgrade
+                | CommandKind::RunPrecheck) => {
                     // autoUpgrade's version only says why it came: the
-                    // assignment (with the agent's pin) decides.
-                    let args = if c.kind == "autoUpgrade" {
-                        &serde_json::Value::Null
-                    } else {
-                        &c.args
-                    };
-                    let version = match command_version(args) {
+                    // assignment (with the agent's pin) decides (it has none).
+                    let version = match command_version(cmd.version()) {
                         Ok(v) => v,
                         Err(m) => {
                             tracing::warn!(id = %c.id, kind = %c.kind, "Command refused: {m}");
@@ -497,10 +505,10 @@ async fn command_loop(
                             continue;
                         }
                     };
-                    let is_upgrade = c.kind != "runPrecheck";
+                    let is_upgrade = kind != CommandKind::RunPrecheck;
                     // An operator's `upgrade {version}` names its own target:
                     // it never coalesces into a fleet check already queued.
-                    let explicit = c.kind == "upgrade" && version.is_some();
+                    let explicit = kind == CommandKind::Upgrade && version.is_some();
                     let claimed = is_upgrade && claim(&queued);
                     if is_upgrade && !claimed && !explicit {
                         command_done(&agent, &c.id, true, "an upgrade check is already queued")
@@ -508,7 +516,7 @@ async fn command_loop(
                     } else if tx
                         .send(Trigger::Command {
                             id: c.id.clone(),
-                            kind: c.kind.clone(),
+                            kind,
                             version,
                             claimed,
                             at: std::time::Instant::now(),
@@ -522,7 +530,7 @@ async fn command_loop(
                         command_done(&agent, &c.id, false, "agent is stopping").await;
                     }
                 }
-                "restart" => {
+                CommandKind::Restart => {
                     if upgrading {
                         // Failure mode 1.1: a restart must not interrupt an upgrade.
                         restart_pending.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -539,7 +547,7 @@ async fn command_loop(
                         let _ = exit_tx.send(Exit::Restart).await;
                     }
                 }
-                "grabLogs" => {
+                CommandKind::GrabLogs => {
                     let log = agent.home.agent_log();
                     let bytes = tail(&log, 4 << 20);
                     let r = agent.client.post_logs(bytes).await;
@@ -551,38 +559,21 @@ async fn command_loop(
                     )
                     .await;
                 }
-                other => {
-                    command_done(
-                        &agent,
-                        &c.id,
-                        false,
-                        &format!("unknown command kind `{other}`"),
-                    )
-                    .await
-                }
             }
         }
     }
 }
 
-/// A command's `args.version`: absent or null is the assignment (the seeds'
-/// commands carry none); anything else must be a buildstamp.
-fn command_version(args: &serde_json::Value) -> Result<Option<String>, String> {
-    let v = match args {
-        serde_json::Value::Null => return Ok(None),
-        serde_json::Value::Object(m) => match m.get("version") {
-            None | Some(serde_json::Value::Null) => return Ok(None),
-            Some(serde_json::Value::String(v)) => v,
-            Some(other) => return Err(format!("args.version must be a string, not {other}")),
-        },
-        other => return Err(format!("args must be an object, not {other}")),
-    };
+/// A command's `args.version` (its shape already checked by
+/// [`AgentCommand::from_wire`]): absent is the assignment; else a buildstamp.
+fn command_version(version: Option<&str>) -> Result<Option<String>, String> {
+    let Some(v) = version else { return Ok(None) };
     crate::deps::validate_version(v)
-        .map(|()| Some(v.clone()))
+        .map(|()| Some(v.to_string()))
         .map_err(|reason| {
             format!(
                 "args.version `{}` is not a valid buildstamp: {reason}",
-                crate::upgrade::bounded(v.clone(), 200)
+                crate::upgrade::bounded(v.to_string(), 200)
             )
         })
 }
@@ -755,8 +746,14 @@ fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::command_version;
+    use molt_protocol::AgentCommand;
     use serde_json::json;
+
+    /// What the command loop makes of an `upgrade` command's arguments.
+    fn command_version(args: &serde_json::Value) -> Result<Option<String>, String> {
+        let c = AgentCommand::from_wire("upgrade", args).map_err(|e| e.to_string())?;
+        super::command_version(c.version())
+    }
 
     const V: &str = "quebec-12-09-2020__patch2-04-18-2021_05-01-2021_1130";
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use molt_layout::InstalledPackage;
+use molt_protocol::{AttemptResult, FindingSeverity, FinishReport, Stage, StageReport, StageState};
 use serde_json::json;
 
 use crate::client::{Assigned, AssignedPackage, ClientError, Finding};
@@ -15,9 +16,6 @@ use crate::deps::{self, DepError, Trust, VerifiedPackage};
 use crate::download::{self, DownloadOptions, DownloadSpec, Outcome};
 use crate::service::{Agent, Status};
 
-pub const STAGE_PRECHECK: &str = "Pre Upgrade Check";
-pub const STAGE_DOWNLOAD: &str = "Download Upgrade Packages";
-pub const STAGE_EXTRACT: &str = "Extract Upgrade Packages";
 /// Issue source of pre-upgrade findings (the seeds' UpgradeCheck).
 pub const ISSUE_SOURCE: &str = "UpgradeCheck";
 
@@ -157,20 +155,20 @@ struct Attempt {
 }
 
 impl Agent {
-    async fn stage(&self, attempt: &Attempt, stage: &str, state: &str, message: &str) {
+    async fn stage(&self, attempt: &Attempt, stage: Stage, state: StageState, message: &str) {
         let Some(id) = &attempt.id else { return };
+        let (stage_word, state_word) = (stage.as_str(), state.as_str());
         tracing::info!(
-            stage,
-            state,
-            "Upgrade History stage {stage}: {state}{}",
+            stage = stage_word,
+            state = state_word,
+            "Upgrade History stage {stage_word}: {state_word}{}",
             if message.is_empty() {
                 String::new()
             } else {
                 format!(" ({message})")
             }
         );
-        let body =
-            json!({"stage": stage, "state": state, "message": message, "at": chrono::Utc::now()});
+        let body = StageReport::now(stage, state, message).to_value();
         if let Err(e) = self
             .reporter
             .send("POST", &format!("/api/v1/agent/attempts/{id}/stages"), body)
@@ -180,9 +178,13 @@ impl Agent {
         }
     }
 
-    async fn finish(&self, attempt: &Attempt, result: &str, message: &str) {
+    async fn finish(&self, attempt: &Attempt, result: AttemptResult, message: &str) {
         let Some(id) = &attempt.id else { return };
-        let body = json!({"result": result, "message": message});
+        let body = FinishReport {
+            result,
+            message: message.to_string(),
+        }
+        .to_value();
         if let Err(e) = self
             .reporter
             .send("POST", &format!("/api/v1/agent/attempts/{id}/finish"), body)
@@ -192,7 +194,8 @@ impl Agent {
         }
     }
 
-    async fn hold(&self, stage: &str) {
+    async fn hold(&self, stage: Stage) {
+        let stage = stage.as_str();
         let slug: String = stage
             .to_ascii_lowercase()
             .split_whitespace()
@@ -418,12 +421,17 @@ impl Agent {
         };
 
         // Pre Upgrade Check
-        self.hold(STAGE_PRECHECK).await;
+        self.hold(Stage::PreUpgradeCheck).await;
         if !self.cfg.run_precheck {
-            self.stage(&attempt, STAGE_PRECHECK, "Skipped", "run_precheck = false")
-                .await;
+            self.stage(
+                &attempt,
+                Stage::PreUpgradeCheck,
+                StageState::Skipped,
+                "run_precheck = false",
+            )
+            .await;
         } else {
-            self.stage(&attempt, STAGE_PRECHECK, "In Progress", "")
+            self.stage(&attempt, Stage::PreUpgradeCheck, StageState::InProgress, "")
                 .await;
             tracing::info!("Performing pre-upgrade validation tests");
             match self.precheck(&installed, &assigned).await {
@@ -432,7 +440,8 @@ impl Agent {
                         "Pre-upgrade validation tests successful. Continuing with upgrade process"
                     );
                     let msg = format!("{} finding(s), {} warning(s)", r.total, r.warnings);
-                    self.stage(&attempt, STAGE_PRECHECK, "Complete", &msg).await;
+                    self.stage(&attempt, Stage::PreUpgradeCheck, StageState::Complete, &msg)
+                        .await;
                 }
                 Ok(r) => {
                     let msg = format!(
@@ -440,8 +449,9 @@ impl Agent {
                         r.blocking, r.summary
                     );
                     tracing::error!("{msg}");
-                    self.stage(&attempt, STAGE_PRECHECK, "Failed", &msg).await;
-                    self.finish(&attempt, "Failed", &msg).await;
+                    self.stage(&attempt, Stage::PreUpgradeCheck, StageState::Failed, &msg)
+                        .await;
+                    self.finish(&attempt, AttemptResult::Failed, &msg).await;
                     self.end_upgrade(fail_status).await;
                     return UpgradeOutcome::Blocked {
                         findings: r.blocking,
@@ -452,11 +462,12 @@ impl Agent {
                     let msg =
                         format!("Aborting agent upgrade due to pre-upgrade check failure: {e}");
                     tracing::error!("{msg}");
-                    self.stage(&attempt, STAGE_PRECHECK, "Failed", &msg).await;
-                    self.finish(&attempt, "Failed", &msg).await;
+                    self.stage(&attempt, Stage::PreUpgradeCheck, StageState::Failed, &msg)
+                        .await;
+                    self.finish(&attempt, AttemptResult::Failed, &msg).await;
                     self.end_upgrade(fail_status).await;
                     return UpgradeOutcome::Failed {
-                        stage: STAGE_PRECHECK.into(),
+                        stage: Stage::PreUpgradeCheck.to_string(),
                         message: msg,
                     };
                 }
@@ -464,11 +475,11 @@ impl Agent {
         }
 
         // Download Upgrade Packages
-        self.hold(STAGE_DOWNLOAD).await;
+        self.hold(Stage::Download).await;
         self.stage(
             &attempt,
-            STAGE_DOWNLOAD,
-            "In Progress",
+            Stage::Download,
+            StageState::InProgress,
             &plan.missing.join(", "),
         )
         .await;
@@ -481,7 +492,7 @@ impl Agent {
             Ok(t) => t,
             Err(e) => {
                 return self
-                    .fail_stage(&attempt, STAGE_DOWNLOAD, e.to_string(), fail_status)
+                    .fail_stage(&attempt, Stage::Download, e.to_string(), fail_status)
                     .await;
             }
         };
@@ -495,22 +506,23 @@ impl Agent {
                 Ok((path, v)) => verified.push(((*p).clone(), path, v)),
                 Err(m) => {
                     return self
-                        .fail_stage(&attempt, STAGE_DOWNLOAD, m, fail_status)
+                        .fail_stage(&attempt, Stage::Download, m, fail_status)
                         .await;
                 }
             }
         }
         self.stage(
             &attempt,
-            STAGE_DOWNLOAD,
-            "Complete",
+            Stage::Download,
+            StageState::Complete,
             &format!("{} package(s)", verified.len()),
         )
         .await;
 
         // Extract Upgrade Packages
-        self.hold(STAGE_EXTRACT).await;
-        self.stage(&attempt, STAGE_EXTRACT, "In Progress", "").await;
+        self.hold(Stage::Extract).await;
+        self.stage(&attempt, Stage::Extract, StageState::InProgress, "")
+            .await;
         tracing::info!("Upgrading agent");
         let parent = self.temp_parent();
         let upgrade_dir = parent.join(random_dir_name());
@@ -519,7 +531,7 @@ impl Agent {
             Err(m) => {
                 let _ = std::fs::remove_dir_all(&upgrade_dir);
                 return self
-                    .fail_stage(&attempt, STAGE_EXTRACT, m, fail_status)
+                    .fail_stage(&attempt, Stage::Extract, m, fail_status)
                     .await;
             }
         };
@@ -527,8 +539,8 @@ impl Agent {
         tracing::info!(count = changed.len(), dir = %upgrade_dir.display(), "Changed files the new version directory must receive");
         self.stage(
             &attempt,
-            STAGE_EXTRACT,
-            "Complete",
+            Stage::Extract,
+            StageState::Complete,
             &format!("{} changed file(s)", changed.len()),
         )
         .await;
@@ -556,7 +568,7 @@ impl Agent {
         if let Err(e) = plan.save(&upgrade_dir.join("plan.json")) {
             let _ = std::fs::remove_dir_all(&upgrade_dir);
             return self
-                .fail_stage(&attempt, STAGE_EXTRACT, e.to_string(), fail_status)
+                .fail_stage(&attempt, Stage::Extract, e.to_string(), fail_status)
                 .await;
         }
         if self.cfg.skip_handover {
@@ -611,7 +623,7 @@ impl Agent {
                     // The seeds' issue record: the operator sees it without reading logs.
                     let finding = Finding {
                         code: "upgrade.runner-not-started".into(),
-                        severity: "error".into(),
+                        severity: FindingSeverity::Error.to_string(),
                         description: format!("Unable to receive upgrade process status. {e}"),
                         remediation: "The agent stays on its version. Check that the upgrade runner can start (under systemd as an unprivileged account: the companion unit `<unit>-upgrade.path` is enabled; see docs/deploy.md), then retry the upgrade.".into(),
                     };
@@ -627,7 +639,7 @@ impl Agent {
                         tracing::error!(error = %err, "Cannot queue the hand-over issue");
                     }
                 }
-                self.finish(&attempt, "Failed", &msg).await;
+                self.finish(&attempt, AttemptResult::Failed, &msg).await;
                 self.end_upgrade(fail_status).await;
                 let _ = std::fs::remove_dir_all(&upgrade_dir);
                 UpgradeOutcome::Failed {
@@ -641,16 +653,17 @@ impl Agent {
     async fn fail_stage(
         &self,
         attempt: &Attempt,
-        stage: &str,
+        stage: Stage,
         message: String,
         status: Status,
     ) -> UpgradeOutcome {
-        tracing::error!(stage, "{message}");
-        self.stage(attempt, stage, "Failed", &message).await;
-        self.finish(attempt, "Failed", &message).await;
+        tracing::error!(stage = stage.as_str(), "{message}");
+        self.stage(attempt, stage, StageState::Failed, &message)
+            .await;
+        self.finish(attempt, AttemptResult::Failed, &message).await;
         self.end_upgrade(status).await;
         UpgradeOutcome::Failed {
-            stage: stage.into(),
+            stage: stage.to_string(),
             message,
         }
     }
@@ -785,7 +798,7 @@ impl Agent {
             }
             tracing::info!(package = %p.name, files = files.len(), extract_ms = t0.elapsed().as_millis() as u64, "Package extracted");
             // The runner package runs the deploy; it is not part of the new version dir.
-            if v.kind != "upgrade" {
+            if v.kind != molt_bundle::BundleKind::Upgrade.as_str() {
                 out.push(v.installed(&p.name));
             }
         }
@@ -1022,7 +1035,7 @@ impl Agent {
             Err(e) => {
                 tracing::error!("Pre-upgrade validation tests could not run: {e}");
                 UpgradeOutcome::Failed {
-                    stage: STAGE_PRECHECK.into(),
+                    stage: Stage::PreUpgradeCheck.to_string(),
                     message: e,
                 }
             }

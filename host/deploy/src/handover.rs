@@ -128,7 +128,11 @@ fn hand_over_inner(
     let src = match &opts.runner {
         Some(p) => p.clone(),
         None => {
-            let staged = DeployPlan::staged_file(upgrade_dir, "upgrade", "bin/molt");
+            let staged = DeployPlan::staged_file(
+                upgrade_dir,
+                molt_bundle::BundleKind::Upgrade.as_str(),
+                "bin/molt",
+            );
             if staged.is_file() {
                 staged
             } else {

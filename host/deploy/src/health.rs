@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use molt_layout::Home;
+use molt_protocol::AgentStatus;
 
 use crate::error::DeployError;
 use crate::proc;
@@ -22,7 +23,7 @@ pub fn wait_up(
     loop {
         match home.read_status() {
             Ok(Some(s)) => {
-                if s.status == "Up"
+                if s.status == AgentStatus::Up
                     && s.version == version
                     && s.since >= after
                     && proc::alive(s.pid)
@@ -121,7 +122,7 @@ pub fn wait_healthy(
                 // host whose clock runs ahead of the control plane's would
                 // otherwise never see a fresh enough `last_seen` and roll back
                 // a healthy version.
-                if r.status == "Up"
+                if r.status == AgentStatus::Up
                     && r.version.as_deref() == Some(version)
                     && (r.pid == Some(i64::from(pid)) || r.last_seen.is_some_and(|t| t >= after))
                 {
@@ -191,7 +192,7 @@ fn watch_grace(
             .read_status()
             .ok()
             .flatten()
-            .filter(|s| s.status == "Up" && s.version == version && proc::alive(s.pid))
+            .filter(|s| s.status == AgentStatus::Up && s.version == version && proc::alive(s.pid))
             .map(|s| s.pid);
         let alive_now = proc::alive(pid);
         if !alive_now && gone_since.is_none() {

@@ -89,8 +89,7 @@ pub struct LastDeploy {
     pub attempt_id: Option<String>,
     pub from_version: String,
     pub to_version: String,
-    /// `Complete`, `Rolled Back` or `Failed`.
-    pub result: String,
+    pub result: molt_protocol::AttemptResult,
     pub message: String,
     /// The version `current` points at afterwards.
     pub running_version: String,

@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use molt_layout::Home;
+use molt_protocol::{AttemptResult, Stage, StageState};
 
 use crate::error::DeployError;
 use crate::fsutil::{self, FileLock};
@@ -86,15 +87,15 @@ pub fn recover_with(
             j.attempt_id.clone(),
             std::time::Duration::from_secs(1),
         );
-        rep.stage("Deploy Binary Files", "Failed", &reason);
-        rep.finish("Rolled Back", &reason);
+        rep.stage(Stage::DeployBinaryFiles, StageState::Failed, &reason);
+        rep.finish(AttemptResult::RolledBack, &reason);
         crate::journal::write_last(
             home,
             &crate::journal::LastDeploy {
                 attempt_id: j.attempt_id.clone(),
                 from_version: j.from_version.clone(),
                 to_version: j.to_version.clone(),
-                result: "Rolled Back".into(),
+                result: AttemptResult::RolledBack,
                 message: reason.clone(),
                 running_version: current.clone().unwrap_or_default(),
                 at: chrono::Utc::now(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use molt_layout::Home;
 use molt_layout::queue::{self, Flushed, Outcome};
+use molt_protocol::{AttemptResult, FindingSeverity, FinishReport, Stage, StageReport, StageState};
 
 use crate::plan::ControlPlane;
 
@@ -37,24 +38,43 @@ impl Reporter {
         }
     }
 
-    /// Report a stage: `state` ∈ In Progress, Complete, Failed, Skipped.
-    pub fn stage(&self, stage: &str, state: &str, message: &str) {
+    /// Report a stage.
+    pub fn stage(&self, stage: Stage, state: StageState, message: &str) {
+        let (stage_word, state_word) = (stage.as_str(), state.as_str());
         match state {
-            "Failed" => tracing::warn!(stage, state, message, "upgrade stage"),
-            _ => tracing::info!(stage, state, message, "upgrade stage"),
+            StageState::Failed => {
+                tracing::warn!(
+                    stage = stage_word,
+                    state = state_word,
+                    message,
+                    "upgrade stage"
+                )
+            }
+            _ => tracing::info!(
+                stage = stage_word,
+                state = state_word,
+                message,
+                "upgrade stage"
+            ),
         }
         let Some(id) = &self.attempt else { return };
-        let body = serde_json::json!({
-            "stage": stage, "state": state, "message": message, "at": chrono::Utc::now(),
-        });
+        let body = StageReport::now(stage, state, message).to_value();
         self.send("POST", &format!("/api/v1/agent/attempts/{id}/stages"), body);
     }
 
-    /// Report the end of the attempt: `Complete`, `Failed` or `Rolled Back`.
-    pub fn finish(&self, result: &str, message: &str) {
-        tracing::info!(result, message, "upgrade attempt finished");
+    /// Report the end of the attempt.
+    pub fn finish(&self, result: AttemptResult, message: &str) {
+        tracing::info!(
+            result = result.as_str(),
+            message,
+            "upgrade attempt finished"
+        );
         let Some(id) = &self.attempt else { return };
-        let body = serde_json::json!({ "result": result, "message": message });
+        let body = FinishReport {
+            result,
+            message: message.to_string(),
+        }
+        .to_value();
         self.send("POST", &format!("/api/v1/agent/attempts/{id}/finish"), body);
     }
 
@@ -63,14 +83,14 @@ impl Reporter {
         &self,
         source: &str,
         code: &str,
-        severity: &str,
+        severity: FindingSeverity,
         description: &str,
         remediation: &str,
     ) {
         tracing::warn!(source, code, description, "issue reported");
         let body = serde_json::json!({
             "source": source,
-            "findings": [{"code": code, "severity": severity, "description": description, "remediation": remediation}],
+            "findings": [{"code": code, "severity": severity.as_str(), "description": description, "remediation": remediation}],
         });
         self.send("POST", "/api/v1/agent/issues", body);
     }
@@ -167,8 +187,8 @@ mod tests {
             Some("42".into()),
             Duration::from_millis(500),
         );
-        r.stage("Deploy Binary Files", "In Progress", "");
-        r.stage("Deploy Binary Files", "Complete", "done");
+        r.stage(Stage::DeployBinaryFiles, StageState::InProgress, "");
+        r.stage(Stage::DeployBinaryFiles, StageState::Complete, "done");
         let q = read_queue(&home).unwrap();
         assert_eq!(q.len(), 2);
         assert_eq!(q[0].path, "/api/v1/agent/attempts/42/stages");
@@ -211,8 +231,11 @@ mod tests {
             ca_bundle: None,
             proxy: None,
         };
-        Reporter::new(&home, Some(cp), Some("9".into()), Duration::from_secs(5))
-            .stage("Restart", "Complete", "ok");
+        Reporter::new(&home, Some(cp), Some("9".into()), Duration::from_secs(5)).stage(
+            Stage::Restart,
+            StageState::Complete,
+            "ok",
+        );
         let (head, body) = srv.join().unwrap();
         assert!(head[0].starts_with("POST /api/v1/agent/attempts/9/stages"));
         assert!(

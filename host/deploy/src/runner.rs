@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use molt_layout::Home;
+use molt_protocol::{AgentStatus, AttemptResult, FindingSeverity, Stage, StageState};
 
 use crate::error::{DeployError, io_err};
 use crate::fsutil::{self, FileLock};
@@ -28,11 +29,12 @@ pub enum DeployResult {
 }
 
 impl DeployResult {
-    pub fn result_word(&self) -> &'static str {
+    /// The attempt's result as reported and recorded.
+    pub fn result(&self) -> AttemptResult {
         match self {
-            DeployResult::Complete { .. } => "Complete",
-            DeployResult::RolledBack { .. } => "Rolled Back",
-            DeployResult::Failed { .. } => "Failed",
+            DeployResult::Complete { .. } => AttemptResult::Complete,
+            DeployResult::RolledBack { .. } => AttemptResult::RolledBack,
+            DeployResult::Failed { .. } => AttemptResult::Failed,
         }
     }
 }
@@ -209,8 +211,8 @@ pub fn run_with(
 
     // Deploy Binary Files (and MigrateTrustStore inside the build).
     ctx.rep.stage(
-        "Deploy Binary Files",
-        "In Progress",
+        Stage::DeployBinaryFiles,
+        StageState::InProgress,
         &format!("building versions/{}", plan.to_version),
     );
     let build_dir = home.versions_dir().join(format!(
@@ -228,7 +230,7 @@ pub fn run_with(
         Ok((_, stats)) => stats,
         Err(e) => {
             ctx.rep
-                .stage("Deploy Binary Files", "Failed", &e.to_string());
+                .stage(Stage::DeployBinaryFiles, StageState::Failed, &e.to_string());
             return undo_before_switch(&ctx, &mut j, &format!("Deploy Binary Files failed: {e}"));
         }
     };
@@ -240,7 +242,7 @@ pub fn run_with(
         .and_then(|_| fsutil::sync_dir(&home.versions_dir()))
     {
         ctx.rep
-            .stage("Deploy Binary Files", "Failed", &e.to_string());
+            .stage(Stage::DeployBinaryFiles, StageState::Failed, &e.to_string());
         return undo_before_switch(&ctx, &mut j, &format!("Deploy Binary Files failed: {e}"));
     }
     j.build_dir = None;
@@ -251,11 +253,12 @@ pub fn run_with(
         plan.to_version, stats.linked, stats.copied, stats.bytes_copied, stats.verified
     );
     ctx.log.line(&msg);
-    ctx.rep.stage("Deploy Binary Files", "Complete", &msg);
+    ctx.rep
+        .stage(Stage::DeployBinaryFiles, StageState::Complete, &msg);
     if stats.truststore_rebuilt {
         ctx.rep.stage(
-            "MigrateTrustStore",
-            "Complete",
+            Stage::MigrateTrustStore,
+            StageState::Complete,
             &format!(
                 "{} custom certificate(s) carried over",
                 stats.truststore_carried
@@ -263,8 +266,8 @@ pub fn run_with(
         );
     } else {
         ctx.rep.stage(
-            "MigrateTrustStore",
-            "Skipped",
+            Stage::MigrateTrustStore,
+            StageState::Skipped,
             "no truststore with a stock copy in the runtime",
         );
     }
@@ -277,38 +280,41 @@ pub fn run_with(
         old_unit.is_file().then_some(old_unit.as_path()),
     ) {
         Ok(Reinstall::Unchanged) => ctx.rep.stage(
-            "Reinstall Service",
-            "Skipped",
+            Stage::ReinstallService,
+            StageState::Skipped,
             "service definition unchanged",
         ),
         Ok(Reinstall::Reinstalled) => ctx.rep.stage(
-            "Reinstall Service",
-            "Complete",
+            Stage::ReinstallService,
+            StageState::Complete,
             "service definition reinstalled",
         ),
         Ok(Reinstall::Skipped(w)) => {
-            ctx.rep.stage("Reinstall Service", "Skipped", &w);
+            ctx.rep
+                .stage(Stage::ReinstallService, StageState::Skipped, &w);
             ctx.rep.issue(
-                "Reinstall Service",
+                Stage::ReinstallService.as_str(),
                 "reinstall-service-needed",
-                "warning",
+                FindingSeverity::Warning,
                 &w,
                 "Reinstall the service as an administrator.",
             );
         }
         Err(e) => {
-            ctx.rep.stage("Reinstall Service", "Failed", &e.to_string());
+            ctx.rep
+                .stage(Stage::ReinstallService, StageState::Failed, &e.to_string());
             return undo_before_switch(&ctx, &mut j, &format!("Reinstall Service failed: {e}"));
         }
     }
 
     // Restart: stop the old agent, switch, start the new one.
     ctx.rep
-        .stage("Restart", "In Progress", "stopping the agent");
+        .stage(Stage::Restart, StageState::InProgress, "stopping the agent");
     j.set(home, Step::Stopping)?;
     let stop_requested = std::time::Instant::now();
     if let Err(e) = stop_old(&ctx) {
-        ctx.rep.stage("Restart", "Failed", &e.to_string());
+        ctx.rep
+            .stage(Stage::Restart, StageState::Failed, &e.to_string());
         return undo_before_switch(&ctx, &mut j, &format!("Restart failed: {e}"));
     }
     j.set(home, Step::Stopped)?;
@@ -348,17 +354,18 @@ fn start_and_check(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployErr
     j.restart_at = Some(at);
     j.set(home, Step::Starting)?;
     if let Err(e) = ctx.svc.start() {
-        ctx.rep.stage("Restart", "Failed", &e.to_string());
+        ctx.rep
+            .stage(Stage::Restart, StageState::Failed, &e.to_string());
         return rollback(ctx, j, &format!("Restart failed: {e}"));
     }
     ctx.rep.stage(
-        "Restart",
-        "Complete",
+        Stage::Restart,
+        StageState::Complete,
         &format!("started version {}", j.to_version),
     );
     ctx.rep.stage(
-        "Health Check",
-        "In Progress",
+        Stage::HealthCheck,
+        StageState::InProgress,
         &format!(
             "waiting up to {} s for the agent to report Up",
             ctx.opts.health_timeout_secs
@@ -375,7 +382,8 @@ fn start_and_check(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployErr
                 ));
             }
             let msg = format!("version {} is Up (pid {pid})", j.to_version);
-            ctx.rep.stage("Health Check", "Complete", &msg);
+            ctx.rep
+                .stage(Stage::HealthCheck, StageState::Complete, &msg);
             j.set(home, Step::Complete)?;
             let r = DeployResult::Complete {
                 version: j.to_version.clone(),
@@ -461,7 +469,7 @@ fn continue_rollback(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployE
     // The old agent may never have been stopped (failure before the stop).
     let still_up = match (home.read_status(), ctx.svc.is_stopped()) {
         (Ok(Some(s)), Ok(false)) => {
-            s.status == "Up" && s.version == j.from_version && crate::proc::alive(s.pid)
+            s.status == AgentStatus::Up && s.version == j.from_version && crate::proc::alive(s.pid)
         }
         _ => false,
     };
@@ -501,7 +509,7 @@ fn continue_rollback(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployE
         }
     };
     if post_switch || matches!(r, DeployResult::Failed { .. }) {
-        ctx.rep.stage("Health Check", "Failed", &msg);
+        ctx.rep.stage(Stage::HealthCheck, StageState::Failed, &msg);
     }
     j.set(
         home,
@@ -566,8 +574,8 @@ fn remove_new_version(home: &Home, j: &Journal) -> Result<(), DeployError> {
 /// the outcome, drop the journal and hand-over files, prune.
 fn finalize(ctx: &Ctx, j: &mut Journal, r: &DeployResult, msg: &str) -> Result<(), DeployError> {
     let home = ctx.home;
-    ctx.rep.finish(r.result_word(), msg);
-    ctx.log.line(&format!("Upgrade {}: {msg}", r.result_word()));
+    ctx.rep.finish(r.result(), msg);
+    ctx.log.line(&format!("Upgrade {}: {msg}", r.result()));
     ctx.log.append_to_agent_log(home);
     let running = home.current_version()?.unwrap_or_default();
     crate::journal::write_last(
@@ -576,7 +584,7 @@ fn finalize(ctx: &Ctx, j: &mut Journal, r: &DeployResult, msg: &str) -> Result<(
             attempt_id: j.attempt_id.clone(),
             from_version: j.from_version.clone(),
             to_version: j.to_version.clone(),
-            result: r.result_word().into(),
+            result: r.result(),
             message: msg.into(),
             running_version: running,
             at: Utc::now(),
@@ -676,7 +684,7 @@ fn resume_locked(
                     reason: j.reason.clone().unwrap_or_default(),
                 },
             };
-            let msg = format!("deploy had ended ({})", r.result_word());
+            let msg = format!("deploy had ended ({})", r.result());
             finalize(&ctx, &mut j, &r, &msg)?;
             r
         }
@@ -684,15 +692,16 @@ fn resume_locked(
         _ if actual.as_deref() == Some(j.to_version.as_str()) => {
             // The switch happened: the new version is complete. Start it and check it.
             ctx.rep.stage(
-                "Restart",
-                "In Progress",
+                Stage::Restart,
+                StageState::InProgress,
                 "resuming after the runner was interrupted",
             );
             start_and_check(&ctx, &mut j)?
         }
         s => {
             let reason = format!("the upgrade runner was interrupted at step {s:?}");
-            ctx.rep.stage("Deploy Binary Files", "Failed", &reason);
+            ctx.rep
+                .stage(Stage::DeployBinaryFiles, StageState::Failed, &reason);
             undo_before_switch(&ctx, &mut j, &reason)?
         }
     };

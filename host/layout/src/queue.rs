@@ -36,16 +36,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-/// One queued request (one line of the queue file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueuedReport {
-    pub method: String,
-    pub path: String,
-    pub body: Value,
-}
+/// One queued request (one line of the queue file): plain data, in molt-protocol.
+pub use molt_protocol::QueuedReport;
 
 /// Errors of the report queue files.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use molt_layout::Home;
+use molt_protocol::{AgentStatus, AttemptResult};
 use serde::Serialize;
 
 use crate::OpsError;
@@ -281,7 +282,7 @@ fn check_condition(cond: Condition, ev: &Evidence, home: &Home) -> Option<Vec<St
         }
         Condition::StatusStuck => {
             let s = ev.status.as_ref()?;
-            if s.status != "Upgrading"
+            if s.status != AgentStatus::Upgrading
                 || molt_deploy::proc::alive(s.pid)
                 || ev.deploy_lock_held
                 || ev.journal.is_some()
@@ -315,7 +316,7 @@ fn visited_versions(runs: &[crate::inputs::Run]) -> Vec<String> {
     let mut seq: Vec<String> = Vec::new();
     for r in runs
         .iter()
-        .filter(|r| r.result.as_deref() == Some("Complete"))
+        .filter(|r| r.result.as_deref() == Some(AttemptResult::Complete.as_str()))
     {
         if seq.last() != Some(&r.from) {
             seq.push(r.from.clone());

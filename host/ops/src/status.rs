@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use molt_layout::Home;
+use molt_protocol::{AttemptResult, Stage, StageState};
 use regex::Regex;
 use serde::Serialize;
 
@@ -156,7 +157,8 @@ fn ts(l: &Line) -> Option<DateTime<Utc>> {
 /// The stage event that opens an attempt: the agent always reports Pre Upgrade
 /// Check first, In Progress or Skipped.
 fn opens_attempt(e: &StageEvent) -> bool {
-    e.stage == "Pre Upgrade Check" && matches!(e.state.as_str(), "In Progress" | "Skipped")
+    e.stage == Stage::PreUpgradeCheck
+        && (e.state == StageState::InProgress || e.state == StageState::Skipped)
 }
 
 /// The last attempt as far as local files tell.
@@ -258,13 +260,17 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
     {
         view.from_version = Some(l.from_version.clone());
         view.to_version = Some(l.to_version.clone());
-        view.result = Some(l.result.clone());
+        view.result = Some(l.result.to_string());
         view.message = Some(l.message.clone());
     }
     if view.result.is_none()
-        && let Some(f) = view.stages.iter().rev().find(|e| e.state == "Failed")
+        && let Some(f) = view
+            .stages
+            .iter()
+            .rev()
+            .find(|e| e.state == StageState::Failed)
     {
-        view.result = Some("Failed".into());
+        view.result = Some(AttemptResult::Failed.to_string());
         view.message = Some(format!("{}: {}", f.stage, f.message));
     }
     if view.stages.is_empty() && view.result.is_none() && view.to_version.is_none() {

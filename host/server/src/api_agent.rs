@@ -6,15 +6,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use molt_bundle::text::{MAX_LABEL, sanitize};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::model::{
-    AttemptResult, CommandKind, Finding, Heartbeat, SlotOutcome, Stage, StageState,
-};
+use crate::model::{Finding, Heartbeat, SlotOutcome};
 use crate::packages::{PackageFile, name_char};
 use crate::state::{AgentAuth, AppState};
 
@@ -111,7 +108,7 @@ pub async fn heartbeat(
         }
         let finding = Finding {
             code: "DuplicateAgentName".into(),
-            severity: "error".into(),
+            severity: molt_protocol::FindingSeverity::Error.to_string(),
             description: format!(
                 "Two live agents report as {name:?}: heartbeats alternate between processes"
             ),
@@ -366,16 +363,8 @@ pub async fn create_attempt(
     Ok(axum::Json(json!({ "attempt_id": attempt_id })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageRequest {
-    stage: Stage,
-    state: StageState,
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    at: Option<DateTime<Utc>>,
-}
+/// The body of a stage report.
+pub type StageRequest = molt_protocol::StageReport;
 
 pub async fn record_stage(
     State(state): State<AppState>,
@@ -398,13 +387,8 @@ pub async fn record_stage(
     Ok(ok())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinishRequest {
-    result: AttemptResult,
-    #[serde(default)]
-    message: String,
-}
+/// The body of an attempt's finish.
+pub type FinishRequest = molt_protocol::FinishReport;
 
 pub async fn finish_attempt(
     State(state): State<AppState>,
@@ -480,12 +464,7 @@ pub struct PollQuery {
 }
 
 /// One command as the agent receives it.
-#[derive(Serialize)]
-pub struct CommandOut {
-    id: i64,
-    kind: CommandKind,
-    args: serde_json::Value,
-}
+pub type CommandOut = molt_protocol::CommandMessage;
 
 pub async fn poll_commands(
     State(state): State<AppState>,

@@ -391,7 +391,7 @@ fn timeline(b: &mut String, a: &Attempt) {
     let result = a
         .result
         .map(|r| badge(r.as_str()))
-        .unwrap_or_else(|| badge("In Progress"));
+        .unwrap_or_else(|| badge(StageState::InProgress.as_str()));
     let _ = write!(
         b,
         "<div class=\"attempt\" id=\"attempt-{}\"><p><b>Attempt {}</b>: {} → {} {result} <span class=\"muted\">started {} {}</span></p>",
@@ -560,7 +560,9 @@ pub async fn action_upgrade(
     }
 }
 
-async fn simple_action(state: &AppState, name: &str, kind: CommandKind, what: &str) -> Response {
+/// Queue a command without arguments; the notice names it by its title.
+async fn simple_action(state: &AppState, name: &str, kind: CommandKind) -> Response {
+    let what = kind.title();
     match api_admin::queue_command(state, name, kind, json!({})).await {
         Ok(id) => back(
             &format!("/dashboard/agents/{}", enc(name)),
@@ -575,7 +577,7 @@ pub async fn action_grab_logs(
     _: DashAuth,
     ApiPath(name): ApiPath<String>,
 ) -> Response {
-    simple_action(&state, &name, CommandKind::GrabLogs, "Grab logs").await
+    simple_action(&state, &name, CommandKind::GrabLogs).await
 }
 
 pub async fn action_restart(
@@ -583,7 +585,7 @@ pub async fn action_restart(
     _: DashAuth,
     ApiPath(name): ApiPath<String>,
 ) -> Response {
-    simple_action(&state, &name, CommandKind::Restart, "Restart").await
+    simple_action(&state, &name, CommandKind::Restart).await
 }
 
 pub async fn action_ack(

@@ -4,62 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-macro_rules! text_enum {
-    ($(#[$m:meta])* $name:ident { $($var:ident = $text:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name { $(#[serde(rename = $text)] $var),+ }
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$var),+];
-            /// The wire and storage spelling.
-            pub fn as_str(self) -> &'static str { match self { $($name::$var => $text),+ } }
-            /// Parses the wire spelling.
-            pub fn parse(s: &str) -> Option<Self> { match s { $($text => Some($name::$var),)+ _ => None } }
-        }
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
-        }
-    };
-}
-
-text_enum!(
-    /// The agent's status as the seeds' ecc_agent.status shows it.
-    AgentStatus { Up = "Up", Upgrading = "Upgrading", Paused = "Paused", Down = "Down", UpgradeFailed = "Upgrade Failed" }
-);
-text_enum!(
-    /// Upgrade History stages (seeds' names plus Restart and Health Check).
-    Stage {
-        PreUpgradeCheck = "Pre Upgrade Check",
-        Download = "Download Upgrade Packages",
-        Extract = "Extract Upgrade Packages",
-        MigrateTrustStore = "MigrateTrustStore",
-        DeployBinaryFiles = "Deploy Binary Files",
-        ReinstallService = "Reinstall Service",
-        Restart = "Restart",
-        HealthCheck = "Health Check",
-    }
-);
-text_enum!(
-    /// State of one stage of one attempt.
-    StageState { InProgress = "In Progress", Complete = "Complete", Failed = "Failed", Skipped = "Skipped" }
-);
-text_enum!(
-    /// How an upgrade attempt ended.
-    AttemptResult { Complete = "Complete", Failed = "Failed", RolledBack = "Rolled Back" }
-);
-text_enum!(
-    /// Issue state (ecc_agent_issue.state).
-    IssueState { New = "New", Acknowledged = "Acknowledged", Resolved = "Resolved" }
-);
-text_enum!(
-    /// Commands an agent can be sent.
-    CommandKind { AutoUpgrade = "autoUpgrade", Upgrade = "upgrade", Restart = "restart", GrabLogs = "grabLogs", RunPrecheck = "runPrecheck" }
-);
-text_enum!(
-    /// Lifecycle of a queued command.
-    CommandState { Queued = "Queued", Delivered = "Delivered", Done = "Done", Failed = "Failed" }
-);
+pub use molt_protocol::{
+    AgentStatus, AttemptResult, CommandKind, CommandState, Heartbeat, IssueState, Stage, StageState,
+};
 
 /// A registered agent as stored (status is the last reported one; see
 /// [`Agent::effective_status`] for Down).
@@ -89,16 +36,6 @@ impl Agent {
             _ => AgentStatus::Down,
         }
     }
-}
-
-/// One heartbeat as the agent sends it.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {
-    pub host: String,
-    pub version: String,
-    pub status: AgentStatus,
-    pub pid: i64,
 }
 
 /// What a heartbeat changed about duplicate detection.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use molt_bundle::chrono;
 use molt_layout::{FileMeta, Home, InstalledPackage};
+use molt_protocol::{AgentStatus, AttemptResult};
 
 const V1: &str = "quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225";
 const V2: &str = "quebec-12-09-2020__patch2-04-18-2021_05-01-2021_1130";
@@ -375,14 +376,14 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
         "Stopping agent. Bootstrapping upgrade.",
         "Upgrade History stage",
         "Upgrade Complete",
-        "Rolled Back",
+        AttemptResult::RolledBack.as_str(),
         "Agent starting",
         "ERROR",
     ];
     loop {
         pos = narrate(&log, pos, &keys);
         if let Ok(Some(s)) = home.read_status()
-            && s.status == "Up"
+            && s.status == AgentStatus::Up
             && s.version == V2
             && Some(s.pid) != pid1
         {
@@ -489,7 +490,7 @@ async fn wait_status(
 ) -> anyhow::Result<()> {
     loop {
         if let Ok(Some(s)) = home.read_status()
-            && s.status == "Up"
+            && s.status == AgentStatus::Up
             && s.version == version
             && Some(s.pid) != not_pid
         {
