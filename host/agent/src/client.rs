@@ -85,6 +85,8 @@ pub struct Client {
     download_http: reqwest::Client,
     base: reqwest::Url,
     token: String,
+    /// Sent with every heartbeat (config.toml `labels`).
+    labels: molt_protocol::Labels,
 }
 
 impl Client {
@@ -125,6 +127,7 @@ impl Client {
             download_http: build(None)?,
             base: cfg.control_plane_url.clone(),
             token: cfg.token.clone(),
+            labels: cfg.labels.clone(),
         })
     }
 
@@ -244,6 +247,7 @@ impl Client {
             version: version.to_string(),
             status,
             pid: i64::from(pid),
+            labels: self.labels.clone(),
         })
         .unwrap_or_default();
         self.send(

@@ -87,6 +87,18 @@ pub struct RawConfig {
     /// Tests only: prepare everything but do not hand over to deploy.
     #[serde(default)]
     pub test_skip_handover: bool,
+    /// Labels sent with each heartbeat, for a rollout's groups
+    /// (`labels = { site = "lon", tier = "canary" }`).
+    #[serde(default)]
+    pub labels: molt_protocol::Labels,
+}
+
+/// A label name or value: what the control plane accepts.
+fn label_ok(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn yes() -> bool {
@@ -136,6 +148,7 @@ pub struct AgentConfig {
     pub download_backoff_ms: u64,
     pub test_hooks: bool,
     pub skip_handover: bool,
+    pub labels: molt_protocol::Labels,
 }
 
 impl AgentConfig {
@@ -264,6 +277,16 @@ impl AgentConfig {
                 None => {}
             }
         }
+        for (k, v) in &raw.labels {
+            if !label_ok(k, 63) || !label_ok(v, 200) {
+                return Err(invalid(
+                    "labels",
+                    format!(
+                        "`{k} = {v:?}`: names and values are 1 to 63 (values 200) letters, digits, '-', '_' or '.'"
+                    ),
+                ));
+            }
+        }
         let facts_override = raw.facts_override.map(resolve);
         if let Some(f) = &facts_override
             && !f.is_file()
@@ -296,6 +319,7 @@ impl AgentConfig {
             download_backoff_ms: raw.test_download_backoff_ms.unwrap_or(1000),
             test_hooks: raw.test_hooks,
             skip_handover: raw.test_skip_handover,
+            labels: raw.labels,
         })
     }
 }

@@ -316,6 +316,39 @@ pub struct Heartbeat {
     pub version: String,
     pub status: AgentStatus,
     pub pid: i64,
+    /// The agent's labels (`labels = { site = "lon" }` in config.toml). Absent
+    /// when empty, so an agent without labels speaks to an older control plane.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+}
+
+/// Agent labels: name to value, ordered.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+words!(
+    /// The state of a staged rollout of a version (`/api/v1/admin/rollouts`).
+    RolloutState ("rollout state") {
+        /// The scheduler advances it.
+        Running = "Running",
+        /// An operator paused it: nothing new starts; attempts under way finish.
+        Paused = "Paused",
+        /// Failures passed a group's threshold: stopped, the version blocklisted.
+        Halted = "Halted",
+        /// An operator aborted it: stopped for good, the version blocklisted.
+        Aborted = "Aborted",
+        /// Every group is done.
+        Completed = "Completed",
+    }
+);
+
+impl RolloutState {
+    /// Whether the rollout can still change (Running or Paused or Halted).
+    pub const fn is_open(self) -> bool {
+        matches!(
+            self,
+            RolloutState::Running | RolloutState::Paused | RolloutState::Halted
+        )
+    }
 }
 
 /// One stage event of one attempt: the body of
@@ -410,6 +443,7 @@ mod tests {
         check(CommandKind::ALL);
         check(CommandState::ALL);
         check(FindingSeverity::ALL);
+        check(RolloutState::ALL);
         assert_eq!(AgentStatus::UpgradeFailed.as_str(), "Upgrade Failed");
         assert_eq!(Stage::Download.as_str(), "Download Upgrade Packages");
         assert_eq!(StageState::InProgress.as_str(), "In Progress");

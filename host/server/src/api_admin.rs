@@ -24,6 +24,9 @@ pub struct AgentView {
     pub reported_status: AgentStatus,
     pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
     pub duplicate: bool,
+    /// Effective labels (reported, with the admin's overrides).
+    pub labels: crate::model::Labels,
+    pub label_overrides: crate::model::Labels,
 }
 
 impl AgentView {
@@ -40,6 +43,8 @@ impl AgentView {
             version: a.version,
             last_seen: a.last_seen,
             duplicate: a.duplicate,
+            labels: a.labels,
+            label_overrides: a.label_overrides,
         }
     }
 }
@@ -164,7 +169,7 @@ pub struct VersionBody {
 }
 
 /// Refuses a version the packages directory cannot serve.
-async fn check_servable(state: &AppState, version: &str) -> Result<(), ApiError> {
+pub(crate) async fn check_servable(state: &AppState, version: &str) -> Result<(), ApiError> {
     check_version("version", version)?;
     let st = state.clone();
     let snap = tokio::task::spawn_blocking(move || st.packages.rescan())
@@ -178,9 +183,34 @@ async fn check_servable(state: &AppState, version: &str) -> Result<(), ApiError>
     Ok(())
 }
 
+/// Refuses a fleet-wide version change while a rollout is open (one rule), and
+/// a blocklisted version.
+fn check_no_rollout(state: &AppState, version: &str) -> Result<(), ApiError> {
+    if state.is_blocked(version) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "version {version} is blocklisted: clear it first (DELETE /api/v1/admin/blocklist/{version})"
+            ),
+        ));
+    }
+    let r = state.rollout.read().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = r.as_ref().filter(|r| r.state.is_some_and(|s| s.is_open())) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "rollout {} of {} is open: pause and abort it, or let it complete, before changing the fleet version",
+                r.id, r.version
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Sets the fleet buildstamp (shared by the admin API, the dashboard and start-up).
 pub async fn apply_fleet_version(state: &AppState, version: &str) -> Result<usize, ApiError> {
     check_servable(state, version).await?;
+    check_no_rollout(state, version)?;
     let now = state.config.clock.now();
     let v = version.to_string();
     let woken = state.db(move |s| s.set_fleet_version(&v, now)).await?;
@@ -210,6 +240,7 @@ pub async fn put_override(
     ApiJson(req): ApiJson<VersionBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_servable(&state, &req.version).await?;
+    check_no_rollout(&state, &req.version)?;
     let v = req.version.clone();
     state.db(move |s| s.set_fleet_override(Some(&v))).await?;
     state.set_fleet_cache(state.db(|s| s.fleet()).await?);

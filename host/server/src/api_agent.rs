@@ -92,6 +92,7 @@ pub async fn heartbeat(
 ) -> Result<impl IntoResponse, ApiError> {
     check_text("host", &hb.host, 255)?;
     check_text("version", &hb.version, 200)?;
+    crate::rollout::check_labels("labels", &hb.labels)?;
     clean(&mut hb.host, MAX_LABEL);
     clean(&mut hb.version, MAX_LABEL);
     let now = state.config.clock.now();
@@ -214,6 +215,22 @@ pub fn choose_version(
     fleet.version.clone().map(|v| (v, "fleet"))
 }
 
+/// [`choose_version`] with a rollout: an agent a rollout admitted runs its
+/// version (not blocklisted) unless pinned or under a fleet override.
+pub fn choose_version_for(
+    fleet: &crate::model::FleetState,
+    pinned: Option<&str>,
+    rollout: Option<String>,
+) -> Option<(String, &'static str)> {
+    if pinned.is_none()
+        && fleet.override_version.is_none()
+        && let Some(v) = rollout
+    {
+        return Some((v, "rollout"));
+    }
+    choose_version(fleet, pinned)
+}
+
 pub async fn assigned(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
@@ -241,7 +258,12 @@ pub async fn assigned(
     }
     let (version, source) = match requested {
         Some(v) => (v, "requested"),
-        None => choose_version(&state.fleet_state(), pinned.as_deref()).ok_or_else(|| {
+        None => choose_version_for(
+            &state.fleet_state(),
+            pinned.as_deref(),
+            state.rollout_version_for(agent.id),
+        )
+        .ok_or_else(|| {
             ApiError::not_found(
                 "no fleet version is set: PUT /api/v1/admin/fleet {\"version\": ...}",
             )
@@ -299,7 +321,12 @@ pub async fn acquire_slot(
 ) -> Result<Response, ApiError> {
     check_name("to_version", &req.to_version)?;
     let now = state.config.clock.now();
-    let max = state.config.max_concurrent_upgrades;
+    // An agent a rollout admitted: the semaphore is its group's max in flight.
+    let max = state
+        .rollout_slot_limit(agent.id, &req.to_version)
+        .map_or(state.config.max_concurrent_upgrades, |l| {
+            l.max(state.config.max_concurrent_upgrades)
+        });
     let lease = state.config.lease_timeout;
     let id = agent.id;
     let to = req.to_version.clone();

@@ -51,6 +51,8 @@ pub struct Config {
     pub max_poll_wait: Duration,
     /// Time source; tests advance it instead of sleeping.
     pub clock: Clock,
+    /// How often the rollout scheduler looks at the open rollout.
+    pub rollout_tick: Duration,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             packages_require_token: false,
             max_poll_wait: Duration::from_secs(60),
             clock: Clock::system(),
+            rollout_tick: Duration::from_secs(1),
         }
     }
 

@@ -16,6 +16,7 @@
 
 pub mod api_admin;
 pub mod api_agent;
+pub mod api_rollout;
 pub mod clock;
 pub mod config;
 pub mod dashboard;
@@ -24,6 +25,7 @@ pub mod files;
 pub mod metrics;
 pub mod model;
 pub mod packages;
+pub mod rollout;
 pub mod server;
 pub mod state;
 pub mod store;

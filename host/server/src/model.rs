@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use molt_protocol::{
-    AgentStatus, AttemptResult, CommandKind, CommandState, Heartbeat, IssueState, Stage, StageState,
+    AgentStatus, AttemptResult, CommandKind, CommandState, Heartbeat, IssueState, Labels,
+    RolloutState, Stage, StageState,
 };
 
 /// A registered agent as stored (status is the last reported one; see
@@ -22,6 +23,26 @@ pub struct Agent {
     /// Two live processes report under this name (see `AgentRegistry` issues).
     pub duplicate: bool,
     pub created_at: DateTime<Utc>,
+    /// Effective labels: the reported ones with the admin's overrides applied.
+    pub labels: Labels,
+    /// As the agent's last heartbeat sent them.
+    pub reported_labels: Labels,
+    /// Set through the admin API; a value wins over the reported one, an empty
+    /// value removes the label.
+    pub label_overrides: Labels,
+}
+
+/// Reported labels with the overrides applied (an empty override value removes).
+pub fn effective_labels(reported: &Labels, overrides: &Labels) -> Labels {
+    let mut out = reported.clone();
+    for (k, v) in overrides {
+        if v.is_empty() {
+            out.remove(k);
+        } else {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 impl Agent {
@@ -155,4 +176,65 @@ pub struct FleetState {
     pub version: Option<String>,
     /// Pins every agent until cleared (seeds' mid.version.override).
     pub override_version: Option<String>,
+}
+
+/// A rollout as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutRecord {
+    pub id: i64,
+    pub version: String,
+    /// The spec as created (`crate::rollout::RolloutSpec`).
+    pub spec: serde_json::Value,
+    pub state: RolloutState,
+    /// Why it halted (the agents named), or who aborted.
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub resumed_at: Option<DateTime<Utc>>,
+    pub halted_at: Option<DateTime<Utc>>,
+    pub aborted_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub groups: Vec<RolloutGroupRecord>,
+}
+
+/// A group's recorded progress.
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutGroupRecord {
+    pub idx: usize,
+    pub started_at: Option<DateTime<Utc>>,
+    /// The group's last completion (the soak counts from here).
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// One agent admitted into a rollout.
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutAgentRecord {
+    pub agent_id: i64,
+    pub agent: String,
+    pub group: usize,
+    pub admitted_at: DateTime<Utc>,
+    /// The autoUpgrade queued for it (none when it already ran the version).
+    pub command_id: Option<i64>,
+    pub result: Option<AttemptResult>,
+    pub done_at: Option<DateTime<Utc>>,
+}
+
+/// The scheduler's view of one attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptBrief {
+    pub id: i64,
+    pub agent_id: i64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<AttemptResult>,
+}
+
+/// A version offered to no agent until an operator clears it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockedVersion {
+    pub version: String,
+    pub reason: String,
+    pub rollout_id: Option<i64>,
+    pub added_at: DateTime<Utc>,
 }

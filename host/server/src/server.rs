@@ -18,7 +18,7 @@ use crate::packages::PackageIndex;
 use crate::state::{AgentRef, AppState, Inner, hash_token, new_token};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
-use crate::{api_admin, api_agent, dashboard, files, metrics};
+use crate::{api_admin, api_agent, api_rollout, dashboard, files, metrics};
 
 /// Largest JSON body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -101,6 +101,32 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/admin/purge", post(api_admin::post_purge))
         .route("/api/v1/admin/packages", get(api_admin::list_packages))
+        .route(
+            "/api/v1/admin/agents/{name}/labels",
+            put(api_rollout::put_labels),
+        )
+        .route(
+            "/api/v1/admin/rollouts",
+            post(api_rollout::create).get(api_rollout::current),
+        )
+        .route("/api/v1/admin/rollouts/{id}", get(api_rollout::status))
+        .route(
+            "/api/v1/admin/rollouts/{id}/pause",
+            post(api_rollout::pause),
+        )
+        .route(
+            "/api/v1/admin/rollouts/{id}/resume",
+            post(api_rollout::resume),
+        )
+        .route(
+            "/api/v1/admin/rollouts/{id}/abort",
+            post(api_rollout::abort),
+        )
+        .route("/api/v1/admin/blocklist", get(api_rollout::blocklist))
+        .route(
+            "/api/v1/admin/blocklist/{version}",
+            axum::routing::delete(api_rollout::clear_blocked),
+        )
         .route("/metrics", get(metrics::metrics))
         .route(
             "/",
@@ -205,6 +231,10 @@ impl BoundServer {
                 }
             }
         });
+        let scheduler = tokio::spawn(crate::rollout::run(
+            self.state.clone(),
+            self.state.config.rollout_tick,
+        ));
         let result = match self.tls {
             None => {
                 use axum::serve::ListenerExt;
@@ -219,6 +249,7 @@ impl BoundServer {
             }
         };
         purger.abort();
+        scheduler.abort();
         result.map_err(ServerError::Serve)
     }
 }
@@ -315,8 +346,13 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         fleet: RwLock::new(fleet),
         notifies: Mutex::new(HashMap::new()),
         metrics: Metrics::default(),
+        rollout: RwLock::new(None),
+        blocked: RwLock::new(Default::default()),
         config,
     }));
+    crate::rollout::reload(&state)
+        .await
+        .map_err(|e| ServerError::Config(format!("rollouts: {}", e.message)))?;
     if let Some(v) = fleet_version {
         api_admin::apply_fleet_version(&state, &v)
             .await

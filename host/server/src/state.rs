@@ -43,6 +43,10 @@ pub struct Inner {
     /// Wakes an agent's long-poll when a command is queued for it.
     pub notifies: Mutex<HashMap<i64, Arc<Notify>>>,
     pub metrics: Metrics,
+    /// The newest rollout unless aborted: whom it admitted (they are offered its version).
+    pub rollout: RwLock<Option<crate::rollout::RolloutCache>>,
+    /// Versions offered to no agent (halted or aborted rollouts) until cleared.
+    pub blocked: RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -101,6 +105,31 @@ impl AppState {
 
     pub fn fleet_state(&self) -> FleetState {
         self.fleet.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The version a rollout assigns this agent, if it admitted it and the
+    /// version is not blocklisted.
+    pub fn rollout_version_for(&self, agent_id: i64) -> Option<String> {
+        let r = self.rollout.read().unwrap_or_else(|p| p.into_inner());
+        let r = r.as_ref().filter(|r| r.admitted.contains(&agent_id))?;
+        if self.is_blocked(&r.version) {
+            return None;
+        }
+        Some(r.version.clone())
+    }
+
+    /// The in-flight limit of the rollout group that admitted this agent.
+    pub fn rollout_slot_limit(&self, agent_id: i64, to_version: &str) -> Option<u32> {
+        let r = self.rollout.read().unwrap_or_else(|p| p.into_inner());
+        let r = r.as_ref().filter(|r| r.version == to_version)?;
+        r.limits.get(&agent_id).copied()
+    }
+
+    pub fn is_blocked(&self, version: &str) -> bool {
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(version)
     }
 
     pub fn set_fleet_cache(&self, f: FleetState) {

@@ -10,9 +10,10 @@ pub mod sqlite;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    Agent, Attempt, AttemptResult, Command, CommandKind, Finding, FleetState, Heartbeat,
-    HeartbeatOutcome, Issue, IssueReportOutcome, IssueState, LogUpload, SlotHolder, SlotOutcome,
-    Stage, StageState,
+    Agent, Attempt, AttemptBrief, AttemptResult, BlockedVersion, Command, CommandKind, Finding,
+    FleetState, Heartbeat, HeartbeatOutcome, Issue, IssueReportOutcome, IssueState, Labels,
+    LogUpload, RolloutAgentRecord, RolloutRecord, RolloutState, SlotHolder, SlotOutcome, Stage,
+    StageState,
 };
 
 /// SHA-256 of a bearer token; only this is stored.
@@ -192,4 +193,56 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<i64, StoreError>;
     fn list_log_uploads(&self, agent: &str) -> Result<Vec<LogUpload>, StoreError>;
     fn log_upload(&self, id: i64) -> Result<Option<LogUpload>, StoreError>;
+
+    // Labels.
+    /// Replaces the admin's label overrides of an agent.
+    fn set_label_overrides(&self, name: &str, labels: &Labels) -> Result<Agent, StoreError>;
+
+    // Rollouts.
+    /// Creates a Running rollout; `Conflict` while another is open (Running,
+    /// Paused or Halted) or when the version is blocklisted.
+    fn create_rollout(
+        &self,
+        version: &str,
+        spec: &serde_json::Value,
+        groups: usize,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+    /// The newest rollout.
+    fn latest_rollout(&self) -> Result<Option<RolloutRecord>, StoreError>;
+    fn rollout(&self, id: i64) -> Result<Option<RolloutRecord>, StoreError>;
+    fn rollout_agents(&self, id: i64) -> Result<Vec<RolloutAgentRecord>, StoreError>;
+    /// Attempts to `version` started at or after `since`.
+    fn attempts_to(
+        &self,
+        version: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<AttemptBrief>, StoreError>;
+    /// Applies one scheduler step in one transaction: results seen, group
+    /// starts and completions, admissions (an autoUpgrade queued for each that
+    /// is not on the version yet), then halt (state Halted, version
+    /// blocklisted) or completion (with a catch-all group the fleet buildstamp
+    /// becomes the version, no command queued). Returns the agents to wake.
+    fn apply_rollout_plan(
+        &self,
+        id: i64,
+        version: &str,
+        plan: &crate::rollout::Plan,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>, StoreError>;
+    /// An operator's pause, resume or abort. Resume of a Halted rollout is
+    /// refused while its version is blocklisted and forgets the failed
+    /// admissions (those agents are admitted again); abort blocklists.
+    fn set_rollout_state(
+        &self,
+        id: i64,
+        to: RolloutState,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<RolloutRecord, StoreError>;
+
+    // Blocklist.
+    fn blocklist(&self) -> Result<Vec<BlockedVersion>, StoreError>;
+    /// `NotFound` when the version is not blocklisted.
+    fn clear_blocked(&self, version: &str) -> Result<(), StoreError>;
 }

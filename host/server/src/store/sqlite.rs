@@ -14,10 +14,15 @@ use crate::model::{
     FleetState, Heartbeat, HeartbeatOutcome, Issue, IssueReportOutcome, IssueState, LogUpload,
     SlotHolder, SlotOutcome, Stage, StageRecord, StageState,
 };
+use crate::model::{
+    AttemptBrief, BlockedVersion, Labels, RolloutAgentRecord, RolloutGroupRecord, RolloutRecord,
+    RolloutState, effective_labels,
+};
 
 /// Migrations in order; index + 1 is the schema version. Never edit one that
 /// has shipped: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -71,7 +76,34 @@ CREATE TABLE log_uploads (
     agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
     path TEXT NOT NULL, size INTEGER NOT NULL, uploaded_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE agents ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE agents ADD COLUMN label_overrides TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY,
+    version TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    paused_at INTEGER, resumed_at INTEGER, halted_at INTEGER, aborted_at INTEGER, completed_at INTEGER
+);
+CREATE TABLE rollout_groups (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL, started_at INTEGER, completed_at INTEGER,
+    PRIMARY KEY (rollout_id, idx)
+);
+CREATE TABLE rollout_agents (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    group_idx INTEGER NOT NULL, admitted_at INTEGER NOT NULL, command_id INTEGER,
+    result TEXT, done_at INTEGER,
+    PRIMARY KEY (rollout_id, agent_id)
+);
+CREATE TABLE blocklist (
+    version TEXT PRIMARY KEY, reason TEXT NOT NULL, rollout_id INTEGER, added_at INTEGER NOT NULL
+);
+CREATE INDEX attempts_to ON attempts(to_version, started_at);
+"#,
+];
 
 const FLEET_VERSION: &str = "fleet.version";
 const FLEET_OVERRIDE: &str = "fleet.version.override";
@@ -153,9 +185,11 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
 }
 
-const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at";
+const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at, labels, label_overrides";
 
-fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Agent, String)> {
+type AgentRow = (Agent, String, String, String);
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
     let status: String = r.get(5)?;
     Ok((
         Agent {
@@ -168,13 +202,22 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Agent, String)> {
             last_seen: opt_time(r.get(6)?),
             duplicate: r.get::<_, i64>(7)? != 0,
             created_at: from_ms(r.get(8)?),
+            labels: Labels::new(),
+            reported_labels: Labels::new(),
+            label_overrides: Labels::new(),
         },
         status,
+        r.get(9)?,
+        r.get(10)?,
     ))
 }
 
-fn finish_agent((mut a, status): (Agent, String)) -> Result<Agent, StoreError> {
+fn finish_agent((mut a, status, labels, overrides): AgentRow) -> Result<Agent, StoreError> {
     a.status = AgentStatus::parse(&status).ok_or_else(|| corrupt("agent status", &status))?;
+    a.reported_labels = serde_json::from_str(&labels).map_err(|_| corrupt("labels", &labels))?;
+    a.label_overrides =
+        serde_json::from_str(&overrides).map_err(|_| corrupt("label overrides", &overrides))?;
+    a.labels = effective_labels(&a.reported_labels, &a.label_overrides);
     Ok(a)
 }
 
@@ -401,6 +444,7 @@ impl Store for SqliteStore {
         let ident = format!("{}#{}", hb.host, hb.pid);
         let now_ms = to_ms(now);
         let window_ms = window.num_milliseconds();
+        let labels = serde_json::to_string(&hb.labels).unwrap_or_else(|_| "{}".into());
         self.tx(|tx| {
             let (cur, prev, prev_seen, dup, last_seen): (Option<String>, Option<String>, Option<i64>, i64, Option<i64>) = tx
                 .query_row(
@@ -426,7 +470,7 @@ impl Store for SqliteStore {
             };
             tx.execute(
                 "UPDATE agents SET host = ?2, pid = ?3, version = ?4, status = ?5, last_seen = ?6, \
-                 ident = ?7, prev_ident = ?8, prev_seen = ?9, duplicate = ?10 WHERE id = ?1",
+                 ident = ?7, prev_ident = ?8, prev_seen = ?9, duplicate = ?10, labels = ?11 WHERE id = ?1",
                 params![
                     agent_id,
                     hb.host,
@@ -437,7 +481,8 @@ impl Store for SqliteStore {
                     ident,
                     new_prev,
                     new_prev_seen,
-                    duplicate as i64
+                    duplicate as i64,
+                    labels
                 ],
             )?;
             // Reporting is what keeps an upgrade lease alive.
@@ -943,6 +988,446 @@ impl Store for SqliteStore {
             )
             .optional()?)
     }
+
+    fn set_label_overrides(&self, name: &str, labels: &Labels) -> Result<Agent, StoreError> {
+        let json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE agents SET label_overrides = ?2 WHERE name = ?1",
+                params![name, json],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("agent {name:?}")));
+            }
+            let row = tx.query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
+                [name],
+                agent_row,
+            )?;
+            finish_agent(row)
+        })
+    }
+
+    fn create_rollout(
+        &self,
+        version: &str,
+        spec: &serde_json::Value,
+        groups: usize,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let now_ms = to_ms(now);
+        self.tx(|tx| {
+            if let Some((id, v, st)) = tx
+                .query_row(
+                    "SELECT id, version, state FROM rollouts WHERE state IN (?1, ?2, ?3) ORDER BY id DESC LIMIT 1",
+                    params![
+                        RolloutState::Running.as_str(),
+                        RolloutState::Paused.as_str(),
+                        RolloutState::Halted.as_str()
+                    ],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+                )
+                .optional()?
+            {
+                return Err(StoreError::Conflict(format!(
+                    "rollout {id} of {v} is {st}: complete or abort it before creating another"
+                )));
+            }
+            if let Some(reason) = blocked_reason(tx, version)? {
+                return Err(StoreError::Conflict(format!(
+                    "version {version} is blocklisted ({reason}): clear it first (DELETE /api/v1/admin/blocklist/{version})"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO rollouts (version, spec, state, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![version, spec.to_string(), RolloutState::Running.as_str(), now_ms],
+            )?;
+            let id = tx.last_insert_rowid();
+            for g in 0..groups {
+                tx.execute(
+                    "INSERT INTO rollout_groups (rollout_id, idx) VALUES (?1, ?2)",
+                    params![id, g as i64],
+                )?;
+            }
+            Ok(id)
+        })
+    }
+
+    fn latest_rollout(&self) -> Result<Option<RolloutRecord>, StoreError> {
+        let conn = self.conn();
+        let id: Option<i64> = conn
+            .query_row("SELECT MAX(id) FROM rollouts", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        match id {
+            Some(id) => rollout_by_id(&conn, id),
+            None => Ok(None),
+        }
+    }
+
+    fn rollout(&self, id: i64) -> Result<Option<RolloutRecord>, StoreError> {
+        rollout_by_id(&self.conn(), id)
+    }
+
+    fn rollout_agents(&self, id: i64) -> Result<Vec<RolloutAgentRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT r.agent_id, a.name, r.group_idx, r.admitted_at, r.command_id, r.result, r.done_at              FROM rollout_agents r JOIN agents a ON a.id = r.agent_id WHERE r.rollout_id = ?1              ORDER BY r.group_idx, r.admitted_at, a.name",
+        )?;
+        let rows = st.query_map([id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (agent_id, agent, group, admitted, command_id, result, done) = row?;
+            out.push(RolloutAgentRecord {
+                agent_id,
+                agent,
+                group: group as usize,
+                admitted_at: from_ms(admitted),
+                command_id,
+                result: result
+                    .map(|r| AttemptResult::parse(&r).ok_or_else(|| corrupt("attempt result", &r)))
+                    .transpose()?,
+                done_at: opt_time(done),
+            });
+        }
+        Ok(out)
+    }
+
+    fn attempts_to(
+        &self,
+        version: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<AttemptBrief>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, agent_id, started_at, finished_at, result FROM attempts              WHERE to_version = ?1 AND started_at >= ?2 ORDER BY id",
+        )?;
+        let rows = st.query_map(params![version, to_ms(since)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, agent_id, started, finished, result) = row?;
+            out.push(AttemptBrief {
+                id,
+                agent_id,
+                started_at: from_ms(started),
+                finished_at: opt_time(finished),
+                result: result
+                    .map(|r| AttemptResult::parse(&r).ok_or_else(|| corrupt("attempt result", &r)))
+                    .transpose()?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn apply_rollout_plan(
+        &self,
+        id: i64,
+        version: &str,
+        plan: &crate::rollout::Plan,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let now_ms = to_ms(now);
+        self.tx(|tx| {
+            let state: String =
+                tx.query_row("SELECT state FROM rollouts WHERE id = ?1", [id], |r| r.get(0))?;
+            if state != RolloutState::Running.as_str() {
+                // Paused or aborted since the snapshot: apply nothing.
+                return Ok(Vec::new());
+            }
+            for (agent, result, at) in &plan.finished {
+                tx.execute(
+                    "UPDATE rollout_agents SET result = ?3, done_at = ?4 WHERE rollout_id = ?1 AND agent_id = ?2",
+                    params![id, agent, result.as_str(), to_ms(*at)],
+                )?;
+            }
+            for g in &plan.group_started {
+                tx.execute(
+                    "UPDATE rollout_groups SET started_at = COALESCE(started_at, ?3) WHERE rollout_id = ?1 AND idx = ?2",
+                    params![id, *g as i64, now_ms],
+                )?;
+            }
+            let mut woken = Vec::new();
+            if plan.halt.is_none() {
+                let args = serde_json::json!({ "version": version, "rollout": id }).to_string();
+                for a in &plan.admit {
+                    let (command_id, result, done) = if a.already {
+                        (None, Some(AttemptResult::Complete.as_str()), Some(now_ms))
+                    } else {
+                        // One pending autoUpgrade per agent, as for a fleet change.
+                        tx.execute(
+                            "DELETE FROM commands WHERE agent_id = ?1 AND kind = ?2 AND state = ?3",
+                            params![a.agent_id, CommandKind::AutoUpgrade.as_str(), CommandState::Queued.as_str()],
+                        )?;
+                        tx.execute(
+                            "INSERT INTO commands (agent_id, kind, args, state, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![a.agent_id, CommandKind::AutoUpgrade.as_str(), args, CommandState::Queued.as_str(), now_ms],
+                        )?;
+                        woken.push(a.agent_id);
+                        (Some(tx.last_insert_rowid()), None, None)
+                    };
+                    tx.execute(
+                        "INSERT INTO rollout_agents (rollout_id, agent_id, group_idx, admitted_at, command_id, result, done_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(rollout_id, agent_id) DO NOTHING",
+                        params![id, a.agent_id, a.group as i64, now_ms, command_id, result, done],
+                    )?;
+                }
+                for (g, at) in &plan.group_completed {
+                    tx.execute(
+                        "UPDATE rollout_groups SET completed_at = ?3, started_at = COALESCE(started_at, ?4) \
+                         WHERE rollout_id = ?1 AND idx = ?2",
+                        params![id, *g as i64, to_ms(*at), now_ms],
+                    )?;
+                }
+            }
+            if let Some(reason) = &plan.halt {
+                tx.execute(
+                    "UPDATE rollouts SET state = ?2, reason = ?3, halted_at = ?4, updated_at = ?4 WHERE id = ?1",
+                    params![id, RolloutState::Halted.as_str(), reason, now_ms],
+                )?;
+                block(tx, version, reason, id, now_ms)?;
+            } else if plan.complete {
+                tx.execute(
+                    "UPDATE rollouts SET state = ?2, completed_at = ?3, updated_at = ?3 WHERE id = ?1",
+                    params![id, RolloutState::Completed.as_str(), now_ms],
+                )?;
+                let spec: String =
+                    tx.query_row("SELECT spec FROM rollouts WHERE id = ?1", [id], |r| r.get(0))?;
+                let covers_all = serde_json::from_str::<crate::rollout::RolloutSpec>(&spec)
+                    .map(|s| s.covers_all())
+                    .unwrap_or(false);
+                if covers_all {
+                    // Every agent is on it (or was Down): the version is the
+                    // fleet's now, without a command.
+                    tx.execute(
+                        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        params![FLEET_VERSION, version],
+                    )?;
+                }
+            } else {
+                tx.execute("UPDATE rollouts SET updated_at = ?2 WHERE id = ?1", params![id, now_ms])?;
+            }
+            Ok(woken)
+        })
+    }
+
+    fn set_rollout_state(
+        &self,
+        id: i64,
+        to: RolloutState,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<RolloutRecord, StoreError> {
+        let now_ms = to_ms(now);
+        self.tx(|tx| {
+            let (version, st): (String, String) = tx
+                .query_row("SELECT version, state FROM rollouts WHERE id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))?;
+            let from = RolloutState::parse(&st).ok_or_else(|| corrupt("rollout state", &st))?;
+            let refuse = |what: &str| {
+                Err(StoreError::Conflict(format!(
+                    "rollout {id} is {from}: it cannot be {what}"
+                )))
+            };
+            match to {
+                RolloutState::Paused => {
+                    if from != RolloutState::Running {
+                        return refuse("paused");
+                    }
+                    tx.execute(
+                        "UPDATE rollouts SET state = ?2, paused_at = ?3, updated_at = ?3 WHERE id = ?1",
+                        params![id, to.as_str(), now_ms],
+                    )?;
+                }
+                RolloutState::Running => {
+                    if !matches!(from, RolloutState::Paused | RolloutState::Halted) {
+                        return refuse("resumed");
+                    }
+                    if let Some(r) = blocked_reason(tx, &version)? {
+                        return Err(StoreError::Conflict(format!(
+                            "version {version} is blocklisted ({r}): clear it before resuming (DELETE /api/v1/admin/blocklist/{version})"
+                        )));
+                    }
+                    if from == RolloutState::Halted {
+                        // The failed agents get another attempt; the halt rule counts afresh.
+                        tx.execute(
+                            "DELETE FROM rollout_agents WHERE rollout_id = ?1 AND result IN (?2, ?3)",
+                            params![id, AttemptResult::Failed.as_str(), AttemptResult::RolledBack.as_str()],
+                        )?;
+                    }
+                    tx.execute(
+                        "UPDATE rollouts SET state = ?2, resumed_at = ?3, updated_at = ?3 WHERE id = ?1",
+                        params![id, to.as_str(), now_ms],
+                    )?;
+                }
+                RolloutState::Aborted => {
+                    if !from.is_open() {
+                        return refuse("aborted");
+                    }
+                    let why = reason.unwrap_or("aborted by an operator");
+                    tx.execute(
+                        "UPDATE rollouts SET state = ?2, aborted_at = ?3, updated_at = ?3, \
+                         reason = COALESCE(reason || '; ', '') || ?4 WHERE id = ?1",
+                        params![id, to.as_str(), now_ms, why],
+                    )?;
+                    block(tx, &version, why, id, now_ms)?;
+                    // Nothing left to do for its admitted agents.
+                    tx.execute(
+                        "DELETE FROM commands WHERE kind = ?1 AND state = ?2 AND agent_id IN \
+                         (SELECT agent_id FROM rollout_agents WHERE rollout_id = ?3 AND result IS NULL)",
+                        params![CommandKind::AutoUpgrade.as_str(), CommandState::Queued.as_str(), id],
+                    )?;
+                }
+                RolloutState::Halted | RolloutState::Completed => {
+                    return Err(StoreError::Conflict(format!(
+                        "only the scheduler sets a rollout {to}"
+                    )));
+                }
+            }
+            rollout_by_id(tx, id)?.ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))
+        })
+    }
+
+    fn blocklist(&self) -> Result<Vec<BlockedVersion>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT version, reason, rollout_id, added_at FROM blocklist ORDER BY added_at, version",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(BlockedVersion {
+                version: r.get(0)?,
+                reason: r.get(1)?,
+                rollout_id: r.get(2)?,
+                added_at: from_ms(r.get(3)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn clear_blocked(&self, version: &str) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            if tx.execute("DELETE FROM blocklist WHERE version = ?1", [version])? == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "version {version:?} on the blocklist"
+                )));
+            }
+            Ok(())
+        })
+    }
+}
+
+fn blocked_reason(tx: &Connection, version: &str) -> Result<Option<String>, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT reason FROM blocklist WHERE version = ?1",
+            [version],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+fn block(
+    tx: &Connection,
+    version: &str,
+    reason: &str,
+    rollout: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO blocklist (version, reason, rollout_id, added_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT(version) DO NOTHING",
+        params![version, reason, rollout, now_ms],
+    )?;
+    Ok(())
+}
+
+fn rollout_by_id(c: &Connection, id: i64) -> Result<Option<RolloutRecord>, StoreError> {
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+        i64,
+        [Option<i64>; 5],
+    );
+    let row: Option<Row> = c
+        .query_row(
+            "SELECT version, spec, state, reason, created_at, updated_at, paused_at, resumed_at, halted_at, aborted_at, completed_at \
+             FROM rollouts WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    [r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?],
+                ))
+            },
+        )
+        .optional()?;
+    let Some((
+        version,
+        spec,
+        state,
+        reason,
+        created,
+        updated,
+        [paused, resumed, halted, aborted, completed],
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let mut st = c.prepare(
+        "SELECT idx, started_at, completed_at FROM rollout_groups WHERE rollout_id = ?1 ORDER BY idx",
+    )?;
+    let groups = st
+        .query_map([id], |r| {
+            Ok(RolloutGroupRecord {
+                idx: r.get::<_, i64>(0)? as usize,
+                started_at: opt_time(r.get(1)?),
+                completed_at: opt_time(r.get(2)?),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(RolloutRecord {
+        id,
+        spec: serde_json::from_str(&spec).map_err(|_| corrupt("rollout spec", &spec))?,
+        state: RolloutState::parse(&state).ok_or_else(|| corrupt("rollout state", &state))?,
+        version,
+        reason,
+        created_at: from_ms(created),
+        updated_at: from_ms(updated),
+        paused_at: opt_time(paused),
+        resumed_at: opt_time(resumed),
+        halted_at: opt_time(halted),
+        aborted_at: opt_time(aborted),
+        completed_at: opt_time(completed),
+        groups,
+    }))
 }
 
 fn log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogUpload> {
@@ -1096,6 +1581,7 @@ mod tests {
         let t0 = Utc::now();
         let a = s.create_agent("a1", &[1; 32], t0).unwrap();
         let hb = |host: &str, pid| Heartbeat {
+            labels: Default::default(),
             host: host.into(),
             version: "v".into(),
             status: AgentStatus::Up,

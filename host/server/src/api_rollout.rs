@@ -1,0 +1,287 @@
+//! Admin endpoints of labels, rollouts and the blocklist
+//! (`/api/v1/admin/agents/{name}/labels`, `/api/v1/admin/rollouts…`,
+//! `/api/v1/admin/blocklist…`).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::api_admin::AgentView;
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::model::{AttemptResult, Labels, RolloutRecord, RolloutState};
+use crate::rollout::{GroupSpec, RolloutSpec, check_labels};
+use crate::state::{AdminAuth, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsBody {
+    /// Replaces the overrides: a value wins over the agent's own, an empty
+    /// value removes the label.
+    labels: Labels,
+}
+
+/// Sets an agent's label overrides.
+pub async fn put_labels(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<LabelsBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let check: Labels = req
+        .labels
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    check_labels("labels", &check)?;
+    if let Some(k) = req.labels.keys().find(|k| !crate::rollout::label_ok(k, 63)) {
+        return Err(ApiError::unprocessable(format!(
+            "field `labels`: label name {k:?} is not 1 to 63 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    let n = name.clone();
+    let agent = state
+        .db(move |s| s.set_label_overrides(&n, &req.labels))
+        .await?;
+    tracing::info!(agent = %name, labels = ?agent.labels, "agent label overrides set");
+    Ok(axum::Json(AgentView::of(&state, agent)))
+}
+
+/// Progress of one group.
+#[derive(Serialize)]
+pub struct GroupView {
+    #[serde(flatten)]
+    pub spec: GroupSpec,
+    /// Agents whose labels put them in this group now (or admitted to it).
+    pub agents: usize,
+    pub done: usize,
+    pub in_flight: usize,
+    pub failed: usize,
+    pub waiting: usize,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One admitted agent.
+#[derive(Serialize)]
+pub struct AdmittedView {
+    pub agent: String,
+    pub group: String,
+    pub admitted_at: chrono::DateTime<chrono::Utc>,
+    pub command_id: Option<i64>,
+    pub result: Option<AttemptResult>,
+    pub done_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `GET /api/v1/admin/rollouts/{id}`.
+#[derive(Serialize)]
+pub struct RolloutView {
+    #[serde(flatten)]
+    pub rollout: RolloutRecord,
+    /// Whether the version is on the blocklist now.
+    pub blocklisted: bool,
+    pub group_progress: Vec<GroupView>,
+    pub admitted: Vec<AdmittedView>,
+}
+
+async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutView, ApiError> {
+    let id = r.id;
+    let (agents, admitted) = state
+        .db(move |s| Ok((s.list_agents()?, s.rollout_agents(id)?)))
+        .await?;
+    let spec: RolloutSpec = serde_json::from_value(r.spec.clone())
+        .map_err(|e| ApiError::internal(format!("rollout {id} spec: {e}")))?;
+    let mut groups = Vec::new();
+    for (g, gs) in spec.groups.iter().enumerate() {
+        let members: Vec<i64> = agents
+            .iter()
+            .filter(|a| match admitted.iter().find(|x| x.agent_id == a.id) {
+                Some(x) => x.group == g,
+                None => spec.group_of(&a.labels) == Some(g),
+            })
+            .map(|a| a.id)
+            .collect();
+        let adm: Vec<_> = admitted.iter().filter(|x| x.group == g).collect();
+        let done = adm
+            .iter()
+            .filter(|x| x.result == Some(AttemptResult::Complete))
+            .count();
+        let failed = adm
+            .iter()
+            .filter(|x| x.result.is_some_and(|r| r != AttemptResult::Complete))
+            .count();
+        let in_flight = adm.iter().filter(|x| x.result.is_none()).count();
+        let times = r.groups.iter().find(|x| x.idx == g);
+        groups.push(GroupView {
+            spec: gs.clone(),
+            agents: members.len(),
+            done,
+            in_flight,
+            failed,
+            waiting: members.len().saturating_sub(adm.len()),
+            started_at: times.and_then(|t| t.started_at),
+            completed_at: times.and_then(|t| t.completed_at),
+        });
+    }
+    let admitted = admitted
+        .into_iter()
+        .map(|x| AdmittedView {
+            group: spec
+                .groups
+                .get(x.group)
+                .map(|g| g.name.clone())
+                .unwrap_or_default(),
+            agent: x.agent,
+            admitted_at: x.admitted_at,
+            command_id: x.command_id,
+            result: x.result,
+            done_at: x.done_at,
+        })
+        .collect();
+    Ok(RolloutView {
+        blocklisted: state.is_blocked(&r.version),
+        rollout: r,
+        group_progress: groups,
+        admitted,
+    })
+}
+
+/// Creates a rollout (the scheduler starts it at its next step).
+pub async fn create(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiJson(spec): ApiJson<RolloutSpec>,
+) -> Result<Response, ApiError> {
+    spec.check()?;
+    crate::api_admin::check_servable(&state, &spec.version).await?;
+    if let Some(o) = state.fleet_state().override_version {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "a fleet override ({o}) pins every agent: clear it before a rollout (DELETE /api/v1/admin/fleet/override)"
+            ),
+        ));
+    }
+    let now = state.config.clock.now();
+    let value = serde_json::to_value(&spec)
+        .map_err(|e| ApiError::internal(format!("rollout spec: {e}")))?;
+    let (version, n) = (spec.version.clone(), spec.groups.len());
+    let id = state
+        .db(move |s| s.create_rollout(&version, &value, n, now))
+        .await?;
+    crate::rollout::reload(&state).await?;
+    tracing::info!(rollout = id, version = %spec.version, groups = n, "rollout created");
+    let r = state
+        .db(move |s| s.rollout(id))
+        .await?
+        .ok_or_else(|| ApiError::internal("rollout vanished"))?;
+    Ok((StatusCode::CREATED, axum::Json(view(&state, r).await?)).into_response())
+}
+
+/// The newest rollout.
+pub async fn current(
+    State(state): State<AppState>,
+    _: AdminAuth,
+) -> Result<impl IntoResponse, ApiError> {
+    let r = state
+        .db(|s| s.latest_rollout())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no rollout has been created"))?;
+    Ok(axum::Json(view(&state, r).await?))
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    let r = state
+        .db(move |s| s.rollout(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("rollout {id}")))?;
+    Ok(axum::Json(view(&state, r).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn transition(
+    state: &AppState,
+    id: i64,
+    to: RolloutState,
+    reason: Option<String>,
+) -> Result<RolloutView, ApiError> {
+    if let Some(r) = &reason {
+        crate::api_agent::check_text("reason", r, 500)?;
+    }
+    let now = state.config.clock.now();
+    let r = state
+        .db(move |s| s.set_rollout_state(id, to, reason.as_deref(), now))
+        .await?;
+    crate::rollout::reload(state).await?;
+    tracing::info!(rollout = id, state = %to, "rollout state set by an operator");
+    view(state, r).await
+}
+
+pub async fn pause(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(axum::Json(
+        transition(&state, id, RolloutState::Paused, None).await?,
+    ))
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(axum::Json(
+        transition(&state, id, RolloutState::Running, None).await?,
+    ))
+}
+
+pub async fn abort(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiPath(id): ApiPath<i64>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<ReasonBody>(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+            .reason
+    };
+    Ok(axum::Json(
+        transition(&state, id, RolloutState::Aborted, reason).await?,
+    ))
+}
+
+pub async fn blocklist(
+    State(state): State<AppState>,
+    _: AdminAuth,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(axum::Json(state.db(|s| s.blocklist()).await?))
+}
+
+pub async fn clear_blocked(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiPath(version): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let v = version.clone();
+    state.db(move |s| s.clear_blocked(&v)).await?;
+    crate::rollout::reload(&state).await?;
+    tracing::info!(version = %version, "version cleared from the blocklist");
+    Ok(axum::Json(json!({ "ok": true, "cleared": version })))
+}

@@ -1,0 +1,928 @@
+//! Staged rollouts of a version (`/api/v1/admin/rollouts`, docs/control-plane.md
+//! "Rollouts").
+//!
+//! A rollout names a target version and ordered groups of agents chosen by
+//! label selectors (an empty selector is the catch-all, allowed only last).
+//! In each group the first `canary` agents (by name) upgrade first; when they
+//! have finished, the rest follow with at most `max_in_flight` under way;
+//! `soak_secs` after the group's last completion the next group starts. When
+//! a group's Failed / Rolled Back attempts reach its `failure_threshold` the
+//! rollout halts with the reason and the agents, and its version goes on the
+//! fleet-wide blocklist.
+//!
+//! [`decide`] is the scheduler's whole judgement, a pure function over a
+//! [`Snapshot`]; [`tick`] builds the snapshot from the store and applies the
+//! [`Plan`]. "Upgrading an agent" means admitting it: from then on the
+//! assignment answers it the rollout's version ([`RolloutCache`]), and an
+//! `autoUpgrade` command is queued for it.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::model::{AttemptResult, Labels};
+use crate::state::AppState;
+use molt_protocol::RolloutState;
+
+/// At most this many agents under way in a group: a count or a percentage of the group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum InFlight {
+    Count(u32),
+    Percent(u32),
+}
+
+impl InFlight {
+    /// The number for a group of `size` agents (at least 1).
+    pub fn limit(self, size: usize) -> usize {
+        match self {
+            InFlight::Count(n) => n.max(1) as usize,
+            InFlight::Percent(p) => (size * p as usize).div_ceil(100).max(1),
+        }
+    }
+}
+
+impl Serialize for InFlight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            InFlight::Count(n) => s.serialize_u32(*n),
+            InFlight::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InFlight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        let bad = || serde::de::Error::custom("max_in_flight must be a number or \"N%\"");
+        match Raw::deserialize(d)? {
+            Raw::N(0) => Err(serde::de::Error::custom("max_in_flight must be at least 1")),
+            Raw::N(n) => Ok(InFlight::Count(n)),
+            Raw::S(s) => {
+                let p: u32 = s
+                    .trim()
+                    .strip_suffix('%')
+                    .ok_or_else(bad)?
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad())?;
+                if p == 0 || p > 100 {
+                    return Err(serde::de::Error::custom(
+                        "max_in_flight percentage must be 1% to 100%",
+                    ));
+                }
+                Ok(InFlight::Percent(p))
+            }
+        }
+    }
+}
+
+/// When a group's failures halt the rollout: a count, or a ratio of the group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    Count(u32),
+    Ratio(f64),
+}
+
+impl Threshold {
+    /// Whether `failures` in a group of `size` reach the threshold.
+    pub fn reached(self, failures: usize, size: usize) -> bool {
+        failures > 0
+            && match self {
+                Threshold::Count(n) => failures >= n.max(1) as usize,
+                Threshold::Ratio(r) => failures as f64 >= r * size as f64,
+            }
+    }
+}
+
+impl Serialize for Threshold {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Threshold::Count(n) => s.serialize_u32(*n),
+            Threshold::Ratio(r) => s.serialize_f64(*r),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "failure_threshold must be a count (1, 2, ...), a ratio (0 < r < 1) or \"N%\"",
+            )
+        };
+        let r = match Raw::deserialize(d)? {
+            Raw::N(x) if x >= 1.0 && x.fract() == 0.0 && x <= f64::from(u32::MAX) => {
+                return Ok(Threshold::Count(x as u32));
+            }
+            Raw::N(x) => x,
+            Raw::S(s) => {
+                let p: f64 = s
+                    .trim()
+                    .strip_suffix('%')
+                    .ok_or_else(bad)?
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad())?;
+                p / 100.0
+            }
+        };
+        if r > 0.0 && r <= 1.0 {
+            Ok(Threshold::Ratio(r))
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+fn one() -> InFlight {
+    InFlight::Count(1)
+}
+
+fn first_failure() -> Threshold {
+    Threshold::Count(1)
+}
+
+/// One group of a rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub name: String,
+    /// Labels an agent must all carry; empty: every agent not in an earlier group.
+    #[serde(default)]
+    pub selector: Labels,
+    /// Agents (the first by name) that upgrade before the rest of the group.
+    #[serde(default)]
+    pub canary: u32,
+    #[serde(default = "one")]
+    pub max_in_flight: InFlight,
+    /// Seconds after the group's last completion before the next group starts.
+    #[serde(default)]
+    pub soak_secs: u64,
+    #[serde(default = "first_failure")]
+    pub failure_threshold: Threshold,
+}
+
+/// The body of `POST /api/v1/admin/rollouts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    pub version: String,
+    pub groups: Vec<GroupSpec>,
+}
+
+/// A label name or value the control plane accepts.
+pub fn label_ok(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Refuses labels that are not 1–63 (values 200) letters, digits, '-', '_' or '.'.
+pub fn check_labels(field: &str, labels: &Labels) -> Result<(), ApiError> {
+    if labels.len() > 64 {
+        return Err(ApiError::unprocessable(format!(
+            "field `{field}` has more than 64 labels"
+        )));
+    }
+    for (k, v) in labels {
+        if !label_ok(k, 63) || !label_ok(v, 200) {
+            return Err(ApiError::unprocessable(format!(
+                "field `{field}`: label {k:?} = {v:?}: names (1 to 63) and values (1 to 200) may contain only letters, digits, '-', '_' and '.'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl RolloutSpec {
+    /// Refuses a spec the scheduler cannot run.
+    pub fn check(&self) -> Result<(), ApiError> {
+        crate::api_agent::check_version("version", &self.version)?;
+        if self.groups.is_empty() {
+            return Err(ApiError::unprocessable("field `groups` must not be empty"));
+        }
+        if self.groups.len() > 100 {
+            return Err(ApiError::unprocessable(
+                "field `groups` has more than 100 entries",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            crate::api_agent::check_name(&format!("groups[{i}].name"), &g.name)?;
+            if !names.insert(g.name.as_str()) {
+                return Err(ApiError::unprocessable(format!(
+                    "groups[{i}].name: group {:?} is named twice",
+                    g.name
+                )));
+            }
+            check_labels(&format!("groups[{i}].selector"), &g.selector)?;
+            if g.selector.is_empty() && i + 1 != self.groups.len() {
+                return Err(ApiError::unprocessable(format!(
+                    "groups[{i}] ({}): the catch-all group (empty selector) must be the last",
+                    g.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of the group an agent with these labels belongs to.
+    pub fn group_of(&self, labels: &Labels) -> Option<usize> {
+        self.groups.iter().position(|g| {
+            g.selector
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+        })
+    }
+
+    /// Whether the last group is the catch-all (the rollout covers every agent).
+    pub fn covers_all(&self) -> bool {
+        self.groups.last().is_some_and(|g| g.selector.is_empty())
+    }
+}
+
+/// An agent's admission into a rollout, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admission {
+    pub group: usize,
+    pub at: DateTime<Utc>,
+    /// How its attempt ended, once the scheduler has seen it.
+    pub result: Option<(AttemptResult, DateTime<Utc>)>,
+}
+
+/// What the attempts say about an admitted agent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Observed {
+    /// No attempt to the version since admission, and not on it.
+    NotStarted,
+    InFlight,
+    Finished(AttemptResult, DateTime<Utc>),
+}
+
+/// One agent as the scheduler sees it.
+#[derive(Clone, Debug)]
+pub struct AgentSnap {
+    pub id: i64,
+    pub name: String,
+    pub labels: Labels,
+    pub version: Option<String>,
+    /// Not seen within the liveness window.
+    pub down: bool,
+    pub admission: Option<Admission>,
+    pub observed: Observed,
+}
+
+/// A group's recorded progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GroupTimes {
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub now: DateTime<Utc>,
+    pub spec: RolloutSpec,
+    pub state: RolloutState,
+    /// One per group of the spec.
+    pub groups: Vec<GroupTimes>,
+    pub agents: Vec<AgentSnap>,
+}
+
+/// One admission to make.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admit {
+    pub agent_id: i64,
+    pub group: usize,
+    /// Already on the version: admitted as done, no command.
+    pub already: bool,
+}
+
+/// What the scheduler does this tick.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Admitted agents whose attempt has ended: (agent, result, when).
+    pub finished: Vec<(i64, AttemptResult, DateTime<Utc>)>,
+    pub group_started: Vec<usize>,
+    pub group_completed: Vec<(usize, DateTime<Utc>)>,
+    pub admit: Vec<Admit>,
+    /// Halt with this reason (the agents that tripped it named).
+    pub halt: Option<String>,
+    /// Every group is done.
+    pub complete: bool,
+}
+
+fn is_failure(r: AttemptResult) -> bool {
+    matches!(r, AttemptResult::Failed | AttemptResult::RolledBack)
+}
+
+/// The scheduler's decision for one tick of a Running rollout (anything else: no plan).
+pub fn decide(snap: &Snapshot) -> Plan {
+    let mut plan = Plan::default();
+    if snap.state != RolloutState::Running {
+        return plan;
+    }
+    let ngroups = snap.spec.groups.len();
+    // Each agent's group (an admitted agent stays in the group it was admitted to)
+    // and its result, recorded or just observed.
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); ngroups];
+    let mut result: Vec<Option<(AttemptResult, DateTime<Utc>)>> = vec![None; snap.agents.len()];
+    for (i, a) in snap.agents.iter().enumerate() {
+        let group = match &a.admission {
+            Some(ad) => Some(ad.group),
+            None => snap.spec.group_of(&a.labels),
+        };
+        if let Some(g) = group.filter(|g| *g < ngroups) {
+            members[g].push(i);
+        }
+        if let Some(ad) = &a.admission {
+            result[i] = ad.result;
+            if ad.result.is_none()
+                && let Observed::Finished(r, at) = a.observed
+            {
+                result[i] = Some((r, at));
+                plan.finished.push((a.id, r, at));
+            }
+        }
+    }
+    for m in &mut members {
+        m.sort_by(|x, y| snap.agents[*x].name.cmp(&snap.agents[*y].name));
+    }
+    // The halt rule, group by group.
+    for (g, spec) in snap.spec.groups.iter().enumerate() {
+        let failed: Vec<&str> = members[g]
+            .iter()
+            .filter(|i| result[**i].is_some_and(|(r, _)| is_failure(r)))
+            .map(|i| snap.agents[*i].name.as_str())
+            .collect();
+        if spec
+            .failure_threshold
+            .reached(failed.len(), members[g].len())
+        {
+            let detail: Vec<String> = members[g]
+                .iter()
+                .filter_map(|i| match result[*i] {
+                    Some((r, _)) if is_failure(r) => {
+                        Some(format!("{} ({r})", snap.agents[*i].name))
+                    }
+                    _ => None,
+                })
+                .collect();
+            plan.halt = Some(format!(
+                "group {}: {} of {} agents failed to upgrade to {} (threshold {}): {}",
+                spec.name,
+                failed.len(),
+                members[g].len(),
+                snap.spec.version,
+                match spec.failure_threshold {
+                    Threshold::Count(n) => n.to_string(),
+                    Threshold::Ratio(r) => format!("{}%", r * 100.0),
+                },
+                detail.join(", ")
+            ));
+            return plan;
+        }
+    }
+    let mut prev_done: Option<DateTime<Utc>> = None;
+    for (g, spec) in snap.spec.groups.iter().enumerate() {
+        let times = snap.groups.get(g).copied().unwrap_or_default();
+        if let Some(done) = times.completed_at {
+            prev_done = Some(done + chrono::Duration::seconds(spec.soak_secs as i64));
+            continue;
+        }
+        if let Some(ready) = prev_done
+            && snap.now < ready
+        {
+            return plan;
+        }
+        if times.started_at.is_none() {
+            plan.group_started.push(g);
+        }
+        let m = &members[g];
+        let finished = |i: usize| result[i].is_some();
+        let admitted = |i: usize| snap.agents[i].admission.is_some();
+        let skipped = |i: usize| !admitted(i) && snap.agents[i].down;
+        let mut in_flight = m.iter().filter(|i| admitted(**i) && !finished(**i)).count();
+        let limit = spec.max_in_flight.limit(m.len());
+        let canaries = &m[..m.len().min(spec.canary as usize)];
+        let on_version =
+            |i: usize| snap.agents[i].version.as_deref() == Some(snap.spec.version.as_str());
+        let mut admitted_now = HashSet::new();
+        let mut admit = |set: &[usize], plan: &mut Plan, admitted_now: &mut HashSet<usize>| {
+            for &i in set {
+                let a = &snap.agents[i];
+                if admitted(i) || a.down || admitted_now.contains(&i) {
+                    continue;
+                }
+                let already = on_version(i);
+                if !already && in_flight >= limit {
+                    continue;
+                }
+                plan.admit.push(Admit {
+                    agent_id: a.id,
+                    group: g,
+                    already,
+                });
+                admitted_now.insert(i);
+                if !already {
+                    in_flight += 1;
+                }
+            }
+        };
+        admit(canaries, &mut plan, &mut admitted_now);
+        let canaries_done = canaries
+            .iter()
+            .all(|i| finished(*i) || skipped(*i) || (admitted_now.contains(i) && on_version(*i)));
+        if canaries_done {
+            admit(m, &mut plan, &mut admitted_now);
+        }
+        let complete = m
+            .iter()
+            .all(|i| finished(*i) || skipped(*i) || (admitted_now.contains(i) && on_version(*i)));
+        if !complete {
+            return plan;
+        }
+        let last = m
+            .iter()
+            .filter_map(|i| result[*i].map(|(_, at)| at))
+            .max()
+            .unwrap_or(snap.now);
+        plan.group_completed.push((g, last));
+        prev_done = Some(last + chrono::Duration::seconds(spec.soak_secs as i64));
+    }
+    plan.complete = true;
+    plan
+}
+
+/// The open (or last completed) rollout as the assignment needs it, kept in memory.
+#[derive(Clone, Debug, Default)]
+pub struct RolloutCache {
+    pub id: i64,
+    pub version: String,
+    pub state: Option<RolloutState>,
+    /// Agents admitted: they are offered the rollout's version.
+    pub admitted: HashSet<i64>,
+    /// The group in-flight limit of each admitted agent (the semaphore's size for it).
+    pub limits: std::collections::HashMap<i64, u32>,
+}
+
+/// Reloads the rollout cache and the blocklist from the store.
+pub async fn reload(state: &AppState) -> Result<(), ApiError> {
+    let (rollout, agents, blocked) = state
+        .db(|s| {
+            let r = s.latest_rollout()?;
+            let agents = match &r {
+                Some(r) => s.rollout_agents(r.id)?,
+                None => Vec::new(),
+            };
+            Ok((r, agents, s.blocklist()?))
+        })
+        .await?;
+    let cache = match rollout {
+        Some(r) if r.state != RolloutState::Aborted => {
+            let spec: Option<RolloutSpec> = serde_json::from_value(r.spec.clone()).ok();
+            let mut c = RolloutCache {
+                id: r.id,
+                version: r.version.clone(),
+                state: Some(r.state),
+                ..Default::default()
+            };
+            for a in &agents {
+                c.admitted.insert(a.agent_id);
+                if let Some(g) = spec.as_ref().and_then(|s| s.groups.get(a.group)) {
+                    let size = agents.iter().filter(|x| x.group == a.group).count();
+                    c.limits
+                        .insert(a.agent_id, g.max_in_flight.limit(size.max(1)) as u32);
+                }
+            }
+            Some(c)
+        }
+        _ => None,
+    };
+    *state.rollout.write().unwrap_or_else(|p| p.into_inner()) = cache;
+    *state.blocked.write().unwrap_or_else(|p| p.into_inner()) =
+        blocked.into_iter().map(|b| b.version).collect();
+    Ok(())
+}
+
+/// One step of the scheduler: builds the snapshot, decides and applies.
+pub async fn tick(state: &AppState) -> Result<(), ApiError> {
+    let Some(r) = state.db(|s| s.latest_rollout()).await? else {
+        return Ok(());
+    };
+    if r.state != RolloutState::Running {
+        return Ok(());
+    }
+    let spec: RolloutSpec = serde_json::from_value(r.spec.clone())
+        .map_err(|e| ApiError::internal(format!("rollout {} spec: {e}", r.id)))?;
+    let ngroups = spec.groups.len();
+    let now = state.config.clock.now();
+    let down_after = crate::clock::chrono_dur(state.config.agent_down_after);
+    let (id, version, created) = (r.id, r.version.clone(), r.created_at);
+    let (agents, admitted, attempts) = state
+        .db(move |s| {
+            Ok((
+                s.list_agents()?,
+                s.rollout_agents(id)?,
+                s.attempts_to(&version, created)?,
+            ))
+        })
+        .await?;
+    let snap = Snapshot {
+        now,
+        spec,
+        state: r.state,
+        groups: (0..ngroups)
+            .map(|g| {
+                r.groups
+                    .iter()
+                    .find(|x| x.idx == g)
+                    .map(|x| GroupTimes {
+                        started_at: x.started_at,
+                        completed_at: x.completed_at,
+                    })
+                    .unwrap_or_default()
+            })
+            .collect(),
+        agents: agents
+            .into_iter()
+            .map(|a| {
+                let admission = admitted
+                    .iter()
+                    .find(|x| x.agent_id == a.id)
+                    .map(|x| Admission {
+                        group: x.group,
+                        at: x.admitted_at,
+                        result: x.result.zip(x.done_at),
+                    });
+                let observed = match &admission {
+                    None => Observed::NotStarted,
+                    Some(ad) => {
+                        let latest = attempts
+                            .iter()
+                            .filter(|t| t.agent_id == a.id && t.started_at >= ad.at)
+                            .max_by_key(|t| t.id);
+                        match latest {
+                            Some(t) => match (t.result, t.finished_at) {
+                                (Some(res), Some(at)) => Observed::Finished(res, at),
+                                _ => Observed::InFlight,
+                            },
+                            None if a.version.as_deref() == Some(r.version.as_str()) => {
+                                Observed::Finished(AttemptResult::Complete, now)
+                            }
+                            None => Observed::NotStarted,
+                        }
+                    }
+                };
+                AgentSnap {
+                    down: a.effective_status(now, down_after) == crate::model::AgentStatus::Down,
+                    id: a.id,
+                    labels: a.labels.clone(),
+                    version: a.version.clone(),
+                    name: a.name,
+                    admission,
+                    observed,
+                }
+            })
+            .collect(),
+    };
+    let plan = decide(&snap);
+    apply(state, r.id, &snap.spec, plan, now).await
+}
+
+async fn apply(
+    state: &AppState,
+    id: i64,
+    spec: &RolloutSpec,
+    plan: Plan,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    if plan == Plan::default() {
+        return Ok(());
+    }
+    // The assignment must answer the version before the command can be read.
+    {
+        let mut c = state.rollout.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = c.as_mut().filter(|c| c.id == id) {
+            for a in &plan.admit {
+                c.admitted.insert(a.agent_id);
+            }
+        }
+    }
+    let version = spec.version.clone();
+    let p = plan.clone();
+    let woken = state
+        .db(move |s| s.apply_rollout_plan(id, &version, &p, now))
+        .await?;
+    for a in &plan.admit {
+        tracing::info!(rollout = id, agent_id = a.agent_id, group = %spec.groups[a.group].name, already = a.already, "rollout: agent admitted");
+    }
+    for (g, at) in &plan.group_completed {
+        tracing::info!(rollout = id, group = %spec.groups[*g].name, last_completion = %at, "rollout: group complete");
+    }
+    if let Some(reason) = &plan.halt {
+        tracing::warn!(rollout = id, version = %spec.version, reason = %reason, "rollout halted; version blocklisted");
+    } else if plan.complete {
+        tracing::info!(rollout = id, version = %spec.version, "rollout complete");
+        if spec.covers_all() {
+            state.set_fleet_cache(state.db(|s| s.fleet()).await?);
+        }
+    }
+    reload(state).await?;
+    state.wake(&woken);
+    Ok(())
+}
+
+/// Runs the scheduler every `every` until the process ends.
+pub async fn run(state: AppState, every: std::time::Duration) {
+    let mut t = tokio::time::interval(every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        t.tick().await;
+        if let Err(e) = tick(&state).await {
+            tracing::error!(error = %e.message, "rollout scheduler step failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V2: &str = "xanadu-07-01-2024__patch0-07-01-2024_07-01-2024_1200";
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn labels(site: &str) -> Labels {
+        [("site".to_string(), site.to_string())].into()
+    }
+
+    fn spec() -> RolloutSpec {
+        serde_json::from_value(serde_json::json!({
+            "version": V2,
+            "groups": [
+                {"name": "a", "selector": {"site": "a"}, "canary": 1, "max_in_flight": 2, "soak_secs": 10},
+                {"name": "b", "selector": {"site": "b"}, "canary": 1, "max_in_flight": "50%", "soak_secs": 10,
+                 "failure_threshold": 0.5},
+                {"name": "rest", "max_in_flight": 1}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn agent(id: i64, name: &str, site: &str) -> AgentSnap {
+        AgentSnap {
+            id,
+            name: name.into(),
+            labels: labels(site),
+            version: Some("v1".into()),
+            down: false,
+            admission: None,
+            observed: Observed::NotStarted,
+        }
+    }
+
+    fn snap(agents: Vec<AgentSnap>, groups: Vec<GroupTimes>, now: i64) -> Snapshot {
+        Snapshot {
+            now: t(now),
+            spec: spec(),
+            state: RolloutState::Running,
+            groups,
+            agents,
+        }
+    }
+
+    fn admitted(
+        mut a: AgentSnap,
+        group: usize,
+        at: i64,
+        result: Option<(AttemptResult, i64)>,
+    ) -> AgentSnap {
+        a.admission = Some(Admission {
+            group,
+            at: t(at),
+            result: result.map(|(r, s)| (r, t(s))),
+        });
+        a
+    }
+
+    fn fleet() -> Vec<AgentSnap> {
+        vec![
+            agent(1, "a1", "a"),
+            agent(2, "a2", "a"),
+            agent(3, "a3", "a"),
+            agent(4, "b1", "b"),
+            agent(5, "b2", "b"),
+            agent(6, "c1", "c"),
+        ]
+    }
+
+    fn ids(p: &Plan) -> Vec<i64> {
+        p.admit.iter().map(|a| a.agent_id).collect()
+    }
+
+    #[test]
+    fn the_spec_parses_counts_percentages_and_ratios_and_the_catch_all_must_be_last() {
+        let s = spec();
+        assert_eq!(s.groups[0].max_in_flight, InFlight::Count(2));
+        assert_eq!(s.groups[1].max_in_flight, InFlight::Percent(50));
+        assert_eq!(s.groups[1].failure_threshold, Threshold::Ratio(0.5));
+        assert_eq!(s.groups[0].failure_threshold, Threshold::Count(1));
+        assert_eq!(InFlight::Percent(20).limit(10_000), 2000);
+        assert_eq!(InFlight::Percent(1).limit(3), 1);
+        assert!(s.check().is_ok());
+        assert!(s.covers_all());
+        assert_eq!(s.group_of(&labels("b")), Some(1));
+        assert_eq!(s.group_of(&labels("zz")), Some(2));
+        let mut bad = spec();
+        bad.groups.swap(1, 2);
+        assert!(bad.check().unwrap_err().message.contains("catch-all"));
+        assert!(
+            serde_json::from_value::<GroupSpec>(
+                serde_json::json!({"name": "x", "max_in_flight": "0%"})
+            )
+            .is_err()
+        );
+        assert!(
+            serde_json::from_value::<GroupSpec>(
+                serde_json::json!({"name": "x", "failure_threshold": 1.5})
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_canary_goes_first_alone() {
+        let p = decide(&snap(fleet(), vec![GroupTimes::default(); 3], 0));
+        assert_eq!(ids(&p), vec![1], "only group a's canary (first by name)");
+        assert_eq!(p.group_started, vec![0]);
+        assert!(p.halt.is_none() && !p.complete);
+    }
+
+    #[test]
+    fn after_the_canary_the_rest_follow_at_most_max_in_flight() {
+        let mut f = fleet();
+        f[0] = admitted(f[0].clone(), 0, 0, None);
+        f[0].observed = Observed::InFlight;
+        let started = vec![
+            GroupTimes {
+                started_at: Some(t(0)),
+                completed_at: None,
+            },
+            GroupTimes::default(),
+            GroupTimes::default(),
+        ];
+        // Canary under way: nobody else.
+        assert!(
+            decide(&snap(f.clone(), started.clone(), 5))
+                .admit
+                .is_empty()
+        );
+        // Canary done: a2 and a3 together (max 2).
+        f[0].observed = Observed::Finished(AttemptResult::Complete, t(6));
+        let p = decide(&snap(f.clone(), started.clone(), 7));
+        assert_eq!(p.finished, vec![(1, AttemptResult::Complete, t(6))]);
+        assert_eq!(ids(&p), vec![2, 3]);
+        // One of them in flight, the other not yet admitted, max 1 would hold it back.
+        let mut s = snap(f.clone(), started, 7);
+        s.spec.groups[0].max_in_flight = InFlight::Count(1);
+        f[1] = admitted(f[1].clone(), 0, 7, None);
+        s.agents = f;
+        s.agents[0].admission.as_mut().unwrap().result = Some((AttemptResult::Complete, t(6)));
+        assert!(decide(&s).admit.is_empty());
+    }
+
+    #[test]
+    fn the_next_group_waits_for_the_soak_after_the_last_completion() {
+        let mut f = fleet();
+        for (i, done) in [(0, 6), (1, 20), (2, 15)] {
+            f[i] = admitted(f[i].clone(), 0, 0, Some((AttemptResult::Complete, done)));
+        }
+        let g = vec![
+            GroupTimes {
+                started_at: Some(t(0)),
+                completed_at: None,
+            },
+            GroupTimes::default(),
+            GroupTimes::default(),
+        ];
+        let p = decide(&snap(f.clone(), g, 21));
+        assert_eq!(p.group_completed, vec![(0, t(20))], "the last completion");
+        assert!(p.admit.is_empty(), "group b waits for the soak");
+        let g = vec![
+            GroupTimes {
+                started_at: Some(t(0)),
+                completed_at: Some(t(20)),
+            },
+            GroupTimes::default(),
+            GroupTimes::default(),
+        ];
+        assert!(decide(&snap(f.clone(), g.clone(), 29)).admit.is_empty());
+        let p = decide(&snap(f, g, 30));
+        assert_eq!(ids(&p), vec![4], "b's canary at completion + soak");
+        assert_eq!(p.group_started, vec![1]);
+    }
+
+    #[test]
+    fn a_failed_canary_halts_naming_it_and_nothing_else_is_admitted() {
+        let mut f = fleet();
+        f[0] = admitted(f[0].clone(), 0, 0, None);
+        f[0].observed = Observed::Finished(AttemptResult::RolledBack, t(9));
+        let g = vec![
+            GroupTimes {
+                started_at: Some(t(0)),
+                completed_at: None,
+            },
+            GroupTimes::default(),
+            GroupTimes::default(),
+        ];
+        let p = decide(&snap(f, g, 10));
+        assert!(p.admit.is_empty());
+        let reason = p.halt.unwrap();
+        assert!(
+            reason.contains("group a") && reason.contains("a1 (Rolled Back)"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_ratio_threshold_tolerates_fewer_failures() {
+        // Group b: 2 agents, ratio 0.5: one failure of two halts, none does not.
+        let mut f = fleet();
+        for i in 0..3 {
+            f[i] = admitted(f[i].clone(), 0, 0, Some((AttemptResult::Complete, 1)));
+        }
+        f[3] = admitted(f[3].clone(), 1, 20, Some((AttemptResult::Failed, 25)));
+        let g = vec![
+            GroupTimes {
+                started_at: Some(t(0)),
+                completed_at: Some(t(1)),
+            },
+            GroupTimes {
+                started_at: Some(t(20)),
+                completed_at: None,
+            },
+            GroupTimes::default(),
+        ];
+        assert!(decide(&snap(f.clone(), g.clone(), 30)).halt.is_some());
+        let mut s = snap(f, g, 30);
+        s.spec.groups[1].failure_threshold = Threshold::Count(2);
+        let p = decide(&s);
+        assert!(p.halt.is_none());
+        assert_eq!(
+            ids(&p),
+            vec![5],
+            "the canary finished (failed, under the threshold): the rest go"
+        );
+    }
+
+    #[test]
+    fn agents_on_the_version_are_done_without_a_command_down_ones_skipped_and_it_completes() {
+        let mut f = fleet();
+        for a in &mut f {
+            a.version = Some(V2.into());
+        }
+        f[5].down = true;
+        f[5].version = Some("v1".into());
+        let mut s = snap(f, vec![GroupTimes::default(); 3], 0);
+        for g in &mut s.spec.groups {
+            g.soak_secs = 0;
+        }
+        let p = decide(&s);
+        assert!(p.admit.iter().all(|a| a.already));
+        assert_eq!(ids(&p), vec![1, 2, 3, 4, 5]);
+        assert_eq!(p.group_completed.len(), 3);
+        assert!(p.complete);
+    }
+
+    #[test]
+    fn paused_halted_and_aborted_rollouts_do_nothing() {
+        for st in [
+            RolloutState::Paused,
+            RolloutState::Halted,
+            RolloutState::Aborted,
+            RolloutState::Completed,
+        ] {
+            let mut s = snap(fleet(), vec![GroupTimes::default(); 3], 0);
+            s.state = st;
+            assert_eq!(decide(&s), Plan::default());
+        }
+    }
+}
