@@ -231,7 +231,11 @@ pub fn run_with(
         Err(e) => {
             ctx.rep
                 .stage(Stage::DeployBinaryFiles, StageState::Failed, &e.to_string());
-            return undo_before_switch(&ctx, &mut j, &format!("Deploy Binary Files failed: {e}"));
+            return undo_before_switch(
+                &ctx,
+                &mut j,
+                &format!("{} failed: {e}", Stage::DeployBinaryFiles),
+            );
         }
     };
     // Recorded before the rename: an undo must remove versions/<to> if it exists.
@@ -243,7 +247,11 @@ pub fn run_with(
     {
         ctx.rep
             .stage(Stage::DeployBinaryFiles, StageState::Failed, &e.to_string());
-        return undo_before_switch(&ctx, &mut j, &format!("Deploy Binary Files failed: {e}"));
+        return undo_before_switch(
+            &ctx,
+            &mut j,
+            &format!("{} failed: {e}", Stage::DeployBinaryFiles),
+        );
     }
     j.build_dir = None;
     j.set(home, Step::Built)?;
@@ -303,7 +311,11 @@ pub fn run_with(
         Err(e) => {
             ctx.rep
                 .stage(Stage::ReinstallService, StageState::Failed, &e.to_string());
-            return undo_before_switch(&ctx, &mut j, &format!("Reinstall Service failed: {e}"));
+            return undo_before_switch(
+                &ctx,
+                &mut j,
+                &format!("{} failed: {e}", Stage::ReinstallService),
+            );
         }
     }
 
@@ -315,7 +327,7 @@ pub fn run_with(
     if let Err(e) = stop_old(&ctx) {
         ctx.rep
             .stage(Stage::Restart, StageState::Failed, &e.to_string());
-        return undo_before_switch(&ctx, &mut j, &format!("Restart failed: {e}"));
+        return undo_before_switch(&ctx, &mut j, &format!("{} failed: {e}", Stage::Restart));
     }
     j.set(home, Step::Stopped)?;
     ctx.stopped_at.set(Some(std::time::Instant::now()));
@@ -325,7 +337,7 @@ pub fn run_with(
     ));
     // Re-check right before the switch: nothing may have restarted it (KB1001748).
     if let Err(e) = stop_old(&ctx) {
-        return undo_before_switch(&ctx, &mut j, &format!("Restart failed: {e}"));
+        return undo_before_switch(&ctx, &mut j, &format!("{} failed: {e}", Stage::Restart));
     }
     j.set(home, Step::Switching)?;
     fsutil::switch_symlink(
@@ -356,7 +368,7 @@ fn start_and_check(ctx: &Ctx, j: &mut Journal) -> Result<DeployResult, DeployErr
     if let Err(e) = ctx.svc.start() {
         ctx.rep
             .stage(Stage::Restart, StageState::Failed, &e.to_string());
-        return rollback(ctx, j, &format!("Restart failed: {e}"));
+        return rollback(ctx, j, &format!("{} failed: {e}", Stage::Restart));
     }
     ctx.rep.stage(
         Stage::Restart,

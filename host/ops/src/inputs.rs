@@ -61,8 +61,11 @@ static ANSI: LazyLock<Regex> =
 static RUN_START: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"Upgrade runner started \(pid \d+\): (\S+) -> (\S+)").expect("static regex")
 });
-static RUN_END: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"Upgrade (Complete|Rolled Back|Failed):").expect("static regex"));
+static RUN_END: LazyLock<Regex> = LazyLock::new(|| {
+    let results =
+        crate::status::alternation(molt_protocol::AttemptResult::ALL.iter().map(|r| r.as_str()));
+    Regex::new(&format!("Upgrade ({results}):")).expect("static regex")
+});
 
 /// Read at most [`MAX_LOG_BYTES`] from the end of a file, lossily as UTF-8.
 /// Returns the text and the number of lines skipped before it.

@@ -130,11 +130,28 @@ pub struct StatusReport {
     pub notes: Vec<String>,
 }
 
+/// `A|B|C`: the words of one protocol vocabulary as a regex alternation.
+pub(crate) fn alternation(words: impl IntoIterator<Item = &'static str>) -> String {
+    words
+        .into_iter()
+        .map(regex::escape)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 static AGENT_STAGE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"Upgrade History stage (.+?): (In Progress|Complete|Failed|Skipped)(?: \((.*)\))?\s*(?:stage=.*)?$").expect("static regex")
+    let states = alternation(StageState::ALL.iter().map(|s| s.as_str()));
+    Regex::new(&format!(
+        r"Upgrade History stage (.+?): ({states})(?: \((.*)\))?\s*(?:stage=.*)?$"
+    ))
+    .expect("static regex")
 });
 static DEPLOY_STAGE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"upgrade stage stage="?([^"=]+?)"? state="?(In Progress|Complete|Failed|Skipped)"?(?: message="((?:[^"\\]|\\.)*)")?"#).expect("static regex")
+    let states = alternation(StageState::ALL.iter().map(|s| s.as_str()));
+    Regex::new(&format!(
+        r#"upgrade stage stage="?([^"=]+?)"? state="?({states})"?(?: message="((?:[^"\\]|\\.)*)")?"#
+    ))
+    .expect("static regex")
 });
 static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))")
@@ -144,7 +161,8 @@ static RUN_START: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"Upgrade runner started \(pid \d+\): (\S+) -> (\S+)").expect("static regex")
 });
 static RUN_END: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"Upgrade (Complete|Rolled Back|Failed): (.*)$").expect("static regex")
+    let results = alternation(AttemptResult::ALL.iter().map(|r| r.as_str()));
+    Regex::new(&format!(r"Upgrade ({results}): (.*)$")).expect("static regex")
 });
 
 fn ts(l: &Line) -> Option<DateTime<Utc>> {
