@@ -9,11 +9,17 @@ use molt_layout::{FileMeta, InstalledPackage};
 
 use crate::client::Finding;
 
+/// Why a version is not a package buildstamp `<version>`: molt-bundle's
+/// parser error, shown by its reason alone (callers name the version).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.reason)]
+pub struct InvalidVersion(#[source] pub molt_bundle::BuildstampError);
+
 /// Check that a version is a package buildstamp `<version>` (molt-bundle's parser).
-pub fn validate_version(v: &str) -> Result<(), String> {
+pub fn validate_version(v: &str) -> Result<(), InvalidVersion> {
     v.parse::<molt_bundle::Version>()
         .map(|_| ())
-        .map_err(|e| e.reason)
+        .map_err(InvalidVersion)
 }
 
 /// The release family of a version (`quebec` in `quebec-12-09-2020__patch1-...`).
@@ -33,32 +39,45 @@ pub struct Trust {
 /// of the crate that produced them.
 #[derive(Debug, thiserror::Error)]
 pub enum DepError {
-    #[error("{path}: signature verification failed: {reason}")]
-    Verify { path: PathBuf, reason: String },
-    #[error("{path}: extract failed: {reason}")]
-    Extract { path: PathBuf, reason: String },
-    #[error("trust root {path}: {reason}")]
-    Trust { path: PathBuf, reason: String },
+    #[error("{path}: signature verification failed: {source}")]
+    Verify {
+        path: PathBuf,
+        #[source]
+        source: Box<molt_bundle::BundleError>,
+    },
+    #[error("{path}: signature verification failed: trust store lock poisoned")]
+    Poisoned { path: PathBuf },
+    #[error("{path}: extract failed: {source}")]
+    Extract {
+        path: PathBuf,
+        #[source]
+        source: Box<molt_bundle::BundleError>,
+    },
+    #[error("trust root {path}: {source}")]
+    Trust {
+        path: PathBuf,
+        #[source]
+        source: Box<molt_bundle::BundleError>,
+    },
     #[error("pre-upgrade checks could not run: {0}")]
-    Sandbox(String),
+    Sandbox(#[source] molt_sandbox::SandboxError),
     #[error("version selector failed: {0}")]
-    Selector(String),
+    Selector(#[source] molt_sandbox::SandboxError),
     #[error("hand-over to deploy failed: {0}")]
     Handover(#[source] molt_deploy::DeployError),
     #[error("hand-over task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Load the trust root (`config.trust_root`) into the trust state in `<home>/state`
 /// (initialised from it the first time; a newer root is applied as a rotation).
 pub fn load_trust(root_path: &Path, state_dir: &Path) -> Result<Trust, DepError> {
-    let bad = |reason: String| DepError::Trust {
+    let bad = |source| DepError::Trust {
         path: root_path.into(),
-        reason,
+        source: Box::new(source),
     };
-    let root = molt_bundle::SignedRoot::load(root_path).map_err(|e| bad(e.to_string()))?;
-    let store =
-        molt_bundle::TrustStore::open_or_init(state_dir, &root).map_err(|e| bad(e.to_string()))?;
+    let root = molt_bundle::SignedRoot::load(root_path).map_err(bad)?;
+    let store = molt_bundle::TrustStore::open_or_init(state_dir, &root).map_err(bad)?;
     Ok(Trust {
         store: std::sync::Mutex::new(store),
     })
@@ -90,21 +109,20 @@ impl VerifiedPackage {
 /// `Accept::Assigned`: a downgrade (the control plane rolled back) passes down
 /// to the trusted root's rollback floor and no further (molt-bundle's policy).
 pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, DepError> {
-    let bad = |reason: String| DepError::Verify {
-        path: path.into(),
-        reason,
-    };
     let mut store = trust
         .store
         .lock()
-        .map_err(|_| bad("trust store lock poisoned".into()))?;
+        .map_err(|_| DepError::Poisoned { path: path.into() })?;
     let v = store
         .verify_bundle_as(
             path,
             &molt_bundle::VerifyOptions::default(),
             molt_bundle::Accept::Assigned,
         )
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|source| DepError::Verify {
+            path: path.into(),
+            source: Box::new(source),
+        })?;
     let files = v
         .manifest
         .entries
@@ -140,9 +158,9 @@ pub fn extract_package(pkg: &VerifiedPackage, dest: &Path) -> Result<Vec<String>
         dest,
         &molt_bundle::Limits::default(),
     )
-    .map_err(|e| DepError::Extract {
+    .map_err(|source| DepError::Extract {
         path: pkg.bundle.path.clone(),
-        reason: e.to_string(),
+        source: Box::new(source),
     })?;
     Ok(r.files)
 }
@@ -179,7 +197,7 @@ pub fn run_precheck(
     run: &PrecheckRun<'_>,
     pkg: &VerifiedPackage,
 ) -> Result<Vec<CheckFinding>, DepError> {
-    let err = |e: molt_sandbox::SandboxError| DepError::Sandbox(e.to_string());
+    let err = DepError::Sandbox;
     let sb = sandbox(run.cache_dir).map_err(err)?;
     let facts = match run.facts_override {
         Some(f) => molt_sandbox::FactsSource::Given(
@@ -227,9 +245,9 @@ pub fn select_version(
     pkg: &VerifiedPackage,
     input: &molt_sandbox::SelectorInput,
 ) -> Result<molt_sandbox::Plan, DepError> {
-    let sb = sandbox(cache_dir).map_err(|e| DepError::Selector(e.to_string()))?;
+    let sb = sandbox(cache_dir).map_err(DepError::Selector)?;
     sb.select_version_in_bundle(bundle_dir, &pkg.bundle.manifest, input)
-        .map_err(|e| DepError::Selector(e.to_string()))
+        .map_err(DepError::Selector)
 }
 
 /// Hand the prepared upgrade to the deploy runner and wait for its start signal.

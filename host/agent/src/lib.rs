@@ -10,7 +10,7 @@ pub mod deps;
 pub mod download;
 pub mod reporter;
 pub mod service;
-pub mod upgrade;
+pub mod stages;
 
 pub use config::{AgentConfig, ConfigError};
 pub use service::{AgentError, Exit, request_upgrade_now, run};

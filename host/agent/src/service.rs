@@ -11,8 +11,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::client::{Client, ClientError};
 use crate::config::{AgentConfig, ConfigError};
+use crate::deps::InvalidVersion;
 use crate::reporter::Reporter;
-use crate::upgrade::{Mode, UpgradeOutcome};
+use crate::stages::{Mode, UpgradeOutcome};
 
 /// Agent status: the control plane's words (Up, Upgrading, Paused, Down,
 /// Upgrade Failed), shared through molt-protocol.
@@ -30,7 +31,9 @@ pub enum AgentError {
     #[error("another agent is already running on {home} (lock {lock} is held)")]
     AlreadyRunning { home: PathBuf, lock: PathBuf },
     #[error("start-up recovery failed: {0}")]
-    Recovery(String),
+    Recovery(#[source] molt_deploy::DeployError),
+    #[error("start-up recovery failed: {0}")]
+    RecoveryTask(#[source] tokio::task::JoinError),
 }
 
 /// Why `run` returned.
@@ -175,8 +178,8 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                 tracing::info!(outcome = ?outcome, "Start-up recovery");
                 outcome == molt_deploy::RecoveryOutcome::DeployInProgress
             }
-            Ok(Err(e)) => return Err(AgentError::Recovery(e.to_string())),
-            Err(e) => return Err(AgentError::Recovery(e.to_string())),
+            Ok(Err(e)) => return Err(AgentError::Recovery(e)),
+            Err(e) => return Err(AgentError::RecoveryTask(e)),
         };
     // While a runner is health-checking this process (the new version, or the
     // old one after a rollback), no upgrade check starts: it would report
@@ -501,7 +504,7 @@ async fn command_loop(
                         Ok(v) => v,
                         Err(m) => {
                             tracing::warn!(id = %c.id, kind = %c.kind, "Command refused: {m}");
-                            command_done(&agent, &c.id, false, &m).await;
+                            command_done(&agent, &c.id, false, &m.to_string()).await;
                             continue;
                         }
                     };
@@ -564,17 +567,25 @@ async fn command_loop(
     }
 }
 
+/// A command's `args.version` that is not a buildstamp.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("args.version `{shown}` is not a valid buildstamp: {reason}")]
+pub struct BadVersionArg {
+    /// The version as given, bounded.
+    shown: String,
+    #[source]
+    reason: InvalidVersion,
+}
+
 /// A command's `args.version` (its shape already checked by
 /// [`AgentCommand::from_wire`]): absent is the assignment; else a buildstamp.
-fn command_version(version: Option<&str>) -> Result<Option<String>, String> {
+fn command_version(version: Option<&str>) -> Result<Option<String>, BadVersionArg> {
     let Some(v) = version else { return Ok(None) };
     crate::deps::validate_version(v)
         .map(|()| Some(v.to_string()))
-        .map_err(|reason| {
-            format!(
-                "args.version `{}` is not a valid buildstamp: {reason}",
-                crate::upgrade::bounded(v.to_string(), 200)
-            )
+        .map_err(|reason| BadVersionArg {
+            shown: crate::stages::bounded(v.to_string(), 200),
+            reason,
         })
 }
 
@@ -750,24 +761,33 @@ mod tests {
     use serde_json::json;
 
     /// What the command loop makes of an `upgrade` command's arguments.
-    fn command_version(args: &serde_json::Value) -> Result<Option<String>, String> {
-        let c = AgentCommand::from_wire("upgrade", args).map_err(|e| e.to_string())?;
-        super::command_version(c.version())
+    fn command_version(
+        args: &serde_json::Value,
+    ) -> Result<Option<String>, Box<dyn std::error::Error>> {
+        let c = AgentCommand::from_wire("upgrade", args)?;
+        Ok(super::command_version(c.version())?)
     }
 
     const V: &str = "quebec-12-09-2020__patch2-04-18-2021_05-01-2021_1130";
 
     #[test]
     fn a_commands_version_is_its_args_version_and_must_be_a_buildstamp() {
-        assert_eq!(command_version(&json!(null)), Ok(None));
-        assert_eq!(command_version(&json!({})), Ok(None));
-        assert_eq!(command_version(&json!({"version": null})), Ok(None));
-        assert_eq!(command_version(&json!({"version": V})), Ok(Some(V.into())));
-        let e = command_version(&json!({"version": 7})).unwrap_err();
+        assert_eq!(command_version(&json!(null)).unwrap(), None);
+        assert_eq!(command_version(&json!({})).unwrap(), None);
+        assert_eq!(command_version(&json!({"version": null})).unwrap(), None);
+        assert_eq!(
+            command_version(&json!({"version": V})).unwrap(),
+            Some(V.into())
+        );
+        let e = command_version(&json!({"version": 7}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be a string"), "{e}");
-        let e = command_version(&json!({"version": "../../x"})).unwrap_err();
+        let e = command_version(&json!({"version": "../../x"}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a valid buildstamp"), "{e}");
-        let e = command_version(&json!([V])).unwrap_err();
+        let e = command_version(&json!([V])).unwrap_err().to_string();
         assert!(e.contains("must be an object"), "{e}");
     }
 }
