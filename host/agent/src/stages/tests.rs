@@ -648,4 +648,58 @@ mod pipeline {
         assert_eq!(fake.calls(), want);
         assert!(env.home.incoming_dir().join(core(V2)).is_file());
     }
+
+    #[tokio::test]
+    async fn a_readiness_check_runs_the_precheck_alone_without_an_attempt() {
+        let env = Env::new("");
+        let fake = Fake::new(assigned(V2, &[core(V2)]));
+        let out = env.pipeline(&fake).run(Mode::PrecheckOnly, Some(V2)).await;
+        let UpgradeOutcome::Failed { stage, message } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(stage, FailedAt::Stage(Stage::PreUpgradeCheck));
+        assert_eq!(
+            message,
+            format!("the control plane assigned no precheck bundle for {V2}")
+        );
+        // A command's version is not the assignment: not remembered as one.
+        assert_eq!(fake.calls(), [Call::Assigned(Some(V2.into()))]);
+        assert_eq!(*env.last_assigned.lock().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_selector_that_cannot_be_fetched_ends_the_check_before_any_attempt() {
+        let env = Env::new("");
+        let mut a = assigned(V2, &[core(V2)]);
+        a.selector = Some(AssignedPackage {
+            kind: "selector".into(),
+            name: format!("molt-selector.{V2}.universal.universal.zip"),
+            url: "/packages/sel.zip".into(),
+            size: 3,
+            sha256: "0".repeat(64),
+        });
+        let fake = Fake::new(a);
+        let out = env.pipeline(&fake).run(Mode::Upgrade, None).await;
+        let UpgradeOutcome::CheckFailed { message } = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            message.starts_with("The agent was unable to download molt-selector."),
+            "{message}"
+        );
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::Assigned(None),
+                Call::Download(format!("molt-selector.{V2}.universal.universal.zip")),
+            ]
+        );
+        // Its scratch directory is gone.
+        assert_eq!(
+            std::fs::read_dir(env.home.upgrade_temp_dir())
+                .unwrap()
+                .count(),
+            0
+        );
+    }
 }
