@@ -43,6 +43,8 @@ enum Command {
     Check(cmd::check::CheckCmd),
     /// Run the control plane.
     Serve(cmd::serve::ServeArgs),
+    /// Operate the fleet through the control plane's admin API: rollouts, blocklist, status.
+    Fleet(cmd::fleet::FleetArgs),
     /// Run the agent service.
     Agent(cmd::agent::AgentArgs),
     /// Ask the local agent to check for an upgrade now.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Buildstamp(a) => cmd::bundle::buildstamp(a),
         Command::Check(c) => cmd::check::run(c),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Fleet(a) => cmd::fleet::run(a),
         Command::Agent(a) => cmd::agent::run(a),
         Command::Upgrade(c) => cmd::agent::upgrade(c),
         Command::Deploy(a) => cmd::deploy::deploy(a),

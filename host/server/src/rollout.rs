@@ -864,10 +864,10 @@ mod tests {
 
     #[test]
     fn a_ratio_threshold_tolerates_fewer_failures() {
-        // Group b: 2 agents, ratio 0.5: one failure of two halts, none does not.
+        // Group b: 2 agents, ratio 0.5: one failure of two halts; with a count of 2 it does not.
         let mut f = fleet();
-        for i in 0..3 {
-            f[i] = admitted(f[i].clone(), 0, 0, Some((AttemptResult::Complete, 1)));
+        for a in f.iter_mut().take(3) {
+            *a = admitted(a.clone(), 0, 0, Some((AttemptResult::Complete, 1)));
         }
         f[3] = admitted(f[3].clone(), 1, 20, Some((AttemptResult::Failed, 25)));
         let g = vec![

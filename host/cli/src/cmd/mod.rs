@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod check;
 pub mod demo;
 pub mod deploy;
+pub mod fleet;
 pub mod install;
 pub mod ops;
 pub mod serve;

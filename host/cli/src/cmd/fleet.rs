@@ -1,0 +1,433 @@
+//! `molt fleet`: the control plane's operator commands over its admin API
+//! (rollouts, the blocklist, fleet status). The admin token comes from
+//! `MOLT_ADMIN_TOKEN` or `--token-file`; `--json` prints the API's answer.
+//! Exit codes: 0 done, 1 the control plane refused (or could not be reached),
+//! 2 usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use molt_protocol::RolloutState;
+use serde_json::{Value, json};
+
+#[derive(Args)]
+pub struct FleetArgs {
+    /// The control plane's URL.
+    #[arg(
+        long,
+        env = "MOLT_CONTROL_PLANE_URL",
+        default_value = "http://127.0.0.1:8440"
+    )]
+    url: String,
+    /// File holding the admin token (default: the `MOLT_ADMIN_TOKEN` environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM bundle of a private CA that signed the control plane's certificate.
+    #[arg(long)]
+    ca_bundle: Option<PathBuf>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: FleetCmd,
+}
+
+#[derive(Subcommand)]
+pub enum FleetCmd {
+    /// Fleet version, the newest rollout and the blocklist.
+    Status,
+    /// Staged rollouts of a version.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
+    /// Versions offered to no agent (halted or aborted rollouts).
+    #[command(subcommand)]
+    Blocklist(BlocklistCmd),
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCmd {
+    /// Create a rollout: `--spec FILE` (the API's JSON body) or VERSION with `--group`s.
+    Create {
+        /// The target version (overrides the spec's).
+        #[arg(value_name = "VERSION")]
+        target: Option<String>,
+        /// JSON body of `POST /api/v1/admin/rollouts` (`-` for stdin).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// A group, in order: `NAME label.K=V… canary=N max_in_flight=N|N% soak_secs=N
+        /// failure_threshold=N|R` (no label: the catch-all, last).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// A rollout's state, reason and per-group progress (default: the newest).
+    Status { id: Option<i64> },
+    /// Start nothing new; attempts under way finish.
+    Pause { id: i64 },
+    /// Continue a paused rollout, or a halted one once its version is cleared.
+    Resume { id: i64 },
+    /// Stop for good and blocklist the version.
+    Abort {
+        id: i64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BlocklistCmd {
+    /// The blocklisted versions and why.
+    List,
+    /// Offer a version again.
+    Clear {
+        #[arg(value_name = "VERSION")]
+        blocked: String,
+    },
+}
+
+/// Why a command did not succeed: usage (2) or the control plane (1).
+enum Fail {
+    Usage(String),
+    Api(String),
+}
+
+pub fn run(a: FleetArgs) -> anyhow::Result<ExitCode> {
+    match run_inner(&a) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(Fail::Usage(m)) => {
+            eprintln!("error: {m}");
+            Ok(ExitCode::from(2))
+        }
+        Err(Fail::Api(m)) => {
+            if a.json {
+                println!("{}", json!({ "error": m }));
+            }
+            eprintln!("error: {m}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// One request: (method, URL, JSON body) to (status, body text), or why no answer.
+type Send = Box<dyn Fn(&str, &str, Option<&str>) -> Result<(u16, String), String>>;
+
+struct Api {
+    base: String,
+    http: Send,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
+        let url = format!("{}{}", self.base, path);
+        let body = body.map(Value::to_string);
+        let (code, text) = (self.http)(method, &url, body.as_deref())
+            .map_err(|e| Fail::Api(format!("control plane unreachable at {url}: {e}")))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        if (200..300).contains(&code) {
+            Ok(v)
+        } else {
+            let msg = v["error"].as_str().map(str::to_string).unwrap_or(text);
+            Err(Fail::Api(format!("{method} {path}: HTTP {code}: {msg}")))
+        }
+    }
+    fn get(&self, path: &str) -> Result<Value, Fail> {
+        self.call("GET", path, None)
+    }
+}
+
+fn connect(a: &FleetArgs) -> Result<Api, Fail> {
+    let token = match &a.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| Fail::Usage(format!("--token-file {}: {e}", f.display())))?
+            .trim()
+            .to_string(),
+        None => std::env::var("MOLT_ADMIN_TOKEN").unwrap_or_default(),
+    };
+    if token.is_empty() {
+        return Err(Fail::Usage(
+            "no admin token: set MOLT_ADMIN_TOKEN or pass --token-file".into(),
+        ));
+    }
+    if !a.url.starts_with("http://") && !a.url.starts_with("https://") {
+        return Err(Fail::Usage(format!(
+            "--url {}: must start with http:// or https://",
+            a.url
+        )));
+    }
+    let cp = molt_deploy::plan::ControlPlane {
+        url: a.url.clone(),
+        token: token.clone(),
+        ca_bundle: a.ca_bundle.clone(),
+        proxy: None,
+    };
+    let agent = cp.http(Duration::from_secs(30)).map_err(Fail::Usage)?;
+    let auth = format!("Bearer {token}");
+    // The deploy runner's client: the same TLS trust rules (web PKI plus --ca-bundle).
+    let http: Send = Box::new(move |method, url, body| {
+        let req = agent
+            .request(method, url)
+            .set("Authorization", &auth)
+            .set("Accept", "application/json");
+        let res = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(e) => match e.into_response() {
+                Some(r) => r,
+                None => return Err("no answer".to_string()),
+            },
+        };
+        let code = resp.status();
+        let text = resp.into_string().map_err(|e| e.to_string())?;
+        Ok((code, text))
+    });
+    Ok(Api {
+        base: a.url.trim_end_matches('/').to_string(),
+        http,
+    })
+}
+
+fn run_inner(a: &FleetArgs) -> Result<(), Fail> {
+    let api = connect(a)?;
+    let out = match &a.cmd {
+        FleetCmd::Status => {
+            let fleet = api.get("/api/v1/admin/fleet")?;
+            let rollout = match api.get("/api/v1/admin/rollouts") {
+                Ok(v) => v,
+                Err(Fail::Api(m)) if m.contains("HTTP 404") => Value::Null,
+                Err(e) => return Err(e),
+            };
+            let blocklist = api.get("/api/v1/admin/blocklist")?;
+            let agents = api.get("/api/v1/admin/agents")?;
+            let mut by_version = std::collections::BTreeMap::<String, u64>::new();
+            let mut by_status = std::collections::BTreeMap::<String, u64>::new();
+            for ag in agents.as_array().into_iter().flatten() {
+                *by_version
+                    .entry(ag["version"].as_str().unwrap_or("-").to_string())
+                    .or_default() += 1;
+                *by_status
+                    .entry(ag["status"].as_str().unwrap_or("-").to_string())
+                    .or_default() += 1;
+            }
+            let v = json!({
+                "fleet": fleet, "rollout": rollout, "blocklist": blocklist,
+                "agents": agents.as_array().map_or(0, Vec::len),
+                "versions": by_version, "statuses": by_status,
+            });
+            if !a.json {
+                println!(
+                    "fleet version: {}",
+                    v["fleet"]["version"].as_str().unwrap_or("(none)")
+                );
+                if let Some(o) = v["fleet"]["override"].as_str() {
+                    println!("override: {o}");
+                }
+                println!("agents: {}", v["agents"]);
+                for (ver, n) in &by_version {
+                    println!("  {n:>6}  {ver}");
+                }
+                for (st, n) in &by_status {
+                    println!("  {n:>6}  {st}");
+                }
+                if !rollout.is_null() {
+                    print_rollout(&rollout);
+                }
+                print_blocklist(&blocklist);
+            }
+            v
+        }
+        FleetCmd::Rollout(RolloutCmd::Create {
+            target,
+            spec,
+            groups,
+        }) => {
+            let mut body = match spec {
+                Some(p) => {
+                    let text = if p.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())
+                            .map_err(|e| Fail::Usage(format!("stdin: {e}")))?
+                    } else {
+                        std::fs::read_to_string(p)
+                            .map_err(|e| Fail::Usage(format!("--spec {}: {e}", p.display())))?
+                    };
+                    serde_json::from_str::<Value>(&text)
+                        .map_err(|e| Fail::Usage(format!("--spec: not JSON: {e}")))?
+                }
+                None => json!({}),
+            };
+            if let Some(v) = target {
+                body["version"] = json!(v);
+            }
+            if !groups.is_empty() {
+                body["groups"] = Value::Array(
+                    groups
+                        .iter()
+                        .map(|g| parse_group(g))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            if body.get("version").is_none() || body.get("groups").is_none() {
+                return Err(Fail::Usage(
+                    "rollout create needs a version and groups (VERSION and --group, or --spec)"
+                        .into(),
+                ));
+            }
+            let v = api.call("POST", "/api/v1/admin/rollouts", Some(&body))?;
+            if !a.json {
+                println!("rollout {} of {} created", v["id"], v["version"]);
+                print_rollout(&v);
+            }
+            v
+        }
+        FleetCmd::Rollout(RolloutCmd::Status { id }) => {
+            let v = match id {
+                Some(id) => api.get(&format!("/api/v1/admin/rollouts/{id}"))?,
+                None => api.get("/api/v1/admin/rollouts")?,
+            };
+            if !a.json {
+                print_rollout(&v);
+            }
+            v
+        }
+        FleetCmd::Rollout(RolloutCmd::Pause { id }) => {
+            transition(&api, a.json, *id, "pause", None)?
+        }
+        FleetCmd::Rollout(RolloutCmd::Resume { id }) => {
+            transition(&api, a.json, *id, "resume", None)?
+        }
+        FleetCmd::Rollout(RolloutCmd::Abort { id, reason }) => {
+            let body = reason.as_ref().map(|r| json!({ "reason": r }));
+            transition(&api, a.json, *id, "abort", body)?
+        }
+        FleetCmd::Blocklist(BlocklistCmd::List) => {
+            let v = api.get("/api/v1/admin/blocklist")?;
+            if !a.json {
+                print_blocklist(&v);
+            }
+            v
+        }
+        FleetCmd::Blocklist(BlocklistCmd::Clear { blocked: version }) => {
+            let v = api.call(
+                "DELETE",
+                &format!("/api/v1/admin/blocklist/{version}"),
+                None,
+            )?;
+            if !a.json {
+                println!("{version} cleared from the blocklist");
+            }
+            v
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn transition(
+    api: &Api,
+    json_out: bool,
+    id: i64,
+    what: &str,
+    body: Option<Value>,
+) -> Result<Value, Fail> {
+    let v = api.call(
+        "POST",
+        &format!("/api/v1/admin/rollouts/{id}/{what}"),
+        Some(&body.unwrap_or_else(|| json!({}))),
+    )?;
+    if !json_out {
+        print_rollout(&v);
+    }
+    Ok(v)
+}
+
+/// `NAME label.K=V… canary=N max_in_flight=N|N% soak_secs=N failure_threshold=N|R`.
+fn parse_group(s: &str) -> Result<Value, Fail> {
+    let mut words = s.split_whitespace();
+    let name = words
+        .next()
+        .ok_or_else(|| Fail::Usage("--group: empty".into()))?;
+    let mut g = json!({ "name": name, "selector": {} });
+    for w in words {
+        let (k, v) = w
+            .split_once('=')
+            .ok_or_else(|| Fail::Usage(format!("--group {name}: `{w}` is not KEY=VALUE")))?;
+        let num = |v: &str| -> Result<Value, Fail> {
+            v.parse::<u64>()
+                .map(Value::from)
+                .or_else(|_| v.parse::<f64>().map(Value::from))
+                .map_err(|_| Fail::Usage(format!("--group {name}: {k}={v} is not a number")))
+        };
+        if let Some(label) = k.strip_prefix("label.") {
+            g["selector"][label] = json!(v);
+            continue;
+        }
+        g[k] = match k {
+            "canary" | "soak_secs" => num(v)?,
+            "max_in_flight" | "failure_threshold" if v.ends_with('%') => json!(v),
+            "max_in_flight" | "failure_threshold" => num(v)?,
+            _ => {
+                return Err(Fail::Usage(format!(
+                    "--group {name}: unknown key `{k}` (label.K, canary, max_in_flight, soak_secs, failure_threshold)"
+                )));
+            }
+        };
+    }
+    Ok(g)
+}
+
+fn print_rollout(v: &Value) {
+    let state = v["state"].as_str().unwrap_or("?");
+    println!(
+        "rollout {} of {}: {state}{}",
+        v["id"],
+        v["version"].as_str().unwrap_or("?"),
+        if v["blocklisted"].as_bool() == Some(true) {
+            " (version blocklisted)"
+        } else {
+            ""
+        }
+    );
+    if let Some(r) = v["reason"].as_str()
+        && matches!(
+            RolloutState::parse(state),
+            Some(RolloutState::Halted | RolloutState::Aborted)
+        )
+    {
+        println!("  reason: {r}");
+    }
+    for g in v["group_progress"].as_array().into_iter().flatten() {
+        println!(
+            "  group {:<16} agents {:>5}  done {:>5}  in flight {:>4}  failed {:>4}  waiting {:>5}{}",
+            g["name"].as_str().unwrap_or("?"),
+            g["agents"],
+            g["done"],
+            g["in_flight"],
+            g["failed"],
+            g["waiting"],
+            match (g["started_at"].as_str(), g["completed_at"].as_str()) {
+                (_, Some(c)) => format!("  completed {c}"),
+                (Some(s), None) => format!("  started {s}"),
+                _ => String::new(),
+            }
+        );
+    }
+}
+
+fn print_blocklist(v: &Value) {
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("blocklist: empty");
+    }
+    for b in list {
+        println!(
+            "blocklisted {}: {}",
+            b["version"].as_str().unwrap_or("?"),
+            b["reason"].as_str().unwrap_or("")
+        );
+    }
+}
