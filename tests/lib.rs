@@ -11,3 +11,8 @@ pub mod systemd;
 /// A private CA and a server certificate, made by openssl.
 #[path = "src/tls.rs"]
 pub mod tls;
+
+/// The workspace's one test kit (`molt-testkit`): the molt binary, keys and
+/// packages, installs through the real `fresh_install`, config, `molt serve`,
+/// processes and waits. The e2e fixtures above are built on it.
+pub use molt_testkit as kit;

@@ -2,12 +2,14 @@
 //! sets per version, a fresh install, a real `molt serve` and real agents.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use molt_bundle::{PackSpec, SigningKey};
+pub use molt_testkit::bin::{molt_bin, repo_root};
+pub use molt_testkit::pki::{Pki, write_tree};
+pub use molt_testkit::proc::{Proc, kill_all_on, pids_on};
+pub use molt_testkit::wait::until as wait_until;
 
 /// A patch of the quebec family (v1), the next patch (v2) and a rome release.
 pub const V1: &str = "quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225";
@@ -16,69 +18,6 @@ pub const V_ROME: &str = "rome-06-10-2021__patch0-06-20-2021_07-01-2021_0900";
 pub const ADMIN: &str = "admin-token-for-tests";
 pub const AGENT: &str = "agent1";
 pub const TOKEN: &str = "agent1-token-for-tests";
-
-/// The `molt` binary under test: `$MOLT_BIN`, else the one beside the test
-/// executable (`target/<profile>/molt`). Every e2e test uses this one.
-pub fn molt_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOLT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join("molt");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first with `cargo build -p molt` (or set MOLT_BIN)",
-        p.display()
-    );
-    p
-}
-
-/// The repo root (tests/..).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A TEST signing key and the single-key root that trusts it.
-pub struct Pki {
-    pub key: SigningKey,
-    pub root_path: PathBuf,
-}
-
-impl Pki {
-    pub fn new(dir: &Path) -> Pki {
-        std::fs::create_dir_all(dir).unwrap();
-        let (key, _pk8) = SigningKey::generate().unwrap();
-        let root = molt_bundle::editor::single_key_root(
-            &key,
-            molt_bundle::chrono::Utc::now() + molt_bundle::chrono::Duration::days(30),
-        )
-        .unwrap();
-        let root_path = dir.join("root.json");
-        std::fs::write(&root_path, root.to_json_pretty().unwrap()).unwrap();
-        Pki { key, root_path }
-    }
-
-    /// Pack every file under `src` as package `name` and sign it.
-    pub fn pack(
-        &self,
-        src: &Path,
-        name: &str,
-        out_dir: &Path,
-        components: Vec<molt_bundle::Component>,
-    ) -> PathBuf {
-        std::fs::create_dir_all(out_dir).unwrap();
-        let mut spec = PackSpec::from_buildstamp(name, 1).unwrap();
-        spec.components = components;
-        let out = out_dir.join(name);
-        molt_bundle::pack_dir(src, &spec, &out).unwrap();
-        molt_bundle::sign_bundle(&out, &[&self.key]).unwrap();
-        out
-    }
-}
 
 /// Files of the core payload of `version`: bin/molt (a script), lib files (one
 /// changes in every version), conf defaults.
@@ -114,17 +53,6 @@ pub fn noise(n: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-fn write_tree(dir: &Path, files: &[(String, Vec<u8>, u32)]) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_dir_all(dir);
-    for (p, data, mode) in files {
-        let f = dir.join(p);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(&f, data).unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode)).unwrap();
-    }
 }
 
 /// The committed prebuilt bundles (or `$MOLT_SIGNED_BUNDLES`).
@@ -262,7 +190,7 @@ pub fn package_set(
     let usrc = work.join(format!("src-upgrade-{version}"));
     write_tree(
         &usrc,
-        &[("bin/molt".into(), std::fs::read(molt_bin()).unwrap(), 0o755)],
+        &[("bin/molt", std::fs::read(molt_bin()).unwrap(), 0o755)],
     );
     let upgrade = pki.pack(
         &usrc,
@@ -298,101 +226,22 @@ pub fn package_set(
     }
 }
 
-/// A fresh install of `core` at `home`: `versions/<v>/` with the payload and
-/// `meta/core.meta.json`, `current` pointing at it, the trust root in `state/`.
+/// A fresh install of `core` at `home` through the kit (the real
+/// `fresh_install`): `versions/<v>/` with the payload and its meta, `current`
+/// pointing at it, the trust root in `state/`.
 pub fn fresh_install(home: &Path, pki: &Pki, core: &Path, version: &str) {
-    let root = molt_bundle::SignedRoot::load(&pki.root_path).unwrap();
-    let v = molt_bundle::verify_bundle(core, &root, &Default::default()).unwrap();
-    let vdir = home.join("versions").join(version);
-    molt_bundle::extract(&v, core, &vdir, &Default::default()).unwrap();
-    let files = v
-        .manifest
-        .entries
-        .iter()
-        .map(|e| {
-            (
-                e.path.clone(),
-                molt_layout::FileMeta {
-                    size: e.size,
-                    sha256: e.sha256.clone(),
-                    mode: e.mode,
-                },
-            )
-        })
-        .collect();
-    let meta = molt_layout::InstalledPackage {
-        kind: "core".into(),
-        name: core.file_name().unwrap().to_string_lossy().into_owned(),
-        version: version.into(),
-        files,
-    };
-    molt_layout::write_json_atomic(&vdir.join("meta").join("core.meta.json"), &meta).unwrap();
-    std::os::unix::fs::symlink(format!("versions/{version}"), home.join("current")).unwrap();
-    std::fs::create_dir_all(home.join("state")).unwrap();
-    std::fs::copy(&pki.root_path, home.join("state").join("root.json")).unwrap();
+    fresh_install_packages(home, pki, version, &[core]);
 }
 
-/// Write `<home>/config.toml`.
+/// Write `<home>/config.toml` for [`AGENT`] (short download backoff).
 pub fn write_config(home: &Path, url: &str, extra: &str) {
-    std::fs::create_dir_all(home).unwrap();
-    let text = format!(
-        "control_plane_url = \"{url}\"\nagent_name = \"{AGENT}\"\ntoken = \"{TOKEN}\"\nheartbeat_secs = 1\ntest_download_backoff_ms = 100\n{extra}"
+    molt_testkit::config::write_config(
+        home,
+        url,
+        AGENT,
+        TOKEN,
+        &format!("test_download_backoff_ms = 100\n{extra}"),
     );
-    std::fs::write(home.join("config.toml"), text).unwrap();
-}
-
-/// A child process killed on drop.
-pub struct Proc {
-    pub child: Child,
-    pub name: String,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    /// SIGTERM, then wait up to 10 s, then SIGKILL.
-    pub fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc_kill(self.child.id() as i32, 15) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-    /// Wait for exit, bounded.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
-    }
 }
 
 /// A running `molt serve`.
@@ -405,55 +254,7 @@ pub struct Server {
 
 /// Start `molt serve` on 127.0.0.1:`port` (0 = any) with the agent and fleet version.
 pub fn start_server(dir: &Path, packages: &Path, fleet: &str, port: u16, extra: &[&str]) -> Server {
-    std::fs::create_dir_all(dir).unwrap();
-    let db = dir.join("cp.db");
-    let mut cmd = Command::new(molt_bin());
-    cmd.args(["serve", "--db"])
-        .arg(&db)
-        .arg("--packages")
-        .arg(packages)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-token",
-            ADMIN,
-            "--fleet-version",
-            fleet,
-        ])
-        .args(["--bootstrap-agent", &format!("{AGENT}:{TOKEN}")])
-        .args(extra)
-        .env("MOLT_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join(format!("serve-{port}.log"))).unwrap());
-    let mut child = cmd.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("http://") {
-                let _ = tx.send(line[i..].trim().to_string());
-            }
-        }
-    });
-    let log = dir.join(format!("serve-{port}.log"));
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|e| {
-            panic!(
-                "molt serve did not print its URL within 30 s ({e}):\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-    Server {
-        proc: Proc {
-            child,
-            name: "serve".into(),
-        },
-        url,
-        db,
-        packages: packages.to_path_buf(),
-    }
+    start_server_with_env(dir, packages, fleet, port, extra, &[])
 }
 
 /// Start `molt agent --home H`.
@@ -467,42 +268,15 @@ pub fn start_agent(home: &Path) -> Proc {
         .stderr(std::fs::File::create(home.join("agent.stderr")).unwrap())
         .spawn()
         .unwrap();
-    Proc {
-        child,
-        name: "agent".into(),
-    }
+    Proc::new(child, "agent")
 }
 
 /// Wait until `<home>/logs/agent.log` contains `needle` (bounded); returns the log.
 pub fn wait_log(home: &Path, needle: &str, limit: Duration) -> String {
-    let log = home.join("logs").join("agent.log");
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        if start.elapsed() > limit {
-            let err = std::fs::read_to_string(home.join("agent.stderr")).unwrap_or_default();
-            panic!(
-                "`{needle}` not in {} after {limit:?}:\n{text}\n--- stderr ---\n{err}",
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Wait for a condition (bounded).
-pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    molt_testkit::wait::file_contains(&home.join("logs").join("agent.log"), needle, limit, || {
+        let err = std::fs::read_to_string(home.join("agent.stderr")).unwrap_or_default();
+        format!("--- stderr ---\n{err}")
+    })
 }
 
 /// GET an admin endpoint as JSON (blocking, via a small runtime).
@@ -510,29 +284,58 @@ pub fn admin_get(url: &str, path: &str) -> serde_json::Value {
     admin(url, reqwest::Method::GET, path, None)
 }
 
-/// Any admin call.
+/// One blocking HTTP call (via a small runtime): `method <url><path>` with
+/// bearer `token` and the JSON `body` if any; (status, body text).
+pub fn http_call(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut r = reqwest::Client::new()
+            .request(method, format!("{url}{path}"))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    })
+}
+
+/// Any admin call (as [`ADMIN`]); panics on a non-2xx answer.
 pub fn admin(
     url: &str,
     method: reqwest::Method,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = reqwest::Client::new();
-        let mut r = c.request(method, format!("{url}{path}")).bearer_auth(ADMIN);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(status.is_success(), "{path}: HTTP {status}: {text}");
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-    })
+    admin_as(url, ADMIN, method, path, body)
+}
+
+/// An admin call with `token`; panics on a non-2xx answer, else its JSON
+/// (Null if it is none).
+pub fn admin_as(
+    url: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let m = method.clone();
+    let (status, text) = http_call(url, method, path, token, body);
+    assert!(
+        (200..300).contains(&status),
+        "{m} {path}: HTTP {status}: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
 
 /// The agent's upgrade attempts (newest first, as the control plane lists them).
@@ -551,6 +354,15 @@ pub fn stage_state(attempt: &serde_json::Value, stage: &str) -> Option<String> {
         .find(|s| s["stage"] == stage)
         .and_then(|s| s["state"].as_str())
         .map(str::to_string)
+}
+
+/// Assert that `stage` of `attempt` ended (or stands) in `state`.
+pub fn assert_stage(attempt: &serde_json::Value, stage: &str, state: &str) {
+    assert_eq!(
+        stage_state(attempt, stage).as_deref(),
+        Some(state),
+        "{stage}: {attempt:#}"
+    );
 }
 
 /// The agent's status as the control plane shows it.
@@ -587,9 +399,12 @@ pub fn pack_files(
     name: &str,
     files: &[(String, Vec<u8>, u32)],
 ) -> PathBuf {
-    let src = work.join(format!("src-{name}"));
-    write_tree(&src, files);
-    pki.pack(&src, name, out_dir, vec![])
+    pki.pack_files(
+        &work.join(format!("src-{name}")),
+        files,
+        &out_dir.join(name),
+        Default::default(),
+    )
 }
 
 /// Core and upgrade packages of `version` in `out_dir`; the core's `bin/molt`
@@ -684,109 +499,27 @@ pub fn side_bundle(pki: &Pki, work: &Path, out_dir: &Path, kind: &str, version: 
 }
 
 /// A fresh install of `version` made of `packages` (core first, then e.g. a
-/// runtime): each extracted into `versions/<v>/` with `meta/<kind>.meta.json`,
-/// `current` pointing at it, the trust root in `state/`.
+/// runtime) through the kit (the real `fresh_install`): `versions/<v>/` with
+/// each package's meta, `current` pointing at it, the trust root in `state/`.
 pub fn fresh_install_packages(home: &Path, pki: &Pki, version: &str, packages: &[&Path]) {
-    let root = molt_bundle::SignedRoot::load(&pki.root_path).unwrap();
-    let vdir = home.join("versions").join(version);
-    for p in packages {
-        let v = molt_bundle::verify_bundle(p, &root, &Default::default()).unwrap();
-        molt_bundle::extract(&v, p, &vdir, &Default::default()).unwrap();
-        let files = v
-            .manifest
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    e.path.clone(),
-                    molt_layout::FileMeta {
-                        size: e.size,
-                        sha256: e.sha256.clone(),
-                        mode: e.mode,
-                    },
-                )
-            })
-            .collect();
-        let kind = v.manifest.kind.as_str().to_string();
-        let meta = molt_layout::InstalledPackage {
-            kind: kind.clone(),
-            name: p.file_name().unwrap().to_string_lossy().into_owned(),
-            version: v.buildstamp.version.to_string(),
-            files,
-        };
-        molt_layout::write_json_atomic(&vdir.join("meta").join(format!("{kind}.meta.json")), &meta)
-            .unwrap();
-    }
-    std::os::unix::fs::symlink(format!("versions/{version}"), home.join("current")).unwrap();
-    std::fs::create_dir_all(home.join("state")).unwrap();
-    std::fs::copy(&pki.root_path, home.join("state").join("root.json")).unwrap();
+    let (_, v) = molt_testkit::install::install(home, &pki.root, packages);
+    assert_eq!(v, version, "the packages are of another version");
 }
 
 /// Start the built-in supervisor `molt run --home H --stop-timeout 5` with
 /// `env` added (it passes its environment on to the agent it starts, and the
 /// agent to the runner). Its output goes to `<home>/supervisor.out`.
 pub fn start_supervisor(home: &Path, env: &[(&str, &str)]) -> Proc {
-    std::fs::create_dir_all(home).unwrap();
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.join("supervisor.out"))
-        .unwrap();
-    let child = Command::new(molt_bin())
-        .args(["run", "--stop-timeout", "5", "--home"])
-        .arg(home)
-        .envs(env.iter().copied())
-        .env("MOLT_LOG", "info")
-        .env_remove("MOLT_HOME")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    Proc {
-        child,
-        name: "supervisor".into(),
-    }
-}
-
-/// The pids of the processes whose command line names `home` as their home
-/// (`--home <home>`): the agents, supervisors and runners a test started there.
-pub fn pids_on(home: &Path) -> Vec<u32> {
-    let home = home.to_string_lossy().into_owned();
-    let me = std::process::id();
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args
-            .windows(2)
-            .any(|w| w[0] == b"--home" && w[1] == home.as_bytes())
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// SIGKILL every process [`pids_on`] finds for `home` (detached runners
-/// included), by pid.
-pub fn kill_all_on(home: &Path) {
-    for pid in pids_on(home) {
-        // SAFETY: kill(2) on a pid this test started (its command line names
-        // the test's own temporary home).
-        unsafe { libc_kill(pid as i32, 9) };
-    }
+    let home_arg = home.to_string_lossy().into_owned();
+    let child = molt_testkit::bin::molt_logged(
+        &home.join("supervisor.out"),
+        &["run", "--stop-timeout", "5", "--home", &home_arg],
+    )
+    .envs(env.iter().copied())
+    .env("MOLT_LOG", "info")
+    .spawn()
+    .unwrap();
+    Proc::new(child, "supervisor")
 }
 
 /// `<home>/work/agent.status.json`, if readable.
@@ -825,55 +558,23 @@ pub fn start_server_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Server {
-    std::fs::create_dir_all(dir).unwrap();
-    let db = dir.join("cp.db");
-    let log = dir.join(format!("serve-{port}.log"));
-    let mut child = Command::new(molt_bin())
-        .args(["serve", "--db"])
-        .arg(&db)
-        .arg("--packages")
-        .arg(packages)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-token",
-            ADMIN,
-            "--fleet-version",
-            fleet,
-        ])
-        .args(["--bootstrap-agent", &format!("{AGENT}:{TOKEN}")])
-        .args(extra)
-        .envs(env.iter().copied())
-        .env("MOLT_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("http://") {
-                let _ = tx.send(line[i..].trim().to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|e| {
-            panic!(
-                "molt serve did not print its URL within 30 s ({e}):\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+    let mut args = vec!["--fleet-version".to_string(), fleet.to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let s = molt_testkit::serve::Serve {
+        dir,
+        packages,
+        port,
+        admin_token: ADMIN,
+        agent: (AGENT, TOKEN),
+        args,
+        env,
+        log: format!("serve-{port}.log"),
+    }
+    .start();
     Server {
-        proc: Proc {
-            child,
-            name: "serve".into(),
-        },
-        url,
-        db,
+        proc: s.proc,
+        url: s.url,
+        db: s.db,
         packages: packages.to_path_buf(),
     }
 }

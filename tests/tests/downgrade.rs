@@ -18,8 +18,7 @@ mod ops_common;
 use std::path::Path;
 use std::time::Duration;
 
-use molt_bundle::chrono::{Duration as CDuration, Utc};
-use molt_bundle::{SignedRoot, SigningKey};
+use molt_bundle::SignedRoot;
 use ops_common::*;
 use serde_json::{Value, json};
 
@@ -117,18 +116,11 @@ fn molt_ok(args: &[&str]) -> String {
 #[test]
 fn a_control_plane_rollback_downgrades_within_the_floor_and_a_replay_below_it_is_refused() {
     // A kit whose root key is also on disk (the operator's `molt root` needs it).
-    let (key, pk8) = SigningKey::generate().unwrap();
-    let root =
-        molt_bundle::editor::single_key_root(&key, Utc::now() + CDuration::days(30)).unwrap();
-    let k = Kit {
-        dir: tempfile::tempdir().unwrap(),
-        key,
-        root,
-    };
+    let k = Kit::new();
     let pki = k.dir.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
     let key_file = pki.join("root.pk8");
-    std::fs::write(&key_file, &pk8).unwrap();
+    std::fs::write(&key_file, &k.pk8).unwrap();
     let root1 = pki.join("root-1.json");
     std::fs::write(&root1, k.root.to_json_pretty().unwrap()).unwrap();
 

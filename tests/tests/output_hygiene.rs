@@ -82,19 +82,11 @@ fn assert_no_escape_in_logs(dir: &Path) -> Vec<String> {
 
 /// GET (or POST with `body`) `path` with a bearer token; (status, body).
 fn http(url: &str, token: &str, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = reqwest::Client::new();
-        let req = match body {
-            Some(b) => c.post(format!("{url}{path}")).json(&b),
-            None => c.get(format!("{url}{path}")),
-        };
-        let r = req.bearer_auth(token).send().await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    })
+    let method = match body {
+        Some(_) => reqwest::Method::POST,
+        None => reqwest::Method::GET,
+    };
+    molt_e2e::agent_fx::http_call(url, method, path, token, body)
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! Shared set-up for the operator-tool tests: the real `molt` binary, real
 //! signed packages (with the real `molt` binary as the core package's
 //! `bin/molt`), real installs laid out the way molt-deploy lays them out.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use molt_bundle::chrono::{Duration as CDuration, Utc};
-use molt_bundle::{PackSpec, SignedRoot, SigningKey, pack_dir, sign_bundle};
-use molt_layout::{FileMeta, Home, InstalledPackage};
+use molt_layout::{Home, InstalledPackage};
+pub use molt_testkit::pki::{PackOpts, Pki, copy_tree};
+pub use molt_testkit::proc::alive;
+pub use molt_testkit::wait::{contains as file_contains, until as wait_for};
 
 pub const V1: &str = "vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815";
 pub const V2: &str = "vancouver-06-01-2023__patch3-08-01-2023_08-02-2023_0900";
@@ -19,7 +20,7 @@ pub const STOCK_CERT: &str =
 pub const CUSTOM_CERT: &str =
     "-----BEGIN CERTIFICATE-----\nQ1VTVE9NIElOVEVSTkFMIENB\n-----END CERTIFICATE-----\n";
 
-pub use molt_e2e::agent_fx::molt_bin;
+pub use molt_testkit::bin::{molt, molt_bin, molt_logged};
 
 pub fn host_os() -> &'static str {
     std::env::consts::OS
@@ -29,46 +30,25 @@ pub fn host_arch() -> String {
     std::env::consts::ARCH.replace('_', "-")
 }
 
-/// A signing key, its single-key root and a scratch dir.
-pub struct Kit {
-    pub dir: tempfile::TempDir,
-    pub key: SigningKey,
-    pub root: SignedRoot,
+/// The test kit's [`molt_testkit::pki::Kit`] (a scratch dir, a key and its
+/// root in `<dir>/root.json`) with the operator tests' packages and installs.
+pub struct Kit(pub molt_testkit::pki::Kit);
+
+impl std::ops::Deref for Kit {
+    type Target = molt_testkit::pki::Kit;
+    fn deref(&self) -> &molt_testkit::pki::Kit {
+        &self.0
+    }
 }
 
 impl Kit {
     pub fn new() -> Kit {
-        let key = SigningKey::generate().unwrap().0;
-        let root =
-            molt_bundle::editor::single_key_root(&key, Utc::now() + CDuration::days(30)).unwrap();
-        Kit {
-            dir: tempfile::tempdir().unwrap(),
-            key,
-            root,
-        }
+        Kit(molt_testkit::pki::Kit::new())
     }
 
     /// Pack and sign a directory of `files` (path, content, mode) as `name`.
     pub fn package(&self, name: &str, files: &[(&str, Vec<u8>, u32)], sequence: u64) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let src = self.dir.path().join(format!("src-{name}"));
-        let _ = std::fs::remove_dir_all(&src);
-        for (rel, data, mode) in files {
-            let p = src.join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, data).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
-        }
-        let out = self.dir.path().join("packages").join(name);
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        pack_dir(
-            &src,
-            &PackSpec::from_buildstamp(name, sequence).unwrap(),
-            &out,
-        )
-        .unwrap();
-        sign_bundle(&out, &[&self.key]).unwrap();
-        out
+        self.pack(name, files, PackOpts::seq(sequence))
     }
 
     /// The core package of `v`: the real `molt` binary as `bin/molt`.
@@ -104,86 +84,26 @@ impl Kit {
 
     /// Verify and extract packages into `dest`, returning their installed meta.
     pub fn extract(&self, pkgs: &[PathBuf], dest: &Path) -> Vec<InstalledPackage> {
-        let mut out = Vec::new();
-        for p in pkgs {
-            let v = molt_bundle::verify_bundle(p, &self.root, &Default::default()).unwrap();
-            let tmp = self.dir.path().join("x").join(v.manifest.kind.as_str());
-            let _ = std::fs::remove_dir_all(&tmp);
-            molt_bundle::extract(&v, p, &tmp, &Default::default()).unwrap();
-            copy_tree(&tmp, dest);
-            out.push(InstalledPackage {
-                kind: v.manifest.kind.as_str().into(),
-                name: v.buildstamp.to_string(),
-                version: v.buildstamp.version.to_string(),
-                files: v
-                    .manifest
-                    .entries
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.path.clone(),
-                            FileMeta {
-                                size: e.size,
-                                sha256: e.sha256.clone(),
-                                mode: e.mode,
-                            },
-                        )
-                    })
-                    .collect(),
-            });
-        }
-        out
+        pkgs.iter()
+            .map(|p| {
+                let tmp = tempfile::tempdir_in(self.dir.path()).unwrap();
+                let m = molt_testkit::install::extract(p, &self.root, tmp.path());
+                copy_tree(tmp.path(), dest);
+                m
+            })
+            .collect()
     }
 
-    /// An install of `v` (core + runtime): `versions/<v>` with meta, `current`,
-    /// the trusted root in `state/`, a config.toml pointing at `cp_url`, and a
-    /// conf/ override.
+    /// An install of `v` (core + runtime) through the real `fresh_install`:
+    /// `versions/<v>` with meta, `current`, the trusted root in `state/`, a
+    /// config.toml pointing at `cp_url`, and a conf/ override.
     pub fn install(&self, home: &Path, v: &str, cp_url: &str) -> Home {
-        let h = Home::new(home);
-        let vdir = h.version_dir(v);
-        let metas = self.extract(&[self.core(v, 1), self.runtime(v, 1)], &vdir);
-        std::fs::create_dir_all(vdir.join("meta")).unwrap();
-        for m in &metas {
-            std::fs::write(
-                vdir.join("meta").join(format!("{}.meta.json", m.kind)),
-                serde_json::to_vec_pretty(m).unwrap(),
-            )
-            .unwrap();
-        }
-        std::os::unix::fs::symlink(format!("versions/{v}"), h.current_link()).unwrap();
-        for d in [h.state_dir(), h.conf_dir(), h.logs_dir(), h.work_dir()] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        std::fs::write(
-            h.state_dir().join("root.json"),
-            self.root.to_json_pretty().unwrap(),
-        )
-        .unwrap();
-        write_config(&h, cp_url, "agent-token-0123456789");
-        std::fs::write(h.conf_dir().join("overrides.toml"), "threads = 7\n").unwrap();
-        h
+        self.install_packages(home, v, cp_url, &[self.core(v, 1), self.runtime(v, 1)])
     }
 }
 
 pub fn write_config(h: &Home, cp_url: &str, token: &str) {
-    std::fs::write(
-        h.config_file(),
-        format!("control_plane_url = \"{cp_url}\"\nagent_name = \"a1\"\ntoken = \"{token}\"\nheartbeat_secs = 1\nhandover_wait_secs = 20\n"),
-    )
-    .unwrap();
-}
-
-pub fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
+    molt_testkit::config::write_config(h.root(), cp_url, "a1", token, "handover_wait_secs = 20\n");
 }
 
 /// A port nothing listens on.
@@ -194,15 +114,6 @@ pub fn closed_port_url() -> String {
         .unwrap()
         .port();
     format!("http://127.0.0.1:{port}")
-}
-
-/// Run `molt <args>` to completion.
-pub fn molt(args: &[&str]) -> Output {
-    Command::new(molt_bin())
-        .args(args)
-        .env_remove("MOLT_HOME")
-        .output()
-        .unwrap()
 }
 
 /// `molt diagnose --home H [extra]`: (exit code, stdout).
@@ -244,56 +155,11 @@ impl Drop for Proc {
 
 /// Start `molt <args>` with stdout and stderr appended to `log`.
 pub fn spawn_logged(args: &[&str], log: &Path) -> Proc {
-    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(molt_bin())
-        .args(args)
-        .env_remove("MOLT_HOME")
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-/// Wait until `f` holds, or panic with `what` after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-pub fn file_contains(p: &Path, s: &str) -> bool {
-    std::fs::read_to_string(p)
-        .map(|t| t.contains(s))
-        .unwrap_or(false)
+    Proc(molt_logged(log, args).spawn().unwrap())
 }
 
 pub fn sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-}
-
-pub fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true)
+    molt_testkit::proc::signal(pid, "TERM");
 }
 
 // ---------------------------------------------------------------------------
@@ -310,25 +176,6 @@ pub fn launcher() -> Vec<u8> {
     format!("#!/bin/sh\nexec '{}' \"$@\"\n", molt_bin().display()).into_bytes()
 }
 
-/// How a package is packed: which key signs it and what to change in its spec.
-pub struct PackOpts<'a> {
-    pub sequence: u64,
-    pub signer: Option<&'a SigningKey>,
-    pub expires: Option<molt_bundle::chrono::DateTime<Utc>>,
-    pub components: Vec<molt_bundle::Component>,
-}
-
-impl Default for PackOpts<'_> {
-    fn default() -> Self {
-        PackOpts {
-            sequence: 1,
-            signer: None,
-            expires: None,
-            components: Vec::new(),
-        }
-    }
-}
-
 impl Kit {
     /// The directory the control plane serves (every package the kit makes).
     pub fn packages_dir(&self) -> PathBuf {
@@ -338,27 +185,13 @@ impl Kit {
     /// Pack `files` (or the tree at `src` when `files` is empty) as `name` into
     /// the packages dir, signed by the kit's key unless `o.signer` says otherwise.
     pub fn pack(&self, name: &str, files: &[(&str, Vec<u8>, u32)], o: PackOpts<'_>) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
         let src = self.dir.path().join(format!("src-{name}"));
-        if !files.is_empty() {
-            let _ = std::fs::remove_dir_all(&src);
-            for (rel, data, mode) in files {
-                let p = src.join(rel);
-                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(&p, data).unwrap();
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
-            }
-        }
         let out = self.packages_dir().join(name);
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        let mut spec = PackSpec::from_buildstamp(name, o.sequence).unwrap();
-        if let Some(e) = o.expires {
-            spec.expires = e;
+        if files.is_empty() {
+            self.0.pki.pack_with(&src, &out, o)
+        } else {
+            self.0.pki.pack_files(&src, files, &out, o)
         }
-        spec.components = o.components;
-        pack_dir(&src, &spec, &out).unwrap();
-        sign_bundle(&out, &[o.signer.unwrap_or(&self.key)]).unwrap();
-        out
     }
 
     /// Core package of `v` with the launcher as `bin/molt` (plus `extra` files).
@@ -414,18 +247,9 @@ impl Kit {
 
     /// An install of `v` made of `pkgs` (as [`Kit::install`] lays it out).
     pub fn install_packages(&self, home: &Path, v: &str, cp_url: &str, pkgs: &[PathBuf]) -> Home {
-        let h = Home::new(home);
-        self.place_version(&h, v, pkgs);
-        std::os::unix::fs::symlink(format!("versions/{v}"), h.current_link()).unwrap();
-        for d in [h.state_dir(), h.conf_dir(), h.logs_dir(), h.work_dir()] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        std::fs::write(
-            h.state_dir().join("root.json"),
-            self.root.to_json_pretty().unwrap(),
-        )
-        .unwrap();
-        write_config(&h, cp_url, "agent-token-0123456789");
+        let (h, installed) = molt_testkit::install::install(home, &self.root, pkgs);
+        assert_eq!(installed, v, "the packages are of another version");
+        write_config(&h, cp_url, AGENT_TOKEN);
         std::fs::write(h.conf_dir().join("overrides.toml"), "threads = 7\n").unwrap();
         h
     }
@@ -434,14 +258,7 @@ impl Kit {
     pub fn place_version(&self, h: &Home, v: &str, pkgs: &[PathBuf]) {
         let vdir = h.version_dir(v);
         let metas = self.extract(pkgs, &vdir);
-        std::fs::create_dir_all(vdir.join("meta")).unwrap();
-        for m in &metas {
-            std::fs::write(
-                vdir.join("meta").join(format!("{}.meta.json", m.kind)),
-                serde_json::to_vec_pretty(m).unwrap(),
-            )
-            .unwrap();
-        }
+        molt_testkit::install::write_metas(&vdir, &metas);
     }
 
     /// An install of `v` with a light core and a runtime.
@@ -511,24 +328,16 @@ impl Kit {
 /// --home H --plan P`, output to `runner.log` beside the plan), with `env`.
 /// Returns its exit code (0 Complete, 2 Rolled Back, 3 Failed, 1 error).
 pub fn run_deploy(h: &Home, plan: &Path, env: &[(&str, &str)]) -> i32 {
-    let log = plan.parent().unwrap().join("runner.log");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let st = Command::new(molt_bin())
-        .args(["deploy", "--home"])
-        .arg(h.root())
-        .arg("--plan")
-        .arg(plan)
-        .envs(env.iter().copied())
-        .env_remove("MOLT_HOME")
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .status()
-        .unwrap();
+    let st = molt_logged(
+        &plan.parent().unwrap().join("runner.log"),
+        &["deploy", "--home"],
+    )
+    .arg(h.root())
+    .arg("--plan")
+    .arg(plan)
+    .envs(env.iter().copied())
+    .status()
+    .unwrap();
     st.code().unwrap_or(-1)
 }
 
@@ -544,80 +353,34 @@ pub const AGENT_TOKEN: &str = "agent-token-0123456789";
 
 /// A running `molt serve`.
 pub struct Cp {
-    pub proc: Proc,
+    pub proc: molt_testkit::proc::Proc,
     pub url: String,
 }
 
 /// Start a real `molt serve` on 127.0.0.1 serving `packages`, agent `a1` known,
 /// with `extra` arguments (e.g. `--fleet-version V`). Its log is `<dir>/serve.log`.
 pub fn serve(dir: &Path, packages: &Path, extra: &[&str]) -> Cp {
-    use std::io::{BufRead, BufReader};
-    std::fs::create_dir_all(dir).unwrap();
-    let mut child = Command::new(molt_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN_TOKEN,
-        ])
-        .args(["--bootstrap-agent", &format!("a1:{AGENT_TOKEN}")])
-        .arg("--db")
-        .arg(dir.join("cp.db"))
-        .arg("--packages")
-        .arg(packages)
-        .args(extra)
-        .env_remove("MOLT_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining stdout so the server never writes into a closed pipe.
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(u) = l.strip_prefix("control plane listening on ") {
-                let _ = tx.send(u.trim().to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| {
-            panic!(
-                "molt serve did not print its URL: {}",
-                std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
-            )
-        });
-    Cp { proc, url }
+    let s = molt_testkit::serve::Serve {
+        dir,
+        packages,
+        port: 0,
+        admin_token: ADMIN_TOKEN,
+        agent: ("a1", AGENT_TOKEN),
+        args: extra.iter().map(|a| a.to_string()).collect(),
+        env: &[],
+        log: "serve.log".into(),
+    }
+    .start();
+    Cp {
+        proc: s.proc,
+        url: s.url,
+    }
 }
 
 /// One admin API call (JSON in and out); panics on a non-2xx answer.
 pub fn admin(url: &str, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let resp = reqwest::Client::new()
-            .request(m, format!("{url}{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(
-            status.is_success(),
-            "{method} {path}: HTTP {status}: {text}"
-        );
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-    })
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    molt_e2e::agent_fx::admin_as(url, ADMIN_TOKEN, m, path, Some(body))
 }
 
 /// Rewrite config.toml: the kit's settings plus `extra` lines (short download
@@ -646,40 +409,49 @@ impl Drop for Agent {
 /// Start the real agent on `h` (stderr to `logs/agent.console.log`, as the
 /// supervisor does), with `env`.
 pub fn start_agent(h: &Home, env: &[(&str, &str)]) -> Agent {
-    std::fs::create_dir_all(h.logs_dir()).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(h.logs_dir().join("agent.console.log"))
-        .unwrap();
-    let child = Command::new(molt_bin())
-        .args(["agent", "--home"])
-        .arg(h.root())
-        .envs(env.iter().copied())
-        .env_remove("MOLT_HOME")
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
+    let child = molt_logged(
+        &h.logs_dir().join("agent.console.log"),
+        &["agent", "--home"],
+    )
+    .arg(h.root())
+    .envs(env.iter().copied())
+    .spawn()
+    .unwrap();
     Agent(child, h.clone())
 }
 
 /// Wait until `logs/agent.log` holds `needle`; returns the log.
 pub fn wait_agent_log(h: &Home, needle: &str, limit: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let t = std::fs::read_to_string(h.agent_log()).unwrap_or_default();
-        if t.contains(needle) {
-            return t;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "`{needle}` not in the agent log after {limit:?}:\n{t}\n--- console ---\n{}",
-            std::fs::read_to_string(h.logs_dir().join("agent.console.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    molt_testkit::wait::file_contains(&h.agent_log(), needle, limit, || {
+        let console = h.logs_dir().join("agent.console.log");
+        format!(
+            "--- console ---\n{}",
+            std::fs::read_to_string(console).unwrap_or_default()
+        )
+    })
+}
+
+/// What the agent logs when its download failed.
+pub const DOWNLOAD_FAILED: &str = "Upgrade History stage Download Upgrade Packages: Failed";
+
+/// Wait (`limit` at most) until the agent on `h` reports its download failed.
+pub fn wait_download_failed(h: &Home, limit: Duration) -> String {
+    wait_agent_log(h, DOWNLOAD_FAILED, limit)
+}
+
+/// Start the agent on `h`, wait (`limit` at most) until its download
+/// failed, and stop it.
+pub fn run_agent_until_download_failed(h: &Home, limit: Duration) -> String {
+    run_agent_until(h, DOWNLOAD_FAILED, limit)
+}
+
+/// Start the agent on `h`, wait (`limit` at most) until its log holds
+/// `needle`, and stop it; returns the log.
+pub fn run_agent_until(h: &Home, needle: &str, limit: Duration) -> String {
+    let agent = start_agent(h, &[]);
+    let log = wait_agent_log(h, needle, limit);
+    drop(agent);
+    log
 }
 
 /// A supervisor (`molt run`) on an install; on drop it and every agent,
@@ -751,42 +523,12 @@ impl Drop for Service {
 /// <h>`): the agents, supervisors and runners this test started there, even
 /// detached ones. Nothing else is touched.
 pub fn kill_all_of(h: &Home) {
-    let home = h.root().to_string_lossy().into_owned();
-    let me = std::process::id();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args
-            .windows(2)
-            .any(|w| w[0] == b"--home" && w[1] == home.as_bytes())
-        {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
-        }
-    }
+    molt_testkit::proc::kill_all_on(h.root());
 }
 
 /// Send `sig` (e.g. "STOP", "CONT") to `pid`.
 pub fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -{sig} {pid}");
+    assert!(molt_testkit::proc::signal(pid, sig), "kill -{sig} {pid}");
 }
 
 /// The finding `id` of a `molt diagnose --json` answer.

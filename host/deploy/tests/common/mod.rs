@@ -13,21 +13,8 @@ use std::time::{Duration, Instant};
 use molt_deploy::plan::{DeployOptions, DeployPlan};
 use molt_layout::{FileMeta, Home, InstalledPackage};
 
-/// The real `molt` binary next to this test's target dir (`cargo build -p molt` first).
-pub fn molt_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("MOLT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join("molt");
-    assert!(
-        p.is_file(),
-        "the molt binary is missing at {}: build it first with `cargo build -p molt` (same CARGO_TARGET_DIR)",
-        p.display()
-    );
-    p
-}
+/// The real `molt` binary (the test kit's: `$MOLT_BIN`, else beside the test).
+pub use molt_testkit::bin::molt_bin;
 
 /// How a stand-in agent behaves.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -235,6 +222,43 @@ impl TestHome {
         }
     }
 
+    /// Start the real supervisor and wait until the agent of `version` is
+    /// Up; its pid.
+    pub fn start_up(&mut self, version: &str) -> u32 {
+        self.start_supervisor();
+        self.wait_up(version, Duration::from_secs(30)).unwrap()
+    }
+
+    /// [`TestHome::prepare_upgrade`] of the core package only, with [`fast_opts`].
+    pub fn plan_core(
+        &self,
+        from: &str,
+        to: &str,
+        core: &Content,
+        changed: &[String],
+        attempt: Option<&str>,
+    ) -> PathBuf {
+        self.prepare_upgrade(from, to, &[("core", core)], changed, fast_opts(), attempt)
+    }
+
+    /// `molt deploy --home <home> --plan <plan>`, to run.
+    pub fn deploy_cmd(&self, plan: &Path) -> Command {
+        let mut c = Command::new(molt_bin());
+        c.arg("deploy")
+            .arg("--home")
+            .arg(self.root())
+            .arg("--plan")
+            .arg(plan);
+        c
+    }
+
+    /// The truststore file of `version`.
+    pub fn truststore(&self, version: &str) -> PathBuf {
+        self.home
+            .version_dir(version)
+            .join(molt_deploy::truststore::TRUSTSTORE)
+    }
+
     /// Start the real supervisor (`molt run`).
     pub fn start_supervisor(&mut self) {
         let log = std::fs::File::create(self.root().join("supervisor.test.log")).unwrap();
@@ -287,16 +311,7 @@ impl TestHome {
 
     /// Run `molt deploy` to the end; returns its exit code.
     pub fn deploy(&self, plan: &Path) -> i32 {
-        let out = Command::new(molt_bin())
-            .args([
-                "deploy",
-                "--home",
-                self.root().to_str().unwrap(),
-                "--plan",
-                plan.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+        let out = self.deploy_cmd(plan).output().unwrap();
         std::fs::write(
             self.root().join("deploy.test.log"),
             [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
@@ -452,6 +467,14 @@ pub fn rand_u64() -> u64 {
             .as_nanos(),
     );
     h.finish()
+}
+
+/// Version `v1` of `n` files and `v2` made from it with every `every`-th
+/// file changed, both with good stand-ins; and v2's changed files.
+pub fn v1_v2(n: usize, every: usize) -> (Content, Content, Vec<String>) {
+    let v1 = core_content("v1", n, Agent::Good);
+    let (v2, changed) = next_content(&v1, "v2", every, Agent::Good);
+    (v1, v2, changed)
 }
 
 /// Fast options for tests.
