@@ -11,12 +11,22 @@ use serde_json::{Value, json};
 use server_common::*;
 
 async fn ask_slot(s: &TestServer, token: &str) -> reqwest::Response {
-    s.post("/api/v1/agent/upgrade-slot")
-        .bearer_auth(token)
-        .json(&json!({ "to_version": Q2 }))
-        .send()
-        .await
-        .unwrap()
+    s.post_json(
+        "/api/v1/agent/upgrade-slot",
+        token,
+        &json!({ "to_version": Q2 }),
+    )
+    .await
+}
+
+/// What `assigned` answers `token` for `query`: `version` from `source`.
+async fn assert_assigned(s: &TestServer, token: &str, query: &str, version: &str, source: &str) {
+    let (_, v) = s.assigned(token, query).await;
+    assert_eq!(
+        (v["version"].as_str(), v["source"].as_str()),
+        (Some(version), Some(source)),
+        "{query}: {v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,12 +51,7 @@ async fn three_agents_ask_for_two_slots_the_third_waits_for_one_to_finish() {
     assert_eq!(ask_slot(&s, &a).await.status(), StatusCode::OK);
     assert_eq!(ask_slot(&s, &c).await.status(), StatusCode::CONFLICT);
     // a1 finishes: a3 gets the slot.
-    let r = s
-        .delete("/api/v1/agent/upgrade-slot")
-        .bearer_auth(&a)
-        .send()
-        .await
-        .unwrap();
+    let r = s.delete_as("/api/v1/agent/upgrade-slot", &a).await;
     assert_eq!(r.json::<Value>().await.unwrap()["released"], true);
     assert_eq!(ask_slot(&s, &c).await.status(), StatusCode::OK);
     assert_eq!(ask_slot(&s, &a).await.status(), StatusCode::CONFLICT);
@@ -74,38 +79,17 @@ async fn a_holder_that_stops_reporting_loses_its_slot_and_one_that_reports_keeps
     assert_eq!(ask_slot(&s, &b).await.status(), StatusCode::OK);
     s.clock.advance(Duration::from_secs(200));
     // a2 reports a stage of its attempt; a1 stays silent.
+    let attempt = s.open_attempt(&b, Q1, Q2).await;
     let r = s
-        .post("/api/v1/agent/attempts")
-        .bearer_auth(&b)
-        .json(&json!({ "from_version": Q1, "to_version": Q2 }))
-        .send()
-        .await
-        .unwrap();
-    let attempt = r.json::<Value>().await.unwrap()["attempt_id"]
-        .as_i64()
-        .unwrap();
-    let r = s
-        .post(&format!("/api/v1/agent/attempts/{attempt}/stages"))
-        .bearer_auth(&b)
-        .json(
-            &json!({ "stage": "Download Upgrade Packages", "state": "In Progress", "message": "" }),
-        )
-        .send()
-        .await
-        .unwrap();
+        .report_stage(&b, attempt, "Download Upgrade Packages", "In Progress", "")
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(ask_slot(&s, &c).await.status(), StatusCode::CONFLICT);
     s.clock.advance(Duration::from_secs(150)); // a1 silent for 350 s > 300 s lease; a2 for 150 s
     assert_eq!(ask_slot(&s, &c).await.status(), StatusCode::OK);
     assert_eq!(ask_slot(&s, &a).await.status(), StatusCode::CONFLICT);
     // Finishing the attempt frees a2's slot.
-    let r = s
-        .post(&format!("/api/v1/agent/attempts/{attempt}/finish"))
-        .bearer_auth(&b)
-        .json(&json!({ "result": "Complete", "message": "upgraded" }))
-        .send()
-        .await
-        .unwrap();
+    let r = s.finish_attempt(&b, attempt, "Complete", "upgraded").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(ask_slot(&s, &a).await.status(), StatusCode::OK);
 }
@@ -116,12 +100,12 @@ fn finding(code: &str) -> Value {
 
 async fn report(s: &TestServer, token: &str, source: &str, findings: Vec<Value>) -> Value {
     let r = s
-        .post("/api/v1/agent/issues")
-        .bearer_auth(token)
-        .json(&json!({ "source": source, "findings": findings }))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/v1/agent/issues",
+            token,
+            &json!({ "source": source, "findings": findings }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     r.json().await.unwrap()
 }
@@ -206,12 +190,7 @@ async fn issues_count_repeats_resolve_when_no_longer_reported_and_are_purged_aft
         1
     );
     let all = s.admin_get("/api/v1/admin/issues").await;
-    let codes: Vec<&str> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["code"].as_str().unwrap())
-        .collect();
+    let codes: Vec<&str> = strs(&all, "code");
     assert_eq!(codes, ["DISK_SPACE", "STALE_OPEN"], "{all}");
     // 30 days after its last detection, the still-open STALE_OPEN goes too.
     s.clock.advance(Duration::from_secs(28 * 86400 + 43200));
@@ -277,47 +256,34 @@ async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet
         (Some(Q2), Some("fleet"))
     );
     let r = s
-        .put("/api/v1/admin/fleet/override")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "version": Q1 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let (_, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
-    assert_eq!(
-        (v["version"].as_str(), v["source"].as_str()),
-        (Some(Q1), Some("override"))
-    );
-    let (_, v) = s
-        .assigned(&a, &format!("os=linux&arch=x86-64&pinned={Q3}"))
+        .admin_put("/api/v1/admin/fleet/override", &json!({ "version": Q1 }))
         .await;
-    assert_eq!(
-        (v["version"].as_str(), v["source"].as_str()),
-        (Some(Q3), Some("pin"))
-    );
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_assigned(&s, &a, "os=linux&arch=x86-64", Q1, "override").await;
+    assert_assigned(
+        &s,
+        &a,
+        &format!("os=linux&arch=x86-64&pinned={Q3}"),
+        Q3,
+        "pin",
+    )
+    .await;
     // A new fleet buildstamp clears the override and queues autoUpgrade.
     s.set_fleet(Q3).await;
     let fleet = s.admin_get("/api/v1/admin/fleet").await;
     assert_eq!(fleet, json!({ "version": Q3, "override": null }));
-    let (_, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
-    assert_eq!(
-        (v["version"].as_str(), v["source"].as_str()),
-        (Some(Q3), Some("fleet"))
-    );
-    let (_, v) = s
-        .assigned(&a, &format!("os=linux&arch=x86-64&pinned={Q1}"))
-        .await;
-    assert_eq!(
-        (v["version"].as_str(), v["source"].as_str()),
-        (Some(Q1), Some("pin"))
-    );
+    assert_assigned(&s, &a, "os=linux&arch=x86-64", Q3, "fleet").await;
+    assert_assigned(
+        &s,
+        &a,
+        &format!("os=linux&arch=x86-64&pinned={Q1}"),
+        Q1,
+        "pin",
+    )
+    .await;
     let cmds: Value = s
-        .get("/api/v1/agent/commands?wait=0")
-        .bearer_auth(&a)
-        .send()
+        .get_as("/api/v1/agent/commands?wait=0", &a)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -332,24 +298,22 @@ async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet
     );
     // A version whose packages are missing cannot become the fleet version.
     let r = s
-        .put("/api/v1/admin/fleet")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "version": "rome-06-23-2021__patch0-07-01-2021_07-10-2021_0900" }))
-        .send()
-        .await
-        .unwrap();
+        .admin_put(
+            "/api/v1/admin/fleet",
+            &json!({ "version": "rome-06-23-2021__patch0-07-01-2021_07-10-2021_0900" }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().await.unwrap().contains(
         "molt-core.rome-06-23-2021__patch0-07-01-2021_07-10-2021_0900.universal.universal.zip"
     ));
     // Text that is not a buildstamp is refused with the parser's reason.
     let r = s
-        .put("/api/v1/admin/fleet")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "version": "quebec-latest" }))
-        .send()
-        .await
-        .unwrap();
+        .admin_put(
+            "/api/v1/admin/fleet",
+            &json!({ "version": "quebec-latest" }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let msg = r.text().await.unwrap();
     assert!(
@@ -579,12 +543,11 @@ async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips(
     // Give the poll a moment to park; a command queued earlier is found anyway.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = s
-        .post("/api/v1/admin/agents/a1/commands")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "kind": "grabLogs" }))
-        .send()
-        .await
-        .unwrap();
+        .admin_post(
+            "/api/v1/admin/agents/a1/commands",
+            &json!({ "kind": "grabLogs" }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let cmds = tokio::time::timeout(Duration::from_secs(25), poll)
         .await
@@ -602,22 +565,13 @@ async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips(
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = s
-        .post(&format!("/api/v1/agent/commands/{id}/done"))
-        .bearer_auth(&a)
-        .json(&json!({ "ok": true, "message": "uploaded" }))
-        .send()
-        .await
-        .unwrap();
+    let r = s.command_done(&a, id, true, "uploaded").await;
     assert_eq!(r.status(), StatusCode::OK);
     let logs = s.admin_get("/api/v1/admin/agents/a1/logs").await;
     let log_id = logs[0]["id"].as_i64().unwrap();
     let text = s
-        .get(&format!("/api/v1/admin/logs/{log_id}"))
-        .bearer_auth(&s.admin)
-        .send()
+        .get_as(&format!("/api/v1/admin/logs/{log_id}"), &s.admin)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -629,12 +583,11 @@ async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips(
     );
     // A command for an agent that is Down waits, queued, until it polls again.
     let r = s
-        .post("/api/v1/admin/agents/a2/commands")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "kind": "restart" }))
-        .send()
-        .await
-        .unwrap();
+        .admin_post(
+            "/api/v1/admin/agents/a2/commands",
+            &json!({ "kind": "restart" }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let agents = s.admin_get("/api/v1/admin/agents").await;
     assert_eq!(
@@ -652,23 +605,19 @@ async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips(
     );
     // An empty poll answers [] after its wait.
     let r: Value = s
-        .get("/api/v1/agent/commands?wait=1")
-        .bearer_auth(&a)
-        .send()
+        .get_as("/api/v1/agent/commands?wait=1", &a)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(r, json!([]));
     // runPrecheck needs the version whose checks to run.
     let r = s
-        .post("/api/v1/admin/agents/a1/commands")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "kind": "runPrecheck" }))
-        .send()
-        .await
-        .unwrap();
+        .admin_post(
+            "/api/v1/admin/agents/a1/commands",
+            &json!({ "kind": "runPrecheck" }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -679,20 +628,13 @@ async fn readiness_shows_which_agents_would_fail_the_next_versions_checks() {
     let b = s.register("a2").await;
     let _c = s.register("a3").await;
     let r = s
-        .post("/api/v1/admin/readiness")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "version": Q3 }))
-        .send()
-        .await
-        .unwrap();
+        .admin_post("/api/v1/admin/readiness", &json!({ "version": Q3 }))
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     for (token, ok) in [(&a, true), (&b, false)] {
         let cmds: Value = s
-            .get("/api/v1/agent/commands")
-            .bearer_auth(token)
-            .send()
+            .get_as("/api/v1/agent/commands", token)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -709,12 +651,12 @@ async fn readiness_shows_which_agents_would_fail_the_next_versions_checks() {
         } else {
             "DISK_SPACE: 120 MiB free, 800 MiB needed"
         };
-        s.post(&format!("/api/v1/agent/commands/{id}/done"))
-            .bearer_auth(token)
-            .json(&json!({ "ok": ok, "message": msg }))
-            .send()
-            .await
-            .unwrap();
+        s.post_json(
+            &format!("/api/v1/agent/commands/{id}/done"),
+            token,
+            &json!({ "ok": ok, "message": msg }),
+        )
+        .await;
     }
     let ready = s
         .admin_get(&format!("/api/v1/admin/readiness?version={Q3}"))
@@ -763,12 +705,12 @@ async fn two_live_agents_with_one_name_are_flagged_with_an_agent_registry_issue(
     );
     // Agents may not report under the reserved source.
     let r = s
-        .post("/api/v1/agent/issues")
-        .bearer_auth(&a)
-        .json(&json!({ "source": "AgentRegistry", "findings": [] }))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/v1/agent/issues",
+            &a,
+            &json!({ "source": "AgentRegistry", "findings": [] }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -776,16 +718,7 @@ async fn two_live_agents_with_one_name_are_flagged_with_an_agent_registry_issue(
 async fn upgrade_history_records_each_stage_of_each_attempt() {
     let s = TestServer::start(|_| {}).await;
     let a = s.register("a1").await;
-    let r = s
-        .post("/api/v1/agent/attempts")
-        .bearer_auth(&a)
-        .json(&json!({ "from_version": Q1, "to_version": Q2 }))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["attempt_id"]
-        .as_i64()
-        .unwrap();
+    let id = s.open_attempt(&a, Q1, Q2).await;
     let stages = [
         ("Pre Upgrade Check", "In Progress"),
         ("Pre Upgrade Check", "Complete"),
@@ -798,21 +731,11 @@ async fn upgrade_history_records_each_stage_of_each_attempt() {
         ("Health Check", "Failed"),
     ];
     for (stage, state) in stages {
-        let r = s
-            .post(&format!("/api/v1/agent/attempts/{id}/stages"))
-            .bearer_auth(&a)
-            .json(&json!({ "stage": stage, "state": state, "message": format!("{stage}: {state}"), "at": "2026-01-01T10:00:00Z" }))
-            .send()
-            .await
-            .unwrap();
+        let r = s.post_json(&format!("/api/v1/agent/attempts/{id}/stages"), &a, &json!({ "stage": stage, "state": state, "message": format!("{stage}: {state}"), "at": "2026-01-01T10:00:00Z" })).await;
         assert_eq!(r.status(), StatusCode::OK, "{stage}");
     }
-    s.post(&format!("/api/v1/agent/attempts/{id}/finish"))
-        .bearer_auth(&a)
-        .json(&json!({ "result": "Rolled Back", "message": "health check failed" }))
-        .send()
-        .await
-        .unwrap();
+    s.finish_attempt(&a, id, "Rolled Back", "health check failed")
+        .await;
     let h = s.admin_get("/api/v1/admin/agents/a1/attempts").await;
     assert_eq!(h[0]["result"], "Rolled Back");
     let got: Vec<(&str, &str)> = h[0]["stages"]
@@ -826,12 +749,12 @@ async fn upgrade_history_records_each_stage_of_each_attempt() {
     assert_eq!(got[7], ("Health Check", "Failed"));
     // A stage name outside the seeds' vocabulary is refused with the choices listed.
     let r = s
-        .post(&format!("/api/v1/agent/attempts/{id}/stages"))
-        .bearer_auth(&a)
-        .json(&json!({ "stage": "Reticulate", "state": "Complete" }))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            &format!("/api/v1/agent/attempts/{id}/stages"),
+            &a,
+            &json!({ "stage": "Reticulate", "state": "Complete" }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().await.unwrap().contains("Pre Upgrade Check"));
 }
@@ -841,12 +764,12 @@ async fn metrics_are_prometheus_text() {
     let s = TestServer::start(|_| {}).await;
     let a = s.register("a1").await;
     s.heartbeat(&a, "h1", 1, "Up").await;
-    s.post("/api/v1/agent/issues")
-        .bearer_auth(&a)
-        .json(&json!({ "source": "UpgradeCheck", "findings": [finding("X")] }))
-        .send()
-        .await
-        .unwrap();
+    s.post_json(
+        "/api/v1/agent/issues",
+        &a,
+        &json!({ "source": "UpgradeCheck", "findings": [finding("X")] }),
+    )
+    .await;
     ask_slot(&s, &a).await;
     let text = s
         .get("/metrics")

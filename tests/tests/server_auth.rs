@@ -42,12 +42,8 @@ async fn missing_foreign_and_wrong_role_tokens_are_refused_and_write_nothing() {
     );
     // A made-up token, and a malformed header.
     let r = s
-        .post("/api/v1/agent/heartbeat")
-        .bearer_auth("not-a-real-token-at-all")
-        .json(&hb)
-        .send()
-        .await
-        .unwrap();
+        .post_json("/api/v1/agent/heartbeat", "not-a-real-token-at-all", &hb)
+        .await;
     assert_eq!(
         error_of(r).await,
         (StatusCode::UNAUTHORIZED, "unknown agent token".to_string())
@@ -62,50 +58,34 @@ async fn missing_foreign_and_wrong_role_tokens_are_refused_and_write_nothing() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // a1 writes into a2's attempt and completes a2's command: 403.
-    let r = s
-        .post("/api/v1/agent/attempts")
-        .bearer_auth(&b)
-        .json(&json!({ "from_version": Q1, "to_version": Q2 }))
-        .send()
-        .await
-        .unwrap();
-    let b_attempt = r.json::<Value>().await.unwrap()["attempt_id"]
-        .as_i64()
-        .unwrap();
+    let b_attempt = s.open_attempt(&b, Q1, Q2).await;
     let stage = json!({ "stage": "Pre Upgrade Check", "state": "Failed", "message": "forged" });
     let r = s
-        .post(&format!("/api/v1/agent/attempts/{b_attempt}/stages"))
-        .bearer_auth(&a)
-        .json(&stage)
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            &format!("/api/v1/agent/attempts/{b_attempt}/stages"),
+            &a,
+            &stage,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = s
-        .post(&format!("/api/v1/agent/attempts/{b_attempt}/finish"))
-        .bearer_auth(&a)
-        .json(&json!({ "result": "Failed" }))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            &format!("/api/v1/agent/attempts/{b_attempt}/finish"),
+            &a,
+            &json!({ "result": "Failed" }),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = s
-        .post("/api/v1/admin/agents/a2/commands")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "kind": "restart" }))
-        .send()
-        .await
-        .unwrap();
+        .admin_post(
+            "/api/v1/admin/agents/a2/commands",
+            &json!({ "kind": "restart" }),
+        )
+        .await;
     let b_cmd = r.json::<Value>().await.unwrap()["command_id"]
         .as_i64()
         .unwrap();
-    let r = s
-        .post(&format!("/api/v1/agent/commands/{b_cmd}/done"))
-        .bearer_auth(&a)
-        .json(&json!({ "ok": true, "message": "forged" }))
-        .send()
-        .await
-        .unwrap();
+    let r = s.command_done(&a, b_cmd, true, "forged").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let h = s.admin_get("/api/v1/admin/agents/a2/attempts").await;
     assert_eq!(
@@ -172,13 +152,7 @@ async fn missing_foreign_and_wrong_role_tokens_are_refused_and_write_nothing() {
     }
     // The admin token cannot act as an agent.
     assert_eq!(
-        s.post("/api/v1/agent/heartbeat")
-            .bearer_auth(&s.admin)
-            .json(&hb)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        s.admin_post("/api/v1/agent/heartbeat", &hb).await.status(),
         StatusCode::FORBIDDEN
     );
     // The dashboard without a session goes to the login form.
@@ -208,12 +182,7 @@ async fn missing_foreign_and_wrong_role_tokens_are_refused_and_write_nothing() {
         json!({ "version": Q2, "override": null })
     );
     let agents = s.admin_get("/api/v1/admin/agents").await;
-    let names: Vec<&str> = agents
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = strs(&agents, "name");
     assert_eq!(names, ["a1", "a2"]);
     assert!(
         agents
@@ -353,7 +322,7 @@ async fn hundreds_of_garbage_requests_get_4xx_with_a_message_and_a_valid_one_sti
         } else {
             a.clone()
         };
-        let r = s.get(path).bearer_auth(tok).send().await.unwrap();
+        let r = s.get_as(path, &tok).await;
         assert!(r.status().is_client_error(), "{path}: {}", r.status());
         assert!(!error_of(r).await.1.is_empty(), "{path}");
         sent += 1;

@@ -38,48 +38,24 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         StatusCode::OK
     );
     // An issue whose text tries to inject markup: it must show as text.
-    let r = s
-        .post("/api/v1/agent/issues")
-        .bearer_auth(&a)
-        .json(&json!({ "source": "UpgradeCheck", "findings": [
+    let r = s.post_json("/api/v1/agent/issues", &a, &json!({ "source": "UpgradeCheck", "findings": [
             { "code": "TEMP_DIR_BLOCKED", "severity": "error", "description": "<script>document.title='pwned'</script> temp dir not writable", "remediation": "allow writes to work/upgrade_temp" }
-        ] }))
-        .send()
-        .await
-        .unwrap();
+        ] })).await;
     assert_eq!(r.status(), StatusCode::OK);
     let issue_id = s.admin_get("/api/v1/admin/issues").await[0]["id"]
         .as_i64()
         .unwrap();
     // One attempt with a stage timeline.
-    let r = s
-        .post("/api/v1/agent/attempts")
-        .bearer_auth(&a)
-        .json(&json!({ "from_version": Q1, "to_version": Q2 }))
-        .send()
-        .await
-        .unwrap();
-    let attempt = r.json::<Value>().await.unwrap()["attempt_id"]
-        .as_i64()
-        .unwrap();
+    let attempt = s.open_attempt(&a, Q1, Q2).await;
     for (stage, state) in [
         ("Pre Upgrade Check", "Complete"),
         ("Download Upgrade Packages", "Complete"),
         ("Extract Upgrade Packages", "In Progress"),
     ] {
-        s.post(&format!("/api/v1/agent/attempts/{attempt}/stages"))
-            .bearer_auth(&a)
-            .json(&json!({ "stage": stage, "state": state, "message": "ok" }))
-            .send()
-            .await
-            .unwrap();
+        s.report_stage(&a, attempt, stage, state, "ok").await;
     }
-    s.post("/api/v1/admin/readiness")
-        .bearer_auth(&s.admin)
-        .json(&json!({ "version": Q3 }))
-        .send()
-        .await
-        .unwrap();
+    s.admin_post("/api/v1/admin/readiness", &json!({ "version": Q3 }))
+        .await;
 
     let out = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard.mjs");
@@ -184,12 +160,7 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
     let issue = &s.admin_get("/api/v1/admin/issues").await[0];
     assert_eq!(issue["state"], "Resolved");
     let cmds = s.admin_get("/api/v1/admin/commands?agent=a1").await;
-    let kinds: Vec<&str> = cmds
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["kind"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<&str> = strs(&cmds, "kind");
     assert!(
         kinds.contains(&"grabLogs") && kinds.contains(&"upgrade"),
         "{kinds:?}"

@@ -136,6 +136,112 @@ impl TestServer {
             .to_string()
     }
 
+    /// `method path` as `token` with the JSON `body`; the response.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST path` as `token` with the JSON `body`.
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.send_json(reqwest::Method::POST, path, token, body)
+            .await
+    }
+
+    /// `PUT path` as `token` with the JSON `body`.
+    pub async fn put_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.send_json(reqwest::Method::PUT, path, token, body)
+            .await
+    }
+
+    /// `POST path` as the admin with the JSON `body`.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post_json(path, &self.admin, body).await
+    }
+
+    /// `PUT path` as the admin with the JSON `body`.
+    pub async fn admin_put(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.put_json(path, &self.admin, body).await
+    }
+
+    /// `GET path` as `token`.
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.get(path).bearer_auth(token).send().await.unwrap()
+    }
+
+    /// `DELETE path` as `token`.
+    pub async fn delete_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.delete(path).bearer_auth(token).send().await.unwrap()
+    }
+
+    /// Open an upgrade attempt `from -> to` as agent `token`; its id.
+    pub async fn open_attempt(&self, token: &str, from: &str, to: &str) -> i64 {
+        let r = self
+            .post_json(
+                "/api/v1/agent/attempts",
+                token,
+                &json!({ "from_version": from, "to_version": to }),
+            )
+            .await;
+        r.json::<Value>().await.unwrap()["attempt_id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Report `stage` in `state` for `attempt` as agent `token`.
+    pub async fn report_stage(
+        &self,
+        token: &str,
+        attempt: i64,
+        stage: &str,
+        state: &str,
+        message: &str,
+    ) -> reqwest::Response {
+        self.post_json(
+            &format!("/api/v1/agent/attempts/{attempt}/stages"),
+            token,
+            &json!({ "stage": stage, "state": state, "message": message }),
+        )
+        .await
+    }
+
+    /// Finish `attempt` with `result` and `message` as agent `token`.
+    pub async fn finish_attempt(
+        &self,
+        token: &str,
+        attempt: i64,
+        result: &str,
+        message: &str,
+    ) -> reqwest::Response {
+        let body = json!({ "result": result, "message": message });
+        let path = format!("/api/v1/agent/attempts/{attempt}/finish");
+        self.post_json(&path, token, &body).await
+    }
+
+    /// Mark command `id` done (`ok`, `message`) as agent `token`.
+    pub async fn command_done(
+        &self,
+        token: &str,
+        id: i64,
+        ok: bool,
+        message: &str,
+    ) -> reqwest::Response {
+        let body = json!({ "ok": ok, "message": message });
+        let path = format!("/api/v1/agent/commands/{id}/done");
+        self.post_json(&path, token, &body).await
+    }
+
     pub async fn admin_get(&self, path: &str) -> Value {
         let r = self
             .get(path)
@@ -178,6 +284,15 @@ impl TestServer {
         let s = r.status();
         (s, r.json().await.unwrap_or(Value::Null))
     }
+}
+
+/// The string `key` of every element of the JSON array `v`.
+pub fn strs<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[key].as_str().unwrap())
+        .collect()
 }
 
 /// Hex SHA-256 by the system's `sha256sum`, independent of the server's code.
