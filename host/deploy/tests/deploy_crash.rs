@@ -31,8 +31,7 @@ struct Fixture {
 
 fn run_case(fx: &Fixture, case: Case) -> &'static str {
     let mut th = fx.template.copy_of();
-    th.start_supervisor();
-    th.wait_up("v1", Duration::from_secs(30)).unwrap();
+    th.start_up("v1");
     let plan = th.root().join(&fx.plan);
     let log = std::fs::File::create(th.root().join("runner.test.log")).unwrap();
     let mut cmd = Command::new(molt_bin());
@@ -102,17 +101,9 @@ fn run_case(fx: &Fixture, case: Case) -> &'static str {
 
 #[test]
 fn every_crash_point_ends_up_on_exactly_the_old_or_the_new_version() {
-    let v1 = core_content("v1", 2000, Agent::Good);
-    let (v2, changed) = next_content(&v1, "v2", 20, Agent::Good); // 5% changed
+    let (v1, v2, changed) = v1_v2(2000, 20); // 5% changed
     let template = TestHome::new("v1", &v1);
-    let plan = template.prepare_upgrade(
-        "v1",
-        "v2",
-        &[("core", &v2)],
-        &changed,
-        fast_opts(),
-        Some("1"),
-    );
+    let plan = template.plan_core("v1", "v2", &v2, &changed, Some("1"));
     // The runner reads only the changed files from the extracted package (the
     // rest are hard links to v1): stage just those, so a copy per case is cheap.
     let staged = plan.parent().unwrap().join("packages").join("core");
@@ -129,19 +120,12 @@ fn every_crash_point_ends_up_on_exactly_the_old_or_the_new_version() {
 
     // A full deploy first: learn the checkpoints and how long a deploy takes.
     let mut th = fx.template.copy_of();
-    th.start_supervisor();
-    th.wait_up("v1", Duration::from_secs(30)).unwrap();
+    th.start_up("v1");
     let plan = th.root().join(&fx.plan);
     let cps = th.root().join("checkpoints.txt");
     let t0 = Instant::now();
-    let st = Command::new(molt_bin())
-        .args([
-            "deploy",
-            "--home",
-            th.root().to_str().unwrap(),
-            "--plan",
-            plan.to_str().unwrap(),
-        ])
+    let st = th
+        .deploy_cmd(&plan)
         .env("MOLT_DEPLOY_CHECKPOINTS", &cps)
         .status()
         .unwrap();

@@ -20,12 +20,10 @@ fn stage_upgrade_runner(th: &TestHome, plan: &std::path::Path) {
 
 #[test]
 fn hand_over_starts_the_runner_which_deploys_the_new_version() {
-    let v1 = core_content("v1", 200, Agent::Good);
-    let (v2, ch) = next_content(&v1, "v2", 20, Agent::Good);
+    let (v1, v2, ch) = v1_v2(200, 20);
     let mut th = TestHome::new("v1", &v1);
-    th.start_supervisor();
-    let agent = th.wait_up("v1", UP).unwrap();
-    let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), Some("h1"));
+    let agent = th.start_up("v1");
+    let plan = th.plan_core("v1", "v2", &v2, &ch, Some("h1"));
     stage_upgrade_runner(&th, &plan);
     let dir = plan.parent().unwrap();
     // A stale start marker from an earlier try must not be believed.
@@ -55,12 +53,10 @@ fn hand_over_starts_the_runner_which_deploys_the_new_version() {
 
 #[test]
 fn hand_over_times_out_with_the_seeds_issue_and_the_agent_stays_up() {
-    let v1 = core_content("v1", 10, Agent::Good);
-    let (v2, ch) = next_content(&v1, "v2", 2, Agent::Good);
+    let (v1, v2, ch) = v1_v2(10, 2);
     let mut th = TestHome::new("v1", &v1);
-    th.start_supervisor();
-    let agent = th.wait_up("v1", UP).unwrap();
-    let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), None);
+    let agent = th.start_up("v1");
+    let plan = th.plan_core("v1", "v2", &v2, &ch, None);
     // A runner that starts but never signals (hung before its first step).
     let hung = th.root().join("hung-runner.sh");
     std::fs::write(&hung, b"#!/bin/sh\nsleep 300\n").unwrap();
@@ -92,11 +88,10 @@ fn hand_over_times_out_with_the_seeds_issue_and_the_agent_stays_up() {
 
 #[test]
 fn hand_over_refuses_a_new_version_that_cannot_run() {
-    let v1 = core_content("v1", 10, Agent::Good);
-    let (mut v2, ch) = next_content(&v1, "v2", 2, Agent::Good);
+    let (v1, mut v2, ch) = v1_v2(10, 2);
     v2.insert("bin/molt".into(), (b"#!/bin/sh\nexit 7\n".to_vec(), 0o755));
     let th = TestHome::new("v1", &v1);
-    let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), None);
+    let plan = th.plan_core("v1", "v2", &v2, &ch, None);
     let opts = HandoverOptions {
         agent_pid: Some(1),
         skip_wait: true,
@@ -119,11 +114,9 @@ fn hand_over_refuses_a_new_version_that_cannot_run() {
 /// neither signals it nor waits for it.
 #[test]
 fn the_runner_leaves_alone_a_process_that_reused_a_recorded_pid() {
-    let v1 = core_content("v1", 10, Agent::Good);
-    let (v2, ch) = next_content(&v1, "v2", 2, Agent::Good);
+    let (v1, v2, ch) = v1_v2(10, 2);
     let mut th = TestHome::new("v1", &v1);
-    th.start_supervisor();
-    th.wait_up("v1", UP).unwrap();
+    th.start_up("v1");
     let mut bystander = Command::new("sleep").arg("300").spawn().unwrap();
     let pid = bystander.id();
     let ticks = molt_deploy::proc::start_ticks(pid).unwrap();
@@ -134,7 +127,7 @@ fn the_runner_leaves_alone_a_process_that_reused_a_recorded_pid() {
     h.start_ticks.insert(pid, ticks + 1);
     molt_layout::write_json_atomic(&th.home.handover_file(), &h).unwrap();
 
-    let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), None);
+    let plan = th.plan_core("v1", "v2", &v2, &ch, None);
     assert_eq!(th.deploy(&plan), 0, "{}", th.deploy_log());
     th.wait_up("v2", UP).unwrap();
     assert!(
@@ -147,19 +140,12 @@ fn the_runner_leaves_alone_a_process_that_reused_a_recorded_pid() {
 
 #[test]
 fn recovery_at_start_undoes_a_deploy_interrupted_before_the_switch() {
-    let v1 = core_content("v1", 300, Agent::Good);
-    let (v2, ch) = next_content(&v1, "v2", 10, Agent::Good);
+    let (v1, v2, ch) = v1_v2(300, 10);
     let th = TestHome::new("v1", &v1);
-    let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), Some("r1"));
+    let plan = th.plan_core("v1", "v2", &v2, &ch, Some("r1"));
     // Checkpoint 5 is in the middle of the build (after "journal Building").
-    let st = std::process::Command::new(molt_bin())
-        .args([
-            "deploy",
-            "--home",
-            th.root().to_str().unwrap(),
-            "--plan",
-            plan.to_str().unwrap(),
-        ])
+    let st = th
+        .deploy_cmd(&plan)
         .env("MOLT_DEPLOY_CRASH_AT", "5")
         .env("MOLT_DEPLOY_CHECKPOINTS", th.root().join("cps.txt"))
         .status()
@@ -222,23 +208,15 @@ fn recovery_at_start_undoes_a_deploy_interrupted_before_the_switch() {
 
 #[test]
 fn recovery_at_start_after_the_switch_health_checks_the_new_version() {
-    let v1 = core_content("v1", 100, Agent::Good);
-    let (v2, ch) = next_content(&v1, "v2", 10, Agent::Good);
+    let (v1, v2, ch) = v1_v2(100, 10);
     let mut th = TestHome::new("v1", &v1);
-    th.start_supervisor();
-    th.wait_up("v1", UP).unwrap();
-    let plan = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), None);
+    th.start_up("v1");
+    let plan = th.plan_core("v1", "v2", &v2, &ch, None);
     // Find the checkpoint number of "journal Switched" from a counting run on another home.
     let th2 = TestHome::new("v1", &v1);
-    let plan2 = th2.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), None);
-    let _ = std::process::Command::new(molt_bin())
-        .args([
-            "deploy",
-            "--home",
-            th2.root().to_str().unwrap(),
-            "--plan",
-            plan2.to_str().unwrap(),
-        ])
+    let plan2 = th2.plan_core("v1", "v2", &v2, &ch, None);
+    let _ = th2
+        .deploy_cmd(&plan2)
         .env("MOLT_DEPLOY_CHECKPOINTS", th2.root().join("cps.txt"))
         .env("MOLT_DEPLOY_CRASH_AT", "1000000")
         .status()
@@ -254,14 +232,8 @@ fn recovery_at_start_after_the_switch_health_checks_the_new_version() {
         .parse()
         .unwrap();
     // Stop the supervisor so only the agent-start recovery acts.
-    let st = std::process::Command::new(molt_bin())
-        .args([
-            "deploy",
-            "--home",
-            th.root().to_str().unwrap(),
-            "--plan",
-            plan.to_str().unwrap(),
-        ])
+    let st = th
+        .deploy_cmd(&plan)
         .env("MOLT_DEPLOY_CRASH_AT", n.to_string())
         .status()
         .unwrap();

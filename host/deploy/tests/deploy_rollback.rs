@@ -20,13 +20,11 @@ fn queue_has(th: &TestHome, needle: &[(&str, &str)]) -> bool {
 
 #[test]
 fn an_upgrade_then_a_rollback_leave_every_file_of_the_other_versions_unchanged() {
-    let v1 = core_content("v1", 300, Agent::Good);
-    let (v2, ch2) = next_content(&v1, "v2", 10, Agent::Good);
+    let (v1, v2, ch2) = v1_v2(300, 10);
     let mut th = TestHome::new("v1", &v1);
-    th.start_supervisor();
-    th.wait_up("v1", UP).unwrap();
+    th.start_up("v1");
 
-    let p = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch2, fast_opts(), None);
+    let p = th.plan_core("v1", "v2", &v2, &ch2, None);
     assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
     th.wait_up("v2", UP).unwrap();
     th.assert_exactly("v2", &v2);
@@ -56,7 +54,7 @@ fn an_upgrade_then_a_rollback_leave_every_file_of_the_other_versions_unchanged()
 
     // v3 crashes at start: rolled back to v2, which is Up; v1 and v2 untouched.
     let (v3, ch3) = next_content(&v2, "v3", 7, Agent::Crashes);
-    let p = th.prepare_upgrade("v2", "v3", &[("core", &v3)], &ch3, fast_opts(), Some("a3"));
+    let p = th.plan_core("v2", "v3", &v3, &ch3, Some("a3"));
     assert_eq!(
         th.deploy(&p),
         2,
@@ -92,10 +90,9 @@ fn a_rollback_whose_old_version_also_fails_is_reported_as_failed() {
     let v1 = core_content("v1", 50, Agent::BreaksOnFlag);
     let (v2, ch) = next_content(&v1, "v2", 5, Agent::Crashes);
     let mut th = TestHome::new("v1", &v1);
-    th.start_supervisor();
-    th.wait_up("v1", UP).unwrap();
+    th.start_up("v1");
     std::fs::write(th.home.conf_dir().join("old-breaks"), b"").unwrap();
-    let p = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch, fast_opts(), Some("a1"));
+    let p = th.plan_core("v1", "v2", &v2, &ch, Some("a1"));
     assert_eq!(th.deploy(&p), 3, "expected Failed: {}", th.deploy_log());
     assert!(
         th.deploy_log().contains("rollback to v1 failed too"),
@@ -119,12 +116,10 @@ fn a_rollback_whose_old_version_also_fails_is_reported_as_failed() {
 
 #[test]
 fn a_process_holding_old_files_open_does_not_stop_the_upgrade_and_pruning_retries_later() {
-    let v1 = core_content("v1", 100, Agent::Good);
-    let (v2, ch2) = next_content(&v1, "v2", 10, Agent::Good);
+    let (v1, v2, ch2) = v1_v2(100, 10);
     let (v3, ch3) = next_content(&v2, "v3", 10, Agent::Good);
     let mut th = TestHome::new("v1", &v1);
-    th.start_supervisor();
-    th.wait_up("v1", UP).unwrap();
+    th.start_up("v1");
     // A slow process (think antivirus) keeps a file of v1 open throughout.
     let held = th.home.version_dir("v1").join("lib/d00/f0000.dat");
     let mut holder = Command::new("tail")
@@ -135,10 +130,10 @@ fn a_process_holding_old_files_open_does_not_stop_the_upgrade_and_pruning_retrie
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
-    let p = th.prepare_upgrade("v1", "v2", &[("core", &v2)], &ch2, fast_opts(), None);
+    let p = th.plan_core("v1", "v2", &v2, &ch2, None);
     assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
     th.wait_up("v2", UP).unwrap();
-    let p = th.prepare_upgrade("v2", "v3", &[("core", &v3)], &ch3, fast_opts(), None);
+    let p = th.plan_core("v2", "v3", &v3, &ch3, None);
     assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
     th.wait_up("v3", UP).unwrap();
     th.assert_exactly("v3", &v3);
@@ -212,30 +207,27 @@ fn runtime_upgrade(
     );
     assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
     th.wait_up(to, UP).unwrap();
-    let store = std::fs::read_to_string(
-        th.home
-            .version_dir(to)
-            .join(molt_deploy::truststore::TRUSTSTORE),
-    )
-    .unwrap();
+    let store = std::fs::read_to_string(th.truststore(to)).unwrap();
     (new_core, store)
+}
+
+/// v1 of 20 files with the runtime of stock CA A installed: (core, home).
+fn with_runtime_v1() -> (Content, TestHome) {
+    let core1 = core_content("v1", 20, Agent::Good);
+    let rt1 = runtime_content(STOCK_A, "rt1");
+    let th = TestHome::with_packages(&[("core", "v1", &core1), ("runtime", "v1", &rt1)]);
+    (core1, th)
 }
 
 #[test]
 fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical() {
-    let core1 = core_content("v1", 20, Agent::Good);
-    let rt1 = runtime_content(STOCK_A, "rt1");
-    let mut th = TestHome::with_packages(&[("core", "v1", &core1), ("runtime", "v1", &rt1)]);
+    let (core1, mut th) = with_runtime_v1();
     // The operator adds a corporate CA to the running runtime's truststore.
-    let store = th
-        .home
-        .version_dir("v1")
-        .join(molt_deploy::truststore::TRUSTSTORE);
+    let store = th.truststore("v1");
     molt_layout::write_atomic(&store, format!("{STOCK_A}{CUSTOM}").as_bytes()).unwrap();
     let config_before = std::fs::read(th.home.config_file()).unwrap();
     let conf_before = std::fs::read(th.home.conf_dir().join("override.properties")).unwrap();
-    th.start_supervisor();
-    th.wait_up("v1", UP).unwrap();
+    th.start_up("v1");
 
     let (_, new_store) = runtime_upgrade(
         &th,
@@ -290,38 +282,22 @@ fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical(
 #[test]
 fn a_truststore_edited_in_place_does_not_break_later_upgrades() {
     use std::io::Write;
-    let core1 = core_content("v1", 20, Agent::Good);
-    let rt1 = runtime_content(STOCK_A, "rt1");
-    let mut th = TestHome::with_packages(&[("core", "v1", &core1), ("runtime", "v1", &rt1)]);
-    let store_v1 = th
-        .home
-        .version_dir("v1")
-        .join(molt_deploy::truststore::TRUSTSTORE);
+    let (core1, mut th) = with_runtime_v1();
+    let store_v1 = th.truststore("v1");
     std::fs::OpenOptions::new()
         .append(true)
         .open(&store_v1)
         .unwrap()
         .write_all(CUSTOM.as_bytes())
         .unwrap();
-    th.start_supervisor();
-    th.wait_up("v1", UP).unwrap();
+    th.start_up("v1");
 
     // 1. Core only: the runtime package is carried over from v1.
     let (core2, ch) = next_content(&core1, "v2", 4, Agent::Good);
-    let p = th.prepare_upgrade(
-        "v1",
-        "v2",
-        &[("core", &core2)],
-        &ch,
-        fast_opts(),
-        Some("t1"),
-    );
+    let p = th.plan_core("v1", "v2", &core2, &ch, Some("t1"));
     assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
     th.wait_up("v2", UP).unwrap();
-    let v2_store = th
-        .home
-        .version_dir("v2")
-        .join(molt_deploy::truststore::TRUSTSTORE);
+    let v2_store = th.truststore("v2");
     let text = std::fs::read_to_string(&v2_store).unwrap();
     assert!(
         text.contains("Q1VTVE9NLUNPUlAtQ0E="),
@@ -375,8 +351,7 @@ fn a_truststore_edited_in_place_does_not_break_later_upgrades() {
 fn a_second_supervisor_on_the_same_install_is_refused() {
     let v1 = core_content("v1", 5, Agent::Good);
     let mut th = TestHome::new("v1", &v1);
-    th.start_supervisor();
-    th.wait_up("v1", UP).unwrap();
+    th.start_up("v1");
     let out = Command::new(molt_bin())
         .args(["run", "--home", th.root().to_str().unwrap()])
         .output()

@@ -44,16 +44,44 @@ fn hostile() -> PathBuf {
 
 fn healthy() -> HostFacts {
     let mut f = HostFacts::healthy();
-    f.net.insert(
-        DL.into(),
-        ProbeOutcome {
-            ok: true,
-            failed_stage: None,
-            http_status: Some(200),
-            detail: "HTTP 200".into(),
-        },
-    );
+    f.net
+        .insert(DL.into(), probe(true, None, Some(200), "HTTP 200"));
     f
+}
+
+/// A probe's outcome: `ok`, the stage that failed, the HTTP status, the detail.
+fn probe(
+    ok: bool,
+    failed_stage: Option<&str>,
+    http_status: Option<u16>,
+    detail: &str,
+) -> ProbeOutcome {
+    ProbeOutcome {
+        ok,
+        failed_stage: failed_stage.map(str::to_string),
+        http_status,
+        detail: detail.into(),
+    }
+}
+
+/// The (severity, code) findings of `check` in a [`run_suite`] answer.
+fn codes_of<'a>(
+    r: &'a BTreeMap<String, Vec<(Severity, String)>>,
+    check: &str,
+) -> Vec<(Severity, &'a str)> {
+    r[check].iter().map(|(s, c)| (*s, c.as_str())).collect()
+}
+
+/// `m` with only the components whose path contains `part`.
+fn only_components(m: Manifest, part: &str) -> Manifest {
+    Manifest {
+        components: m
+            .components
+            .into_iter()
+            .filter(|c| c.path.contains(part))
+            .collect(),
+        ..m
+    }
 }
 
 fn ctx(home: &Path, facts: HostFacts) -> CheckContext {
@@ -149,19 +177,10 @@ fn standard_checks_block_and_warn_on_simulated_facts() {
     ];
     f.net.insert(
         DL.into(),
-        ProbeOutcome {
-            ok: false,
-            failed_stage: Some("tls".into()),
-            http_status: None,
-            detail: "bad certificate".into(),
-        },
+        probe(false, Some("tls"), None, "bad certificate"),
     );
     let r = run_suite(f);
-    let codes = |c: &str| {
-        r[c].iter()
-            .map(|(s, c)| (*s, c.as_str()))
-            .collect::<Vec<_>>()
-    };
+    let codes = |c: &str| codes_of(&r, c);
     assert_eq!(
         codes("disk-space"),
         vec![(Blocking, "disk.insufficient"), (Warning, "disk.low")]
@@ -196,21 +215,10 @@ fn standard_checks_block_and_warn_on_simulated_facts() {
         path: "/x/a".into(),
     }];
     f.libc_version = Some("2.12".into());
-    f.net.insert(
-        DL.into(),
-        ProbeOutcome {
-            ok: false,
-            failed_stage: Some("http".into()),
-            http_status: Some(503),
-            detail: "HTTP 503".into(),
-        },
-    );
+    f.net
+        .insert(DL.into(), probe(false, Some("http"), Some(503), "HTTP 503"));
     let r = run_suite(f);
-    let codes = |c: &str| {
-        r[c].iter()
-            .map(|(s, c)| (*s, c.as_str()))
-            .collect::<Vec<_>>()
-    };
+    let codes = |c: &str| codes_of(&r, c);
     assert_eq!(
         codes("service-account"),
         vec![(Warning, "account.unparsable")]
@@ -268,14 +276,7 @@ fn download_access_real_probe_and_allow_list() {
         }
     });
     let (dir, m) = open_bundle("precheck");
-    let m = Manifest {
-        components: m
-            .components
-            .into_iter()
-            .filter(|c| c.path.contains("download"))
-            .collect(),
-        ..m
-    };
+    let m = only_components(m, "download");
     let home = fresh_dir("home").unwrap();
     let sb = sandbox(Policy::default()).unwrap();
     let mut c = ctx(&home, HostFacts::healthy());
@@ -309,14 +310,7 @@ fn download_access_real_probe_and_allow_list() {
 #[test]
 fn file_ops_warns_on_leftovers_and_blocks_without_staging() {
     let (dir, m) = open_bundle("precheck");
-    let m = Manifest {
-        components: m
-            .components
-            .into_iter()
-            .filter(|c| c.path.contains("file_ops"))
-            .collect(),
-        ..m
-    };
+    let m = only_components(m, "file_ops");
     let sb = sandbox(Policy::default()).unwrap();
     let home = fresh_dir("home").unwrap();
     std::fs::create_dir_all(home.join("work/precheck-staging")).unwrap();
