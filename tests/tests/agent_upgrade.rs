@@ -53,6 +53,16 @@ fn env_with(target: &str, tamper: bool, selector: bool) -> Env {
     }
 }
 
+impl Env {
+    /// Serve `fleet` (database in `root/cp`), write the agent's config with
+    /// `extra` lines and start the agent.
+    fn run(&self, fleet: &str, extra: &str) -> (Server, Proc) {
+        let srv = start_server(&self.root.join("cp"), &self.packages, fleet, 0, &[]);
+        write_config(&self.home, &srv.url, extra);
+        (srv, start_agent(&self.home))
+    }
+}
+
 fn low_disk(home: &Path) -> String {
     let f = home.join("facts.toml");
     std::fs::write(
@@ -73,9 +83,7 @@ fn latest(url: &str) -> serde_json::Value {
 #[test]
 fn a_clean_run_downloads_verifies_extracts_and_prepares_the_hand_over() {
     let e = env_with(V2, false, true);
-    let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &[]);
-    write_config(&e.home, &srv.url, "test_skip_handover = true\n");
-    let _agent = start_agent(&e.home);
+    let (srv, _agent) = e.run(V2, "test_skip_handover = true\n");
     let log = wait_log(&e.home, "hand-over to deploy skipped", T);
     for line in [
         "Checking to see if agent needs to upgrade",
@@ -104,11 +112,7 @@ fn a_clean_run_downloads_verifies_extracts_and_prepares_the_hand_over() {
         "Download Upgrade Packages",
         "Extract Upgrade Packages",
     ] {
-        assert_eq!(
-            stage_state(&a, s).as_deref(),
-            Some("Complete"),
-            "{s}: {a:#}"
-        );
+        assert_stage(&a, s, "Complete");
     }
     // The packages are in package/incoming and the plan names only the changed file.
     for n in [
@@ -152,14 +156,8 @@ fn a_clean_run_downloads_verifies_extracts_and_prepares_the_hand_over() {
 #[test]
 fn a_blocking_precheck_on_a_patch_stops_the_upgrade_with_an_issue_and_status_up() {
     let e = env(V2, false);
-    let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &[]);
     let extra = low_disk(&e.home);
-    write_config(
-        &e.home,
-        &srv.url,
-        &format!("test_skip_handover = true\n{extra}"),
-    );
-    let _agent = start_agent(&e.home);
+    let (srv, _agent) = e.run(V2, &format!("test_skip_handover = true\n{extra}"));
     let log = wait_log(
         &e.home,
         "Aborting agent upgrade due to pre-upgrade check failure",
@@ -171,11 +169,7 @@ fn a_blocking_precheck_on_a_patch_stops_the_upgrade_with_an_issue_and_status_up(
         "{log}"
     );
     let a = latest(&srv.url);
-    assert_eq!(
-        stage_state(&a, "Pre Upgrade Check").as_deref(),
-        Some("Failed"),
-        "{a:#}"
-    );
+    assert_stage(&a, "Pre Upgrade Check", "Failed");
     assert_eq!(stage_state(&a, "Download Upgrade Packages"), None);
     wait_until("status Up on the control plane", T, || {
         agent_status(&srv.url).as_deref() == Some("Up")
@@ -203,57 +197,30 @@ fn a_blocking_precheck_on_a_patch_stops_the_upgrade_with_an_issue_and_status_up(
 #[test]
 fn a_release_family_change_with_a_blocking_finding_ends_upgrade_failed() {
     let e = env(V_ROME, false);
-    let srv = start_server(&e.root.join("cp"), &e.packages, V_ROME, 0, &[]);
     let extra = low_disk(&e.home);
-    write_config(
-        &e.home,
-        &srv.url,
-        &format!("test_skip_handover = true\n{extra}"),
-    );
-    let _agent = start_agent(&e.home);
+    let (srv, _agent) = e.run(V_ROME, &format!("test_skip_handover = true\n{extra}"));
     wait_log(&e.home, "Setting agent status to Upgrade Failed", T);
     wait_until("status Upgrade Failed", T, || {
         agent_status(&srv.url).as_deref() == Some("Upgrade Failed")
     });
     let a = latest(&srv.url);
-    assert_eq!(
-        stage_state(&a, "Pre Upgrade Check").as_deref(),
-        Some("Failed")
-    );
+    assert_stage(&a, "Pre Upgrade Check", "Failed");
 }
 
 #[test]
 fn run_precheck_false_marks_the_stage_skipped() {
     let e = env(V2, false);
-    let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &[]);
-    write_config(
-        &e.home,
-        &srv.url,
-        "test_skip_handover = true\nrun_precheck = false\n",
-    );
-    let _agent = start_agent(&e.home);
+    let (srv, _agent) = e.run(V2, "test_skip_handover = true\nrun_precheck = false\n");
     wait_log(&e.home, "hand-over to deploy skipped", T);
     let a = latest(&srv.url);
-    assert_eq!(
-        stage_state(&a, "Pre Upgrade Check").as_deref(),
-        Some("Skipped")
-    );
-    assert_eq!(
-        stage_state(&a, "Extract Upgrade Packages").as_deref(),
-        Some("Complete")
-    );
+    assert_stage(&a, "Pre Upgrade Check", "Skipped");
+    assert_stage(&a, "Extract Upgrade Packages", "Complete");
 }
 
 #[test]
 fn a_tampered_package_is_refused_and_deleted() {
     let e = env(V2, true);
-    let srv = start_server(&e.root.join("cp"), &e.packages, V2, 0, &[]);
-    write_config(
-        &e.home,
-        &srv.url,
-        "test_skip_handover = true\nrun_precheck = false\n",
-    );
-    let _agent = start_agent(&e.home);
+    let (srv, _agent) = e.run(V2, "test_skip_handover = true\nrun_precheck = false\n");
     let log = wait_log(&e.home, "refused and deleted", T);
     assert!(log.contains(&format!("molt-core.{V2}")), "{log}");
     wait_log(&e.home, "Setting agent status to Up", T);
@@ -361,10 +328,7 @@ fn a_download_cut_mid_transfer_resumes_with_range_and_verifies() {
     assert!(log.contains("Resuming download"), "{log}");
     assert!(log.contains("resumed=true"), "{log}");
     let a = latest(&srv.url);
-    assert_eq!(
-        stage_state(&a, "Download Upgrade Packages").as_deref(),
-        Some("Complete")
-    );
+    assert_stage(&a, "Download Upgrade Packages", "Complete");
 }
 
 #[test]
@@ -404,11 +368,7 @@ fn reports_are_queued_while_the_control_plane_is_down_and_delivered_in_order() {
     });
     wait_log(&e.home, "Delivered queued reports to the control plane", T);
     let a = latest(&srv2.url);
-    assert_eq!(
-        stage_state(&a, "Extract Upgrade Packages").as_deref(),
-        Some("Complete"),
-        "{a:#}"
-    );
+    assert_stage(&a, "Extract Upgrade Packages", "Complete");
 }
 
 #[test]

@@ -91,13 +91,11 @@ fn a_pre_upgrade_check_that_runs_out_of_time_is_named_precheck_timeout() {
         comps.push(c);
     });
     let (_k, _cp, h) = env_on(k, &[], "");
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(
+    run_agent_until(
         &h,
         "Aborting agent upgrade due to pre-upgrade check failure",
         T,
     );
-    drop(agent);
 
     // The specific cause hides the generic blocked precheck.
     assert_diagnosed(
@@ -116,9 +114,7 @@ fn a_version_selector_that_traps_is_named_version_selector_failed() {
     // The selector component's fuel budget is far below what one selection needs.
     k.side_bundle("selector", V2, |_, comps| comps[0].limits.fuel = Some(1));
     let (_k, _cp, h) = env_on(k, &[], "run_precheck = false\n");
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(&h, "Version selector failed; not upgrading", T);
-    drop(agent);
+    run_agent_until(&h, "Version selector failed; not upgrading", T);
 
     assert_diagnosed(
         &h,
@@ -140,23 +136,15 @@ fn an_upgrade_waiting_for_a_slot_is_a_note_and_exits_zero() {
         "run_precheck = false\ntest_slot_retry_secs = 1\n",
     );
     // Another agent holds the fleet's only upgrade slot.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(format!("{}/api/v1/agent/upgrade-slot", cp.url))
-            .bearer_auth("agent2-token-0123456789")
-            .json(&serde_json::json!({ "to_version": V2 }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
-    });
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(&h, "409 Conflict", T);
-    drop(agent);
+    let (status, text) = molt_e2e::agent_fx::http_call(
+        &cp.url,
+        reqwest::Method::POST,
+        "/api/v1/agent/upgrade-slot",
+        "agent2-token-0123456789",
+        Some(serde_json::json!({ "to_version": V2 })),
+    );
+    assert!((200..300).contains(&status), "{status}: {text}");
+    run_agent_until(&h, "409 Conflict", T);
 
     let v = assert_diagnosed(
         &h,
@@ -275,9 +263,7 @@ fn a_version_of_an_unknown_release_family_is_named_bad_assigned_version() {
     let url = stand_in_control_plane("brazil-06-01-2030__patch0-06-20-2030_07-01-2030_0900");
     let h = k.light_install(&k.dir.path().join("agent"), V1, &url);
     agent_config(&h, &url, "");
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(&h, "Not a valid package buildstamp", T);
-    drop(agent);
+    run_agent_until(&h, "Not a valid package buildstamp", T);
 
     assert_diagnosed(
         &h,
@@ -320,13 +306,11 @@ fn an_upgrade_temp_folder_that_refuses_new_files_is_named_temp_folder_blocked() 
             return;
         }
     };
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(
+    run_agent_until(
         &h,
         "Upgrade History stage Extract Upgrade Packages: Failed",
         T,
     );
-    drop(agent);
 
     assert_diagnosed(
         &h,

@@ -28,17 +28,23 @@ fn running_v1() -> (Kit, molt_layout::Home, Service) {
     (k, h, svc)
 }
 
-#[test]
-fn a_versions_folder_that_refuses_new_files_is_named_file_not_writable() {
-    let (k, h, _svc) = running_v1();
-    let plan = k.stage_plan(
-        &h,
+/// A hand-over of a light core of V2 staged on `h` (stop and health check
+/// timeouts in seconds).
+fn plan_v2(k: &Kit, h: &molt_layout::Home, stop: u64, health: u64) -> std::path::PathBuf {
+    k.stage_plan(
+        h,
         V1,
         V2,
         &[k.light_core(V2, PackOpts::default(), &[])],
-        5,
-        10,
-    );
+        stop,
+        health,
+    )
+}
+
+#[test]
+fn a_versions_folder_that_refuses_new_files_is_named_file_not_writable() {
+    let (k, h, _svc) = running_v1();
+    let plan = plan_v2(&k, &h, 5, 10);
     let _guard = match Immutable::set(&h.versions_dir()) {
         Ok(g) => g,
         Err(why) => {
@@ -88,14 +94,7 @@ fn an_old_version_held_open_by_a_process_is_named_version_dir_in_use() {
     );
     let svc = Service::start(&h);
     svc.wait_up(V1, UP);
-    let plan = k.stage_plan(
-        &h,
-        V1,
-        V2,
-        &[k.light_core(V2, PackOpts::default(), &[])],
-        5,
-        15,
-    );
+    let plan = plan_v2(&k, &h, 5, 15);
     let code = run_deploy(&h, &plan, &[]);
     assert_eq!(code, 0, "{}", runner_log(&plan));
     assert!(
@@ -125,14 +124,7 @@ fn a_hung_old_agent_is_named_service_did_not_stop() {
     // The old agent hangs (stopped, as a process stuck in a shutdown hook is):
     // it cannot act on SIGTERM.
     signal(pid, "STOP");
-    let plan = k.stage_plan(
-        &h,
-        V1,
-        V2,
-        &[k.light_core(V2, PackOpts::default(), &[])],
-        1,
-        15,
-    );
+    let plan = plan_v2(&k, &h, 1, 15);
     let code = run_deploy(&h, &plan, &[]);
     assert_eq!(code, 0, "killed, then upgraded:\n{}", runner_log(&plan));
     svc.wait_up(V2, UP);
@@ -189,14 +181,7 @@ fn a_config_broken_while_the_agent_ran_is_named_rollback_failed_and_config_inval
     let mut cfg = std::fs::read_to_string(h.config_file()).unwrap();
     cfg = cfg.replace("heartbeat_secs = 1", "heartbeat_secs = 0");
     std::fs::write(h.config_file(), cfg).unwrap();
-    let plan = k.stage_plan(
-        &h,
-        V1,
-        V2,
-        &[k.light_core(V2, PackOpts::default(), &[])],
-        5,
-        3,
-    );
+    let plan = plan_v2(&k, &h, 5, 3);
     let code = run_deploy(&h, &plan, &[]);
     assert_eq!(code, 3, "Failed expected:\n{}", runner_log(&plan));
 
@@ -223,14 +208,7 @@ fn a_config_broken_while_the_agent_ran_is_named_rollback_failed_and_config_inval
 #[test]
 fn a_runner_killed_mid_deploy_and_resumed_by_the_supervisor_is_named_deploy_interrupted() {
     let (k, h, svc) = running_v1();
-    let plan = k.stage_plan(
-        &h,
-        V1,
-        V2,
-        &[k.light_core(V2, PackOpts::default(), &[])],
-        5,
-        10,
-    );
+    let plan = plan_v2(&k, &h, 5, 10);
     // The runner dies at its third checkpoint (the build has started).
     let code = run_deploy(&h, &plan, &[("MOLT_DEPLOY_CRASH_AT", "3")]);
     assert_ne!(code, 0);

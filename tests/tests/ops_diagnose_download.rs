@@ -19,25 +19,26 @@ fn kit_with_releases() -> Kit {
     k
 }
 
+/// V1 installed, a control plane assigning V2 with its packages at `site`,
+/// and an agent run (no precheck) until its download failed.
+fn download_fails_from(k: &Kit, site: &str) -> (Cp, molt_layout::Home) {
+    let cp = serve(
+        &k.dir.path().join("cp"),
+        &k.packages_dir(),
+        &["--fleet-version", V2, "--package-base-url", site],
+    );
+    let h = k.light_install(&k.dir.path().join("agent"), V1, &cp.url);
+    agent_config(&h, &cp.url, "run_precheck = false\n");
+    run_agent_until_download_failed(&h, T);
+    (cp, h)
+}
+
 #[test]
 fn an_unreachable_download_site_is_named_download_failed() {
     let k = kit_with_releases();
     // The control plane is up, but the download site it names is not.
     let site = format!("{}/packages", closed_port_url());
-    let cp = serve(
-        &k.dir.path().join("cp"),
-        &k.packages_dir(),
-        &["--fleet-version", V2, "--package-base-url", &site],
-    );
-    let h = k.light_install(&k.dir.path().join("agent"), V1, &cp.url);
-    agent_config(&h, &cp.url, "run_precheck = false\n");
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(
-        &h,
-        "Upgrade History stage Download Upgrade Packages: Failed",
-        T,
-    );
-    drop(agent);
+    let (_cp, h) = download_fails_from(&k, &site);
 
     let v = assert_diagnosed(
         &h,
@@ -69,20 +70,7 @@ fn a_download_site_behind_an_untrusted_certificate_is_named_download_tls_failed(
     let mirror = serve(&k.dir.path().join("mirror"), &k.packages_dir(), &tls);
     assert!(mirror.url.starts_with("https://"), "{}", mirror.url);
     let site = format!("{}/packages", mirror.url.trim_end_matches('/'));
-    let cp = serve(
-        &k.dir.path().join("cp"),
-        &k.packages_dir(),
-        &["--fleet-version", V2, "--package-base-url", &site],
-    );
-    let h = k.light_install(&k.dir.path().join("agent"), V1, &cp.url);
-    agent_config(&h, &cp.url, "run_precheck = false\n");
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(
-        &h,
-        "Upgrade History stage Download Upgrade Packages: Failed",
-        T,
-    );
-    drop(agent);
+    let (_cp, h) = download_fails_from(&k, &site);
 
     // The specific cause hides the generic download failure.
     let v = assert_diagnosed(
@@ -159,11 +147,7 @@ fn a_full_disk_under_package_incoming_is_named_disk_full() {
         .spawn()
         .unwrap();
     let agent = Proc(child);
-    wait_agent_log(
-        &h,
-        "Upgrade History stage Download Upgrade Packages: Failed",
-        T,
-    );
+    wait_download_failed(&h, T);
     drop(agent);
 
     assert_diagnosed(

@@ -51,13 +51,7 @@ fn a_package_signed_by_a_key_rotated_out_of_the_root_is_named_old_signing_key() 
     let root2_path = k.dir.path().join("root-v2.json");
     std::fs::write(&root2_path, root2.to_json_pretty().unwrap()).unwrap();
     let (_cp, h) = agent_env(&k, &format!("trust_root = \"{}\"\n", root2_path.display()));
-    let agent = start_agent(&h, &[]);
-    let log = wait_agent_log(
-        &h,
-        "Upgrade History stage Download Upgrade Packages: Failed",
-        T,
-    );
-    drop(agent);
+    let log = run_agent_until_download_failed(&h, T);
     assert!(log.contains("Trusted root rotated"), "{log}");
 
     // The specific cause hides the generic signature failure.
@@ -82,13 +76,7 @@ fn an_expired_package_is_named_bundle_expired() {
         &[],
     );
     let (_cp, h) = agent_env(&k, "");
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(
-        &h,
-        "Upgrade History stage Download Upgrade Packages: Failed",
-        T,
-    );
-    drop(agent);
+    run_agent_until_download_failed(&h, T);
 
     assert_diagnosed(
         &h,
@@ -131,11 +119,7 @@ fn an_older_package_than_one_already_accepted_is_named_replayed_bundle() {
         "/api/v1/admin/fleet",
         serde_json::json!({ "version": V3 }),
     );
-    wait_agent_log(
-        &h,
-        "Upgrade History stage Download Upgrade Packages: Failed",
-        T,
-    );
+    wait_download_failed(&h, T);
     drop(agent);
 
     assert_diagnosed(
@@ -159,13 +143,7 @@ fn an_expired_trust_root_is_named_trust_root_problem() {
         expired.to_json_pretty().unwrap(),
     )
     .unwrap();
-    let agent = start_agent(&h, &[]);
-    wait_agent_log(
-        &h,
-        "Upgrade History stage Download Upgrade Packages: Failed",
-        T,
-    );
-    drop(agent);
+    run_agent_until_download_failed(&h, T);
 
     // Every package is refused because of the root, not because it was tampered with.
     assert_diagnosed(

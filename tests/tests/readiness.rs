@@ -2,7 +2,7 @@
 //! real signed precheck bundles. The agent runs the precheck bundle of the
 //! version the readiness command names, not the one it is assigned.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use molt_e2e::agent_fx::*;
@@ -26,6 +26,56 @@ fn blocking_precheck(pki: &Pki, work: &Path, packages: &Path, version: &str) {
     let name = format!("molt-precheck.{version}.universal.universal.zip");
     let _ = std::fs::remove_file(packages.join(&name));
     pki.pack(&src, &name, packages, comps);
+}
+
+/// V1 installed at `home`; the packages of V1 and V2 in `packages`.
+struct Setup {
+    tmp: tempfile::TempDir,
+    pki: Pki,
+    packages: PathBuf,
+    work: PathBuf,
+    home: PathBuf,
+    v1: PackageSet,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let pki = Pki::new(&root.join("pki"));
+    let packages = root.join("packages");
+    let work = root.join("work");
+    let v1 = package_set(&pki, &work, &packages, V1, false);
+    package_set(&pki, &work, &packages, V2, false);
+    let home = root.join("home");
+    fresh_install(&home, &pki, &v1.core, V1);
+    Setup {
+        pki,
+        packages,
+        work,
+        home,
+        v1,
+        tmp,
+    }
+}
+
+impl Setup {
+    /// Serve with the fleet on `fleet`, configure the agent (`extra` lines)
+    /// and start it.
+    fn run(&self, fleet: &str, extra: &str) -> (Server, Proc) {
+        let srv = start_server(&self.tmp.path().join("cp"), &self.packages, fleet, 0, &[]);
+        write_config(&self.home, &srv.url, extra);
+        (srv, start_agent(&self.home))
+    }
+}
+
+/// Ask agent [`AGENT`] to upgrade to `version`.
+fn command_upgrade(url: &str, version: &str) {
+    admin(
+        url,
+        reqwest::Method::POST,
+        &format!("/api/v1/admin/agents/{AGENT}/commands"),
+        Some(json!({ "kind": "upgrade", "args": { "version": version } })),
+    );
 }
 
 fn readiness(url: &str, version: &str) -> Vec<Value> {
@@ -55,41 +105,27 @@ fn run_readiness(url: &str, version: &str) -> Value {
 }
 
 fn dashboard(url: &str, version: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .get(format!("{url}/dashboard?readiness={version}"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "dashboard: HTTP {}", r.status());
-        r.text().await.unwrap()
-    })
+    let (status, text) = http_call(
+        url,
+        reqwest::Method::GET,
+        &format!("/dashboard?readiness={version}"),
+        ADMIN,
+        None,
+    );
+    assert!((200..300).contains(&status), "dashboard: HTTP {status}");
+    text
 }
 
 #[test]
 fn readiness_for_a_next_version_whose_check_blocks_is_not_ready_while_the_current_passes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let pki = Pki::new(&root.join("pki"));
-    let packages = root.join("packages");
-    let work = root.join("work");
-    let v1 = package_set(&pki, &work, &packages, V1, false);
-    assert!(v1.precheck.is_some(), "no committed precheck bundle");
+    let s = setup();
+    let home = &s.home;
+    assert!(s.v1.precheck.is_some(), "no committed precheck bundle");
     // The next version V2: its own precheck bundle, whose disk check blocks.
-    package_set(&pki, &work, &packages, V2, false);
-    blocking_precheck(&pki, &work, &packages, V2);
-    let home = root.join("home");
-    fresh_install(&home, &pki, &v1.core, V1);
+    blocking_precheck(&s.pki, &s.work, &s.packages, V2);
     // The fleet (and the agent) on V1.
-    let srv = start_server(&root.join("cp"), &packages, V1, 0, &[]);
-    write_config(&home, &srv.url, "");
-    let _agent = start_agent(&home);
-    wait_log(&home, "Agent is up to date with the assigned version", T);
+    let (srv, _agent) = s.run(V1, "");
+    wait_log(home, "Agent is up to date with the assigned version", T);
     wait_until("agent Up on V1", T, || {
         agent_status(&srv.url).as_deref() == Some("Up")
     });
@@ -154,29 +190,14 @@ fn readiness_for_a_next_version_whose_check_blocks_is_not_ready_while_the_curren
 
 #[test]
 fn upgrade_with_a_version_against_the_pin_is_refused_and_nothing_happens() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let pki = Pki::new(&root.join("pki"));
-    let packages = root.join("packages");
-    let work = root.join("work");
-    let v1 = package_set(&pki, &work, &packages, V1, false);
-    package_set(&pki, &work, &packages, V2, false);
-    let home = root.join("home");
-    fresh_install(&home, &pki, &v1.core, V1);
-    let srv = start_server(&root.join("cp"), &packages, V1, 0, &[]);
-    write_config(
-        &home,
-        &srv.url,
+    let s = setup();
+    let home = &s.home;
+    let (srv, _agent) = s.run(
+        V1,
         &format!("pinned_version = \"{V1}\"\ntest_skip_handover = true\n"),
     );
-    let _agent = start_agent(&home);
-    wait_log(&home, "Agent is up to date with the assigned version", T);
-    admin(
-        &srv.url,
-        reqwest::Method::POST,
-        &format!("/api/v1/admin/agents/{AGENT}/commands"),
-        Some(json!({ "kind": "upgrade", "args": { "version": V2 } })),
-    );
+    wait_log(home, "Agent is up to date with the assigned version", T);
+    command_upgrade(&srv.url, V2);
     let mut cmd = Value::Null;
     wait_until("the upgrade command answered", T, || {
         cmd = admin_get(&srv.url, &format!("/api/v1/admin/commands?agent={AGENT}"))
@@ -193,27 +214,13 @@ fn upgrade_with_a_version_against_the_pin_is_refused_and_nothing_happens() {
 
 #[test]
 fn upgrade_with_a_version_goes_to_that_version_not_the_fleets() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let pki = Pki::new(&root.join("pki"));
-    let packages = root.join("packages");
-    let work = root.join("work");
-    let v1 = package_set(&pki, &work, &packages, V1, false);
-    package_set(&pki, &work, &packages, V2, false);
-    let home = root.join("home");
-    fresh_install(&home, &pki, &v1.core, V1);
+    let s = setup();
+    let home = &s.home;
     // The fleet stays on V1; the operator asks this agent for V2.
-    let srv = start_server(&root.join("cp"), &packages, V1, 0, &[]);
-    write_config(&home, &srv.url, "test_skip_handover = true\n");
-    let _agent = start_agent(&home);
-    wait_log(&home, "Agent is up to date with the assigned version", T);
-    admin(
-        &srv.url,
-        reqwest::Method::POST,
-        &format!("/api/v1/admin/agents/{AGENT}/commands"),
-        Some(json!({ "kind": "upgrade", "args": { "version": V2 } })),
-    );
-    wait_log(&home, "hand-over to deploy skipped", T);
+    let (srv, _agent) = s.run(V1, "test_skip_handover = true\n");
+    wait_log(home, "Agent is up to date with the assigned version", T);
+    command_upgrade(&srv.url, V2);
+    wait_log(home, "hand-over to deploy skipped", T);
     let a = attempts(&srv.url);
     assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!(
