@@ -346,15 +346,49 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     );
     wait_for("the canary back Up on V2", T, || all_up_on(&cp.url, V2));
 
-    // Resume is refused while the version is blocklisted; abort stops it for good.
+    // Resume is refused while the version is blocklisted.
     let (code, _, out) = fleet(&cp.url, &["rollout", "resume", &bad.to_string()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("blocklisted"), "{out}");
+    // Cleared and resumed, it goes on: the canary is admitted again (an
+    // `upgrade {version}`, which retries a version the agent holds after its
+    // rollback), crashes again, and the rollout halts again at the canary.
+    let (code, _, out) = fleet(&cp.url, &["blocklist", "clear", V3]);
+    assert_eq!(code, 0, "{out}");
+    let (code, st, out) = fleet(&cp.url, &["rollout", "resume", &bad.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(st["state"], "Running", "{out}");
+    wait_rollout(
+        &cp,
+        k.dir.path(),
+        &homes,
+        bad,
+        "Halted",
+        Duration::from_secs(120),
+    );
+    for (name, _) in AGENTS {
+        let n = attempts_to(&cp.url, name, V3).len();
+        assert_eq!(
+            n,
+            if *name == "lon-1" { 2 } else { 0 },
+            "{name} attempts to V3"
+        );
+    }
+    let cmds = rollout_commands(&cp.url, bad);
+    assert_eq!(cmds.len(), 2, "{cmds:?}");
+    assert!(cmds.iter().all(|c| c["agent"] == "lon-1"), "{cmds:?}");
+    assert!(cmds.iter().any(|c| c["kind"] == "upgrade"), "{cmds:?}");
+    let (_, st, _) = fleet(&cp.url, &["rollout", "status", &bad.to_string()]);
+    assert_eq!(st["blocklisted"], true);
+    assert!(st["resumed_at"].is_string());
+
+    // Abort stops it for good: everyone stays Up on V2.
     let (code, st, out) = fleet(&cp.url, &["rollout", "abort", &bad.to_string()]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(st["state"], "Aborted", "{out}");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(rollout_commands(&cp.url, bad).len(), 1);
+    assert_eq!(rollout_commands(&cp.url, bad).len(), 2);
+    wait_for("the canary back Up on V2", T, || all_up_on(&cp.url, V2));
     assert!(all_up_on(&cp.url, V2), "{:?}", agents(&cp.url));
     assert_eq!(get(&cp.url, "/api/v1/admin/fleet")["version"], V2);
 

@@ -656,6 +656,10 @@ pub async fn run(state: AppState, every: std::time::Duration) {
         t.tick().await;
         if let Err(e) = tick(&state).await {
             tracing::error!(error = %e.message, "rollout scheduler step failed");
+            // Admissions are cached before they are stored: forget any not stored.
+            if let Err(e) = reload(&state).await {
+                tracing::error!(error = %e.message, "rollout cache reload failed");
+            }
         }
     }
 }

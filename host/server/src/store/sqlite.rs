@@ -1176,9 +1176,18 @@ impl Store for SqliteStore {
                             "DELETE FROM commands WHERE agent_id = ?1 AND kind = ?2 AND state = ?3",
                             params![a.agent_id, CommandKind::AutoUpgrade.as_str(), CommandState::Queued.as_str()],
                         )?;
+                        // An agent that already failed this version holds it
+                        // (its back-off): admitted again after a resume, it is
+                        // sent the operator's `upgrade {version}`, which retries.
+                        let failed_before: bool = tx.query_row(
+                            "SELECT EXISTS(SELECT 1 FROM attempts WHERE agent_id = ?1 AND to_version = ?2 AND result IN (?3, ?4))",
+                            params![a.agent_id, version, AttemptResult::Failed.as_str(), AttemptResult::RolledBack.as_str()],
+                            |r| r.get(0),
+                        )?;
+                        let kind = if failed_before { CommandKind::Upgrade } else { CommandKind::AutoUpgrade };
                         tx.execute(
                             "INSERT INTO commands (agent_id, kind, args, state, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            params![a.agent_id, CommandKind::AutoUpgrade.as_str(), args, CommandState::Queued.as_str(), now_ms],
+                            params![a.agent_id, kind.as_str(), args, CommandState::Queued.as_str(), now_ms],
                         )?;
                         woken.push(a.agent_id);
                         (Some(tx.last_insert_rowid()), None, None)
@@ -1682,5 +1691,153 @@ mod tests {
         let cmds = s.take_commands(a, now).unwrap();
         assert_eq!(cmds.len(), 1);
         assert_eq!(cmds[0].args["version"], "v2");
+    }
+
+    #[test]
+    fn labels_reported_and_overridden_make_the_effective_labels() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        let a = s.create_agent("a", &[1; 32], now).unwrap();
+        let hb = Heartbeat {
+            host: "h".into(),
+            version: "v1".into(),
+            status: AgentStatus::Up,
+            pid: 1,
+            labels: [
+                ("site".into(), "lon".into()),
+                ("tier".into(), "canary".into()),
+            ]
+            .into(),
+        };
+        s.record_heartbeat(a, &hb, now, chrono::Duration::seconds(60))
+            .unwrap();
+        let o: Labels = [
+            ("site".into(), "par".into()),
+            ("tier".into(), String::new()),
+        ]
+        .into();
+        let ag = s.set_label_overrides("a", &o).unwrap();
+        assert_eq!(ag.labels, Labels::from([("site".into(), "par".into())]));
+        assert_eq!(ag.reported_labels.len(), 2);
+        assert!(matches!(
+            s.set_label_overrides("nobody", &o),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_rollout_admits_halts_blocklists_resumes_and_aborts() {
+        use crate::rollout::{Admit, Plan};
+        let (_d, s) = store();
+        let now = Utc::now();
+        let a = s.create_agent("a", &[1; 32], now).unwrap();
+        let b = s.create_agent("b", &[2; 32], now).unwrap();
+        let spec = serde_json::json!({"version": "v2", "groups": [{"name": "all"}]});
+        let id = s.create_rollout("v2", &spec, 1, now).unwrap();
+        assert!(matches!(
+            s.create_rollout("v3", &spec, 1, now),
+            Err(StoreError::Conflict(_))
+        ));
+        let admit = Plan {
+            group_started: vec![0],
+            admit: vec![
+                Admit {
+                    agent_id: a,
+                    group: 0,
+                    already: false,
+                },
+                Admit {
+                    agent_id: b,
+                    group: 0,
+                    already: true,
+                },
+            ],
+            ..Plan::default()
+        };
+        assert_eq!(
+            s.apply_rollout_plan(id, "v2", &admit, now).unwrap(),
+            vec![a]
+        );
+        let ra = s.rollout_agents(id).unwrap();
+        assert_eq!(ra.len(), 2);
+        let cmds = s.take_commands(a, now).unwrap();
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].kind, CommandKind::AutoUpgrade);
+        assert!(
+            s.take_commands(b, now).unwrap().is_empty(),
+            "already on v2: no command"
+        );
+        // a fails: the scheduler halts; the version is blocklisted.
+        let at = s.create_attempt(a, "v1", "v2", now).unwrap();
+        s.finish_attempt(a, at, AttemptResult::RolledBack, "", now)
+            .unwrap();
+        assert_eq!(s.attempts_to("v2", now).unwrap().len(), 1);
+        let halt = Plan {
+            finished: vec![(a, AttemptResult::RolledBack, now)],
+            halt: Some("group all: a (Rolled Back)".into()),
+            ..Plan::default()
+        };
+        s.apply_rollout_plan(id, "v2", &halt, now).unwrap();
+        let r = s.rollout(id).unwrap().unwrap();
+        assert_eq!(r.state, RolloutState::Halted);
+        assert!(r.halted_at.is_some() && r.groups[0].started_at.is_some());
+        assert_eq!(s.blocklist().unwrap()[0].version, "v2");
+        // Resume is refused while blocklisted; cleared, it forgets a's failure
+        // and a is admitted again with `upgrade`, which retries a held version.
+        assert!(matches!(
+            s.set_rollout_state(id, RolloutState::Running, None, now),
+            Err(StoreError::Conflict(_))
+        ));
+        s.clear_blocked("v2").unwrap();
+        assert!(matches!(
+            s.clear_blocked("v2"),
+            Err(StoreError::NotFound(_))
+        ));
+        let r = s
+            .set_rollout_state(id, RolloutState::Running, None, now)
+            .unwrap();
+        assert_eq!(r.state, RolloutState::Running);
+        assert_eq!(
+            s.rollout_agents(id).unwrap().len(),
+            1,
+            "only b stays admitted"
+        );
+        let again = Plan {
+            admit: vec![Admit {
+                agent_id: a,
+                group: 0,
+                already: false,
+            }],
+            ..Plan::default()
+        };
+        s.apply_rollout_plan(id, "v2", &again, now).unwrap();
+        assert_eq!(
+            s.take_commands(a, now).unwrap()[0].kind,
+            CommandKind::Upgrade
+        );
+        // Pause, then abort: blocklisted again, nothing applies any more.
+        s.set_rollout_state(id, RolloutState::Paused, None, now)
+            .unwrap();
+        assert!(matches!(
+            s.set_rollout_state(id, RolloutState::Paused, None, now),
+            Err(StoreError::Conflict(_))
+        ));
+        let r = s
+            .set_rollout_state(id, RolloutState::Aborted, Some("bad build"), now)
+            .unwrap();
+        assert_eq!(r.state, RolloutState::Aborted);
+        assert!(r.aborted_at.is_some());
+        assert_eq!(s.blocklist().unwrap()[0].reason, "bad build");
+        assert!(
+            s.apply_rollout_plan(id, "v2", &again, now)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            s.create_rollout("v2", &spec, 1, now),
+            Err(StoreError::Conflict(_))
+        ));
+        s.clear_blocked("v2").unwrap();
+        assert!(s.create_rollout("v2", &spec, 1, now).is_ok());
     }
 }
