@@ -297,6 +297,36 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
         );
     }
 
+    // `molt fleet agents`: filtered and paginated by the store.
+    let (code, page, out) = fleet(&cp.url, &["agents", "--label", "site=lon"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(page["total"], 2, "{out}");
+    let (code, page, out) = fleet(
+        &cp.url,
+        &[
+            "agents",
+            "--status",
+            "Up",
+            "--on-version",
+            V2,
+            "--per-page",
+            "4",
+            "--page",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(page["total"], 6, "{out}");
+    let names: Vec<&str> = page["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["par-1", "par-2"], "{out}");
+    let (code, _, out) = fleet(&cp.url, &["agents", "--status", "Sideways"]);
+    assert_eq!(code, 1, "{out}");
+
     // (b) V3 crashes at start: the canary rolls back and the rollout halts.
     let (code, created, out) = fleet(
         &cp.url,

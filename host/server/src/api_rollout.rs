@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api_admin::AgentView;
-use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::model::{AttemptResult, Labels, RolloutRecord, RolloutState};
 use crate::rollout::{GroupSpec, RolloutSpec, check_labels};
 use crate::state::{AdminAuth, AppState};
@@ -284,4 +284,61 @@ pub async fn clear_blocked(
     crate::rollout::reload(&state).await?;
     tracing::info!(version = %version, "version cleared from the blocklist");
     Ok(axum::Json(json!({ "ok": true, "cleared": version })))
+}
+
+#[derive(Deserialize)]
+pub struct AgentsQuery {
+    /// `k=v,k2=v2`: effective labels the agents must all carry.
+    label: Option<String>,
+    status: Option<String>,
+    version: Option<String>,
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+/// One page of agents, filtered in the store (`GET /api/v1/admin/fleet/agents`).
+pub async fn agents_page(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiQuery(q): ApiQuery<AgentsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut labels = Labels::new();
+    for kv in q
+        .label
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            ApiError::bad_request(format!("query parameter `label`: `{kv}` is not NAME=VALUE"))
+        })?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    check_labels("label", &labels)?;
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(crate::model::AgentStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "query parameter `status`: unknown agent status {s:?}"
+            ))
+        })?),
+    };
+    let page = q.page.unwrap_or(1).max(1);
+    let per_page = q.per_page.unwrap_or(50).clamp(1, 1000);
+    let query = crate::store::AgentQuery {
+        labels,
+        status,
+        version: q.version.filter(|v| !v.is_empty()),
+        seen_after: state.config.clock.now()
+            - crate::clock::chrono_dur(state.config.agent_down_after),
+        page,
+        per_page,
+    };
+    let (agents, total) = state.db(move |s| s.agents_page(&query)).await?;
+    Ok(axum::Json(json!({
+        "agents": agents.into_iter().map(|a| AgentView::of(&state, a)).collect::<Vec<_>>(),
+        "total": total,
+        "page": page,
+        "per_page": per_page,
+    })))
 }

@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
             post(api_rollout::abort),
         )
         .route("/api/v1/admin/blocklist", get(api_rollout::blocklist))
+        .route("/api/v1/admin/fleet/agents", get(api_rollout::agents_page))
         .route(
             "/api/v1/admin/blocklist/{version}",
             axum::routing::delete(api_rollout::clear_blocked),

@@ -38,6 +38,22 @@ pub struct FleetArgs {
 pub enum FleetCmd {
     /// Fleet version, the newest rollout and the blocklist.
     Status,
+    /// Agents, filtered and paginated by the control plane.
+    Agents {
+        /// `NAME=VALUE`: only agents carrying this label (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Only agents with this status (Up, Upgrading, Paused, Down, "Upgrade Failed").
+        #[arg(long)]
+        status: Option<String>,
+        /// Only agents running this version.
+        #[arg(long = "on-version", value_name = "VERSION")]
+        on_version: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        page: usize,
+        #[arg(long, default_value_t = 50)]
+        per_page: usize,
+    },
     /// Staged rollouts of a version.
     #[command(subcommand)]
     Rollout(RolloutCmd),
@@ -239,6 +255,58 @@ fn run_inner(a: &FleetArgs) -> Result<(), Fail> {
             }
             v
         }
+        FleetCmd::Agents {
+            labels,
+            status,
+            on_version,
+            page,
+            per_page,
+        } => {
+            for l in labels {
+                if !l.contains('=') {
+                    return Err(Fail::Usage(format!("--label {l}: not NAME=VALUE")));
+                }
+            }
+            let mut q = format!("page={page}&per_page={per_page}");
+            if !labels.is_empty() {
+                q.push_str(&format!("&label={}", enc(&labels.join(","))));
+            }
+            if let Some(s) = status {
+                q.push_str(&format!("&status={}", enc(s)));
+            }
+            if let Some(v) = on_version {
+                q.push_str(&format!("&version={}", enc(v)));
+            }
+            let v = api.get(&format!("/api/v1/admin/fleet/agents?{q}"))?;
+            if !a.json {
+                for ag in v["agents"].as_array().into_iter().flatten() {
+                    let labels: Vec<String> = ag["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or("")))
+                        .collect();
+                    println!(
+                        "{:<24} {:<15} {:<60} {}",
+                        ag["name"].as_str().unwrap_or("?"),
+                        ag["status"].as_str().unwrap_or("?"),
+                        ag["version"].as_str().unwrap_or("-"),
+                        labels.join(",")
+                    );
+                }
+                println!(
+                    "page {} of {} ({} agents)",
+                    v["page"],
+                    v["total"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .div_ceil(v["per_page"].as_u64().unwrap_or(1).max(1))
+                        .max(1),
+                    v["total"]
+                );
+            }
+            v
+        }
         FleetCmd::Rollout(RolloutCmd::Create {
             target,
             spec,
@@ -430,4 +498,16 @@ fn print_blocklist(v: &Value) {
             b["reason"].as_str().unwrap_or("")
         );
     }
+}
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' | b'=' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

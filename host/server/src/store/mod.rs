@@ -56,6 +56,21 @@ pub struct IssueFilter {
     pub state: Option<IssueState>,
 }
 
+/// Filter and page of [`Store::agents_page`].
+#[derive(Clone, Debug, Default)]
+pub struct AgentQuery {
+    /// Effective labels the agent must all carry.
+    pub labels: Labels,
+    /// Effective status (Down: not seen since `seen_after`).
+    pub status: Option<crate::model::AgentStatus>,
+    pub version: Option<String>,
+    /// Liveness cut-off: agents not seen since are Down.
+    pub seen_after: DateTime<Utc>,
+    /// 1-based.
+    pub page: usize,
+    pub per_page: usize,
+}
+
 /// The control plane's repository. Every method is one transaction.
 pub trait Store: Send + Sync + 'static {
     // Agents and tokens.
@@ -193,6 +208,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<i64, StoreError>;
     fn list_log_uploads(&self, agent: &str) -> Result<Vec<LogUpload>, StoreError>;
     fn log_upload(&self, id: i64) -> Result<Option<LogUpload>, StoreError>;
+
+    /// One page of agents by name matching the query, and how many match.
+    fn agents_page(&self, q: &AgentQuery) -> Result<(Vec<Agent>, usize), StoreError>;
 
     // Labels.
     /// Replaces the admin's label overrides of an agent.

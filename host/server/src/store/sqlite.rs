@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{IssueFilter, Store, StoreError, TokenHash};
+use super::{AgentQuery, IssueFilter, Store, StoreError, TokenHash};
 use crate::clock::{from_ms, to_ms};
 use crate::model::{
     Agent, AgentStatus, Attempt, AttemptResult, Command, CommandKind, CommandState, Finding,
@@ -989,6 +989,65 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn agents_page(&self, q: &AgentQuery) -> Result<(Vec<Agent>, usize), StoreError> {
+        use rusqlite::types::Value as Sql;
+        let mut conds: Vec<String> = Vec::new();
+        let mut args: Vec<Sql> = Vec::new();
+        for (k, v) in &q.labels {
+            // Label names are letters, digits, '-', '_' and '.': safe inside a quoted JSON path.
+            if !crate::rollout::label_ok(k, 63) {
+                return Ok((Vec::new(), 0));
+            }
+            let path = format!("'$.\"{k}\"'");
+            conds.push(format!(
+                "(CASE WHEN json_type(label_overrides, {path}) IS NOT NULL THEN json_extract(label_overrides, {path}) \
+                 ELSE json_extract(labels, {path}) END) = ?"
+            ));
+            args.push(Sql::Text(v.clone()));
+        }
+        if let Some(v) = &q.version {
+            conds.push("version = ?".into());
+            args.push(Sql::Text(v.clone()));
+        }
+        let cutoff = to_ms(q.seen_after);
+        match q.status {
+            Some(AgentStatus::Down) => {
+                conds.push("(last_seen IS NULL OR last_seen < ?)".into());
+                args.push(Sql::Integer(cutoff));
+            }
+            Some(st) => {
+                conds.push("(status = ? AND last_seen >= ?)".into());
+                args.push(Sql::Text(st.as_str().to_string()));
+                args.push(Sql::Integer(cutoff));
+            }
+            None => {}
+        }
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        let conn = self.conn();
+        let total: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM agents{filter}"),
+            rusqlite::params_from_iter(args.iter()),
+            |r| r.get(0),
+        )?;
+        let per = q.per_page.clamp(1, 1000);
+        let offset = q.page.max(1).saturating_sub(1).saturating_mul(per);
+        let mut page_args = args.clone();
+        page_args.push(Sql::Integer(per as i64));
+        page_args.push(Sql::Integer(offset as i64));
+        let mut st = conn.prepare(&format!(
+            "SELECT {AGENT_COLS} FROM agents{filter} ORDER BY name LIMIT ? OFFSET ?"
+        ))?;
+        let rows = st.query_map(rusqlite::params_from_iter(page_args.iter()), agent_row)?;
+        let agents = rows
+            .map(|r| finish_agent(r?))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((agents, total as usize))
+    }
+
     fn set_label_overrides(&self, name: &str, labels: &Labels) -> Result<Agent, StoreError> {
         let json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
         self.tx(|tx| {
@@ -1723,6 +1782,55 @@ mod tests {
             s.set_label_overrides("nobody", &o),
             Err(StoreError::NotFound(_))
         ));
+        // The paginated query filters on effective labels, status and version.
+        for (i, n) in ["b", "c", "d"].iter().enumerate() {
+            s.create_agent(n, &[10 + i as u8; 32], now).unwrap();
+        }
+        let q = |labels: &[(&str, &str)], status, page, per_page| AgentQuery {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            status,
+            version: None,
+            seen_after: now - chrono::Duration::seconds(60),
+            page,
+            per_page,
+        };
+        let names =
+            |r: (Vec<Agent>, usize)| (r.0.into_iter().map(|a| a.name).collect::<Vec<_>>(), r.1);
+        assert_eq!(
+            names(s.agents_page(&q(&[("site", "par")], None, 1, 10)).unwrap()),
+            (vec!["a".to_string()], 1)
+        );
+        assert_eq!(
+            names(s.agents_page(&q(&[("site", "lon")], None, 1, 10)).unwrap()).1,
+            0
+        );
+        assert_eq!(
+            names(
+                s.agents_page(&q(&[("tier", "canary")], None, 1, 10))
+                    .unwrap()
+            )
+            .1,
+            0,
+            "removed by the override"
+        );
+        assert_eq!(
+            names(
+                s.agents_page(&q(&[], Some(AgentStatus::Up), 1, 10))
+                    .unwrap()
+            )
+            .1,
+            1
+        );
+        assert_eq!(
+            names(
+                s.agents_page(&q(&[], Some(AgentStatus::Down), 2, 2))
+                    .unwrap()
+            ),
+            (vec!["d".to_string()], 3)
+        );
     }
 
     #[test]
