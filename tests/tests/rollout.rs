@@ -70,6 +70,24 @@ fn fleet(url: &str, args: &[&str]) -> (i32, Value, String) {
     )
 }
 
+/// The dashboard's page (admin bearer token).
+fn dashboard(url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!("{url}/dashboard"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.text().await.unwrap()
+    })
+}
+
 fn get(url: &str, path: &str) -> Value {
     admin(url, "GET", path, Value::Null)
 }
@@ -368,6 +386,12 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     let cmds = rollout_commands(&cp.url, bad);
     assert_eq!(cmds.len(), 1, "{cmds:?}");
     assert_eq!(cmds[0]["agent"], "lon-1");
+    let html = dashboard(&cp.url);
+    assert!(
+        html.contains("id=\"rollout-state\">Halted<")
+            && (html.contains("lon-1 (Rolled Back)") || html.contains("lon-1 (Failed)")),
+        "the dashboard shows the halt and its reason:\n{html}"
+    );
     let (code, list, out) = fleet(&cp.url, &["blocklist", "list"]);
     assert_eq!(code, 0, "{out}");
     assert!(

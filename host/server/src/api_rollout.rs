@@ -86,7 +86,7 @@ pub struct RolloutView {
     pub admitted: Vec<AdmittedView>,
 }
 
-async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutView, ApiError> {
+pub(crate) async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutView, ApiError> {
     let id = r.id;
     let (agents, admitted) = state
         .db(move |s| Ok((s.list_agents()?, s.rollout_agents(id)?)))

@@ -274,6 +274,11 @@ pub async fn index(
         }
     );
 
+    if let Some(r) = state.db(|s| s.latest_rollout()).await? {
+        let v = crate::api_rollout::view(&state, r).await?;
+        rollout_section(&mut b, &v);
+    }
+
     let _ = write!(
         b,
         "<section id=\"agents\"><h2>Agents ({})</h2><table><tr><th>Name</th><th>Host</th><th>Version</th><th>Status</th><th>Last seen</th><th>Actions</th></tr>",
@@ -650,6 +655,50 @@ pub async fn action_fleet(
         ),
         Err(e) => fail("/dashboard", e),
     }
+}
+
+/// The newest rollout: state, halt reason, per-group progress bars.
+fn rollout_section(b: &mut String, v: &crate::api_rollout::RolloutView) {
+    let r = &v.rollout;
+    let _ = write!(
+        b,
+        "<section id=\"rollout\"><h2>Rollout {} of {}</h2><p>State: <b id=\"rollout-state\">{}</b>{}</p>",
+        r.id,
+        esc(&r.version),
+        esc(r.state.as_str()),
+        if v.blocklisted {
+            " · <span class=\"dup\" id=\"rollout-blocklisted\">version blocklisted</span>"
+        } else {
+            ""
+        }
+    );
+    if let Some(reason) = &r.reason {
+        let _ = write!(
+            b,
+            "<p class=\"dup\" id=\"rollout-reason\">{}</p>",
+            esc(reason)
+        );
+    }
+    let _ = write!(
+        b,
+        "<table><tr><th>Group</th><th>Agents</th><th>Done</th><th>In flight</th><th>Failed</th><th>Waiting</th><th>Progress</th></tr>"
+    );
+    for g in &v.group_progress {
+        let _ = write!(
+            b,
+            "<tr class=\"rollout-group\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td><progress value=\"{}\" max=\"{}\"></progress></td></tr>",
+            esc(&g.spec.name),
+            g.agents,
+            g.done,
+            g.in_flight,
+            g.failed,
+            g.waiting,
+            g.done,
+            g.agents.max(1)
+        );
+    }
+    b.push_str("</table></section>");
 }
 
 #[cfg(test)]
