@@ -75,25 +75,16 @@ fn free_port() -> u16 {
 /// A core package of `version` whose bin/molt is `molt` (the real binary
 /// unless a stand-in is given) and which ships the project's unit file.
 fn core_package(e: &Env, version: &str, molt: &[u8], unit: &str) -> PathBuf {
-    let src = e.root.join(format!("src-core-{version}"));
-    let _ = std::fs::remove_dir_all(&src);
-    let files: Vec<(&str, &[u8], u32)> = vec![
-        ("bin/molt", molt, 0o755),
-        ("lib/systemd/molt-agent.service", unit.as_bytes(), 0o644),
-        ("lib/version.txt", version.as_bytes(), 0o644),
-    ];
-    for (p, data, mode) in files {
-        use std::os::unix::fs::PermissionsExt;
-        let f = src.join(p);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(&f, data).unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    e.pki.pack(
-        &src,
-        &format!("molt-core.{version}.universal.universal.zip"),
-        &e.packages,
-        vec![],
+    let name = format!("molt-core.{version}.universal.universal.zip");
+    e.pki.pack_files(
+        &e.root.join(format!("src-core-{version}")),
+        &[
+            ("bin/molt", molt, 0o755),
+            ("lib/systemd/molt-agent.service", unit.as_bytes(), 0o644),
+            ("lib/version.txt", version.as_bytes(), 0o644),
+        ],
+        &e.packages.join(name),
+        Default::default(),
     )
 }
 
@@ -155,10 +146,7 @@ fn env() -> Env {
         root,
         pki,
         packages,
-        site: Proc {
-            child: site,
-            name: "package site".into(),
-        },
+        site: Proc::new(site, "package site"),
         site_url,
     };
     let molt = std::fs::read(molt_bin()).unwrap();
@@ -245,20 +233,23 @@ fn install(sd: &Systemd, srv: &Server, user: Option<&str>) -> String {
     r.stdout
 }
 
-/// The control plane's record of the agent.
-fn agent_record(url: &str) -> Option<serde_json::Value> {
-    let v = admin_get(url, "/api/v1/admin/agents");
-    let list = v
-        .as_array()
-        .cloned()
-        .or_else(|| v["agents"].as_array().cloned())?;
-    list.into_iter().find(|a| a["name"] == AGENT)
+/// V1 and V2 packed (V2's `bin/molt` is `agent`, both with the shipped
+/// unit), `molt serve`, a booted systemd and `molt install --user molt` in it;
+/// its `--json` report.
+fn installed_with_v2(agent: &[u8]) -> (Env, Server, Systemd, String) {
+    let e = env();
+    core_package(&e, V2, agent, &shipped_unit());
+    precheck_package(&e, V2);
+    let srv = serve(&e);
+    let sd = boot(&e);
+    let out = install(&sd, &srv, Some("molt"));
+    (e, srv, sd, out)
 }
 
 fn wait_up_on(url: &str, version: &str, sd: &Systemd) {
     let start = Instant::now();
     loop {
-        if let Some(a) = agent_record(url)
+        if let Some(a) = cp_agent(url)
             && a["status"] == "Up"
             && a["version"] == version
         {
@@ -267,7 +258,7 @@ fn wait_up_on(url: &str, version: &str, sd: &Systemd) {
         if start.elapsed() > T {
             panic!(
                 "agent not Up on {version} after {T:?}: {:?}\n--- journal ---\n{}\n--- agent.log ---\n{}",
-                agent_record(url),
+                cp_agent(url),
                 sd.journal(UNIT),
                 std::fs::read_to_string(sd.path(&format!("{HOME}/logs/agent.log")))
                     .unwrap_or_default()
@@ -344,13 +335,7 @@ fn wait_attempt_end(url: &str, sd: &Systemd) -> serde_json::Value {
 #[test]
 fn an_unprivileged_agent_under_the_shipped_unit_upgrades_through_the_control_plane() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let e = env();
-    let molt = std::fs::read(molt_bin()).unwrap();
-    core_package(&e, V2, &molt, &shipped_unit());
-    precheck_package(&e, V2);
-    let srv = serve(&e);
-    let sd = boot(&e);
-    let out = install(&sd, &srv, Some("molt"));
+    let (e, srv, sd, out) = installed_with_v2(&std::fs::read(molt_bin()).unwrap());
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["service"], format!("systemd:{UNIT}"), "{out}");
     assert_eq!(report["user"], "molt");
@@ -372,10 +357,10 @@ fn an_unprivileged_agent_under_the_shipped_unit_upgrades_through_the_control_pla
         {
             runner_seen = Some(Instant::now());
         }
-        if down_seen.is_none() && agent_record(&srv.url).is_some_and(|a| a["status"] == "Down") {
+        if down_seen.is_none() && cp_agent(&srv.url).is_some_and(|a| a["status"] == "Down") {
             down_seen = Some(Instant::now());
         }
-        if let Some(a) = agent_record(&srv.url)
+        if let Some(a) = cp_agent(&srv.url)
             && a["status"] == "Up"
             && a["version"] == V2
         {
@@ -384,7 +369,7 @@ fn an_unprivileged_agent_under_the_shipped_unit_upgrades_through_the_control_pla
         assert!(
             start.elapsed() < T,
             "not Up on {V2}: {:?} {:#?}\n--- agent ---\n{}\n--- runner ---\n{}",
-            agent_record(&srv.url),
+            cp_agent(&srv.url),
             latest_attempt(&srv.url),
             sd.journal(UNIT),
             sd.journal("molt-agent-upgrade.service")
@@ -406,11 +391,7 @@ fn an_unprivileged_agent_under_the_shipped_unit_upgrades_through_the_control_pla
         d.saturating_duration_since(r)
     );
     // The unit file did not change, and no stage failed.
-    assert_eq!(
-        stage_state(&a, "Reinstall Service").as_deref(),
-        Some("Skipped"),
-        "{a:#}"
-    );
+    assert_stage(&a, "Reinstall Service", "Skipped");
     // The upgrade dir (runner copy, logs) is cleaned by the new agent.
     let temp = sd.path(&format!("{HOME}/work/upgrade_temp"));
     wait_until("work/upgrade_temp empty", Duration::from_secs(60), || {
@@ -447,12 +428,7 @@ fn an_unprivileged_agent_under_the_shipped_unit_upgrades_through_the_control_pla
 fn a_new_version_that_crashes_at_start_is_rolled_back_with_the_unit_active_even_if_the_runner_is_killed_mid_rollback()
  {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let e = env();
-    core_package(&e, V2, CRASHING_AGENT, &shipped_unit());
-    precheck_package(&e, V2);
-    let srv = serve(&e);
-    let sd = boot(&e);
-    install(&sd, &srv, Some("molt"));
+    let (_e, srv, sd, _) = installed_with_v2(CRASHING_AGENT);
     wait_up_on(&srv.url, V1, &sd);
     // The last journal step of the SIGKILL sweep: the runner dies as it
     // starts the rollback; systemd restarts it and it finishes the rollback.
@@ -501,13 +477,7 @@ fn a_new_version_that_crashes_at_start_is_rolled_back_with_the_unit_active_even_
 #[test]
 fn a_second_unit_on_the_same_home_blocks_the_precheck_but_the_agents_own_unit_does_not() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let e = env();
-    let molt = std::fs::read(molt_bin()).unwrap();
-    core_package(&e, V2, &molt, &shipped_unit());
-    precheck_package(&e, V2);
-    let srv = serve(&e);
-    let sd = boot(&e);
-    install(&sd, &srv, Some("molt"));
+    let (_e, srv, sd, _) = installed_with_v2(&std::fs::read(molt_bin()).unwrap());
     wait_up_on(&srv.url, V1, &sd);
     // Another unit (not started) that would run a second agent on this home.
     std::fs::write(
@@ -543,12 +513,7 @@ fn a_second_unit_on_the_same_home_blocks_the_precheck_but_the_agents_own_unit_do
 #[test]
 fn a_new_version_that_cannot_reach_its_control_plane_while_the_runner_can_is_rolled_back() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let e = env();
-    core_package(&e, V2, &silent_agent(V2), &shipped_unit());
-    precheck_package(&e, V2);
-    let srv = serve(&e);
-    let sd = boot(&e);
-    install(&sd, &srv, Some("molt"));
+    let (_e, srv, sd, _) = installed_with_v2(&silent_agent(V2));
     wait_up_on(&srv.url, V1, &sd);
     set_fleet(&srv.url, V2);
     let a = wait_attempt_end(&srv.url, &sd);
@@ -661,7 +626,7 @@ fn the_runner_killed_at_each_journal_step_ends_on_the_old_or_the_new_version_up(
         let landed = loop {
             let cur = current(&sd);
             let ended = !sd.path(&format!("{HOME}/work/deploy.journal")).exists();
-            let up = agent_record(&srv.url).is_some_and(|a| {
+            let up = cp_agent(&srv.url).is_some_and(|a| {
                 a["status"] == "Up"
                     && format!("versions/{}", a["version"].as_str().unwrap_or("")) == cur
             });
@@ -671,7 +636,7 @@ fn the_runner_killed_at_each_journal_step_ends_on_the_old_or_the_new_version_up(
             assert!(
                 start.elapsed() < Duration::from_secs(150),
                 "killed at {step}: not settled (current {cur}, agent {:?}, unit {})\n{}",
-                agent_record(&srv.url),
+                cp_agent(&srv.url),
                 sd.is_active(UNIT),
                 diag(&sd)
             );
@@ -722,20 +687,12 @@ fn a_changed_unit_file_is_reinstalled_by_a_root_agent_and_reported_by_an_unprivi
         let issues = admin_get(&srv.url, "/api/v1/admin/issues").to_string();
         match user {
             None => {
-                assert_eq!(
-                    stage_state(&a, "Reinstall Service").as_deref(),
-                    Some("Complete"),
-                    "{a:#}"
-                );
+                assert_stage(&a, "Reinstall Service", "Complete");
                 assert!(installed.contains("MOLT_UNIT_REVISION=2"), "{installed}");
                 assert_eq!(sd.prop(UNIT, "Environment"), "MOLT_UNIT_REVISION=2");
             }
             Some(_) => {
-                assert_eq!(
-                    stage_state(&a, "Reinstall Service").as_deref(),
-                    Some("Skipped"),
-                    "{a:#}"
-                );
+                assert_stage(&a, "Reinstall Service", "Skipped");
                 assert!(!installed.contains("MOLT_UNIT_REVISION"), "{installed}");
                 assert!(issues.contains("reinstall-service-needed"), "{issues}");
             }
