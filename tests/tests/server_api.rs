@@ -29,6 +29,11 @@ async fn assert_assigned(s: &TestServer, token: &str, query: &str, version: &str
     );
 }
 
+/// `GET path` with `Range: range`.
+async fn get_range(s: &TestServer, path: &str, range: &str) -> reqwest::Response {
+    s.get(path).header(RANGE, range).send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_agents_ask_for_two_slots_the_third_waits_for_one_to_finish() {
     let s = TestServer::start(|_| {}).await;
@@ -461,39 +466,24 @@ async fn a_download_resumes_with_range_requests() {
     );
     let url = "/packages/molt-core.tokyo-01-01-2024__patch0-01-01-2024_01-01-2024_0000.universal.universal.zip";
     // First part of an interrupted download …
-    let r = s
-        .get(url)
-        .header(RANGE, "bytes=0-399999")
-        .send()
-        .await
-        .unwrap();
+    let r = get_range(&s, url, "bytes=0-399999").await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes 0-399999/1000000");
     assert_eq!(r.headers()["accept-ranges"], "bytes");
     let mut got = r.bytes().await.unwrap().to_vec();
     // … then the rest.
-    let r = s
-        .get(url)
-        .header(RANGE, format!("bytes={}-", got.len()))
-        .send()
-        .await
-        .unwrap();
+    let r = get_range(&s, url, &format!("bytes={}-", got.len())).await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes 400000-999999/1000000");
     got.extend_from_slice(&r.bytes().await.unwrap());
     assert_eq!(sha256(&got), sha256(&bytes));
     // Suffix range, unsatisfiable range, no range.
-    let r = s.get(url).header(RANGE, "bytes=-10").send().await.unwrap();
+    let r = get_range(&s, url, "bytes=-10").await;
     assert_eq!(
         r.bytes().await.unwrap().as_ref(),
         &bytes[bytes.len() - 10..]
     );
-    let r = s
-        .get(url)
-        .header(RANGE, "bytes=1000000-")
-        .send()
-        .await
-        .unwrap();
+    let r = get_range(&s, url, "bytes=1000000-").await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes */1000000");
     let r = s.get(url).send().await.unwrap();
