@@ -70,6 +70,15 @@ fn fleet(url: &str, args: &[&str]) -> (i32, Value, String) {
     )
 }
 
+/// A plain GET's text (the metrics need no token).
+fn get_text(url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+}
+
 /// The dashboard's page (admin bearer token).
 fn dashboard(url: &str) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -391,6 +400,13 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
         html.contains("id=\"rollout-state\">Halted<")
             && (html.contains("lon-1 (Rolled Back)") || html.contains("lon-1 (Failed)")),
         "the dashboard shows the halt and its reason:\n{html}"
+    );
+    let metrics = get_text(&format!("{}/metrics", cp.url));
+    assert!(
+        metrics.contains(&format!(
+            "molt_rollout_state{{rollout=\"{bad}\",version=\"{V3}\",state=\"Halted\"}} 1"
+        )) && metrics.contains("molt_blocklisted_versions 1"),
+        "{metrics}"
     );
     let (code, list, out) = fleet(&cp.url, &["blocklist", "list"]);
     assert_eq!(code, 0, "{out}");

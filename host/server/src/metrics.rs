@@ -120,6 +120,41 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "molt_packages {}",
         state.packages.current().0.files.len()
     );
+    if let Some(r) = state.db(|s| s.latest_rollout()).await? {
+        let v = crate::api_rollout::view(&state, r).await?;
+        let id = v.rollout.id;
+        let version = esc(&v.rollout.version);
+        out.push_str("# HELP molt_rollout_state The newest rollout: 1 for its state.\n# TYPE molt_rollout_state gauge\n");
+        for st in molt_protocol::RolloutState::ALL {
+            let _ = writeln!(
+                out,
+                "molt_rollout_state{{rollout=\"{id}\",version=\"{version}\",state=\"{st}\"}} {}",
+                u8::from(*st == v.rollout.state)
+            );
+        }
+        out.push_str("# HELP molt_rollout_agents Agents of the newest rollout by group and phase.\n# TYPE molt_rollout_agents gauge\n");
+        for g in &v.group_progress {
+            for (phase, n) in [
+                ("done", g.done),
+                ("in_flight", g.in_flight),
+                ("failed", g.failed),
+                ("waiting", g.waiting),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "molt_rollout_agents{{rollout=\"{id}\",group=\"{}\",phase=\"{phase}\"}} {n}",
+                    esc(&g.spec.name)
+                );
+            }
+        }
+    }
+    let blocked = state
+        .blocked
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    out.push_str("# HELP molt_blocklisted_versions Versions on the blocklist (halted or aborted rollouts).\n# TYPE molt_blocklisted_versions gauge\n");
+    let _ = writeln!(out, "molt_blocklisted_versions {blocked}");
     Ok((
         [(
             header::CONTENT_TYPE,
