@@ -502,8 +502,21 @@ pub async fn reload(state: &AppState) -> Result<(), ApiError> {
                 state: Some(r.state),
                 ..Default::default()
             };
+            // Limits computed by the scheduler on whole groups are kept.
+            if let Some(old) = state
+                .rollout
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|o| o.id == r.id)
+            {
+                c.limits = old.limits.clone();
+            }
             for a in &agents {
                 c.admitted.insert(a.agent_id);
+                if c.limits.contains_key(&a.agent_id) {
+                    continue;
+                }
                 if let Some(g) = spec.as_ref().and_then(|s| s.groups.get(a.group)) {
                     let size = agents.iter().filter(|x| x.group == a.group).count();
                     c.limits
@@ -602,7 +615,43 @@ pub async fn tick(state: &AppState) -> Result<(), ApiError> {
             .collect(),
     };
     let plan = decide(&snap);
-    apply(state, r.id, &snap.spec, plan, now).await
+    apply(state, r.id, &snap.spec, plan, now).await?;
+    // The semaphore's size for an admitted agent: its group's max in flight,
+    // computed on the group's whole membership (the cache alone knows only
+    // the admitted agents).
+    let mut sizes = vec![0usize; snap.spec.groups.len()];
+    for a in &snap.agents {
+        let g = match &a.admission {
+            Some(ad) => Some(ad.group),
+            None => snap.spec.group_of(&a.labels),
+        };
+        if let Some(n) = g.and_then(|g| sizes.get_mut(g)) {
+            *n += 1;
+        }
+    }
+    let groups: std::collections::HashMap<i64, usize> = snap
+        .agents
+        .iter()
+        .filter_map(|a| {
+            let g = a
+                .admission
+                .as_ref()
+                .map(|ad| ad.group)
+                .or_else(|| snap.spec.group_of(&a.labels))?;
+            Some((a.id, g))
+        })
+        .collect();
+    let mut c = state.rollout.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = c.as_mut().filter(|c| c.id == r.id) {
+        let admitted: Vec<i64> = c.admitted.iter().copied().collect();
+        for id in admitted {
+            if let Some(&g) = groups.get(&id) {
+                let limit = snap.spec.groups[g].max_in_flight.limit(sizes[g].max(1));
+                c.limits.insert(id, limit as u32);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn apply(
