@@ -18,34 +18,17 @@
 use chrono::{DateTime, Duration, Utc};
 use molt_layout::Home;
 use molt_protocol::AttemptResult;
-use serde::{Deserialize, Serialize};
 
 /// First back-off after a rollback.
 pub const FIRST: Duration = Duration::hours(4);
 /// The longest back-off.
 pub const CAP: Duration = Duration::days(3);
 
-/// A version held after rollback(s).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Held {
-    pub version: String,
-    /// Rollbacks of this version in a row.
-    pub rollbacks: u32,
-    /// When the last one was recorded (the runner's `at`).
-    pub last_at: DateTime<Utc>,
-    /// Not attempted again before this.
-    pub until: DateTime<Utc>,
-}
-
-/// What the agent keeps: the last deploy it has folded in, and the hold.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Record {
-    seen: Option<DateTime<Utc>>,
-    held: Option<Held>,
-}
+pub use molt_layout::Held;
+use molt_layout::HeldRecord as Record;
 
 fn file(home: &Home) -> std::path::PathBuf {
-    home.state_dir().join("held-after-rollback.json")
+    home.held_after_rollback_file()
 }
 
 /// The back-off after `rollbacks` rollbacks in a row.

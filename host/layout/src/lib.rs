@@ -93,6 +93,11 @@ impl Home {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
+    /// `<home>/state/held-after-rollback.json`: the agent's back-off record
+    /// ([`HeldRecord`]), written by the agent, read by `molt status`.
+    pub fn held_after_rollback_file(&self) -> PathBuf {
+        self.state_dir().join("held-after-rollback.json")
+    }
     /// `<home>/work/report-queue.jsonl`: control-plane requests the runner could not
     /// send (one `{"method","path","body"}` per line); the agent flushes it in order.
     pub fn report_queue_file(&self) -> PathBuf {
@@ -325,4 +330,26 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         let _ = std::fs::remove_dir_all(&t);
     }
+}
+
+/// A version the agent rolled back and does not attempt again before `until`
+/// (the agent's back-off; docs/agent.md "Held after rollback").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub version: String,
+    /// Rollbacks of this version in a row.
+    pub rollbacks: u32,
+    /// When the last one was recorded (the runner's `at`).
+    pub last_at: chrono::DateTime<chrono::Utc>,
+    /// Not attempted again before this.
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// `state/held-after-rollback.json`: the last deploy the agent has folded in,
+/// and the hold. One definition for the agent that writes it and the
+/// operator tools that read it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRecord {
+    pub seen: Option<chrono::DateTime<chrono::Utc>>,
+    pub held: Option<Held>,
 }

@@ -83,21 +83,13 @@ pub struct DeployInProgress {
     pub runner_alive: bool,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct HeldView {
-    pub version: String,
-    pub rollbacks: u32,
-    pub until: DateTime<Utc>,
-}
+pub use molt_layout::Held as HeldView;
 
 /// The agent's hold after rollback, while it lasts.
 fn held_after_rollback(home: &Home) -> Option<HeldView> {
-    #[derive(serde::Deserialize)]
-    struct Record {
-        held: Option<HeldView>,
-    }
-    let t = std::fs::read_to_string(home.state_dir().join("held-after-rollback.json")).ok()?;
-    let h = serde_json::from_str::<Record>(&t).ok()?.held?;
+    let rec: molt_layout::HeldRecord =
+        molt_layout::read_json_opt(&home.held_after_rollback_file()).ok()??;
+    let h = rec.held?;
     (h.until > Utc::now()).then_some(h)
 }
 
