@@ -4,7 +4,9 @@
 //! only after the last completion plus the soak, checked from the store's
 //! timestamps); a version whose agent crashes at start halts the rollout at
 //! the canary, is blocklisted, cannot be resumed while blocklisted, and
-//! aborting it leaves every agent Up on the old version. Driven through
+//! aborting it leaves every agent Up on the old version; a rollout outside
+//! its maintenance window admits nobody and says when the window opens, one
+//! inside it proceeds. Driven through
 //! `molt fleet` (exit codes and `--json`).
 
 mod ops_common;
@@ -470,5 +472,103 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     assert_eq!(list, json!([]), "{out}");
     let (code, _, out) = fleet(&cp.url, &["blocklist", "clear", V3]);
     assert_eq!(code, 1, "{out}");
+
+    // (c) Maintenance windows. A rollout whose only window is on every day
+    // but today (UTC) admits nobody: no command queued, the status says when
+    // the window opens (tomorrow 00:00 UTC).
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    if unix() % 86_400 > 86_400 - 30 {
+        // Not across midnight UTC.
+        std::thread::sleep(Duration::from_secs(31));
+    }
+    let started = std::time::Instant::now();
+    let secs = unix();
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let today = ((secs / 86_400 + 3) % 7) as usize; // 1970-01-01 was a Thursday.
+    let not_today = format!(
+        "window={}-{}@00:00-24:00+00:00",
+        DAYS[(today + 1) % 7],
+        DAYS[(today + 6) % 7]
+    );
+    let groups = |window: &str| {
+        [
+            format!("lon label.site=lon canary=1 max_in_flight=1 {window} jitter=2"),
+            "rest canary=0 max_in_flight=50%".to_string(),
+        ]
+    };
+    let create = |version: &str, window: &str| {
+        let gs = groups(window);
+        let mut args = vec!["rollout", "create", version];
+        for g in &gs {
+            args.push("--group");
+            args.push(g);
+        }
+        let (code, created, out) = fleet(&cp.url, &args);
+        assert_eq!(code, 0, "{out}");
+        created["id"].as_i64().unwrap_or_else(|| panic!("{out}"))
+    };
+    let closed = create(V3, &not_today);
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, st, out) = fleet(&cp.url, &["rollout", "status", &closed.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(st["state"], "Running", "{out}");
+    assert_eq!(st["admitted"], json!([]), "{out}");
+    assert!(st["group_progress"][0]["started_at"].is_null(), "{out}");
+    assert_eq!(
+        st["group_progress"][0]["windows"],
+        json!([not_today.trim_start_matches("window=")]),
+        "{out}"
+    );
+    let waiting = st["waiting"].as_str().unwrap_or_default();
+    assert!(
+        waiting.starts_with("waiting for maintenance window ")
+            && waiting.ends_with("T00:00:00Z")
+            && ms(&json!(waiting.rsplit(' ').next().unwrap())) > (secs * 1000) as i64,
+        "{out}"
+    );
+    assert!(rollout_commands(&cp.url, closed).is_empty());
+    for (name, _) in AGENTS {
+        let n = attempts_to(&cp.url, name, V3).len();
+        assert_eq!(
+            n,
+            if *name == "lon-1" { 2 } else { 0 },
+            "{name}: none since (b)"
+        );
+    }
+    // Without --json the status says it too.
+    let o = molt_testkit::bin::molt_cmd(&["fleet", "--url", &cp.url, "rollout", "status"])
+        .env("MOLT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(waiting), "{o:?}");
+    let (code, _, out) = fleet(&cp.url, &["rollout", "abort", &closed.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, out) = fleet(&cp.url, &["blocklist", "clear", V3]);
+    assert_eq!(code, 0, "{out}");
+    // With a window that includes now it proceeds (of V2, which every agent
+    // runs already: each is admitted as done, no crash to wait for).
+    let open = create(V2, "window=*@00:00-24:00+00:00");
+    wait_rollout(
+        &cp,
+        k.dir.path(),
+        &homes,
+        open,
+        "Completed",
+        Duration::from_secs(15),
+    );
+    let (_, st, out) = fleet(&cp.url, &["rollout", "status", &open.to_string()]);
+    assert_eq!(st["admitted"].as_array().map(Vec::len), Some(6), "{out}");
+    assert!(st["waiting"].is_null(), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     drop(services);
 }

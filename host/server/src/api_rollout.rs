@@ -84,6 +84,10 @@ pub struct RolloutView {
     pub blocklisted: bool,
     pub group_progress: Vec<GroupView>,
     pub admitted: Vec<AdmittedView>,
+    /// While Running: `waiting for maintenance window <next opening>` when the
+    /// current group (the first not completed) is outside its windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 pub(crate) async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutView, ApiError> {
@@ -140,7 +144,17 @@ pub(crate) async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutVi
             done_at: x.done_at,
         })
         .collect();
+    let waiting = if r.state == RolloutState::Running {
+        let now = state.config.clock.now();
+        groups
+            .iter()
+            .find(|g| g.completed_at.is_none())
+            .and_then(|g| g.spec.window_wait(now))
+    } else {
+        None
+    };
     Ok(RolloutView {
+        waiting,
         blocklisted: state.is_blocked(&r.version),
         rollout: r,
         group_progress: groups,

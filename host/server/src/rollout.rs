@@ -8,7 +8,10 @@
 //! `soak_secs` after the group's last completion the next group starts. When
 //! a group's Failed / Rolled Back attempts reach its `failure_threshold` the
 //! rollout halts with the reason and the agents, and its version goes on the
-//! fleet-wide blocklist.
+//! fleet-wide blocklist. A group may carry maintenance [`Window`]s (days and
+//! hours at a fixed UTC offset) and a jitter: its agents are admitted only
+//! inside a window, each no earlier than the opening plus a hash of its name
+//! modulo the jitter; outside, the rollout waits for the next opening.
 //!
 //! [`decide`] is the scheduler's whole judgement, a pure function over a
 //! [`Snapshot`]; [`tick`] builds the snapshot from the store and applies the
@@ -147,6 +150,184 @@ impl<'de> Deserialize<'de> for Threshold {
     }
 }
 
+/// A maintenance window: days of the week and an hour range at a fixed UTC
+/// offset, written `DAYS@HH:MM-HH:MM±HH:MM` (`Mon-Fri@02:00-04:00+00:00`,
+/// `Sat,Sun@22:00-02:00+01:00`, `*@00:00-24:00+00:00`). DAYS are the days the
+/// window opens on; an end before the start runs past midnight into the next day.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    text: String,
+    /// Bit 0 Monday … bit 6 Sunday.
+    days: u8,
+    start_min: u32,
+    /// Minutes the window stays open (1 to 1440).
+    len_min: u32,
+    offset_min: i32,
+}
+
+const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+impl Window {
+    /// Parses `DAYS@HH:MM-HH:MM±HH:MM`.
+    pub fn parse(s: &str) -> Result<Window, String> {
+        let bad = |why: &str| {
+            format!(
+                "window {s:?}: {why} (expected DAYS@HH:MM-HH:MM+HH:MM, e.g. Mon-Fri@02:00-04:00+00:00)"
+            )
+        };
+        let (days_s, rest) = s.trim().split_once('@').ok_or_else(|| bad("no `@`"))?;
+        let day = |d: &str| {
+            DAY_NAMES
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(d.trim()))
+                .ok_or_else(|| bad(&format!("unknown day {d:?} (Mon … Sun)")))
+        };
+        let mut days = 0u8;
+        if days_s.trim() == "*" {
+            days = 0x7f;
+        } else {
+            for part in days_s.split(',') {
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (day(a)?, day(b)?);
+                        let mut d = a;
+                        loop {
+                            days |= 1 << d;
+                            if d == b {
+                                break;
+                            }
+                            d = (d + 1) % 7;
+                        }
+                    }
+                    None => days |= 1 << day(part)?,
+                }
+            }
+        }
+        let hm = |t: &str, max: u32| -> Result<u32, String> {
+            let (h, m) = t
+                .split_once(':')
+                .ok_or_else(|| bad("a time is not HH:MM"))?;
+            let (h, m): (u32, u32) = (
+                h.parse().map_err(|_| bad("a time is not HH:MM"))?,
+                m.parse().map_err(|_| bad("a time is not HH:MM"))?,
+            );
+            if h <= 24 && m < 60 && h * 60 + m <= max {
+                Ok(h * 60 + m)
+            } else {
+                Err(bad("a time is out of range"))
+            }
+        };
+        // The offset starts at the last '+' or '-' (the hour range's '-' comes before it).
+        let at = rest
+            .rfind(['+', '-'])
+            .filter(|i| *i > 5)
+            .ok_or_else(|| bad("no UTC offset (+HH:MM or -HH:MM)"))?;
+        let (range, off) = rest.split_at(at);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let offset_min = sign * hm(&off[1..], 14 * 60)? as i32;
+        let (a, b) = range.split_once('-').ok_or_else(|| bad("no hour range"))?;
+        let start_min = hm(a, 23 * 60 + 59)?;
+        let end_min = hm(b, 24 * 60)?;
+        if end_min == start_min {
+            return Err(bad("the range is empty (00:00-24:00 for a whole day)"));
+        }
+        let len_min = (end_min + 1440 - start_min) % 1440;
+        Ok(Window {
+            text: s.trim().to_string(),
+            days,
+            start_min,
+            len_min: if len_min == 0 { 1440 } else { len_min },
+            offset_min,
+        })
+    }
+
+    /// Seconds the window stays open.
+    pub fn len_secs(&self) -> i64 {
+        i64::from(self.len_min) * 60
+    }
+
+    /// The openings of this window from the day before `now`'s (local) day to a week after.
+    fn openings(&self, now: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        use chrono::Datelike;
+        let offset = chrono::Duration::minutes(i64::from(self.offset_min));
+        let today = (now.naive_utc() + offset).date();
+        (-1..=8).filter_map(move |d| {
+            let date = today + chrono::Duration::days(d);
+            if self.days & (1 << date.weekday().num_days_from_monday()) == 0 {
+                return None;
+            }
+            let local =
+                date.and_hms_opt(0, 0, 0)? + chrono::Duration::minutes(i64::from(self.start_min));
+            Some((local - offset).and_utc())
+        })
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Window::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where `now` stands against a set of windows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WindowAt {
+    /// Inside a window that opened at this time.
+    Open(DateTime<Utc>),
+    /// Outside every window; the next opens at this time.
+    Closed(DateTime<Utc>),
+}
+
+/// `now` against `windows` (None: no windows, always open).
+pub fn window_at(windows: &[Window], now: DateTime<Utc>) -> Option<WindowAt> {
+    if windows.is_empty() {
+        return None;
+    }
+    let mut open: Option<DateTime<Utc>> = None;
+    let mut next: Option<DateTime<Utc>> = None;
+    for w in windows {
+        for o in w.openings(now) {
+            if o <= now && now < o + chrono::Duration::seconds(w.len_secs()) {
+                open = Some(open.map_or(o, |x| x.min(o)));
+            } else if o > now {
+                next = Some(next.map_or(o, |x| x.min(o)));
+            }
+        }
+    }
+    Some(match (open, next) {
+        (Some(o), _) => WindowAt::Open(o),
+        // Every window opens at least once a week: `next` is always found.
+        (None, n) => WindowAt::Closed(n.unwrap_or(now)),
+    })
+}
+
+/// An agent's jitter: a hash (FNV-1a) of its name modulo `jitter_secs`.
+pub fn jitter_of(name: &str, jitter_secs: u64) -> u64 {
+    if jitter_secs == 0 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % jitter_secs
+}
+
+/// The status line while a group waits for its window.
+pub fn waiting_for(next: DateTime<Utc>) -> String {
+    format!(
+        "waiting for maintenance window {}",
+        next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
 fn one() -> InFlight {
     InFlight::Count(1)
 }
@@ -173,6 +354,28 @@ pub struct GroupSpec {
     pub soak_secs: u64,
     #[serde(default = "first_failure")]
     pub failure_threshold: Threshold,
+    /// Maintenance windows: agents of the group are admitted only inside one
+    /// (none: at any time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+    /// An agent is admitted no earlier than the window's opening plus its
+    /// jitter, a hash of its name modulo this (needs windows; less than the shortest).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub jitter_secs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl GroupSpec {
+    /// The waiting reason when `now` is outside every window of the group.
+    pub fn window_wait(&self, now: DateTime<Utc>) -> Option<String> {
+        match window_at(&self.windows, now) {
+            Some(WindowAt::Closed(next)) => Some(waiting_for(next)),
+            _ => None,
+        }
+    }
 }
 
 /// The body of `POST /api/v1/admin/rollouts`.
@@ -235,6 +438,28 @@ impl RolloutSpec {
                     "groups[{i}] ({}): the catch-all group (empty selector) must be the last",
                     g.name
                 )));
+            }
+            if g.windows.len() > 20 {
+                return Err(ApiError::unprocessable(format!(
+                    "groups[{i}].windows has more than 20 entries"
+                )));
+            }
+            if g.jitter_secs > 0 {
+                let shortest = g.windows.iter().map(Window::len_secs).min();
+                match shortest {
+                    None => {
+                        return Err(ApiError::unprocessable(format!(
+                            "groups[{i}].jitter_secs: a jitter needs maintenance windows"
+                        )));
+                    }
+                    Some(s) if g.jitter_secs as i64 >= s => {
+                        return Err(ApiError::unprocessable(format!(
+                            "groups[{i}].jitter_secs: {} s is not shorter than the shortest window ({s} s)",
+                            g.jitter_secs
+                        )));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -325,6 +550,8 @@ pub struct Plan {
     pub halt: Option<String>,
     /// Every group is done.
     pub complete: bool,
+    /// Why nothing more is admitted now (`waiting for maintenance window …`); not stored.
+    pub waiting: Option<String>,
 }
 
 fn is_failure(r: AttemptResult) -> bool {
@@ -410,9 +637,25 @@ pub fn decide(snap: &Snapshot) -> Plan {
         {
             return plan;
         }
+        let window = window_at(&spec.windows, snap.now);
+        let waiting = spec.window_wait(snap.now);
         if times.started_at.is_none() {
+            // A group starts only inside one of its windows.
+            if waiting.is_some() {
+                plan.waiting = waiting;
+                return plan;
+            }
             plan.group_started.push(g);
         }
+        // Inside a window an agent is admitted from the opening plus its jitter.
+        let eligible = |i: usize| match window {
+            None => true,
+            Some(WindowAt::Open(opened)) => {
+                let j = jitter_of(&snap.agents[i].name, spec.jitter_secs);
+                snap.now >= opened + chrono::Duration::seconds(j as i64)
+            }
+            Some(WindowAt::Closed(_)) => false,
+        };
         let m = &members[g];
         let finished = |i: usize| result[i].is_some();
         let admitted = |i: usize| snap.agents[i].admission.is_some();
@@ -426,7 +669,7 @@ pub fn decide(snap: &Snapshot) -> Plan {
         let mut admit = |set: &[usize], plan: &mut Plan, admitted_now: &mut HashSet<usize>| {
             for &i in set {
                 let a = &snap.agents[i];
-                if admitted(i) || a.down || admitted_now.contains(&i) {
+                if admitted(i) || a.down || admitted_now.contains(&i) || !eligible(i) {
                     continue;
                 }
                 let already = on_version(i);
@@ -455,6 +698,7 @@ pub fn decide(snap: &Snapshot) -> Plan {
             .iter()
             .all(|i| finished(*i) || skipped(*i) || (admitted_now.contains(i) && on_version(*i)));
         if !complete {
+            plan.waiting = waiting;
             return plan;
         }
         let last = m
@@ -661,7 +905,12 @@ async fn apply(
     plan: Plan,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    if plan == Plan::default() {
+    if plan
+        == (Plan {
+            waiting: plan.waiting.clone(),
+            ..Plan::default()
+        })
+    {
         return Ok(());
     }
     // The assignment must answer the version before the command can be read.
@@ -789,6 +1038,220 @@ mod tests {
 
     fn ids(p: &Plan) -> Vec<i64> {
         p.admit.iter().map(|a| a.agent_id).collect()
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn w(s: &str) -> Vec<Window> {
+        vec![Window::parse(s).unwrap()]
+    }
+
+    #[test]
+    fn windows_parse_days_ranges_and_offsets() {
+        let a = Window::parse("Mon-Fri@02:00-04:00+00:00").unwrap();
+        assert_eq!(
+            (a.days, a.start_min, a.len_min, a.offset_min),
+            (0x1f, 120, 120, 0)
+        );
+        let b = Window::parse("Sat,sun@22:00-02:00-05:30").unwrap();
+        assert_eq!(
+            (b.days, b.start_min, b.len_min, b.offset_min),
+            (0x60, 1320, 240, -330)
+        );
+        let c = Window::parse("*@00:00-24:00+01:00").unwrap();
+        assert_eq!((c.days, c.len_min), (0x7f, 1440));
+        let d = Window::parse("Fri-Mon@10:00-11:00+00:00").unwrap();
+        assert_eq!(d.days, 0b111_0001, "a day range may wrap past Sunday");
+        for bad in [
+            "Mon-Fri 02:00-04:00+00:00",
+            "Mon-Fri@02:00-04:00",
+            "Xyz@02:00-04:00+00:00",
+            "Mon@02:00-02:00+00:00",
+            "Mon@25:00-02:00+00:00",
+            "Mon@02:60-03:00+00:00",
+            "Mon@02:00-03:00+15:00",
+        ] {
+            assert!(Window::parse(bad).is_err(), "{bad}");
+        }
+        // In the spec: a string, kept as written; a jitter needs windows shorter than it.
+        let g: GroupSpec = serde_json::from_value(serde_json::json!(
+            {"name": "x", "windows": ["Mon-Fri@02:00-04:00+00:00"], "jitter_secs": 600}
+        ))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&g).unwrap()["windows"],
+            serde_json::json!(["Mon-Fri@02:00-04:00+00:00"])
+        );
+        let mut s = spec();
+        s.groups[0] = GroupSpec {
+            name: "a".into(),
+            selector: labels("a"),
+            ..g.clone()
+        };
+        assert!(s.check().is_ok());
+        s.groups[0].jitter_secs = 7200;
+        assert!(s.check().unwrap_err().message.contains("shortest window"));
+        s.groups[0].windows.clear();
+        assert!(
+            s.check()
+                .unwrap_err()
+                .message
+                .contains("needs maintenance windows")
+        );
+        assert!(
+            serde_json::from_value::<GroupSpec>(
+                serde_json::json!({"name": "x", "windows": ["Mon"]})
+            )
+            .is_err()
+        );
+        // No windows: nothing written (specs stored before windows read the same).
+        assert!(
+            serde_json::to_value(&spec().groups[0])
+                .unwrap()
+                .get("windows")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn window_at_days_of_week_offsets_and_across_midnight() {
+        // 2026-12-01 is a Tuesday.
+        let wk = w("Mon-Fri@02:00-04:00+00:00");
+        assert_eq!(
+            window_at(&wk, utc("2026-12-01T03:00:00Z")),
+            Some(WindowAt::Open(utc("2026-12-01T02:00:00Z")))
+        );
+        assert_eq!(
+            window_at(&wk, utc("2026-12-01T04:00:00Z")),
+            Some(WindowAt::Closed(utc("2026-12-02T02:00:00Z"))),
+            "the end is exclusive"
+        );
+        // Friday after the window: the next opening is Monday's.
+        assert_eq!(
+            window_at(&wk, utc("2026-12-04T05:00:00Z")),
+            Some(WindowAt::Closed(utc("2026-12-07T02:00:00Z")))
+        );
+        assert_eq!(
+            window_at(&wk, utc("2026-12-05T03:00:00Z")),
+            Some(WindowAt::Closed(utc("2026-12-07T02:00:00Z"))),
+            "not on Saturday"
+        );
+        // A fixed offset: 02:00+01:00 is 01:00 UTC.
+        assert_eq!(
+            window_at(&w("Tue@02:00-04:00+01:00"), utc("2026-12-01T01:30:00Z")),
+            Some(WindowAt::Open(utc("2026-12-01T01:00:00Z")))
+        );
+        // Across midnight: opens Saturday 22:00, still open Sunday 01:59.
+        let night = w("Sat@22:00-02:00+00:00");
+        assert_eq!(
+            window_at(&night, utc("2026-12-06T01:59:00Z")),
+            Some(WindowAt::Open(utc("2026-12-05T22:00:00Z")))
+        );
+        assert_eq!(
+            window_at(&night, utc("2026-12-06T02:00:00Z")),
+            Some(WindowAt::Closed(utc("2026-12-12T22:00:00Z")))
+        );
+        assert_eq!(
+            window_at(&night, utc("2026-12-05T21:00:00Z")),
+            Some(WindowAt::Closed(utc("2026-12-05T22:00:00Z")))
+        );
+        // Several windows: the earliest next opening; no windows: always open.
+        let mut two = w("Sat@22:00-02:00+00:00");
+        two.extend(w("Wed@10:00-11:00+00:00"));
+        assert_eq!(
+            window_at(&two, utc("2026-12-01T12:00:00Z")),
+            Some(WindowAt::Closed(utc("2026-12-02T10:00:00Z")))
+        );
+        assert_eq!(window_at(&[], utc("2026-12-01T12:00:00Z")), None);
+    }
+
+    fn windowed(now: &str, jitter: u64) -> Snapshot {
+        let mut s = snap(fleet(), vec![GroupTimes::default(); 3], 0);
+        s.now = utc(now);
+        s.spec.groups[0].windows = w("Mon-Fri@02:00-04:00+00:00");
+        s.spec.groups[0].jitter_secs = jitter;
+        s
+    }
+
+    #[test]
+    fn inside_the_window_the_canary_is_admitted() {
+        let p = decide(&windowed("2026-12-01T02:30:00Z", 0));
+        assert_eq!(ids(&p), vec![1]);
+        assert_eq!(p.group_started, vec![0]);
+        assert_eq!(p.waiting, None);
+    }
+
+    #[test]
+    fn outside_the_window_nobody_is_admitted_and_the_next_opening_is_said() {
+        let p = decide(&windowed("2026-12-04T05:00:00Z", 0));
+        assert!(p.admit.is_empty() && p.group_started.is_empty(), "{p:?}");
+        assert_eq!(
+            p.waiting.as_deref(),
+            Some("waiting for maintenance window 2026-12-07T02:00:00Z")
+        );
+        assert_eq!(
+            windowed("2026-12-04T05:00:00Z", 0).spec.groups[0]
+                .window_wait(utc("2026-12-04T05:00:00Z")),
+            p.waiting
+        );
+        // A started group whose window closed: in-flight agents go on, nobody new.
+        let mut s = windowed("2026-12-01T05:00:00Z", 0);
+        s.groups[0].started_at = Some(utc("2026-12-01T02:00:00Z"));
+        s.agents[0] = admitted(
+            s.agents[0].clone(),
+            0,
+            0,
+            Some((AttemptResult::Complete, 1)),
+        );
+        let p = decide(&s);
+        assert!(p.admit.is_empty(), "{p:?}");
+        assert_eq!(
+            p.waiting.as_deref(),
+            Some("waiting for maintenance window 2026-12-02T02:00:00Z")
+        );
+        // The other groups have no windows, but wait for group a.
+        s.now = utc("2026-12-02T02:00:00Z");
+        assert_eq!(ids(&decide(&s)), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_window_across_midnight_admits_after_midnight() {
+        let mut s = windowed("2026-12-06T01:00:00Z", 0);
+        s.spec.groups[0].windows = w("Sat@22:00-02:00+00:00");
+        assert_eq!(
+            ids(&decide(&s)),
+            vec![1],
+            "Sunday 01:00, in Saturday's window"
+        );
+        s.now = utc("2026-12-06T02:30:00Z");
+        assert!(decide(&s).admit.is_empty());
+    }
+
+    #[test]
+    fn the_jitter_delays_an_agent_within_the_window() {
+        let j = jitter_of("a1", 600) as i64;
+        assert!(j < 600);
+        assert_eq!(jitter_of("a1", 600), j as u64, "deterministic");
+        assert_ne!(
+            (0..20)
+                .map(|i| jitter_of(&format!("agent-{i}"), 600))
+                .collect::<HashSet<_>>()
+                .len(),
+            1,
+            "agents spread"
+        );
+        let opened = utc("2026-12-01T02:00:00Z");
+        let mut s = windowed("2026-12-01T02:00:00Z", 600);
+        s.now = opened + chrono::Duration::seconds(j - 1);
+        if j > 0 {
+            let p = decide(&s);
+            assert!(p.admit.is_empty(), "a1 before its jitter: {p:?}");
+            assert_eq!(p.waiting, None, "inside the window");
+        }
+        s.now = opened + chrono::Duration::seconds(j);
+        assert_eq!(ids(&decide(&s)), vec![1], "a1 at opening + {j} s");
     }
 
     #[test]

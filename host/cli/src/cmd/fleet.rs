@@ -73,7 +73,8 @@ pub enum RolloutCmd {
         #[arg(long)]
         spec: Option<PathBuf>,
         /// A group, in order: `NAME label.K=V… canary=N max_in_flight=N|N% soak_secs=N
-        /// failure_threshold=N|R` (no label: the catch-all, last).
+        /// failure_threshold=N|R window=DAYS@HH:MM-HH:MM±HH:MM… jitter=SECS` (no label:
+        /// the catch-all, last; `window` may repeat).
         #[arg(long = "group")]
         groups: Vec<String>,
     },
@@ -413,7 +414,8 @@ fn transition(
     Ok(v)
 }
 
-/// `NAME label.K=V… canary=N max_in_flight=N|N% soak_secs=N failure_threshold=N|R`.
+/// `NAME label.K=V… canary=N max_in_flight=N|N% soak_secs=N failure_threshold=N|R
+/// window=DAYS@HH:MM-HH:MM±HH:MM… jitter=SECS`.
 fn parse_group(s: &str) -> Result<Value, Fail> {
     let mut words = s.split_whitespace();
     let name = words
@@ -434,13 +436,25 @@ fn parse_group(s: &str) -> Result<Value, Fail> {
             g["selector"][label] = json!(v);
             continue;
         }
+        if k == "window" {
+            match g["windows"].as_array_mut() {
+                Some(w) => w.push(json!(v)),
+                None => g["windows"] = json!([v]),
+            }
+            continue;
+        }
+        if k == "jitter" || k == "jitter_secs" {
+            g["jitter_secs"] = num(v)?;
+            continue;
+        }
         g[k] = match k {
             "canary" | "soak_secs" => num(v)?,
+
             "max_in_flight" | "failure_threshold" if v.ends_with('%') => json!(v),
             "max_in_flight" | "failure_threshold" => num(v)?,
             _ => {
                 return Err(Fail::Usage(format!(
-                    "--group {name}: unknown key `{k}` (label.K, canary, max_in_flight, soak_secs, failure_threshold)"
+                    "--group {name}: unknown key `{k}` (label.K, canary, max_in_flight, soak_secs, failure_threshold, window, jitter)"
                 )));
             }
         };
@@ -467,6 +481,9 @@ fn print_rollout(v: &Value) {
         )
     {
         println!("  reason: {r}");
+    }
+    if let Some(w) = v["waiting"].as_str() {
+        println!("  {w}");
     }
     for g in v["group_progress"].as_array().into_iter().flatten() {
         println!(
@@ -510,4 +527,25 @@ fn enc(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_takes_windows_and_a_jitter() {
+        let g = parse_group(
+            "lon label.site=lon canary=1 window=Mon-Fri@02:00-04:00+00:00 window=Sat@22:00-02:00+01:00 jitter=600",
+        )
+        .unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(
+            g,
+            json!({"name": "lon", "selector": {"site": "lon"}, "canary": 1,
+                   "windows": ["Mon-Fri@02:00-04:00+00:00", "Sat@22:00-02:00+01:00"],
+                   "jitter_secs": 600})
+        );
+        assert!(parse_group("lon windo=x").is_err());
+        assert!(parse_group("lon jitter=ten").is_err());
+    }
 }

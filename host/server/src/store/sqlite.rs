@@ -1834,6 +1834,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rollouts_maintenance_windows_and_jitter_are_stored() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        let spec = serde_json::json!({"version": "v2", "groups": [{"name": "all",
+            "windows": ["Mon-Fri@02:00-04:00+00:00", "Sat@22:00-02:00-05:30"], "jitter_secs": 600}]});
+        let id = s.create_rollout("v2", &spec, 1, now).unwrap();
+        let r = s.rollout(id).unwrap().unwrap();
+        assert_eq!(r.spec, spec);
+        let parsed: crate::rollout::RolloutSpec = serde_json::from_value(r.spec).unwrap();
+        assert_eq!(parsed.groups[0].windows.len(), 2);
+        assert_eq!(parsed.groups[0].jitter_secs, 600);
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap()["groups"][0]["windows"],
+            spec["groups"][0]["windows"]
+        );
+    }
+
+    #[test]
     fn a_rollout_admits_halts_blocklists_resumes_and_aborts() {
         use crate::rollout::{Admit, Plan};
         let (_d, s) = store();
