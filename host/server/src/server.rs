@@ -17,7 +17,6 @@ use crate::metrics::Metrics;
 use crate::packages::PackageIndex;
 use crate::state::{AgentRef, AppState, Inner, hash_token, new_token};
 use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
 use crate::{api_admin, api_agent, api_rollout, dashboard, files, metrics};
 
 /// Largest JSON body accepted.
@@ -260,15 +259,17 @@ impl BoundServer {
 pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     let db_path = config.db_path.clone();
     let store: Arc<dyn Store> = {
-        let p = db_path.clone();
-        let s = tokio::task::spawn_blocking(move || SqliteStore::open(&p))
+        let db = db_path
+            .to_str()
+            .ok_or_else(|| ServerError::Config(format!("--db {db_path:?} is not UTF-8")))?
+            .to_string();
+        tokio::task::spawn_blocking(move || crate::store::open(&db))
             .await
             .map_err(|e| ServerError::Config(format!("database task failed: {e}")))?
             .map_err(|source| ServerError::Database {
                 path: db_path.display().to_string(),
                 source,
-            })?;
-        Arc::new(s)
+            })?
     };
     let admin_token = resolve_admin_token(&config)?;
     let now = config.clock.now();

@@ -7,6 +7,8 @@
 
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::model::{
@@ -16,18 +18,31 @@ use crate::model::{
     StageState,
 };
 
+/// The PostgreSQL channel replicas NOTIFY and LISTEN on.
+pub const EVENTS_CHANNEL: &str = "molt_events";
+
 /// SHA-256 of a bearer token; only this is stored.
 pub type TokenHash = [u8; 32];
 
-/// Why a store call failed.
+/// A backend's error, kept as the cause of [`StoreError::Database`] and
+/// [`StoreError::Migration`] (so no backend's type leaks into the public API).
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a store call failed. Backend-neutral: SQLite and PostgreSQL errors are
+/// kept as the boxed cause; what callers branch on stays typed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[source] BackendError),
+    /// The database cannot be reached now (no connection within the pool's
+    /// timeout, connection refused): a replica answers 503 rather than guess.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("database migration {version} failed: {source}")]
     Migration {
         version: i64,
-        source: rusqlite::Error,
+        #[source]
+        source: BackendError,
     },
     #[error(
         "database {path} was written by a newer molt (schema {found}, this build knows {known})"
@@ -37,6 +52,10 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    /// The schema is older than this build's (another replica is migrating, or
+    /// the migration failed): reported by [`Store::readiness`].
+    #[error("database schema {found} is not current (this build knows {known})")]
+    SchemaBehind { found: i64, known: i64 },
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -45,6 +64,69 @@ pub enum StoreError {
     Forbidden(String),
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// Opens the control plane's database: a `postgres://` or `postgresql://` URL
+/// opens PostgreSQL (several replicas may share it), anything else is the path
+/// of an embedded SQLite file. Both are migrated to this build's schema.
+pub fn open(db: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if is_postgres_url(db) {
+        Err(StoreError::Unavailable(
+            "PostgreSQL support is not built yet".into(),
+        ))
+    } else {
+        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
+            db,
+        ))?))
+    }
+}
+
+/// Whether `db` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// A change one replica made that the others must see (their caches and held
+/// long polls). Published by the replica that made it, after its commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Commands were queued for this agent: wake its long poll.
+    Wake(i64),
+    /// Commands were queued for every agent (or an unknown set).
+    WakeAll,
+    /// Agents or their tokens were added, changed or removed.
+    AgentsChanged,
+    /// The fleet version or override changed.
+    FleetChanged,
+    /// A rollout was created or changed state.
+    RolloutChanged,
+}
+
+impl StoreEvent {
+    /// The small NOTIFY payload: `wake:<id>`, `wake-all`, `agents`, `fleet`, `rollout`.
+    pub fn to_payload(&self) -> String {
+        match self {
+            StoreEvent::Wake(id) => format!("wake:{id}"),
+            StoreEvent::WakeAll => "wake-all".into(),
+            StoreEvent::AgentsChanged => "agents".into(),
+            StoreEvent::FleetChanged => "fleet".into(),
+            StoreEvent::RolloutChanged => "rollout".into(),
+        }
+    }
+
+    /// Parses [`StoreEvent::to_payload`]; `None` for anything else.
+    pub fn from_payload(p: &str) -> Option<Self> {
+        match p {
+            "wake-all" => Some(StoreEvent::WakeAll),
+            "agents" => Some(StoreEvent::AgentsChanged),
+            "fleet" => Some(StoreEvent::FleetChanged),
+            "rollout" => Some(StoreEvent::RolloutChanged),
+            _ => p
+                .strip_prefix("wake:")
+                .and_then(|id| id.parse().ok())
+                .map(StoreEvent::Wake),
+        }
+    }
 }
 
 /// Filter for [`Store::list_issues`].
@@ -73,7 +155,29 @@ pub struct AgentQuery {
 
 /// The control plane's repository. Every method is one transaction.
 pub trait Store: Send + Sync + 'static {
+    // Replicas.
+    /// Database reachable and its schema current. A load balancer's `/readyz`
+    /// asks this: a replica that lost its database (or runs against a schema
+    /// another build is still migrating) must stop taking traffic rather than
+    /// serve stale cached state.
+    fn readiness(&self) -> Result<(), StoreError>;
+    /// Sends `ev` to every replica on the same database. PostgreSQL: a NOTIFY
+    /// on [`EVENTS_CHANNEL`], so a command queued through one replica wakes a
+    /// long poll held by another and caches reload. SQLite: nothing to do, one
+    /// process owns the file and already knows.
+    fn publish(&self, ev: &StoreEvent) -> Result<(), StoreError>;
+    /// The events other replicas (and this one) publish, for as long as the
+    /// receiver lives. PostgreSQL: a dedicated LISTEN connection that
+    /// reconnects with back-off and, after a reconnect, sends `WakeAll`,
+    /// `AgentsChanged` and `FleetChanged` because notifications may have been
+    /// missed meanwhile. SQLite: `None` (one process, no other writer).
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<StoreEvent>>;
+
     // Agents and tokens.
+    /// The agent holding this token, straight from the database, so a replica
+    /// authenticates an agent registered (or re-tokened) through another one
+    /// without waiting for its cache to reload.
+    fn agent_by_token(&self, hash: &TokenHash) -> Result<Option<(i64, String)>, StoreError>;
     /// Every agent's token hash, to fill the in-memory authentication map.
     fn agent_tokens(&self) -> Result<Vec<(i64, String, TokenHash)>, StoreError>;
     /// Registers a new agent; `Conflict` when the name is taken.

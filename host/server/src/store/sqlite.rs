@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{AgentQuery, IssueFilter, Store, StoreError, TokenHash};
+use super::{AgentQuery, IssueFilter, Store, StoreError, StoreEvent, TokenHash};
 use crate::clock::{from_ms, to_ms};
 use crate::model::{
     Agent, AgentStatus, Attempt, AttemptResult, Command, CommandKind, CommandState, Finding,
@@ -105,6 +105,12 @@ CREATE INDEX attempts_to ON attempts(to_version, started_at);
 "#,
 ];
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(Box::new(e))
+    }
+}
+
 const FLEET_VERSION: &str = "fleet.version";
 const FLEET_OVERRIDE: &str = "fleet.version.override";
 
@@ -165,8 +171,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
         let tx = conn.transaction()?;
-        tx.execute_batch(sql)
-            .map_err(|source| StoreError::Migration { version, source })?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Migration {
+            version,
+            source: Box::new(e),
+        })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
             params![version, Utc::now().timestamp_millis()],
@@ -343,6 +351,39 @@ fn own_attempt(tx: &Connection, agent_id: i64, attempt_id: i64) -> Result<(), St
 }
 
 impl Store for SqliteStore {
+    fn readiness(&self) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let found: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        let known = MIGRATIONS.len() as i64;
+        if found != known {
+            return Err(StoreError::SchemaBehind { found, known });
+        }
+        Ok(())
+    }
+
+    fn publish(&self, _ev: &StoreEvent) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<StoreEvent>> {
+        None
+    }
+
+    fn agent_by_token(&self, hash: &TokenHash) -> Result<Option<(i64, String)>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT id, name FROM agents WHERE token_hash = ?1",
+                [&hash[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     fn agent_tokens(&self) -> Result<Vec<(i64, String, TokenHash)>, StoreError> {
         let conn = self.conn();
         let mut st = conn.prepare("SELECT id, name, token_hash FROM agents")?;
