@@ -1,4 +1,4 @@
-//! The zip container of bundle format v1: a strict reader of the subset Molt
+//! The zip container of bundle formats v1 and v2 (the same zip subset): a strict reader of the subset Molt
 //! writes (no zip64, no data descriptors, no extra fields, no comments, no
 //! gaps), and the streaming whole-file digest with the signature slot zeroed.
 use std::collections::BTreeSet;
@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::BundleError;
-use crate::schema::SignatureFile;
+use crate::schema::{SignatureFile, SignatureFileV2};
 
 pub const LOCAL_SIG: u32 = 0x0403_4b50;
 pub const CD_SIG: u32 = 0x0201_4b50;
@@ -180,11 +180,23 @@ fn entry_err(path: &Path, entry: &str, reason: impl Into<String>) -> BundleError
     }
 }
 
-/// Parse and check the structure of a bundle: reads only the end record, the
-/// central directory and the local headers (all bounded by `limits`).
-pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, BundleError> {
-    let file_len = file.metadata().map_err(|e| BundleError::io(path, e))?.len();
-    if file_len < EOCD_LEN {
+/// What the end record says about the central directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eocd {
+    pub cd_off: u64,
+    pub cd_size: u64,
+    pub count: u64,
+}
+
+/// Check the 22-byte end record of a `file_len`-byte file (shared by the
+/// whole-file reader and the ranged reader in [`crate::remote`]).
+pub fn parse_eocd(
+    path: &Path,
+    file_len: u64,
+    eocd: &[u8],
+    limits: &Limits,
+) -> Result<Eocd, BundleError> {
+    if file_len < EOCD_LEN || eocd.len() as u64 != EOCD_LEN {
         return Err(container(
             path,
             format!("file is {file_len} bytes, too short for a zip"),
@@ -197,27 +209,26 @@ pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, 
         ));
     }
     let eocd_off = file_len - EOCD_LEN;
-    let eocd = read_at(file, path, eocd_off, EOCD_LEN)?;
-    if u32le(&eocd, 0) != EOCD_SIG {
+    if u32le(eocd, 0) != EOCD_SIG {
         return Err(container(
             path,
             "no end-of-central-directory record at the end of the file (trailing data or an archive comment?)",
         ));
     }
-    if u16le(&eocd, 20) != 0 {
+    if u16le(eocd, 20) != 0 {
         return Err(container(path, "archive comments are not allowed"));
     }
     let (disk, cd_disk, n_disk, n_total) = (
-        u16le(&eocd, 4),
-        u16le(&eocd, 6),
-        u16le(&eocd, 8),
-        u16le(&eocd, 10),
+        u16le(eocd, 4),
+        u16le(eocd, 6),
+        u16le(eocd, 8),
+        u16le(eocd, 10),
     );
     if disk != 0 || cd_disk != 0 || n_disk != n_total {
         return Err(container(path, "multi-disk archives are not allowed"));
     }
-    let cd_size = u64::from(u32le(&eocd, 12));
-    let cd_off = u64::from(u32le(&eocd, 16));
+    let cd_size = u64::from(u32le(eocd, 12));
+    let cd_off = u64::from(u32le(eocd, 16));
     if n_total == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_off == 0xFFFF_FFFF {
         return Err(container(path, "zip64 archives are not allowed"));
     }
@@ -251,8 +262,29 @@ pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, 
             "central directory larger than its entries can need",
         ));
     }
-    let cd = read_at(file, path, cd_off, cd_size)?;
+    Ok(Eocd {
+        cd_off,
+        cd_size,
+        count,
+    })
+}
 
+/// Parse and check the central directory (`cd`, found at `eocd.cd_off`):
+/// every record, name and attribute rule, then that the entries tile the file
+/// from offset 0 to the central directory (computed from the records alone:
+/// local headers have no extra fields, so a header is `30 + name` bytes),
+/// the `molt/` entries first and last, and the size and ratio limits.
+/// `data_off` of each entry is where its data must start.
+pub fn parse_central_directory(
+    path: &Path,
+    eocd: &Eocd,
+    cd: &[u8],
+    limits: &Limits,
+) -> Result<Vec<RawEntry>, BundleError> {
+    let (cd_off, cd_size, count) = (eocd.cd_off, eocd.cd_size, eocd.count);
+    if cd.len() as u64 != cd_size {
+        return Err(container(path, "central directory truncated"));
+    }
     let mut entries = Vec::with_capacity(count as usize);
     let mut names = BTreeSet::new();
     let mut pos = 0usize;
@@ -389,13 +421,9 @@ pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, 
             "central directory has bytes after its last record",
         ));
     }
-    let mut parsed = Vec::with_capacity(entries.len() + 2);
-    let mut cd_and_eocd = cd;
-    cd_and_eocd.extend_from_slice(&eocd);
-    parsed.push((cd_off, cd_and_eocd));
 
     // Entries must tile the file from offset 0 to the central directory, in
-    // central-directory order, each local header agreeing with its record.
+    // central-directory order.
     let mut expected = 0u64;
     for e in entries.iter_mut() {
         if e.local_off != expected {
@@ -426,33 +454,6 @@ pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, 
                 "local header runs into the central directory",
             ));
         }
-        let lh = read_at(file, path, e.local_off, hlen)?;
-        let mismatch = |what: &str| {
-            entry_err(
-                path,
-                &e.name,
-                format!("local header disagrees with the central directory: {what}"),
-            )
-        };
-        if u32le(&lh, 0) != LOCAL_SIG {
-            return Err(entry_err(path, &e.name, "no local header at its offset"));
-        }
-        let cd_rec = &parsed[0].1[(e.cd_rec_off - cd_off) as usize..];
-        if lh[4..14] != cd_rec[6..16] {
-            return Err(mismatch("version, flags, method or time"));
-        }
-        if u32le(&lh, 14) != e.crc {
-            return Err(mismatch("CRC-32"));
-        }
-        if u64::from(u32le(&lh, 18)) != e.csize || u64::from(u32le(&lh, 22)) != e.usize {
-            return Err(mismatch("sizes"));
-        }
-        if u16le(&lh, 26) as usize != e.name.len() || &lh[30..] != e.name.as_bytes() {
-            return Err(mismatch("name"));
-        }
-        if u16le(&lh, 28) != 0 {
-            return Err(entry_err(path, &e.name, "extra fields are not allowed"));
-        }
         e.data_off = e.local_off + hlen;
         expected = e.data_off + e.csize;
         if expected > cd_off {
@@ -462,7 +463,6 @@ pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, 
                 "data runs into the central directory",
             ));
         }
-        parsed.push((e.local_off, lh));
     }
     if expected != cd_off {
         return Err(container(
@@ -525,6 +525,71 @@ pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, 
             total,
             limit: limits.max_total_size,
         });
+    }
+    Ok(entries)
+}
+
+/// Check that the local header `lh` (`30 + name` bytes) of entry `e` agrees
+/// with its central-directory record `cd_rec` (from its signature on).
+pub fn check_local_header(
+    path: &Path,
+    e: &RawEntry,
+    lh: &[u8],
+    cd_rec: &[u8],
+) -> Result<(), BundleError> {
+    let mismatch = |what: &str| {
+        entry_err(
+            path,
+            &e.name,
+            format!("local header disagrees with the central directory: {what}"),
+        )
+    };
+    if lh.len() < LOCAL_LEN as usize || u32le(lh, 0) != LOCAL_SIG {
+        return Err(entry_err(path, &e.name, "no local header at its offset"));
+    }
+    if cd_rec.len() < CD_LEN || lh[4..14] != cd_rec[6..16] {
+        return Err(mismatch("version, flags, method or time"));
+    }
+    if u32le(lh, 14) != e.crc {
+        return Err(mismatch("CRC-32"));
+    }
+    if u64::from(u32le(lh, 18)) != e.csize || u64::from(u32le(lh, 22)) != e.usize {
+        return Err(mismatch("sizes"));
+    }
+    if u16le(lh, 26) as usize != e.name.len() || &lh[30..] != e.name.as_bytes() {
+        return Err(mismatch("name"));
+    }
+    if u16le(lh, 28) != 0 {
+        return Err(entry_err(path, &e.name, "extra fields are not allowed"));
+    }
+    Ok(())
+}
+
+/// Parse and check the structure of a bundle: reads only the end record, the
+/// central directory and the local headers (all bounded by `limits`).
+pub fn read_layout(file: &File, path: &Path, limits: &Limits) -> Result<Layout, BundleError> {
+    let file_len = file.metadata().map_err(|e| BundleError::io(path, e))?.len();
+    if file_len < EOCD_LEN {
+        return Err(container(
+            path,
+            format!("file is {file_len} bytes, too short for a zip"),
+        ));
+    }
+    let eocd_bytes = read_at(file, path, file_len - EOCD_LEN, EOCD_LEN)?;
+    let eocd = parse_eocd(path, file_len, &eocd_bytes, limits)?;
+    let cd = read_at(file, path, eocd.cd_off, eocd.cd_size)?;
+    let entries = parse_central_directory(path, &eocd, &cd, limits)?;
+    let cd_off = eocd.cd_off;
+    let mut parsed = Vec::with_capacity(entries.len() + 2);
+    let mut cd_and_eocd = cd;
+    cd_and_eocd.extend_from_slice(&eocd_bytes);
+    parsed.push((cd_off, cd_and_eocd));
+    for e in &entries {
+        let hlen = e.data_off - e.local_off;
+        let lh = read_at(file, path, e.local_off, hlen)?;
+        let cd_rec = &parsed[0].1[(e.cd_rec_off - cd_off) as usize..];
+        check_local_header(path, e, &lh, cd_rec)?;
+        parsed.push((e.local_off, lh));
     }
     Ok(Layout {
         file_len,
@@ -671,6 +736,76 @@ pub fn signature_slot(sigs: &SignatureFile) -> Result<Vec<u8>, BundleError> {
     }
     v.resize(SIGNATURES_SIZE as usize, b' ');
     Ok(v)
+}
+
+/// The signature slot of either format: a format-1 file serialises without
+/// `manifest_signatures` (byte-identical to what v1 writers produced), so the
+/// canonical-slot check holds for both.
+pub fn signature_slot_any(sigs: &SignatureFileV2) -> Result<Vec<u8>, BundleError> {
+    match sigs.format {
+        1 if sigs.manifest_signatures.is_empty() => signature_slot(&SignatureFile {
+            format: 1,
+            signatures: sigs.signatures.clone(),
+        }),
+        1 => Err(BundleError::Pack {
+            reason: "a format 1 signature file has no manifest signatures".into(),
+        }),
+        _ => {
+            let mut v = serde_json::to_vec(sigs).map_err(|e| BundleError::Pack {
+                reason: e.to_string(),
+            })?;
+            if v.len() as u64 > SIGNATURES_SIZE {
+                return Err(BundleError::Pack {
+                    reason: format!(
+                        "{} signatures do not fit the {SIGNATURES_SIZE}-byte signature slot",
+                        sigs.signatures.len() + sigs.manifest_signatures.len()
+                    ),
+                });
+            }
+            v.resize(SIGNATURES_SIZE as usize, b' ');
+            Ok(v)
+        }
+    }
+}
+
+/// Parse a signature slot (either format) and insist it is in canonical form,
+/// so no byte of it can change unseen (it is zeroed in the signed digest).
+pub fn parse_signature_slot(path: &Path, slot: &[u8]) -> Result<SignatureFileV2, BundleError> {
+    let sig_err = |reason: String| BundleError::SignatureFile {
+        bundle: path.to_path_buf(),
+        reason,
+    };
+    let trimmed_len = slot
+        .iter()
+        .rposition(|b| *b != b' ')
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    let body = &slot[..trimmed_len];
+    #[derive(serde::Deserialize)]
+    struct FormatOnly {
+        format: u64,
+    }
+    let f: FormatOnly =
+        serde_json::from_slice(body).map_err(|e| sig_err(format!("not valid JSON: {e}")))?;
+    let sigs = match f.format {
+        1 => {
+            let v1: SignatureFile = serde_json::from_slice(body)
+                .map_err(|e| sig_err(format!("not valid JSON: {e}")))?;
+            SignatureFileV2 {
+                format: 1,
+                signatures: v1.signatures,
+                manifest_signatures: vec![],
+            }
+        }
+        2 => serde_json::from_slice(body).map_err(|e| sig_err(format!("not valid JSON: {e}")))?,
+        n => return Err(sig_err(format!("format {n} (expected 1 or 2)"))),
+    };
+    if signature_slot_any(&sigs).ok().as_deref() != Some(slot) {
+        return Err(sig_err(
+            "not in its canonical form (the slot was altered after signing)".into(),
+        ));
+    }
+    Ok(sigs)
 }
 
 /// Open a bundle file for reading.

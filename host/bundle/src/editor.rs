@@ -15,10 +15,10 @@ use crate::container::{
     check_entry_path,
 };
 use crate::error::BundleError;
-use crate::keys::{BUNDLE_SIG_CONTEXT, ROOT_SIG_CONTEXT, SigningKey};
+use crate::keys::{MANIFEST_SIG_CONTEXT_V2, ROOT_SIG_CONTEXT, SigningKey};
 use crate::schema::{
     BundleKind, Component, Manifest, ManifestEntry, RoleKeys, RootKey, RootSigned, Signature,
-    SignatureFile, SignedRoot, Target,
+    SignatureFileV2, SignedRoot, Target,
 };
 
 fn pack_err(reason: impl Into<String>) -> BundleError {
@@ -459,9 +459,26 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf, u32)>) -> Result<
     Ok(())
 }
 
-/// Pack every regular file under `src_dir` into an unsigned bundle at `out`.
-/// Returns the manifest written.
+/// The bundle format `pack_dir` writes: 2 (manifest signatures for ranged reads).
+pub const PACK_FORMAT: u32 = 2;
+
+/// Pack every regular file under `src_dir` into an unsigned bundle at `out`
+/// (format [`PACK_FORMAT`]). Returns the manifest written.
 pub fn pack_dir(src_dir: &Path, spec: &PackSpec, out: &Path) -> Result<Manifest, BundleError> {
+    pack_dir_format(src_dir, spec, out, PACK_FORMAT)
+}
+
+/// [`pack_dir`] in a chosen format: 1 (whole-file signatures only, what agents
+/// older than format 2 accept) or 2.
+pub fn pack_dir_format(
+    src_dir: &Path,
+    spec: &PackSpec,
+    out: &Path,
+    format: u32,
+) -> Result<Manifest, BundleError> {
+    if format != 1 && format != 2 {
+        return Err(pack_err(format!("bundle format {format} (known: 1, 2)")));
+    }
     let b: Buildstamp = spec.buildstamp.parse()?;
     if b.kind != spec.kind
         || b.package() != spec.name
@@ -505,7 +522,7 @@ pub fn pack_dir(src_dir: &Path, spec: &PackSpec, out: &Path) -> Result<Manifest,
     }
     let now = Utc::now().trunc_subsecs(0);
     let manifest = Manifest {
-        format: 1,
+        format,
         kind: spec.kind,
         name: spec.name.clone(),
         buildstamp: spec.buildstamp.clone(),
@@ -531,15 +548,16 @@ pub fn pack_dir(src_dir: &Path, spec: &PackSpec, out: &Path) -> Result<Manifest,
     }
     w.add_bytes(
         SIGNATURES_PATH,
-        &signature_slot(&SignatureFile {
-            format: 1,
+        &container::signature_slot_any(&SignatureFileV2 {
+            format,
             signatures: vec![],
+            manifest_signatures: vec![],
         })?,
         false,
         0o100644,
     )?;
     w.finish()?;
-    tracing::info!(bundle = %out.display(), name = %manifest.name, entries = manifest.entries.len(), "Bundle packed");
+    tracing::info!(bundle = %out.display(), name = %manifest.name, entries = manifest.entries.len(), format, "Bundle packed");
     Ok(manifest)
 }
 
@@ -571,15 +589,24 @@ pub fn sign_bundle(path: &Path, keys: &[&SigningKey]) -> Result<String, BundleEr
     let parsed = crate::verify::parse_bundle(&file, path, &Limits::default())?;
     let digest = container::signed_digest(&file, path, &parsed.layout)?;
     let mut sigs = parsed.signatures;
+    let context = crate::verify::file_context(sigs.format);
+    let mdigest = crate::verify::manifest_digest(&parsed.manifest_bytes);
     for k in keys {
-        let sig = hex::encode(k.sign(BUNDLE_SIG_CONTEXT, &digest));
+        let sig = hex::encode(k.sign(context, &digest));
         sigs.signatures.retain(|s| s.keyid != k.key_id());
         sigs.signatures.push(Signature {
             keyid: k.key_id().to_string(),
             sig,
         });
+        if sigs.format >= 2 {
+            sigs.manifest_signatures.retain(|s| s.keyid != k.key_id());
+            sigs.manifest_signatures.push(Signature {
+                keyid: k.key_id().to_string(),
+                sig: hex::encode(k.sign(MANIFEST_SIG_CONTEXT_V2, &mdigest)),
+            });
+        }
     }
-    let slot = signature_slot(&sigs)?;
+    let slot = container::signature_slot_any(&sigs)?;
     let crc = crc32fast::hash(&slot).to_le_bytes();
     let s = parsed.layout.signatures();
     let io = |e| BundleError::io(path, e);

@@ -108,6 +108,27 @@ pub enum BundleError {
         rejected: Vec<(String, String)>,
     },
 
+    /// Format 2: fewer good manifest signatures than the role's threshold.
+    #[error("bundle {bundle}: manifest signatures below the threshold of role `{role}`: {valid} valid of {threshold} required{}", fmt_rejected(.rejected))]
+    ManifestThreshold {
+        bundle: PathBuf,
+        role: String,
+        valid: usize,
+        threshold: u32,
+        rejected: Vec<(String, String)>,
+    },
+
+    /// A format 1 bundle: its manifest cannot be trusted without the whole
+    /// file, so a ranged reader must download it in full.
+    #[error(
+        "bundle {bundle}: format {format} has no manifest signature; the whole file must be downloaded to verify it"
+    )]
+    NoManifestSignature { bundle: PathBuf, format: u32 },
+
+    /// A ranged read (HTTP Range) needs bytes it was not given.
+    #[error("bundle {bundle}: ranged read: {reason}")]
+    Remote { bundle: PathBuf, reason: String },
+
     #[error("bundle {bundle}: bundle `{name}` expired at {expires}")]
     BundleExpired {
         bundle: PathBuf,

@@ -9,6 +9,11 @@ use crate::error::BundleError;
 
 /// Domain separation: a bundle signature can never be replayed as a root signature.
 pub const BUNDLE_SIG_CONTEXT: &[u8] = b"molt-bundle-v1\0";
+/// Bundle format 2 signs the whole-file digest under its own context, so the
+/// format version is part of what is signed.
+pub const BUNDLE_SIG_CONTEXT_V2: &[u8] = b"molt-bundle-v2\0";
+/// Bundle format 2: the signature over SHA-256 of the manifest's bytes alone.
+pub const MANIFEST_SIG_CONTEXT_V2: &[u8] = b"molt-bundle-manifest-v2\0";
 pub const ROOT_SIG_CONTEXT: &[u8] = b"molt-root-v1\0";
 
 /// Hex SHA-256 of a raw public key.

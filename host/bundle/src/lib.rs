@@ -1,4 +1,4 @@
-//! Bundle format v1, trust root, rollback state and buildstamps
+//! Bundle formats v1 and v2, trust root, rollback state and buildstamps
 //! (docs/bundle-format.md). No wasmtime, no network.
 //!
 //! API summary:
@@ -10,6 +10,8 @@
 //!     root's `rollback_floor`; the policy is [`store::check_sequence`]), `highest_sequence(name)`.
 //!   - [`extract`]`(&VerifiedBundle, bundle_path, dest_dir, &Limits) -> Result<ExtractReport>`.
 //!   - [`SignedRoot::load`]`(path)`, [`SignedRoot::from_slice`]`(bytes)`.
+//! - Ranged reads ([`remote`], format 2): `parse_tail`, `verify_remote` (or
+//!   `TrustStore::verify_remote_as`), `plan_ranges`, `read_entry`/`read_entry_from`.
 //! - Write ([`editor`]): [`PackSpec`] (+ `PackSpec::from_buildstamp(name, sequence)`),
 //!   [`pack_dir`]`(src_dir, &PackSpec, out) -> Result<Manifest>`,
 //!   [`sign_bundle`]`(path, &[&SigningKey]) -> Result<String /*digest*/>`,
@@ -29,6 +31,7 @@ pub mod editor;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod remote;
 pub mod root;
 pub mod schema;
 pub mod store;
@@ -48,6 +51,7 @@ pub use schema::{
 };
 pub use store::{Accept, SequenceDecision, TrustStore, check_sequence};
 pub use text::sanitize;
+pub use remote::{RemoteIndex, RemoteLayout, TAIL_GUESS, Tail};
 pub use verify::{EntryLocation, VerifiedBundle, VerifyOptions, verify_bundle};
 
 #[cfg(test)]

@@ -220,6 +220,18 @@ pub struct SignatureFile {
     pub signatures: Vec<Signature>,
 }
 
+/// `molt/signatures.json` of bundle format 2: the whole-file signatures and
+/// signatures over the manifest's bytes alone, so a reader that fetched only the
+/// manifest (HTTP Range, [`crate::remote`]) can trust its per-entry digests.
+/// Format 1 files parse into this type with `manifest_signatures` empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureFileV2 {
+    pub format: u32,
+    pub signatures: Vec<Signature>,
+    pub manifest_signatures: Vec<Signature>,
+}
+
 /// A public key in the root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

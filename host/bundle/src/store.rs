@@ -212,8 +212,35 @@ impl TrustStore {
         accept: Accept,
     ) -> Result<VerifiedBundle, BundleError> {
         let v = verify_bundle(path, &self.root, opts)?;
-        let name = v.manifest.name.clone();
-        let seq = v.manifest.sequence;
+        self.accept_sequence(path, &v.manifest.name, v.manifest.sequence, accept)?;
+        Ok(v)
+    }
+
+    /// The ranged counterpart of [`TrustStore::verify_bundle_as`]: verify a
+    /// format-2 manifest fetched with HTTP Range ([`crate::remote`]) and apply
+    /// the same sequence rule, recording the new highest.
+    pub fn verify_remote_as(
+        &mut self,
+        layout: &crate::remote::RemoteLayout,
+        manifest_span: &[u8],
+        opts: &VerifyOptions,
+        accept: Accept,
+    ) -> Result<crate::remote::RemoteIndex, BundleError> {
+        let v = crate::remote::verify_remote(layout, manifest_span, &self.root, opts)?;
+        self.accept_sequence(&v.source, &v.manifest.name, v.manifest.sequence, accept)?;
+        Ok(v)
+    }
+
+    /// Refuse or accept `sequence` for `name` (see [`check_sequence`]) and
+    /// record a new highest.
+    fn accept_sequence(
+        &mut self,
+        path: &Path,
+        name: &str,
+        seq: u64,
+        accept: Accept,
+    ) -> Result<(), BundleError> {
+        let name = name.to_string();
         // Re-read: another process may have accepted a newer one meanwhile.
         let on_disk = TrustStore::open(&self.dir)
             .map(|s| s.sequences)
@@ -244,7 +271,7 @@ impl TrustStore {
                     root_version = self.root.signed.version,
                     "Downgrade accepted: the control plane assigned an older bundle within the trusted root's rollback floor"
                 );
-                return Ok(v);
+                return Ok(());
             }
             Ok(SequenceDecision::Current) => {}
         }
@@ -259,6 +286,6 @@ impl TrustStore {
             b.push(b'\n');
             write_atomic(&self.dir, SEQUENCES_FILE, &b)?;
         }
-        Ok(v)
+        Ok(())
     }
 }

@@ -15,8 +15,8 @@ use crate::container::{
     self, Layout, Limits, METHOD_DEFLATED, RawEntry, SIGNATURES_SIZE, check_entry_path,
 };
 use crate::error::BundleError;
-use crate::keys::BUNDLE_SIG_CONTEXT;
-use crate::schema::{Manifest, Role, SignatureFile, SignedRoot};
+use crate::keys::{BUNDLE_SIG_CONTEXT, BUNDLE_SIG_CONTEXT_V2, MANIFEST_SIG_CONTEXT_V2};
+use crate::schema::{Manifest, Role, Signature, SignatureFileV2, SignedRoot};
 
 /// How to verify.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +45,8 @@ pub struct EntryLocation {
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifiedBundle {
     pub path: PathBuf,
+    /// Bundle format (1, or 2 with manifest signatures).
+    pub format: u32,
     pub manifest: Manifest,
     #[serde(skip)]
     pub buildstamp: Buildstamp,
@@ -72,7 +74,7 @@ fn manifest_err(path: &Path, reason: impl Into<String>) -> BundleError {
 pub(crate) struct Parsed {
     pub layout: Layout,
     pub manifest_bytes: Vec<u8>,
-    pub signatures: SignatureFile,
+    pub signatures: SignatureFileV2,
 }
 
 pub(crate) fn parse_bundle(
@@ -86,33 +88,12 @@ pub(crate) fn parse_bundle(
     let last = layout.entries.len() - 1;
     // The slot and its CRC are zeroed in the signed digest, so the CRC proves
     // nothing. Instead the slot must be byte-for-byte the canonical form of the
-    // signatures it holds (checked below), so no byte of it can change unseen,
-    // and a damaged signature is reported as a bad signature (what the
-    // operator needs to know) rather than as a checksum error.
+    // signatures it holds, so no byte of it can change unseen, and a damaged
+    // signature is reported as a bad signature (what the operator needs to
+    // know) rather than as a checksum error.
     let sig_bytes =
         container::read_small_entry(file, path, &mut layout, last, SIGNATURES_SIZE, false)?;
-    let sig_err = |reason: String| BundleError::SignatureFile {
-        bundle: path.to_path_buf(),
-        reason,
-    };
-    let trimmed_len = sig_bytes
-        .iter()
-        .rposition(|b| *b != b' ')
-        .map(|p| p + 1)
-        .unwrap_or(0);
-    let signatures: SignatureFile = serde_json::from_slice(&sig_bytes[..trimmed_len])
-        .map_err(|e| sig_err(format!("not valid JSON: {e}")))?;
-    if signatures.format != 1 {
-        return Err(sig_err(format!(
-            "format {} (expected 1)",
-            signatures.format
-        )));
-    }
-    if container::signature_slot(&signatures).ok().as_deref() != Some(&sig_bytes[..]) {
-        return Err(sig_err(
-            "not in its canonical form (the slot was altered after signing)".into(),
-        ));
-    }
+    let signatures = container::parse_signature_slot(path, &sig_bytes)?;
     Ok(Parsed {
         layout,
         manifest_bytes,
@@ -121,15 +102,15 @@ pub(crate) fn parse_bundle(
 }
 
 /// Check the manifest against the zip and itself; returns entry locations.
-fn check_manifest(
+pub(crate) fn check_manifest(
     path: &Path,
     manifest: &Manifest,
     payload: &[RawEntry],
 ) -> Result<(Buildstamp, Vec<EntryLocation>), BundleError> {
-    if manifest.format != 1 {
+    if manifest.format != 1 && manifest.format != 2 {
         return Err(manifest_err(
             path,
-            format!("format {} (expected 1)", manifest.format),
+            format!("format {} (expected 1 or 2)", manifest.format),
         ));
     }
     let bs: Buildstamp = manifest
@@ -341,11 +322,24 @@ pub fn verify_bundle(
         });
     }
     let (buildstamp, entries) = check_manifest(path, &manifest, parsed.layout.payload())?;
-    let digest = container::signed_digest(&file, path, &parsed.layout)?;
+    check_formats(path, &manifest, &parsed.signatures)?;
     let role = manifest.kind.role();
+    // v2: the manifest signatures first (cheap, and the same rule the ranged
+    // reader applies), then the whole file.
+    if manifest.format >= 2 {
+        check_manifest_signatures(
+            path,
+            root,
+            role,
+            &parsed.manifest_bytes,
+            &parsed.signatures.manifest_signatures,
+            now,
+        )?;
+    }
+    let digest = container::signed_digest(&file, path, &parsed.layout)?;
     let (signers, rejected) = root.signed.check_signatures(
         role,
-        BUNDLE_SIG_CONTEXT,
+        file_context(manifest.format),
         &digest,
         &parsed.signatures.signatures,
         now,
@@ -362,6 +356,7 @@ pub fn verify_bundle(
     }
     let verified = VerifiedBundle {
         path: path.to_path_buf(),
+        format: manifest.format,
         buildstamp,
         digest: hex::encode(digest),
         role: role_str(role),
@@ -384,6 +379,71 @@ pub fn verify_bundle(
         "Bundle verified"
     );
     Ok(verified)
+}
+
+/// The context the whole-file digest is signed under, per bundle format.
+pub(crate) fn file_context(format: u32) -> &'static [u8] {
+    if format >= 2 {
+        BUNDLE_SIG_CONTEXT_V2
+    } else {
+        BUNDLE_SIG_CONTEXT
+    }
+}
+
+/// The manifest's format and the signature file's must be the same: a v2
+/// manifest (which the whole-file digest covers) cannot be served with a v1
+/// slot, nor a v1 manifest with v2 signatures.
+pub(crate) fn check_formats(
+    path: &Path,
+    manifest: &Manifest,
+    sigs: &SignatureFileV2,
+) -> Result<(), BundleError> {
+    if manifest.format != sigs.format {
+        return Err(BundleError::SignatureFile {
+            bundle: path.to_path_buf(),
+            reason: format!(
+                "format {} but the manifest is format {} (downgraded or mixed formats)",
+                sigs.format, manifest.format
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Hex-free SHA-256 of the manifest's bytes: what a v2 manifest signature signs.
+pub fn manifest_digest(manifest_bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, manifest_bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A threshold of `role` must have signed SHA-256 of the manifest bytes
+/// (format 2), under the same key, revocation, expiry and threshold rules as
+/// the whole-file signatures. Returns the key ids that counted.
+pub(crate) fn check_manifest_signatures(
+    path: &Path,
+    root: &SignedRoot,
+    role: Role,
+    manifest_bytes: &[u8],
+    sigs: &[Signature],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, BundleError> {
+    let m = manifest_digest(manifest_bytes);
+    let (signers, rejected) =
+        root.signed
+            .check_signatures(role, MANIFEST_SIG_CONTEXT_V2, &m, sigs, now);
+    let threshold = root.signed.threshold(role);
+    if signers.len() < threshold as usize {
+        return Err(BundleError::ManifestThreshold {
+            bundle: path.to_path_buf(),
+            role: role.as_str().to_string(),
+            valid: signers.len(),
+            threshold,
+            rejected,
+        });
+    }
+    Ok(signers)
 }
 
 fn role_str(r: Role) -> &'static str {
@@ -458,6 +518,19 @@ pub(crate) fn stream_entry<W: Write>(
             end: loc.data_offset + loc.compressed_size,
         },
     );
+    copy_checked(raw, bundle, loc, out)
+}
+
+/// Inflate (or copy) an entry's raw data from `raw` (at most its compressed
+/// size is read) into `out`, checking size (the bound: more is refused before
+/// it is written), SHA-256 and CRC-32 against `loc`.
+pub(crate) fn copy_checked<R: Read, W: Write>(
+    raw: R,
+    bundle: &Path,
+    loc: &EntryLocation,
+    out: &mut W,
+) -> Result<(), BundleError> {
+    let raw = raw.take(loc.compressed_size);
     let mut checked = Checked {
         inner: out,
         written: 0,
@@ -525,6 +598,8 @@ pub(crate) fn stream_entry<W: Write>(
 pub struct InspectInfo {
     pub manifest: Manifest,
     pub signatures: Vec<crate::schema::Signature>,
+    /// Format 2: signatures over the manifest's bytes alone.
+    pub manifest_signatures: Vec<crate::schema::Signature>,
     /// Hex SHA-256 of the file with the signature slot zeroed.
     pub digest: String,
     pub file_len: u64,
@@ -539,6 +614,7 @@ pub fn inspect(path: &Path) -> Result<InspectInfo, BundleError> {
     Ok(InspectInfo {
         manifest,
         signatures: parsed.signatures.signatures,
+        manifest_signatures: parsed.signatures.manifest_signatures,
         digest: hex::encode(digest),
         file_len: parsed.layout.file_len,
     })
