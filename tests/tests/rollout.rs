@@ -384,8 +384,12 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     assert_eq!(st["id"], bad, "{out}");
     assert_eq!(st["state"], "Halted", "{out}");
     let reason = st["reason"].as_str().unwrap_or_default();
+    // The crash fails the health check: it counts as soon as that stage is
+    // reported, with or without the attempt's result (Rolled Back) yet.
     assert!(
-        reason.contains("lon-1") && reason.contains("group lon"),
+        reason.contains("group lon")
+            && (reason.contains("lon-1 (Rolled Back, health check failed)")
+                || reason.contains("lon-1 (health check failed)")),
         "{reason}"
     );
     assert_eq!(st["blocklisted"], true, "{out}");
@@ -400,7 +404,8 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     let html = dashboard(&cp.url);
     assert!(
         html.contains("id=\"rollout-state\">Halted<")
-            && (html.contains("lon-1 (Rolled Back)") || html.contains("lon-1 (Failed)")),
+            && html.contains("lon-1 (")
+            && html.contains("health check failed"),
         "the dashboard shows the halt and its reason:\n{html}"
     );
     let metrics = get_text(&format!("{}/metrics", cp.url));

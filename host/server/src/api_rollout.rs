@@ -85,15 +85,19 @@ pub struct RolloutView {
     pub group_progress: Vec<GroupView>,
     pub admitted: Vec<AdmittedView>,
     /// While Running: `waiting for maintenance window <next opening>` when the
-    /// current group (the first not completed) is outside its windows.
+    /// current group (the first not completed) is outside its windows, or the
+    /// readiness gate's `waiting for readiness of group …` naming who blocks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The upgrade semaphore's limit held in the store (the current group's
+    /// max in flight while the rollout is open; none: `--max-concurrent-upgrades`).
+    pub semaphore_limit: Option<u32>,
 }
 
 pub(crate) async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutView, ApiError> {
     let id = r.id;
-    let (agents, admitted) = state
-        .db(move |s| Ok((s.list_agents()?, s.rollout_agents(id)?)))
+    let (agents, admitted, semaphore_limit) = state
+        .db(move |s| Ok((s.list_agents()?, s.rollout_agents(id)?, s.slot_limit()?)))
         .await?;
     let spec: RolloutSpec = serde_json::from_value(r.spec.clone())
         .map_err(|e| ApiError::internal(format!("rollout {id} spec: {e}")))?;
@@ -150,10 +154,21 @@ pub(crate) async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutVi
             .iter()
             .find(|g| g.completed_at.is_none())
             .and_then(|g| g.spec.window_wait(now))
+            .or_else(|| {
+                // The readiness gate's reason, as the scheduler's last step found it.
+                state
+                    .rollout
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .filter(|c| c.id == r.id)
+                    .and_then(|c| c.waiting.clone())
+            })
     } else {
         None
     };
     Ok(RolloutView {
+        semaphore_limit,
         waiting,
         blocklisted: state.is_blocked(&r.version),
         rollout: r,

@@ -4,14 +4,28 @@
 //! A rollout names a target version and ordered groups of agents chosen by
 //! label selectors (an empty selector is the catch-all, allowed only last).
 //! In each group the first `canary` agents (by name) upgrade first; when they
-//! have finished, the rest follow with at most `max_in_flight` under way;
+//! have finished, the rest follow with at most the rollout's max in flight
+//! under way ([`RolloutSpec::limit`]: fleet-wide, a count or a % of the
+//! rollout's agents, with an optional per-group cap). That one number is also
+//! the upgrade semaphore's limit, held in the store ([`sync_slot_limit`])
+//! while the rollout is open;
 //! `soak_secs` after the group's last completion the next group starts. When
 //! a group's Failed / Rolled Back attempts reach its `failure_threshold` the
 //! rollout halts with the reason and the agents, and its version goes on the
-//! fleet-wide blocklist. A group may carry maintenance [`Window`]s (days and
+//! fleet-wide blocklist. An attempt whose Health Check stage failed counts as a
+//! failure as soon as that stage is reported (the runner reports it once the
+//! rollback is done, just before the attempt's result; a runner that dies
+//! there leaves the attempt open with only the stage). A group may carry maintenance [`Window`]s (days and
 //! hours at a fixed UTC offset) and a jitter: its agents are admitted only
 //! inside a window, each no earlier than the opening plus a hash of its name
 //! modulo the jitter; outside, the rollout waits for the next opening.
+//!
+//! With a readiness gate (`readiness_gate`: the ratio of a group's agents that
+//! must be Ready, 1.0 = all), a group starts only when its agents' latest
+//! `runPrecheck {version}` of the target version (the fleet readiness run,
+//! `api_admin::readiness_for`) shows no blocking finding for that share; the
+//! scheduler queues the run for members never checked, and until then the
+//! rollout waits, saying which agents block and why.
 //!
 //! [`decide`] is the scheduler's whole judgement, a pure function over a
 //! [`Snapshot`]; [`tick`] builds the snapshot from the store and applies the
@@ -29,7 +43,8 @@ use crate::model::{AttemptResult, Labels};
 use crate::state::AppState;
 use molt_protocol::RolloutState;
 
-/// At most this many agents under way in a group: a count or a percentage of the group.
+/// At most this many agents under way: a count or a percentage (of the rollout's
+/// agents fleet-wide, of the group's for a group cap).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum InFlight {
     Count(u32),
@@ -328,10 +343,6 @@ pub fn waiting_for(next: DateTime<Utc>) -> String {
     )
 }
 
-fn one() -> InFlight {
-    InFlight::Count(1)
-}
-
 fn first_failure() -> Threshold {
     Threshold::Count(1)
 }
@@ -347,8 +358,9 @@ pub struct GroupSpec {
     /// Agents (the first by name) that upgrade before the rest of the group.
     #[serde(default)]
     pub canary: u32,
-    #[serde(default = "one")]
-    pub max_in_flight: InFlight,
+    /// A cap on the rollout's max in flight while this group runs (a % of the group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<InFlight>,
     /// Seconds after the group's last completion before the next group starts.
     #[serde(default)]
     pub soak_secs: u64,
@@ -383,6 +395,14 @@ impl GroupSpec {
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
     pub version: String,
+    /// Fleet-wide: at most this many agents under way, a count or a % of the
+    /// rollout's agents; also the semaphore's limit while the rollout is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<InFlight>,
+    /// A group starts only when at least this share (0 < r <= 1) of its Up
+    /// agents is Ready for the version (no blocking precheck finding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_gate: Option<f64>,
     pub groups: Vec<GroupSpec>,
 }
 
@@ -417,6 +437,13 @@ impl RolloutSpec {
         crate::api_agent::check_version("version", &self.version)?;
         if self.groups.is_empty() {
             return Err(ApiError::unprocessable("field `groups` must not be empty"));
+        }
+        if let Some(r) = self.readiness_gate
+            && !(r > 0.0 && r <= 1.0)
+        {
+            return Err(ApiError::unprocessable(
+                "field `readiness_gate` must be a ratio, 0 < r <= 1 (1: every agent Ready)",
+            ));
         }
         if self.groups.len() > 100 {
             return Err(ApiError::unprocessable(
@@ -474,6 +501,24 @@ impl RolloutSpec {
         })
     }
 
+    /// The max in flight while group `g` (of `size` agents, `total` in the
+    /// whole rollout) runs: the fleet-wide number, lowered by the group's cap
+    /// (only a cap: the cap; neither: 1). Groups run one after the other, so
+    /// this one number bounds the rollout's attempts and the semaphore.
+    pub fn limit(&self, g: usize, size: usize, total: usize) -> usize {
+        let fleet = self.max_in_flight.map(|f| f.limit(total));
+        let cap = self
+            .groups
+            .get(g)
+            .and_then(|x| x.max_in_flight)
+            .map(|c| c.limit(size));
+        match (fleet, cap) {
+            (Some(f), Some(c)) => f.min(c),
+            (Some(n), None) | (None, Some(n)) => n,
+            (None, None) => 1,
+        }
+    }
+
     /// Whether the last group is the catch-all (the rollout covers every agent).
     pub fn covers_all(&self) -> bool {
         self.groups.last().is_some_and(|g| g.selector.is_empty())
@@ -498,6 +543,40 @@ pub enum Observed {
     Finished(AttemptResult, DateTime<Utc>),
 }
 
+/// An agent's readiness for the target version (its latest `runPrecheck {version}`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Ready {
+    Ready,
+    /// The precheck found a blocking finding (the command's message names it).
+    NotReady(String),
+    /// Queued or running.
+    Pending,
+    #[default]
+    NotChecked,
+}
+
+impl Ready {
+    /// From `api_admin::Readiness` (its words and message).
+    pub fn of(word: &str, message: Option<&str>) -> Ready {
+        match word {
+            "Ready" => Ready::Ready,
+            "Not Ready" => Ready::NotReady(message.unwrap_or_default().to_string()),
+            "Pending" => Ready::Pending,
+            _ => Ready::NotChecked,
+        }
+    }
+
+    fn words(&self) -> String {
+        match self {
+            Ready::Ready => "Ready".into(),
+            Ready::NotReady(m) if m.is_empty() => "Not Ready".into(),
+            Ready::NotReady(m) => format!("Not Ready: {}", m.chars().take(160).collect::<String>()),
+            Ready::Pending => "precheck pending".into(),
+            Ready::NotChecked => "not checked".into(),
+        }
+    }
+}
+
 /// One agent as the scheduler sees it.
 #[derive(Clone, Debug)]
 pub struct AgentSnap {
@@ -509,6 +588,10 @@ pub struct AgentSnap {
     pub down: bool,
     pub admission: Option<Admission>,
     pub observed: Observed,
+    /// Its attempt since admission failed the Health Check stage.
+    pub health_failed: bool,
+    /// For the readiness gate (read only while a gated group waits to start).
+    pub ready: Ready,
 }
 
 /// A group's recorded progress.
@@ -550,12 +633,28 @@ pub struct Plan {
     pub halt: Option<String>,
     /// Every group is done.
     pub complete: bool,
-    /// Why nothing more is admitted now (`waiting for maintenance window …`); not stored.
+    /// Why nothing more is admitted now (`waiting for maintenance window …`,
+    /// `waiting for readiness …`); not stored.
     pub waiting: Option<String>,
+    /// Agents to send `runPrecheck {version}` (readiness gate, never checked).
+    pub precheck: Vec<i64>,
 }
 
 fn is_failure(r: AttemptResult) -> bool {
     matches!(r, AttemptResult::Failed | AttemptResult::RolledBack)
+}
+
+/// An admitted agent counts against the halt rule: Failed, Rolled Back or a
+/// failed health check; the words name why (`Rolled Back, health check failed`).
+fn failure_words(a: &AgentSnap, result: Option<(AttemptResult, DateTime<Utc>)>) -> Option<String> {
+    let failed = result.map(|(r, _)| r).filter(|r| is_failure(*r));
+    let health = a.admission.is_some() && a.health_failed;
+    match (failed, health) {
+        (Some(r), true) => Some(format!("{r}, health check failed")),
+        (Some(r), false) => Some(r.to_string()),
+        (None, true) => Some("health check failed".to_string()),
+        (None, false) => None,
+    }
 }
 
 /// The scheduler's decision for one tick of a Running rollout (anything else: no plan).
@@ -590,30 +689,31 @@ pub fn decide(snap: &Snapshot) -> Plan {
     for m in &mut members {
         m.sort_by(|x, y| snap.agents[*x].name.cmp(&snap.agents[*y].name));
     }
+    let total: usize = members.iter().map(Vec::len).sum();
+    // Under way fleet-wide (groups run one after the other, so these are the
+    // current group's).
+    let mut in_flight = members
+        .iter()
+        .flatten()
+        .filter(|i| snap.agents[**i].admission.is_some() && result[**i].is_none())
+        .count();
     // The halt rule, group by group.
     for (g, spec) in snap.spec.groups.iter().enumerate() {
-        let failed: Vec<&str> = members[g]
+        let detail: Vec<String> = members[g]
             .iter()
-            .filter(|i| result[**i].is_some_and(|(r, _)| is_failure(r)))
-            .map(|i| snap.agents[*i].name.as_str())
+            .filter_map(|i| {
+                let a = &snap.agents[*i];
+                failure_words(a, result[*i]).map(|w| format!("{} ({w})", a.name))
+            })
             .collect();
         if spec
             .failure_threshold
-            .reached(failed.len(), members[g].len())
+            .reached(detail.len(), members[g].len())
         {
-            let detail: Vec<String> = members[g]
-                .iter()
-                .filter_map(|i| match result[*i] {
-                    Some((r, _)) if is_failure(r) => {
-                        Some(format!("{} ({r})", snap.agents[*i].name))
-                    }
-                    _ => None,
-                })
-                .collect();
             plan.halt = Some(format!(
                 "group {}: {} of {} agents failed to upgrade to {} (threshold {}): {}",
                 spec.name,
-                failed.len(),
+                detail.len(),
                 members[g].len(),
                 snap.spec.version,
                 match spec.failure_threshold {
@@ -622,6 +722,13 @@ pub fn decide(snap: &Snapshot) -> Plan {
                 },
                 detail.join(", ")
             ));
+            // A failed health check without its result yet is recorded as
+            // Failed, so that a resume forgets (and re-admits) it like the others.
+            for (i, a) in snap.agents.iter().enumerate() {
+                if a.admission.is_some() && a.health_failed && result[i].is_none() {
+                    plan.finished.push((a.id, AttemptResult::Failed, snap.now));
+                }
+            }
             return plan;
         }
     }
@@ -645,6 +752,52 @@ pub fn decide(snap: &Snapshot) -> Plan {
                 plan.waiting = waiting;
                 return plan;
             }
+            // And, gated, when enough of its agents are Ready.
+            if let Some(ratio) = snap.spec.readiness_gate {
+                let on_version = |i: usize| {
+                    snap.agents[i].version.as_deref() == Some(snap.spec.version.as_str())
+                };
+                let considered: Vec<usize> = members[g]
+                    .iter()
+                    .copied()
+                    .filter(|i| !snap.agents[*i].down && !on_version(*i))
+                    .collect();
+                let blocking: Vec<usize> = considered
+                    .iter()
+                    .copied()
+                    .filter(|i| snap.agents[*i].ready != Ready::Ready)
+                    .collect();
+                let ready = considered.len() - blocking.len();
+                if !considered.is_empty() && (ready as f64) < ratio * considered.len() as f64 {
+                    plan.precheck = blocking
+                        .iter()
+                        .filter(|i| snap.agents[**i].ready == Ready::NotChecked)
+                        .map(|i| snap.agents[*i].id)
+                        .collect();
+                    let named: Vec<String> = blocking
+                        .iter()
+                        .take(10)
+                        .map(|i| {
+                            let a = &snap.agents[*i];
+                            format!("{} ({})", a.name, a.ready.words())
+                        })
+                        .collect();
+                    plan.waiting = Some(format!(
+                        "waiting for readiness of group {}: {ready} of {} agents Ready for {} (gate {}%); blocking: {}{}",
+                        spec.name,
+                        considered.len(),
+                        snap.spec.version,
+                        ratio * 100.0,
+                        named.join(", "),
+                        if blocking.len() > 10 {
+                            format!(" and {} more", blocking.len() - 10)
+                        } else {
+                            String::new()
+                        }
+                    ));
+                    return plan;
+                }
+            }
             plan.group_started.push(g);
         }
         // Inside a window an agent is admitted from the opening plus its jitter.
@@ -660,8 +813,7 @@ pub fn decide(snap: &Snapshot) -> Plan {
         let finished = |i: usize| result[i].is_some();
         let admitted = |i: usize| snap.agents[i].admission.is_some();
         let skipped = |i: usize| !admitted(i) && snap.agents[i].down;
-        let mut in_flight = m.iter().filter(|i| admitted(**i) && !finished(**i)).count();
-        let limit = spec.max_in_flight.limit(m.len());
+        let limit = snap.spec.limit(g, m.len(), total);
         let canaries = &m[..m.len().min(spec.canary as usize)];
         let on_version =
             |i: usize| snap.agents[i].version.as_deref() == Some(snap.spec.version.as_str());
@@ -721,8 +873,12 @@ pub struct RolloutCache {
     pub state: Option<RolloutState>,
     /// Agents admitted: they are offered the rollout's version.
     pub admitted: HashSet<i64>,
-    /// The group in-flight limit of each admitted agent (the semaphore's size for it).
+    /// Left empty: the semaphore's limit is held in the store
+    /// ([`crate::store::Store::slot_limit`], set by [`sync_slot_limit`]),
+    /// which `acquire_slot` applies whatever limit its caller passes.
     pub limits: std::collections::HashMap<i64, u32>,
+    /// The scheduler's last waiting reason (a window, the readiness gate).
+    pub waiting: Option<String>,
 }
 
 /// Reloads the rollout cache and the blocklist from the store.
@@ -738,37 +894,21 @@ pub async fn reload(state: &AppState) -> Result<(), ApiError> {
         })
         .await?;
     let cache = match rollout {
-        Some(r) if r.state != RolloutState::Aborted => {
-            let spec: Option<RolloutSpec> = serde_json::from_value(r.spec.clone()).ok();
-            let mut c = RolloutCache {
-                id: r.id,
-                version: r.version.clone(),
-                state: Some(r.state),
-                ..Default::default()
-            };
-            // Limits computed by the scheduler on whole groups are kept.
-            if let Some(old) = state
+        Some(r) if r.state != RolloutState::Aborted => Some(RolloutCache {
+            id: r.id,
+            version: r.version.clone(),
+            state: Some(r.state),
+            admitted: agents.iter().map(|a| a.agent_id).collect(),
+            // Kept until the next scheduler step says otherwise.
+            waiting: state
                 .rollout
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .filter(|o| o.id == r.id)
-            {
-                c.limits = old.limits.clone();
-            }
-            for a in &agents {
-                c.admitted.insert(a.agent_id);
-                if c.limits.contains_key(&a.agent_id) {
-                    continue;
-                }
-                if let Some(g) = spec.as_ref().and_then(|s| s.groups.get(a.group)) {
-                    let size = agents.iter().filter(|x| x.group == a.group).count();
-                    c.limits
-                        .insert(a.agent_id, g.max_in_flight.limit(size.max(1)) as u32);
-                }
-            }
-            Some(c)
-        }
+                .and_then(|o| o.waiting.clone()),
+            ..Default::default()
+        }),
         _ => None,
     };
     *state.rollout.write().unwrap_or_else(|p| p.into_inner()) = cache;
@@ -777,13 +917,51 @@ pub async fn reload(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// One step of the scheduler: builds the snapshot, decides and applies.
+/// Stores the semaphore's limit when it changes (None: the
+/// `--max-concurrent-upgrades` default applies again).
+pub async fn sync_slot_limit(state: &AppState, limit: Option<u32>) -> Result<(), ApiError> {
+    if state.db(|s| s.slot_limit()).await? == limit {
+        return Ok(());
+    }
+    state.db(move |s| s.set_slot_limit(limit)).await?;
+    tracing::info!(limit = ?limit, "rollout: upgrade semaphore limit set");
+    Ok(())
+}
+
+/// The rollout's max in flight for its current group (the first not
+/// completed after `plan`), or None once every group is done.
+pub fn current_limit(snap: &Snapshot, plan: &Plan) -> Option<u32> {
+    if plan.complete {
+        return None;
+    }
+    let n = snap.spec.groups.len();
+    let mut sizes = vec![0usize; n];
+    for a in &snap.agents {
+        let g = match &a.admission {
+            Some(ad) => Some(ad.group),
+            None => snap.spec.group_of(&a.labels),
+        };
+        if let Some(x) = g.and_then(|g| sizes.get_mut(g)) {
+            *x += 1;
+        }
+    }
+    let total = sizes.iter().sum();
+    let g = (0..n).find(|g| {
+        snap.groups.get(*g).is_none_or(|t| t.completed_at.is_none())
+            && !plan.group_completed.iter().any(|(c, _)| c == g)
+    })?;
+    Some(u32::try_from(snap.spec.limit(g, sizes[g], total)).unwrap_or(u32::MAX))
+}
+
+/// One step of the scheduler: builds the snapshot, decides and applies, and
+/// keeps the semaphore's limit in the store at the rollout's max in flight
+/// while it is open (Running, Paused or Halted: attempts under way finish).
 pub async fn tick(state: &AppState) -> Result<(), ApiError> {
     let Some(r) = state.db(|s| s.latest_rollout()).await? else {
-        return Ok(());
+        return sync_slot_limit(state, None).await;
     };
-    if r.state != RolloutState::Running {
-        return Ok(());
+    if matches!(r.state, RolloutState::Completed | RolloutState::Aborted) {
+        return sync_slot_limit(state, None).await;
     }
     let spec: RolloutSpec = serde_json::from_value(r.spec.clone())
         .map_err(|e| ApiError::internal(format!("rollout {} spec: {e}", r.id)))?;
@@ -791,15 +969,37 @@ pub async fn tick(state: &AppState) -> Result<(), ApiError> {
     let now = state.config.clock.now();
     let down_after = crate::clock::chrono_dur(state.config.agent_down_after);
     let (id, version, created) = (r.id, r.version.clone(), r.created_at);
-    let (agents, admitted, attempts) = state
+    let (agents, admitted, attempts, health_failed) = state
         .db(move |s| {
             Ok((
                 s.list_agents()?,
                 s.rollout_agents(id)?,
                 s.attempts_to(&version, created)?,
+                s.health_check_failures(&version, created)?,
             ))
         })
         .await?;
+    let health_failed: HashSet<i64> = health_failed.into_iter().collect();
+    // The readiness gate reads the fleet readiness run only while a group waits to start.
+    let gate_open = spec.readiness_gate.is_some()
+        && r.state == RolloutState::Running
+        && (0..ngroups).any(|g| {
+            !r.groups
+                .iter()
+                .any(|x| x.idx == g && x.started_at.is_some())
+        });
+    let ready: std::collections::HashMap<String, Ready> = if gate_open {
+        crate::api_admin::readiness_for(state, &r.version)
+            .await?
+            .into_iter()
+            .map(|x| {
+                let r = Ready::of(x.readiness, x.message.as_deref());
+                (x.agent, r)
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
     let snap = Snapshot {
         now,
         spec,
@@ -827,26 +1027,28 @@ pub async fn tick(state: &AppState) -> Result<(), ApiError> {
                         at: x.admitted_at,
                         result: x.result.zip(x.done_at),
                     });
+                let latest = admission.as_ref().and_then(|ad| {
+                    attempts
+                        .iter()
+                        .filter(|t| t.agent_id == a.id && t.started_at >= ad.at)
+                        .max_by_key(|t| t.id)
+                });
                 let observed = match &admission {
                     None => Observed::NotStarted,
-                    Some(ad) => {
-                        let latest = attempts
-                            .iter()
-                            .filter(|t| t.agent_id == a.id && t.started_at >= ad.at)
-                            .max_by_key(|t| t.id);
-                        match latest {
-                            Some(t) => match (t.result, t.finished_at) {
-                                (Some(res), Some(at)) => Observed::Finished(res, at),
-                                _ => Observed::InFlight,
-                            },
-                            None if a.version.as_deref() == Some(r.version.as_str()) => {
-                                Observed::Finished(AttemptResult::Complete, now)
-                            }
-                            None => Observed::NotStarted,
+                    Some(_) => match latest {
+                        Some(t) => match (t.result, t.finished_at) {
+                            (Some(res), Some(at)) => Observed::Finished(res, at),
+                            _ => Observed::InFlight,
+                        },
+                        None if a.version.as_deref() == Some(r.version.as_str()) => {
+                            Observed::Finished(AttemptResult::Complete, now)
                         }
-                    }
+                        None => Observed::NotStarted,
+                    },
                 };
                 AgentSnap {
+                    ready: ready.get(&a.name).cloned().unwrap_or_default(),
+                    health_failed: latest.is_some_and(|t| health_failed.contains(&t.id)),
                     down: a.effective_status(now, down_after) == crate::model::AgentStatus::Down,
                     id: a.id,
                     labels: a.labels.clone(),
@@ -858,42 +1060,43 @@ pub async fn tick(state: &AppState) -> Result<(), ApiError> {
             })
             .collect(),
     };
-    let plan = decide(&snap);
-    apply(state, r.id, &snap.spec, plan, now).await?;
-    // The semaphore's size for an admitted agent: its group's max in flight,
-    // computed on the group's whole membership (the cache alone knows only
-    // the admitted agents).
-    let mut sizes = vec![0usize; snap.spec.groups.len()];
-    for a in &snap.agents {
-        let g = match &a.admission {
-            Some(ad) => Some(ad.group),
-            None => snap.spec.group_of(&a.labels),
-        };
-        if let Some(n) = g.and_then(|g| sizes.get_mut(g)) {
-            *n += 1;
-        }
+    let mut plan = decide(&snap);
+    let limit = current_limit(&snap, &plan);
+    if let Some(c) = state
+        .rollout
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .filter(|c| c.id == r.id)
+    {
+        c.waiting = plan.waiting.clone();
     }
-    let groups: std::collections::HashMap<i64, usize> = snap
-        .agents
-        .iter()
-        .filter_map(|a| {
-            let g = a
-                .admission
-                .as_ref()
-                .map(|ad| ad.group)
-                .or_else(|| snap.spec.group_of(&a.labels))?;
-            Some((a.id, g))
-        })
-        .collect();
-    let mut c = state.rollout.write().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = c.as_mut().filter(|c| c.id == r.id) {
-        let admitted: Vec<i64> = c.admitted.iter().copied().collect();
-        for id in admitted {
-            if let Some(&g) = groups.get(&id) {
-                let limit = snap.spec.groups[g].max_in_flight.limit(sizes[g].max(1));
-                c.limits.insert(id, limit as u32);
-            }
-        }
+    let precheck = std::mem::take(&mut plan.precheck);
+    if !precheck.is_empty() {
+        let (v, ids) = (snap.spec.version.clone(), precheck.clone());
+        state
+            .db(move |s| {
+                for id in &ids {
+                    s.queue_command(
+                        *id,
+                        crate::model::CommandKind::RunPrecheck,
+                        &serde_json::json!({ "version": v }),
+                        now,
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(rollout = r.id, agents = precheck.len(), version = %snap.spec.version, "rollout: readiness gate queued runPrecheck");
+        state.wake(&precheck);
+    }
+    // The limit is stored before admitting, so the admitted find the semaphore at it.
+    if limit.is_some() {
+        sync_slot_limit(state, limit).await?;
+    }
+    apply(state, r.id, &snap.spec, plan, now).await?;
+    if limit.is_none() {
+        sync_slot_limit(state, None).await?;
     }
     Ok(())
 }
@@ -998,6 +1201,8 @@ mod tests {
             down: false,
             admission: None,
             observed: Observed::NotStarted,
+            health_failed: false,
+            ready: Ready::NotChecked,
         }
     }
 
@@ -1257,8 +1462,8 @@ mod tests {
     #[test]
     fn the_spec_parses_counts_percentages_and_ratios_and_the_catch_all_must_be_last() {
         let s = spec();
-        assert_eq!(s.groups[0].max_in_flight, InFlight::Count(2));
-        assert_eq!(s.groups[1].max_in_flight, InFlight::Percent(50));
+        assert_eq!(s.groups[0].max_in_flight, Some(InFlight::Count(2)));
+        assert_eq!(s.groups[1].max_in_flight, Some(InFlight::Percent(50)));
         assert_eq!(s.groups[1].failure_threshold, Threshold::Ratio(0.5));
         assert_eq!(s.groups[0].failure_threshold, Threshold::Count(1));
         assert_eq!(InFlight::Percent(20).limit(10_000), 2000);
@@ -1318,11 +1523,86 @@ mod tests {
         assert_eq!(ids(&p), vec![2, 3]);
         // One of them in flight, the other not yet admitted, max 1 would hold it back.
         let mut s = snap(f.clone(), started, 7);
-        s.spec.groups[0].max_in_flight = InFlight::Count(1);
+        s.spec.groups[0].max_in_flight = Some(InFlight::Count(1));
         f[1] = admitted(f[1].clone(), 0, 7, None);
         s.agents = f;
         s.agents[0].admission.as_mut().unwrap().result = Some((AttemptResult::Complete, t(6)));
         assert!(decide(&s).admit.is_empty());
+    }
+
+    #[test]
+    fn the_fleet_wide_max_in_flight_is_capped_per_group_and_is_the_semaphores_limit() {
+        let mut s = spec();
+        // 6 agents in the rollout: 50% is 3 fleet-wide; group a's cap 2, b's 50% of 2 = 1.
+        s.max_in_flight = Some(InFlight::Percent(50));
+        assert_eq!(s.limit(0, 3, 6), 2);
+        assert_eq!(s.limit(1, 2, 6), 1);
+        s.groups[0].max_in_flight = None;
+        assert_eq!(s.limit(0, 3, 6), 3, "no cap: the fleet-wide number");
+        s.max_in_flight = None;
+        assert_eq!(s.limit(0, 3, 6), 1, "neither: 1");
+        assert_eq!(s.limit(2, 1, 6), 1);
+        // The scheduler admits up to that number and reports it for the semaphore.
+        let mut f = fleet();
+        f[0] = admitted(f[0].clone(), 0, 0, Some((AttemptResult::Complete, 1)));
+        let started = vec![
+            GroupTimes {
+                started_at: Some(t(0)),
+                completed_at: None,
+            },
+            GroupTimes::default(),
+            GroupTimes::default(),
+        ];
+        let mut sn = snap(f, started, 2);
+        sn.spec.max_in_flight = Some(InFlight::Count(1));
+        let p = decide(&sn);
+        assert_eq!(ids(&p), vec![2], "fleet-wide 1 under group a's cap of 2");
+        assert_eq!(current_limit(&sn, &p), Some(1));
+        sn.spec.max_in_flight = Some(InFlight::Count(10));
+        let p = decide(&sn);
+        assert_eq!(ids(&p), vec![2, 3], "the cap of 2 under fleet-wide 10");
+        assert_eq!(current_limit(&sn, &p), Some(2));
+        // Every group done: no limit (the flag's default again).
+        let done = Plan {
+            complete: true,
+            ..Plan::default()
+        };
+        assert_eq!(current_limit(&sn, &done), None);
+        // Group a completed: group b's limit.
+        let p = Plan {
+            group_completed: vec![(0, t(2))],
+            ..Plan::default()
+        };
+        assert_eq!(current_limit(&sn, &p), Some(1), "50% of b's 2");
+    }
+
+    #[test]
+    fn a_readiness_gate_holds_a_group_naming_who_blocks_and_queues_the_unchecked() {
+        let mut sn = snap(fleet(), vec![GroupTimes::default(); 3], 0);
+        sn.spec.readiness_gate = Some(1.0);
+        sn.agents[0].ready = Ready::Ready;
+        sn.agents[1].ready = Ready::NotReady("disk_space: 1 GiB free".into());
+        let p = decide(&sn);
+        assert!(p.admit.is_empty() && p.group_started.is_empty());
+        assert_eq!(p.precheck, vec![3], "a3 was never checked");
+        let w = p.waiting.unwrap();
+        assert!(
+            w.contains("waiting for readiness of group a: 1 of 3 agents Ready")
+                && w.contains("a2 (Not Ready: disk_space: 1 GiB free)")
+                && w.contains("a3 (not checked)"),
+            "{w}"
+        );
+        // A ratio of 2/3 lets it start once a3 is Ready too... and a2's block is tolerated.
+        sn.agents[2].ready = Ready::Ready;
+        assert!(decide(&sn).waiting.is_some(), "1.0: a2 still blocks");
+        sn.spec.readiness_gate = Some(0.6);
+        let p = decide(&sn);
+        assert_eq!(p.group_started, vec![0]);
+        assert_eq!(ids(&p), vec![1], "the canary");
+        // Down agents and agents already on the version are not waited for.
+        sn.spec.readiness_gate = Some(1.0);
+        sn.agents[1].down = true;
+        assert_eq!(decide(&sn).group_started, vec![0]);
     }
 
     #[test]
@@ -1376,6 +1656,38 @@ mod tests {
             reason.contains("group a") && reason.contains("a1 (Rolled Back)"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_failed_health_check_counts_before_the_attempt_ends() {
+        let mut f = fleet();
+        f[0] = admitted(f[0].clone(), 0, 0, None);
+        f[0].observed = Observed::InFlight;
+        f[0].health_failed = true;
+        let g = vec![
+            GroupTimes {
+                started_at: Some(t(0)),
+                completed_at: None,
+            },
+            GroupTimes::default(),
+            GroupTimes::default(),
+        ];
+        let p = decide(&snap(f.clone(), g.clone(), 10));
+        assert!(p.admit.is_empty());
+        let reason = p.halt.clone().unwrap();
+        assert!(reason.contains("a1 (health check failed)"), "{reason}");
+        assert_eq!(p.finished, vec![(1, AttemptResult::Failed, t(10))]);
+        // Once the result arrives both are named.
+        f[0].observed = Observed::Finished(AttemptResult::RolledBack, t(9));
+        let reason = decide(&snap(f.clone(), g.clone(), 10)).halt.unwrap();
+        assert!(
+            reason.contains("a1 (Rolled Back, health check failed)"),
+            "{reason}"
+        );
+        // Not admitted: a stray health-check failure does not count.
+        let mut f2 = fleet();
+        f2[1].health_failed = true;
+        assert!(decide(&snap(f2, g, 10)).halt.is_none());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! A rollout through simulated agents (lightweight clients in this process
 //! speaking the real agent HTTP API to a real in-process control plane): every
-//! agent ends on the version, the groups go in order, and never more than a
-//! group's `max_in_flight` attempts are under way at once — asserted from the
-//! store's attempt timestamps.
+//! agent ends on the version, the groups go in order, and never more than the
+//! rollout's max in flight (fleet-wide, lowered by a group's cap) attempts are
+//! under way at once — asserted from the store's attempt timestamps; that same
+//! number is the upgrade semaphore's limit in the store while the rollout runs,
+//! and the `--max-concurrent-upgrades` default (2) is back once it completes.
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ const V2: &str = "rome-06-23-2021__patch1-08-01-2021_08-10-2021_0900";
 const ADMIN: &str = "admin-token-0123456789";
 const AGENTS: usize = 999;
 const IN_FLIGHT: usize = 50;
+const B_CAP: usize = 30;
 const UPGRADE_MS: u64 = 60;
 
 async fn agent(url: String, token: String, site: &'static str) {
@@ -161,21 +164,23 @@ async fn simulated_agents_never_exceed_max_in_flight_and_go_group_by_group() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let groups: Vec<Value> = ["a", "b"]
-        .iter()
-        .map(|s| json!({"name": s, "selector": {"site": s}, "canary": 2, "max_in_flight": IN_FLIGHT, "soak_secs": 1}))
-        .chain([json!({"name": "rest", "canary": 2, "max_in_flight": "15%"})])
-        .collect();
+    // Fleet-wide IN_FLIGHT; group b capped at B_CAP, the rest at 10% of its 333.
+    let groups = json!([
+        {"name": "a", "selector": {"site": "a"}, "canary": 2, "soak_secs": 1},
+        {"name": "b", "selector": {"site": "b"}, "canary": 2, "max_in_flight": B_CAP, "soak_secs": 1},
+        {"name": "rest", "canary": 2, "max_in_flight": "10%"}
+    ]);
     let r = admin(
         &c,
         &url,
         "POST",
         "/api/v1/admin/rollouts",
-        json!({"version": V2, "groups": groups}),
+        json!({"version": V2, "max_in_flight": IN_FLIGHT, "groups": groups}),
     )
     .await;
     let id = r["id"].as_i64().unwrap();
     let started = std::time::Instant::now();
+    let mut limits_seen = std::collections::BTreeSet::new();
     loop {
         let r = admin(
             &c,
@@ -187,6 +192,9 @@ async fn simulated_agents_never_exceed_max_in_flight_and_go_group_by_group() {
         .await;
         if r["state"] == "Completed" {
             break;
+        }
+        if let Some(n) = r["semaphore_limit"].as_u64() {
+            limits_seen.insert(n as usize);
         }
         assert_ne!(r["state"], "Halted", "{r:#}");
         assert!(
@@ -204,12 +212,35 @@ async fn simulated_agents_never_exceed_max_in_flight_and_go_group_by_group() {
     let attempts = store.attempts_to(V2, rollout.created_at).unwrap();
     assert_eq!(attempts.len(), AGENTS);
     assert_eq!(admitted.len(), AGENTS);
+    let rest = (AGENTS / 3 * 10).div_ceil(100);
+    let limits = [IN_FLIGHT, B_CAP, rest];
+    assert!(
+        limits_seen.iter().all(|n| limits.contains(n)) && limits_seen.contains(&IN_FLIGHT),
+        "the store's semaphore limit follows the current group: {limits_seen:?}"
+    );
+    assert_eq!(
+        store.slot_limit().unwrap(),
+        None,
+        "completed: the --max-concurrent-upgrades default again"
+    );
+    // Fleet-wide, across groups.
+    let mut all = Vec::new();
+    for t in &attempts {
+        all.push((t.started_at, 1i32));
+        all.push((t.finished_at.unwrap(), -1));
+    }
+    all.sort();
+    let (mut cur, mut max) = (0, 0);
+    for (_, d) in &all {
+        cur += d;
+        max = max.max(cur);
+    }
+    assert!(
+        max as usize <= IN_FLIGHT,
+        "{max} attempts under way at once fleet-wide, max in flight {IN_FLIGHT}"
+    );
     let mut spans = Vec::new();
-    for (g, limit) in [
-        (0, IN_FLIGHT),
-        (1, IN_FLIGHT),
-        (2, (AGENTS / 3 * 15).div_ceil(100)),
-    ] {
+    for (g, limit) in limits.into_iter().enumerate() {
         let ids: Vec<i64> = admitted
             .iter()
             .filter(|a| a.group == g)

@@ -215,6 +215,8 @@ pub trait Store: Send + Sync + 'static {
     fn set_fleet_override(&self, version: Option<&str>) -> Result<(), StoreError>;
 
     // Upgrade semaphore.
+    /// Grants a slot while fewer than the limit are held: the stored
+    /// [`Store::slot_limit`] when a rollout set one, else `max`.
     fn acquire_slot(
         &self,
         agent_id: i64,
@@ -340,6 +342,18 @@ pub trait Store: Send + Sync + 'static {
         version: &str,
         since: DateTime<Utc>,
     ) -> Result<Vec<AttemptBrief>, StoreError>;
+    /// The upgrade semaphore's limit an open rollout set (its max in flight),
+    /// which `acquire_slot` uses instead of its `max` (the
+    /// `--max-concurrent-upgrades` default); None: no rollout holds it.
+    fn slot_limit(&self) -> Result<Option<u32>, StoreError>;
+    fn set_slot_limit(&self, limit: Option<u32>) -> Result<(), StoreError>;
+    /// Ids of the attempts to `version` started at or after `since` whose
+    /// Health Check stage is Failed (the halt rule counts them).
+    fn health_check_failures(
+        &self,
+        version: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<i64>, StoreError>;
     /// Applies one scheduler step in one transaction: results seen, group
     /// starts and completions, admissions (an autoUpgrade queued for each that
     /// is not on the version yet), then halt (state Halted, version

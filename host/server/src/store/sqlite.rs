@@ -246,6 +246,15 @@ fn get_setting(c: &Connection, key: &str) -> Result<Option<String>, StoreError> 
     )
 }
 
+const SLOT_LIMIT: &str = "semaphore.limit";
+
+/// The semaphore's limit a rollout stored (see [`Store::slot_limit`]).
+fn stored_slot_limit(c: &Connection) -> Result<Option<u32>, StoreError> {
+    get_setting(c, SLOT_LIMIT)?
+        .map(|v| v.parse().map_err(|_| corrupt("semaphore limit", &v)))
+        .transpose()
+}
+
 const ISSUE_SELECT: &str = "SELECT i.id, a.name, i.source, i.code, i.severity, i.description, i.remediation, \
      i.state, i.count, i.first_detected, i.last_detected, i.resolved_at FROM issues i JOIN agents a ON a.id = i.agent_id";
 
@@ -598,6 +607,7 @@ impl Store for SqliteStore {
                 return Ok(SlotOutcome::Granted);
             }
             let count: i64 = tx.query_row("SELECT COUNT(*) FROM upgrade_slots", [], |r| r.get(0))?;
+            let max = stored_slot_limit(tx)?.unwrap_or(max);
             if count < i64::from(max) {
                 tx.execute(
                     "INSERT INTO upgrade_slots (agent_id, to_version, acquired_at, renewed_at) VALUES (?1, ?2, ?3, ?3)",
@@ -1237,6 +1247,45 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn slot_limit(&self) -> Result<Option<u32>, StoreError> {
+        stored_slot_limit(&self.conn())
+    }
+
+    fn set_slot_limit(&self, limit: Option<u32>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            match limit {
+                Some(n) => tx.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![SLOT_LIMIT, n.to_string()],
+                )?,
+                None => tx.execute("DELETE FROM settings WHERE key = ?1", [SLOT_LIMIT])?,
+            };
+            Ok(())
+        })
+    }
+
+    fn health_check_failures(
+        &self,
+        version: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT a.id FROM attempts a JOIN attempt_stages s ON s.attempt_id = a.id \
+             WHERE a.to_version = ?1 AND a.started_at >= ?2 AND s.stage = ?3 AND s.state = ?4 ORDER BY a.id",
+        )?;
+        let rows = st.query_map(
+            params![
+                version,
+                to_ms(since),
+                Stage::HealthCheck.as_str(),
+                StageState::Failed.as_str()
+            ],
+            |r| r.get::<_, i64>(0),
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     fn apply_rollout_plan(
         &self,
         id: i64,
@@ -1772,6 +1821,48 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_slot_limit_replaces_the_default_until_cleared() {
+        let (_d, s) = store();
+        let t0 = Utc::now();
+        let ids: Vec<i64> = (0..4)
+            .map(|i| {
+                s.create_agent(&format!("a{i}"), &[i as u8; 32], t0)
+                    .unwrap()
+            })
+            .collect();
+        let lease = chrono::Duration::seconds(60);
+        assert_eq!(s.slot_limit().unwrap(), None);
+        s.set_slot_limit(Some(3)).unwrap();
+        assert_eq!(s.slot_limit().unwrap(), Some(3));
+        for id in &ids[..3] {
+            assert_eq!(
+                s.acquire_slot(*id, "v2", t0, 2, lease).unwrap(),
+                SlotOutcome::Granted,
+                "the stored 3, not the default 2"
+            );
+        }
+        assert!(matches!(
+            s.acquire_slot(ids[3], "v2", t0, 2, lease).unwrap(),
+            SlotOutcome::Busy { .. }
+        ));
+        s.set_slot_limit(Some(1)).unwrap();
+        s.release_slot(ids[0]).unwrap();
+        assert!(matches!(
+            s.acquire_slot(ids[3], "v2", t0, 2, lease).unwrap(),
+            SlotOutcome::Busy { .. }
+        ));
+        s.set_slot_limit(None).unwrap();
+        assert_eq!(s.slot_limit().unwrap(), None);
+        for id in &ids[1..3] {
+            s.release_slot(*id).unwrap();
+        }
+        assert_eq!(
+            s.acquire_slot(ids[3], "v2", t0, 2, lease).unwrap(),
+            SlotOutcome::Granted
+        );
+    }
+
+    #[test]
     fn a_new_fleet_version_clears_the_override_and_queues_auto_upgrade_once_per_agent() {
         let (_d, s) = store();
         let now = Utc::now();
@@ -1939,6 +2030,11 @@ mod tests {
         s.finish_attempt(a, at, AttemptResult::RolledBack, "", now)
             .unwrap();
         assert_eq!(s.attempts_to("v2", now).unwrap().len(), 1);
+        assert!(s.health_check_failures("v2", now).unwrap().is_empty());
+        s.record_stage(a, at, Stage::HealthCheck, StageState::Failed, "not Up", now)
+            .unwrap();
+        assert_eq!(s.health_check_failures("v2", now).unwrap(), vec![at]);
+        assert!(s.health_check_failures("v3", now).unwrap().is_empty());
         let halt = Plan {
             finished: vec![(a, AttemptResult::RolledBack, now)],
             halt: Some("group all: a (Rolled Back)".into()),
