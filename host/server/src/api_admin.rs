@@ -76,12 +76,7 @@ pub async fn create_agent(
         None => new_token(),
     };
     let hash = hash_token(&token);
-    if state
-        .tokens
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains_key(&hash)
-    {
+    if state.db(move |s| s.agent_by_token(&hash)).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "that token is already in use by another agent",
@@ -148,6 +143,8 @@ pub async fn delete_agent(
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .retain(|_, a| *a.name != *name);
+    // Every replica forgets the agent's token.
+    state.publish(crate::store::StoreEvent::AgentsChanged);
     tracing::info!(agent = %name, "agent removed");
     Ok(axum::Json(json!({ "ok": true })))
 }
@@ -275,6 +272,7 @@ pub async fn queue_command(
 ) -> Result<i64, ApiError> {
     let a = state
         .agent_by_name(agent)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("agent {agent:?} not found")))?;
     if !args.is_object() {
         return Err(ApiError::unprocessable(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use molt_bundle::text::{MAX_LABEL, sanitize};
 use serde::{Deserialize, Serialize};
@@ -161,15 +161,15 @@ pub struct AssignedAnswer {
 }
 
 /// Base URL (no trailing slash) for package downloads.
-fn package_base(state: &AppState, headers: &HeaderMap) -> String {
+fn package_base(state: &AppState, host: Option<&axum::http::HeaderValue>) -> String {
     if let Some(b) = &state.config.package_base_url {
         return b.trim_end_matches('/').to_string();
     }
-    format!("{}/packages", public_base(state, headers))
+    format!("{}/packages", public_base_of(state, host))
 }
 
 /// How the caller reached this server.
-pub(crate) fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+fn public_base_of(state: &AppState, host: Option<&axum::http::HeaderValue>) -> String {
     if let Some(b) = &state.config.public_base_url {
         return b.trim_end_matches('/').to_string();
     }
@@ -178,8 +178,7 @@ pub(crate) fn public_base(state: &AppState, headers: &HeaderMap) -> String {
     } else {
         "http"
     };
-    let host = headers
-        .get(header::HOST)
+    let host = host
         .and_then(|h| h.to_str().ok())
         .filter(|h| {
             h.chars()
@@ -231,12 +230,29 @@ pub fn choose_version_for(
     choose_version(fleet, pinned)
 }
 
+/// The request's `Host` header alone (the `HeaderMap` extractor would copy
+/// every header of every poll).
+pub struct HostHeader(pub Option<axum::http::HeaderValue>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for HostHeader {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(HostHeader(parts.headers.get(header::HOST).cloned()))
+    }
+}
+
+/// `GET /api/v1/agent/assigned`: the version this agent should run and its
+/// packages. The hot path of a large fleet (every agent polls it): the answer
+/// is encoded once per inputs and packages snapshot ([`crate::state::AnswerCache`]).
 pub async fn assigned(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
-    headers: HeaderMap,
+    HostHeader(host): HostHeader,
     ApiQuery(q): ApiQuery<AssignedQuery>,
-) -> Result<axum::Json<AssignedAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let os =
         q.os.ok_or_else(|| ApiError::bad_request("missing query parameter `os`"))?;
     let arch = q
@@ -258,11 +274,11 @@ pub async fn assigned(
     }
     let (version, source) = match requested {
         Some(v) => (v, "requested"),
-        None => choose_version_for(
-            &state.fleet_state(),
-            pinned.as_deref(),
-            state.rollout_version_for(agent.id),
-        )
+        None => {
+            let rollout = state.rollout_version_for(agent.id);
+            let fleet = state.fleet.read().unwrap_or_else(|p| p.into_inner());
+            choose_version_for(&fleet, pinned.as_deref(), rollout)
+        }
         .ok_or_else(|| {
             ApiError::not_found(
                 "no fleet version is set: PUT /api/v1/admin/fleet {\"version\": ...}",
@@ -279,33 +295,74 @@ pub async fn assigned(
             }
         });
     }
-    if snap
-        .assigned(&version, &os, &arch, runtime.as_deref())
-        .is_err()
-    {
-        // Perhaps it was just copied in: look again before refusing.
-        let st = state.clone();
-        snap = tokio::task::spawn_blocking(move || st.packages.rescan())
-            .await
-            .map_err(|e| ApiError::internal(format!("rescan task failed: {e}")))?
-            .map_err(|e| ApiError::internal(format!("cannot read packages directory: {e}")))?;
-    }
-    let a = snap.assigned(&version, &os, &arch, runtime.as_deref()).map_err(|e| {
-        tracing::warn!(agent = %agent.name, version = %version, error = %e, "assigned version has no packages");
-        ApiError::not_found(format!("assigned version {version} ({source}): {e}"))
-    })?;
-    let base = package_base(&state, &headers);
-    let mut packages = vec![pref(&base, a.upgrade, true), pref(&base, a.core, true)];
-    if let Some(r) = a.runtime {
-        packages.push(pref(&base, r, true));
-    }
-    Ok(axum::Json(AssignedAnswer {
-        version,
+    // Everything the answer depends on besides the snapshot.
+    let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let key = [
+        version.as_str(),
         source,
-        packages,
-        precheck: a.precheck.map(|p| pref(&base, p, false)),
-        selector: a.selector.map(|p| pref(&base, p, false)),
-    }))
+        &os,
+        &arch,
+        runtime.as_deref().unwrap_or(""),
+        host_text,
+    ]
+    .join("\n");
+    let cached = state
+        .answers
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&snap, &key);
+    let body = match cached {
+        Some(b) => b,
+        None => {
+            if snap
+                .assigned(&version, &os, &arch, runtime.as_deref())
+                .is_err()
+            {
+                // Perhaps it was just copied in: look again before refusing.
+                let st = state.clone();
+                snap = tokio::task::spawn_blocking(move || st.packages.rescan())
+                    .await
+                    .map_err(|e| ApiError::internal(format!("rescan task failed: {e}")))?
+                    .map_err(|e| {
+                        ApiError::internal(format!("cannot read packages directory: {e}"))
+                    })?;
+            }
+            let a = snap.assigned(&version, &os, &arch, runtime.as_deref()).map_err(|e| {
+                tracing::warn!(agent = %agent.name, version = %version, error = %e, "assigned version has no packages");
+                ApiError::not_found(format!("assigned version {version} ({source}): {e}"))
+            })?;
+            let base = package_base(&state, host.as_ref());
+            let mut packages = vec![pref(&base, a.upgrade, true), pref(&base, a.core, true)];
+            if let Some(r) = a.runtime {
+                packages.push(pref(&base, r, true));
+            }
+            let answer = AssignedAnswer {
+                version,
+                source,
+                packages,
+                precheck: a.precheck.map(|p| pref(&base, p, false)),
+                selector: a.selector.map(|p| pref(&base, p, false)),
+            };
+            let body =
+                axum::body::Bytes::from(serde_json::to_vec(&answer).map_err(|e| {
+                    ApiError::internal(format!("cannot encode the assignment: {e}"))
+                })?);
+            state
+                .answers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(&snap, key, body.clone());
+            body
+        }
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

@@ -16,14 +16,18 @@ pub struct TlsFiles {
 /// Everything `molt serve` needs; [`Config::new`] fills the documented defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// SQLite database file (created, migrated on start).
+    /// SQLite database file (created, migrated on start), or a
+    /// `postgres://user@host:port/dbname` URL several replicas share.
     pub db_path: PathBuf,
     /// Directory of signed bundles named `molt-<kind>.<version>.<os>.<arch>.zip`.
     pub packages_dir: PathBuf,
     /// Address to listen on; port 0 picks a free port (see `BoundServer::local_addr`).
     pub listen: SocketAddr,
-    /// Admin token; when `None` one is read from (or generated into) `<db>.admin-token`.
+    /// Admin token; when `None` it is read from `admin_token_file`, else (SQLite
+    /// only) from, or generated into, `<db>.admin-token`.
     pub admin_token: Option<String>,
+    /// A file holding the admin token (every replica reads the same one).
+    pub admin_token_file: Option<PathBuf>,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<TlsFiles>,
     /// At most this many agents hold an upgrade slot at once (the seeds' semaphore).
@@ -43,7 +47,8 @@ pub struct Config {
     pub fleet_version: Option<String>,
     /// Agents created (or whose token is reset) at start: `(name, token)`.
     pub bootstrap_agents: Vec<(String, String)>,
-    /// Where uploaded agent logs go; default `<db>.logs/`.
+    /// Where uploaded agent logs go; default `<db>.logs/` for SQLite. With a
+    /// PostgreSQL URL it is required and must be shared by every replica.
     pub logs_dir: Option<PathBuf>,
     /// Require an agent token on `GET /packages/…` (default: bundles are signed, so public).
     pub packages_require_token: bool,
@@ -67,6 +72,7 @@ impl Config {
             packages_dir: packages_dir.into(),
             listen,
             admin_token: None,
+            admin_token_file: None,
             tls: None,
             max_concurrent_upgrades: 2,
             lease_timeout: Duration::from_secs(600),
@@ -84,8 +90,16 @@ impl Config {
         }
     }
 
-    /// The admin-token file used when no token is configured.
-    pub fn admin_token_file(&self) -> PathBuf {
+    /// Whether the database is a PostgreSQL URL (replicas may share it) rather
+    /// than a SQLite file this process owns.
+    pub fn db_is_url(&self) -> bool {
+        self.db_path
+            .to_str()
+            .is_some_and(crate::store::is_postgres_url)
+    }
+
+    /// The SQLite admin-token file used when no token is configured.
+    pub fn sqlite_admin_token_file(&self) -> PathBuf {
         let mut p = self.db_path.clone().into_os_string();
         p.push(".admin-token");
         PathBuf::from(p)

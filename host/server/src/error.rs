@@ -102,6 +102,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => ApiError::not_found(e.to_string()),
             StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Forbidden(_) => ApiError::forbidden(e.to_string()),
+            StoreError::Unavailable(_) | StoreError::SchemaBehind { .. } => {
+                let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                a.retry_after = Some(5);
+                a
+            }
             other => ApiError::internal(other.to_string()),
         }
     }

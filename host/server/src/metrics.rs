@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -15,39 +16,47 @@ use crate::state::AppState;
 use crate::store::IssueFilter;
 
 /// Request counters by (method, route, status).
+///
+/// Counted on every request: the common case takes a shared read lock and one
+/// atomic add (no allocation); only the first request of a new key writes.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    requests: RwLock<HashMap<RequestKey, AtomicU64>>,
 }
 
+/// Method, route template and status of a request.
+type RequestKey = (Method, Arc<str>, u16);
+
 impl Metrics {
-    fn record(&self, method: &str, route: &str, status: u16) {
-        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        // Borrowed lookup first: the hot path allocates nothing.
-        if let Some(v) = m
-            .iter_mut()
-            .find(|((me, r, s), _)| me == method && r == route && *s == status)
-            .map(|(_, v)| v)
+    fn record(&self, method: &Method, route: &str, status: u16) {
         {
-            *v += 1;
-        } else {
-            m.insert((method.to_string(), route.to_string(), status), 1);
+            let m = self.requests.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = m
+                .iter()
+                .find(|((me, r, s), _)| me == method && &**r == route && *s == status)
+                .map(|(_, v)| v)
+            {
+                v.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
+        let mut m = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        m.entry((method.clone(), route.into(), status))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Middleware counting every request by its route template.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let resp = next.run(req).await;
-    state
-        .metrics
-        .record(&method, &route, resp.status().as_u16());
+    state.metrics.record(
+        &method,
+        route.as_ref().map_or("unmatched", |r| r.as_str()),
+        resp.status().as_u16(),
+    );
     resp
 }
 
@@ -77,9 +86,12 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         let m = state
             .metrics
             .requests
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<_> = m.iter().collect();
+        let mut rows: Vec<_> = m
+            .iter()
+            .map(|((me, r, s), n)| ((me.as_str(), &**r, *s), n.load(Ordering::Relaxed)))
+            .collect();
         rows.sort();
         for ((method, route, status), n) in rows {
             let _ = writeln!(

@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::error::{ApiError, ServerError};
 use crate::metrics::Metrics;
 use crate::packages::PackageIndex;
-use crate::state::{AgentRef, AppState, Inner, hash_token, new_token};
-use crate::store::Store;
+use crate::state::{AgentRef, AppState, Inner, Watched, hash_token, new_token};
+use crate::store::{Store, StoreEvent};
 use crate::{api_admin, api_agent, api_rollout, dashboard, files, metrics};
 
 /// Largest JSON body accepted.
@@ -128,6 +128,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(api_rollout::clear_blocked),
         )
         .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route(
             "/",
             get(|| async { axum::response::Redirect::to("/dashboard") }),
@@ -162,6 +164,7 @@ pub fn router(state: AppState) -> Router {
             post(dashboard::action_resolve),
         )
         .route("/dashboard/logs/{id}", get(dashboard::log_page))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), db_gate))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -177,6 +180,51 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `GET /healthz`: the process is alive and serving HTTP (no auth, no
+/// database): a load balancer's liveness probe.
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "ok": true }))
+}
+
+/// `GET /readyz`: the database was reachable and its schema current at the
+/// last check (every second): 503 with the reason otherwise, so a load
+/// balancer stops sending traffic to a replica that lost its database.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.db_health.is_ok() {
+        axum::Json(serde_json::json!({ "ok": true })).into_response()
+    } else {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", state.db_health.reason()),
+        );
+        e.retry_after = Some(5);
+        e.into_response()
+    }
+}
+
+/// While the database is down every endpoint but `/healthz` and `/readyz`
+/// answers 503: cached fleet or rollout state may be stale, and an agent told
+/// "unavailable" retries where one told an old version would act on it.
+async fn db_gate(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.db_health.is_ok() || matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("database unavailable: {}", state.db_health.reason()),
+    );
+    e.retry_after = Some(5);
+    e.into_response()
+}
+
 /// A control plane bound to its address, not yet serving.
 pub struct BoundServer {
     state: AppState,
@@ -184,6 +232,8 @@ pub struct BoundServer {
     local_addr: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     admin_token: String,
+    /// Changes to publish to other replicas (drained once serving).
+    outbox: tokio::sync::mpsc::UnboundedReceiver<crate::store::StoreEvent>,
 }
 
 impl BoundServer {
@@ -235,6 +285,7 @@ impl BoundServer {
             self.state.clone(),
             self.state.config.rollout_tick,
         ));
+        let replica = crate::state::spawn_replica_tasks(&self.state, self.outbox);
         let result = match self.tls {
             None => {
                 use axum::serve::ListenerExt;
@@ -250,6 +301,9 @@ impl BoundServer {
         };
         purger.abort();
         scheduler.abort();
+        for t in replica {
+            t.abort();
+        }
         result.map_err(ServerError::Serve)
     }
 }
@@ -272,6 +326,11 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             })?
     };
     let admin_token = resolve_admin_token(&config)?;
+    if config.db_is_url() && config.logs_dir.is_none() {
+        return Err(ServerError::Config(
+            "with a PostgreSQL --db uploaded agent logs need a directory every replica shares: pass --logs-dir".into(),
+        ));
+    }
     let now = config.clock.now();
     for (name, token) in &config.bootstrap_agents {
         api_admin::check_agent_name(name)
@@ -300,7 +359,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             );
         }
     }
-    let tokens: HashMap<_, _> = store
+    let tokens: crate::state::TokenMap = store
         .agent_tokens()
         .map_err(ServerError::Startup)?
         .into_iter()
@@ -339,6 +398,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     })?;
     let session = hex::encode(hash_token(&format!("molt-dashboard-session:{admin_token}")));
     let fleet_version = config.fleet_version.clone();
+    let (events, outbox) = tokio::sync::mpsc::unbounded_channel();
+    let bootstrapped = !config.bootstrap_agents.is_empty();
     let state = AppState(Arc::new(Inner {
         admin_hash: hash_token(&admin_token),
         session,
@@ -348,10 +409,22 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         fleet: RwLock::new(fleet),
         notifies: Mutex::new(HashMap::new()),
         metrics: Metrics::default(),
-        rollout: RwLock::new(None),
-        blocked: RwLock::new(Default::default()),
+        rollout: Watched::new(None, StoreEvent::RolloutChanged, events.clone()),
+        blocked: Watched::new(
+            Default::default(),
+            StoreEvent::RolloutChanged,
+            events.clone(),
+        ),
+        answers: RwLock::new(Default::default()),
+        tokens_gen: Default::default(),
+        db_health: Default::default(),
+        events,
         config,
     }));
+    if bootstrapped {
+        // Tokens reset here must stop working on the other replicas.
+        state.publish(StoreEvent::AgentsChanged);
+    }
     crate::rollout::reload(&state)
         .await
         .map_err(|e| ServerError::Config(format!("rollouts: {}", e.message)))?;
@@ -367,6 +440,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         local_addr,
         tls,
         admin_token,
+        outbox,
     })
 }
 
@@ -395,8 +469,10 @@ pub async fn shutdown_signal() {
     tracing::info!("control plane shutting down");
 }
 
-/// The configured admin token, else the one in `<db>.admin-token`, else a new
-/// one written there (mode 0600).
+/// The admin token: configured (flag or `MOLT_ADMIN_TOKEN`), else read from
+/// `--admin-token-file`, else (SQLite only) the one in `<db>.admin-token` or a
+/// new one written there (mode 0600). Replicas on one PostgreSQL must agree,
+/// so a URL needs the token or its file: a file next to a URL means nothing.
 fn resolve_admin_token(config: &Config) -> Result<String, ServerError> {
     if let Some(t) = &config.admin_token {
         if t.len() < 16 {
@@ -406,7 +482,27 @@ fn resolve_admin_token(config: &Config) -> Result<String, ServerError> {
         }
         return Ok(t.clone());
     }
-    let path = config.admin_token_file();
+    if let Some(path) = &config.admin_token_file {
+        let t = std::fs::read_to_string(path).map_err(|source| ServerError::AdminToken {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let t = t.trim();
+        if t.len() < 16 {
+            return Err(ServerError::AdminToken {
+                path: path.display().to_string(),
+                source: std::io::Error::other("holds no token of at least 16 characters"),
+            });
+        }
+        tracing::info!(path = %path.display(), "admin token read from --admin-token-file");
+        return Ok(t.to_string());
+    }
+    if config.db_is_url() {
+        return Err(ServerError::Config(
+            "with a PostgreSQL --db every replica needs the same admin token: pass --admin-token-file or set MOLT_ADMIN_TOKEN".into(),
+        ));
+    }
+    let path = config.sqlite_admin_token_file();
     let err = |source| ServerError::AdminToken {
         path: path.display().to_string(),
         source,

@@ -1,19 +1,22 @@
 //! Shared state of one running control plane, and request authentication.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::FleetState;
 use crate::packages::PackageIndex;
-use crate::store::{Store, StoreError, TokenHash};
+use crate::store::{Store, StoreError, StoreEvent, TokenHash};
 
 /// The dashboard's session cookie.
 pub const SESSION_COOKIE: &str = "molt_session";
@@ -32,21 +35,244 @@ pub struct AppState(pub Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub store: Arc<dyn Store>,
-    /// Token hash to agent: authentication never touches the database.
-    pub tokens: RwLock<HashMap<TokenHash, AgentRef>>,
+    /// Token hash to agent: the fast path of authentication (see [`TokenMap`]).
+    pub tokens: RwLock<TokenMap>,
     pub admin_hash: TokenHash,
     /// Value of the dashboard cookie (derived from the admin token).
     pub session: String,
     pub packages: PackageIndex,
-    /// Cached fleet settings (written through to the store).
+    /// Cached fleet settings (written through to the store; reloaded when
+    /// another replica publishes `FleetChanged`).
     pub fleet: RwLock<FleetState>,
     /// Wakes an agent's long-poll when a command is queued for it.
     pub notifies: Mutex<HashMap<i64, Arc<Notify>>>,
     pub metrics: Metrics,
     /// The newest rollout unless aborted: whom it admitted (they are offered its version).
-    pub rollout: RwLock<Option<crate::rollout::RolloutCache>>,
+    /// A local change publishes `RolloutChanged` (see [`Watched`]).
+    pub rollout: Watched<Option<crate::rollout::RolloutCache>>,
     /// Versions offered to no agent (halted or aborted rollouts) until cleared.
-    pub blocked: RwLock<std::collections::BTreeSet<String>>,
+    pub blocked: Watched<std::collections::BTreeSet<String>>,
+    /// Bumped whenever the token cache is cleared, so a database lookup that
+    /// raced with the clear does not put a deleted agent back.
+    pub tokens_gen: AtomicU64,
+    /// Changes to tell the other replicas (sent by [`AppState::publish`],
+    /// written to the store by the publisher task).
+    pub events: mpsc::UnboundedSender<StoreEvent>,
+    /// Whether the database answered its last readiness check.
+    pub db_health: DbHealth,
+    /// Encoded `GET /api/v1/agent/assigned` answers (see [`AnswerCache`]).
+    pub answers: RwLock<AnswerCache>,
+}
+
+/// Token hash to agent. The keys are SHA-256 digests, uniform and not chosen
+/// by a caller, so hashing their first bytes is enough (no SipHash per request).
+pub type TokenMap = HashMap<TokenHash, AgentRef, BuildHasherDefault<DigestHasher>>;
+
+/// A [`Hasher`] for keys that are already cryptographic digests.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
+
+/// The assignment answer is the same bytes for every agent that shares its
+/// inputs (version, source, platform, runtime, package base URL) and the
+/// packages snapshot: encode it once per snapshot instead of per poll. Bounded:
+/// cleared when the snapshot changes or it holds [`AnswerCache::MAX`] entries.
+#[derive(Default)]
+pub struct AnswerCache {
+    snapshot: Option<Arc<crate::packages::Snapshot>>,
+    entries: HashMap<String, axum::body::Bytes>,
+}
+
+impl AnswerCache {
+    pub const MAX: usize = 4096;
+
+    /// The cached answer for `key` computed from `snap`.
+    pub fn get(
+        &self,
+        snap: &Arc<crate::packages::Snapshot>,
+        key: &str,
+    ) -> Option<axum::body::Bytes> {
+        match &self.snapshot {
+            Some(s) if Arc::ptr_eq(s, snap) => self.entries.get(key).cloned(),
+            _ => None,
+        }
+    }
+
+    pub fn put(
+        &mut self,
+        snap: &Arc<crate::packages::Snapshot>,
+        key: String,
+        body: axum::body::Bytes,
+    ) {
+        if !self.snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap))
+            || self.entries.len() >= Self::MAX
+        {
+            self.entries.clear();
+            self.snapshot = Some(snap.clone());
+        }
+        self.entries.insert(key, body);
+    }
+}
+
+/// The database's health as this replica last saw it: while it is down the
+/// API answers 503 instead of serving cached (possibly stale) state.
+pub struct DbHealth {
+    ok: AtomicBool,
+    reason: RwLock<String>,
+}
+
+impl Default for DbHealth {
+    fn default() -> Self {
+        Self {
+            ok: AtomicBool::new(true),
+            reason: RwLock::new(String::new()),
+        }
+    }
+}
+
+impl DbHealth {
+    pub fn is_ok(&self) -> bool {
+        self.ok.load(Ordering::Acquire)
+    }
+    /// Why the database is not usable (empty while it is).
+    pub fn reason(&self) -> String {
+        self.reason
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// Records a check's outcome; returns whether the state changed.
+    pub fn set(&self, outcome: Result<(), String>) -> bool {
+        let ok = outcome.is_ok();
+        *self.reason.write().unwrap_or_else(|p| p.into_inner()) = outcome.err().unwrap_or_default();
+        self.ok.swap(ok, Ordering::AcqRel) != ok
+    }
+}
+
+tokio::task_local! {
+    /// Set while a replica applies another replica's event: the caches it
+    /// reloads must not publish the change back.
+    static APPLYING_REMOTE: ();
+}
+
+/// A cache whose local changes other replicas must hear about: its write
+/// guard publishes `event` when the content's fingerprint changed (not when
+/// the change came from another replica's event). The rollout scheduler and
+/// the rollout API write these caches after every change they store.
+pub struct Watched<T: Fingerprint> {
+    inner: RwLock<T>,
+    event: StoreEvent,
+    events: mpsc::UnboundedSender<StoreEvent>,
+}
+
+/// What identifies a cache's content for [`Watched`].
+pub trait Fingerprint {
+    fn fingerprint(&self) -> u64;
+}
+
+fn fingerprint_of(h: impl std::hash::Hash) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(h)
+}
+
+impl Fingerprint for Option<crate::rollout::RolloutCache> {
+    fn fingerprint(&self) -> u64 {
+        fingerprint_of(self.as_ref().map(|r| {
+            let mut admitted: Vec<i64> = r.admitted.iter().copied().collect();
+            admitted.sort_unstable();
+            (
+                r.id,
+                r.version.clone(),
+                r.state.map(|s| s.to_string()),
+                admitted,
+            )
+        }))
+    }
+}
+
+impl Fingerprint for std::collections::BTreeSet<String> {
+    fn fingerprint(&self) -> u64 {
+        fingerprint_of(self)
+    }
+}
+
+impl<T: Fingerprint> Watched<T> {
+    pub fn new(value: T, event: StoreEvent, events: mpsc::UnboundedSender<StoreEvent>) -> Self {
+        Self {
+            inner: RwLock::new(value),
+            event,
+            events,
+        }
+    }
+
+    pub fn read(&self) -> std::sync::LockResult<std::sync::RwLockReadGuard<'_, T>> {
+        self.inner.read()
+    }
+
+    /// Same shape as `RwLock::write` (poisoning is reported, never fatal).
+    #[allow(clippy::type_complexity)]
+    pub fn write(
+        &self,
+    ) -> Result<WatchedGuard<'_, T>, std::sync::PoisonError<WatchedGuard<'_, T>>> {
+        let (guard, poisoned) = match self.inner.write() {
+            Ok(g) => (g, false),
+            Err(p) => (p.into_inner(), true),
+        };
+        let before = guard.fingerprint();
+        let g = WatchedGuard {
+            guard,
+            before,
+            owner: self,
+        };
+        if poisoned {
+            Err(std::sync::PoisonError::new(g))
+        } else {
+            Ok(g)
+        }
+    }
+}
+
+/// Write access to a [`Watched`] cache.
+pub struct WatchedGuard<'a, T: Fingerprint> {
+    guard: std::sync::RwLockWriteGuard<'a, T>,
+    before: u64,
+    owner: &'a Watched<T>,
+}
+
+impl<T: Fingerprint> std::ops::Deref for WatchedGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T: Fingerprint> std::ops::DerefMut for WatchedGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T: Fingerprint> Drop for WatchedGuard<'_, T> {
+    fn drop(&mut self) {
+        let remote = APPLYING_REMOTE.try_with(|_| ()).is_ok();
+        if !remote && self.guard.fingerprint() != self.before {
+            let _ = self.owner.events.send(self.owner.event.clone());
+        }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -80,10 +306,16 @@ impl AppState {
         F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
+        let r = tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
-            .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
-            .map_err(ApiError::from)
+            .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?;
+        if let Err(e @ StoreError::Unavailable(_)) = &r {
+            // Stop answering from caches now, not at the next health check.
+            if self.db_health.set(Err(e.to_string())) {
+                tracing::error!(error = %e, "database unavailable: this replica answers 503");
+            }
+        }
+        r.map_err(ApiError::from)
     }
 
     pub fn notify_for(&self, agent_id: i64) -> Arc<Notify> {
@@ -91,16 +323,83 @@ impl AppState {
         m.entry(agent_id).or_default().clone()
     }
 
-    /// Wakes the long-polls of these agents.
+    /// Wakes the long polls of these agents, here and (through the store) on
+    /// every other replica.
     pub fn wake(&self, agent_ids: &[i64]) {
-        for id in agent_ids {
-            self.notify_for(*id).notify_waiters();
+        self.wake_local(agent_ids);
+        if agent_ids.len() > 64 {
+            self.publish(StoreEvent::WakeAll);
+        } else {
+            for id in agent_ids {
+                self.publish(StoreEvent::Wake(*id));
+            }
         }
     }
 
-    pub fn agent_by_name(&self, name: &str) -> Option<AgentRef> {
-        let t = self.tokens.read().unwrap_or_else(|p| p.into_inner());
-        t.values().find(|a| &*a.name == name).cloned()
+    fn wake_local(&self, agent_ids: &[i64]) {
+        let m = self.notifies.lock().unwrap_or_else(|p| p.into_inner());
+        for id in agent_ids {
+            if let Some(n) = m.get(id) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    fn wake_all_local(&self) {
+        let m = self.notifies.lock().unwrap_or_else(|p| p.into_inner());
+        for n in m.values() {
+            n.notify_waiters();
+        }
+    }
+
+    /// Tells the other replicas about a change this one stored (no-op with
+    /// SQLite). Never blocks: the publisher task writes it to the store.
+    pub fn publish(&self, ev: StoreEvent) {
+        if self.events.send(ev).is_err() {
+            tracing::warn!("replica event publisher stopped; event dropped");
+        }
+    }
+
+    /// Forgets every cached token (another replica changed agents, or events
+    /// may have been missed): the next request of each agent asks the store.
+    pub fn clear_tokens(&self) {
+        let mut t = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        self.tokens_gen.fetch_add(1, Ordering::AcqRel);
+        t.clear();
+    }
+
+    /// An agent's id by name, from the store (the token cache holds only the
+    /// agents seen lately by this replica).
+    pub async fn agent_by_name(&self, name: &str) -> Result<Option<AgentRef>, ApiError> {
+        let n = name.to_string();
+        Ok(self
+            .db(move |s| s.agent_by_name(&n))
+            .await?
+            .map(|a| AgentRef {
+                id: a.id,
+                name: a.name.into(),
+            }))
+    }
+
+    /// Applies an event another replica (or this one) published.
+    pub async fn apply_event(&self, ev: StoreEvent) {
+        match ev {
+            StoreEvent::Wake(id) => self.wake_local(&[id]),
+            StoreEvent::WakeAll => self.wake_all_local(),
+            StoreEvent::AgentsChanged => self.clear_tokens(),
+            StoreEvent::FleetChanged | StoreEvent::RolloutChanged => {
+                if let Err(e) = APPLYING_REMOTE.scope((), self.reload_shared()).await {
+                    tracing::error!(error = %e.message, "replica cache reload failed");
+                }
+            }
+        }
+    }
+
+    /// Reloads the fleet settings, the rollout cache and the blocklist from the store.
+    pub async fn reload_shared(&self) -> Result<(), ApiError> {
+        let fleet = self.db(|s| s.fleet()).await?;
+        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = fleet;
+        crate::rollout::reload(self).await
     }
 
     pub fn fleet_state(&self) -> FleetState {
@@ -132,17 +431,41 @@ impl AppState {
             .contains(version)
     }
 
+    /// Caches fleet settings this replica just stored, and tells the others.
     pub fn set_fleet_cache(&self, f: FleetState) {
         *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = f;
+        self.publish(StoreEvent::FleetChanged);
     }
 
     fn is_admin_token(&self, token: &str) -> bool {
         hash_token(token) == self.admin_hash
     }
 
-    fn lookup_agent(&self, token: &str) -> Option<AgentRef> {
-        let t = self.tokens.read().unwrap_or_else(|p| p.into_inner());
-        t.get(&hash_token(token)).cloned()
+    /// The agent holding this token: the cache, else the store (an agent
+    /// registered through another replica), remembered for the next request.
+    async fn lookup_agent(&self, token: &str) -> Result<Option<AgentRef>, ApiError> {
+        let hash = hash_token(token);
+        if let Some(a) = self
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+        {
+            return Ok(Some(a.clone()));
+        }
+        let generation = self.tokens_gen.load(Ordering::Acquire);
+        let Some((id, name)) = self.db(move |s| s.agent_by_token(&hash)).await? else {
+            return Ok(None);
+        };
+        let a = AgentRef {
+            id,
+            name: name.into(),
+        };
+        let mut t = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        if self.tokens_gen.load(Ordering::Acquire) == generation {
+            t.insert(hash, a.clone());
+        }
+        Ok(Some(a))
     }
 
     /// Whether the request carries the dashboard session cookie.
@@ -190,7 +513,7 @@ impl FromRequestParts<AppState> for AgentAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <agent token>"))?;
-        if let Some(a) = state.lookup_agent(token) {
+        if let Some(a) = state.lookup_agent(token).await? {
             return Ok(AgentAuth(a));
         }
         if state.is_admin_token(token) {
@@ -210,7 +533,7 @@ impl FromRequestParts<AppState> for AdminAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match bearer(parts)? {
             Some(t) if state.is_admin_token(t) => Ok(AdminAuth),
-            Some(t) if state.lookup_agent(t).is_some() => Err(ApiError::forbidden(
+            Some(t) if state.lookup_agent(t).await?.is_some() => Err(ApiError::forbidden(
                 "agent tokens are not allowed on admin endpoints",
             )),
             Some(_) => Err(ApiError::unauthorized("invalid admin token")),
@@ -220,4 +543,99 @@ impl FromRequestParts<AppState> for AdminAuth {
             )),
         }
     }
+}
+
+/// How often a replica checks that its database is reachable and current.
+pub const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// A readiness check that has not answered within this counts as failed.
+pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The background tasks that keep a replica in agreement with the others:
+/// the publisher (local changes to the store's channel), the subscriber
+/// (other replicas' changes to this one's caches and long polls) and the
+/// database health check.
+pub fn spawn_replica_tasks(
+    state: &AppState,
+    mut outbox: mpsc::UnboundedReceiver<StoreEvent>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let st = state.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(first) = outbox.recv().await {
+            let mut batch = vec![first];
+            while let Ok(ev) = outbox.try_recv() {
+                if !batch.contains(&ev) {
+                    batch.push(ev);
+                }
+            }
+            let store = st.store.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                batch.iter().try_for_each(|ev| store.publish(ev))
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "replica event not published: other replicas may serve stale state until their next reload")
+                }
+                Err(e) => tracing::error!(error = %e, "replica event publisher task failed"),
+            }
+        }
+    }));
+    if let Some(mut inbox) = state.store.subscribe() {
+        let st = state.clone();
+        tasks.push(tokio::spawn(async move {
+            tracing::info!("listening for other replicas' changes");
+            while let Some(ev) = inbox.recv().await {
+                tracing::debug!(event = ?ev, "replica event received");
+                st.apply_event(ev).await;
+            }
+            tracing::error!(
+                "replica event subscription ended: caches no longer follow other replicas"
+            );
+        }));
+    }
+    let st = state.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEALTH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let store = st.store.clone();
+            let mut check = tokio::task::spawn_blocking(move || store.readiness());
+            let outcome = match tokio::time::timeout(HEALTH_TIMEOUT, &mut check).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let why = format!(
+                        "database did not answer a readiness check within {} s",
+                        HEALTH_TIMEOUT.as_secs()
+                    );
+                    if st.db_health.set(Err(why.clone())) {
+                        tracing::error!(error = %why, "database unavailable: this replica answers 503");
+                    }
+                    check.await
+                }
+            };
+            let outcome = match outcome {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("readiness task failed: {e}")),
+            };
+            let ok = outcome.is_ok();
+            let reason = outcome.as_ref().err().cloned();
+            if st.db_health.set(outcome) {
+                if ok {
+                    tracing::info!("database reachable again: this replica serves again");
+                    // Events may have been missed while it was down.
+                    st.clear_tokens();
+                    st.wake_all_local();
+                    if let Err(e) = st.reload_shared().await {
+                        tracing::error!(error = %e.message, "replica cache reload failed");
+                    }
+                } else {
+                    tracing::error!(error = %reason.unwrap_or_default(), "database unavailable: this replica answers 503");
+                }
+            }
+        }
+    }));
+    tasks
 }

@@ -1,4 +1,5 @@
-//! `molt serve`: the control plane (HTTP API, dashboard, metrics) over SQLite.
+//! `molt serve`: the control plane (HTTP API, dashboard, metrics) over SQLite,
+//! or one of several replicas over a shared PostgreSQL.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +9,9 @@ use anyhow::{Context, bail};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// SQLite database file (created and migrated on start).
-    #[arg(long, value_name = "FILE")]
+    /// SQLite database file (created and migrated on start), or a
+    /// postgres://user@host:port/dbname URL that several replicas share.
+    #[arg(long, value_name = "FILE|URL")]
     db: PathBuf,
     /// Directory of signed bundles (`molt-<kind>.<version>.<os>.<arch>.zip`).
     #[arg(long, value_name = "DIR")]
@@ -18,9 +20,13 @@ pub struct ServeArgs {
     /// `control plane listening on <url>` on stdout tells which).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Admin token; when absent it is read from, or generated into, `<db>.admin-token`.
+    /// Admin token; when absent it is read from --admin-token-file, else (SQLite
+    /// only) from, or generated into, `<db>.admin-token`.
     #[arg(long, env = "MOLT_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// File holding the admin token (with PostgreSQL: the same for every replica).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// PEM certificate chain: serve HTTPS (needs --tls-key).
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -51,8 +57,9 @@ pub struct ServeArgs {
     /// File of NAME:TOKEN lines, each as --bootstrap-agent.
     #[arg(long, value_name = "FILE")]
     bootstrap_agents_file: Option<PathBuf>,
-    /// Where uploaded agent logs are kept (default `<db>.logs/`).
-    #[arg(long, value_name = "DIR")]
+    /// Where uploaded agent logs are kept (default `<db>.logs/`; with a
+    /// PostgreSQL URL required: a directory every replica shares).
+    #[arg(long, visible_alias = "log-dir", value_name = "DIR")]
     logs_dir: Option<PathBuf>,
     /// Require an agent token to download packages.
     #[arg(long)]
@@ -72,6 +79,7 @@ fn parse_agent(s: &str) -> anyhow::Result<(String, String)> {
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = molt_server::Config::new(&a.db, &a.packages, a.listen);
     cfg.admin_token = a.admin_token;
+    cfg.admin_token_file = a.admin_token_file;
     cfg.tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(molt_server::TlsFiles { cert, key }),
         _ => None,
