@@ -1,0 +1,487 @@
+//! Three real `molt serve` replicas on one real PostgreSQL (the kit's
+//! `PgServer`: Debian's binaries, a throw-away cluster on a loopback port).
+//!
+//! The agents here are SIMULATED: lightweight HTTP clients speaking the real
+//! agent API (register, heartbeat, assigned, upgrade slot, attempts, stages,
+//! command long poll), so hundreds fit on a 2-core machine. Each test has its
+//! own cluster and replicas; what they must agree on goes through the database.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use molt_e2e::kit::pg::PgServer;
+use molt_e2e::kit::proc::Proc;
+use molt_e2e::kit::wait;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const V1: &str = "quebec-12-09-2020__patch0-hotfix1-01-04-2021_01-06-2021_1339";
+const V2: &str = "quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225";
+const ADMIN: &str = "replica-admin-token-0123456789abcdef";
+
+/// One `molt serve` replica (killed on drop).
+struct Replica {
+    #[allow(dead_code)] // held for its Drop (kills the process)
+    proc: Proc,
+    url: String,
+    log: PathBuf,
+}
+
+/// A PostgreSQL cluster, the shared directories and three replicas on it.
+struct Fleet {
+    pg: PgServer,
+    dir: tempfile::TempDir,
+    replicas: Vec<Replica>,
+    http: Client,
+}
+
+fn write_release(dir: &Path, version: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let files = [
+        ("core", "universal", "universal"),
+        ("upgrade", "universal", "universal"),
+        ("precheck", "universal", "universal"),
+        ("selector", "universal", "universal"),
+        ("runtime", "linux", "x86-64"),
+    ];
+    for (kind, os, arch) in files {
+        let name = format!("molt-{kind}.{version}.{os}.{arch}.zip");
+        let bytes: Vec<u8> = name.bytes().cycle().take(4000).collect();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+impl Fleet {
+    /// A fresh cluster and `n` replicas sharing its database, one packages
+    /// directory, one logs directory and one admin-token file.
+    fn start(n: usize, extra: &[&str]) -> Fleet {
+        let pg = PgServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let packages = dir.path().join("packages");
+        write_release(&packages, V1);
+        write_release(&packages, V2);
+        std::fs::write(dir.path().join("admin-token"), format!("{ADMIN}\n")).unwrap();
+        let mut f = Fleet {
+            pg,
+            dir,
+            replicas: Vec::new(),
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        for i in 0..n {
+            let r = f.spawn(&format!("replica-{}", (b'a' + i as u8) as char), extra);
+            f.replicas.push(r);
+        }
+        f
+    }
+
+    fn spawn(&self, name: &str, extra: &[&str]) -> Replica {
+        let d = self.dir.path();
+        let log = d.join(format!("{name}.log"));
+        let mut child = Command::new(molt_e2e::kit::bin::molt_bin())
+            .args(["serve", "--db", &self.pg.url(), "--packages"])
+            .arg(d.join("packages"))
+            .args(["--listen", "127.0.0.1:0", "--admin-token-file"])
+            .arg(d.join("admin-token"))
+            .arg("--logs-dir")
+            .arg(d.join("logs"))
+            .args(extra)
+            .env("MOLT_LOG", "info")
+            .env_remove("MOLT_ADMIN_TOKEN")
+            .env_remove("MOLT_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let proc = Proc::new(child, name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(u) = line.strip_prefix("control plane listening on ") {
+                    let _ = tx.send(u.trim().to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{name} did not print its URL within 60 s ({e}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        Replica { proc, url, log }
+    }
+
+    fn url(&self, i: usize) -> &str {
+        &self.replicas[i % self.replicas.len()].url
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "--- {}:\n{}",
+                    r.log.display(),
+                    std::fs::read_to_string(&r.log).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    async fn admin(
+        &self,
+        i: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut rq = self
+            .http
+            .request(method, format!("{}{path}", self.url(i)))
+            .bearer_auth(ADMIN);
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        let r = rq.send().await.unwrap();
+        let st = r.status();
+        (st, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers `name` through replica `i`; returns its token.
+    async fn register(&self, i: usize, name: &str) -> String {
+        let (st, v) = self
+            .admin(
+                i,
+                reqwest::Method::POST,
+                "/api/v1/admin/agents",
+                Some(json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "register {name}: {v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    async fn agent_get(
+        &self,
+        i: usize,
+        path: &str,
+        token: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .get(format!("{}{path}", self.url(i)))
+            .bearer_auth(token)
+            .send()
+            .await
+    }
+
+    async fn agent_post(
+        &self,
+        i: usize,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(format!("{}{path}", self.url(i)))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+    }
+
+    /// `psql -Atc sql` against the shared database (no password exists).
+    fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([&self.pg.url(), "-Atc", sql])
+            .output()
+            .expect("psql runs (postgresql-client)");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_registered_on_a_authenticates_on_b_and_c_and_is_refused_on_b_once_deleted_on_a() {
+    let f = Fleet::start(3, &[]);
+    let token = f.register(0, "sim-agent-1").await;
+    for i in [1, 2] {
+        let r = f.agent_get(i, "/api/v1/agent/self", &token).await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "replica {i}: {}\n{}",
+            r.text().await.unwrap(),
+            f.logs()
+        );
+        let hb = json!({ "host": "sim-host", "version": V1, "status": "Up", "pid": 7 });
+        let r = f
+            .agent_post(i, "/api/v1/agent/heartbeat", &token, &hb)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "heartbeat on replica {i}");
+    }
+    // B has the token cached now; the delete goes through A.
+    let (st, v) = f
+        .admin(
+            0,
+            reqwest::Method::DELETE,
+            "/api/v1/admin/agents/sim-agent-1",
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let t0 = Instant::now();
+    let refused = wait::poll(Duration::from_secs(5), || {
+        let f = &f;
+        let token = &token;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                f.agent_get(1, "/api/v1/agent/self", token)
+                    .await
+                    .map(|r| r.status() == StatusCode::UNAUTHORIZED)
+                    .unwrap_or(false)
+            })
+        })
+    });
+    assert!(
+        refused,
+        "the agent deleted through A is still accepted on B after 5 s\n{}",
+        f.logs()
+    );
+    println!("deleted through A, refused on B after {:?}", t0.elapsed());
+    for i in 0..3 {
+        let r = f.agent_get(i, "/api/v1/agent/self", &token).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "replica {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_queued_through_a_wakes_a_long_poll_held_on_b() {
+    let f = Arc::new(Fleet::start(3, &[]));
+    let token = f.register(0, "sim-agent-poll").await;
+    const WAIT: u64 = 30;
+    let poll = {
+        let (f, token) = (f.clone(), token.clone());
+        tokio::spawn(async move {
+            let r = f
+                .agent_get(1, &format!("/api/v1/agent/commands?wait={WAIT}"), &token)
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            (Instant::now(), r.json::<Value>().await.unwrap())
+        })
+    };
+    // Let B take the poll and find nothing queued yet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long poll on B returned before any command was queued"
+    );
+    let queued_at = Instant::now();
+    let (st, v) = f
+        .admin(
+            0,
+            reqwest::Method::POST,
+            "/api/v1/admin/agents/sim-agent-poll/commands",
+            Some(json!({ "kind": "grabLogs" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (answered_at, cmds) = poll.await.unwrap();
+    let latency = answered_at.duration_since(queued_at);
+    println!(
+        "command queued through A woke the long poll on B after {latency:?} (poll timeout {WAIT} s)"
+    );
+    let cmds = cmds.as_array().unwrap().clone();
+    assert_eq!(
+        cmds.len(),
+        1,
+        "the poll on B returned without the command: {cmds:?}\n{}",
+        f.logs()
+    );
+    assert_eq!(cmds[0]["kind"], "grabLogs");
+    assert!(
+        latency < Duration::from_secs(WAIT),
+        "woken only by the poll's timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_answers_503_on_every_replica_when_postgresql_stops_and_recovers_after_restart() {
+    let mut f = Fleet::start(3, &[]);
+    let token = f.register(0, "sim-agent-ready").await;
+    let http = f.http.clone();
+    let urls: Vec<String> = f.replicas.iter().map(|r| r.url.clone()).collect();
+    let status = |url: String, path: &'static str, token: Option<String>| {
+        let http = http.clone();
+        tokio::task::block_in_place(move || {
+            tokio::runtime::Handle::current().block_on(async move {
+                let mut rq = http
+                    .get(format!("{url}{path}"))
+                    .timeout(Duration::from_secs(3));
+                if let Some(t) = token {
+                    rq = rq.bearer_auth(t);
+                }
+                rq.send().await.map(|r| r.status()).ok()
+            })
+        })
+    };
+    for u in &urls {
+        assert_eq!(
+            status(u.clone(), "/readyz", None),
+            Some(StatusCode::OK),
+            "{u}/readyz"
+        );
+        assert_eq!(
+            status(u.clone(), "/healthz", None),
+            Some(StatusCode::OK),
+            "{u}/healthz"
+        );
+    }
+    f.pg.stop_immediate();
+    let stopped = Instant::now();
+    for u in &urls {
+        let down = wait::poll(
+            Duration::from_secs(5).saturating_sub(stopped.elapsed()),
+            || status(u.clone(), "/readyz", None) == Some(StatusCode::SERVICE_UNAVAILABLE),
+        );
+        assert!(
+            down,
+            "{u}/readyz is not 503 within 5 s of pg_ctl stop -m immediate\n{}",
+            f.logs()
+        );
+    }
+    println!(
+        "every replica's /readyz answered 503 within {:?} of the stop",
+        stopped.elapsed()
+    );
+    for u in &urls {
+        // Alive, but no stale answers from its caches.
+        assert_eq!(
+            status(u.clone(), "/healthz", None),
+            Some(StatusCode::OK),
+            "{u}/healthz"
+        );
+        assert_eq!(
+            status(u.clone(), "/api/v1/agent/self", Some(token.clone())),
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "{u}: the API must answer 503 while the database is gone"
+        );
+    }
+    f.pg.start_again();
+    for u in &urls {
+        wait::until(
+            "/readyz 200 again after the restart",
+            Duration::from_secs(60),
+            || status(u.clone(), "/readyz", None) == Some(StatusCode::OK),
+        );
+        assert_eq!(
+            status(u.clone(), "/api/v1/agent/self", Some(token.clone())),
+            Some(StatusCode::OK),
+            "{u}: the API serves again"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hundred_simulated_agents_contend_for_ten_slots_through_three_replicas() {
+    const AGENTS: usize = 300;
+    const SLOTS: usize = 10;
+    let f = Arc::new(Fleet::start(3, &["--max-concurrent-upgrades", "10"]));
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let name = format!("sim-agent-{i:03}");
+        let token = f.register(i, &name).await;
+        agents.push((name, token));
+    }
+    // Sample the holders straight from the database while they contend.
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (f, done) = (f.clone(), done.clone());
+        std::thread::spawn(move || {
+            let (mut max, mut samples) = (0usize, 0usize);
+            while !done.load(Ordering::Acquire) {
+                let n: usize = f
+                    .psql("SELECT count(*) FROM upgrade_slots")
+                    .parse()
+                    .unwrap();
+                max = max.max(n);
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (max, samples)
+        })
+    };
+    let granted = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (i, (_, token)) in agents.into_iter().enumerate() {
+        let (f, granted) = (f.clone(), granted.clone());
+        tasks.push(tokio::spawn(async move {
+            // Through the replicas in turn: ask on one, release on the next.
+            let mut turn = i;
+            loop {
+                turn += 1;
+                let r = f
+                    .agent_post(
+                        turn,
+                        "/api/v1/agent/upgrade-slot",
+                        &token,
+                        &json!({ "to_version": V2 }),
+                    )
+                    .await
+                    .unwrap();
+                match r.status() {
+                    StatusCode::OK => break,
+                    StatusCode::CONFLICT => {
+                        let ms = 100 + (turn as u64 * 37 % 200);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    s => panic!("slot request answered {s}: {}", r.text().await.unwrap()),
+                }
+            }
+            granted.fetch_add(1, Ordering::AcqRel);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let r = f
+                .http
+                .delete(format!("{}/api/v1/agent/upgrade-slot", f.url(turn + 1)))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.store(true, Ordering::Release);
+    let (max, samples) = sampler.join().unwrap();
+    println!(
+        "{AGENTS} simulated agents, {SLOTS} slots, 3 replicas: at most {max} holders in {samples} database samples"
+    );
+    assert_eq!(
+        granted.load(Ordering::Acquire),
+        AGENTS,
+        "every agent got a slot"
+    );
+    assert!(
+        max <= SLOTS,
+        "{max} agents held a slot at once (limit {SLOTS})"
+    );
+    assert!(max > 0, "the sampler never saw a holder");
+    assert_eq!(f.psql("SELECT count(*) FROM upgrade_slots"), "0");
+}
