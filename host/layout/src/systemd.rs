@@ -30,10 +30,29 @@ fn unit_base(unit: &str) -> &str {
     unit.strip_suffix(".service").unwrap_or(unit)
 }
 
+/// Why the companion unit cannot run an upgrade for this home.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompanionError {
+    #[error(
+        "the companion unit {name} is not installed (install it with `molt install`, see docs/deploy.md)"
+    )]
+    NotInstalled { name: String },
+    #[error("{} does not watch {} (expected the line `{needle}`)", file.display(), request.display())]
+    WrongRequest {
+        file: std::path::PathBuf,
+        request: std::path::PathBuf,
+        needle: String,
+    },
+    #[error(
+        "the companion unit {name} is installed but not enabled (systemctl enable --now {name})"
+    )]
+    NotEnabled { name: String },
+}
+
 /// Is the companion path unit of `unit` installed and enabled for `root`
 /// (its file watches this home's request file and it is wanted by a target)?
 /// Read from disk: the agent that asks usually has no right to ask systemd.
-pub fn companion_enabled(unit: &str, root: &Path) -> Result<(), String> {
+pub fn companion_enabled(unit: &str, root: &Path) -> Result<(), CompanionError> {
     let name = companion_path(unit);
     let request = crate::Home::new(root).upgrade_request_file();
     let needle = format!("PathExists={}", request.display());
@@ -42,15 +61,14 @@ pub fn companion_enabled(unit: &str, root: &Path) -> Result<(), String> {
             .ok()
             .map(|t| (*d, t))
     }) else {
-        return Err(format!(
-            "the companion unit {name} is not installed (install it with `molt install`, see docs/deploy.md)"
-        ));
+        return Err(CompanionError::NotInstalled { name });
     };
     if !text.lines().any(|l| l.trim() == needle) {
-        return Err(format!(
-            "{dir}/{name} does not watch {} (expected the line `{needle}`)",
-            request.display()
-        ));
+        return Err(CompanionError::WrongRequest {
+            file: Path::new(dir).join(&name),
+            request,
+            needle,
+        });
     }
     let wanted = UNIT_DIRS.iter().any(|d| {
         std::fs::read_dir(d).is_ok_and(|rd| {
@@ -60,9 +78,7 @@ pub fn companion_enabled(unit: &str, root: &Path) -> Result<(), String> {
         })
     });
     if !wanted {
-        return Err(format!(
-            "the companion unit {name} is installed but not enabled (systemctl enable --now {name})"
-        ));
+        return Err(CompanionError::NotEnabled { name });
     }
     Ok(())
 }

@@ -6,55 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use molt_bundle::editor::{new_root, sign_root};
-use molt_bundle::{
-    Component, ComponentLimits, PackSpec, SignedRoot, SigningKey, pack_dir, sign_bundle,
-};
+use molt_bundle::{Component, PackSpec, SignedRoot, SigningKey, pack_dir, sign_bundle};
+use molt_sandbox::testing::{STANDARD_CHECKS, shipped_component as comp};
 
 pub const VERSION: &str = "xanadu-07-01-2024__patch0-07-01-2024_07-01-2024_1200";
 const KEY: &str = "TEST-ONLY-checks.pk8";
-
-fn comp(
-    path: &str,
-    world: &str,
-    caps: &[&str],
-    preopens: &[&str],
-    params: &[(&str, &str)],
-) -> Component {
-    Component {
-        path: path.into(),
-        world: format!("molt:check/{world}@1.0.0"),
-        capabilities: caps.iter().map(|s| s.to_string()).collect(),
-        preopens: preopens.iter().map(|s| s.to_string()).collect(),
-        limits: ComponentLimits {
-            deadline_ms: Some(5_000),
-            fuel: None,
-            memory_bytes: Some(32 << 20),
-        },
-        params: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
-/// (crate, capabilities, preopens, params) of one check.
-type CheckSpec = (
-    &'static str,
-    &'static [&'static str],
-    &'static [&'static str],
-    &'static [(&'static str, &'static str)],
-);
-
-/// The standard suite.
-pub const CHECKS: &[CheckSpec] = &[
-    ("disk_space", &["facts"], &[], &[("min_free", "1GiB")]),
-    ("download_access", &["net"], &[], &[]),
-    ("file_ops", &[], &["scratch", "staging"], &[]),
-    ("service_account", &["facts"], &[], &[]),
-    ("runtime_compat", &["facts"], &[], &[]),
-    ("duplicate_install", &["services"], &[], &[]),
-    ("file_locks", &["facts", "services"], &[], &[]),
-];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -94,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let p = stage.join("precheck");
     std::fs::create_dir_all(p.join("checks"))?;
     let mut comps = Vec::new();
-    for (name, caps, pre, params) in CHECKS {
+    for (name, caps, pre, params) in STANDARD_CHECKS {
         std::fs::copy(
             wasm_dir.join(format!("{name}.wasm")),
             p.join(format!("checks/{name}.wasm")),

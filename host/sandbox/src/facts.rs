@@ -1,31 +1,17 @@
-//! Host facts: probed from this Linux host, or simulated from a `facts.toml`
-//! (any field given in the file replaces the probed one).
+//! The `facts` interface: host facts probed from this Linux host, or
+//! simulated from a `facts.toml` (any field given in the file replaces the
+//! probed one). `HostFacts` also carries what `services` reports and
+//! simulated `net` outcomes, so one file simulates a whole host.
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bindings::precheck as pb;
+use crate::engine::HostState;
 use crate::error::SandboxError;
-
-/// State of the agent's service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ServiceState {
-    Running,
-    Stopped,
-    NotInstalled,
-    Unknown,
-}
-
-/// A process holding a file under the install dir.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileHolder {
-    pub pid: u32,
-    pub name: String,
-    pub path: String,
-}
+use crate::services::{FileHolder, ServiceState, file_holders, replaced_dir};
 
 /// A simulated outcome of `net.probe` for one URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,12 +144,24 @@ fn account() -> String {
     }
 }
 
+/// What the service account lacks to carry out an upgrade (logged; the
+/// `privileged` fact is then false).
+#[derive(Debug, thiserror::Error)]
+enum RightsError {
+    #[error("{} is not a valid path", .0.display())]
+    BadPath(PathBuf),
+    #[error("cannot write {}", .0.display())]
+    CannotWrite(PathBuf),
+    #[error(transparent)]
+    Companion(#[from] molt_layout::systemd::CompanionError),
+}
+
 /// May this agent carry out an upgrade of `install_dir`: write its home, and
 /// have its own service stopped and started? (The `privileged` fact; not
 /// `uid == 0`: an unprivileged account under systemd upgrades through the
 /// companion unit, and `molt run` restarts whatever account runs it.)
 /// `Err` says what is missing.
-fn upgrade_rights(install_dir: &Path, own_unit: Option<&str>) -> Result<(), String> {
+fn upgrade_rights(install_dir: &Path, own_unit: Option<&str>) -> Result<(), RightsError> {
     let work = install_dir.join("work");
     let probe = if work.is_dir() {
         work
@@ -171,10 +169,10 @@ fn upgrade_rights(install_dir: &Path, own_unit: Option<&str>) -> Result<(), Stri
         install_dir.to_path_buf()
     };
     let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} is not a valid path", probe.display()))?;
+        .map_err(|_| RightsError::BadPath(probe.clone()))?;
     // SAFETY: c is a valid NUL-terminated path.
     if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
-        return Err(format!("cannot write {}", probe.display()));
+        return Err(RightsError::CannotWrite(probe));
     }
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
@@ -182,51 +180,7 @@ fn upgrade_rights(install_dir: &Path, own_unit: Option<&str>) -> Result<(), Stri
     }
     match own_unit {
         None => Ok(()),
-        Some(unit) => molt_layout::systemd::companion_enabled(unit, install_dir),
-    }
-}
-
-/// Processes (other than none) with an open fd on a file under `dir`.
-pub fn file_holders(dir: &Path) -> Vec<FileHolder> {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        let hit = fds.flatten().find_map(|fd| {
-            let t = std::fs::read_link(fd.path()).ok()?;
-            t.starts_with(&dir).then_some(t)
-        });
-        if let Some(t) = hit {
-            let name = std::fs::read_to_string(p.path().join("comm"))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            out.push(FileHolder {
-                pid,
-                name,
-                path: t.display().to_string(),
-            });
-        }
-    }
-    out
-}
-
-/// Where the files an upgrade replaces live: `versions/` in a Molt install
-/// (conf/, logs/ and work/ are never replaced, and the service's own lock
-/// and log files there are not in the way), else the whole dir.
-fn replaced_dir(install_dir: &Path) -> PathBuf {
-    let v = install_dir.join("versions");
-    if v.is_dir() {
-        v
-    } else {
-        install_dir.to_path_buf()
+        Some(unit) => Ok(molt_layout::systemd::companion_enabled(unit, install_dir)?),
     }
 }
 
@@ -378,6 +332,24 @@ impl HostFacts {
     }
 }
 
+impl pb::molt::check::facts::Host for HostState {
+    fn get(&mut self) -> pb::molt::check::facts::HostFacts {
+        let f = &self.facts;
+        pb::molt::check::facts::HostFacts {
+            os: f.os.clone(),
+            arch: f.arch.clone(),
+            is_64bit: f.is_64bit,
+            libc_version: f.libc_version.clone(),
+            install_free_bytes: f.install_free_bytes,
+            temp_free_bytes: f.temp_free_bytes,
+            service_account: f.service_account.clone(),
+            privileged: f.privileged,
+            runtime_version: f.runtime_version.clone(),
+            agent_pid: f.agent_pid,
+        }
+    }
+}
+
 /// Temp dir for `HostFacts::probe` callers that have no better idea.
 pub fn default_temp_dir() -> PathBuf {
     std::env::temp_dir()
@@ -413,42 +385,5 @@ mod tests {
             .with_overrides_str("disk = 1", Path::new("facts.toml"))
             .unwrap_err();
         assert!(e.to_string().contains("facts.toml"), "{e}");
-    }
-
-    #[test]
-    fn holders_of_version_files_count_but_the_services_own_conf_files_do_not() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("versions/v1/lib")).unwrap();
-        std::fs::create_dir_all(d.path().join("conf")).unwrap();
-        let lib = d.path().join("versions/v1/lib/held.jar");
-        let lock = d.path().join("conf/supervisor.lock");
-        std::fs::write(&lib, b"x").unwrap();
-        std::fs::write(&lock, b"x").unwrap();
-        let _l = std::fs::File::open(&lock).unwrap();
-        let tmp = d.path().join("tmp");
-        std::fs::create_dir_all(&tmp).unwrap();
-        let f = HostFacts::probe(d.path(), &tmp).unwrap();
-        assert!(f.file_holders.is_empty(), "{:?}", f.file_holders);
-        let _j = std::fs::File::open(&lib).unwrap();
-        let f = HostFacts::probe(d.path(), &tmp).unwrap();
-        assert!(
-            f.file_holders.iter().any(|h| h.path.ends_with("held.jar")),
-            "{:?}",
-            f.file_holders
-        );
-    }
-
-    #[test]
-    fn holders_found_in_proc() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("held.jar");
-        std::fs::write(&p, b"x").unwrap();
-        let _f = std::fs::File::open(&p).unwrap();
-        let hs = file_holders(d.path());
-        assert!(
-            hs.iter()
-                .any(|h| h.pid == std::process::id() && h.path.ends_with("held.jar")),
-            "{hs:?}"
-        );
     }
 }

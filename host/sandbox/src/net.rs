@@ -1,11 +1,17 @@
-//! The host side of `net.probe`: DNS, TCP, TLS (for https) and one HTTP HEAD,
-//! each with a short timeout, reporting the first stage that failed.
+//! The `net` interface: `allowed` and `probe` against the run's allow-list.
+//! A real probe is DNS, TCP, TLS (for https) and one HTTP HEAD, each with a
+//! short timeout, reporting the first stage that failed; a facts.toml may
+//! give simulated outcomes by URL.
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use molt_check_logic::{Probe, Stage};
+
+use crate::bindings::precheck as pb;
+use crate::engine::HostState;
+use crate::policy::url_allowed;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Redirects followed before giving up (curl's default is 50; browsers stop near 20).
@@ -56,20 +62,28 @@ fn parse(url: &str) -> Option<Parsed> {
     })
 }
 
+/// Why the HTTP stage of a probe failed (its text is the probe's detail).
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The first line of the answer, made printable.
+    #[error("not an HTTP answer: `{0}`")]
+    NotHttp(String),
+}
+
 /// The status line and the `Location` header of one `HEAD` answer.
 struct Answer {
     code: u16,
     location: Option<String>,
 }
 
-fn http_status(stream: &mut dyn ReadWrite, p: &Parsed) -> Result<Answer, String> {
+fn http_status(stream: &mut dyn ReadWrite, p: &Parsed) -> Result<Answer, HttpError> {
     let req = format!(
         "HEAD {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: molt-precheck\r\nConnection: close\r\n\r\n",
         p.path, p.host
     );
-    stream
-        .write_all(req.as_bytes())
-        .map_err(|e| e.to_string())?;
+    stream.write_all(req.as_bytes())?;
     // The head only, bounded: a HEAD answer has no body to wait for.
     let mut buf = [0u8; 1024];
     let mut got = Vec::new();
@@ -79,7 +93,7 @@ fn http_status(stream: &mut dyn ReadWrite, p: &Parsed) -> Result<Answer, String>
             // A status line already read is an answer even if the server then
             // resets the connection.
             Err(_) if got.windows(2).any(|w| w == b"\r\n") => break,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         if n == 0 {
             break;
@@ -96,7 +110,7 @@ fn http_status(stream: &mut dyn ReadWrite, p: &Parsed) -> Result<Answer, String>
     ) {
         (Some(v), Some(code)) if v.starts_with("HTTP/") => code,
         _ => {
-            return Err(format!("not an HTTP answer: `{}`", printable(line, 60)));
+            return Err(HttpError::NotHttp(printable(line, 60)));
         }
     };
     let location = lines
@@ -181,7 +195,7 @@ fn probe_once(
         let mut s = tcp;
         http_status(&mut s, &p)
     };
-    let answer = answer.map_err(|e| (Stage::Http, e))?;
+    let answer = answer.map_err(|e| (Stage::Http, e.to_string()))?;
     Ok((p, answer))
 }
 
@@ -237,6 +251,61 @@ pub fn probe(url: &str, tls: &Arc<rustls::ClientConfig>) -> Probe {
             http_status: Some(code),
             detail: format!("HTTP {code}{}", via(&current, hops)),
         };
+    }
+}
+
+/// What `net.probe` may reach in one run, and which TLS servers it trusts.
+pub(crate) struct NetGrant {
+    pub(crate) allow: Vec<String>,
+    /// `None` when nothing is allowed (the selector): never used.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl pb::molt::check::net::Host for HostState {
+    fn allowed(&mut self) -> Vec<String> {
+        self.net.allow.clone()
+    }
+    fn probe(&mut self, url: String) -> Result<pb::molt::check::net::ProbeResult, String> {
+        use pb::molt::check::net::{ProbeResult, Stage as W};
+        if !url_allowed(&self.net.allow, &url) {
+            tracing::warn!(check = %self.check, %url, "Pre Upgrade Check: probe refused (not on the allow-list)");
+            return Err(format!("URL {url} is not on the host's network allow-list"));
+        }
+        let stage = |s: &str| match s {
+            "dns" => W::Dns,
+            "tcp" => W::Tcp,
+            "tls" => W::Tls,
+            _ => W::Http,
+        };
+        if let Some(o) = self.facts.net.get(&url) {
+            return Ok(ProbeResult {
+                url,
+                ok: o.ok,
+                failed_stage: o.failed_stage.as_deref().map(stage),
+                http_status: o.http_status,
+                detail: o.detail.clone(),
+            });
+        }
+        let Some(tls) = &self.net.tls else {
+            return Err(format!(
+                "URL {url}: no network is granted to this component"
+            ));
+        };
+        let p = probe(&url, tls);
+        tracing::info!(check = %self.check, %url, ok = p.ok, detail = %p.detail, "Pre Upgrade Check: probed URL");
+        use molt_check_logic::Stage as L;
+        Ok(ProbeResult {
+            url: p.url,
+            ok: p.ok,
+            failed_stage: p.failed_stage.map(|s| match s {
+                L::Dns => W::Dns,
+                L::Tcp => W::Tcp,
+                L::Tls => W::Tls,
+                L::Http => W::Http,
+            }),
+            http_status: p.http_status,
+            detail: p.detail,
+        })
     }
 }
 

@@ -41,12 +41,12 @@ impl fmt::Display for Capability {
 }
 
 impl FromStr for Capability {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
         Capability::ALL
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown capability `{s}` (known: facts, net, services, log)"))
+            .ok_or_else(|| PolicyError::UnknownCapability(s.into()))
     }
 }
 
@@ -80,13 +80,26 @@ impl fmt::Display for Preopen {
 }
 
 impl FromStr for Preopen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
         Preopen::ALL
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown preopen `{s}` (known: scratch, install, staging)"))
+            .ok_or_else(|| PolicyError::UnknownPreopen(s.into()))
     }
+}
+
+/// Why a manifest's request is refused before anything is compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("unknown capability `{0}` (known: facts, net, services, log)")]
+    UnknownCapability(String),
+    #[error("unknown preopen `{0}` (known: scratch, install, staging)")]
+    UnknownPreopen(String),
+    #[error("requests capability `{0}`, which the host policy does not allow")]
+    CapabilityNotAllowed(Capability),
+    #[error("requests preopen `{0}`, which the host policy does not allow")]
+    PreopenNotAllowed(Preopen),
 }
 
 /// Resource limits of one check run.
@@ -147,14 +160,12 @@ pub struct Grant {
 impl Policy {
     /// requested ∧ allowed, or a refusal naming the first capability or preopen
     /// the policy does not allow. Limits: manifest value (or default), capped by the ceiling.
-    pub fn grant(&self, c: &Component) -> Result<Grant, String> {
+    pub fn grant(&self, c: &Component) -> Result<Grant, PolicyError> {
         let mut capabilities = BTreeSet::new();
         for s in &c.capabilities {
             let cap: Capability = s.parse()?;
             if !self.capabilities.contains(&cap) {
-                return Err(format!(
-                    "requests capability `{cap}`, which the host policy does not allow"
-                ));
+                return Err(PolicyError::CapabilityNotAllowed(cap));
             }
             capabilities.insert(cap);
         }
@@ -162,9 +173,7 @@ impl Policy {
         for s in &c.preopens {
             let p: Preopen = s.parse()?;
             if !self.preopens.contains(&p) {
-                return Err(format!(
-                    "requests preopen `{p}`, which the host policy does not allow"
-                ));
+                return Err(PolicyError::PreopenNotAllowed(p));
             }
             preopens.insert(p);
         }
@@ -244,17 +253,12 @@ mod tests {
         let g = p.grant(&comp(&["facts"], &["scratch"])).unwrap();
         assert_eq!(g.capabilities.len(), 1);
         let e = p.grant(&comp(&["facts", "net"], &[])).unwrap_err();
-        assert!(e.contains("`net`"), "{e}");
-        assert!(
-            p.grant(&comp(&["disk"], &[]))
-                .unwrap_err()
-                .contains("unknown capability")
-        );
-        assert!(
-            p.grant(&comp(&[], &["root"]))
-                .unwrap_err()
-                .contains("unknown preopen")
-        );
+        assert_eq!(e, PolicyError::CapabilityNotAllowed(Capability::Net));
+        assert!(e.to_string().contains("`net`"), "{e}");
+        let e = p.grant(&comp(&["disk"], &[])).unwrap_err();
+        assert!(e.to_string().contains("unknown capability"), "{e}");
+        let e = p.grant(&comp(&[], &["root"])).unwrap_err();
+        assert!(e.to_string().contains("unknown preopen"), "{e}");
     }
 
     #[test]

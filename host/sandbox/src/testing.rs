@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use molt_bundle::{BundleKind, Component, ComponentLimits, Manifest, Target};
 
+use crate::engine::{Sandbox, SandboxConfig};
 use crate::error::SandboxError;
 use crate::facts::HostFacts;
+use crate::findings::{CheckReport, Severity};
 use crate::policy::{Capability, Policy, Preopen};
-use crate::sandbox::{CheckContext, CheckReport, FactsSource, Sandbox, SandboxConfig, Severity};
+use crate::precheck::{CheckContext, FactsSource};
 
 static N: AtomicU64 = AtomicU64::new(0);
 
@@ -17,10 +19,56 @@ static N: AtomicU64 = AtomicU64::new(0);
 pub fn component(path: &str, params: &[(&str, &str)]) -> Component {
     Component {
         path: path.to_string(),
-        world: crate::sandbox::CONTRACT.replace("@", "/precheck@"),
+        world: crate::world::CONTRACT.replace("@", "/precheck@"),
         capabilities: Capability::ALL.iter().map(|c| c.to_string()).collect(),
         preopens: Preopen::ALL.iter().map(|p| p.to_string()).collect(),
         limits: ComponentLimits::default(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// One check of the standard suite: (crate, capabilities, preopens, params).
+pub type CheckSpec = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
+/// The standard precheck suite as the signed bundles ship it (guest-checks/checks).
+pub const STANDARD_CHECKS: &[CheckSpec] = &[
+    ("disk_space", &["facts"], &[], &[("min_free", "1GiB")]),
+    ("download_access", &["net"], &[], &[]),
+    ("file_ops", &[], &["scratch", "staging"], &[]),
+    ("service_account", &["facts"], &[], &[]),
+    ("runtime_compat", &["facts"], &[], &[]),
+    ("duplicate_install", &["services"], &[], &[]),
+    ("file_locks", &["facts", "services"], &[], &[]),
+];
+
+/// A manifest entry as the shipped bundles write it: `world` (`precheck` or
+/// `selector`) of this host's contract, the given requests, a 5 s deadline and
+/// a 32 MiB memory cap.
+pub fn shipped_component(
+    path: &str,
+    world: &str,
+    caps: &[&str],
+    preopens: &[&str],
+    params: &[(&str, &str)],
+) -> Component {
+    Component {
+        path: path.into(),
+        world: crate::world::CONTRACT.replace('@', &format!("/{world}@")),
+        capabilities: caps.iter().map(|s| s.to_string()).collect(),
+        preopens: preopens.iter().map(|s| s.to_string()).collect(),
+        limits: ComponentLimits {
+            deadline_ms: Some(5_000),
+            fuel: None,
+            memory_bytes: Some(32 << 20),
+        },
         params: params
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
