@@ -64,12 +64,35 @@ struct CpRecord {
     pid: Option<i64>,
 }
 
+/// Why the runner's question to the control plane got no answer (the text is
+/// the `last` reason of a failed or grace-period health check).
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    /// The HTTP client could not be set up (CA bundle, proxy).
+    #[error("{0}")]
+    Client(String),
+    #[error("unreadable answer from {url}: {source}")]
+    Unreadable {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url} answered HTTP {code}")]
+    Status { url: String, code: u16 },
+    #[error("{url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
+}
+
 /// One question to the control plane. `Ok(None)`: it answered but has no such
 /// endpoint (an older control plane: nothing to confirm with); `Err`: it could
 /// not be reached.
-fn ask_cp(cp: &crate::ControlPlane, timeout: Duration) -> Result<Option<CpRecord>, String> {
+fn ask_cp(cp: &crate::ControlPlane, timeout: Duration) -> Result<Option<CpRecord>, AskError> {
     let url = format!("{}/api/v1/agent/self", cp.url.trim_end_matches('/'));
-    let agent = cp.http(timeout)?;
+    let agent = cp.http(timeout).map_err(AskError::Client)?;
     match agent
         .get(&url)
         .set("Authorization", &format!("Bearer {}", cp.token))
@@ -78,10 +101,13 @@ fn ask_cp(cp: &crate::ControlPlane, timeout: Duration) -> Result<Option<CpRecord
         Ok(r) => r
             .into_json::<CpRecord>()
             .map(Some)
-            .map_err(|e| format!("unreadable answer from {url}: {e}")),
+            .map_err(|source| AskError::Unreadable { url, source }),
         Err(ureq::Error::Status(404, _)) => Ok(None),
-        Err(ureq::Error::Status(code, _)) => Err(format!("{url} answered HTTP {code}")),
-        Err(e) => Err(format!("{url}: {e}")),
+        Err(ureq::Error::Status(code, _)) => Err(AskError::Status { url, code }),
+        Err(e) => Err(AskError::Unreachable {
+            url,
+            source: Box::new(e),
+        }),
     }
 }
 
@@ -139,7 +165,7 @@ pub fn wait_healthy(
                     r.version.as_deref().unwrap_or("none")
                 );
             }
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         if start.elapsed() >= deadline {
             break;

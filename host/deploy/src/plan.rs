@@ -189,14 +189,23 @@ impl DeployPlan {
 }
 
 /// A version name must be one plain path component (it becomes a directory name).
-pub fn check_version_name(v: &str) -> Result<(), String> {
+pub fn check_version_name(v: &str) -> Result<(), VersionNameError> {
     if v.is_empty() || v.len() > 200 {
-        return Err("empty or longer than 200 characters".into());
+        return Err(VersionNameError::Length);
     }
     if v.starts_with('.') || v.contains('/') || v.contains('\\') || v.contains('\0') {
-        return Err(format!("{v:?} is not a plain directory name"));
+        return Err(VersionNameError::NotPlain(v.to_string()));
     }
     Ok(())
+}
+
+/// Why a version name cannot be a directory name (callers say which field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionNameError {
+    #[error("empty or longer than 200 characters")]
+    Length,
+    #[error("{0:?} is not a plain directory name")]
+    NotPlain(String),
 }
 
 /// A payload path must be relative, normal components only.

@@ -228,15 +228,7 @@ pub fn run_with(
         .and_then(|_| crate::build::build_version(home, &plan, &upgrade_dir, &build_dir));
     let stats = match built {
         Ok((_, stats)) => stats,
-        Err(e) => {
-            ctx.rep
-                .stage(Stage::DeployBinaryFiles, StageState::Failed, &e.to_string());
-            return undo_before_switch(
-                &ctx,
-                &mut j,
-                &format!("{} failed: {e}", Stage::DeployBinaryFiles),
-            );
-        }
+        Err(e) => return failed_before_switch(&ctx, &mut j, Stage::DeployBinaryFiles, &e),
     };
     // Recorded before the rename: an undo must remove versions/<to> if it exists.
     j.created_version_dir = true;
@@ -245,13 +237,7 @@ pub fn run_with(
         .map_err(io_err(&final_dir))
         .and_then(|_| fsutil::sync_dir(&home.versions_dir()))
     {
-        ctx.rep
-            .stage(Stage::DeployBinaryFiles, StageState::Failed, &e.to_string());
-        return undo_before_switch(
-            &ctx,
-            &mut j,
-            &format!("{} failed: {e}", Stage::DeployBinaryFiles),
-        );
+        return failed_before_switch(&ctx, &mut j, Stage::DeployBinaryFiles, &e);
     }
     j.build_dir = None;
     j.set(home, Step::Built)?;
@@ -308,15 +294,7 @@ pub fn run_with(
                 "Reinstall the service as an administrator.",
             );
         }
-        Err(e) => {
-            ctx.rep
-                .stage(Stage::ReinstallService, StageState::Failed, &e.to_string());
-            return undo_before_switch(
-                &ctx,
-                &mut j,
-                &format!("{} failed: {e}", Stage::ReinstallService),
-            );
-        }
+        Err(e) => return failed_before_switch(&ctx, &mut j, Stage::ReinstallService, &e),
     }
 
     // Restart: stop the old agent, switch, start the new one.
@@ -325,9 +303,7 @@ pub fn run_with(
     j.set(home, Step::Stopping)?;
     let stop_requested = std::time::Instant::now();
     if let Err(e) = stop_old(&ctx) {
-        ctx.rep
-            .stage(Stage::Restart, StageState::Failed, &e.to_string());
-        return undo_before_switch(&ctx, &mut j, &format!("{} failed: {e}", Stage::Restart));
+        return failed_before_switch(&ctx, &mut j, Stage::Restart, &e);
     }
     j.set(home, Step::Stopped)?;
     ctx.stopped_at.set(Some(std::time::Instant::now()));
@@ -424,6 +400,18 @@ fn stop_old(ctx: &Ctx) -> Result<(), DeployError> {
         &extra,
         Duration::from_secs(ctx.opts.stop_timeout_secs),
     )
+}
+
+/// `stage` failed before the switch: report it Failed with the error, then
+/// [`undo_before_switch`] with `<stage> failed: <error>` as the reason.
+fn failed_before_switch(
+    ctx: &Ctx,
+    j: &mut Journal,
+    stage: Stage,
+    e: &DeployError,
+) -> Result<DeployResult, DeployError> {
+    ctx.rep.stage(stage, StageState::Failed, &e.to_string());
+    undo_before_switch(ctx, j, &format!("{stage} failed: {e}"))
 }
 
 /// A step before the switch failed: nothing of the old version was touched.
