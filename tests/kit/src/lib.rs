@@ -27,6 +27,7 @@
 //! - [`install`]: installs through the real
 //!   `molt_deploy::install::fresh_install` ([`install::install`]).
 //! - [`config`]: the agent's `config.toml` writer.
+//! - [`pg`]: a real PostgreSQL server in a temporary directory ([`pg::PgServer`]).
 //! - [`serve`]: a real `molt serve` child process.
 //! - [`proc`]: children killed on drop, every process of a test home, signals.
 //! - [`wait`]: bounded polls.
@@ -35,6 +36,7 @@
 pub mod bin;
 pub mod config;
 pub mod install;
+pub mod pg;
 pub mod pki;
 pub mod proc;
 pub mod serve;

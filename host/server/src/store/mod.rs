@@ -5,6 +5,7 @@
 //! PostgreSQL implementation for larger fleets implements the same trait, with
 //! the same migrations expressed in its dialect.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -71,9 +72,7 @@ pub enum StoreError {
 /// of an embedded SQLite file. Both are migrated to this build's schema.
 pub fn open(db: &str) -> Result<Arc<dyn Store>, StoreError> {
     if is_postgres_url(db) {
-        Err(StoreError::Unavailable(
-            "PostgreSQL support is not built yet".into(),
-        ))
+        Ok(Arc::new(postgres::PgStore::open(db)?))
     } else {
         Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
             db,
@@ -88,7 +87,7 @@ pub fn is_postgres_url(db: &str) -> bool {
 
 /// A change one replica made that the others must see (their caches and held
 /// long polls). Published by the replica that made it, after its commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum StoreEvent {
     /// Commands were queued for this agent: wake its long poll.
     Wake(i64),
