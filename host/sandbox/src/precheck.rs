@@ -118,6 +118,19 @@ impl Drop for ScratchGuard {
     }
 }
 
+/// An empty report for component `c`, named after its file until `describe`
+/// names it.
+fn unnamed_report(c: &ManifestComponent) -> CheckReport {
+    CheckReport {
+        check: stem(&c.path),
+        version: String::new(),
+        description: String::new(),
+        component: c.path.clone(),
+        findings: Vec::new(),
+        elapsed: Duration::ZERO,
+    }
+}
+
 fn stem(path: &str) -> String {
     Path::new(path)
         .file_stem()
@@ -269,12 +282,9 @@ impl Sandbox {
                         let started = Instant::now();
                         let mut report = match &prepared[i] {
                             Err(f) => CheckReport {
-                                check: stem(&c.path),
-                                version: String::new(),
-                                description: String::new(),
-                                component: c.path.clone(),
                                 findings: vec![f.clone()],
                                 elapsed: started.elapsed(),
+                                ..unnamed_report(c)
                             },
                             Ok(p) => self.run_one(p, c, ctx, facts.clone(), allow.clone()),
                         };
@@ -297,17 +307,13 @@ impl Sandbox {
                     .ok()
                     .flatten()
                     .unwrap_or_else(|| CheckReport {
-                        check: stem(&c.path),
-                        version: String::new(),
-                        description: String::new(),
-                        component: c.path.clone(),
                         findings: vec![finding(
                             Severity::Blocking,
                             "check.crashed",
                             format!("Check {}: the host panicked while running it", c.path),
                             "Report this as a Molt bug.",
                         )],
-                        elapsed: Duration::ZERO,
+                        ..unnamed_report(c)
                     })
             })
             .collect();
@@ -326,14 +332,7 @@ impl Sandbox {
         allow: Arc<NetGrant>,
     ) -> CheckReport {
         let started = Instant::now();
-        let mut report = CheckReport {
-            check: stem(&c.path),
-            version: String::new(),
-            description: String::new(),
-            component: c.path.clone(),
-            findings: Vec::new(),
-            elapsed: Duration::ZERO,
-        };
+        let mut report = unnamed_report(c);
         let crashed = |why: String| {
             finding(
                 Severity::Blocking,
