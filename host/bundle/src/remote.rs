@@ -821,12 +821,24 @@ mod tests {
         let forged = with_manifest(&fx, &file, &json, &slot);
         let e = err(index_of(&forged, &fx.root));
         assert!(e.to_string().contains("unknown key"), "{e}");
+        // Whole: the same file with its own slot verifies (the rebuild is
+        // byte-identical outside the slot), with those manifest signatures not.
+        let p = fx.dir.path().join("rebuilt.zip");
+        std::fs::write(&p, with_manifest(&fx, &file, &json, &slot_of(&v2))).unwrap();
+        verify_bundle(&p, &fx.root, &VerifyOptions::default()).unwrap();
+        std::fs::write(&p, &forged).unwrap();
+        let e = err(verify_bundle(&p, &fx.root, &VerifyOptions::default()));
+        assert!(matches!(e, BundleError::ManifestThreshold { .. }), "{e}");
         // A whole-file signature is not a manifest signature (domain separation).
         let mut swapped = v2.clone();
         swapped.manifest_signatures = v2.signatures.clone();
         let slot = crate::container::signature_slot_any(&swapped).unwrap();
         let e = err(index_of(&with_manifest(&fx, &file, &json, &slot), &fx.root));
         assert!(matches!(e, BundleError::ManifestThreshold { .. }), "{e}");
+    }
+
+    fn slot_of(s: &SignatureFileV2) -> Vec<u8> {
+        crate::container::signature_slot_any(s).unwrap()
     }
 
     /// Overwrite a little-endian u32 at `at`.

@@ -324,18 +324,6 @@ pub fn verify_bundle(
     let (buildstamp, entries) = check_manifest(path, &manifest, parsed.layout.payload())?;
     check_formats(path, &manifest, &parsed.signatures)?;
     let role = manifest.kind.role();
-    // v2: the manifest signatures first (cheap, and the same rule the ranged
-    // reader applies), then the whole file.
-    if manifest.format >= 2 {
-        check_manifest_signatures(
-            path,
-            root,
-            role,
-            &parsed.manifest_bytes,
-            &parsed.signatures.manifest_signatures,
-            now,
-        )?;
-    }
     let digest = container::signed_digest(&file, path, &parsed.layout)?;
     let (signers, rejected) = root.signed.check_signatures(
         role,
@@ -353,6 +341,18 @@ pub fn verify_bundle(
             threshold,
             rejected,
         });
+    }
+    // v2: the manifest signatures too (the rule the ranged reader applies), so
+    // a file that verifies whole also verifies by its manifest alone.
+    if manifest.format >= 2 {
+        check_manifest_signatures(
+            path,
+            root,
+            role,
+            &parsed.manifest_bytes,
+            &parsed.signatures.manifest_signatures,
+            now,
+        )?;
     }
     let verified = VerifiedBundle {
         path: path.to_path_buf(),
