@@ -79,3 +79,44 @@ pub fn check_world(s: &str, expected: &str) -> Result<WorldRef, WorldError> {
     }
     Ok(w)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_world_of_this_contract_is_accepted() {
+        let w = check_world("molt:check/precheck@1.3.0", "precheck").unwrap();
+        assert_eq!((w.world.as_str(), w.major, w.minor), ("precheck", 1, 3));
+    }
+
+    #[test]
+    fn each_refusal_says_why() {
+        let e = |s: &str, w: &str| check_world(s, w).unwrap_err();
+        assert_eq!(
+            e("molt:check/precheck", "precheck"),
+            WorldError::NoVersion("molt:check/precheck".into())
+        );
+        assert!(matches!(
+            e("precheck@1.0.0", "precheck"),
+            WorldError::NoWorld(_)
+        ));
+        assert!(matches!(
+            e("molt:check/precheck@x.0.0", "precheck"),
+            WorldError::BadVersion(_)
+        ));
+        assert!(matches!(
+            e("other:pkg/precheck@1.0.0", "precheck"),
+            WorldError::NotMoltCheck(_)
+        ));
+        let major = e("molt:check/precheck@2.0.0", "precheck");
+        assert_eq!(
+            major.to_string(),
+            "component is built for molt:check@2.x, but this host supports molt:check@1.x only (molt:check@1.0.0); upgrade the agent first"
+        );
+        assert!(matches!(
+            e("molt:check/selector@1.0.0", "precheck"),
+            WorldError::WrongWorld { .. }
+        ));
+    }
+}
