@@ -321,7 +321,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             .await
             .map_err(|e| ServerError::Config(format!("database task failed: {e}")))?
             .map_err(|source| ServerError::Database {
-                path: db_path.display().to_string(),
+                // A URL's password stays out of the message.
+                path: crate::store::postgres::redact_url(&db_path.display().to_string()),
                 source,
             })?
     };

@@ -308,6 +308,42 @@ impl PgStore {
     }
 }
 
+/// `url` with any password replaced by `***` (in the userinfo or a
+/// `password=` parameter), for messages and logs; anything else unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| {
+                    if kv.starts_with("password=") {
+                        "password=***".to_string()
+                    } else {
+                        kv.to_string()
+                    }
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// The database named without its password, for messages.
 fn redact(config: &postgres::Config) -> String {
     let hosts: Vec<String> = config
@@ -1886,5 +1922,24 @@ mod listen {
         };
         driver.abort();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://molt:s3cret@db:5432/molt?sslmode=disable&password=x"),
+            "postgres://molt:***@db:5432/molt?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            redact_url("postgresql://molt@db/molt"),
+            "postgresql://molt@db/molt"
+        );
+        assert_eq!(redact_url("postgres://u:p@h"), "postgres://u:***@h");
+        assert_eq!(redact_url("/var/lib/molt/cp.db"), "/var/lib/molt/cp.db");
     }
 }
