@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: the agent's package download from `molt serve` on loopback against
 # `curl` of the same URL, in one run. A 200 MB signed core package is served; the
-# agent downloads it (Range-capable client, SHA-256 while streaming, fsync) and we
-# read its own timing from the log (`download_ms`); curl writes the same URL to a
+# agent downloads it (a plain full download: delta_downloads = false; Range only to
+# resume; written and fsynced; its SHA-256 is the signature check that follows,
+# `verify_ms`, not a second hash while streaming) and we read its own timing from
+# the log (`download_ms`); curl writes the same URL to a
 # file (curl -o does not fsync; the agent does). Best and median of RUNS for both,
 # taking turns, since one download on a 2-core machine swings by +-30%.
 # Target: agent throughput >= 0.9x curl's.
@@ -11,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MOLT="${MOLT:-${CARGO_TARGET_DIR:-target}/release/molt}"
-[ -x "$MOLT" ] || { echo "build it first: cargo build --release -p molt (or set MOLT=)" >&2; exit 2; }
+[ -x "$MOLT" ] || { echo "build it first: cargo build --release -p molt --features test-hooks (or set MOLT=)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "curl is required" >&2; exit 2; }
 SIZE_MB="${SIZE_MB:-200}"
 RUNS="${RUNS:-7}"
@@ -51,12 +53,12 @@ for _ in $(seq 100); do grep -q http:// "$T/serve.out" 2>/dev/null && break; sle
 URL="$(grep -o 'http://[0-9.:]*' "$T/serve.out" | head -1)"
 PKG="molt-core.$V2.universal.universal.zip"
 BYTES=$(stat -c %s "$T/pk/$PKG")
-printf 'control_plane_url = "%s"\nagent_name = "bench"\ntoken = "bench-agent-token-0123"\nrun_precheck = false\ntest_skip_handover = true\n' "$URL" > "$H/config.toml"
+printf 'control_plane_url = "%s"\nagent_name = "bench"\ntoken = "bench-agent-token-0123"\nrun_precheck = false\ntest_skip_handover = true\ndelta_downloads = false\n' "$URL" > "$H/config.toml"
 cp -a "$H" "$T/home.template"
 # One curl first warms the page cache for both. Then curl and the agent take
 # turns, so a slow patch of the machine falls on both alike.
 curl -s -o /dev/null "$URL/packages/$PKG"
-CURL_S=(); AGENT_S=()
+CURL_S=(); AGENT_S=(); VERIFY_S=()
 for i in $(seq "$RUNS"); do
   rm -f "$T/curl.zip"
   CURL_S+=("$(curl -s -o "$T/curl.zip" -w '%{time_total}' "$URL/packages/$PKG")")
@@ -67,8 +69,9 @@ for i in $(seq "$RUNS"); do
   LINE="$(grep "Package was successfully downloaded" "$H/logs/agent.log" | grep "molt-core" | head -1)"
   [ -n "$LINE" ] || { echo "agent did not download the package:"; tail -20 "$H/logs/agent.log"; exit 1; }
   AGENT_S+=("$(echo "$LINE" | grep -o 'download_ms=[0-9]*' | cut -d= -f2)")
+  VERIFY_S+=("$(echo "$LINE" | grep -o 'verify_ms=[0-9]*' | cut -d= -f2)")
 done
-python3 - "$BYTES" "${AGENT_S[*]}" "${CURL_S[*]}" <<'PY'
+python3 - "$BYTES" "${AGENT_S[*]}" "${CURL_S[*]}" "${VERIFY_S[*]}" <<'PY'
 import statistics, sys
 b = int(sys.argv[1])
 agent = sorted(int(x) / 1000 for x in sys.argv[2].split())
@@ -76,6 +79,7 @@ curl = sorted(float(x) for x in sys.argv[3].split())
 mb = lambda s: b / s / 1e6
 print(f"package: {b/1e6:.1f} MB, {len(agent)} runs each, taking turns")
 for what, a, c in (("best", agent[0], curl[0]), ("median", statistics.median(agent), statistics.median(curl))):
-    print(f"{what:>6}: molt agent (sha256 + fsync) {a:.3f} s {mb(a):5.0f} MB/s | curl -o {c:.3f} s {mb(c):5.0f} MB/s"
+    print(f"{what:>6}: molt agent (fsync) {a:.3f} s {mb(a):5.0f} MB/s | curl -o {c:.3f} s {mb(c):5.0f} MB/s"
           f" | ratio {mb(a)/mb(c):.2f}x (target >= 0.9x)")
+print(f"verify (signature check over every byte, after the download): median {statistics.median(int(x) for x in sys.argv[4].split())} ms")
 PY

@@ -146,6 +146,32 @@ pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, Dep
     })
 }
 
+/// Verify the manifest of a package read with HTTP Range (bundle format 2) as
+/// [`verify_package`] verifies a whole file: same trust root, same
+/// `Accept::Assigned` sequence rule. Gives the trusted index of its entries.
+pub fn verify_remote_package(
+    trust: &Trust,
+    layout: &molt_bundle::RemoteLayout,
+    manifest_span: &[u8],
+) -> Result<molt_bundle::RemoteIndex, DepError> {
+    let path = layout.source.clone();
+    let mut store = trust
+        .store
+        .lock()
+        .map_err(|_| DepError::Poisoned { path: path.clone() })?;
+    store
+        .verify_remote_as(
+            layout,
+            manifest_span,
+            &molt_bundle::VerifyOptions::default(),
+            molt_bundle::Accept::Assigned,
+        )
+        .map_err(|source| DepError::Verify {
+            path,
+            source: Box::new(source),
+        })
+}
+
 /// Extract a verified package into `dest` (streaming, every entry re-checked,
 /// never outside `dest`); returns the relative paths written. No fsync per
 /// file: `dest` is under work/upgrade_temp, whose side bundles are run once and

@@ -1,6 +1,7 @@
-//! Resumable package downloads: HTTP Range, bounded retries with backoff, size and
-//! SHA-256 checked before the file gets its final name. A partial or corrupt file
-//! is never used: it is resumed, or deleted and fetched again.
+//! Resumable package downloads: HTTP Range, bounded retries with backoff, size
+//! (and, with [`Check::Streaming`], SHA-256) checked before the file gets its
+//! final name. A partial or corrupt file is never used: it is resumed, or deleted
+//! and fetched again.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,20 @@ pub struct DownloadSpec {
     pub dest: PathBuf,
     pub size: u64,
     pub sha256: String,
+    pub check: Check,
+}
+
+/// When the file's SHA-256 (`DownloadSpec::sha256`) is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// While receiving, on a thread of its own; a mismatch deletes the file and
+    /// fetches it again.
+    Streaming,
+    /// Not here: the caller verifies the bundle's signature, which reads every
+    /// byte anyway, and hashes the file ([`file_sha256`]) only when that fails,
+    /// to tell a damaged transfer from a bad package. On a 2-core machine the
+    /// second SHA-256 of every byte cost a third of the download's speed.
+    Deferred,
 }
 
 /// How hard to try.
@@ -117,6 +132,7 @@ pub async fn download(
 ) -> Result<Outcome, DownloadError> {
     let want = spec.sha256.to_ascii_lowercase();
     if spec.dest.exists() {
+        // Present from an earlier attempt: worth one read to skip the fetch.
         let (sha, len) = file_sha256(&spec.dest).map_err(io_err(&spec.dest))?;
         if sha == want && len == spec.size {
             return Ok(Outcome::AlreadyPresent);
@@ -185,9 +201,10 @@ async fn one_try(
         remove_if_exists(part)?;
         offset = 0;
     }
+    let streaming = spec.check == Check::Streaming;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let resumed = offset > 0;
-    if offset > 0 {
+    if offset > 0 && streaming {
         // Hash what is already there, then continue from its end.
         let mut f = std::fs::File::open(part).map_err(io_err(part))?;
         let mut buf = vec![0u8; 1 << 20];
@@ -202,6 +219,8 @@ async fn one_try(
             ctx.update(&buf[..r]);
             left -= r as u64;
         }
+    }
+    if offset > 0 {
         tracing::info!(package = %spec.name, offset, size = spec.size, "Resuming download");
     }
     if offset < spec.size || spec.size == 0 {
@@ -260,9 +279,10 @@ async fn one_try(
         // Writing, hashing and flushing to disk run on their own threads, fed
         // through a bounded channel, so they overlap with receiving.
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let to_hash = streaming.then_some(ctx);
         let writer = std::thread::Builder::new()
             .name("molt-download-write".into())
-            .spawn(move || write_and_hash(file, ctx, rx))
+            .spawn(move || write_and_hash(file, to_hash, rx))
             .map_err(io_err(part))?;
         let finish = |tx, writer: std::thread::JoinHandle<std::io::Result<_>>| {
             drop(tx);
@@ -326,7 +346,7 @@ async fn one_try(
                 "download writer stopped",
             )));
         }
-        ctx = finish(tx, writer)?;
+        let hashed = finish(tx, writer)?;
         progress.finish();
         if got < spec.size {
             return Ok(Try::Retry(format!(
@@ -334,6 +354,12 @@ async fn one_try(
                 spec.size
             )));
         }
+        match hashed {
+            Some(c) => ctx = c,
+            None => return Ok(Try::Done { resumed }),
+        }
+    } else if !streaming {
+        return Ok(Try::Done { resumed });
     }
     let sha = hex::encode(ctx.finish().as_ref());
     if sha != want {
@@ -345,18 +371,22 @@ async fn one_try(
     Ok(Try::Done { resumed })
 }
 
-/// The download's disk side: write each batch and hash it on a second thread
-/// (on one thread the two took as long as the whole transfer), start write-back
-/// every 16 MiB so the final fsync has little left to do, then fsync. Returns
-/// the digest context of everything written (every batch received is written
+/// The download's disk side: write each batch and, given a digest context, hash
+/// it on a second thread (on one thread the two took as long as the whole
+/// transfer), start write-back every 16 MiB so the final fsync has little left
+/// to do, then fsync. Returns the digest context of everything written (every
+/// batch received is written
 /// even when the sender quits early, so a resumed download continues from what
 /// is on disk). Batches go to the file with `writev` straight from the received
 /// buffers: staging them in a `BufWriter` cost one more copy of every byte.
 fn write_and_hash<B: AsRef<[u8]> + Clone + Send>(
     mut file: std::fs::File,
-    mut ctx: ring::digest::Context,
+    ctx: Option<ring::digest::Context>,
     rx: std::sync::mpsc::Receiver<Vec<B>>,
-) -> std::io::Result<ring::digest::Context> {
+) -> std::io::Result<Option<ring::digest::Context>> {
+    let Some(mut ctx) = ctx else {
+        return write_batches(&mut file, &rx, None).map(|()| None);
+    };
     std::thread::scope(|s| {
         let (htx, hrx) = std::sync::mpsc::sync_channel::<Vec<B>>(8);
         let hasher = std::thread::Builder::new()
@@ -367,12 +397,12 @@ fn write_and_hash<B: AsRef<[u8]> + Clone + Send>(
                 }
                 ctx
             })?;
-        let written = write_batches(&mut file, &rx, &htx);
+        let written = write_batches(&mut file, &rx, Some(&htx));
         drop(htx);
         let ctx = hasher
             .join()
             .map_err(|_| std::io::Error::other("download hash thread panicked"))?;
-        written.map(|()| ctx)
+        written.map(|()| Some(ctx))
     })
 }
 
@@ -381,13 +411,15 @@ fn write_and_hash<B: AsRef<[u8]> + Clone + Send>(
 fn write_batches<B: AsRef<[u8]> + Clone>(
     file: &mut std::fs::File,
     rx: &std::sync::mpsc::Receiver<Vec<B>>,
-    to_hash: &std::sync::mpsc::SyncSender<Vec<B>>,
+    to_hash: Option<&std::sync::mpsc::SyncSender<Vec<B>>>,
 ) -> std::io::Result<()> {
     const WRITEBACK_EVERY: u64 = 16 << 20;
     let mut since_writeback = 0u64;
     for batch in rx.iter() {
         // A clone of a batch is a clone of its buffer handles, not of the bytes.
-        if to_hash.send(batch.clone()).is_err() {
+        if let Some(h) = to_hash
+            && h.send(batch.clone()).is_err()
+        {
             return Err(std::io::Error::other("download hash thread stopped"));
         }
         since_writeback += write_all_vectored(file, &batch)?;
@@ -569,6 +601,7 @@ mod tests {
             dest: dest.into(),
             size: body.len() as u64,
             sha256: sha,
+            check: Check::Streaming,
         }
     }
 
@@ -607,6 +640,30 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), *b);
         assert!(!part_path(&dest).exists());
         assert_eq!(hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_deferred_check_resumes_without_hashing_and_leaves_the_digest_to_the_caller() {
+        let b = body();
+        let (url, hits) = serve(b.clone(), 1).await;
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("pkg.zip");
+        let mut s = spec(&url, &dest, &b);
+        s.check = Check::Deferred;
+        s.sha256 = "0".repeat(64); // not checked here: the caller verifies the signature
+        let out = download(&reqwest::Client::new(), &s, &opts())
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            Outcome::Downloaded {
+                resumed: true,
+                attempts: 2
+            }
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), *b);
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert_eq!(file_sha256(&dest).unwrap().1, b.len() as u64);
     }
 
     #[tokio::test]

@@ -6,8 +6,10 @@
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod delta;
 pub mod deps;
 pub mod download;
+pub mod ranges;
 pub mod reporter;
 pub mod service;
 pub mod stages;

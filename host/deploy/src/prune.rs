@@ -22,11 +22,11 @@ pub struct PruneReport {
 /// `work/previous-version`: the version a rollback would return to, written when
 /// a deploy completes.
 pub fn previous_file(home: &Home) -> PathBuf {
-    home.previous_version_file()
+    home.work_dir().join("previous-version")
 }
 
 pub fn pending_file(home: &Home) -> PathBuf {
-    home.prune_pending_file()
+    home.work_dir().join("prune.pending")
 }
 
 /// The versions to keep: `current` and, after a complete deploy, the one before it.

@@ -6,7 +6,6 @@
 //! control plane is only asked, with a short timeout, for what it alone knows.
 
 pub mod cp;
-pub mod demo;
 pub mod diagnose;
 pub mod explain;
 pub mod import;
@@ -15,7 +14,6 @@ pub mod install;
 pub mod repair;
 pub mod signatures;
 pub mod status;
-pub mod views;
 
 use std::path::PathBuf;
 
@@ -32,8 +30,6 @@ pub enum OpsError {
     Layout(#[from] molt_layout::LayoutError),
     #[error(transparent)]
     Deploy(#[from] molt_deploy::DeployError),
-    #[error(transparent)]
-    Bundle(#[from] molt_bundle::BundleError),
     #[error("signature table: {0}")]
     Table(String),
     #[error("{path}: {reason}")]

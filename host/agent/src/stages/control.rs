@@ -64,6 +64,12 @@ pub trait ControlPlane: Sync {
         opts: &DownloadOptions,
     ) -> impl Future<Output = Result<Outcome, DownloadError>> + Send;
 
+    /// The HTTP client for ranged package reads (delta downloads); `None`: full
+    /// downloads only (as in the recording fake of the unit tests).
+    fn ranged_http(&self) -> Option<&reqwest::Client> {
+        None
+    }
+
     /// The control plane's base URL.
     fn base(&self) -> &reqwest::Url;
 
@@ -107,6 +113,10 @@ impl ControlPlane for Agent {
         opts: &DownloadOptions,
     ) -> Result<Outcome, DownloadError> {
         download::download(self.client.download_http(), spec, opts).await
+    }
+
+    fn ranged_http(&self) -> Option<&reqwest::Client> {
+        Some(self.client.download_http())
     }
 
     fn base(&self) -> &reqwest::Url {

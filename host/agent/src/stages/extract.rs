@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use molt_layout::InstalledPackage;
 use molt_protocol::{Stage, StageState};
 
-use super::download::Verified;
+use super::download::{Content, Verified};
 use super::{Attempt, ControlPlane, Pipeline, random_dir_name};
 use crate::deps::{self, DepError};
 
@@ -23,6 +23,8 @@ pub enum ExtractError {
     Task(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Package(#[from] DepError),
+    #[error(transparent)]
+    Delta(#[from] crate::delta::DeltaError),
 }
 
 /// The extracted upgrade: its directory, the new version's packages and the
@@ -33,8 +35,9 @@ pub struct Extracted {
     pub changed_files: Vec<String>,
 }
 
-/// Changed files: payload paths of the new packages whose digest or mode differs
-/// from the installed manifest (or that are new). Everything else is hard-linked.
+/// Changed files: payload paths of the new packages whose digest, mode or size
+/// differs from the installed manifest (or that are new). Everything else is
+/// hard-linked. The one diff of the agent: a delta download stages exactly these.
 pub fn changed_files(installed: &[InstalledPackage], new: &[InstalledPackage]) -> Vec<String> {
     let mut old = std::collections::BTreeMap::new();
     for p in installed {
@@ -106,10 +109,25 @@ async fn extract_all(
     let mut out = Vec::new();
     for Verified {
         package: p,
-        verified: v,
-        ..
+        content,
     } in verified
     {
+        let v = match content {
+            Content::Full { verified: v, .. } => v,
+            Content::Delta(s) => {
+                // Only the files the deploy must receive; it links the rest.
+                let dest = upgrade_dir.join("packages").join(&s.package.kind);
+                let (from, to) = (s.dir.clone(), dest.clone());
+                tokio::task::spawn_blocking(move || crate::delta::move_staged(&from, &to))
+                    .await
+                    .map_err(ExtractError::Task)??;
+                tracing::info!(package = %p.name, files = s.staged.len(), "Package extracted (delta: the changed files only)");
+                if s.package.kind != molt_bundle::BundleKind::Upgrade.as_str() {
+                    out.push(s.package.clone());
+                }
+                continue;
+            }
+        };
         let dest = upgrade_dir.join("packages").join(&v.kind);
         let (v2, dest2) = (v.clone(), dest.clone());
         let t0 = std::time::Instant::now();

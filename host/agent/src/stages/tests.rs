@@ -637,7 +637,11 @@ mod pipeline {
             ),
             Call::Stage(Stage::Download, StageState::InProgress, core(V2)),
             Call::Download(core(V2)),
-            Call::Stage(Stage::Download, StageState::Complete, "1 package(s)".into()),
+            Call::Stage(
+                Stage::Download,
+                StageState::Complete,
+                "fetched 3 of 3 bytes (full)".into(),
+            ),
             Call::Stage(Stage::Extract, StageState::InProgress, String::new()),
             Call::Stage(
                 Stage::Extract,

@@ -1,0 +1,346 @@
+//! Delta downloads end to end (issue 17): a real agent under the real
+//! supervisor (`molt run`), the real deploy runner, real signed format-2
+//! packages, served by a real `molt serve` and by a real nginx serving the same
+//! files as plain static files (the control plane's `--package-base-url` names
+//! it). V1 -> V2 changes one file of a 2 MiB core: the agent reads the metadata
+//! with Range, fetches only that entry and is Up on V2; the Download stage says
+//! `fetched X of Y bytes (delta)`. nginx with `max_ranges 0` ignores Range: the
+//! agent falls back to the full download, says why, and the upgrade completes.
+//! A tampered entry: the delta refuses it, the full download is refused by its
+//! signature, the attempt fails with the reason and nothing changed on disk.
+mod ops_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ops_common::*;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(120);
+const BIG: usize = 512 * 1024;
+
+/// Incompressible bytes from `seed` (so the package is big on the wire and the
+/// bytes of an entry can be found in the zip).
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The changed file of `v`.
+fn changed(v: &str) -> Vec<u8> {
+    noise(v.bytes().map(u64::from).sum::<u64>() * 7919, 64 * 1024)
+}
+
+/// Core and upgrade of `v`: four unchanged 512 KiB files and one that changes.
+fn release(k: &Kit, v: &str) -> PathBuf {
+    k.light_upgrade(v);
+    let mut extra: Vec<(&str, Vec<u8>, u32)> = ["lib/a.bin", "lib/b.bin", "lib/c.bin", "lib/d.bin"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, noise(i as u64 + 11, BIG), 0o644))
+        .collect();
+    extra.push(("lib/changed.bin", changed(v), 0o644));
+    k.light_core(v, PackOpts::default(), &extra)
+}
+
+/// nginx serving `www` (packages under `/packages/`); `conf` is extra
+/// `http`-level configuration (e.g. `max_ranges 0;`). Killed on drop.
+struct Nginx {
+    proc: Proc,
+    url: String,
+}
+
+fn nginx(dir: &Path, www: &Path, conf: &str) -> Nginx {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("nginx is required for this test (apt-get install nginx-light)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.join("nginx.conf");
+    // `user root`: run as root (as in CI), the workers must read the test's
+    // 0700 temporary directory (nginx ignores the line when not root).
+    std::fs::write(
+        &cfg,
+        format!(
+            "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log {d}/access.log;\n  {conf}\n  server {{\n    listen 127.0.0.1:{port};\n    root {www};\n  }}\n}}\n",
+            d = dir.display(),
+            www = www.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&cfg)
+        .arg("-p")
+        .arg(dir)
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nginx.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let n = Nginx {
+        proc: Proc(child),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    wait_for("nginx to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    n
+}
+
+/// V1 installed under the supervisor, V1 and V2 released, a control plane
+/// assigning V2 whose package site is `site(packages dir)` (None: itself).
+struct Setup {
+    k: Kit,
+    h: molt_layout::Home,
+    cp: Cp,
+    _nginx: Option<Nginx>,
+}
+
+fn setup(site: Option<&str>, tamper: bool) -> Setup {
+    let k = Kit::new();
+    let core1 = release(&k, V1);
+    let core2 = release(&k, V2);
+    if tamper {
+        // Flip one byte inside the changed entry's data: the control plane's
+        // digest is of the tampered file; only the signed manifest can catch it.
+        let mut bytes = std::fs::read(&core2).unwrap();
+        let c = changed(V2);
+        let needle = &c[c.len() / 2..c.len() / 2 + 32];
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the changed entry's bytes are in the package");
+        bytes[at + 16] ^= 0xff;
+        std::fs::write(&core2, bytes).unwrap();
+    }
+    // nginx serves the same files: www/packages -> the kit's packages dir.
+    let www = k.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::os::unix::fs::symlink(k.packages_dir(), www.join("packages")).unwrap();
+    let ngx = site.map(|conf| nginx(&k.dir.path().join("nginx"), &www, conf));
+    let base = ngx.as_ref().map(|n| format!("{}/packages", n.url));
+    let mut args = vec!["--fleet-version", V2];
+    if let Some(b) = &base {
+        args.extend(["--package-base-url", b.as_str()]);
+    }
+    let cp = serve(&k.dir.path().join("cp"), &k.packages_dir(), &args);
+    let h = k.install_packages(
+        &k.dir.path().join("agent"),
+        V1,
+        &cp.url,
+        std::slice::from_ref(&core1),
+    );
+    agent_config(
+        &h,
+        &cp.url,
+        "run_precheck = false\nhealth_timeout_secs = 30\nstop_timeout_secs = 10\n",
+    );
+    Setup {
+        k,
+        h,
+        cp,
+        _nginx: ngx,
+    }
+}
+
+/// The attempt to V2, once it has a result.
+fn wait_attempt(url: &str, h: &molt_layout::Home) -> Value {
+    let mut a = Value::Null;
+    wait_for("the attempt to V2 to end", T, || {
+        a = admin(url, "GET", "/api/v1/admin/agents/a1/attempts", json!({}))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a["to_version"] == V2)
+            .unwrap_or(Value::Null);
+        a["result"].as_str().is_some_and(|r| !r.is_empty())
+    });
+    assert!(
+        !a.is_null(),
+        "no attempt: {}",
+        std::fs::read_to_string(h.agent_log()).unwrap_or_default()
+    );
+    a
+}
+
+fn download_message(a: &Value) -> String {
+    a["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["stage"] == "Download Upgrade Packages"))
+        .and_then(|s| s["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `fetched X of Y bytes (mode…` → (X, Y, the rest).
+fn fetched(m: &str) -> (u64, u64, String) {
+    let rest = m
+        .strip_prefix("fetched ")
+        .unwrap_or_else(|| panic!("{m:?}"));
+    let (x, rest) = rest.split_once(" of ").unwrap();
+    let (y, rest) = rest.split_once(" bytes ").unwrap();
+    (x.parse().unwrap(), y.parse().unwrap(), rest.to_string())
+}
+
+/// Upgrade to V2 and check the user-visible result; the Download stage message.
+fn upgrades(s: &Setup) -> String {
+    let svc = Service::start(&s.h);
+    let a = wait_attempt(&s.cp.url, &s.h);
+    assert_eq!(a["result"], "Complete", "{a:#}");
+    svc.wait_up(V2, T);
+    let v2 = s.h.version_dir(V2);
+    assert_eq!(
+        std::fs::read(v2.join("lib/changed.bin")).unwrap(),
+        changed(V2)
+    );
+    assert_eq!(std::fs::read(v2.join("lib/a.bin")).unwrap(), noise(11, BIG));
+    download_message(&a)
+}
+
+fn assert_delta(m: &str) {
+    let (x, y, mode) = fetched(m);
+    assert!(mode.starts_with("(delta"), "{m}");
+    // The changed entry (64 KiB) and the metadata, not the 2 MiB core.
+    assert!(x < y / 2, "{m}");
+}
+
+#[test]
+fn an_upgrade_from_molt_serve_fetches_only_the_changed_entry() {
+    let s = setup(None, false);
+    let m = upgrades(&s);
+    assert_delta(&m);
+    let log = std::fs::read_to_string(s.h.agent_log()).unwrap();
+    assert!(
+        log.contains("mode=\"delta\"") || log.contains("mode=delta"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_upgrade_from_nginx_serving_static_files_fetches_only_the_changed_entry() {
+    let s = setup(Some(""), false);
+    let m = upgrades(&s);
+    assert_delta(&m);
+}
+
+#[test]
+fn a_server_without_range_support_gets_the_full_download_and_the_upgrade_completes() {
+    let s = setup(Some("max_ranges 0;"), false);
+    let m = upgrades(&s);
+    let (x, y, mode) = fetched(&m);
+    assert!(mode.starts_with("(full)"), "{m}");
+    assert!(
+        m.contains("the server ignores Range (HTTP 200 instead of 206)"),
+        "{m}"
+    );
+    assert!(x >= y - 1024 * 1024, "{m}");
+    let log = std::fs::read_to_string(s.h.agent_log()).unwrap();
+    assert!(
+        log.contains("Delta download not used; downloading the full package"),
+        "{log}"
+    );
+}
+
+/// Everything the upgrade could change, byte for byte: versions/, current,
+/// conf/ (paths, contents, modes, link targets).
+fn disk_digest(h: &molt_layout::Home) -> Vec<(String, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut ents: Vec<_> = rd.flatten().collect();
+        ents.sort_by_key(|e| e.path());
+        for e in ents {
+            let p = e.path();
+            // The supervisor's lock: made when `molt run` starts, not by an upgrade.
+            if p.file_name().is_some_and(|n| n == "supervisor.lock") {
+                continue;
+            }
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.push((p.display().to_string(), b"dir".to_vec()));
+                walk(&p, out);
+            } else if ft.is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.push((
+                    p.display().to_string(),
+                    t.display().to_string().into_bytes(),
+                ));
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                let mut b = std::fs::read(&p).unwrap();
+                b.extend(e.metadata().unwrap().permissions().mode().to_le_bytes());
+                out.push((p.display().to_string(), b));
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(&h.versions_dir(), &mut all);
+    walk(&h.conf_dir(), &mut all);
+    all.push((
+        "current".into(),
+        std::fs::read_link(h.current_link())
+            .unwrap()
+            .display()
+            .to_string()
+            .into_bytes(),
+    ));
+    all
+}
+
+#[test]
+fn a_tampered_entry_is_refused_by_delta_and_full_and_nothing_changes_on_disk() {
+    let s = setup(None, true);
+    let before = disk_digest(&s.h);
+    let svc = Service::start(&s.h);
+    let a = wait_attempt(&s.cp.url, &s.h);
+    assert_eq!(a["result"], "Failed", "{a:#}");
+    let m = download_message(&a);
+    let core = format!("molt-core.{V2}.universal.universal.zip");
+    assert!(
+        m.contains(&format!("Package {core} refused and deleted")),
+        "{m}"
+    );
+    let log = std::fs::read_to_string(s.h.agent_log()).unwrap();
+    // The delta refused the entry first (its SHA-256 against the signed manifest).
+    assert!(
+        log.lines().any(
+            |l| l.contains("Delta download not used; downloading the full package")
+                && l.contains(&core)
+        ),
+        "{log}"
+    );
+    svc.wait_up(V1, T);
+    drop(svc);
+    let after = disk_digest(&s.h);
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|e| !before.contains(e))
+        .chain(before.iter().filter(|e| !after.contains(e)))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "versions/, current or conf/ changed: {changed:?}"
+    );
+    assert!(!s.h.incoming_dir().join(&core).exists());
+}
