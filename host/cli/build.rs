@@ -65,6 +65,52 @@ fn main() {
     )
     .ok();
     std::fs::write(out.join("scaffold_files.rs"), code).expect("write scaffold_files.rs");
+    embed_demo_bundles(&repo.join("signed-bundles"), &out);
+}
+
+/// `molt demo` re-signs the committed precheck and selector bundles; they are
+/// embedded (root.json and `molt-{precheck,selector}.*.zip`, about 230 KB) so
+/// the binary needs no source tree. A checkout without them embeds nothing and
+/// the demo skips the Pre Upgrade Check, as it says.
+fn embed_demo_bundles(dir: &Path, out: &Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let root = dir.join("root.json");
+    let mut bundles: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .filter(|(n, _)| {
+                    (n.starts_with("molt-precheck.") || n.starts_with("molt-selector."))
+                        && n.ends_with(".zip")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    bundles.sort();
+    let mut code = String::new();
+    if root.is_file() {
+        println!("cargo:rerun-if-changed={}", root.display());
+        writeln!(
+            code,
+            "/// The committed signed-bundles/root.json.\nconst EMBEDDED_ROOT: Option<&[u8]> = Some(include_bytes!({:?}));",
+            root.display().to_string()
+        )
+        .ok();
+    } else {
+        code.push_str("const EMBEDDED_ROOT: Option<&[u8]> = None;\n");
+    }
+    code.push_str("/// (file name, bytes) of the committed check bundles.\nconst EMBEDDED_BUNDLES: &[(&str, &[u8])] = &[\n");
+    for (name, path) in &bundles {
+        println!("cargo:rerun-if-changed={}", path.display());
+        writeln!(
+            code,
+            "    ({name:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        )
+        .ok();
+    }
+    code.push_str("];\n");
+    std::fs::write(out.join("demo_bundles.rs"), code).expect("write demo_bundles.rs");
 }
 
 /// Regular files under `abs` (no `target` dirs, no hidden files), as (path relative to the repo, absolute path).

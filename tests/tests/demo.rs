@@ -10,8 +10,15 @@ use molt_e2e::agent_fx::molt_bin;
 fn molt_demo_upgrades_a_real_install_from_v1_to_v2_through_every_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let keep = tmp.path().join("demo");
-    let out = Command::new(molt_bin())
+    // An installed molt: a copy away from the source tree, run from elsewhere,
+    // without $MOLT_SIGNED_BUNDLES: it uses the check bundles it embeds.
+    let installed = tmp.path().join("bin/molt");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(molt_bin(), &installed).unwrap();
+    let out = Command::new(&installed)
         .args(["demo", "--timeout", "150", "--keep", keep.to_str().unwrap()])
+        .current_dir(tmp.path())
+        .env_remove("MOLT_SIGNED_BUNDLES")
         .env("NO_COLOR", "1")
         .output()
         .unwrap();

@@ -77,18 +77,21 @@ pub struct RawConfig {
     /// Seconds between heartbeats (default 30).
     #[serde(default)]
     pub heartbeat_secs: Option<u64>,
-    /// Tests only: seconds between upgrade-slot retries after a 409 (default: the
-    /// server's Retry-After, else 20).
-    #[serde(default)]
-    pub test_slot_retry_secs: Option<u64>,
-    /// Tests only: base delay of download retries in milliseconds (default 1000).
-    #[serde(default)]
-    pub test_download_backoff_ms: Option<u64>,
-    /// Tests only: enables hold files `<home>/work/hold.<stage>` that pause the
-    /// agent before a stage while they exist, and stopping before the hand-over.
+    /// Seconds between upgrade-slot retries after the control plane answers
+    /// 409 (no slot free in the rollout); default: its Retry-After, else 20.
+    /// (`test_slot_retry_secs` is the old name.)
+    #[serde(default, alias = "test_slot_retry_secs")]
+    pub slot_retry_secs: Option<u64>,
+    /// Base delay of the download retries' backoff (doubling, at most 30 s), in
+    /// milliseconds (default 1000). (`test_download_backoff_ms` is the old name.)
+    #[serde(default, alias = "test_download_backoff_ms")]
+    pub download_backoff_ms: Option<u64>,
+    /// Test hook (debug builds, or release with the `test-hooks` feature): hold files
+    /// `<home>/work/hold.<stage>` pause the agent before a stage while they exist.
     #[serde(default)]
     pub test_hooks: bool,
-    /// Tests only: prepare everything but do not hand over to deploy.
+    /// Test hook (debug builds, or release with the `test-hooks` feature):
+    /// prepare everything but do not hand over to deploy.
     #[serde(default)]
     pub test_skip_handover: bool,
     /// Labels sent with each heartbeat, for a rollout's groups
@@ -159,7 +162,7 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Load `<home>/config.toml` (relative paths in it are relative to `<home>`).
     pub fn load(home: &Path) -> Result<Self, ConfigError> {
-        let path = home.join("config.toml");
+        let path = molt_layout::Home::new(home).config_file();
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
             path: path.clone(),
             source,
@@ -297,6 +300,20 @@ impl AgentConfig {
             && !f.is_file()
         {
             return Err(invalid(
+        // A shipped build has no test hooks: refuse a config asking for one
+        // rather than run without it.
+        for (key, on) in [
+            ("test_hooks", raw.test_hooks),
+            ("test_skip_handover", raw.test_skip_handover),
+        ] {
+            if on && !cfg!(any(debug_assertions, feature = "test-hooks")) {
+                return Err(invalid(
+                    key,
+                    "a test hook, absent from a release build without the `test-hooks` cargo feature"
+                        .into(),
+                ));
+            }
+        }
                 "facts_override",
                 format!("{}: no such file", f.display()),
             ));
@@ -319,10 +336,10 @@ impl AgentConfig {
             trust_root: raw
                 .trust_root
                 .map(resolve)
-                .unwrap_or_else(|| home.join("state").join("root.json")),
+                .unwrap_or_else(|| molt_layout::Home::new(home).trusted_root_file()),
             heartbeat_secs,
-            slot_retry_secs: raw.test_slot_retry_secs,
-            download_backoff_ms: raw.test_download_backoff_ms.unwrap_or(1000),
+            slot_retry_secs: raw.slot_retry_secs,
+            download_backoff_ms: raw.download_backoff_ms.unwrap_or(1000),
             test_hooks: raw.test_hooks,
             skip_handover: raw.test_skip_handover,
             labels: raw.labels,

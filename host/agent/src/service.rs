@@ -87,7 +87,7 @@ impl Agent {
     pub fn new(home: Home, cfg: AgentConfig) -> Result<Self, AgentError> {
         let client = Client::new(&cfg)?;
         let version = home.current_version().ok().flatten().unwrap_or_default();
-        let reporter = Reporter::new(client.clone(), home.work_dir().join("report-queue.jsonl"));
+        let reporter = Reporter::new(client.clone(), home.report_queue_file());
         Ok(Self {
             home,
             cfg,
@@ -121,7 +121,7 @@ impl Agent {
         let st = AgentStatus {
             pid: std::process::id(),
             version: self.version.clone(),
-            status: s.as_str().into(),
+            status: s,
             since: chrono::Utc::now(),
         };
         if let Err(e) = self.home.write_status(&st) {

@@ -33,6 +33,7 @@ pub mod extract;
 pub mod keys;
 pub mod remote;
 pub mod root;
+pub mod rotation;
 pub mod schema;
 pub mod store;
 pub mod text;

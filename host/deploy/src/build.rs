@@ -196,7 +196,7 @@ pub fn build_version(
 
 /// Write `meta/<kind>.meta.json` for each package into a version dir.
 pub fn write_meta(version_dir: &Path, packages: &[InstalledPackage]) -> Result<(), DeployError> {
-    let meta = version_dir.join("meta");
+    let meta = molt_layout::meta_dir_in(version_dir);
     std::fs::create_dir_all(&meta).map_err(io_err(&meta))?;
     for p in packages {
         molt_layout::write_json_atomic(&meta.join(format!("{}.meta.json", p.kind)), p)?;
@@ -257,7 +257,7 @@ pub fn verify_files(files: &[(PathBuf, &FileMeta)]) -> Result<(), DeployError> {
 /// digest and mode, and no file that the meta does not list. Used by tests,
 /// `molt repair` and recovery.
 pub fn verify_version_dir(dir: &Path) -> Result<Vec<InstalledPackage>, DeployError> {
-    let pkgs = molt_layout::read_meta_dir(&dir.join("meta"))?;
+    let pkgs = molt_layout::read_meta_dir(&molt_layout::meta_dir_in(dir))?;
     if pkgs.is_empty() {
         return Err(DeployError::Install {
             home: dir.to_path_buf(),
@@ -284,7 +284,7 @@ pub fn verify_version_dir(dir: &Path) -> Result<Vec<InstalledPackage>, DeployErr
                 .to_string_lossy()
                 .into_owned();
             if ft.is_dir() {
-                if rel != "meta" {
+                if rel != molt_layout::META_DIR {
                     stack.push(p);
                 }
             } else if !expected.contains_key(&rel) {

@@ -22,11 +22,11 @@ pub struct PruneReport {
 /// `work/previous-version`: the version a rollback would return to, written when
 /// a deploy completes.
 pub fn previous_file(home: &Home) -> PathBuf {
-    home.work_dir().join("previous-version")
+    home.previous_version_file()
 }
 
 pub fn pending_file(home: &Home) -> PathBuf {
-    home.work_dir().join("prune.pending")
+    home.prune_pending_file()
 }
 
 /// The versions to keep: `current` and, after a complete deploy, the one before it.

@@ -184,18 +184,17 @@ fn runtime_content(stock: &str, java: &str) -> Content {
 }
 
 /// Deploy `from` -> `to` with a new core derived from `core` and a new runtime
-/// whose stock truststore is `stock`; returns the new core and the truststore
-/// the new version got.
+/// whose stock truststore adds CA B to A; returns the new core and the
+/// truststore the new version got, which must hold the new stock CA.
 fn runtime_upgrade(
     th: &TestHome,
     from: &str,
     to: &str,
     core: &Content,
-    stock: &str,
     attempt: &str,
 ) -> (Content, String) {
     let (new_core, mut ch) = next_content(core, to, 4, Agent::Good);
-    let rt = runtime_content(stock, &format!("rt-{to}"));
+    let rt = runtime_content(&format!("{STOCK_A}{STOCK_B}"), &format!("rt-{to}"));
     ch.extend(rt.keys().cloned());
     let p = th.prepare_upgrade(
         from,
@@ -208,6 +207,10 @@ fn runtime_upgrade(
     assert_eq!(th.deploy(&p), 0, "{}", th.deploy_log());
     th.wait_up(to, UP).unwrap();
     let store = std::fs::read_to_string(th.truststore(to)).unwrap();
+    assert!(
+        store.contains("U1RPQ0stQg=="),
+        "new stock CA present: {store}"
+    );
     (new_core, store)
 }
 
@@ -229,21 +232,13 @@ fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical(
     let conf_before = std::fs::read(th.home.conf_dir().join("override.properties")).unwrap();
     th.start_up("v1");
 
-    let (_, new_store) = runtime_upgrade(
-        &th,
-        "v1",
-        "v2",
-        &core1,
-        &format!("{STOCK_A}{STOCK_B}"),
-        "t1",
-    );
+    let (_, new_store) = runtime_upgrade(&th, "v1", "v2", &core1, "t1");
     let blocks = molt_deploy::truststore::pem_blocks(&new_store);
     assert_eq!(blocks.len(), 3, "{new_store}");
     assert!(
         new_store.contains("Q1VTVE9NLUNPUlAtQ0E="),
         "custom CA carried over"
     );
-    assert!(new_store.contains("U1RPQ0stQg=="), "new stock CA present");
     let backup = th.home.backup_dir().join("truststore/v1.cacerts.pem");
     assert_eq!(
         std::fs::read_to_string(backup).unwrap(),
@@ -329,17 +324,9 @@ fn a_truststore_edited_in_place_does_not_break_later_upgrades() {
         .unwrap()
         .write_all(SECOND.as_bytes())
         .unwrap();
-    let (_, text) = runtime_upgrade(
-        &th,
-        "v2",
-        "v3",
-        &core2,
-        &format!("{STOCK_A}{STOCK_B}"),
-        "t2",
-    );
+    let (_, text) = runtime_upgrade(&th, "v2", "v3", &core2, "t2");
     let blocks = molt_deploy::truststore::pem_blocks(&text);
     assert_eq!(blocks.len(), 4, "two stock and two custom: {text}");
-    assert!(text.contains("U1RPQ0stQg=="), "new stock CA present");
     assert!(
         text.contains("U0VDT05ELUNPUlAtQ0E="),
         "second custom CA kept"

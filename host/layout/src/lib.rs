@@ -93,6 +93,10 @@ impl Home {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
+    /// `<home>/state/root.json`: the trusted root (the trust store's file).
+    pub fn trusted_root_file(&self) -> PathBuf {
+        self.state_dir().join(molt_bundle::store::ROOT_FILE)
+    }
     /// `<home>/state/held-after-rollback.json`: the agent's back-off record
     /// ([`HeldRecord`]), written by the agent, read by `molt status`.
     pub fn held_after_rollback_file(&self) -> PathBuf {
@@ -102,6 +106,16 @@ impl Home {
     /// send (one `{"method","path","body"}` per line); the agent flushes it in order.
     pub fn report_queue_file(&self) -> PathBuf {
         self.work_dir().join("report-queue.jsonl")
+    }
+    /// `<home>/work/previous-version`: the version a rollback would return to,
+    /// written by the deploy runner when a deploy completes.
+    pub fn previous_version_file(&self) -> PathBuf {
+        self.work_dir().join("previous-version")
+    }
+    /// `<home>/work/prune.pending`: versions whose removal was deferred
+    /// (a process still held their files open).
+    pub fn prune_pending_file(&self) -> PathBuf {
+        self.work_dir().join("prune.pending")
     }
     /// `<home>/backup`: backups made by an upgrade (e.g. the old truststore).
     pub fn backup_dir(&self) -> PathBuf {
@@ -127,7 +141,7 @@ impl Home {
     }
     /// The meta directory of a version: `<home>/versions/<v>/meta`.
     pub fn meta_dir_of(&self, version: &str) -> PathBuf {
-        self.version_dir(version).join("meta")
+        meta_dir_in(&self.version_dir(version))
     }
 
     /// The version `current` points at, if any.
@@ -159,6 +173,15 @@ impl Home {
     }
 }
 
+/// The name of a version directory's meta folder (never part of a payload).
+pub const META_DIR: &str = "meta";
+
+/// `<version_dir>/meta`, for a version directory that is not (yet) under a
+/// home: the deploy's build directory, a repair's new install.
+pub fn meta_dir_in(version_dir: &Path) -> PathBuf {
+    version_dir.join(META_DIR)
+}
+
 /// One installed package, as recorded in `meta/<kind>.meta.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledPackage {
@@ -181,13 +204,32 @@ pub struct FileMeta {
     pub mode: u32,
 }
 
+impl FileMeta {
+    /// The installed-meta record of each entry of a verified manifest, by path.
+    pub fn of_manifest(
+        m: &molt_bundle::schema::Manifest,
+    ) -> std::collections::BTreeMap<String, FileMeta> {
+        m.entries
+            .iter()
+            .map(|e| {
+                let meta = FileMeta {
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                    mode: e.mode,
+                };
+                (e.path.clone(), meta)
+            })
+            .collect()
+    }
+}
+
 /// What the running agent says about itself (`work/agent.status.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub pid: u32,
     pub version: String,
-    /// Up, Upgrading, Paused, Down, Upgrade Failed.
-    pub status: String,
+    /// Up, Upgrading, Paused, Down, Upgrade Failed (the seeds' words).
+    pub status: molt_protocol::AgentStatus,
     pub since: chrono::DateTime<chrono::Utc>,
 }
 

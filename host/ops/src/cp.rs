@@ -20,7 +20,7 @@ pub struct ConfigView {
 impl ConfigView {
     /// Read `<home>/config.toml`; `Err` names the file and the reason.
     pub fn load(home: &Path) -> Result<ConfigView, String> {
-        let p = home.join("config.toml");
+        let p = molt_layout::Home::new(home).config_file();
         let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
     }
@@ -46,7 +46,7 @@ impl ConfigView {
         match &self.trust_root {
             Some(p) if p.is_absolute() => p.clone(),
             Some(p) => home.join(p),
-            None => home.join("state").join("root.json"),
+            None => molt_layout::Home::new(home).trusted_root_file(),
         }
     }
 }

@@ -395,7 +395,7 @@ fn upgrading_status_of_a_dead_process_is_stuck() {
     let st = molt_layout::AgentStatus {
         pid: 999_999_998,
         version: "v1".into(),
-        status: "Upgrading".into(),
+        status: molt_protocol::AgentStatus::Upgrading,
         since: chrono::Utc::now(),
     };
     h.write_status(&st).unwrap();

@@ -127,22 +127,33 @@ pub fn installed_package(v: &VerifiedBundle) -> InstalledPackage {
         kind: v.manifest.kind.as_str().to_string(),
         name: v.buildstamp.to_string(),
         version: v.buildstamp.version.to_string(),
-        files: v
-            .manifest
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    e.path.clone(),
-                    FileMeta {
-                        size: e.size,
-                        sha256: e.sha256.clone(),
-                        mode: e.mode,
-                    },
-                )
-            })
-            .collect(),
+        files: FileMeta::of_manifest(&v.manifest),
     }
+}
+
+/// Extract verified packages under `work` (each entry re-checked while
+/// written), lay them out as a fresh install of `home` (the real
+/// `fresh_install`), and remove `work`. Returns the installed version.
+/// `molt install`, `molt repair` and the demo all install this way.
+pub fn install_verified(
+    home: &Home,
+    work: &Path,
+    verified: &[VerifiedBundle],
+) -> Result<String, OpsError> {
+    let mut pkgs = Vec::new();
+    for v in verified {
+        let dest = work.join(v.manifest.kind.as_str());
+        molt_bundle::extract(v, &v.path, &dest, &molt_bundle::Limits::default()).map_err(|e| {
+            OpsError::Package {
+                path: v.path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        pkgs.push((installed_package(v), dest));
+    }
+    let version = molt_deploy::install::fresh_install(home, &pkgs)?;
+    molt_deploy::fsutil::remove_tree(work)?;
+    Ok(version)
 }
 
 /// Refuse a package built for another OS or architecture than this host.

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use molt_bundle::{Limits, SignedRoot, VerifyOptions};
+use molt_bundle::{SignedRoot, VerifyOptions};
 use molt_layout::Home;
 use serde::Serialize;
 
@@ -235,20 +235,7 @@ fn build_home(
     unit: &str,
 ) -> Result<String, OpsError> {
     let h = Home::new(staging);
-    let extract_dir = staging.join("work").join("install");
-    let mut pkgs = Vec::new();
-    for v in verified {
-        let dest = extract_dir.join(v.manifest.kind.as_str());
-        molt_bundle::extract(v, &v.path, &dest, &Limits::default()).map_err(|e| {
-            OpsError::Package {
-                path: v.path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        pkgs.push((crate::import::installed_package(v), dest));
-    }
-    let version = molt_deploy::install::fresh_install(&h, &pkgs)?;
-    molt_deploy::fsutil::remove_tree(&extract_dir)?;
+    let version = crate::import::install_verified(&h, &h.work_dir().join("install"), verified)?;
     for d in [
         h.state_dir(),
         h.incoming_dir(),
@@ -257,7 +244,7 @@ fn build_home(
     ] {
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
     }
-    let root_dst = h.state_dir().join("root.json");
+    let root_dst = h.trusted_root_file();
     std::fs::copy(&o.root, &root_dst).map_err(io_err(&o.root))?;
     let ca_line = match &o.ca_bundle {
         Some(ca) => {

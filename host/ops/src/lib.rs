@@ -6,6 +6,7 @@
 //! control plane is only asked, with a short timeout, for what it alone knows.
 
 pub mod cp;
+pub mod demo;
 pub mod diagnose;
 pub mod explain;
 pub mod import;
@@ -14,6 +15,7 @@ pub mod install;
 pub mod repair;
 pub mod signatures;
 pub mod status;
+pub mod views;
 
 use std::path::PathBuf;
 
@@ -30,6 +32,8 @@ pub enum OpsError {
     Layout(#[from] molt_layout::LayoutError),
     #[error(transparent)]
     Deploy(#[from] molt_deploy::DeployError),
+    #[error(transparent)]
+    Bundle(#[from] molt_bundle::BundleError),
     #[error("signature table: {0}")]
     Table(String),
     #[error("{path}: {reason}")]

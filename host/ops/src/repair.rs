@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use molt_bundle::{
-    Accept, BundleKind, Limits, SequenceDecision, TrustStore, VerifiedBundle, VerifyOptions,
+    Accept, BundleKind, SequenceDecision, TrustStore, VerifiedBundle, VerifyOptions,
 };
 use molt_deploy::truststore::{STOCK, TRUSTSTORE, custom_certs, merge, pem_blocks};
 use molt_layout::Home;
@@ -481,21 +481,7 @@ fn build_new(
     plan: &mut RepairPlan,
 ) -> Result<(), OpsError> {
     let new = Home::new(new_root);
-    // Extract every package (re-checked while written), then install them.
-    let stage = new_root.join("work").join("repair");
-    let mut pkgs = Vec::new();
-    for v in verified {
-        let dest = stage.join(v.manifest.kind.as_str());
-        molt_bundle::extract(v, &v.path, &dest, &Limits::default()).map_err(|e| {
-            OpsError::Package {
-                path: v.path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        pkgs.push((crate::import::installed_package(v), dest));
-    }
-    let version = molt_deploy::install::fresh_install(&new, &pkgs)?;
-    molt_deploy::fsutil::remove_tree(&stage)?;
+    let version = crate::import::install_verified(&new, &new.work_dir().join("repair"), verified)?;
     plan.version = version.clone();
 
     // config.toml and other top-level files, conf/ overrides, state, logs, backups.
@@ -550,7 +536,7 @@ fn build_new(
             let size = std::fs::metadata(&new_store_p)
                 .map_err(io_err(&new_store_p))?
                 .len();
-            let mut metas = molt_layout::read_meta_dir(&vdir.join("meta"))?;
+            let mut metas = molt_layout::read_meta_dir(&molt_layout::meta_dir_in(&vdir))?;
             for p in metas.iter_mut() {
                 if let Some(f) = p.files.get_mut(TRUSTSTORE) {
                     f.sha256 = sha.clone();

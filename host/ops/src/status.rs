@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use molt_layout::Home;
-use molt_protocol::{AttemptResult, Stage, StageState};
+use molt_protocol::{AgentStatus, AttemptResult, Stage, StageReport, StageState};
 use regex::Regex;
 use serde::Serialize;
 
@@ -47,18 +47,31 @@ pub struct PackageView {
 /// One stage event of an upgrade attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageEvent {
-    pub stage: String,
-    pub state: String,
+    pub stage: Stage,
+    pub state: StageState,
     pub message: String,
     pub at: Option<DateTime<Utc>>,
+}
+
+impl StageEvent {
+    /// An event from the words a log line or a record carries; `None` when
+    /// they are not a stage and a state of `molt-protocol`.
+    fn parse(stage: &str, state: &str, message: String, at: Option<DateTime<Utc>>) -> Option<Self> {
+        Some(StageEvent {
+            stage: stage.trim().parse().ok()?,
+            state: state.trim().parse().ok()?,
+            message,
+            at,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AttemptView {
     pub from_version: Option<String>,
     pub to_version: Option<String>,
-    /// `Complete`, `Rolled Back`, `Failed`, or none while running / unknown.
-    pub result: Option<String>,
+    /// None while running / unknown.
+    pub result: Option<AttemptResult>,
     pub message: Option<String>,
     pub stages: Vec<StageEvent>,
     /// `local` (logs, queue, last-deploy) or `control plane`.
@@ -100,7 +113,7 @@ pub struct StatusReport {
     pub current_version: Option<String>,
     pub installed: Vec<PackageView>,
     /// What the agent last wrote (Up, Upgrading, Upgrade Failed ...).
-    pub reported_status: Option<String>,
+    pub reported_status: Option<AgentStatus>,
     pub reported_since: Option<DateTime<Utc>>,
     pub agent_pid: Option<u32>,
     pub agent_running: bool,
@@ -183,31 +196,17 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
         let at = ts(l);
         if let Some(c) = AGENT_STAGE.captures(&l.text) {
             let message = c.get(3).map(|m| m.as_str().to_string()).unwrap_or_default();
-            events.push((
-                at,
-                order,
-                StageEvent {
-                    stage: c[1].to_string(),
-                    state: c[2].to_string(),
-                    message,
-                    at,
-                },
-            ));
+            if let Some(e) = StageEvent::parse(&c[1], &c[2], message, at) {
+                events.push((at, order, e));
+            }
         } else if let Some(c) = DEPLOY_STAGE.captures(&l.text) {
             let message = c
                 .get(3)
                 .map(|m| m.as_str().replace("\\\"", "\""))
                 .unwrap_or_default();
-            events.push((
-                at,
-                order,
-                StageEvent {
-                    stage: c[1].trim().to_string(),
-                    state: c[2].to_string(),
-                    message,
-                    at,
-                },
-            ));
+            if let Some(e) = StageEvent::parse(&c[1], &c[2], message, at) {
+                events.push((at, order, e));
+            }
         } else if let Some(c) = RUN_START.captures(&l.text) {
             runs.push((at, c[1].to_string(), c[2].to_string()));
         } else if let Some(c) = RUN_END.captures(&l.text) {
@@ -217,23 +216,21 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
     // Stage reports still in the queue (the control plane was unreachable).
     for q in &ev.queued {
         if q.path.ends_with("/stages") {
-            let b = &q.body;
-            let at = b["at"]
-                .as_str()
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                .map(|t| t.with_timezone(&Utc));
+            let Ok(b) = serde_json::from_value::<StageReport>(q.body.clone()) else {
+                continue;
+            };
             order += 1;
             let e = StageEvent {
-                stage: b["stage"].as_str().unwrap_or("?").into(),
-                state: b["state"].as_str().unwrap_or("?").into(),
-                message: b["message"].as_str().unwrap_or("").into(),
-                at,
+                stage: b.stage,
+                state: b.state,
+                message: b.message,
+                at: b.at,
             };
             if !events
                 .iter()
                 .any(|(_, _, x)| x.stage == e.stage && x.state == e.state && x.message == e.message)
             {
-                events.push((at, order, e));
+                events.push((e.at, order, e));
             }
         }
     }
@@ -262,7 +259,7 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
         view.to_version = Some(to.clone());
     }
     if let Some((_, result, msg)) = ends.iter().rev().find(|r| after(&r.0)) {
-        view.result = Some(result.clone());
+        view.result = result.parse().ok();
         view.message = Some(msg.clone());
     }
     if let Some(l) = &ev.last_deploy
@@ -270,7 +267,7 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
     {
         view.from_version = Some(l.from_version.clone());
         view.to_version = Some(l.to_version.clone());
-        view.result = Some(l.result.to_string());
+        view.result = Some(l.result);
         view.message = Some(l.message.clone());
     }
     if view.result.is_none()
@@ -280,7 +277,7 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
             .rev()
             .find(|e| e.state == StageState::Failed)
     {
-        view.result = Some(AttemptResult::Failed.to_string());
+        view.result = Some(AttemptResult::Failed);
         view.message = Some(format!("{}: {}", f.stage, f.message));
     }
     if view.stages.is_empty() && view.result.is_none() && view.to_version.is_none() {
@@ -324,7 +321,7 @@ pub fn status(home: &Home, opts: &StatusOptions) -> StatusReport {
     let ev = Evidence::gather(home, &[]);
     notes.extend(ev.unreadable.iter().cloned());
     let (reported_status, reported_since, agent_pid) = match &ev.status {
-        Some(s) => (Some(s.status.clone()), Some(s.since), Some(s.pid)),
+        Some(s) => (Some(s.status), Some(s.since), Some(s.pid)),
         None => (None, None, None),
     };
     let agent_running = agent_pid.is_some_and(molt_deploy::proc::alive);
@@ -338,7 +335,7 @@ pub fn status(home: &Home, opts: &StatusOptions) -> StatusReport {
         (_, _, Some(d)) if d.runner_alive || ev.deploy_lock_held => {
             "Upgrading (deploy runner at work)".to_string()
         }
-        (Some(s), true, _) => s.clone(),
+        (Some(s), true, _) => s.to_string(),
         (Some(s), false, _) => format!("Down (last reported {s}; its process is gone)"),
         (None, _, _) => "Down (no status written)".to_string(),
     };
@@ -488,20 +485,23 @@ fn ask_control_plane(
                 r.last_attempt = Some(AttemptView {
                     from_version: s(&a["from_version"]),
                     to_version: s(&a["to_version"]),
-                    result: s(&a["result"]),
+                    result: a["result"].as_str().and_then(|r| r.parse().ok()),
                     message: s(&a["message"]),
                     stages: a["stages"]
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|st| StageEvent {
-                            stage: s(&st["stage"]).unwrap_or_default(),
-                            state: s(&st["state"]).unwrap_or_default(),
-                            message: s(&st["message"]).unwrap_or_default(),
-                            at: st["updated_at"]
+                        .filter_map(|st| {
+                            let at = st["updated_at"]
                                 .as_str()
                                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                                .map(|t| t.with_timezone(&Utc)),
+                                .map(|t| t.with_timezone(&Utc));
+                            StageEvent::parse(
+                                st["stage"].as_str()?,
+                                st["state"].as_str()?,
+                                s(&st["message"]).unwrap_or_default(),
+                                at,
+                            )
                         })
                         .collect(),
                     source: "control plane".into(),
@@ -577,7 +577,7 @@ impl StatusReport {
                     a.source,
                     a.from_version.as_deref().unwrap_or("?"),
                     a.to_version.as_deref().unwrap_or("?"),
-                    a.result.as_deref().unwrap_or("in progress or unknown")
+                    a.result.map_or("in progress or unknown", |r| r.as_str())
                 ));
                 for st in &a.stages {
                     let msg = if st.message.is_empty() {
@@ -671,7 +671,7 @@ mod tests {
             (
                 a.from_version.as_deref(),
                 a.to_version.as_deref(),
-                a.result.as_deref()
+                a.result.map(|r| r.as_str())
             ),
             (Some("v1"), Some("v2"), Some("Complete"))
         );
@@ -692,7 +692,7 @@ mod tests {
         h.write_status(&molt_layout::AgentStatus {
             pid: std::process::id(),
             version: "v1".into(),
-            status: "Up".into(),
+            status: AgentStatus::Up,
             since: Utc::now(),
         })
         .unwrap();
@@ -722,7 +722,7 @@ mod tests {
         h.write_status(&molt_layout::AgentStatus {
             pid: 999_999_997,
             version: "v1".into(),
-            status: "Up".into(),
+            status: AgentStatus::Up,
             since: Utc::now(),
         })
         .unwrap();

@@ -925,3 +925,41 @@ fn readiness_follows_the_database_down_and_back() {
         "{seen:?}"
     );
 }
+
+/// Polls of one agent through three instances at once: every queued command
+/// is handed out exactly once (the queued rows are locked while taken).
+#[test]
+fn three_replicas_hand_out_each_command_once() {
+    let pg = PgServer::start();
+    let url = pg.url();
+    let replicas: Vec<Arc<dyn Store>> = (0..3).map(|_| store::open(&url).unwrap()).collect();
+    let now = Utc::now();
+    let a = replicas[0].create_agent("a", &[1; 32], now).unwrap();
+    let queued: Vec<i64> = (0..200)
+        .map(|i| {
+            replicas[i % 3]
+                .queue_command(a, CommandKind::Upgrade, &serde_json::json!({ "n": i }), now)
+                .unwrap()
+        })
+        .collect();
+    let takers: Vec<_> = (0..6)
+        .map(|t| {
+            let s = replicas[t % 3].clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for _ in 0..50 {
+                    got.extend(
+                        s.take_commands(a, Utc::now())
+                            .unwrap()
+                            .into_iter()
+                            .map(|c| c.id),
+                    );
+                }
+                got
+            })
+        })
+        .collect();
+    let mut handed: Vec<i64> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    handed.sort();
+    assert_eq!(handed, queued, "each command exactly once");
+}

@@ -1,16 +1,17 @@
 //! `molt keygen`, `molt root`, `molt bundle`, `molt buildstamp`: thin wrappers
 //! over `molt-bundle` (docs/bundle-format.md).
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use molt_bundle::chrono::{Duration, SubsecRound, Utc};
 use molt_bundle::editor::{self, PackSpec};
+use molt_bundle::rotation::RootEditor;
 use molt_bundle::schema::{Component, SignedRoot};
 use molt_bundle::{Buildstamp, Limits, SigningKey, TrustStore, VerifiedBundle, VerifyOptions};
+use molt_ops::views::{BuildstampView, InvalidView, VerifiedView};
 
 #[derive(clap::Args)]
 pub struct KeygenArgs {
@@ -306,51 +307,18 @@ pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> {
     match c {
         RootCmd::Init(a) => {
             let root_keys = load_keys(&a.root_keys)?;
-            let mut signed = editor::new_root(
-                &BTreeMap::new(),
-                Utc::now().trunc_subsecs(0) + Duration::days(a.expires_days),
-            )?;
-            let mut add = |role: &str, pubs: Vec<String>, threshold: u32| -> anyhow::Result<()> {
-                let mut ids = Vec::new();
-                for p in pubs {
-                    ids.push(editor::add_key(&mut signed, &p)?);
-                }
-                signed.roles.insert(
-                    role.into(),
-                    molt_bundle::schema::RoleKeys {
-                        keyids: ids,
-                        threshold,
-                    },
-                );
-                Ok(())
-            };
-            add(
-                "root",
-                root_keys.iter().map(|k| k.public_hex()).collect(),
-                a.root_threshold,
-            )?;
-            add(
-                "checks",
-                a.checks_keys
-                    .iter()
+            let mut e =
+                RootEditor::init(Utc::now().trunc_subsecs(0) + Duration::days(a.expires_days))?;
+            let root_pubs: Vec<String> = root_keys.iter().map(|k| k.public_hex()).collect();
+            e.set_role("root", &root_pubs, a.root_threshold)?;
+            let pubs = |ks: &[String]| {
+                ks.iter()
                     .map(|k| public_of(k))
-                    .collect::<anyhow::Result<_>>()?,
-                a.checks_threshold,
-            )?;
-            add(
-                "packages",
-                a.packages_keys
-                    .iter()
-                    .map(|k| public_of(k))
-                    .collect::<anyhow::Result<_>>()?,
-                a.packages_threshold,
-            )?;
-            signed.validate()?;
-            let mut root = SignedRoot {
-                signed,
-                signatures: vec![],
+                    .collect::<anyhow::Result<Vec<_>>>()
             };
-            editor::sign_root(&mut root, &root_keys.iter().collect::<Vec<_>>())?;
+            e.set_role("checks", &pubs(&a.checks_keys)?, a.checks_threshold)?;
+            e.set_role("packages", &pubs(&a.packages_keys)?, a.packages_threshold)?;
+            let root = e.finish(&root_keys.iter().collect::<Vec<_>>())?;
             root.check_self_signed()?;
             write_root(&a.out, &root)?;
             println!("wrote {}: {}", a.out.display(), root_summary(&root));
@@ -374,52 +342,24 @@ pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> {
         }
         RootCmd::Rotate(a) => {
             let old = SignedRoot::load(&a.from)?;
-            let mut signed = old.signed.clone();
-            signed.version += 1;
-            signed.expires = Utc::now().trunc_subsecs(0) + Duration::days(a.expires_days);
+            let mut e = RootEditor::rotate(
+                &old,
+                Utc::now().trunc_subsecs(0) + Duration::days(a.expires_days),
+            );
             for spec in &a.add_keys {
                 let (role, key) = spec
                     .split_once('=')
                     .with_context(|| format!("--add-key `{spec}` is not ROLE=KEY"))?;
-                let id = editor::add_key(&mut signed, &public_of(key)?)?;
-                let r = signed
-                    .roles
-                    .get_mut(role)
-                    .with_context(|| format!("--add-key: unknown role `{role}`"))?;
-                if !r.keyids.contains(&id) {
-                    r.keyids.push(id);
-                }
+                e.add_key(role, &public_of(key)?).context("--add-key")?;
             }
             for spec in &a.remove_keys {
                 let (role, id) = spec
                     .split_once('=')
                     .with_context(|| format!("--remove-key `{spec}` is not ROLE=KEYID"))?;
-                let r = signed
-                    .roles
-                    .get_mut(role)
-                    .with_context(|| format!("--remove-key: unknown role `{role}`"))?;
-                let before = r.keyids.len();
-                r.keyids.retain(|k| !k.starts_with(id));
-                if r.keyids.len() == before {
-                    bail!("--remove-key: no key {id} in role `{role}`");
-                }
+                e.remove_key(role, id).context("--remove-key")?;
             }
             for id in &a.revoke {
-                let full: Vec<String> = signed
-                    .keys
-                    .keys()
-                    .filter(|k| k.starts_with(id.as_str()))
-                    .cloned()
-                    .collect();
-                let [full] = full.as_slice() else {
-                    bail!("--revoke: `{id}` matches {} keys of the root", full.len());
-                };
-                if !signed.revoked.contains(full) {
-                    signed.revoked.push(full.clone());
-                }
-                for r in signed.roles.values_mut() {
-                    r.keyids.retain(|k| k != full);
-                }
+                e.revoke(id).context("--revoke")?;
             }
             for spec in &a.thresholds {
                 let (role, n) = spec
@@ -428,11 +368,7 @@ pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> {
                 let n: u32 = n
                     .parse()
                     .with_context(|| format!("--threshold: `{n}` is not a number"))?;
-                signed
-                    .roles
-                    .get_mut(role)
-                    .with_context(|| format!("--threshold: unknown role `{role}`"))?
-                    .threshold = n;
+                e.set_threshold(role, n).context("--threshold")?;
             }
             for spec in &a.floors {
                 let (name, n) = spec
@@ -441,33 +377,13 @@ pub fn root(c: RootCmd) -> anyhow::Result<ExitCode> {
                 let n: u64 = n
                     .parse()
                     .with_context(|| format!("--floor: `{n}` is not a sequence number"))?;
-                editor::set_floor(&mut signed, name, n)?;
+                e.set_floor(name, n).context("--floor")?;
             }
             for name in &a.clear_floors {
-                if editor::clear_floor(&mut signed, name).is_none() {
-                    bail!(
-                        "--clear-floor: root version {} sets no rollback floor for `{name}`",
-                        old.signed.version
-                    );
-                }
+                e.clear_floor(name).context("--clear-floor")?;
             }
-            // Keys no role uses any more are dropped, unless revoked (kept for the record).
-            let used: std::collections::BTreeSet<String> = signed
-                .roles
-                .values()
-                .flat_map(|r| r.keyids.iter().cloned())
-                .collect();
-            let revoked = signed.revoked.clone();
-            signed
-                .keys
-                .retain(|id, _| used.contains(id) || revoked.contains(id));
-            signed.validate()?;
-            let mut root = SignedRoot {
-                signed,
-                signatures: vec![],
-            };
             let keys = load_keys(&a.keys)?;
-            editor::sign_root(&mut root, &keys.iter().collect::<Vec<_>>())?;
+            let root = e.finish(&keys.iter().collect::<Vec<_>>())?;
             write_root(&a.out, &root)?;
             println!("wrote {}: {}", a.out.display(), root_summary(&root));
             for c in old.signed.floor_changes(&root.signed) {
@@ -512,30 +428,6 @@ fn human_size(n: u64) -> String {
     } else {
         format!("{v:.1} {}", U[i])
     }
-}
-
-fn verified_json(v: &VerifiedBundle, deep: bool) -> serde_json::Value {
-    let m = &v.manifest;
-    serde_json::json!({
-        "valid": true,
-        "bundle": v.path,
-        "name": m.name,
-        "kind": m.kind,
-        "role": v.role,
-        "buildstamp": m.buildstamp,
-        "target": m.target,
-        "sequence": m.sequence,
-        "created": m.created,
-        "expires": m.expires,
-        "entries": m.entries.len(),
-        "size": m.entries.iter().map(|e| e.size).sum::<u64>(),
-        "components": m.components.len(),
-        "digest": v.digest,
-        "signers": v.signers,
-        "threshold": v.threshold,
-        "root_version": v.root_version,
-        "deep": deep,
-    })
 }
 
 fn print_verified(v: &VerifiedBundle, deep: bool) {
@@ -654,7 +546,7 @@ pub fn bundle(c: BundleCmd) -> anyhow::Result<ExitCode> {
                         println!();
                         print!("{}", molt_ops::explain::explain(&v, &root, before));
                     } else if a.json {
-                        println!("{}", verified_json(&v, a.deep));
+                        println!("{}", json(&VerifiedView::new(&v, a.deep))?);
                     } else {
                         print_verified(&v, a.deep);
                     }
@@ -662,10 +554,7 @@ pub fn bundle(c: BundleCmd) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => {
                     if a.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"valid": false, "bundle": a.bundle, "error": e.to_string()})
-                        );
+                        println!("{}", json(&InvalidView::new(&a.bundle, &e))?);
                     } else {
                         println!("INVALID {}", a.bundle.display());
                         println!("  reason: {e}");
@@ -753,7 +642,7 @@ pub fn buildstamp(a: BuildstampArgs) -> anyhow::Result<ExitCode> {
         parsed.sort();
     }
     if a.json {
-        let arr: Vec<serde_json::Value> = parsed.iter().map(buildstamp_json).collect();
+        let arr: Vec<BuildstampView> = parsed.iter().map(BuildstampView::from).collect();
         println!("{}", serde_json::to_string_pretty(&arr)?);
     } else if a.sort {
         for b in &parsed {
@@ -791,23 +680,7 @@ pub fn buildstamp(a: BuildstampArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn buildstamp_json(b: &Buildstamp) -> serde_json::Value {
-    let v = &b.version;
-    serde_json::json!({
-        "name": b.to_string(),
-        "product": b.product.as_str(),
-        "kind": b.kind.as_str(),
-        "kind_word": b.kind_word(),
-        "version": v.to_string(),
-        "family": v.family,
-        "family_date": v.family_date.to_string(),
-        "patch": v.patch,
-        "patch_suffix": v.patch_suffix,
-        "hotfix": v.hotfix.as_ref().map(|h| h.number),
-        "hotfix_suffix": v.hotfix.as_ref().map(|h| h.suffix.clone()),
-        "patch_date": v.patch_date.to_string(),
-        "built": v.built.format("%Y-%m-%dT%H:%M").to_string(),
-        "os": b.os,
-        "arch": b.arch,
-    })
+/// One `--json` document on one line.
+fn json(v: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(v)?)
 }

@@ -3,20 +3,15 @@
 //! very `molt` binary as `bin/molt`), a control plane on 127.0.0.1, a fresh v1
 //! install run by the supervisor (`molt run`), then a real upgrade to v2 that is
 //! narrated from the agent log and the control plane's upgrade history.
-use std::collections::BTreeMap;
 use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use molt_bundle::chrono;
-use molt_layout::{FileMeta, Home, InstalledPackage};
+use molt_layout::Home;
+use molt_ops::demo::{AGENT, AGENT_TOKEN, CheckBundles, V1, V2};
 use molt_protocol::{AgentStatus, AttemptResult};
-
-const V1: &str = "quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225";
-const V2: &str = "quebec-12-09-2020__patch2-04-18-2021_05-01-2021_1130";
-const AGENT: &str = "demo-agent";
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -106,169 +101,48 @@ impl Drop for TempDir {
     }
 }
 
-fn write_tree(dir: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for (p, data, mode) in files {
-        let f = dir.join(p);
-        std::fs::create_dir_all(f.parent().context("path has a parent")?)?;
-        std::fs::write(&f, data)?;
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode))?;
+include!(concat!(env!("OUT_DIR"), "/demo_bundles.rs"));
+
+/// The signed precheck/selector bundles: `$MOLT_SIGNED_BUNDLES` when set (CI
+/// rebuilds them there), else the copies embedded at build time, so a `molt`
+/// installed away from the source tree runs the real checks too.
+fn check_bundles() -> anyhow::Result<Option<CheckBundles>> {
+    if let Some(dir) = std::env::var_os("MOLT_SIGNED_BUNDLES") {
+        return Ok(CheckBundles::from_dir(Path::new(&dir))?);
     }
-    Ok(())
-}
-
-fn pack(
-    key: &molt_bundle::SigningKey,
-    src: &Path,
-    name: &str,
-    out: &Path,
-    comps: Vec<molt_bundle::Component>,
-) -> anyhow::Result<PathBuf> {
-    let mut spec = molt_bundle::PackSpec::from_buildstamp(name, 1)?;
-    spec.components = comps;
-    let p = out.join(name);
-    molt_bundle::pack_dir(src, &spec, &p).with_context(|| format!("pack {name}"))?;
-    molt_bundle::sign_bundle(&p, &[key]).with_context(|| format!("sign {name}"))?;
-    Ok(p)
-}
-
-/// The committed precheck/selector bundles: `$MOLT_SIGNED_BUNDLES`, else
-/// `signed-bundles/` of the repo this binary was built from, else of the cwd.
-fn signed_bundles() -> Option<PathBuf> {
-    let cands = [
-        std::env::var_os("MOLT_SIGNED_BUNDLES").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../signed-bundles")),
-        Some(PathBuf::from("signed-bundles")),
-    ];
-    cands
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("root.json").is_file())
-}
-
-/// Extract the committed `molt-<kind>.*.zip` into `dest`; its components.
-fn committed(kind: &str, dest: &Path) -> anyhow::Result<Option<Vec<molt_bundle::Component>>> {
-    let Some(dir) = signed_bundles() else {
+    let Some(root_json) = EMBEDDED_ROOT else {
         return Ok(None);
     };
-    let prefix = format!("molt-{kind}.");
-    let Some(bundle) = std::fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".zip"))
-        })
-    else {
-        return Ok(None);
-    };
-    let root = molt_bundle::SignedRoot::load(&dir.join("root.json"))?;
-    let v = molt_bundle::verify_bundle(&bundle, &root, &Default::default())
-        .with_context(|| format!("verify {}", bundle.display()))?;
-    molt_bundle::extract(&v, &bundle, dest, &Default::default())?;
-    Ok(Some(v.manifest.components.clone()))
+    Ok(Some(CheckBundles {
+        root_json: root_json.to_vec(),
+        bundles: EMBEDDED_BUNDLES
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.to_vec()))
+            .collect(),
+    }))
 }
-
-const TRUSTSTORE: &str = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUDEMOONLYDEMOONLYDEMOONLYDEMOwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
 
 async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locate the running molt binary")?;
-    let packages = dir.join("packages");
-    let src = dir.join("src");
     let home_dir = dir.join("home");
-    std::fs::create_dir_all(&packages)?;
 
     say("Generating a TEST-ONLY signing key and trust root");
-    let (key, _) = molt_bundle::SigningKey::generate()?;
-    let root =
-        molt_bundle::editor::single_key_root(&key, chrono::Utc::now() + chrono::Duration::days(7))?;
-    let root_path = dir.join("root.json");
-    std::fs::write(&root_path, root.to_json_pretty()?)?;
-
     say(&format!(
         "Building signed packages for v1 ({V1}) and v2 ({V2})"
     ));
-    let molt_bytes = std::fs::read(&exe)?;
-    let arch = std::env::consts::ARCH.replace('_', "-");
-    let mut v1_core = None;
-    let mut runtime = None;
-    let mut have_precheck = true;
-    for v in [V1, V2] {
-        let mut files = vec![
-            ("bin/molt", molt_bytes.clone(), 0o755),
-            (
-                "lib/common.txt",
-                b"shared by v1 and v2: hard-linked, never copied\n".to_vec(),
-                0o644,
-            ),
-            ("lib/version.txt", format!("{v}\n").into_bytes(), 0o644),
-        ];
-        if v == V2 {
-            files.push(("lib/new-in-v2.txt", b"a file v2 adds\n".to_vec(), 0o644));
-        }
-        let s = src.join(format!("core-{v}"));
-        write_tree(&s, &files)?;
-        let core = pack(
-            &key,
-            &s,
-            &format!("molt-core.{v}.universal.universal.zip"),
-            &packages,
-            vec![],
-        )?;
-        let s = src.join(format!("upgrade-{v}"));
-        write_tree(&s, &[("bin/molt", molt_bytes.clone(), 0o755)])?;
-        pack(
-            &key,
-            &s,
-            &format!("molt-upgrade.{v}.universal.universal.zip"),
-            &packages,
-            vec![],
-        )?;
-        for kind in ["precheck", "selector"] {
-            let s = src.join(format!("{kind}-{v}"));
-            match committed(kind, &s)? {
-                Some(c) => {
-                    pack(
-                        &key,
-                        &s,
-                        &format!("molt-{kind}.{v}.universal.universal.zip"),
-                        &packages,
-                        c,
-                    )?;
-                }
-                None if kind == "precheck" => have_precheck = false,
-                None => {}
-            }
-        }
-        if v == V1 {
-            v1_core = Some((core, s.clone()));
-            let s = src.join("runtime-v1");
-            write_tree(
-                &s,
-                &[("runtime/cacerts.pem", TRUSTSTORE.as_bytes().to_vec(), 0o644)],
-            )?;
-            runtime = Some(pack(
-                &key,
-                &s,
-                &format!("molt-runtime.{v}.linux.{arch}.zip"),
-                &packages,
-                vec![],
-            )?);
-        }
-    }
-    if !have_precheck {
+    let molt_bytes = std::fs::read(&exe).with_context(|| format!("read {}", exe.display()))?;
+    let fx = molt_ops::demo::build(dir, &molt_bytes, check_bundles()?.as_ref())?;
+    if !fx.have_precheck {
         say(
             "No signed precheck bundle found (signed-bundles/): the Pre Upgrade Check will be Skipped",
         );
     }
 
     say("Starting the control plane on 127.0.0.1 (embedded SQLite), fleet version v1");
-    let token = "demo-agent-token";
-    let mut cfg = molt_server::Config::new(dir.join("cp.db"), &packages, "127.0.0.1:0".parse()?);
+    let mut cfg = molt_server::Config::new(dir.join("cp.db"), &fx.packages, "127.0.0.1:0".parse()?);
     cfg.admin_token = Some("demo-admin-token-0123".into());
     cfg.fleet_version = Some(V1.into());
-    cfg.bootstrap_agents = vec![(AGENT.into(), token.into())];
+    cfg.bootstrap_agents = vec![(AGENT.into(), AGENT_TOKEN.into())];
     cfg.logs_dir = Some(dir.join("cp-logs"));
     let server = molt_server::bind(cfg).await?;
     let url = server.url();
@@ -280,57 +154,7 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
 
     say("Installing v1 into a fresh home");
     let home = Home::new(&home_dir);
-    let mut install = Vec::new();
-    for p in [v1_core.as_ref().map(|c| c.0.clone()), runtime.clone()]
-        .into_iter()
-        .flatten()
-    {
-        let v = molt_bundle::verify_bundle(&p, &root, &Default::default())?;
-        let x = src.join("install").join(v.manifest.kind.as_str());
-        molt_bundle::extract(&v, &p, &x, &Default::default())?;
-        let files: BTreeMap<String, FileMeta> = v
-            .manifest
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    e.path.clone(),
-                    FileMeta {
-                        size: e.size,
-                        sha256: e.sha256.clone(),
-                        mode: e.mode,
-                    },
-                )
-            })
-            .collect();
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        install.push((
-            InstalledPackage {
-                kind: v.manifest.kind.as_str().into(),
-                name,
-                version: V1.into(),
-                files,
-            },
-            x,
-        ));
-    }
-    molt_deploy::install::fresh_install(&home, &install)?;
-    std::fs::create_dir_all(home.state_dir())?;
-    std::fs::copy(&root_path, home.state_dir().join("root.json"))?;
-    let precheck_line = if have_precheck {
-        ""
-    } else {
-        "run_precheck = false\n"
-    };
-    std::fs::write(
-        home.config_file(),
-        format!(
-            "control_plane_url = \"{url}\"\nagent_name = \"{AGENT}\"\ntoken = \"{token}\"\nheartbeat_secs = 2\nhandover_wait_secs = 60\n{precheck_line}"
-        ),
-    )?;
+    fx.install_v1(&home, &url)?;
     println!("    {}/current -> versions/{V1}", home_dir.display());
 
     say("Starting the supervisor (molt run), which starts the v1 agent");
@@ -412,23 +236,22 @@ async fn demo(dir: &Path, deadline: Instant) -> anyhow::Result<()> {
         .db(|s| s.list_attempts(AGENT, 10))
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let v = serde_json::to_value(&attempts)?;
     say("Upgrade History");
-    for a in v.as_array().cloned().unwrap_or_default() {
+    for a in &attempts {
         println!(
             "    attempt {}  {} -> {}  result: {}",
-            a["id"],
-            short(a["from_version"].as_str().unwrap_or("")),
-            short(a["to_version"].as_str().unwrap_or("")),
-            a["result"].as_str().unwrap_or("(in progress)")
+            a.id,
+            short(&a.from_version),
+            short(&a.to_version),
+            a.result.map_or("(in progress)", |r| r.as_str())
         );
         println!("    {:<28} {:<12} message", "stage", "state");
-        for s in a["stages"].as_array().cloned().unwrap_or_default() {
+        for s in &a.stages {
             println!(
                 "    {:<28} {:<12} {}",
-                s["stage"].as_str().unwrap_or(""),
-                s["state"].as_str().unwrap_or(""),
-                s["message"].as_str().unwrap_or("")
+                s.stage.as_str(),
+                s.state.as_str(),
+                s.message
             );
         }
     }
