@@ -571,3 +571,118 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     assert!(st["waiting"].is_null(), "{out}");
     drop(services);
 }
+
+/// `molt fleet set-version|override|issues|readiness`: `--json` from the
+/// command's types, exit 0 done, 1 refused by the control plane, 2 usage.
+#[test]
+fn fleet_versions_issues_and_readiness_from_the_command_line() {
+    let k = Kit::new();
+    k.light_release(V1);
+    k.light_release(V2);
+    let cp = serve(
+        &k.dir.path().join("cp"),
+        &k.packages_dir(),
+        &["--fleet-version", V1],
+    );
+
+    let (code, v, out) = fleet(&cp.url, &["set-version", V2]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["version"], V2, "{out}");
+    assert_eq!(v["override"], Value::Null, "{out}");
+    assert_eq!(v["auto_upgrade_queued"], 1, "agent a1: {out}");
+    assert_eq!(get(&cp.url, "/api/v1/admin/fleet")["version"], V2);
+    // A version the packages directory does not serve: refused (1), said in JSON.
+    let missing = "vancouver-06-01-2023__patch9-09-09-2023_09-09-2023_0900";
+    let (code, v, out) = fleet(&cp.url, &["set-version", missing]);
+    assert_eq!(code, 1, "{out}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{out}");
+    // Not a version at all: the control plane refuses it too.
+    let (code, _, out) = fleet(&cp.url, &["set-version", "not a version"]);
+    assert_eq!(code, 1, "{out}");
+
+    let (code, v, out) = fleet(&cp.url, &["override", V1]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["override"], V1, "{out}");
+    let (code, v, out) = fleet(&cp.url, &["override", "--clear"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["override"], Value::Null, "{out}");
+    // Neither a version nor --clear: usage (clap's 2).
+    let (code, _, out) = fleet(&cp.url, &["override"]);
+    assert_eq!(code, 2, "{out}");
+
+    // An issue reported by agent a1 through the agent API.
+    let (st, text) = molt_e2e::agent_fx::http_call(
+        &cp.url,
+        reqwest::Method::POST,
+        "/api/v1/agent/issues",
+        AGENT_TOKEN,
+        Some(json!({"source": "precheck", "findings": [
+            {"code": "disk_space", "severity": "blocking", "description": "1 GiB free"}
+        ]})),
+    );
+    assert!((200..300).contains(&st), "{st}: {text}");
+    let (code, v, out) = fleet(&cp.url, &["issues", "list", "--open"]);
+    assert_eq!(code, 0, "{out}");
+    let list = v.as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{out}");
+    assert_eq!(list[0]["code"], "disk_space");
+    assert_eq!(list[0]["state"], "New");
+    let id = list[0]["id"].as_i64().unwrap().to_string();
+    let (code, v, out) = fleet(&cp.url, &["issues", "ack", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["state"], "Acknowledged", "{out}");
+    let (code, v, out) = fleet(&cp.url, &["issues", "resolve", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["state"], "Resolved", "{out}");
+    let (code, v, out) = fleet(&cp.url, &["issues", "list", "--open"]);
+    assert_eq!((code, v.as_array().map(Vec::len)), (0, Some(0)), "{out}");
+    let (code, _, out) = fleet(&cp.url, &["issues", "ack", "999999"]);
+    assert_eq!(code, 1, "an unknown issue: {out}");
+    let (code, _, out) = fleet(&cp.url, &["issues", "list", "--state", "Sideways"]);
+    assert_eq!(code, 1, "{out}");
+    let (code, _, out) = fleet(&cp.url, &["issues", "ack", "one"]);
+    assert_eq!(code, 2, "{out}");
+
+    // Readiness: a1 never checked; --run queues runPrecheck, then it is Pending.
+    let (code, v, out) = fleet(&cp.url, &["readiness", V2]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        (v["not_checked"].as_u64(), v["ready"].as_u64()),
+        (Some(1), Some(0)),
+        "{out}"
+    );
+    assert_eq!(v["agents"][0]["agent"], "a1", "{out}");
+    let (code, v, out) = fleet(&cp.url, &["readiness", V2, "--run"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["queued"], 1, "{out}");
+    assert_eq!(v["pending"], 1, "{out}");
+    assert_eq!(v["agents"][0]["readiness"], "Pending", "{out}");
+    let cmds = get(&cp.url, "/api/v1/admin/commands?agent=a1");
+    assert!(
+        cmds.as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["kind"] == "runPrecheck" && c["args"]["version"] == V2),
+        "{cmds}"
+    );
+    // Text output for a person, and no token is usage (2).
+    let o = molt_testkit::bin::molt_cmd(&["fleet", "--url", &cp.url, "readiness", V2])
+        .env("MOLT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("0 Ready, 0 Not Ready, 1 Pending"),
+        "{text}"
+    );
+    let o = molt_testkit::bin::molt_cmd(&["fleet", "--url", &cp.url, "set-version", V1])
+        .env_remove("MOLT_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        get(&cp.url, "/api/v1/admin/fleet")["version"],
+        V2,
+        "nothing changed"
+    );
+}

@@ -197,6 +197,36 @@ pub async fn post_logout() -> Response {
 pub struct DashQuery {
     msg: Option<String>,
     readiness: Option<String>,
+    /// Agents table: page (1-based), sort column, `desc=1`, filters.
+    page: Option<usize>,
+    sort: Option<String>,
+    desc: Option<String>,
+    label: Option<String>,
+    status: Option<String>,
+    version: Option<String>,
+}
+
+/// Rows of the agents table per page: with 10,000 agents the page stays small.
+const AGENTS_PER_PAGE: usize = 50;
+/// Rows of the readiness and issues tables shown (the counts say the rest).
+const ROWS_SHOWN: usize = 50;
+
+/// The agents table's query string (page, sort and filters) with changes.
+fn agents_href(q: &DashQuery, page: usize, sort: &str, desc: bool) -> String {
+    let mut parts = vec![format!("page={page}"), format!("sort={}", enc(sort))];
+    if desc {
+        parts.push("desc=1".into());
+    }
+    for (k, v) in [
+        ("label", &q.label),
+        ("status", &q.status),
+        ("version", &q.version),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            parts.push(format!("{k}={}", enc(v)));
+        }
+    }
+    format!("/dashboard?{}#agents", parts.join("&"))
 }
 
 fn back(to: &str, msg: &str) -> Response {
@@ -215,12 +245,42 @@ pub async fn index(
 ) -> Result<Html<String>, ApiError> {
     let now = state.config.clock.now();
     let fleet = state.fleet_state();
-    let agents: Vec<AgentView> = state
-        .db(|s| s.list_agents())
-        .await?
+    // One page of agents, filtered and sorted in the store (never the whole list).
+    let sort =
+        crate::store::AgentSort::parse(q.sort.as_deref().unwrap_or("name")).unwrap_or_default();
+    let desc = q.desc.as_deref().is_some_and(|d| d == "1");
+    let mut labels = crate::model::Labels::new();
+    for kv in q
+        .label
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        if let Some((k, v)) = kv.split_once('=') {
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+    }
+    let query = crate::store::AgentQuery {
+        labels,
+        status: q
+            .status
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .and_then(crate::model::AgentStatus::parse),
+        version: q.version.clone().filter(|v| !v.is_empty()),
+        seen_after: now - crate::clock::chrono_dur(state.config.agent_down_after),
+        page: q.page.unwrap_or(1).max(1),
+        per_page: AGENTS_PER_PAGE,
+    };
+    let page_no = query.page;
+    let (agents, total) = state
+        .db(move |s| s.agents_sorted_page(&query, sort, desc))
+        .await?;
+    let agents: Vec<AgentView> = agents
         .into_iter()
         .map(|a| AgentView::of(&state, a))
         .collect();
+    let versions = state.db(|s| s.version_counts()).await?;
     let issues = state
         .db(|s| {
             s.list_issues(&IssueFilter {
@@ -279,10 +339,59 @@ pub async fn index(
         rollout_section(&mut b, &v);
     }
 
+    version_chart(&mut b, &versions);
+    let pages = total.div_ceil(AGENTS_PER_PAGE).max(1);
+    let th = |col: &str, title: &str| {
+        let next_desc = sort.as_str() == col && !desc;
+        let mark = match (sort.as_str() == col, desc) {
+            (true, false) => " ▲",
+            (true, true) => " ▼",
+            _ => "",
+        };
+        format!(
+            "<th><a class=\"sort\" id=\"sort-{col}\" href=\"{}\">{title}{mark}</a></th>",
+            esc(&agents_href(&q, 1, col, next_desc))
+        )
+    };
     let _ = write!(
         b,
-        "<section id=\"agents\"><h2>Agents ({})</h2><table><tr><th>Name</th><th>Host</th><th>Version</th><th>Status</th><th>Last seen</th><th>Actions</th></tr>",
-        agents.len()
+        "<section id=\"agents\"><h2>Agents (<span id=\"agents-total\">{total}</span>)</h2>\
+         <form class=\"inline\" id=\"agents-filter\" method=\"get\" action=\"/dashboard#agents\">\
+         <input type=\"hidden\" name=\"sort\" value=\"{}\">{}\
+         <input name=\"label\" placeholder=\"label k=v,k2=v2\" value=\"{}\"> \
+         <input name=\"status\" placeholder=\"status\" size=\"10\" value=\"{}\"> \
+         <input name=\"version\" placeholder=\"version\" size=\"40\" value=\"{}\"> <button id=\"filter-agents\">Filter</button></form>\
+         <p class=\"muted\" id=\"agents-page\">Page {page_no} of {pages}{}{}</p>\
+         <table><tr>{}<th>Host</th>{}{}{}<th>Actions</th></tr>",
+        sort.as_str(),
+        if desc {
+            "<input type=\"hidden\" name=\"desc\" value=\"1\">"
+        } else {
+            ""
+        },
+        esc(q.label.as_deref().unwrap_or("")),
+        esc(q.status.as_deref().unwrap_or("")),
+        esc(q.version.as_deref().unwrap_or("")),
+        if page_no > 1 {
+            format!(
+                " · <a id=\"agents-prev\" href=\"{}\">previous</a>",
+                esc(&agents_href(&q, page_no - 1, sort.as_str(), desc))
+            )
+        } else {
+            String::new()
+        },
+        if page_no < pages {
+            format!(
+                " · <a id=\"agents-next\" href=\"{}\">next</a>",
+                esc(&agents_href(&q, page_no + 1, sort.as_str(), desc))
+            )
+        } else {
+            String::new()
+        },
+        th("name", "Name"),
+        th("version", "Version"),
+        th("status", "Status"),
+        th("last_seen", "Last seen"),
     );
     for a in &agents {
         let dup = if a.duplicate {
@@ -322,7 +431,21 @@ pub async fn index(
             "<p>{ready} of {} agents ready.</p><table><tr><th>Agent</th><th>Readiness</th><th>Message</th></tr>",
             readiness.len()
         );
-        for r in &readiness {
+        // Not Ready first, then Pending / Not Checked; Ready rows only while room is left.
+        let mut shown: Vec<&Readiness> = readiness
+            .iter()
+            .filter(|r| r.readiness != "Ready")
+            .collect();
+        shown.sort_by_key(|r| r.readiness != "Not Ready");
+        shown.extend(readiness.iter().filter(|r| r.readiness == "Ready"));
+        if readiness.len() > ROWS_SHOWN {
+            let _ = write!(
+                b,
+                "<p class=\"muted\">Showing {ROWS_SHOWN} of {} (not ready first; `molt fleet readiness` lists all).</p>",
+                readiness.len()
+            );
+        }
+        for r in shown.into_iter().take(ROWS_SHOWN) {
             let _ = write!(
                 b,
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -340,7 +463,14 @@ pub async fn index(
         "<section id=\"issues\"><h2>Open issues ({})</h2>",
         issues.len()
     );
-    issues_table(&mut b, &issues);
+    if issues.len() > ROWS_SHOWN {
+        let _ = write!(
+            b,
+            "<p class=\"muted\">Showing {ROWS_SHOWN} of {} (`molt fleet issues list --open` lists all).</p>",
+            issues.len()
+        );
+    }
+    issues_table(&mut b, &issues[..issues.len().min(ROWS_SHOWN)]);
     b.push_str("</section>");
     Ok(page("Dashboard", q.msg.as_deref(), &b))
 }
@@ -658,6 +788,26 @@ pub async fn action_fleet(
 }
 
 /// The newest rollout: state, halt reason, per-group progress bars.
+/// The version distribution as horizontal bars (agents per version, most first).
+fn version_chart(b: &mut String, versions: &[(Option<String>, usize)]) {
+    let total: usize = versions.iter().map(|(_, n)| n).sum();
+    b.push_str("<section id=\"versions\"><h2>Versions</h2>");
+    if total == 0 {
+        b.push_str("<p class=\"muted\">No agents.</p></section>");
+        return;
+    }
+    b.push_str("<table class=\"chart\">");
+    for (v, n) in versions.iter().take(20) {
+        let pct = *n as f64 * 100.0 / total as f64;
+        let _ = write!(
+            b,
+            "<tr class=\"version-bar\"><td>{}</td><td style=\"width:60%\"><div style=\"background:#3b6fd4;height:14px;width:{pct:.1}%\"></div></td><td>{n} ({pct:.1}%)</td></tr>",
+            esc(v.as_deref().unwrap_or("(not reported)"))
+        );
+    }
+    b.push_str("</table></section>");
+}
+
 fn rollout_section(b: &mut String, v: &crate::api_rollout::RolloutView) {
     let r = &v.rollout;
     let _ = write!(
@@ -677,6 +827,15 @@ fn rollout_section(b: &mut String, v: &crate::api_rollout::RolloutView) {
             b,
             "<p class=\"dup\" id=\"rollout-reason\">{}</p>",
             esc(reason)
+        );
+    }
+    if let Some(w) = &v.waiting {
+        let _ = write!(b, "<p id=\"rollout-waiting\">{}</p>", esc(w));
+    }
+    if let Some(n) = v.semaphore_limit {
+        let _ = write!(
+            b,
+            "<p class=\"muted\">Max in flight (upgrade semaphore): <b id=\"rollout-max-in-flight\">{n}</b></p>"
         );
     }
     let _ = write!(

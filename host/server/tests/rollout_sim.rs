@@ -276,6 +276,40 @@ async fn simulated_agents_never_exceed_max_in_flight_and_go_group_by_group() {
     }
     let fleet = admin(&c, &url, "GET", "/api/v1/admin/fleet", Value::Null).await;
     assert_eq!(fleet["version"], V2);
+
+    // The dashboard renders one page of agents from the store's sorted page,
+    // and the version distribution.
+    let dash = |q: &str| {
+        let c = c.clone();
+        let u = format!("{url}/dashboard{q}");
+        async move {
+            let r = c.get(u).bearer_auth(ADMIN).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.text().await.unwrap()
+        }
+    };
+    let html = dash("").await;
+    assert!(html.len() < 200_000, "dashboard page {} bytes", html.len());
+    let pages = AGENTS.div_ceil(50);
+    assert!(html.contains(&format!("Page 1 of {pages}")), "paginated");
+    assert!(
+        html.contains("id=\"agent-sim-0000\"") && !html.contains("id=\"agent-sim-0050\""),
+        "50 rows by name"
+    );
+    assert!(
+        html.contains(&format!("{V2}</td>")) && html.contains(&format!("{AGENTS} (100.0%)")),
+        "version chart"
+    );
+    let html = dash("?page=2&sort=name&desc=1").await;
+    assert!(
+        html.contains("id=\"agent-sim-0948\"") && !html.contains("id=\"agent-sim-0949\""),
+        "page 2 of names descending starts after sim-0949"
+    );
+    let html = dash("?label=site%3Db&page=1").await;
+    assert!(
+        html.contains(&format!("id=\"agents-total\">{}<", AGENTS / 3)),
+        "filtered by label in the store"
+    );
     for t in tasks {
         t.abort();
     }

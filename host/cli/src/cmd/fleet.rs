@@ -60,6 +60,107 @@ pub enum FleetCmd {
     /// Versions offered to no agent (halted or aborted rollouts).
     #[command(subcommand)]
     Blocklist(BlocklistCmd),
+    /// Set the fleet buildstamp (queues autoUpgrade for every agent; refused
+    /// while a rollout is open).
+    SetVersion {
+        #[arg(value_name = "VERSION")]
+        target: String,
+    },
+    /// Pin every agent to a version (`--clear` removes the pin).
+    Override {
+        #[arg(value_name = "VERSION", required_unless_present = "clear")]
+        target: Option<String>,
+        #[arg(long, conflicts_with = "target")]
+        clear: bool,
+    },
+    /// Issues the agents reported.
+    #[command(subcommand)]
+    Issues(IssuesCmd),
+    /// Every agent's readiness for a version (`--run` queues runPrecheck first).
+    Readiness {
+        #[arg(value_name = "VERSION")]
+        target: String,
+        #[arg(long)]
+        run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IssuesCmd {
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        /// New, Acknowledged or Resolved.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only issues not Resolved.
+        #[arg(long)]
+        open: bool,
+    },
+    /// Acknowledge an issue.
+    Ack { id: i64 },
+    /// Resolve an issue.
+    Resolve { id: i64 },
+}
+
+/// The fleet's version settings (`set-version`, `override`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FleetOut {
+    version: Option<String>,
+    #[serde(rename = "override")]
+    override_version: Option<String>,
+    /// `set-version`: agents sent autoUpgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auto_upgrade_queued: Option<u64>,
+}
+
+/// One issue as the API answers it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IssueOut {
+    id: i64,
+    agent: String,
+    source: String,
+    code: String,
+    severity: String,
+    description: String,
+    remediation: Option<String>,
+    state: String,
+    count: i64,
+    first_detected: String,
+    last_detected: String,
+    resolved_at: Option<String>,
+}
+
+/// One agent's readiness for a version.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReadinessRow {
+    agent: String,
+    readiness: String,
+    message: Option<String>,
+    command_id: Option<i64>,
+}
+
+/// `molt fleet readiness`: the counts and every agent's row.
+#[derive(serde::Serialize)]
+struct ReadinessOut {
+    version: String,
+    /// runPrecheck queued for this many agents (with `--run`).
+    queued: Option<u64>,
+    ready: usize,
+    not_ready: usize,
+    pending: usize,
+    not_checked: usize,
+    agents: Vec<ReadinessRow>,
+}
+
+/// A typed answer of the API, or why it did not parse.
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Fail> {
+    serde_json::from_value(v)
+        .map_err(|e| Fail::Api(format!("unexpected answer from the control plane: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
 }
 
 #[derive(Subcommand)]
@@ -77,6 +178,14 @@ pub enum RolloutCmd {
         /// the catch-all, last; `window` may repeat).
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// Fleet-wide max in flight, N or N% of the rollout's agents (a group's
+        /// `max_in_flight` caps it); also the upgrade semaphore's limit.
+        #[arg(long, value_name = "N|N%")]
+        max_in_flight: Option<String>,
+        /// A group starts only when this share (0 < r <= 1) of its agents is
+        /// Ready for the version (their precheck found nothing blocking).
+        #[arg(long, value_name = "RATIO")]
+        readiness_gate: Option<f64>,
     },
     /// A rollout's state, reason and per-group progress (default: the newest).
     Status { id: Option<i64> },
@@ -312,6 +421,8 @@ fn run_inner(a: &FleetArgs) -> Result<(), Fail> {
             target,
             spec,
             groups,
+            max_in_flight,
+            readiness_gate,
         }) => {
             let mut body = match spec {
                 Some(p) => {
@@ -329,6 +440,19 @@ fn run_inner(a: &FleetArgs) -> Result<(), Fail> {
             };
             if let Some(v) = target {
                 body["version"] = json!(v);
+            }
+            if let Some(m) = max_in_flight {
+                body["max_in_flight"] =
+                    if m.ends_with('%') {
+                        json!(m)
+                    } else {
+                        json!(m.parse::<u64>().map_err(|_| Fail::Usage(format!(
+                            "--max-in-flight {m}: not N or N%"
+                        )))?)
+                    };
+            }
+            if let Some(r) = readiness_gate {
+                body["readiness_gate"] = json!(r);
             }
             if !groups.is_empty() {
                 body["groups"] = Value::Array(
@@ -377,6 +501,133 @@ fn run_inner(a: &FleetArgs) -> Result<(), Fail> {
                 print_blocklist(&v);
             }
             v
+        }
+        FleetCmd::SetVersion { target: version } => {
+            let put = api.call(
+                "PUT",
+                "/api/v1/admin/fleet",
+                Some(&json!({ "version": version })),
+            )?;
+            let mut f: FleetOut = typed(api.get("/api/v1/admin/fleet")?)?;
+            f.auto_upgrade_queued = put["auto_upgrade_queued"].as_u64();
+            if !a.json {
+                println!(
+                    "fleet version: {} (autoUpgrade queued for {} agent(s))",
+                    f.version.as_deref().unwrap_or("(none)"),
+                    f.auto_upgrade_queued.unwrap_or(0)
+                );
+            }
+            to_value(&f)
+        }
+        FleetCmd::Override {
+            target: version,
+            clear,
+        } => {
+            match version.as_deref().filter(|_| !clear) {
+                Some(v) => {
+                    api.call(
+                        "PUT",
+                        "/api/v1/admin/fleet/override",
+                        Some(&json!({ "version": v })),
+                    )?;
+                }
+                None => {
+                    api.call("DELETE", "/api/v1/admin/fleet/override", None)?;
+                }
+            }
+            let f: FleetOut = typed(api.get("/api/v1/admin/fleet")?)?;
+            if !a.json {
+                println!(
+                    "override: {}",
+                    f.override_version.as_deref().unwrap_or("(none)")
+                );
+            }
+            to_value(&f)
+        }
+        FleetCmd::Issues(IssuesCmd::List { agent, state, open }) => {
+            let mut q = vec![];
+            if let Some(x) = agent {
+                q.push(format!("agent={}", enc(x)));
+            }
+            if let Some(x) = state {
+                q.push(format!("state={}", enc(x)));
+            }
+            if *open {
+                q.push("open=true".into());
+            }
+            let list: Vec<IssueOut> =
+                typed(api.get(&format!("/api/v1/admin/issues?{}", q.join("&")))?)?;
+            if !a.json {
+                for i in &list {
+                    println!(
+                        "{:>6} {:<14} {:<24} {:<9} {:<28} {}",
+                        i.id, i.state, i.agent, i.severity, i.code, i.description
+                    );
+                }
+                println!("{} issue(s)", list.len());
+            }
+            to_value(&list)
+        }
+        FleetCmd::Issues(IssuesCmd::Ack { id }) | FleetCmd::Issues(IssuesCmd::Resolve { id }) => {
+            let what = if matches!(a.cmd, FleetCmd::Issues(IssuesCmd::Ack { .. })) {
+                "acknowledge"
+            } else {
+                "resolve"
+            };
+            let i: IssueOut = typed(api.call(
+                "POST",
+                &format!("/api/v1/admin/issues/{id}/{what}"),
+                Some(&json!({})),
+            )?)?;
+            if !a.json {
+                println!("issue {} ({} on {}): {}", i.id, i.code, i.agent, i.state);
+            }
+            to_value(&i)
+        }
+        FleetCmd::Readiness {
+            target: version,
+            run,
+        } => {
+            let queued = if *run {
+                let v = api.call(
+                    "POST",
+                    "/api/v1/admin/readiness",
+                    Some(&json!({ "version": version })),
+                )?;
+                v["queued"].as_u64()
+            } else {
+                None
+            };
+            let agents: Vec<ReadinessRow> =
+                typed(api.get(&format!("/api/v1/admin/readiness?version={}", enc(version)))?)?;
+            let n = |w: &str| agents.iter().filter(|r| r.readiness == w).count();
+            let out = ReadinessOut {
+                version: version.clone(),
+                queued,
+                ready: n("Ready"),
+                not_ready: n("Not Ready"),
+                pending: n("Pending"),
+                not_checked: n("Not Checked"),
+                agents,
+            };
+            if !a.json {
+                if let Some(q) = out.queued {
+                    println!("runPrecheck of {version} queued for {q} agent(s)");
+                }
+                println!(
+                    "{version}: {} Ready, {} Not Ready, {} Pending, {} Not Checked",
+                    out.ready, out.not_ready, out.pending, out.not_checked
+                );
+                for r in out.agents.iter().filter(|r| r.readiness != "Ready") {
+                    println!(
+                        "  {:<24} {:<12} {}",
+                        r.agent,
+                        r.readiness,
+                        r.message.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            to_value(&out)
         }
         FleetCmd::Blocklist(BlocklistCmd::Clear { blocked: version }) => {
             let v = api.call(
@@ -484,6 +735,9 @@ fn print_rollout(v: &Value) {
     }
     if let Some(w) = v["waiting"].as_str() {
         println!("  {w}");
+    }
+    if let Some(n) = v["semaphore_limit"].as_u64() {
+        println!("  max in flight (upgrade semaphore): {n}");
     }
     for g in v["group_progress"].as_array().into_iter().flatten() {
         println!(

@@ -152,6 +152,38 @@ pub struct AgentQuery {
     pub per_page: usize,
 }
 
+/// Column [`Store::agents_sorted_page`] orders by (status: the reported one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentSort {
+    #[default]
+    Name,
+    Version,
+    Status,
+    LastSeen,
+}
+
+impl AgentSort {
+    /// From a query parameter (`name`, `version`, `status`, `last_seen`).
+    pub fn parse(s: &str) -> Option<AgentSort> {
+        match s {
+            "name" => Some(AgentSort::Name),
+            "version" => Some(AgentSort::Version),
+            "status" => Some(AgentSort::Status),
+            "last_seen" => Some(AgentSort::LastSeen),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentSort::Name => "name",
+            AgentSort::Version => "version",
+            AgentSort::Status => "status",
+            AgentSort::LastSeen => "last_seen",
+        }
+    }
+}
+
 /// The control plane's repository. Every method is one transaction.
 pub trait Store: Send + Sync + 'static {
     // Replicas.
@@ -346,6 +378,28 @@ pub trait Store: Send + Sync + 'static {
     /// `--max-concurrent-upgrades` default); None: no rollout holds it.
     fn slot_limit(&self) -> Result<Option<u32>, StoreError>;
     fn set_slot_limit(&self, limit: Option<u32>) -> Result<(), StoreError>;
+    /// [`Store::agents_page`] ordered by `sort` (then by name), for the dashboard.
+    /// The default orders by name only (a backend that has not implemented it yet).
+    fn agents_sorted_page(
+        &self,
+        q: &AgentQuery,
+        sort: AgentSort,
+        descending: bool,
+    ) -> Result<(Vec<Agent>, usize), StoreError> {
+        let _ = (sort, descending);
+        self.agents_page(q)
+    }
+    /// How many agents run each version (None: never reported), most first.
+    /// The default counts the whole agent list (a backend should GROUP BY).
+    fn version_counts(&self) -> Result<Vec<(Option<String>, usize)>, StoreError> {
+        let mut m = std::collections::BTreeMap::<Option<String>, usize>::new();
+        for a in self.list_agents()? {
+            *m.entry(a.version).or_default() += 1;
+        }
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(v)
+    }
     /// Ids of the attempts to `version` started at or after `since` whose
     /// Health Check stage is Failed (the halt rule counts them).
     fn health_check_failures(

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{AgentQuery, IssueFilter, Store, StoreError, StoreEvent, TokenHash};
+use super::{AgentQuery, AgentSort, IssueFilter, Store, StoreError, StoreEvent, TokenHash};
 use crate::clock::{from_ms, to_ms};
 use crate::model::{
     Agent, AgentStatus, Attempt, AttemptResult, Command, CommandKind, CommandState, Finding,
@@ -1041,6 +1041,15 @@ impl Store for SqliteStore {
     }
 
     fn agents_page(&self, q: &AgentQuery) -> Result<(Vec<Agent>, usize), StoreError> {
+        self.agents_sorted_page(q, AgentSort::Name, false)
+    }
+
+    fn agents_sorted_page(
+        &self,
+        q: &AgentQuery,
+        sort: AgentSort,
+        descending: bool,
+    ) -> Result<(Vec<Agent>, usize), StoreError> {
         use rusqlite::types::Value as Sql;
         let mut conds: Vec<String> = Vec::new();
         let mut args: Vec<Sql> = Vec::new();
@@ -1089,8 +1098,11 @@ impl Store for SqliteStore {
         let mut page_args = args.clone();
         page_args.push(Sql::Integer(per as i64));
         page_args.push(Sql::Integer(offset as i64));
+        // The column comes from AgentSort's fixed names, never from the request.
         let mut st = conn.prepare(&format!(
-            "SELECT {AGENT_COLS} FROM agents{filter} ORDER BY name LIMIT ? OFFSET ?"
+            "SELECT {AGENT_COLS} FROM agents{filter} ORDER BY {} {}, name LIMIT ? OFFSET ?",
+            sort.as_str(),
+            if descending { "DESC" } else { "ASC" }
         ))?;
         let rows = st.query_map(rusqlite::params_from_iter(page_args.iter()), agent_row)?;
         let agents = rows
@@ -1245,6 +1257,17 @@ impl Store for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn version_counts(&self) -> Result<Vec<(Option<String>, usize)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT version, COUNT(*) FROM agents GROUP BY version ORDER BY COUNT(*) DESC, version",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)? as usize))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn slot_limit(&self) -> Result<Option<u32>, StoreError> {
@@ -1962,6 +1985,27 @@ mod tests {
                     .unwrap()
             ),
             (vec!["d".to_string()], 3)
+        );
+        // Sorted pages (the dashboard): by version descending, then by name.
+        assert_eq!(
+            names(
+                s.agents_sorted_page(&q(&[], None, 1, 2), AgentSort::Version, true)
+                    .unwrap()
+            ),
+            (vec!["a".to_string(), "b".to_string()], 4),
+            "a reports v1; the others none (NULL sorts last descending)"
+        );
+        assert_eq!(
+            names(
+                s.agents_sorted_page(&q(&[], None, 1, 1), AgentSort::Name, true)
+                    .unwrap()
+            )
+            .0,
+            vec!["d".to_string()]
+        );
+        assert_eq!(
+            s.version_counts().unwrap(),
+            vec![(None, 3), (Some("v1".to_string()), 1)]
         );
     }
 
