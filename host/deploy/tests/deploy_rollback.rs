@@ -18,6 +18,20 @@ fn queue_has(th: &TestHome, needle: &[(&str, &str)]) -> bool {
     })
 }
 
+/// `version`'s dir is exactly as built and the queue reports the truststore
+/// migration Complete with `message` (e.g. `1 custom`).
+fn assert_migrated(th: &TestHome, version: &str, message: &str) {
+    molt_deploy::build::verify_version_dir(&th.home.version_dir(version)).unwrap();
+    assert!(queue_has(
+        th,
+        &[
+            ("stage", "MigrateTrustStore"),
+            ("state", "Complete"),
+            ("message", message)
+        ]
+    ));
+}
+
 #[test]
 fn an_upgrade_then_a_rollback_leave_every_file_of_the_other_versions_unchanged() {
     let (v1, v2, ch2) = v1_v2(300, 10);
@@ -249,15 +263,7 @@ fn a_custom_certificate_survives_a_runtime_upgrade_and_config_is_byte_identical(
         std::fs::read_to_string(&store).unwrap(),
         format!("{STOCK_A}{CUSTOM}")
     );
-    molt_deploy::build::verify_version_dir(&th.home.version_dir("v2")).unwrap();
-    assert!(queue_has(
-        &th,
-        &[
-            ("stage", "MigrateTrustStore"),
-            ("state", "Complete"),
-            ("message", "1 custom")
-        ]
-    ));
+    assert_migrated(&th, "v2", "1 custom");
 
     assert_eq!(
         std::fs::read(th.home.config_file()).unwrap(),
@@ -299,15 +305,7 @@ fn a_truststore_edited_in_place_does_not_break_later_upgrades() {
         "custom CA kept: {text}"
     );
     assert!(text.contains("U1RPQ0stQQ=="), "stock CA kept: {text}");
-    molt_deploy::build::verify_version_dir(&th.home.version_dir("v2")).unwrap();
-    assert!(queue_has(
-        &th,
-        &[
-            ("stage", "MigrateTrustStore"),
-            ("state", "Complete"),
-            ("message", "1 custom")
-        ]
-    ));
+    assert_migrated(&th, "v2", "1 custom");
     // A fresh inode: a later in-place edit of v2's truststore cannot reach v1.
     use std::os::unix::fs::MetadataExt;
     assert_ne!(
