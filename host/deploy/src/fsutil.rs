@@ -91,31 +91,10 @@ pub struct FileLock {
 impl FileLock {
     /// `Ok(None)` when another process holds the lock.
     pub fn try_acquire(path: &Path) -> Result<Option<FileLock>, DeployError> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(io_err(d))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            Ok(Some(FileLock {
-                _file: file,
-                path: path.to_path_buf(),
-            }))
-        } else {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                Ok(None)
-            } else {
-                Err(io_err(path)(e))
-            }
-        }
+        Ok(molt_layout::lock_file(path, false)?.map(|file| FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        }))
     }
 
     /// Is the lock currently held by some process?

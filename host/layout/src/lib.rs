@@ -173,6 +173,41 @@ impl Home {
     }
 }
 
+/// An exclusive `flock` on `path` (created, with its parent, if missing), held
+/// as long as the returned file is open; the kernel drops it when the holder
+/// dies, even by SIGKILL, which is how a stale holder is recognised. `Ok(None)`
+/// when `wait` is false and another process holds it. The deploy lock and the
+/// report queue's lock both take it here.
+pub fn lock_file(path: &Path, wait: bool) -> Result<Option<std::fs::File>, LayoutError> {
+    use std::os::fd::AsRawFd;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: flock on a descriptor we own for the duration of the call.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(Some(file));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
+            _ => return Err(io_err(path)(e)),
+        }
+    }
+}
+
 /// The name of a version directory's meta folder (never part of a payload).
 pub const META_DIR: &str = "meta";
 

@@ -108,32 +108,13 @@ struct Lock {
 impl Lock {
     /// `Ok(None)` when `wait` is false and another holder has it.
     fn acquire(path: &Path, wait: bool) -> Result<Option<Lock>, QueueError> {
-        use std::os::fd::AsRawFd;
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(io_err(d))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        let op = if wait {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_EX | libc::LOCK_NB
-        };
-        loop {
-            // SAFETY: flock on a descriptor we own for the duration of the call.
-            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-                return Ok(Some(Lock { _file: file }));
-            }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
-                _ => return Err(io_err(path)(e)),
-            }
+        match crate::lock_file(path, wait) {
+            Ok(f) => Ok(f.map(|file| Lock { _file: file })),
+            Err(crate::LayoutError::Io { path, source }) => Err(QueueError::Io { path, source }),
+            Err(other) => Err(QueueError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(other.to_string()),
+            }),
         }
     }
 }
