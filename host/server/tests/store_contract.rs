@@ -20,7 +20,7 @@ use molt_server::model::{
     IssueReportOutcome, IssueState, Labels, RolloutState, SlotOutcome, Stage, StageState,
 };
 use molt_server::rollout::{Admit, Plan};
-use molt_server::store::{self, AgentQuery, IssueFilter, Store, StoreError, StoreEvent};
+use molt_server::store::{self, AgentQuery, AgentSort, IssueFilter, Store, StoreError, StoreEvent};
 use molt_testkit::pg::PgServer;
 
 type Case = (&'static str, fn(&dyn Store));
@@ -39,6 +39,10 @@ const CASES: &[Case] = &[
     ("log_uploads", log_uploads),
     ("labels_and_agents_page", labels_and_agents_page),
     ("rollout_lifecycle", rollout_lifecycle),
+    (
+        "sorted_pages_and_version_counts",
+        sorted_pages_and_version_counts,
+    ),
     ("readiness_and_publish", readiness_and_publish),
 ];
 
@@ -584,6 +588,47 @@ fn labels_and_agents_page(s: &dyn Store) {
         (vec!["d".to_string()], 3)
     );
     assert_eq!(names(q(&[], None, None, 1, 10)).1, 4);
+}
+
+fn sorted_pages_and_version_counts(s: &dyn Store) {
+    let now = Utc::now();
+    let w = chrono::Duration::seconds(600);
+    let beat = |name: &str, n: u8, version: &str, ago: i64| {
+        let id = s.create_agent(name, &[n; 32], now).unwrap();
+        let mut h = hb("h", i64::from(n), Labels::new());
+        h.version = version.into();
+        s.record_heartbeat(id, &h, now - chrono::Duration::seconds(ago), w)
+            .unwrap();
+    };
+    beat("a", 1, "v2", 0);
+    beat("b", 2, "v1", 10);
+    beat("d", 4, "v1", 20);
+    s.create_agent("c", &[3; 32], now).unwrap(); // never reported: no version, never seen
+    let q = AgentQuery {
+        seen_after: now - chrono::Duration::seconds(60),
+        page: 1,
+        per_page: 10,
+        ..Default::default()
+    };
+    let order = |sort, desc| -> Vec<String> {
+        let (v, n) = s.agents_sorted_page(&q, sort, desc).unwrap();
+        assert_eq!(n, 4);
+        v.into_iter().map(|a| a.name).collect()
+    };
+    // Never-reported values sort first ascending and last descending, ties by name.
+    assert_eq!(order(AgentSort::Version, false), ["c", "b", "d", "a"]);
+    assert_eq!(order(AgentSort::Version, true), ["a", "b", "d", "c"]);
+    assert_eq!(order(AgentSort::LastSeen, true), ["a", "b", "d", "c"]);
+    assert_eq!(order(AgentSort::Status, false), ["c", "a", "b", "d"]);
+    assert_eq!(order(AgentSort::Name, true), ["d", "c", "b", "a"]);
+    assert_eq!(
+        s.version_counts().unwrap(),
+        vec![
+            (Some("v1".to_string()), 2),
+            (None, 1),
+            (Some("v2".to_string()), 1)
+        ]
+    );
 }
 
 fn rollout_lifecycle(s: &dyn Store) {

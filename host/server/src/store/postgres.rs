@@ -22,7 +22,9 @@ use postgres::types::ToSql;
 use postgres::{GenericClient, NoTls, Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{AgentQuery, EVENTS_CHANNEL, IssueFilter, Store, StoreError, StoreEvent, TokenHash};
+use super::{
+    AgentQuery, AgentSort, EVENTS_CHANNEL, IssueFilter, Store, StoreError, StoreEvent, TokenHash,
+};
 use crate::clock::{from_ms, to_ms};
 use crate::model::{
     Agent, AgentStatus, Attempt, AttemptBrief, AttemptResult, BlockedVersion, Command, CommandKind,
@@ -1309,6 +1311,15 @@ impl Store for PgStore {
     }
 
     fn agents_page(&self, q: &AgentQuery) -> Result<(Vec<Agent>, usize), StoreError> {
+        self.agents_sorted_page(q, AgentSort::Name, false)
+    }
+
+    fn agents_sorted_page(
+        &self,
+        q: &AgentQuery,
+        sort: AgentSort,
+        descending: bool,
+    ) -> Result<(Vec<Agent>, usize), StoreError> {
         let mut conds: Vec<String> = Vec::new();
         let mut args: Vec<Box<dyn ToSql + Sync>> = Vec::new();
         for (k, v) in &q.labels {
@@ -1353,7 +1364,14 @@ impl Store for PgStore {
         let offset = (q.page.max(1) - 1).saturating_mul(per as usize) as i64;
         let n = args.len();
         let sql_page = format!(
-            "SELECT {AGENT_COLS} FROM agents{filter} ORDER BY name LIMIT ${} OFFSET ${}",
+            "SELECT {AGENT_COLS} FROM agents{filter} ORDER BY {} {}, name LIMIT ${} OFFSET ${}",
+            sort.as_str(),
+            // NULLs sort as SQLite sorts them: first ascending, last descending.
+            if descending {
+                "DESC NULLS LAST"
+            } else {
+                "ASC NULLS FIRST"
+            },
             n + 1,
             n + 2
         );
@@ -1370,6 +1388,20 @@ impl Store for PgStore {
                 .map(agent_of)
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((agents, total as usize))
+        })
+    }
+
+    fn version_counts(&self) -> Result<Vec<(Option<String>, usize)>, StoreError> {
+        blocking(|| {
+            let mut c = self.conn()?;
+            c.query(
+                "SELECT version, COUNT(*) FROM agents GROUP BY version \
+                 ORDER BY COUNT(*) DESC, version NULLS FIRST",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as usize)))
+            .collect()
         })
     }
 
