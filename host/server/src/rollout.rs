@@ -165,10 +165,15 @@ impl<'de> Deserialize<'de> for Threshold {
     }
 }
 
-/// A maintenance window: days of the week and an hour range at a fixed UTC
-/// offset, written `DAYS@HH:MM-HH:MM±HH:MM` (`Mon-Fri@02:00-04:00+00:00`,
+/// A maintenance window: days of the week and an hour range in an IANA time
+/// zone or at a fixed UTC offset, written `DAYS@HH:MM-HH:MM ZONE`
+/// (`Mon-Fri@02:00-04:00 Europe/Berlin`, daylight saving time followed) or
+/// `DAYS@HH:MM-HH:MM±HH:MM` (`Mon-Fri@02:00-04:00+00:00`,
 /// `Sat,Sun@22:00-02:00+01:00`, `*@00:00-24:00+00:00`). DAYS are the days the
-/// window opens on; an end before the start runs past midnight into the next day.
+/// window opens on; an end before the start runs past midnight into the next
+/// day. In a zone, an opening that falls in a spring-forward gap moves to the
+/// end of the gap, one repeated in autumn takes the first; the window then
+/// stays open its length in elapsed time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Window {
     text: String,
@@ -178,16 +183,18 @@ pub struct Window {
     /// Minutes the window stays open (1 to 1440).
     len_min: u32,
     offset_min: i32,
+    /// The IANA zone (then `offset_min` is unused).
+    tz: Option<chrono_tz::Tz>,
 }
 
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 impl Window {
-    /// Parses `DAYS@HH:MM-HH:MM±HH:MM`.
+    /// Parses `DAYS@HH:MM-HH:MM ZONE` or `DAYS@HH:MM-HH:MM±HH:MM`.
     pub fn parse(s: &str) -> Result<Window, String> {
         let bad = |why: &str| {
             format!(
-                "window {s:?}: {why} (expected DAYS@HH:MM-HH:MM+HH:MM, e.g. Mon-Fri@02:00-04:00+00:00)"
+                "window {s:?}: {why} (expected DAYS@HH:MM-HH:MM ZONE or DAYS@HH:MM-HH:MM+HH:MM, e.g. Mon-Fri@02:00-04:00 Europe/Berlin or Mon-Fri@02:00-04:00+00:00)"
             )
         };
         let (days_s, rest) = s.trim().split_once('@').ok_or_else(|| bad("no `@`"))?;
@@ -232,14 +239,27 @@ impl Window {
                 Err(bad("a time is out of range"))
             }
         };
-        // The offset starts at the last '+' or '-' (the hour range's '-' comes before it).
-        let at = rest
-            .rfind(['+', '-'])
-            .filter(|i| *i > 5)
-            .ok_or_else(|| bad("no UTC offset (+HH:MM or -HH:MM)"))?;
-        let (range, off) = rest.split_at(at);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let offset_min = sign * hm(&off[1..], 14 * 60)? as i32;
+        let (range, offset_min, tz) = match rest.trim().split_once(char::is_whitespace) {
+            // An IANA zone after a space.
+            Some((range, zone)) => {
+                let tz: chrono_tz::Tz = zone.trim().parse().map_err(|_| {
+                    bad(&format!(
+                        "unknown time zone {:?} (an IANA name such as Europe/Berlin)",
+                        zone.trim()
+                    ))
+                })?;
+                (range, 0, Some(tz))
+            }
+            None => {
+                // The offset starts at the last '+' or '-' (the hour range's '-' comes before it).
+                let at = rest.rfind(['+', '-']).filter(|i| *i > 5).ok_or_else(|| {
+                    bad("no time zone or UTC offset (Europe/Berlin, +HH:MM or -HH:MM)")
+                })?;
+                let (range, off) = rest.split_at(at);
+                let sign = if off.starts_with('-') { -1 } else { 1 };
+                (range, sign * hm(&off[1..], 14 * 60)? as i32, None)
+            }
+        };
         let (a, b) = range.split_once('-').ok_or_else(|| bad("no hour range"))?;
         let start_min = hm(a, 23 * 60 + 59)?;
         let end_min = hm(b, 24 * 60)?;
@@ -253,6 +273,7 @@ impl Window {
             start_min,
             len_min: if len_min == 0 { 1440 } else { len_min },
             offset_min,
+            tz,
         })
     }
 
@@ -263,9 +284,12 @@ impl Window {
 
     /// The openings of this window from the day before `now`'s (local) day to a week after.
     fn openings(&self, now: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
-        use chrono::Datelike;
+        use chrono::{Datelike, TimeZone};
         let offset = chrono::Duration::minutes(i64::from(self.offset_min));
-        let today = (now.naive_utc() + offset).date();
+        let today = match self.tz {
+            Some(tz) => now.with_timezone(&tz).date_naive(),
+            None => (now.naive_utc() + offset).date(),
+        };
         (-1..=8).filter_map(move |d| {
             let date = today + chrono::Duration::days(d);
             if self.days & (1 << date.weekday().num_days_from_monday()) == 0 {
@@ -273,7 +297,19 @@ impl Window {
             }
             let local =
                 date.and_hms_opt(0, 0, 0)? + chrono::Duration::minutes(i64::from(self.start_min));
-            Some((local - offset).and_utc())
+            match self.tz {
+                None => Some((local - offset).and_utc()),
+                Some(tz) => match tz.from_local_datetime(&local) {
+                    chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+                    chrono::LocalResult::Ambiguous(first, _) => Some(first.with_timezone(&Utc)),
+                    // In a spring-forward gap: the first local time after it.
+                    chrono::LocalResult::None => (1..=180).find_map(|m| {
+                        tz.from_local_datetime(&(local + chrono::Duration::minutes(m)))
+                            .earliest()
+                            .map(|t| t.with_timezone(&Utc))
+                    }),
+                },
+            }
         })
     }
 }
@@ -1317,6 +1353,50 @@ mod tests {
                 .unwrap()
                 .get("windows")
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn windows_in_an_iana_zone_follow_daylight_saving_time() {
+        let w = w("Mon-Fri@02:00-04:00 Europe/Berlin");
+        // Winter (CET, +01:00): 02:00 Berlin is 01:00 UTC. Wed 2026-01-14.
+        assert_eq!(
+            window_at(&w, utc("2026-01-14T01:30:00Z")),
+            Some(WindowAt::Open(utc("2026-01-14T01:00:00Z")))
+        );
+        assert!(matches!(
+            window_at(&w, utc("2026-01-14T03:00:00Z")),
+            Some(WindowAt::Closed(_))
+        ));
+        // Summer (CEST, +02:00): 02:00 Berlin is 00:00 UTC. Wed 2026-07-15.
+        assert_eq!(
+            window_at(&w, utc("2026-07-15T00:30:00Z")),
+            Some(WindowAt::Open(utc("2026-07-15T00:00:00Z")))
+        );
+        assert_eq!(
+            window_at(&w, utc("2026-07-15T02:30:00Z")),
+            Some(WindowAt::Closed(utc("2026-07-16T00:00:00Z")))
+        );
+        // Across the spring change (Sun 2026-03-29 02:00 -> 03:00): the
+        // Sunday window's opening in the gap moves to 03:00 CEST = 01:00 UTC.
+        let sun = vec![Window::parse("Sun@02:30-05:00 Europe/Berlin").unwrap()];
+        assert_eq!(
+            window_at(&sun, utc("2026-03-29T00:30:00Z")),
+            Some(WindowAt::Closed(utc("2026-03-29T01:00:00Z")))
+        );
+        // After Friday's window (01:00-03:00 UTC, CET) the next opens Monday at 00:00 UTC (CEST).
+        assert_eq!(
+            window_at(&w, utc("2026-03-27T03:30:00Z")),
+            Some(WindowAt::Closed(utc("2026-03-30T00:00:00Z")))
+        );
+        // The fixed-offset syntax still parses; a bad zone is refused.
+        assert!(Window::parse("Mon@02:00-04:00+01:00").is_ok());
+        let e = Window::parse("Mon@02:00-04:00 Mars/Olympus").unwrap_err();
+        assert!(e.contains("unknown time zone"), "{e}");
+        // Serialized as written.
+        assert_eq!(
+            serde_json::to_value(&w[0]).unwrap(),
+            "Mon-Fri@02:00-04:00 Europe/Berlin"
         );
     }
 

@@ -174,8 +174,9 @@ pub enum RolloutCmd {
         #[arg(long)]
         spec: Option<PathBuf>,
         /// A group, in order: `NAME label.K=V… canary=N max_in_flight=N|N% soak_secs=N
-        /// failure_threshold=N|R window=DAYS@HH:MM-HH:MM±HH:MM… jitter=SECS` (no label:
-        /// the catch-all, last; `window` may repeat).
+        /// failure_threshold=N|R window=DAYS@HH:MM-HH:MM[±HH:MM]… tz=ZONE jitter=SECS`
+        /// (no label: the catch-all, last; `window` may repeat; `tz` an IANA zone
+        /// such as Europe/Berlin for the windows without an offset).
         #[arg(long = "group")]
         groups: Vec<String>,
         /// Fleet-wide max in flight, N or N% of the rollout's agents (a group's
@@ -673,6 +674,8 @@ fn parse_group(s: &str) -> Result<Value, Fail> {
         .next()
         .ok_or_else(|| Fail::Usage("--group: empty".into()))?;
     let mut g = json!({ "name": name, "selector": {} });
+    // `tz=Europe/Berlin`: the IANA zone of the windows written without an offset.
+    let mut tz: Option<String> = None;
     for w in words {
         let (k, v) = w
             .split_once('=')
@@ -698,6 +701,10 @@ fn parse_group(s: &str) -> Result<Value, Fail> {
             g["jitter_secs"] = num(v)?;
             continue;
         }
+        if k == "tz" {
+            tz = Some(v.to_string());
+            continue;
+        }
         g[k] = match k {
             "canary" | "soak_secs" => num(v)?,
 
@@ -705,10 +712,20 @@ fn parse_group(s: &str) -> Result<Value, Fail> {
             "max_in_flight" | "failure_threshold" => num(v)?,
             _ => {
                 return Err(Fail::Usage(format!(
-                    "--group {name}: unknown key `{k}` (label.K, canary, max_in_flight, soak_secs, failure_threshold, window, jitter)"
+                    "--group {name}: unknown key `{k}` (label.K, canary, max_in_flight, soak_secs, failure_threshold, window, jitter, tz)"
                 )));
             }
         };
+    }
+    if let Some(zone) = tz {
+        for w in g["windows"].as_array_mut().into_iter().flatten() {
+            let text = w.as_str().unwrap_or_default().to_string();
+            // Only windows without their own offset (`…-04:00+01:00`) take the zone.
+            let range = text.split_once('@').map_or("", |x| x.1);
+            if !range.contains('+') && range.matches('-').count() == 1 {
+                *w = json!(format!("{text} {zone}"));
+            }
+        }
     }
     Ok(g)
 }
@@ -786,6 +803,18 @@ fn enc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_takes_windows_in_a_time_zone() {
+        let g = parse_group(
+            "fra label.site=fra window=Mon-Fri@02:00-04:00 window=Sat@22:00-02:00+01:00 tz=Europe/Berlin",
+        )
+        .unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(
+            g["windows"],
+            json!(["Mon-Fri@02:00-04:00 Europe/Berlin", "Sat@22:00-02:00+01:00"])
+        );
+    }
 
     #[test]
     fn a_group_takes_windows_and_a_jitter() {
