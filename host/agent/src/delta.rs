@@ -27,6 +27,10 @@ pub const MAX_REQUESTS: usize = 8;
 /// read alone would cost about as much as the file).
 pub const MIN_SIZE: u64 = 2 * molt_bundle::TAIL_GUESS;
 
+/// The fetched entries are held in memory until checked: a larger delta is
+/// fetched as the whole file instead (streamed to disk).
+const MAX_DELTA_BYTES: u64 = 256 << 20;
+
 /// A delta is used only when it costs less than this share of the package (in
 /// tenths): close to the whole file, one plain stream is as cheap and simpler.
 const MAX_SHARE_TENTHS: u64 = 9;
@@ -42,6 +46,8 @@ pub enum DeltaError {
     Metadata(String),
     #[error("delta not smaller: {need} of {size} bytes")]
     NotSmaller { need: u64, size: u64 },
+    #[error("delta of {need} bytes is more than the {MAX_DELTA_BYTES} held in memory")]
+    TooLarge { need: u64 },
     #[error("entry refused: {0}")]
     Entry(String),
     #[error("{}: {source}", path.display())]
@@ -228,6 +234,9 @@ pub async fn fetch(
             need,
             size: src.size,
         });
+    }
+    if need > MAX_DELTA_BYTES {
+        return Err(DeltaError::TooLarge { need });
     }
     // 4. Fetch the ranges: one multi-range request, or single ranges when the
     // server does not answer that one.
