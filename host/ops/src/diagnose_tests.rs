@@ -483,24 +483,11 @@ fn a_process_holding_an_old_version_is_named() {
     )
     .unwrap();
     let held = h.version_dir("v1").join("lib/held");
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("exec 3<\"$0\"; exec sleep 30")
-        .arg(&held)
-        .spawn()
-        .unwrap();
-    // Wait until the shell has opened the file.
-    let me = child.id();
-    for _ in 0..100 {
-        if molt_deploy::proc::users_of(&h.version_dir("v1")).contains(&me) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let holder = crate::testkit::HeldOpen::new(&held, &h.version_dir("v1"));
+    let me = holder.pid();
     let t = crate::signatures::builtin().unwrap();
     let r = diagnose_with(&t, &Evidence::gather(&h, &[]), &h);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(holder);
     let f = r
         .findings
         .iter()

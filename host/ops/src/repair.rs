@@ -785,24 +785,12 @@ mod tests {
         let k = Kit::new();
         let h = k.install(&k.dir.path().join("agent"), V1);
         let held = h.current_link().join("lib/core.txt");
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("exec 3<\"$0\"; exec sleep 30")
-            .arg(&held)
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        for _ in 0..100 {
-            if molt_deploy::proc::users_of(h.root()).contains(&pid) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let holder = crate::testkit::HeldOpen::new(&held, h.root());
+        let pid = holder.pid();
         let e = repair(&h, &opts(vec![k.core(V1, 1), k.runtime(V1, 1)], true))
             .unwrap_err()
             .to_string();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(holder);
         assert!(
             e.contains(&pid.to_string()) && e.contains("nothing was changed"),
             "{e}"

@@ -85,3 +85,37 @@ impl UnitKit for Kit {
         h
     }
 }
+
+/// A `sleep` that holds `file` open (fd 3) until the guard is dropped; returns
+/// once `molt_deploy::proc::users_of(dir)` sees it (bounded wait), with its pid.
+pub struct HeldOpen(std::process::Child);
+
+impl HeldOpen {
+    pub fn new(file: &Path, dir: &Path) -> HeldOpen {
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<\"$0\"; exec sleep 30")
+            .arg(file)
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        for _ in 0..100 {
+            if molt_deploy::proc::users_of(dir).contains(&pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        HeldOpen(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for HeldOpen {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
