@@ -94,6 +94,11 @@ try {
   seen.issueRowText = await text(`#issue-${issueId}`);
   seen.readinessText = await text("#readiness");
   seen.fleetText = await text("#fleet");
+  seen.rolloutText = await text("#rollout");
+  seen.rolloutWaiting = await text("#rollout-waiting");
+  seen.versionBars = await evaluate("[...document.querySelectorAll('#versions tr.version-bar')].map(r => r.innerText)");
+  seen.agentsPageText = await text("#agents-page");
+  seen.agentsTotal = await text("#agents-total");
   seen.screenshotDashboard = await screenshot("dashboard.png");
 
   await click(`#issue-${issueId} button.ack`);
@@ -119,6 +124,19 @@ try {
   seen.commandsText = await text("#commands");
   seen.screenshotAgent = await screenshot("agent.png");
   seen.title = await evaluate("document.title");
+
+  // The agents table pages, sorts and filters on the server.
+  await navigate(`${base}/dashboard`);
+  await click("#agents-next");
+  seen.agentsPage2Text = await text("#agents-page");
+  seen.agentRowsPage2 = await evaluate("document.querySelectorAll('#agents tr[id^=agent-]').length");
+  await click("#sort-name");
+  seen.sortedDescFirst = await evaluate("document.querySelector('#agents tr[id^=agent-]')?.id ?? null");
+  seen.screenshotAgentsSorted = await screenshot("dashboard-agents-sorted.png");
+  await evaluate("document.querySelector('#agents-filter input[name=version]').value = ''");
+  await evaluate("document.querySelector('#agents-filter input[name=status]').value = 'Up'");
+  await click("#filter-agents");
+  seen.filteredRows = await evaluate("[...document.querySelectorAll('#agents tr[id^=agent-]')].map(r => r.id)");
   seen.injected = await evaluate("document.querySelectorAll('script').length");
 } catch (e) {
   fail(e.message);

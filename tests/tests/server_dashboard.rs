@@ -32,6 +32,10 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
     let s = TestServer::start(|_| {}).await;
     let a = s.register("a1").await;
     let _b = s.register("a2").await;
+    // 60 agents: the table shows 50 a page.
+    for i in 0..58 {
+        s.register(&format!("b{i:02}")).await;
+    }
     s.set_fleet(Q2).await;
     assert_eq!(
         s.heartbeat(&a, "host-one", 4242, "Up").await,
@@ -56,6 +60,29 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
     }
     s.admin_post("/api/v1/admin/readiness", &json!({ "version": Q3 }))
         .await;
+    // A rollout of Q3 gated on readiness: a1 (the one Up agent) is Pending, so
+    // the rollout waits and says who blocks.
+    s.admin_post(
+        "/api/v1/admin/rollouts",
+        &json!({"version": Q3, "readiness_gate": 1.0, "groups": [{"name": "all", "canary": 1}]}),
+    )
+    .await;
+    let mut waiting = String::new();
+    for _ in 0..100 {
+        waiting = s.admin_get("/api/v1/admin/rollouts").await["waiting"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if !waiting.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        waiting.contains("waiting for readiness of group all")
+            && waiting.contains("a1 (precheck pending)"),
+        "{waiting}"
+    );
 
     let out = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard.mjs");
@@ -89,7 +116,34 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
 
     assert_eq!(t("redirectedTo"), "/login", "{seen}");
     assert_eq!(t("afterLogin"), "/dashboard");
-    assert_eq!(seen["agentRows"], 2);
+    assert_eq!(seen["agentRows"], 50, "one page of the 60 agents");
+    assert_eq!(t("agentsTotal"), "60");
+    assert!(t("agentsPageText").contains("Page 1 of 2"), "{seen}");
+    assert!(
+        t("rolloutWaiting").contains("a1 (precheck pending)")
+            && t("rolloutText").contains("Running"),
+        "{seen}"
+    );
+    let bars: Vec<String> = seen["versionBars"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| b.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        bars.iter()
+            .any(|b| b.contains("(not reported)") && b.contains("59"))
+            && bars.iter().any(|b| b.contains(Q1)),
+        "{bars:?}"
+    );
+    assert!(t("agentsPage2Text").contains("Page 2 of 2"), "{seen}");
+    assert_eq!(seen["agentRowsPage2"], 10);
+    assert_eq!(t("sortedDescFirst"), "agent-b57", "name descending");
+    assert_eq!(
+        seen["filteredRows"],
+        json!(["agent-a1"]),
+        "filtered on the server"
+    );
     assert!(
         t("agentRowText").contains("host-one") && t("agentRowText").contains("Up"),
         "{}",
@@ -143,6 +197,7 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         "screenshotDashboard",
         "screenshotAfterActions",
         "screenshotAgent",
+        "screenshotAgentsSorted",
     ] {
         let bytes = std::fs::read(t(shot)).unwrap();
         assert!(
@@ -151,7 +206,12 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         );
     }
     if let Ok(keep) = std::env::var("MOLT_KEEP_SCREENSHOTS") {
-        for f in ["dashboard.png", "dashboard-after-actions.png", "agent.png"] {
+        for f in [
+            "dashboard.png",
+            "dashboard-after-actions.png",
+            "agent.png",
+            "dashboard-agents-sorted.png",
+        ] {
             let _ = std::fs::copy(out.path().join(f), Path::new(&keep).join(f));
         }
     }
