@@ -1,9 +1,11 @@
 //! Storage behind the control plane.
 //!
 //! [`Store`] is the narrow, synchronous repository the HTTP layer uses (always
-//! from a blocking thread). [`sqlite::SqliteStore`] is the embedded default; a
-//! PostgreSQL implementation for larger fleets implements the same trait, with
-//! the same migrations expressed in its dialect.
+//! from a blocking thread). [`sqlite::SqliteStore`] is the embedded default;
+//! [`postgres::PgStore`] carries fleets that outgrow one machine (several
+//! replicas on one database), with the same migrations in its dialect.
+//! [`open`] picks one from `--db`. Both pass the contract tests in
+//! `host/server/tests/store_contract.rs`.
 
 pub mod postgres;
 pub mod sqlite;
