@@ -957,6 +957,38 @@ mod tests {
         assert!(matches!(e, BundleError::Remote { .. }), "{e}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Random byte changes anywhere in the file: the ranged pipeline never
+        /// panics, and whatever it yields is the packed content.
+        #[test]
+        fn random_changes_never_yield_wrong_bytes(
+            edits in proptest::collection::vec((0usize..1_000_000, proptest::prelude::any::<u8>()), 1..5)
+        ) {
+            static FX: std::sync::OnceLock<(Fx, Vec<u8>)> = std::sync::OnceLock::new();
+            let (fx, file) = FX.get_or_init(|| {
+                let fx = fx();
+                let file = bundle(&fx, 3, 2, 1);
+                (fx, file)
+            });
+            let mut m = file.clone();
+            for (at, v) in &edits {
+                let i = at % m.len();
+                m[i] = *v;
+            }
+            if let Ok(idx) = index_of(&m, &fx.root) {
+                for e in &idx.entries {
+                    let s = local_span(e);
+                    let (a, b) = (s.start as usize, (s.end as usize).min(m.len()));
+                    if let Ok(got) = read_entry(&idx, s.start, &m[a..b], e) {
+                        let want = std::fs::read(fx.dir.path().join("src3").join(&e.path)).unwrap();
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_trust_store_applies_the_sequence_rule_to_ranged_reads() {
         let fx = fx();
