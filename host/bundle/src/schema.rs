@@ -178,19 +178,33 @@ impl Manifest {
         self.entries.iter().find(|e| e.path == path)
     }
 
-    /// Files added, removed or changed (content or mode) from `older` to `self`.
+    /// Files added, removed or changed (content, mode or size) from `older` to
+    /// `self`: [`ManifestDiff::between`] their entry lists.
     pub fn diff_from(&self, older: &Manifest) -> ManifestDiff {
-        let old: BTreeMap<&str, &ManifestEntry> =
-            older.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-        let new: BTreeMap<&str, &ManifestEntry> =
-            self.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+        fn key(e: &ManifestEntry) -> (&str, (&str, u32, u64)) {
+            (e.path.as_str(), (e.sha256.as_str(), e.mode, e.size))
+        }
+        ManifestDiff::between(older.entries.iter().map(key), self.entries.iter().map(key))
+    }
+}
+
+impl ManifestDiff {
+    /// The one diff of two file lists, each item `(path, (sha256, mode, size))`;
+    /// a path is changed when any of the three differs. The agent's changed
+    /// files (what a new version directory must receive, and what a delta
+    /// download fetches) are `added` and `changed` of its installed files
+    /// against the new packages'.
+    pub fn between<'a>(
+        older: impl IntoIterator<Item = (&'a str, (&'a str, u32, u64))>,
+        newer: impl IntoIterator<Item = (&'a str, (&'a str, u32, u64))>,
+    ) -> ManifestDiff {
+        let old: BTreeMap<&str, (&str, u32, u64)> = older.into_iter().collect();
+        let new: BTreeMap<&str, (&str, u32, u64)> = newer.into_iter().collect();
         let mut d = ManifestDiff::default();
         for (p, e) in &new {
             match old.get(p) {
                 None => d.added.push(p.to_string()),
-                Some(o) if o.sha256 != e.sha256 || o.mode != e.mode || o.size != e.size => {
-                    d.changed.push(p.to_string())
-                }
+                Some(o) if o != e => d.changed.push(p.to_string()),
                 Some(_) => {}
             }
         }

@@ -39,21 +39,15 @@ pub struct Extracted {
 /// differs from the installed manifest (or that are new). Everything else is
 /// hard-linked. The one diff of the agent: a delta download stages exactly these.
 pub fn changed_files(installed: &[InstalledPackage], new: &[InstalledPackage]) -> Vec<String> {
-    let mut old = std::collections::BTreeMap::new();
-    for p in installed {
-        for (f, m) in &p.files {
-            old.insert(f.as_str(), m);
-        }
+    fn files(ps: &[InstalledPackage]) -> Vec<(&str, (&str, u32, u64))> {
+        ps.iter()
+            .flat_map(|p| p.files.iter())
+            .map(|(f, m)| (f.as_str(), (m.sha256.as_str(), m.mode, m.size)))
+            .collect()
     }
-    let mut out = Vec::new();
-    for p in new {
-        for (f, m) in &p.files {
-            match old.get(f.as_str()) {
-                Some(o) if o.sha256 == m.sha256 && o.mode == m.mode && o.size == m.size => {}
-                _ => out.push(f.clone()),
-            }
-        }
-    }
+    let d = molt_bundle::ManifestDiff::between(files(installed), files(new));
+    let mut out = d.added;
+    out.extend(d.changed);
     out.sort();
     out
 }
