@@ -604,6 +604,15 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
     for s in &info.signatures {
         println!("              key {}", s.keyid);
     }
+    if m.format >= 2 {
+        println!(
+            "  format:     {} ({} manifest signature(s): the manifest verifies alone, for ranged downloads)",
+            m.format,
+            info.manifest_signatures.len()
+        );
+    } else {
+        println!("  format:     {} (whole-file signatures only)", m.format);
+    }
     println!("  entries:    {}", m.entries.len());
     for e in &m.entries {
         println!(
