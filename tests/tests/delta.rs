@@ -52,10 +52,26 @@ fn release(k: &Kit, v: &str) -> PathBuf {
 }
 
 /// nginx serving `www` (packages under `/packages/`); `conf` is extra
-/// `http`-level configuration (e.g. `max_ranges 0;`). Killed on drop.
+/// `http`-level configuration (e.g. `max_ranges 0;`). Stopped on drop with
+/// SIGTERM, which makes the master stop its worker too (a SIGKILL would
+/// leave the worker running).
 struct Nginx {
-    proc: Proc,
+    master: std::process::Child,
     url: String,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        sigterm(self.master.id());
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.master.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
 }
 
 fn nginx(dir: &Path, www: &Path, conf: &str) -> Nginx {
@@ -96,7 +112,7 @@ fn nginx(dir: &Path, www: &Path, conf: &str) -> Nginx {
         .spawn()
         .unwrap();
     let n = Nginx {
-        proc: Proc(child),
+        master: child,
         url: format!("http://127.0.0.1:{port}"),
     };
     wait_for("nginx to listen", Duration::from_secs(10), || {
@@ -108,7 +124,7 @@ fn nginx(dir: &Path, www: &Path, conf: &str) -> Nginx {
 /// V1 installed under the supervisor, V1 and V2 released, a control plane
 /// assigning V2 whose package site is `site(packages dir)` (None: itself).
 struct Setup {
-    k: Kit,
+    _k: Kit,
     h: molt_layout::Home,
     cp: Cp,
     _nginx: Option<Nginx>,
@@ -154,7 +170,7 @@ fn setup(site: Option<&str>, tamper: bool) -> Setup {
         "run_precheck = false\nhealth_timeout_secs = 30\nstop_timeout_secs = 10\n",
     );
     Setup {
-        k,
+        _k: k,
         h,
         cp,
         _nginx: ngx,
