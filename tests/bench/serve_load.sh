@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Load benchmark: assigned-version polls from 10,000 simulated agents against
-# `molt serve`, side by side with nginx serving the same JSON as a static file,
-# in one run on this machine (127.0.0.1 only; bounded by DURATION).
+# one `molt serve` on SQLite, against three `molt serve` replicas on one
+# PostgreSQL behind an nginx round-robin upstream, and against nginx serving
+# the same JSON as a static file, in one run on this machine (127.0.0.1 only;
+# bounded by DURATION each).
 #
 #   bash tests/bench/serve_load.sh            # builds molt --release if needed
 #   MOLT_BIN=target/release/molt DURATION=20s CONNECTIONS=256 bash tests/bench/serve_load.sh
+#   REPLICAS=0 bash tests/bench/serve_load.sh # SQLite and nginx only
 #
-# Prints requests/s and p99 latency of both, and Molt's share of nginx's
-# throughput (target: at least 0.5).
+# Prints requests/s and p99 latency of each, the single SQLite replica's share
+# of nginx's throughput (target: at least 0.5) and what the PostgreSQL
+# replicas add (printed; on 2 cores they share the cores with nginx's proxy
+# and wrk, so no target).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,12 +22,19 @@ CONNECTIONS=${CONNECTIONS:-256}
 THREADS=${THREADS:-2}
 MOLT_PORT=${MOLT_PORT:-18471}
 NGINX_PORT=${NGINX_PORT:-18472}
+REPLICAS=${REPLICAS:-3}
+LB_PORT=${LB_PORT:-18473}
+PG_PORT=${PG_PORT:-18474}
+REPLICA_PORT0=${REPLICA_PORT0:-18480}
 VERSION="quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225"
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "$REPLICAS" -gt 0 ]; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive
@@ -38,7 +50,15 @@ fi
 work=$(mktemp -d /tmp/molt-serve-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+pg_ctl_as() { # pg_ctl args..., as the postgres user when root (initdb refuses root)
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PGBIN/pg_ctl" "$@"; else "$PGBIN/pg_ctl" "$@"; fi
+}
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${PGBIN:-}" ] && [ -d "$work/pg/data" ]; then pg_ctl_as -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1 || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # Packages of one release (contents are opaque to the control plane).
@@ -58,6 +78,37 @@ cut -d: -f2 "$work/agents.txt" > "$work/tokens.txt"
 pids+=($!)
 for _ in $(seq 1 600); do grep -q "control plane listening on" "$work/molt.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "control plane listening on" "$work/molt.out" || { echo "molt serve did not start:"; cat "$work/molt.err"; exit 1; }
+
+# PostgreSQL in $work (a throw-away cluster on a loopback port, trust auth:
+# no password anywhere) and three replicas on it, sharing the packages, the
+# logs directory and the admin token.
+replica_ports=()
+if [ "$REPLICAS" -gt 0 ]; then
+  PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  mkdir -p "$work/pg/data" "$work/pg/sock" "$work/logs"
+  [ "$(id -u)" = 0 ] && chown -R postgres: "$work/pg"
+  if [ "$(id -u)" = 0 ]; then initdb_as=(runuser -u postgres --); else initdb_as=(); fi
+  "${initdb_as[@]}" "$PGBIN/initdb" -D "$work/pg/data" -U postgres -A trust -E UTF8 --no-locale --no-sync > "$work/initdb.out" 2>&1 \
+    || { echo "initdb failed:"; cat "$work/initdb.out"; exit 1; }
+  pg_ctl_as -D "$work/pg/data" -l "$work/pg/sock/server.log" -w -t 60 \
+    -o "-p $PG_PORT -k $work/pg/sock -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start > /dev/null
+  "${initdb_as[@]}" "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres molt
+  echo "bench-admin-token-0123456789" > "$work/admin-token"
+  for i in $(seq 0 $((REPLICAS - 1))); do
+    port=$((REPLICA_PORT0 + i))
+    extra=()
+    # The first replica registers the agents and sets the fleet version; the
+    # others find both in the database.
+    [ "$i" = 0 ] && extra=(--bootstrap-agents-file "$work/agents.txt" --fleet-version "$VERSION")
+    "$MOLT_BIN" serve --db "postgres://postgres@127.0.0.1:$PG_PORT/molt" --packages "$work/packages" \
+      --listen "127.0.0.1:$port" --admin-token-file "$work/admin-token" --logs-dir "$work/logs" \
+      "${extra[@]}" --log-level warn > "$work/replica$i.out" 2> "$work/replica$i.err" &
+    pids+=($!)
+    for _ in $(seq 1 1200); do grep -q "control plane listening on" "$work/replica$i.out" 2>/dev/null && break; sleep 0.1; done
+    grep -q "control plane listening on" "$work/replica$i.out" || { echo "replica $i did not start:"; cat "$work/replica$i.err"; exit 1; }
+    replica_ports+=("$port")
+  done
+fi
 
 QUERY="/api/v1/agent/assigned?os=linux&arch=x86-64&runtime="
 TOKEN1=$(head -1 "$work/tokens.txt")
@@ -84,6 +135,16 @@ http {
     root $work/www;
     location /api/v1/agent/assigned { default_type application/json; }
   }
+$(if [ ${#replica_ports[@]} -gt 0 ]; then
+  echo "  upstream molt_replicas {"
+  for p in "${replica_ports[@]}"; do echo "    server 127.0.0.1:$p;"; done
+  echo "    keepalive 256;"
+  echo "  }"
+  echo "  server {"
+  echo "    listen 127.0.0.1:$LB_PORT;"
+  echo "    location / { proxy_pass http://molt_replicas; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host \$host; }"
+  echo "  }"
+fi)
 }
 NGINX
 "$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
@@ -122,13 +183,26 @@ wrk -t1 -c16 -d2s -s "$work/rotate.lua" "http://127.0.0.1:$MOLT_PORT$QUERY" >/de
 wrk -t1 -c16 -d2s -s "$work/rotate.lua" "http://127.0.0.1:$NGINX_PORT$QUERY" >/dev/null
 read -r molt_rps molt_p99 molt_err < <(run molt "$MOLT_PORT")
 read -r nginx_rps nginx_p99 nginx_err < <(run nginx "$NGINX_PORT")
+if [ ${#replica_ports[@]} -gt 0 ]; then
+  for _ in $(seq 1 50); do curl -sf -H "Authorization: Bearer $TOKEN1" "http://127.0.0.1:$LB_PORT$QUERY" >/dev/null 2>&1 && break; sleep 0.1; done
+  wrk -t1 -c16 -d2s -s "$work/rotate.lua" "http://127.0.0.1:$LB_PORT$QUERY" >/dev/null
+  read -r pg_rps pg_p99 pg_err < <(run pg "$LB_PORT")
+fi
 
 echo
 echo "assigned-version polls, $AGENTS agents, $CONNECTIONS connections, $THREADS wrk threads, $DURATION each, $(nproc) cores"
 printf '%-12s %14s %12s %10s\n' server "requests/s" "p99" "errors"
 printf '%-12s %14s %12s %10s\n' "molt serve" "$molt_rps" "$molt_p99" "$molt_err"
 printf '%-12s %14s %12s %10s\n' "nginx" "$nginx_rps" "$nginx_p99" "$nginx_err"
+if [ ${#replica_ports[@]} -gt 0 ]; then
+  printf '%-12s %14s %12s %10s\n' "molt x${#replica_ports[@]} pg" "$pg_rps" "$pg_p99" "$pg_err"
+fi
 ratio=$(awk -v a="$molt_rps" -v b="$nginx_rps" 'BEGIN { printf "%.2f", a / b }')
 echo "molt/nginx throughput ratio: $ratio (target >= 0.50)"
+if [ ${#replica_ports[@]} -gt 0 ]; then
+  echo "molt x${#replica_ports[@]} on PostgreSQL behind nginx round-robin / nginx static: $(awk -v a="$pg_rps" -v b="$nginx_rps" 'BEGIN { printf "%.2f", a / b }')," \
+    "/ one SQLite replica: $(awk -v a="$pg_rps" -v b="$molt_rps" 'BEGIN { printf "%.2f", a / b }') (printed, no target: on $(nproc) cores the replicas, the proxy and wrk share them)"
+  if [ "$pg_err" != "0" ]; then echo "the replicas answered $pg_err requests with errors or non-2xx"; sed -n 1,30p "$work/pg.wrk"; exit 1; fi
+fi
 if [ "$molt_err" != "0" ]; then echo "molt answered $molt_err requests with errors or non-2xx"; sed -n 1,30p "$work/molt.wrk"; exit 1; fi
 awk -v r="$ratio" 'BEGIN { exit !(r >= 0.5) }' && echo "PASS" || { echo "BELOW TARGET"; exit 1; }

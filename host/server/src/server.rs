@@ -187,7 +187,7 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: the database was reachable and its schema current at the
-/// last check (every second): 503 with the reason otherwise, so a load
+/// last checks (every 500 ms): 503 with the reason otherwise, so a load
 /// balancer stops sending traffic to a replica that lost its database.
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,

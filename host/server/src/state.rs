@@ -306,16 +306,10 @@ impl AppState {
         F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.store.clone();
-        let r = tokio::task::spawn_blocking(move || f(store.as_ref()))
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
-            .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?;
-        if let Err(e @ StoreError::Unavailable(_)) = &r {
-            // Stop answering from caches now, not at the next health check.
-            if self.db_health.set(Err(e.to_string())) {
-                tracing::error!(error = %e, "database unavailable: this replica answers 503");
-            }
-        }
-        r.map_err(ApiError::from)
+            .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+            .map_err(ApiError::from)
     }
 
     pub fn notify_for(&self, agent_id: i64) -> Arc<Notify> {
@@ -388,10 +382,23 @@ impl AppState {
             StoreEvent::WakeAll => self.wake_all_local(),
             StoreEvent::AgentsChanged => self.clear_tokens(),
             StoreEvent::FleetChanged | StoreEvent::RolloutChanged => {
-                if let Err(e) = APPLYING_REMOTE.scope((), self.reload_shared()).await {
-                    tracing::error!(error = %e.message, "replica cache reload failed");
-                }
+                self.reload_remote().await;
+                // A replica may publish a change it caches before its commit
+                // (the scheduler caches admissions first): look once more
+                // after that commit has had time to land.
+                let st = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(TRAILING_RELOAD).await;
+                    st.reload_remote().await;
+                });
             }
+        }
+    }
+
+    /// [`Self::reload_shared`] for another replica's change (not published back).
+    async fn reload_remote(&self) {
+        if let Err(e) = APPLYING_REMOTE.scope((), self.reload_shared()).await {
+            tracing::error!(error = %e.message, "replica cache reload failed");
         }
     }
 
@@ -546,9 +553,18 @@ impl FromRequestParts<AppState> for AdminAuth {
 }
 
 /// How often a replica checks that its database is reachable and current.
-pub const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// A readiness check that has not answered within this counts as failed.
-pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+/// After another replica's change, its caches are reloaded again this much later.
+pub const TRAILING_RELOAD: std::time::Duration = std::time::Duration::from_millis(500);
+/// Every this many health checks (5 s) a replica on a shared database reloads
+/// fleet, rollout and blocklist anyway: a bound on staleness should an event
+/// be lost (a replica killed between its commit and its NOTIFY).
+pub const RECONCILE_EVERY: u32 = 10;
+/// Failed checks in a row before the replica answers 503 (a lost database
+/// shows within about `HEALTH_FAILURES * (HEALTH_EVERY + HEALTH_TIMEOUT)`).
+pub const HEALTH_FAILURES: u32 = 2;
 
 /// The background tasks that keep a replica in agreement with the others:
 /// the publisher (local changes to the store's channel), the subscriber
@@ -599,27 +615,30 @@ pub fn spawn_replica_tasks(
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEALTH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        let shared = st.config.db_is_url();
+        let mut n = 0u32;
         loop {
             tick.tick().await;
+            n = n.wrapping_add(1);
+            if shared && failures == 0 && n.is_multiple_of(RECONCILE_EVERY) {
+                st.reload_remote().await;
+            }
             let store = st.store.clone();
-            let mut check = tokio::task::spawn_blocking(move || store.readiness());
-            let outcome = match tokio::time::timeout(HEALTH_TIMEOUT, &mut check).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let why = format!(
-                        "database did not answer a readiness check within {} s",
-                        HEALTH_TIMEOUT.as_secs()
-                    );
-                    if st.db_health.set(Err(why.clone())) {
-                        tracing::error!(error = %why, "database unavailable: this replica answers 503");
-                    }
-                    check.await
-                }
+            let check = tokio::task::spawn_blocking(move || store.readiness());
+            let outcome = match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
+                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(format!("readiness task failed: {e}")),
+                Err(_) => Err(format!(
+                    "database did not answer a readiness check within {} ms",
+                    HEALTH_TIMEOUT.as_millis()
+                )),
             };
-            let outcome = match outcome {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("readiness task failed: {e}")),
-            };
+            // One failed check may be a busy pool; two in a row is a database gone.
+            failures = if outcome.is_ok() { 0 } else { failures + 1 };
+            if outcome.is_err() && failures < HEALTH_FAILURES {
+                continue;
+            }
             let ok = outcome.is_ok();
             let reason = outcome.as_ref().err().cloned();
             if st.db_health.set(outcome) {
