@@ -170,6 +170,15 @@ function done(summary, latency, requests)
 end
 LUA
 
+# CPU seconds (user + system) of processes so far: a measure that holds on a
+# busy machine, where requests/s of both sides sink with the shared cores.
+cpu_of() { # pids...
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+  done
+  awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }'
+}
 run() { # name port
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/rotate.lua" "http://127.0.0.1:$2$QUERY" > "$work/$1.wrk" 2>&1
   local rps p99 errs
@@ -181,8 +190,19 @@ run() { # name port
 # Warm both, then measure.
 wrk -t1 -c16 -d2s -s "$work/rotate.lua" "http://127.0.0.1:$MOLT_PORT$QUERY" >/dev/null
 wrk -t1 -c16 -d2s -s "$work/rotate.lua" "http://127.0.0.1:$NGINX_PORT$QUERY" >/dev/null
+molt_pid=${pids[0]}
+nginx_pids=$(pgrep -f "nginx: worker process" -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')
+c0=$(cpu_of "$molt_pid")
 read -r molt_rps molt_p99 molt_err < <(run molt "$MOLT_PORT")
+c1=$(cpu_of "$molt_pid")
+# shellcheck disable=SC2086
+n0=$(cpu_of $nginx_pids)
 read -r nginx_rps nginx_p99 nginx_err < <(run nginx "$NGINX_PORT")
+# shellcheck disable=SC2086
+n1=$(cpu_of $nginx_pids)
+dur_s=$(awk -v d="$DURATION" 'BEGIN { sub(/s$/, "", d); print d }')
+molt_us=$(awk -v a="$c0" -v b="$c1" -v r="$molt_rps" -v d="$dur_s" 'BEGIN { printf "%.1f", (b - a) * 1e6 / (r * d) }')
+nginx_us=$(awk -v a="$n0" -v b="$n1" -v r="$nginx_rps" -v d="$dur_s" 'BEGIN { printf "%.1f", (b - a) * 1e6 / (r * d) }')
 if [ ${#replica_ports[@]} -gt 0 ]; then
   for _ in $(seq 1 50); do curl -sf -H "Authorization: Bearer $TOKEN1" "http://127.0.0.1:$LB_PORT$QUERY" >/dev/null 2>&1 && break; sleep 0.1; done
   wrk -t1 -c16 -d2s -s "$work/rotate.lua" "http://127.0.0.1:$LB_PORT$QUERY" >/dev/null
@@ -199,6 +219,7 @@ if [ ${#replica_ports[@]} -gt 0 ]; then
 fi
 ratio=$(awk -v a="$molt_rps" -v b="$nginx_rps" 'BEGIN { printf "%.2f", a / b }')
 echo "molt/nginx throughput ratio: $ratio (target >= 0.50)"
+echo "server CPU per request: molt serve ${molt_us} µs, nginx ${nginx_us} µs (nginx/molt $(awk -v a="$molt_us" -v b="$nginx_us" 'BEGIN { printf "%.2f", b / a }'); wrk's CPU not counted)"
 if [ ${#replica_ports[@]} -gt 0 ]; then
   echo "molt x${#replica_ports[@]} on PostgreSQL behind nginx round-robin / nginx static: $(awk -v a="$pg_rps" -v b="$nginx_rps" 'BEGIN { printf "%.2f", a / b }')," \
     "/ one SQLite replica: $(awk -v a="$pg_rps" -v b="$molt_rps" 'BEGIN { printf "%.2f", a / b }') (printed, no target: on $(nproc) cores the replicas, the proxy and wrk share them)"
