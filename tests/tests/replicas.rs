@@ -201,17 +201,22 @@ impl Fleet {
 
     /// `psql -Atc sql` against the shared database (no password exists).
     fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([&self.pg.url(), "-Atc", sql])
-            .output()
-            .expect("psql runs (postgresql-client)");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql(&self.pg.url(), sql)
     }
+}
+
+/// `psql -Atc sql` against `url`.
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-Atc", sql])
+        .output()
+        .expect("psql runs (postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -409,14 +414,22 @@ async fn three_hundred_simulated_agents_contend_for_ten_slots_through_three_repl
         agents.push((name, token));
     }
     // Sample the holders straight from the database while they contend.
+    // The sampler holds the URL, not the fleet, and stops when this test ends
+    // however it ends, so the replicas and the cluster are dropped with it.
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
     let done = Arc::new(AtomicBool::new(false));
+    let _stop_sampler = SetOnDrop(done.clone());
     let sampler = {
-        let (f, done) = (f.clone(), done.clone());
+        let (url, done) = (f.pg.url(), done.clone());
         std::thread::spawn(move || {
             let (mut max, mut samples) = (0usize, 0usize);
             while !done.load(Ordering::Acquire) {
-                let n: usize = f
-                    .psql("SELECT count(*) FROM upgrade_slots")
+                let n: usize = psql(&url, "SELECT count(*) FROM upgrade_slots")
                     .parse()
                     .unwrap();
                 max = max.max(n);
