@@ -2,7 +2,8 @@
 # Fleet rollout benchmark (issue 15; not run by .ci/run): 10,000 simulated
 # agents (lightweight clients in one process speaking the real agent HTTP API
 # to a real in-process control plane, host/server/examples/fleet_sim.rs)
-# through a 4-group rollout with max in flight 500. Prints the time to 100 %
+# through a 4-group rollout with max in flight 500 (the control plane runs in
+# a child process of the simulator: one socket per agent on each side). Prints the time to 100 %
 # beside the theoretical minimum (formula printed), p99 API latency, errors,
 # the max in flight observed (from the store) and the 10,000-agent dashboard
 # page size.

@@ -1,6 +1,7 @@
 //! Fleet rollout benchmark (tests/bench/fleet_rollout.sh; not run by CI):
 //! N simulated agents — lightweight clients in this process speaking the real
-//! agent HTTP API to a real in-process control plane — through a rollout of
+//! agent HTTP API to a real control plane (`molt_server::bind`, in a child
+//! process of this one so each holds one socket per agent) — through a rollout of
 //! G label groups with a fleet-wide max in flight; each "upgrade" takes a
 //! configurable time. Prints the time to 100 % beside the theoretical
 //! minimum (and its formula), the p99 API latency, errors, the max in flight
@@ -151,8 +152,27 @@ fn arg(i: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The control plane in a child process (`fleet_sim --serve DIR`): each side
+/// then holds one socket per agent within the per-process descriptor limit.
+async fn serve_child(dir: &std::path::Path) -> anyhow_free::Result {
+    let pk = dir.join("packages");
+    let mut cfg = molt_server::Config::new(dir.join("cp.db"), &pk, "127.0.0.1:0".parse()?);
+    cfg.admin_token = Some(ADMIN.into());
+    cfg.fleet_version = Some(V1.into());
+    cfg.rollout_tick = Duration::from_millis(250);
+    cfg.agent_down_after = Duration::from_secs(600);
+    let server = molt_server::bind(cfg).await?;
+    println!("{}", server.url());
+    server.run().await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow_free::Result {
+    if std::env::args().nth(1).as_deref() == Some("--serve") {
+        let dir = std::env::args().nth(2).ok_or("--serve DIR")?;
+        return serve_child(std::path::Path::new(&dir)).await;
+    }
     let agents = arg(1, 10_000) as usize;
     let ngroups = arg(2, 4).max(1) as usize;
     let in_flight = arg(3, 500).max(1) as usize;
@@ -171,15 +191,25 @@ async fn main() -> anyhow_free::Result {
             )?;
         }
     }
-    let mut cfg = molt_server::Config::new(d.path().join("cp.db"), &pk, "127.0.0.1:0".parse()?);
-    cfg.admin_token = Some(ADMIN.into());
-    cfg.fleet_version = Some(V1.into());
-    cfg.rollout_tick = Duration::from_millis(250);
-    cfg.agent_down_after = Duration::from_secs(600);
-    let server = molt_server::bind(cfg).await?;
-    let url = server.url();
-    let store = server.state().store.clone();
-    tokio::spawn(server.run());
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--serve")
+        .arg(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = child.stdout.take().ok_or("child stdout")?;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let url = line.trim().to_string();
+    if !url.starts_with("http") {
+        let _ = child.kill();
+        return Err(format!("the control plane did not start: {line:?}").into());
+    }
+    // The same SQLite file, read from here (WAL: concurrent readers).
+    let store = molt_server::store::open(&d.path().join("cp.db").to_string_lossy())?;
 
     let admin = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Value| {
@@ -346,6 +376,8 @@ async fn main() -> anyhow_free::Result {
     for t in tasks {
         t.abort();
     }
+    let _ = child.kill();
+    let _ = child.wait();
     if max as usize > in_flight {
         return Err(format!("{max} in flight at once, more than {in_flight}").into());
     }
