@@ -295,11 +295,6 @@ impl AgentConfig {
                 ));
             }
         }
-        let facts_override = raw.facts_override.map(resolve);
-        if let Some(f) = &facts_override
-            && !f.is_file()
-        {
-            return Err(invalid(
         // A shipped build has no test hooks: refuse a config asking for one
         // rather than run without it.
         for (key, on) in [
@@ -314,6 +309,11 @@ impl AgentConfig {
                 ));
             }
         }
+        let facts_override = raw.facts_override.map(resolve);
+        if let Some(f) = &facts_override
+            && !f.is_file()
+        {
+            return Err(invalid(
                 "facts_override",
                 format!("{}: no such file", f.display()),
             ));
