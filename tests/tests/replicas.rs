@@ -515,3 +515,288 @@ async fn three_hundred_simulated_agents_contend_for_ten_slots_through_three_repl
     assert!(max > 0, "the sampler never saw a holder");
     assert_eq!(f.psql("SELECT count(*) FROM upgrade_slots"), "0");
 }
+
+/// One call of a simulated agent: to its replica (an agent's keep-alive
+/// connection through a load balancer stays on one backend), moving to the
+/// next one when that replica does not answer (killed) or answers 503.
+async fn call_any(
+    f: &Fleet,
+    turn: &mut usize,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    for _ in 0..f.replicas.len() * 2 {
+        let mut rq = f
+            .http
+            .request(method.clone(), format!("{}{path}", f.url(*turn)))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(10));
+        if let Some(b) = body {
+            rq = rq.json(b);
+        }
+        match rq.send().await {
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => *turn += 1,
+            Ok(r) => {
+                let st = r.status();
+                return (st, r.json().await.unwrap_or(Value::Null));
+            }
+            Err(_) => *turn += 1,
+        }
+    }
+    panic!("no replica answered {method} {path}");
+}
+
+/// A simulated agent following a rollout: heartbeat, assigned, and when the
+/// assignment changes a slot, an attempt with its stages, the finish, the new
+/// version's heartbeat and the release.
+async fn simulated_agent(
+    f: Arc<Fleet>,
+    i: usize,
+    token: String,
+    site: &'static str,
+    stop: Arc<AtomicBool>,
+) {
+    use reqwest::Method;
+    let mut turn = i;
+    let mut current = V1.to_string();
+    while !stop.load(Ordering::Acquire) {
+        let hb = json!({ "host": format!("sim-host-{i}"), "version": current, "status": "Up",
+            "pid": 1000 + i, "labels": { "site": site } });
+        call_any(
+            &f,
+            &mut turn,
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            &token,
+            Some(&hb),
+        )
+        .await;
+        let (st, a) = call_any(
+            &f,
+            &mut turn,
+            Method::GET,
+            "/api/v1/agent/assigned?os=linux&arch=x86-64",
+            &token,
+            None,
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "assigned: {a}");
+        let to = a["version"].as_str().unwrap().to_string();
+        if to != current {
+            let slot = json!({ "to_version": to });
+            let (st, _) = call_any(
+                &f,
+                &mut turn,
+                Method::POST,
+                "/api/v1/agent/upgrade-slot",
+                &token,
+                Some(&slot),
+            )
+            .await;
+            if st == StatusCode::OK {
+                let (st, v) = call_any(
+                    &f,
+                    &mut turn,
+                    Method::POST,
+                    "/api/v1/agent/attempts",
+                    &token,
+                    Some(&json!({ "from_version": current, "to_version": to })),
+                )
+                .await;
+                assert_eq!(st, StatusCode::OK, "attempt: {v}");
+                let id = v["attempt_id"].as_i64().unwrap();
+                for (stage, state) in [
+                    ("Download Upgrade Packages", "In Progress"),
+                    ("Download Upgrade Packages", "Complete"),
+                    ("Deploy Binary Files", "Complete"),
+                    ("Health Check", "Complete"),
+                ] {
+                    let (st, v) = call_any(
+                        &f,
+                        &mut turn,
+                        Method::POST,
+                        &format!("/api/v1/agent/attempts/{id}/stages"),
+                        &token,
+                        Some(&json!({ "stage": stage, "state": state, "message": "simulated" })),
+                    )
+                    .await;
+                    assert_eq!(st, StatusCode::OK, "stage: {v}");
+                }
+                let (st, v) = call_any(
+                    &f,
+                    &mut turn,
+                    Method::POST,
+                    &format!("/api/v1/agent/attempts/{id}/finish"),
+                    &token,
+                    Some(&json!({ "result": "Complete", "message": "simulated upgrade" })),
+                )
+                .await;
+                assert_eq!(st, StatusCode::OK, "finish: {v}");
+                current = to;
+                let hb = json!({ "host": format!("sim-host-{i}"), "version": current, "status": "Up",
+                    "pid": 2000 + i, "labels": { "site": site } });
+                call_any(
+                    &f,
+                    &mut turn,
+                    Method::POST,
+                    "/api/v1/agent/heartbeat",
+                    &token,
+                    Some(&hb),
+                )
+                .await;
+                call_any(
+                    &f,
+                    &mut turn,
+                    Method::DELETE,
+                    "/api/v1/agent/upgrade-slot",
+                    &token,
+                    None,
+                )
+                .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_mid_rollout_the_others_complete_it_with_every_history_row() {
+    use reqwest::Method;
+    const AGENTS: usize = 6;
+    let f = Fleet::start(3, &[]);
+    let (st, v) = f
+        .admin(
+            0,
+            Method::PUT,
+            "/api/v1/admin/fleet",
+            Some(json!({ "version": V1 })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let name = format!("sim-agent-{i}");
+        let token = f.register(i, &name).await;
+        agents.push((name, token, if i < 2 { "lon" } else { "par" }));
+    }
+    // The agents must have reported their labels before the rollout groups them.
+    for (i, (_, token, site)) in agents.iter().enumerate() {
+        let hb = json!({ "host": format!("sim-host-{i}"), "version": V1, "status": "Up",
+            "pid": 1000 + i, "labels": { "site": site } });
+        let r = f
+            .agent_post(i, "/api/v1/agent/heartbeat", token, &hb)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let spec = json!({ "version": V2, "max_in_flight": 2, "groups": [
+        { "name": "lon", "selector": { "site": "lon" }, "canary": 1 },
+        { "name": "rest", "canary": 1 },
+    ]});
+    let (st, r) = f
+        .admin(1, Method::POST, "/api/v1/admin/rollouts", Some(spec))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    let id = r["id"].as_i64().unwrap();
+
+    // The agents run through all three; A is SIGKILLed once the first attempt is recorded.
+    let f = Arc::new(f);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, (_, token, site)) in agents.iter().enumerate() {
+        tasks.push(tokio::spawn(simulated_agent(
+            f.clone(),
+            i,
+            token.clone(),
+            site,
+            stop.clone(),
+        )));
+    }
+    wait::until("a first attempt recorded", Duration::from_secs(60), || {
+        f.psql("SELECT count(*) FROM attempts") != "0"
+    });
+    let pid = f.replicas[0].proc.pid();
+    assert!(
+        molt_e2e::kit::proc::signal(pid, "KILL"),
+        "SIGKILL replica A ({pid})"
+    );
+    let attempts_at_kill = f.psql("SELECT count(*) FROM attempts");
+    let state_at_kill = f.psql(&format!("SELECT state FROM rollouts WHERE id = {id}"));
+    println!(
+        "replica A killed with {attempts_at_kill} attempt(s) recorded, rollout {state_at_kill}"
+    );
+    assert_ne!(
+        state_at_kill, "Completed",
+        "the rollout ended before the kill: nothing to show"
+    );
+
+    let done = wait::poll(Duration::from_secs(120), || {
+        let f = &f;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                let (_, v) = f
+                    .admin(
+                        1,
+                        Method::GET,
+                        &format!("/api/v1/admin/rollouts/{id}"),
+                        None,
+                    )
+                    .await;
+                v["state"] == "Completed"
+            })
+        })
+    });
+    stop.store(true, Ordering::Release);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, v) = f
+        .admin(
+            2,
+            Method::GET,
+            &format!("/api/v1/admin/rollouts/{id}"),
+            None,
+        )
+        .await;
+    assert!(
+        done,
+        "the rollout did not complete through B and C: {v}\n{}",
+        f.logs()
+    );
+    for (name, _, _) in &agents {
+        let (st, h) = f
+            .admin(
+                2,
+                Method::GET,
+                &format!("/api/v1/admin/agents/{name}/attempts"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        let h = h.as_array().unwrap();
+        assert_eq!(h.len(), 1, "{name}: one attempt: {h:?}");
+        assert_eq!(h[0]["to_version"], V2, "{name}");
+        assert_eq!(h[0]["result"], "Complete", "{name}");
+        let stages: Vec<(&str, &str)> = h[0]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["stage"].as_str().unwrap(), s["state"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                ("Download Upgrade Packages", "Complete"),
+                ("Deploy Binary Files", "Complete"),
+                ("Health Check", "Complete"),
+            ],
+            "{name}: every stage row"
+        );
+    }
+    assert_eq!(
+        f.psql("SELECT count(*) FROM attempts WHERE result IS NOT NULL"),
+        AGENTS.to_string()
+    );
+}

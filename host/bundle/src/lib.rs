@@ -45,6 +45,7 @@ pub use editor::{PackSpec, pack_dir, sign_bundle};
 pub use error::{BundleError, ReplayRule};
 pub use extract::{ExtractReport, extract, extract_scratch};
 pub use keys::{SigningKey, key_id};
+pub use remote::{RemoteIndex, RemoteLayout, TAIL_GUESS, Tail};
 pub use root::FloorChange;
 pub use schema::{
     BundleKind, Component, ComponentLimits, Manifest, ManifestDiff, ManifestEntry, Role,
@@ -52,7 +53,6 @@ pub use schema::{
 };
 pub use store::{Accept, SequenceDecision, TrustStore, check_sequence};
 pub use text::sanitize;
-pub use remote::{RemoteIndex, RemoteLayout, TAIL_GUESS, Tail};
 pub use verify::{EntryLocation, VerifiedBundle, VerifyOptions, verify_bundle};
 
 #[cfg(test)]

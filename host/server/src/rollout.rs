@@ -1166,6 +1166,10 @@ async fn apply(
     let woken = state
         .db(move |s| s.apply_rollout_plan(id, &version, &p, now))
         .await?;
+    // The cache changed (and was published) before this commit: tell the other
+    // replicas again now that the admissions are stored, or one reloading on the
+    // first event may read the old state and offer an admitted agent the old version.
+    state.publish(crate::store::StoreEvent::RolloutChanged);
     for a in &plan.admit {
         tracing::info!(rollout = id, agent_id = a.agent_id, group = %spec.groups[a.group].name, already = a.already, "rollout: agent admitted");
     }
