@@ -572,7 +572,7 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     drop(services);
 }
 
-/// `molt fleet set-version|override|issues|readiness`: `--json` from the
+/// `molt fleet set-version|override|pin|issues|readiness`: `--json` from the
 /// command's types, exit 0 done, 1 refused by the control plane, 2 usage.
 #[test]
 fn fleet_versions_issues_and_readiness_from_the_command_line() {
@@ -608,6 +608,65 @@ fn fleet_versions_issues_and_readiness_from_the_command_line() {
     assert_eq!(v["override"], Value::Null, "{out}");
     // Neither a version nor --clear: usage (clap's 2).
     let (code, _, out) = fleet(&cp.url, &["override"]);
+    assert_eq!(code, 2, "{out}");
+
+    // `pin`: the control plane's pin of one agent beats the fleet version; the
+    // agent's own config pin (`pinned`) beats it; cleared, back to the fleet.
+    let assigned = |q: &str| {
+        let (st, text) = molt_e2e::agent_fx::http_call(
+            &cp.url,
+            reqwest::Method::GET,
+            &format!("/api/v1/agent/assigned?os=universal&arch=universal{q}"),
+            AGENT_TOKEN,
+            None,
+        );
+        assert_eq!(st, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        (
+            v["version"].as_str().unwrap_or("").to_string(),
+            v["source"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(assigned(""), (V2.to_string(), "fleet".to_string()));
+    let (code, v, out) = fleet(&cp.url, &["pin", "a1", V1]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        (v["name"].as_str(), v["pin"].as_str()),
+        (Some("a1"), Some(V1)),
+        "{out}"
+    );
+    assert_eq!(assigned(""), (V1.to_string(), "cp-pin".to_string()));
+    assert_eq!(
+        assigned(&format!("&pinned={V2}")),
+        (V2.to_string(), "pin".to_string()),
+        "the agent's own pin wins"
+    );
+    let listed = get(&cp.url, "/api/v1/admin/agents");
+    assert!(
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["name"] == "a1" && x["pin"] == V1),
+        "{listed}"
+    );
+    let (code, v, out) = fleet(&cp.url, &["pin", "a1", "--clear"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["pin"], Value::Null, "{out}");
+    assert_eq!(assigned(""), (V2.to_string(), "fleet".to_string()));
+    // An unknown agent and a non-version: refused (1) with the reason; no
+    // version and no --clear: usage (2).
+    let (code, v, out) = fleet(&cp.url, &["pin", "nobody", V1]);
+    assert_eq!(code, 1, "{out}");
+    let e = v["error"].as_str().unwrap_or("");
+    assert!(e.contains("HTTP 404") && e.contains("nobody"), "{out}");
+    let (code, v, out) = fleet(&cp.url, &["pin", "a1", "not-a-version"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("HTTP 400")),
+        "{out}"
+    );
+    let (code, _, out) = fleet(&cp.url, &["pin", "a1"]);
     assert_eq!(code, 2, "{out}");
 
     // An issue reported by agent a1 through the agent API.

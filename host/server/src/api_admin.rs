@@ -27,6 +27,8 @@ pub struct AgentView {
     /// Effective labels (reported, with the admin's overrides).
     pub labels: crate::model::Labels,
     pub label_overrides: crate::model::Labels,
+    /// The control plane's pin (`PUT /api/v1/admin/agents/{name}/pin`).
+    pub pin: Option<String>,
 }
 
 impl AgentView {
@@ -45,8 +47,42 @@ impl AgentView {
             duplicate: a.duplicate,
             labels: a.labels,
             label_overrides: a.label_overrides,
+            pin: a.cp_pin,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinBody {
+    /// A buildstamp, or null to clear the pin.
+    version: Option<String>,
+}
+
+/// `PUT /api/v1/admin/agents/{name}/pin`: the control plane pins an agent to a
+/// version (above the fleet override and rollouts, below the agent's own
+/// config pin), or clears it.
+pub async fn put_pin(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PinBody>,
+) -> Result<Response, ApiError> {
+    if let Some(v) = &req.version {
+        check_version("version", v).map_err(|e| ApiError::bad_request(e.message))?;
+    }
+    let (n, v) = (name.clone(), req.version.clone());
+    let agent = state.db(move |s| s.set_agent_pin(&n, v.as_deref())).await?;
+    {
+        let mut pins = state.pins.write().unwrap_or_else(|p| p.into_inner());
+        match &req.version {
+            Some(v) => pins.insert(agent.id, v.clone()),
+            None => pins.remove(&agent.id),
+        };
+    }
+    state.publish(crate::store::StoreEvent::AgentsChanged);
+    tracing::info!(agent = %name, version = ?req.version, "agent pin set");
+    Ok(axum::Json(AgentView::of(&state, agent)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -199,14 +199,18 @@ fn pref(base: &str, f: &PackageFile, with_kind: bool) -> PackageRef {
     }
 }
 
-/// Which version an agent runs: its own pin, else the fleet override, else
-/// the fleet buildstamp.
+/// Which version an agent runs: its own pin (the host operator's word), else
+/// the control plane's pin, else the fleet override, else the fleet buildstamp.
 pub fn choose_version(
     fleet: &crate::model::FleetState,
     pinned: Option<&str>,
+    cp_pin: Option<&str>,
 ) -> Option<(String, &'static str)> {
     if let Some(p) = pinned {
         return Some((p.to_string(), "pin"));
+    }
+    if let Some(p) = cp_pin {
+        return Some((p.to_string(), "cp-pin"));
     }
     if let Some(o) = &fleet.override_version {
         return Some((o.clone(), "override"));
@@ -215,19 +219,21 @@ pub fn choose_version(
 }
 
 /// [`choose_version`] with a rollout: an agent a rollout admitted runs its
-/// version (not blocklisted) unless pinned or under a fleet override.
+/// version (not blocklisted) unless pinned (either pin) or under a fleet override.
 pub fn choose_version_for(
     fleet: &crate::model::FleetState,
     pinned: Option<&str>,
+    cp_pin: Option<&str>,
     rollout: Option<String>,
 ) -> Option<(String, &'static str)> {
     if pinned.is_none()
+        && cp_pin.is_none()
         && fleet.override_version.is_none()
         && let Some(v) = rollout
     {
         return Some((v, "rollout"));
     }
-    choose_version(fleet, pinned)
+    choose_version(fleet, pinned, cp_pin)
 }
 
 /// The request's `Host` header alone (the `HeaderMap` extractor would copy
@@ -276,8 +282,9 @@ pub async fn assigned(
         Some(v) => (v, "requested"),
         None => {
             let rollout = state.rollout_version_for(agent.id);
+            let cp_pin = state.cp_pin_for(agent.id);
             let fleet = state.fleet.read().unwrap_or_else(|p| p.into_inner());
-            choose_version_for(&fleet, pinned.as_deref(), rollout)
+            choose_version_for(&fleet, pinned.as_deref(), cp_pin.as_deref(), rollout)
         }
         .ok_or_else(|| {
             ApiError::not_found(
@@ -634,4 +641,41 @@ pub async fn upload_logs(
         .await?;
     tracing::info!(agent = %agent.name, bytes = size, path = %path_text, "agent logs uploaded");
     Ok(axum::Json(json!({ "ok": true, "upload_id": upload_id })))
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::choose_version_for;
+    use crate::model::FleetState;
+
+    /// The agent's own pin > the control plane's pin > the fleet override >
+    /// a rollout's admission > the fleet version.
+    #[test]
+    fn assignment_precedence() {
+        let mut fleet = FleetState {
+            version: Some("fleet".into()),
+            override_version: None,
+        };
+        let pick = |f: &FleetState, own: Option<&str>, cp: Option<&str>, r: Option<&str>| {
+            choose_version_for(f, own, cp, r.map(str::to_string)).map(|(v, s)| (v, s.to_string()))
+        };
+        let want = |v: &str, s: &str| Some((v.to_string(), s.to_string()));
+        assert_eq!(pick(&fleet, None, None, None), want("fleet", "fleet"));
+        assert_eq!(pick(&fleet, None, None, Some("r")), want("r", "rollout"));
+        fleet.override_version = Some("o".into());
+        assert_eq!(pick(&fleet, None, None, Some("r")), want("o", "override"));
+        assert_eq!(
+            pick(&fleet, None, Some("cp"), Some("r")),
+            want("cp", "cp-pin")
+        );
+        assert_eq!(
+            pick(&fleet, Some("own"), Some("cp"), Some("r")),
+            want("own", "pin")
+        );
+        fleet.override_version = None;
+        assert_eq!(
+            pick(&fleet, None, Some("cp"), Some("r")),
+            want("cp", "cp-pin")
+        );
+    }
 }

@@ -30,6 +30,9 @@ pub struct Agent {
     /// Set through the admin API; a value wins over the reported one, an empty
     /// value removes the label.
     pub label_overrides: Labels,
+    /// The control plane's pin (admin API): the version this agent runs
+    /// unless its own config pins one.
+    pub cp_pin: Option<String>,
 }
 
 /// Reported labels with the overrides applied (an empty override value removes).

@@ -1054,6 +1054,9 @@ pub async fn tick(state: &AppState) -> Result<(), ApiError> {
             .collect(),
         agents: agents
             .into_iter()
+            // A control-plane pin keeps an agent out of rollouts (one admitted
+            // before the pin stays in its group's count).
+            .filter(|a| a.cp_pin.is_none() || admitted.iter().any(|x| x.agent_id == a.id))
             .map(|a| {
                 let admission = admitted
                     .iter()

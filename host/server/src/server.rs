@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/admin/purge", post(api_admin::post_purge))
         .route("/api/v1/admin/packages", get(api_admin::list_packages))
+        .route("/api/v1/admin/agents/{name}/pin", put(api_admin::put_pin))
         .route(
             "/api/v1/admin/agents/{name}/labels",
             put(api_rollout::put_labels),
@@ -417,6 +418,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             events.clone(),
         ),
         answers: RwLock::new(Default::default()),
+        pins: RwLock::new(Default::default()),
         tokens_gen: Default::default(),
         db_health: Default::default(),
         events,
@@ -426,6 +428,10 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         // Tokens reset here must stop working on the other replicas.
         state.publish(StoreEvent::AgentsChanged);
     }
+    state
+        .reload_pins()
+        .await
+        .map_err(|e| ServerError::Config(format!("agent pins: {}", e.message)))?;
     crate::rollout::reload(&state)
         .await
         .map_err(|e| ServerError::Config(format!("rollouts: {}", e.message)))?;

@@ -62,6 +62,9 @@ pub struct Inner {
     pub db_health: DbHealth,
     /// Encoded `GET /api/v1/agent/assigned` answers (see [`AnswerCache`]).
     pub answers: RwLock<AnswerCache>,
+    /// The control plane's per-agent pins (agent id to version): read on every
+    /// poll, so cached; reloaded on `AgentsChanged`.
+    pub pins: RwLock<HashMap<i64, String>>,
 }
 
 /// Token hash to agent. The keys are SHA-256 digests, uniform and not chosen
@@ -380,7 +383,12 @@ impl AppState {
         match ev {
             StoreEvent::Wake(id) => self.wake_local(&[id]),
             StoreEvent::WakeAll => self.wake_all_local(),
-            StoreEvent::AgentsChanged => self.clear_tokens(),
+            StoreEvent::AgentsChanged => {
+                self.clear_tokens();
+                if let Err(e) = self.reload_pins().await {
+                    tracing::error!(error = %e.message, "agent pins reload failed");
+                }
+            }
             StoreEvent::FleetChanged | StoreEvent::RolloutChanged => {
                 self.reload_remote().await;
                 // A replica may publish a change it caches before its commit
@@ -406,7 +414,24 @@ impl AppState {
     pub async fn reload_shared(&self) -> Result<(), ApiError> {
         let fleet = self.db(|s| s.fleet()).await?;
         *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = fleet;
+        self.reload_pins().await?;
         crate::rollout::reload(self).await
+    }
+
+    /// Reloads the control plane's per-agent pins from the store.
+    pub async fn reload_pins(&self) -> Result<(), ApiError> {
+        let pins: HashMap<i64, String> = self.db(|s| s.agent_pins()).await?.into_iter().collect();
+        *self.pins.write().unwrap_or_else(|p| p.into_inner()) = pins;
+        Ok(())
+    }
+
+    /// The control plane's pin of this agent, if any.
+    pub fn cp_pin_for(&self, agent_id: i64) -> Option<String> {
+        self.pins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&agent_id)
+            .cloned()
     }
 
     pub fn fleet_state(&self) -> FleetState {

@@ -44,6 +44,7 @@ const CASES: &[Case] = &[
         sorted_pages_and_version_counts,
     ),
     ("readiness_and_publish", readiness_and_publish),
+    ("agent_pins", agent_pins),
 ];
 
 /// Runs every case (each on its own fresh database), then fails naming those
@@ -523,6 +524,34 @@ fn log_uploads(s: &dyn Store) {
     );
     assert!(s.log_upload(l2 + 1000).unwrap().is_none());
     assert!(s.list_log_uploads("b").unwrap().is_empty());
+}
+
+/// The control plane's per-agent pin: set, read back on every agent read,
+/// cleared; an unknown agent is NotFound.
+fn agent_pins(s: &dyn Store) {
+    let now = Utc::now();
+    let a = s.create_agent("a", &[1; 32], now).unwrap();
+    let b = s.create_agent("b", &[2; 32], now).unwrap();
+    assert_eq!(s.agent_by_name("a").unwrap().unwrap().cp_pin, None);
+    assert!(s.agent_pins().unwrap().is_empty());
+    let v = "quebec-12-09-2020__patch1-12-09-2020_12-09-2020_1225";
+    let ag = s.set_agent_pin("a", Some(v)).unwrap();
+    assert_eq!((ag.id, ag.cp_pin.as_deref()), (a, Some(v)));
+    assert_eq!(
+        s.agent_by_name("a").unwrap().unwrap().cp_pin.as_deref(),
+        Some(v)
+    );
+    let listed = s.list_agents().unwrap();
+    let pins: Vec<_> = listed.iter().map(|x| (x.id, x.cp_pin.clone())).collect();
+    assert_eq!(pins, vec![(a, Some(v.to_string())), (b, None)]);
+    assert_eq!(s.agent_pins().unwrap(), vec![(a, v.to_string())]);
+    assert!(matches!(
+        s.set_agent_pin("nobody", Some(v)),
+        Err(StoreError::NotFound(_))
+    ));
+    let ag = s.set_agent_pin("a", None).unwrap();
+    assert_eq!(ag.cp_pin, None);
+    assert!(s.agent_pins().unwrap().is_empty());
 }
 
 fn labels_and_agents_page(s: &dyn Store) {

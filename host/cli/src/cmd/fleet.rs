@@ -73,6 +73,16 @@ pub enum FleetCmd {
         #[arg(long, conflicts_with = "target")]
         clear: bool,
     },
+    /// Pin one agent to a version from the control plane (`--clear` removes
+    /// the pin; an agent's own `pinned_version` still wins).
+    Pin {
+        #[arg(value_name = "AGENT")]
+        agent: String,
+        #[arg(value_name = "VERSION", required_unless_present = "clear")]
+        target: Option<String>,
+        #[arg(long, conflicts_with = "target")]
+        clear: bool,
+    },
     /// Issues the agents reported.
     #[command(subcommand)]
     Issues(IssuesCmd),
@@ -112,6 +122,13 @@ struct FleetOut {
     /// `set-version`: agents sent autoUpgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auto_upgrade_queued: Option<u64>,
+}
+
+/// `pin`: the agent and its control-plane pin after the change.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PinOut {
+    name: String,
+    pin: Option<String>,
 }
 
 /// One issue as the API answers it.
@@ -544,6 +561,22 @@ fn run_inner(a: &FleetArgs) -> Result<(), Fail> {
                 );
             }
             to_value(&f)
+        }
+        FleetCmd::Pin {
+            agent,
+            target,
+            clear,
+        } => {
+            let version = target.as_deref().filter(|_| !clear);
+            let p: PinOut = typed(api.call(
+                "PUT",
+                &format!("/api/v1/admin/agents/{}/pin", enc(agent)),
+                Some(&json!({ "version": version })),
+            )?)?;
+            if !a.json {
+                println!("{}: pin {}", p.name, p.pin.as_deref().unwrap_or("(none)"));
+            }
+            to_value(&p)
         }
         FleetCmd::Issues(IssuesCmd::List { agent, state, open }) => {
             let mut q = vec![];

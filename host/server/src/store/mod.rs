@@ -354,6 +354,11 @@ pub trait Store: Send + Sync + 'static {
     // Labels.
     /// Replaces the admin's label overrides of an agent.
     fn set_label_overrides(&self, name: &str, labels: &Labels) -> Result<Agent, StoreError>;
+    /// Sets (or with `None` clears) the control plane's pin of an agent;
+    /// `NotFound` for an unknown agent.
+    fn set_agent_pin(&self, name: &str, version: Option<&str>) -> Result<Agent, StoreError>;
+    /// Every control-plane pin: (agent id, version), for the replica's cache.
+    fn agent_pins(&self) -> Result<Vec<(i64, String)>, StoreError>;
 
     // Rollouts.
     /// Creates a Running rollout; `Conflict` while another is open (Running,

@@ -118,6 +118,10 @@ CREATE TABLE blocklist (
 );
 CREATE INDEX attempts_to ON attempts(to_version, started_at);
 "#,
+    // The control plane's per-agent pin (`PUT /api/v1/admin/agents/{name}/pin`).
+    r#"
+ALTER TABLE agents ADD COLUMN cp_pin TEXT;
+"#,
 ];
 
 const FLEET_VERSION: &str = "fleet.version";
@@ -380,7 +384,7 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
 }
 
-const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at, labels, label_overrides";
+const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at, labels, label_overrides, cp_pin";
 
 fn agent_of(r: &Row) -> Result<Agent, StoreError> {
     let status: String = r.try_get(5)?;
@@ -403,6 +407,7 @@ fn agent_of(r: &Row) -> Result<Agent, StoreError> {
         labels: effective_labels(&reported_labels, &label_overrides),
         reported_labels,
         label_overrides,
+        cp_pin: r.try_get(11)?,
     })
 }
 
@@ -1417,6 +1422,33 @@ impl Store for PgStore {
                 )?
                 .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))?;
             agent_of(&row)
+        })
+    }
+
+    fn set_agent_pin(&self, name: &str, version: Option<&str>) -> Result<Agent, StoreError> {
+        self.tx(|tx| {
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE agents SET cp_pin = $2 WHERE name = $1 RETURNING {AGENT_COLS}"
+                    ),
+                    &[&name, &version],
+                )?
+                .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))?;
+            agent_of(&row)
+        })
+    }
+
+    fn agent_pins(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        blocking(|| {
+            let mut c = self.conn()?;
+            c.query(
+                "SELECT id, cp_pin FROM agents WHERE cp_pin IS NOT NULL",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
         })
     }
 

@@ -103,6 +103,10 @@ CREATE TABLE blocklist (
 );
 CREATE INDEX attempts_to ON attempts(to_version, started_at);
 "#,
+    // The control plane's per-agent pin (`PUT /api/v1/admin/agents/{name}/pin`).
+    r#"
+ALTER TABLE agents ADD COLUMN cp_pin TEXT;
+"#,
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -193,7 +197,7 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
 }
 
-const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at, labels, label_overrides";
+const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at, labels, label_overrides, cp_pin";
 
 type AgentRow = (Agent, String, String, String);
 
@@ -213,6 +217,7 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
             labels: Labels::new(),
             reported_labels: Labels::new(),
             label_overrides: Labels::new(),
+            cp_pin: r.get(11)?,
         },
         status,
         r.get(9)?,
@@ -1128,6 +1133,31 @@ impl Store for SqliteStore {
             )?;
             finish_agent(row)
         })
+    }
+
+    fn set_agent_pin(&self, name: &str, version: Option<&str>) -> Result<Agent, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE agents SET cp_pin = ?2 WHERE name = ?1",
+                params![name, version],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("agent {name:?}")));
+            }
+            let row = tx.query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
+                [name],
+                agent_row,
+            )?;
+            finish_agent(row)
+        })
+    }
+
+    fn agent_pins(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id, cp_pin FROM agents WHERE cp_pin IS NOT NULL")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn create_rollout(
