@@ -280,6 +280,27 @@ impl PgStore {
         })
     }
 
+    /// Sets one operator-owned column of an agent and returns the row
+    /// (`NotFound` for an unknown name): label overrides and the pin share it.
+    fn set_agent_column(
+        &self,
+        name: &str,
+        column: &'static str,
+        value: &(dyn ToSql + Sync),
+    ) -> Result<Agent, StoreError> {
+        self.tx(|tx| {
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE agents SET {column} = $2 WHERE name = $1 RETURNING {AGENT_COLS}"
+                    ),
+                    &[&name, value],
+                )?
+                .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))?;
+            agent_of(&row)
+        })
+    }
+
     fn migrate(&self) -> Result<(), StoreError> {
         self.tx(|tx| {
             // Replicas starting together: one migrates, the others wait and
@@ -1412,31 +1433,11 @@ impl Store for PgStore {
 
     fn set_label_overrides(&self, name: &str, labels: &Labels) -> Result<Agent, StoreError> {
         let json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
-        self.tx(|tx| {
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "UPDATE agents SET label_overrides = $2 WHERE name = $1 RETURNING {AGENT_COLS}"
-                    ),
-                    &[&name, &json],
-                )?
-                .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))?;
-            agent_of(&row)
-        })
+        self.set_agent_column(name, "label_overrides", &json)
     }
 
     fn set_agent_pin(&self, name: &str, version: Option<&str>) -> Result<Agent, StoreError> {
-        self.tx(|tx| {
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "UPDATE agents SET cp_pin = $2 WHERE name = $1 RETURNING {AGENT_COLS}"
-                    ),
-                    &[&name, &version],
-                )?
-                .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))?;
-            agent_of(&row)
-        })
+        self.set_agent_column(name, "cp_pin", &version)
     }
 
     fn agent_pins(&self) -> Result<Vec<(i64, String)>, StoreError> {

@@ -153,6 +153,31 @@ impl SqliteStore {
         tx.commit()?;
         Ok(out)
     }
+
+    /// Sets one operator-owned column of an agent and returns the row
+    /// (`NotFound` for an unknown name): label overrides and the pin share it.
+    fn set_agent_column(
+        &self,
+        name: &str,
+        column: &'static str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<Agent, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                &format!("UPDATE agents SET {column} = ?2 WHERE name = ?1"),
+                params![name, value],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("agent {name:?}")));
+            }
+            let row = tx.query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
+                [name],
+                agent_row,
+            )?;
+            finish_agent(row)
+        })
+    }
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -1118,39 +1143,11 @@ impl Store for SqliteStore {
 
     fn set_label_overrides(&self, name: &str, labels: &Labels) -> Result<Agent, StoreError> {
         let json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
-        self.tx(|tx| {
-            let n = tx.execute(
-                "UPDATE agents SET label_overrides = ?2 WHERE name = ?1",
-                params![name, json],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("agent {name:?}")));
-            }
-            let row = tx.query_row(
-                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
-                [name],
-                agent_row,
-            )?;
-            finish_agent(row)
-        })
+        self.set_agent_column(name, "label_overrides", &json)
     }
 
     fn set_agent_pin(&self, name: &str, version: Option<&str>) -> Result<Agent, StoreError> {
-        self.tx(|tx| {
-            let n = tx.execute(
-                "UPDATE agents SET cp_pin = ?2 WHERE name = ?1",
-                params![name, version],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("agent {name:?}")));
-            }
-            let row = tx.query_row(
-                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
-                [name],
-                agent_row,
-            )?;
-            finish_agent(row)
-        })
+        self.set_agent_column(name, "cp_pin", &version)
     }
 
     fn agent_pins(&self) -> Result<Vec<(i64, String)>, StoreError> {
