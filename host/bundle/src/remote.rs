@@ -495,43 +495,17 @@ pub fn read_entry_from<R: Read, W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::editor::{self, PackSpec, ZipWriter, pack_dir, pack_dir_format, sign_bundle};
+    use crate::editor::{PackSpec, ZipWriter, pack_dir, pack_dir_format, sign_bundle};
     use crate::keys::SigningKey;
     use crate::schema::{Signature, SignatureFile};
     use crate::verify::verify_bundle;
     use crate::{MANIFEST_PATH, TrustStore};
-    use tempfile::TempDir;
 
     const CORE: &str =
         "molt-core.vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815.universal.universal.zip";
 
-    struct Fx {
-        dir: TempDir,
-        key: SigningKey,
-        root: SignedRoot,
-    }
-
-    fn fx() -> Fx {
-        let key = SigningKey::generate().unwrap().0;
-        let root = editor::single_key_root(&key, Utc::now() + chrono::Duration::days(30)).unwrap();
-        Fx {
-            dir: TempDir::new().unwrap(),
-            key,
-            root,
-        }
-    }
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    // The crate's own test fixtures: a one-key root, a temp dir, seeded bytes.
+    use crate::tests::{Fx, fx, pseudo_random as noise};
 
     /// Files of the test tree: stored (noise) and deflated (text) entries.
     fn tree(fx: &Fx, n: usize) -> std::path::PathBuf {

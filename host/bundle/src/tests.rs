@@ -47,13 +47,13 @@ fn root_with(
     root
 }
 
-struct Fx {
-    dir: TempDir,
-    key: SigningKey,
-    root: SignedRoot,
+pub(crate) struct Fx {
+    pub(crate) dir: TempDir,
+    pub(crate) key: SigningKey,
+    pub(crate) root: SignedRoot,
 }
 
-fn fx() -> Fx {
+pub(crate) fn fx() -> Fx {
     let key = key();
     let root = editor::single_key_root(&key, in_days(30)).unwrap();
     Fx {
@@ -63,7 +63,7 @@ fn fx() -> Fx {
     }
 }
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {
