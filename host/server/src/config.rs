@@ -19,6 +19,8 @@ pub struct Config {
     /// SQLite database file (created, migrated on start), or a
     /// `postgres://user@host:port/dbname` URL several replicas share.
     pub db_path: PathBuf,
+    /// PostgreSQL pool size and checkout timeout (`--db-pool-size`, `--db-timeout`).
+    pub db_options: crate::store::DbOptions,
     /// Directory of signed bundles named `molt-<kind>.<version>.<os>.<arch>.zip`.
     pub packages_dir: PathBuf,
     /// Address to listen on; port 0 picks a free port (see `BoundServer::local_addr`).
@@ -69,6 +71,7 @@ impl Config {
     ) -> Self {
         Self {
             db_path: db_path.into(),
+            db_options: crate::store::DbOptions::default(),
             packages_dir: packages_dir.into(),
             listen,
             admin_token: None,

@@ -282,9 +282,10 @@ impl BoundServer {
                 }
             }
         });
-        let scheduler = tokio::spawn(crate::rollout::run(
+        let scheduler = tokio::spawn(schedule_while_leader(
             self.state.clone(),
             self.state.config.rollout_tick,
+            replica_id(self.local_addr),
         ));
         let replica = crate::state::spawn_replica_tasks(&self.state, self.outbox);
         let result = match self.tls {
@@ -302,10 +303,63 @@ impl BoundServer {
         };
         purger.abort();
         scheduler.abort();
+        // Hand the scheduler's lease over now rather than when the session times out.
+        let store = self.state.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.resign()).await;
         for t in replica {
             t.abort();
         }
         result.map_err(ServerError::Serve)
+    }
+}
+
+/// This replica in the scheduler's log lines: host, listening port and pid.
+fn replica_id(addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("{host}:{} pid {}", addr.port(), std::process::id())
+}
+
+/// Runs the rollout scheduler every `every`, but only while this replica
+/// holds the leader lease in the store: replicas on one database would
+/// otherwise plan the same step at once. A replica that stands by asks again
+/// every tick, so it takes over within a tick or two of the leader's death.
+/// Logs `rollout scheduler: leader` / `standing by` once per change.
+async fn schedule_while_leader(state: AppState, every: Duration, replica: String) {
+    let mut t = tokio::time::interval(every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = None;
+    loop {
+        t.tick().await;
+        let lead = match state.db(|s| s.try_lead()).await {
+            Ok(lead) => lead,
+            Err(e) => {
+                if leading != Some(false) {
+                    tracing::warn!(error = %e.message, "rollout scheduler lease check failed");
+                }
+                false
+            }
+        };
+        if leading != Some(lead) {
+            if lead {
+                tracing::info!(replica = %replica, "rollout scheduler: leader (replica {replica})");
+            } else {
+                tracing::info!(replica = %replica, "rollout scheduler: standing by (replica {replica})");
+            }
+            leading = Some(lead);
+        }
+        if !lead {
+            continue;
+        }
+        let Err(e) = crate::rollout::tick(&state).await else {
+            continue;
+        };
+        tracing::error!(error = %e.message, "rollout scheduler step failed");
+        // Admissions are cached before they are stored: forget any not stored.
+        if let Err(e) = crate::rollout::reload(&state).await {
+            tracing::error!(error = %e.message, "rollout cache reload failed");
+        }
     }
 }
 
@@ -318,7 +372,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             .to_str()
             .ok_or_else(|| ServerError::Config(format!("--db {db_path:?} is not UTF-8")))?
             .to_string();
-        tokio::task::spawn_blocking(move || crate::store::open(&db))
+        let options = config.db_options;
+        tokio::task::spawn_blocking(move || crate::store::open_with(&db, &options))
             .await
             .map_err(|e| ServerError::Config(format!("database task failed: {e}")))?
             .map_err(|source| ServerError::Database {

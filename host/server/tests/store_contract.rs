@@ -19,7 +19,7 @@ use molt_server::model::{
     AgentStatus, AttemptResult, CommandKind, CommandState, Finding, FleetState, Heartbeat,
     IssueReportOutcome, IssueState, Labels, RolloutState, SlotOutcome, Stage, StageState,
 };
-use molt_server::rollout::{Admit, Plan};
+use molt_server::rollout::{Admit, Plan, RolloutSpec};
 use molt_server::store::{self, AgentQuery, AgentSort, IssueFilter, Store, StoreError, StoreEvent};
 use molt_testkit::pg::PgServer;
 
@@ -45,6 +45,8 @@ const CASES: &[Case] = &[
     ),
     ("readiness_and_publish", readiness_and_publish),
     ("agent_pins", agent_pins),
+    ("slot_limit", slot_limit),
+    ("scheduler_lease", scheduler_lease),
 ];
 
 /// Runs every case (each on its own fresh database), then fails naming those
@@ -495,11 +497,16 @@ fn issues(s: &dyn Store) {
     ));
     s.report_issues(a, "Other", &[finding("FRESH")], t0 + day * 29)
         .unwrap();
+    // OLD stays New; PERM is resolved again on day 20 but was last detected at t0.
+    s.report_issues(a, "Third", &[finding("OLD")], t0).unwrap();
+    let perm = all.iter().find(|i| i.code == "PERM").unwrap().id;
+    s.set_issue_state(perm, IssueState::Resolved, t0 + day * 20)
+        .unwrap();
     assert_eq!(s.purge_stale_issues(t0 - day).unwrap(), 0);
     assert_eq!(
         s.purge_stale_issues(t0 + day).unwrap(),
-        2,
-        "acknowledged and resolved alike"
+        3,
+        "new, acknowledged and resolved alike, by when they were last detected"
     );
     let left: Vec<String> = s
         .list_issues(&IssueFilter::default())
@@ -666,12 +673,22 @@ fn rollout_lifecycle(s: &dyn Store) {
     let b = s.create_agent("b", &[2; 32], now).unwrap();
     assert!(s.latest_rollout().unwrap().is_none());
     let spec = serde_json::json!({"version": "v2", "groups": [{"name": "all",
-        "windows": ["Mon-Fri@02:00-04:00+00:00"], "jitter_secs": 600}]});
+        "windows": ["Mon-Fri@02:00-04:00+00:00", "Sat@22:00-02:00-05:30"], "jitter_secs": 600}]});
     let id = s.create_rollout("v2", &spec, 1, now).unwrap();
     let r = s.latest_rollout().unwrap().unwrap();
     assert_eq!(
         (r.id, r.state, r.spec.clone(), r.groups.len()),
         (id, RolloutState::Running, spec.clone(), 1)
+    );
+    // The stored spec reads back as the scheduler's, windows and jitter intact.
+    let parsed: RolloutSpec = serde_json::from_value(r.spec).unwrap();
+    assert_eq!(
+        (parsed.groups[0].windows.len(), parsed.groups[0].jitter_secs),
+        (2, 600)
+    );
+    assert_eq!(
+        serde_json::to_value(&parsed).unwrap()["groups"][0]["windows"],
+        spec["groups"][0]["windows"]
     );
     assert!(matches!(
         s.create_rollout("v3", &spec, 1, now),
@@ -715,6 +732,12 @@ fn rollout_lifecycle(s: &dyn Store) {
     let at = s.create_attempt(a, "v1", "v2", now).unwrap();
     s.finish_attempt(a, at, AttemptResult::RolledBack, "", now)
         .unwrap();
+    // The halt rule counts attempts to the version whose Health Check failed.
+    assert!(s.health_check_failures("v2", now).unwrap().is_empty());
+    s.record_stage(a, at, Stage::HealthCheck, StageState::Failed, "not Up", now)
+        .unwrap();
+    assert_eq!(s.health_check_failures("v2", now).unwrap(), vec![at]);
+    assert!(s.health_check_failures("v3", now).unwrap().is_empty());
     let halt = Plan {
         finished: vec![(a, AttemptResult::RolledBack, now)],
         halt: Some("group all: a (Rolled Back)".into()),
@@ -777,6 +800,12 @@ fn rollout_lifecycle(s: &dyn Store) {
     assert_eq!(r.state, RolloutState::Aborted);
     assert!(r.aborted_at.is_some());
     assert_eq!(s.blocklist().unwrap()[0].reason, "bad build");
+    assert!(
+        s.apply_rollout_plan(id, "v2", &again, now)
+            .unwrap()
+            .is_empty(),
+        "aborted: nothing applies"
+    );
     assert!(matches!(
         s.set_rollout_state(id, RolloutState::Completed, None, now),
         Err(StoreError::Conflict(_))
@@ -790,20 +819,21 @@ fn rollout_lifecycle(s: &dyn Store) {
         Err(StoreError::Conflict(_))
     ));
     s.clear_blocked("v2").unwrap();
-    // A catch-all rollout that completes makes its version the fleet's.
-    let all = serde_json::json!({"version": "v4", "groups": [{"name": "rest"}]});
-    let id2 = s.create_rollout("v4", &all, 1, now).unwrap();
+    // Cleared, the version may be rolled out again; a catch-all rollout that
+    // completes makes its version the fleet's.
+    let all = serde_json::json!({"version": "v2", "groups": [{"name": "rest"}]});
+    let id2 = s.create_rollout("v2", &all, 1, now).unwrap();
     assert!(s.rollout(id).unwrap().is_some() && s.latest_rollout().unwrap().unwrap().id == id2);
     let done = Plan {
         group_completed: vec![(0, now)],
         complete: true,
         ..Plan::default()
     };
-    s.apply_rollout_plan(id2, "v4", &done, now).unwrap();
+    s.apply_rollout_plan(id2, "v2", &done, now).unwrap();
     let r = s.rollout(id2).unwrap().unwrap();
     assert_eq!(r.state, RolloutState::Completed);
     assert!(r.completed_at.is_some() && r.groups[0].completed_at.is_some());
-    assert_eq!(s.fleet().unwrap().version.as_deref(), Some("v4"));
+    assert_eq!(s.fleet().unwrap().version.as_deref(), Some("v2"));
 }
 
 fn readiness_and_publish(s: &dyn Store) {
@@ -818,6 +848,120 @@ fn readiness_and_publish(s: &dyn Store) {
         s.publish(&ev).unwrap();
         assert_eq!(StoreEvent::from_payload(&ev.to_payload()), Some(ev));
     }
+}
+
+/// A rollout's stored limit replaces `acquire_slot`'s default until cleared,
+/// and a lowered limit grants nothing until enough holders leave.
+fn slot_limit(s: &dyn Store) {
+    let now = Utc::now();
+    let ids: Vec<i64> = (0..4)
+        .map(|i| {
+            s.create_agent(&format!("a{i}"), &[i as u8; 32], now)
+                .unwrap()
+        })
+        .collect();
+    let lease = chrono::Duration::seconds(60);
+    let acquire = |i: usize| s.acquire_slot(ids[i], "v2", Utc::now(), 2, lease).unwrap();
+    assert_eq!(s.slot_limit().unwrap(), None);
+    s.set_slot_limit(Some(3)).unwrap();
+    assert_eq!(s.slot_limit().unwrap(), Some(3));
+    for i in 0..3 {
+        assert_eq!(
+            acquire(i),
+            SlotOutcome::Granted,
+            "the stored 3, not the default 2"
+        );
+    }
+    assert!(matches!(acquire(3), SlotOutcome::Busy { .. }));
+    s.set_slot_limit(Some(1)).unwrap();
+    s.release_slot(ids[0]).unwrap();
+    assert!(matches!(acquire(3), SlotOutcome::Busy { .. }));
+    s.set_slot_limit(None).unwrap();
+    assert_eq!(s.slot_limit().unwrap(), None);
+    for id in &ids[1..3] {
+        s.release_slot(*id).unwrap();
+    }
+    assert_eq!(acquire(3), SlotOutcome::Granted);
+}
+
+/// One store alone leads the scheduler, keeps the lease while it asks again,
+/// and takes it back after resigning.
+fn scheduler_lease(s: &dyn Store) {
+    assert!(s.try_lead().unwrap());
+    assert!(s.try_lead().unwrap(), "the leader keeps its lease");
+    s.resign();
+    assert!(s.try_lead().unwrap(), "free again after resigning");
+    s.resign();
+}
+
+/// Two store instances on one PostgreSQL (two replicas): one leads, the other
+/// stands by; when the leader resigns, or its session dies as with a killed
+/// process, the other takes the lease at its next ask.
+#[test]
+fn one_replica_leads_the_scheduler_and_another_takes_over() {
+    let pg = PgServer::start();
+    let a = store::open(&pg.url()).unwrap();
+    let b = store::open(&pg.url()).unwrap();
+    assert!(a.try_lead().unwrap());
+    assert!(!b.try_lead().unwrap(), "a holds the lease");
+    assert!(!b.try_lead().unwrap());
+    assert!(a.try_lead().unwrap());
+    a.resign();
+    assert!(b.try_lead().unwrap(), "a resigned");
+    assert!(!a.try_lead().unwrap(), "b holds it now");
+    // b's session ends without a goodbye (its process was killed).
+    let mut admin = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1, "one session holds the lease");
+    assert!(
+        molt_testkit::wait::poll(Duration::from_secs(10), || a.try_lead().unwrap_or(false)),
+        "a takes over once b's session is gone"
+    );
+    assert!(!b.try_lead().unwrap(), "b reconnects and stands by");
+}
+
+/// `--db-pool-size 1 --db-timeout`: with the one connection busy, another
+/// call waits for the timeout and reports the database unavailable; once the
+/// connection is free again calls go through.
+#[test]
+fn a_full_pool_answers_unavailable_after_its_timeout() {
+    let pg = PgServer::start();
+    let options = store::DbOptions {
+        pool_size: 1,
+        timeout: Duration::from_millis(500),
+    };
+    let s = store::open_with(&pg.url(), &options).unwrap();
+    let a = s.create_agent("a", &[1; 32], Utc::now()).unwrap();
+    // Another session holds a's row: a heartbeat waits on it with the pool's one connection.
+    let mut other = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let mut tx = other.transaction().unwrap();
+    tx.execute("SELECT 1 FROM agents WHERE id = $1 FOR UPDATE", &[&a])
+        .unwrap();
+    let busy = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            s.record_heartbeat(
+                a,
+                &hb("h", 1, Labels::new()),
+                Utc::now(),
+                chrono::Duration::seconds(60),
+            )
+        })
+    };
+    let waited = molt_testkit::wait::poll(Duration::from_secs(30), || {
+        matches!(s.fleet(), Err(StoreError::Unavailable(_)))
+    });
+    tx.rollback().unwrap();
+    busy.join().unwrap().unwrap();
+    assert!(waited, "a call found no free connection within the timeout");
+    s.fleet().unwrap();
 }
 
 /// Three store instances on one PostgreSQL (three pools, as three replicas

@@ -13,6 +13,13 @@ pub struct ServeArgs {
     /// postgres://user@host:port/dbname URL that several replicas share.
     #[arg(long, value_name = "FILE|URL")]
     db: PathBuf,
+    /// PostgreSQL: connections in this replica's pool (a SQLite file ignores it).
+    #[arg(long, value_name = "N", default_value_t = molt_server::store::DbOptions::default().pool_size)]
+    db_pool_size: u32,
+    /// PostgreSQL: seconds a call waits for a pooled connection (or a new
+    /// connection's handshake) before it answers 503 (a SQLite file ignores it).
+    #[arg(long, value_name = "SECS", default_value_t = molt_server::store::DbOptions::default().timeout.as_secs())]
+    db_timeout: u64,
     /// Directory of signed bundles (`molt-<kind>.<version>.<os>.<arch>.zip`).
     #[arg(long, value_name = "DIR")]
     packages: PathBuf,
@@ -78,6 +85,13 @@ fn parse_agent(s: &str) -> anyhow::Result<(String, String)> {
 
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = molt_server::Config::new(&a.db, &a.packages, a.listen);
+    if a.db_pool_size == 0 || a.db_timeout == 0 {
+        bail!("--db-pool-size and --db-timeout must be at least 1");
+    }
+    cfg.db_options = molt_server::store::DbOptions {
+        pool_size: a.db_pool_size,
+        timeout: Duration::from_secs(a.db_timeout),
+    };
     cfg.admin_token = a.admin_token;
     cfg.admin_token_file = a.admin_token_file;
     cfg.tls = match (a.tls_cert, a.tls_key) {

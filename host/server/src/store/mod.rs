@@ -69,12 +69,39 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// How a replica uses its PostgreSQL database (`molt serve --db-pool-size`,
+/// `--db-timeout`). A SQLite file has one connection and ignores both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DbOptions {
+    /// Connections in the replica's pool: enough for the blocking threads
+    /// that hit the database at once. PostgreSQL's default `max_connections`
+    /// (100) allows a few replicas at the default.
+    pub pool_size: u32,
+    /// How long a call waits for a pooled connection (and a new connection
+    /// for its handshake) before the database counts as unavailable (503).
+    pub timeout: std::time::Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            pool_size: 16,
+            timeout: std::time::Duration::from_secs(3),
+        }
+    }
+}
+
 /// Opens the control plane's database: a `postgres://` or `postgresql://` URL
 /// opens PostgreSQL (several replicas may share it), anything else is the path
 /// of an embedded SQLite file. Both are migrated to this build's schema.
 pub fn open(db: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(db, &DbOptions::default())
+}
+
+/// [`open`] with explicit pool settings.
+pub fn open_with(db: &str, options: &DbOptions) -> Result<Arc<dyn Store>, StoreError> {
     if is_postgres_url(db) {
-        Ok(Arc::new(postgres::PgStore::open(db)?))
+        Ok(Arc::new(postgres::PgStore::open_with(db, options)?))
     } else {
         Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
             db,
@@ -205,6 +232,16 @@ pub trait Store: Send + Sync + 'static {
     /// `AgentsChanged` and `FleetChanged` because notifications may have been
     /// missed meanwhile. SQLite: `None` (one process, no other writer).
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<StoreEvent>>;
+    /// Whether this process leads the rollout scheduler, taking the lease
+    /// when it is free (only the leader runs scheduler steps; the others stand
+    /// by). PostgreSQL: a session-level advisory lock held on a dedicated
+    /// connection, which the server frees when that session ends, so a killed
+    /// leader's lease passes at another replica's next call. SQLite: always
+    /// true (one process owns the file).
+    fn try_lead(&self) -> Result<bool, StoreError>;
+    /// Gives the lease up (a replica shutting down), so another takes over at
+    /// its next call of [`Store::try_lead`].
+    fn resign(&self);
 
     // Agents and tokens.
     /// The agent holding this token, straight from the database, so a replica

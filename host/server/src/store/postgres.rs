@@ -23,7 +23,8 @@ use postgres::{GenericClient, NoTls, Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    AgentQuery, AgentSort, EVENTS_CHANNEL, IssueFilter, Store, StoreError, StoreEvent, TokenHash,
+    AgentQuery, AgentSort, DbOptions, EVENTS_CHANNEL, IssueFilter, Store, StoreError, StoreEvent,
+    TokenHash,
 };
 use crate::clock::{from_ms, to_ms};
 use crate::model::{
@@ -139,21 +140,15 @@ mod lock {
     pub const FLEET: i64 = 0x6d6f_6c74_0003;
     /// Creating a rollout (at most one open at a time).
     pub const ROLLOUT: i64 = 0x6d6f_6c74_0004;
+    /// The rollout scheduler's leader lease: session-level, held by one
+    /// replica's dedicated connection for as long as that session lives.
+    pub const LEADER: i64 = 0x6d6f_6c74_0005;
 }
 
 /// The database's clock in milliseconds since the epoch, read when the
 /// statement runs (not when the transaction began, which may have waited on
 /// a lock): lease times of the semaphore come from here.
 const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
-
-/// How long a call waits for a pooled connection (and a new connection for
-/// its TCP handshake) before the store reports the database unavailable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Connections per replica: enough for the blocking threads that hit the
-/// database at once; PostgreSQL's default `max_connections` (100) allows a
-/// few replicas.
-const POOL_SIZE: u32 = 16;
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -163,6 +158,15 @@ pub struct PgStore {
     config: postgres::Config,
     /// The same settings for the LISTEN connection's async client.
     listen_config: tokio_postgres::Config,
+    /// The connection that holds (or asks for) the scheduler's leader lease.
+    leader: std::sync::Mutex<Option<Leader>>,
+}
+
+/// A dedicated session for [`lock::LEADER`]: the lock lives exactly as long
+/// as this session, so it is never a pooled connection.
+struct Leader {
+    client: postgres::Client,
+    holding: bool,
 }
 
 impl From<postgres::Error> for StoreError {
@@ -231,12 +235,19 @@ impl PgStore {
     /// database. A password belongs in the URL's userinfo or in the
     /// environment's service files, never on a command line.
     pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, &DbOptions::default())
+    }
+
+    /// [`PgStore::open`] with the pool's size and checkout timeout.
+    pub fn open_with(url: &str, options: &DbOptions) -> Result<Self, StoreError> {
+        // r2d2 refuses an empty pool or a zero timeout (it panics).
+        let timeout = options.timeout.max(Duration::from_millis(1));
         blocking(|| {
             let mut listen_config: tokio_postgres::Config = url
                 .parse()
                 .map_err(|e: postgres::Error| StoreError::Database(Box::new(e)))?;
             if listen_config.get_connect_timeout().is_none() {
-                listen_config.connect_timeout(CONNECT_TIMEOUT);
+                listen_config.connect_timeout(timeout);
             }
             if listen_config.get_application_name().is_none() {
                 listen_config.application_name("molt serve");
@@ -244,9 +255,9 @@ impl PgStore {
             let config = postgres::Config::from(listen_config.clone());
             let manager = PostgresConnectionManager::new(config.clone(), NoTls);
             let pool = r2d2::Pool::builder()
-                .max_size(POOL_SIZE)
+                .max_size(options.pool_size.max(1))
                 .min_idle(Some(1))
-                .connection_timeout(CONNECT_TIMEOUT)
+                .connection_timeout(timeout)
                 .error_handler(Box::new(LogPoolErrors))
                 .build(manager)
                 .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
@@ -254,6 +265,7 @@ impl PgStore {
                 pool,
                 config,
                 listen_config,
+                leader: std::sync::Mutex::new(None),
             };
             store.migrate()?;
             Ok(store)
@@ -646,6 +658,36 @@ fn rollout_by_id(c: &mut impl GenericClient, id: i64) -> Result<Option<RolloutRe
     }))
 }
 
+/// One leader check on the dedicated session: a session that died lost its
+/// lock with it (reconnect and ask again); a live one that holds the lock
+/// keeps it; otherwise ask without waiting.
+fn lead(config: &postgres::Config, slot: &mut Option<Leader>) -> Result<bool, StoreError> {
+    if let Some(l) = slot.as_mut() {
+        // A dead TCP peer is only noticed on a round trip.
+        if l.client.is_closed() || l.client.simple_query("").is_err() {
+            *slot = None;
+        }
+    }
+    let l = match slot {
+        Some(l) => l,
+        None => {
+            let mut c = config.clone();
+            c.application_name("molt serve scheduler");
+            slot.insert(Leader {
+                client: c.connect(NoTls)?,
+                holding: false,
+            })
+        }
+    };
+    if !l.holding {
+        l.holding = l
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&lock::LEADER])?
+            .try_get(0)?;
+    }
+    Ok(l.holding)
+}
+
 impl Store for PgStore {
     fn readiness(&self) -> Result<(), StoreError> {
         blocking(|| {
@@ -681,6 +723,29 @@ impl Store for PgStore {
                 None
             }
         }
+    }
+
+    fn try_lead(&self) -> Result<bool, StoreError> {
+        blocking(|| {
+            let mut slot = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+            let out = lead(&self.config, &mut slot);
+            if out.is_err() {
+                // Whatever the session held ends with it.
+                *slot = None;
+            }
+            out
+        })
+    }
+
+    fn resign(&self) {
+        // Dropping the client ends the session, which frees the lock; its
+        // runtime must not be dropped inside an async context.
+        blocking(|| {
+            let mut slot = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.take().is_some_and(|l| l.holding) {
+                tracing::info!("rollout scheduler lease released");
+            }
+        })
     }
 
     fn agent_by_token(&self, hash: &TokenHash) -> Result<Option<(i64, String)>, StoreError> {
