@@ -17,7 +17,70 @@
 //! letters, so the patch level (number, letter) is compared before the hotfix.
 use std::cmp::Ordering;
 use std::fmt;
-use std::str::FromStr;
+
+/// The trait impls a version or package-name type shares with its twin (this
+/// crate's [`Version`] and [`Buildstamp`], and the host's chrono-typed
+/// `molt_bundle` ones): `FromStr` with the built-in [`FamilyTable`], and the
+/// order of its `key()`. The `package` form adds the `<product>-<kind>` name
+/// and the full name's `Display`. One definition, so host and guests cannot
+/// differ in what parses or what is newer.
+#[macro_export]
+macro_rules! buildstamp_traits {
+    ($t:ty, $err:ty) => {
+        impl ::core::str::FromStr for $t {
+            type Err = $err;
+            fn from_str(s: &str) -> ::core::result::Result<Self, Self::Err> {
+                <$t>::parse_with(&$crate::buildstamp::FamilyTable::default(), s)
+            }
+        }
+        impl ::core::cmp::Ord for $t {
+            fn cmp(&self, o: &Self) -> ::core::cmp::Ordering {
+                self.key().cmp(&o.key())
+            }
+        }
+        impl ::core::cmp::PartialOrd for $t {
+            fn partial_cmp(&self, o: &Self) -> ::core::option::Option<::core::cmp::Ordering> {
+                ::core::option::Option::Some(self.cmp(o))
+            }
+        }
+    };
+    (package $t:ty, $err:ty) => {
+        $crate::buildstamp_traits!($t, $err);
+        impl $t {
+            /// `<product>-<kind>`, the bundle name (the key of rollback protection).
+            pub fn package(&self) -> String {
+                format!("{}-{}", self.product.as_str(), self.kind_word())
+            }
+        }
+        /// `<product>-<kind>.<version>.<os>.<arch>.zip`.
+        impl ::core::fmt::Display for $t {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                write!(
+                    f,
+                    "{}.{}.{}.{}.zip",
+                    self.package(),
+                    self.version,
+                    self.os,
+                    self.arch
+                )
+            }
+        }
+    };
+}
+
+/// Every full package name in the seed articles (examples for tests and docs).
+pub const SEED_NAMES: &[&str] = &[
+    "mid-core.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.universal.universal.zip",
+    "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
+    "mid-core.quebec-12-09-2020__patch0-hotfix3-01-20-2021_01-21-2021_0905.universal.universal.zip",
+    "mid-core.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip",
+    "mid-jre.madrid-12-18-2018__patch1-02-13-2019_02-25-2019_1807.windows.x86-64.zip",
+    "mid-jre.quebec-12-09-2020__patch0-hotfix1-01-04-2021_01-06-2021_1339.windows.x86-64.zip",
+    "mid-upgrade.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
+    "mid-upgrade.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip",
+    // From the issue text.
+    "mid-jre.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.windows.x86-64.zip",
+];
 
 /// The error every parser here returns: the input and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -251,29 +314,13 @@ impl Version {
         }
     }
 
-    /// Parse with an explicit family table (use [`FromStr`] for the built-in one).
+    /// Parse with an explicit family table (use [`std::str::FromStr`] for the built-in one).
     pub fn parse_with(table: &FamilyTable, s: &str) -> Result<Version, BuildstampError> {
         parse_version(table, s, s)
     }
 }
 
-impl Ord for Version {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.key().cmp(&o.key())
-    }
-}
-impl PartialOrd for Version {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl FromStr for Version {
-    type Err = BuildstampError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Version::parse_with(&FamilyTable::default(), s)
-    }
-}
+crate::buildstamp_traits!(Version, BuildstampError);
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -635,11 +682,6 @@ impl Buildstamp {
         self.kind.word(self.product)
     }
 
-    /// `<product>-<kind>`, the bundle name (the key of rollback protection).
-    pub fn package(&self) -> String {
-        format!("{}-{}", self.product.as_str(), self.kind_word())
-    }
-
     /// `runtime` and the seeds' `jre` are the same thing.
     pub fn is_runtime(&self) -> bool {
         self.kind == Kind::Runtime
@@ -654,36 +696,7 @@ impl Buildstamp {
     }
 }
 
-impl FromStr for Buildstamp {
-    type Err = BuildstampError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Buildstamp::parse_with(&FamilyTable::default(), s)
-    }
-}
-
-impl fmt::Display for Buildstamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{}.{}.{}.zip",
-            self.package(),
-            self.version,
-            self.os,
-            self.arch
-        )
-    }
-}
-
-impl Ord for Buildstamp {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.key().cmp(&o.key())
-    }
-}
-impl PartialOrd for Buildstamp {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
+crate::buildstamp_traits!(package Buildstamp, BuildstampError);
 
 #[cfg(test)]
 mod tests {

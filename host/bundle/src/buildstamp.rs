@@ -5,14 +5,12 @@
 //! one parser, ordering and family table that the wasm guests run too (so the
 //! host and the selector cannot disagree about what is newer). Grammar and
 //! order: docs/bundle-format.md section 7.
-use std::cmp::Ordering;
 use std::fmt;
-use std::str::FromStr;
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use molt_check_logic::buildstamp as logic;
 
-pub use logic::{FAMILIES, FamilyTable, Hotfix, KNOWN_ARCH, KNOWN_OS, Product};
+pub use logic::{FAMILIES, FamilyTable, Hotfix, KNOWN_ARCH, KNOWN_OS, Product, SEED_NAMES};
 
 use crate::schema::BundleKind;
 
@@ -69,7 +67,7 @@ fn from_logic_date(input: &str, d: logic::Date) -> Result<NaiveDate, BuildstampE
 }
 
 impl Version {
-    /// Parse with an explicit family table (use [`FromStr`] for the built-in one).
+    /// Parse with an explicit family table (use [`std::str::FromStr`] for the built-in one).
     pub fn parse_with(table: &FamilyTable, s: &str) -> Result<Version, BuildstampError> {
         Self::from_logic(s, logic::Version::parse_with(table, s)?)
     }
@@ -135,23 +133,7 @@ impl Version {
     }
 }
 
-impl Ord for Version {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.key().cmp(&o.key())
-    }
-}
-impl PartialOrd for Version {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl FromStr for Version {
-    type Err = BuildstampError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Version::parse_with(&FamilyTable::default(), s)
-    }
-}
+molt_check_logic::buildstamp_traits!(Version, BuildstampError);
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -207,11 +189,6 @@ impl Buildstamp {
         kind_to_logic(self.kind).word(self.product)
     }
 
-    /// `<product>-<kind>`, the bundle name (the key of rollback protection).
-    pub fn package(&self) -> String {
-        format!("{}-{}", self.product.as_str(), self.kind_word())
-    }
-
     /// The logic crate's total order key (version first).
     pub fn key(&self) -> logic::BuildstampKey<'_> {
         logic::BuildstampKey {
@@ -224,55 +201,14 @@ impl Buildstamp {
     }
 }
 
-impl FromStr for Buildstamp {
-    type Err = BuildstampError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Buildstamp::parse_with(&FamilyTable::default(), s)
-    }
-}
-
-impl fmt::Display for Buildstamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{}.{}.{}.zip",
-            self.package(),
-            self.version,
-            self.os,
-            self.arch
-        )
-    }
-}
-
-impl Ord for Buildstamp {
-    /// Version first (what "newer" means), then the rest so that the order is total.
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.key().cmp(&o.key())
-    }
-}
-impl PartialOrd for Buildstamp {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
+// Ordered version first (what "newer" means), then the rest so that the order is total.
+molt_check_logic::buildstamp_traits!(package Buildstamp, BuildstampError);
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::cmp::Ordering;
 
-    /// Every full package name in the seed articles.
-    const SEED_NAMES: &[&str] = &[
-        "mid-core.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.universal.universal.zip",
-        "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
-        "mid-core.quebec-12-09-2020__patch0-hotfix3-01-20-2021_01-21-2021_0905.universal.universal.zip",
-        "mid-core.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip",
-        "mid-jre.madrid-12-18-2018__patch1-02-13-2019_02-25-2019_1807.windows.x86-64.zip",
-        "mid-jre.quebec-12-09-2020__patch0-hotfix1-01-04-2021_01-06-2021_1339.windows.x86-64.zip",
-        "mid-upgrade.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
-        "mid-upgrade.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip",
-        // From the issue text.
-        "mid-jre.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.windows.x86-64.zip",
-    ];
+    use super::*;
 
     #[test]
     fn every_seed_name_parses_and_round_trips() {

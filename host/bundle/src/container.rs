@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::BundleError;
+use crate::error::{BundleError, PathError};
 use crate::schema::{SignatureFile, SignatureFileV2};
 
 pub const LOCAL_SIG: u32 = 0x0403_4b50;
@@ -23,6 +23,51 @@ pub const SIGNATURES_PATH: &str = "molt/signatures.json";
 pub const SIGNATURES_SIZE: u64 = 8192;
 /// Longest entry name accepted.
 pub const MAX_NAME: usize = 1024;
+
+/// Bundle formats this build reads, oldest first; the last is the newest
+/// (`editor::PACK_FORMAT` writes it).
+pub const FORMATS: [u32; 2] = [1, 2];
+
+/// The one check of a bundle's format number (manifest or signature slot,
+/// whole-file or ranged): a known one is returned; a newer one is
+/// [`BundleError::FormatTooNew`], which tells the operator what to do; any
+/// other is `invalid("format N (expected 1 or 2)")`.
+pub fn check_format(
+    path: &Path,
+    format: u64,
+    invalid: impl FnOnce(String) -> BundleError,
+) -> Result<u32, BundleError> {
+    match FORMATS.iter().find(|f| u64::from(**f) == format) {
+        Some(f) => Ok(*f),
+        None if format > u64::from(FORMATS[FORMATS.len() - 1]) => Err(BundleError::FormatTooNew {
+            bundle: path.to_path_buf(),
+            format,
+        }),
+        None => Err(invalid(format!(
+            "format {format} (expected {})",
+            crate::error::known_formats()
+        ))),
+    }
+}
+
+/// Read the `format` field of a JSON document (manifest or signature slot)
+/// leniently and [`check_format`] it before anything else, so a newer molt's
+/// document is reported as newer, not as an unknown field. `doc` names the
+/// document in a JSON error (`not valid {doc}: ...`).
+pub fn read_format(
+    path: &Path,
+    json: &[u8],
+    doc: &str,
+    invalid: impl Fn(String) -> BundleError,
+) -> Result<u32, BundleError> {
+    #[derive(serde::Deserialize)]
+    struct FormatOnly {
+        format: u64,
+    }
+    let f: FormatOnly =
+        serde_json::from_slice(json).map_err(|e| invalid(format!("not valid {doc}: {e}")))?;
+    check_format(path, f.format, invalid)
+}
 
 pub const METHOD_STORED: u16 = 0;
 pub const METHOD_DEFLATED: u16 = 8;
@@ -115,33 +160,33 @@ fn u32le(b: &[u8], at: usize) -> u32 {
 }
 
 /// Is this a path we are willing to create under a destination directory?
-pub fn check_entry_path(name: &str) -> Result<(), String> {
+pub fn check_entry_path(name: &str) -> Result<(), PathError> {
     if name.is_empty() {
-        return Err("empty path".into());
+        return Err(PathError::Empty);
     }
     if name.len() > MAX_NAME {
-        return Err(format!("path longer than {MAX_NAME} bytes"));
+        return Err(PathError::TooLong { max: MAX_NAME });
     }
     if name.starts_with('/') {
-        return Err("absolute path".into());
+        return Err(PathError::Absolute);
     }
     if name.contains('\\') {
-        return Err("backslash in path (Windows separator)".into());
+        return Err(PathError::Backslash);
     }
     if name.chars().any(|c| c.is_control()) {
-        return Err("control character in path".into());
+        return Err(PathError::Control);
     }
     if name.ends_with('/') {
-        return Err("directory entry (bundles hold files only)".into());
+        return Err(PathError::Directory);
     }
     if name.len() >= 2 && name.as_bytes()[1] == b':' {
-        return Err("drive-letter path".into());
+        return Err(PathError::DriveLetter);
     }
     for comp in name.split('/') {
         match comp {
-            ".." => return Err("`..` component in path".into()),
-            "." => return Err("`.` component in path".into()),
-            "" => return Err("empty component (`//`) in path".into()),
+            ".." => return Err(PathError::DotDot),
+            "." => return Err(PathError::Dot),
+            "" => return Err(PathError::EmptyComponent),
             _ => {}
         }
     }
@@ -357,7 +402,7 @@ pub fn parse_central_directory(
         if disk_start != 0 {
             return Err(entry_err(path, &name, "multi-disk entries are not allowed"));
         }
-        check_entry_path(&name).map_err(|r| entry_err(path, &name, r))?;
+        check_entry_path(&name).map_err(|r| entry_err(path, &name, r.to_string()))?;
         let unix_mode = if ver_made >> 8 == 3 {
             ext_attr >> 16
         } else {
@@ -723,14 +768,19 @@ pub fn signed_digest(file: &File, path: &Path, layout: &Layout) -> Result<[u8; 3
 
 /// The signature slot content: JSON padded with spaces to exactly SIGNATURES_SIZE.
 pub fn signature_slot(sigs: &SignatureFile) -> Result<Vec<u8>, BundleError> {
+    padded_slot(sigs, sigs.signatures.len())
+}
+
+/// `sigs` (holding `count` signatures, for the message) as compact JSON
+/// padded with spaces to exactly SIGNATURES_SIZE.
+fn padded_slot(sigs: &impl serde::Serialize, count: usize) -> Result<Vec<u8>, BundleError> {
     let mut v = serde_json::to_vec(sigs).map_err(|e| BundleError::Pack {
         reason: e.to_string(),
     })?;
     if v.len() as u64 > SIGNATURES_SIZE {
         return Err(BundleError::Pack {
             reason: format!(
-                "{} signatures do not fit the {SIGNATURES_SIZE}-byte signature slot",
-                sigs.signatures.len()
+                "{count} signatures do not fit the {SIGNATURES_SIZE}-byte signature slot"
             ),
         });
     }
@@ -750,21 +800,7 @@ pub fn signature_slot_any(sigs: &SignatureFileV2) -> Result<Vec<u8>, BundleError
         1 => Err(BundleError::Pack {
             reason: "a format 1 signature file has no manifest signatures".into(),
         }),
-        _ => {
-            let mut v = serde_json::to_vec(sigs).map_err(|e| BundleError::Pack {
-                reason: e.to_string(),
-            })?;
-            if v.len() as u64 > SIGNATURES_SIZE {
-                return Err(BundleError::Pack {
-                    reason: format!(
-                        "{} signatures do not fit the {SIGNATURES_SIZE}-byte signature slot",
-                        sigs.signatures.len() + sigs.manifest_signatures.len()
-                    ),
-                });
-            }
-            v.resize(SIGNATURES_SIZE as usize, b' ');
-            Ok(v)
-        }
+        _ => padded_slot(sigs, sigs.signatures.len() + sigs.manifest_signatures.len()),
     }
 }
 
@@ -781,13 +817,7 @@ pub fn parse_signature_slot(path: &Path, slot: &[u8]) -> Result<SignatureFileV2,
         .map(|p| p + 1)
         .unwrap_or(0);
     let body = &slot[..trimmed_len];
-    #[derive(serde::Deserialize)]
-    struct FormatOnly {
-        format: u64,
-    }
-    let f: FormatOnly =
-        serde_json::from_slice(body).map_err(|e| sig_err(format!("not valid JSON: {e}")))?;
-    let sigs = match f.format {
+    let sigs = match read_format(path, body, "JSON", sig_err)? {
         1 => {
             let v1: SignatureFile = serde_json::from_slice(body)
                 .map_err(|e| sig_err(format!("not valid JSON: {e}")))?;
@@ -797,8 +827,7 @@ pub fn parse_signature_slot(path: &Path, slot: &[u8]) -> Result<SignatureFileV2,
                 manifest_signatures: vec![],
             }
         }
-        2 => serde_json::from_slice(body).map_err(|e| sig_err(format!("not valid JSON: {e}")))?,
-        n => return Err(sig_err(format!("format {n} (expected 1 or 2)"))),
+        _ => serde_json::from_slice(body).map_err(|e| sig_err(format!("not valid JSON: {e}")))?,
     };
     if signature_slot_any(&sigs).ok().as_deref() != Some(slot) {
         return Err(sig_err(

@@ -122,26 +122,13 @@ impl ZipWriter {
         } else {
             (METHOD_STORED, data.to_vec())
         };
-        let local_off = u32_field(self.pos, "archive")?;
-        let csize = u32_field(payload.len() as u64, name)?;
         let usize = u32_field(data.len() as u64, name)?;
-        let h = Self::local_header(name, method, crc, csize, usize);
-        self.write_all(&h)?;
-        self.write_all(&payload)?;
-        self.records.push(CdRecord {
-            name: name.to_string(),
-            method,
-            crc,
-            csize,
-            usize,
-            unix_mode,
-            local_off,
-        });
-        Ok(())
+        self.add_raw(name, method, crc, &payload, usize, unix_mode)
     }
 
     /// Add an entry with caller-supplied header fields (sizes and CRC are not
-    /// checked). Only for building hostile bundles in tests of the verifier.
+    /// checked): what [`ZipWriter::add_bytes`] writes through, and, called
+    /// directly, how tests of the verifier build hostile bundles.
     #[doc(hidden)]
     pub fn add_raw(
         &mut self,
@@ -270,31 +257,26 @@ impl ZipWriter {
             n: 0,
         };
         let wio = |e: std::io::Error| BundleError::io(&path, e);
+        // Read `src` to its end, hashing it and writing it to `w`.
+        let mut copy = |w: &mut dyn Write| -> Result<(), BundleError> {
+            loop {
+                let n = f.read(&mut buf).map_err(|e| BundleError::io(src, e))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                sha.update(&buf[..n]);
+                crc.update(&buf[..n]);
+                size += n as u64;
+                w.write_all(&buf[..n]).map_err(wio)?;
+            }
+        };
         if deflate {
             let mut enc =
                 flate2::write::DeflateEncoder::new(&mut count, flate2::Compression::default());
-            loop {
-                let n = f.read(&mut buf).map_err(|e| BundleError::io(src, e))?;
-                if n == 0 {
-                    break;
-                }
-                sha.update(&buf[..n]);
-                crc.update(&buf[..n]);
-                size += n as u64;
-                enc.write_all(&buf[..n]).map_err(wio)?;
-            }
+            copy(&mut enc)?;
             enc.finish().map_err(wio)?;
         } else {
-            loop {
-                let n = f.read(&mut buf).map_err(|e| BundleError::io(src, e))?;
-                if n == 0 {
-                    break;
-                }
-                sha.update(&buf[..n]);
-                crc.update(&buf[..n]);
-                size += n as u64;
-                count.write_all(&buf[..n]).map_err(wio)?;
-            }
+            copy(&mut count)?;
         }
         let csize = count.n;
         self.pos += csize;
@@ -459,8 +441,9 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf, u32)>) -> Result<
     Ok(())
 }
 
-/// The bundle format `pack_dir` writes: 2 (manifest signatures for ranged reads).
-pub const PACK_FORMAT: u32 = 2;
+/// The bundle format `pack_dir` writes: the newest this build reads (2:
+/// manifest signatures for ranged reads).
+pub const PACK_FORMAT: u32 = container::FORMATS[container::FORMATS.len() - 1];
 
 /// Pack every regular file under `src_dir` into an unsigned bundle at `out`
 /// (format [`PACK_FORMAT`]). Returns the manifest written.
@@ -476,8 +459,11 @@ pub fn pack_dir_format(
     out: &Path,
     format: u32,
 ) -> Result<Manifest, BundleError> {
-    if format != 1 && format != 2 {
-        return Err(pack_err(format!("bundle format {format} (known: 1, 2)")));
+    if !container::FORMATS.contains(&format) {
+        return Err(pack_err(format!(
+            "bundle format {format} (known: {})",
+            crate::error::known_formats()
+        )));
     }
     let b: Buildstamp = spec.buildstamp.parse()?;
     if b.kind != spec.kind
@@ -534,31 +520,44 @@ pub fn pack_dir_format(
         components: spec.components.clone(),
     };
     let mjson = serde_json::to_vec_pretty(&manifest).map_err(|e| pack_err(e.to_string()))?;
-    let mut w = ZipWriter::create(out)?;
-    w.add_bytes(MANIFEST_PATH, &mjson, true, 0o100644)?;
-    // Pass 2: stream each file; it must not have changed since pass 1.
-    for ((rel, p, mode), e) in files.iter().zip(&manifest.entries) {
-        let (size, sha) = w.add_file(rel, p, *mode)?;
-        if size != e.size || sha != e.sha256 {
-            return Err(pack_err(format!(
-                "{}: file changed while packing",
-                p.display()
-            )));
+    write_bundle(out, &mjson, format, |w| {
+        // Pass 2: stream each file; it must not have changed since pass 1.
+        for ((rel, p, mode), e) in files.iter().zip(&manifest.entries) {
+            let (size, sha) = w.add_file(rel, p, *mode)?;
+            if size != e.size || sha != e.sha256 {
+                return Err(pack_err(format!(
+                    "{}: file changed while packing",
+                    p.display()
+                )));
+            }
         }
-    }
-    w.add_bytes(
-        SIGNATURES_PATH,
-        &container::signature_slot_any(&SignatureFileV2 {
-            format,
-            signatures: vec![],
-            manifest_signatures: vec![],
-        })?,
-        false,
-        0o100644,
-    )?;
-    w.finish()?;
+        Ok(())
+    })?;
     tracing::info!(bundle = %out.display(), name = %manifest.name, entries = manifest.entries.len(), format, "Bundle packed");
     Ok(manifest)
+}
+
+/// Write an unsigned bundle: `manifest_json` (deflated) first, then the
+/// payload entries `add` writes, then an empty signature slot of
+/// `slot_format`, then the central directory. Checks nothing itself:
+/// [`pack_dir`] writes through it, and tests of the verifier use it to build
+/// bundles it must refuse.
+pub fn write_bundle(
+    out: &Path,
+    manifest_json: &[u8],
+    slot_format: u32,
+    add: impl FnOnce(&mut ZipWriter) -> Result<(), BundleError>,
+) -> Result<(), BundleError> {
+    let mut w = ZipWriter::create(out)?;
+    w.add_bytes(MANIFEST_PATH, manifest_json, true, 0o100644)?;
+    add(&mut w)?;
+    let slot = container::signature_slot_any(&SignatureFileV2 {
+        format: slot_format,
+        signatures: vec![],
+        manifest_signatures: vec![],
+    })?;
+    w.add_bytes(SIGNATURES_PATH, &slot, false, 0o100644)?;
+    w.finish()
 }
 
 fn hash_file(p: &Path) -> Result<(u64, String), BundleError> {

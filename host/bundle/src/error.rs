@@ -95,6 +95,15 @@ pub enum BundleError {
     #[error("bundle {bundle}: invalid manifest: {reason}")]
     Manifest { bundle: PathBuf, reason: String },
 
+    /// The manifest or the signature slot names a bundle format above
+    /// [`crate::container::FORMATS`]: a newer molt packed it. The one message
+    /// for it, whole-file or ranged, says what the operator can do.
+    #[error(
+        "bundle {bundle}: bundle format {format} is newer than this molt understands ({}): upgrade molt (agents before the control plane's packages), or pack with --format 1",
+        known_formats()
+    )]
+    FormatTooNew { bundle: PathBuf, format: u64 },
+
     #[error("bundle {bundle}: invalid molt/signatures.json: {reason}")]
     SignatureFile { bundle: PathBuf, reason: String },
 
@@ -181,6 +190,47 @@ pub enum BundleError {
     Buildstamp(#[from] BuildstampError),
 }
 
+/// Why an entry path may not be created under a destination directory
+/// ([`crate::container::check_entry_path`]); callers wrap it with the bundle
+/// and entry it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("path longer than {max} bytes")]
+    TooLong { max: usize },
+    #[error("absolute path")]
+    Absolute,
+    #[error("backslash in path (Windows separator)")]
+    Backslash,
+    #[error("control character in path")]
+    Control,
+    #[error("directory entry (bundles hold files only)")]
+    Directory,
+    #[error("drive-letter path")]
+    DriveLetter,
+    #[error("`..` component in path")]
+    DotDot,
+    #[error("`.` component in path")]
+    Dot,
+    #[error("empty component (`//`) in path")]
+    EmptyComponent,
+}
+
+/// Why a JSON value has no canonical form ([`crate::schema::canonical_json`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CanonicalError {
+    #[error("floating-point number {0} is not allowed in canonical JSON")]
+    Float(serde_json::Number),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// An unknown bundle kind word ([`crate::schema::BundleKind`]'s `FromStr`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown bundle kind `{0}` (known: precheck, selector, core, runtime, upgrade)")]
+pub struct UnknownKind(pub String);
+
 /// Which rollback rule refused a bundle (`TrustStore::verify_bundle_as`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayRule {
@@ -216,6 +266,15 @@ fn replay_detail(name: &str, sequence: u64, root_version: u64, rule: &ReplayRule
             "is lower than {highest} already accepted, and trusted root version {root_version} sets no rollback_floor for `{name}`, so no downgrade is allowed; to allow this one, {how}"
         ),
     }
+}
+
+/// `1 or 2`: the formats this build reads, for messages.
+pub(crate) fn known_formats() -> String {
+    let f: Vec<String> = crate::container::FORMATS
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    f.join(" or ")
 }
 
 fn fmt_rejected(rejected: &[(String, String)]) -> String {

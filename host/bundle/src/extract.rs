@@ -173,7 +173,7 @@ fn extract_inner(
     }
     let mut report = ExtractReport::default();
     for loc in &v.entries {
-        check_entry_path(&loc.path).map_err(|r| ex_err(dest, &loc.path, r))?;
+        check_entry_path(&loc.path).map_err(|r| ex_err(dest, &loc.path, r.to_string()))?;
         let comps: Vec<&str> = loc.path.split('/').collect();
         ensure_dir(
             dest,

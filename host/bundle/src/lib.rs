@@ -55,5 +55,24 @@ pub use store::{Accept, SequenceDecision, TrustStore, check_sequence};
 pub use text::sanitize;
 pub use verify::{EntryLocation, VerifiedBundle, VerifyOptions, verify_bundle};
 
+/// Test support that other crates' tests (the agent's, the e2e suite's)
+/// share instead of each carrying a copy. Not for production use.
+#[doc(hidden)]
+pub mod testing {
+    /// `n` incompressible bytes from `seed` (xorshift64; `seed | 1`, so any
+    /// seed works): a different seed, different bytes.
+    pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests;

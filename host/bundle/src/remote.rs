@@ -327,10 +327,7 @@ pub fn verify_remote(
         &layout.signatures.manifest_signatures,
         now,
     )?;
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| BundleError::Manifest {
-        bundle: src.clone(),
-        reason: format!("not valid manifest JSON: {e}"),
-    })?;
+    let manifest = crate::verify::parse_manifest(src, &bytes)?;
     crate::verify::check_formats(src, &manifest, &layout.signatures)?;
     if manifest.expires < now {
         return Err(BundleError::BundleExpired {
@@ -504,8 +501,9 @@ mod tests {
     const CORE: &str =
         "molt-core.vancouver-06-01-2023__patch2-07-01-2023_07-02-2023_0815.universal.universal.zip";
 
-    // The crate's own test fixtures: a one-key root, a temp dir, seeded bytes.
-    use crate::tests::{Fx, fx, pseudo_random as noise};
+    // The crate's own test fixtures: a one-key root, a temp dir, small bundles.
+    use crate::testing::noise;
+    use crate::tests::{Fx, accepted_flips, fx, set_slot_format, tiny_bundle};
 
     /// Files of the test tree: stored (noise) and deflated (text) entries.
     fn tree(fx: &Fx, n: usize) -> std::path::PathBuf {
@@ -514,7 +512,7 @@ mod tests {
         for i in 0..n {
             std::fs::write(
                 src.join(format!("lib/bin-{i:03}.dat")),
-                noise(700 + i, i as u64),
+                noise(i as u64, 700 + i),
             )
             .unwrap();
             std::fs::write(
@@ -664,26 +662,26 @@ mod tests {
     #[test]
     fn every_flipped_byte_of_a_v1_bundle_is_still_refused() {
         let fx = fx();
-        let src = fx.dir.path().join("tiny");
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("a.txt"), "hello hello hello hello\n").unwrap();
-        std::fs::write(src.join("b.bin"), noise(100, 3)).unwrap();
-        let b = fx.dir.path().join("tiny.zip");
-        pack_dir_format(&src, &PackSpec::from_buildstamp(CORE, 1).unwrap(), &b, 1).unwrap();
-        sign_bundle(&b, &[&fx.key]).unwrap();
-        verify_bundle(&b, &fx.root, &VerifyOptions::default()).unwrap();
-        let orig = std::fs::read(&b).unwrap();
-        let t = fx.dir.path().join("t.zip");
-        let mut accepted = Vec::new();
-        for i in 0..orig.len() {
-            let mut m = orig.clone();
-            m[i] ^= 0xFF;
-            std::fs::write(&t, &m).unwrap();
-            if verify_bundle(&t, &fx.root, &VerifyOptions::default()).is_ok() {
-                accepted.push(i);
-            }
-        }
+        let orig = std::fs::read(tiny_bundle(&fx, 1)).unwrap();
+        let accepted = accepted_flips(&fx, &orig);
         assert!(accepted.is_empty(), "accepted: {accepted:?}");
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_ranged_with_the_whole_file_message() {
+        let fx = fx();
+        let mut file = bundle(&fx, 3, 2, 1);
+        set_slot_format(&mut file, b'3');
+        let e = err(layout_of(&file, TAIL_GUESS));
+        assert!(
+            matches!(e, BundleError::FormatTooNew { format: 3, .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("bundle format 3 is newer than this molt understands (1 or 2)"),
+            "{e}"
+        );
     }
 
     /// Rebuild a bundle from `file` with its manifest replaced by `manifest`

@@ -77,7 +77,7 @@ impl RootSigned {
     /// The bytes root signatures are made over.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>, BundleError> {
         let v = serde_json::to_value(self).map_err(|e| root_err(e.to_string()))?;
-        canonical_json(&v).map_err(root_err)
+        canonical_json(&v).map_err(|e| root_err(e.to_string()))
     }
 
     /// Structural rules that do not need signatures.

@@ -7,6 +7,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{CanonicalError, UnknownKind};
+
 /// What a bundle carries; decides which root role must sign it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,16 +55,12 @@ impl fmt::Display for BundleKind {
 }
 
 impl FromStr for BundleKind {
-    type Err = String;
+    type Err = UnknownKind;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         BundleKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown bundle kind `{s}` (known: precheck, selector, core, runtime, upgrade)"
-                )
-            })
+            .ok_or_else(|| UnknownKind(s.to_string()))
     }
 }
 
@@ -301,27 +299,25 @@ pub struct SignedRoot {
 /// Canonical JSON: object keys sorted by bytes, no insignificant whitespace,
 /// serde_json's string escaping, integers only. Signatures over roots are made
 /// over these bytes, so they do not depend on how a file was formatted.
-pub fn canonical_json(v: &serde_json::Value) -> Result<Vec<u8>, String> {
+pub fn canonical_json(v: &serde_json::Value) -> Result<Vec<u8>, CanonicalError> {
     let mut out = Vec::new();
     write_canonical(v, &mut out)?;
     Ok(out)
 }
 
-fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), String> {
+fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
     use serde_json::Value;
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Number(n) => {
             if n.is_f64() {
-                return Err(format!(
-                    "floating-point number {n} is not allowed in canonical JSON"
-                ));
+                return Err(CanonicalError::Float(n.clone()));
             }
             out.extend_from_slice(n.to_string().as_bytes());
         }
         Value::String(s) => {
-            let q = serde_json::to_string(s).map_err(|e| e.to_string())?;
+            let q = serde_json::to_string(s)?;
             out.extend_from_slice(q.as_bytes());
         }
         Value::Array(a) => {
@@ -342,7 +338,7 @@ fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), Strin
                 if i > 0 {
                     out.push(b',');
                 }
-                let q = serde_json::to_string(k).map_err(|e| e.to_string())?;
+                let q = serde_json::to_string(k)?;
                 out.extend_from_slice(q.as_bytes());
                 out.push(b':');
                 if let Some(x) = m.get(*k) {

@@ -69,6 +69,15 @@ fn manifest_err(path: &Path, reason: impl Into<String>) -> BundleError {
     }
 }
 
+/// Parse a manifest's bytes: its format first ([`container::read_format`]:
+/// a newer molt's manifest is [`BundleError::FormatTooNew`]), then strictly.
+pub(crate) fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, BundleError> {
+    let invalid = |r: String| manifest_err(path, r);
+    container::read_format(path, bytes, "manifest JSON", invalid)?;
+    serde_json::from_slice(bytes)
+        .map_err(|e| manifest_err(path, format!("not valid manifest JSON: {e}")))
+}
+
 /// Structure, manifest and signature-slot parsing shared by the verifier and
 /// the signer. Does not check signatures or expiry.
 pub(crate) struct Parsed {
@@ -107,12 +116,7 @@ pub(crate) fn check_manifest(
     manifest: &Manifest,
     payload: &[RawEntry],
 ) -> Result<(Buildstamp, Vec<EntryLocation>), BundleError> {
-    if manifest.format != 1 && manifest.format != 2 {
-        return Err(manifest_err(
-            path,
-            format!("format {} (expected 1 or 2)", manifest.format),
-        ));
-    }
+    container::check_format(path, u64::from(manifest.format), |r| manifest_err(path, r))?;
     let bs: Buildstamp = manifest
         .buildstamp
         .parse()
@@ -312,8 +316,7 @@ pub fn verify_bundle(
     }
     let file = container::open(path)?;
     let parsed = parse_bundle(&file, path, &opts.limits)?;
-    let manifest: Manifest = serde_json::from_slice(&parsed.manifest_bytes)
-        .map_err(|e| manifest_err(path, format!("not valid manifest JSON: {e}")))?;
+    let manifest = parse_manifest(path, &parsed.manifest_bytes)?;
     if manifest.expires < now {
         return Err(BundleError::BundleExpired {
             bundle: path.to_path_buf(),
@@ -608,8 +611,7 @@ pub struct InspectInfo {
 pub fn inspect(path: &Path) -> Result<InspectInfo, BundleError> {
     let file = container::open(path)?;
     let parsed = parse_bundle(&file, path, &Limits::default())?;
-    let manifest: Manifest = serde_json::from_slice(&parsed.manifest_bytes)
-        .map_err(|e| manifest_err(path, format!("not valid manifest JSON: {e}")))?;
+    let manifest = parse_manifest(path, &parsed.manifest_bytes)?;
     let digest = container::signed_digest(&file, path, &parsed.layout)?;
     Ok(InspectInfo {
         manifest,
