@@ -1,7 +1,8 @@
 //! Delta downloads (issue 17): read a format-2 package's end record, central
 //! directory, signature slot and manifest with HTTP Range, verify the manifest
 //! against the trust root, then fetch only the entries whose content the agent
-//! does not already hold (any installed version directory), in at most
+//! does not already hold (any installed version directory, or an entry of a
+//! package in the package cache whose signed manifest verified), in at most
 //! [`MAX_REQUESTS`] requests, each entry inflated with the signed size as the
 //! bound and checked against the signed SHA-256 before it is written.
 //!
@@ -13,11 +14,14 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use molt_bundle::{RemoteIndex, RemoteLayout};
 use molt_layout::{FileMeta, Home, InstalledPackage};
 
-use crate::deps::{self, Trust};
+use crate::deps::{self, ManifestUse, Trust};
 use crate::ranges::{ByteRange, RangeError, get_ranges};
 
 /// Requests for the entries of one package, at most.
@@ -84,30 +88,180 @@ pub struct Staged {
     pub requests: usize,
     /// Files copied from an installed version instead of fetched.
     pub reused: usize,
+    /// Files read from a verified package in the package cache instead of fetched.
+    pub cached: usize,
 }
 
-/// Local files by content: SHA-256 → a path holding it (any installed version).
-pub fn local_contents(home: &Home) -> HashMap<String, PathBuf> {
-    let mut out = HashMap::new();
-    let Ok(rd) = std::fs::read_dir(home.versions_dir()) else {
-        return out;
-    };
-    for ent in rd.flatten() {
-        let Some(v) = ent.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        let Ok(pkgs) = molt_layout::read_meta_dir(&home.meta_dir_of(&v)) else {
-            continue;
-        };
-        let dir = home.version_dir(&v);
-        for p in pkgs {
-            for (rel, m) in p.files {
-                out.entry(m.sha256.to_ascii_lowercase())
-                    .or_insert_with(|| dir.join(rel));
+/// Where content with a given SHA-256 is held on this host.
+#[derive(Debug, Clone)]
+pub enum Held {
+    /// A file of an installed version directory (hashed again while copied).
+    Installed(PathBuf),
+    /// Entry `entry` of a package in the package cache whose signed manifest
+    /// verified (inflated and checked against that SHA-256 when read).
+    Cached {
+        package: Arc<CachedPackage>,
+        entry: usize,
+    },
+}
+
+/// A package of the package cache (`package/incoming`) whose manifest
+/// verified against the trust root: its entries are a source of content.
+#[derive(Debug)]
+pub struct CachedPackage {
+    pub path: PathBuf,
+    pub index: RemoteIndex,
+}
+
+/// Content held locally, by SHA-256 (lowercase hex): a delta does not fetch it.
+#[derive(Debug, Default)]
+pub struct LocalContents {
+    by_sha: HashMap<String, Held>,
+}
+
+impl LocalContents {
+    pub fn is_empty(&self) -> bool {
+        self.by_sha.is_empty()
+    }
+
+    pub fn get(&self, sha256: &str) -> Option<&Held> {
+        self.by_sha.get(&sha256.to_ascii_lowercase())
+    }
+
+    /// Add the entries of the package file at `path` if its manifest (bundle
+    /// format 2) verifies against the trust root; content already held stays
+    /// with its first source. Gives the number of entries added.
+    pub fn add_cached(&mut self, path: &Path, trust: &Trust) -> Result<usize, DeltaError> {
+        let index = cached_index(path, trust)?;
+        let package = Arc::new(CachedPackage {
+            path: path.to_path_buf(),
+            index,
+        });
+        let mut added = 0;
+        for (entry, e) in package.index.entries.iter().enumerate() {
+            let held = Held::Cached {
+                package: package.clone(),
+                entry,
+            };
+            if let std::collections::hash_map::Entry::Vacant(v) =
+                self.by_sha.entry(e.sha256.to_ascii_lowercase())
+            {
+                v.insert(held);
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// [`Self::add_cached`], saying in the log whether the file is a source.
+    pub fn add_source(&mut self, path: &Path, trust: &Trust) {
+        match self.add_cached(path, trust) {
+            Ok(added) => {
+                tracing::info!(file = %path.display(), added, "Cached package is a delta source")
+            }
+            Err(e) => {
+                tracing::info!(file = %path.display(), reason = %e, "Cached package is not a delta source")
             }
         }
     }
+}
+
+/// Local content: the files of every installed version directory, then the
+/// entries of every package in the package cache whose manifest verifies
+/// (another package of the same version, a download kept from an earlier
+/// attempt, an imported file). A cached file that does not verify (format 1,
+/// another signer, damaged) is skipped: nothing unverified is a source.
+pub fn local_contents(home: &Home, trust: &Trust) -> LocalContents {
+    let mut out = LocalContents::default();
+    if let Ok(rd) = std::fs::read_dir(home.versions_dir()) {
+        for ent in rd.flatten() {
+            let Some(v) = ent.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(pkgs) = molt_layout::read_meta_dir(&home.meta_dir_of(&v)) else {
+                continue;
+            };
+            let dir = home.version_dir(&v);
+            for p in pkgs {
+                for (rel, m) in p.files {
+                    out.by_sha
+                        .entry(m.sha256.to_ascii_lowercase())
+                        .or_insert_with(|| Held::Installed(dir.join(rel)));
+                }
+            }
+        }
+    }
+    let Ok(rd) = std::fs::read_dir(home.incoming_dir()) else {
+        return out;
+    };
+    let mut files: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            !name.starts_with('.') && !name.ends_with(".part")
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        out.add_source(&path, trust);
+    }
     out
+}
+
+/// One step of reading a package's tail: the layout, or where to read from.
+enum TailStep {
+    Ready(Box<RemoteLayout>),
+    From(u64),
+}
+
+/// Parse the tail `bytes` (from offset `from` to the end of a `size`-byte
+/// package). Only format 2 can be verified by its manifest alone. A read from
+/// where the end record says (`again`) must be enough: a second request for
+/// more means the answers disagree, and the reads stop.
+fn tail_step(
+    source: &Path,
+    size: u64,
+    from: u64,
+    bytes: &[u8],
+    again: bool,
+) -> Result<TailStep, DeltaError> {
+    let limits = molt_bundle::Limits::default();
+    match molt_bundle::remote::parse_tail(source, size, from, bytes, &limits) {
+        Ok(molt_bundle::Tail::Ready(l)) if l.format < 2 => Err(DeltaError::FormatOne),
+        Ok(molt_bundle::Tail::Ready(l)) => Ok(TailStep::Ready(l)),
+        Ok(molt_bundle::Tail::NeedFrom(off)) if off < from && !again => Ok(TailStep::From(off)),
+        Ok(molt_bundle::Tail::NeedFrom(off)) => Err(DeltaError::Metadata(format!(
+            "the tail parser asked for bytes from {off} again"
+        ))),
+        Err(e) => Err(metadata_err(e)),
+    }
+}
+
+/// The verified index of a package file in the package cache: its tail and
+/// manifest read in place, the manifest verified without the sequence rule.
+fn cached_index(path: &Path, trust: &Trust) -> Result<RemoteIndex, DeltaError> {
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    let size = f.metadata().map_err(io(path))?.len();
+    let read = |start: u64, end: u64| {
+        let mut b = vec![0u8; end.saturating_sub(start) as usize];
+        f.read_exact_at(&mut b, start).map(|()| b).map_err(io(path))
+    };
+    let (mut from, mut again) = (size - molt_bundle::TAIL_GUESS.min(size), false);
+    let layout = loop {
+        match tail_step(path, size, from, &read(from, size)?, again)? {
+            TailStep::Ready(l) => break l,
+            TailStep::From(off) => (from, again) = (off, true),
+        }
+    };
+    let mr = layout.manifest_range();
+    let span = match layout.bytes_in_tail(mr.clone()) {
+        Some(b) => b.to_vec(),
+        None => read(mr.start, mr.end)?,
+    };
+    deps::verify_remote_package(trust, &layout, &span, ManifestUse::Source)
+        .map_err(|e| DeltaError::Metadata(e.to_string()))
 }
 
 /// Fetch package `src` by delta into `staging` (replaced). `installed` is the
@@ -116,113 +270,55 @@ pub fn local_contents(home: &Home) -> HashMap<String, PathBuf> {
 /// (`upgrade`) is not part of the version directory, so all its files are staged.
 pub async fn fetch(
     src: &DeltaSource<'_>,
-    trust: &std::sync::Arc<Trust>,
+    trust: &Arc<Trust>,
     installed: &[InstalledPackage],
-    local: &HashMap<String, PathBuf>,
+    local: &LocalContents,
     staging: &Path,
 ) -> Result<Staged, DeltaError> {
     let mut fetched = 0u64;
     // 1. The tail: end record, central directory, signature slot.
-    let guess = molt_bundle::TAIL_GUESS.min(src.size);
-    let mut from = src.size - guess;
     let source = PathBuf::from(src.name);
-    let limits = molt_bundle::Limits::default();
-    let mut layout = None;
-    for _ in 0..2 {
-        let r = get_ranges(
-            src.http,
-            src.url,
-            src.bearer,
-            &[ByteRange {
-                start: from,
-                end: src.size - 1,
-            }],
-            Some(src.size),
-        )
-        .await?;
-        fetched += r.received;
-        let tail = r.parts.into_iter().next().unwrap_or_default();
-        match molt_bundle::remote::parse_tail(&source, src.size, from, &tail, &limits) {
-            Ok(molt_bundle::Tail::Ready(l)) => {
-                layout = Some(l);
-                break;
-            }
-            Ok(molt_bundle::Tail::NeedFrom(off)) if off < from => from = off,
-            Ok(molt_bundle::Tail::NeedFrom(off)) => {
-                return Err(DeltaError::Metadata(format!(
-                    "the tail parser asked for bytes from {off} again"
-                )));
-            }
-            Err(e) => return Err(metadata_err(e)),
+    let (mut from, mut again) = (src.size - molt_bundle::TAIL_GUESS.min(src.size), false);
+    let layout = loop {
+        let tail = get_one(src, from..src.size, &mut fetched).await?;
+        match tail_step(&source, src.size, from, &tail, again)? {
+            TailStep::Ready(l) => break l,
+            TailStep::From(off) => (from, again) = (off, true),
         }
-    }
-    let layout =
-        layout.ok_or_else(|| DeltaError::Metadata("central directory not found".into()))?;
-    if layout.format < 2 {
-        return Err(DeltaError::FormatOne);
-    }
+    };
     // 2. The manifest, verified against the trust root.
     let mr = layout.manifest_range();
     let span = match layout.bytes_in_tail(mr.clone()) {
         Some(b) => b.to_vec(),
-        None => {
-            let r = get_ranges(
-                src.http,
-                src.url,
-                src.bearer,
-                &[ByteRange {
-                    start: mr.start,
-                    end: mr.end - 1,
-                }],
-                Some(src.size),
-            )
-            .await?;
-            fetched += r.received;
-            r.parts.into_iter().next().unwrap_or_default()
-        }
+        None => get_one(src, mr, &mut fetched).await?,
     };
     let index = {
         let trust = trust.clone();
         tokio::task::spawn_blocking(move || {
-            deps::verify_remote_package(&trust, &layout, &span).map(|i| (i, layout))
+            deps::verify_remote_package(&trust, &layout, &span, ManifestUse::Install)
         })
         .await
         .map_err(|e| DeltaError::Task(e.to_string()))?
         .map_err(|e| DeltaError::Metadata(e.to_string()))?
-        .0
     };
     // 3. What must be staged, and where its bytes come from.
     let package = InstalledPackage {
         kind: index.manifest.kind.as_str().to_string(),
         name: src.name.to_string(),
         version: index.buildstamp.version.to_string(),
-        files: index
-            .manifest
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    e.path.clone(),
-                    FileMeta {
-                        size: e.size,
-                        sha256: e.sha256.clone(),
-                        mode: e.mode,
-                    },
-                )
-            })
-            .collect(),
+        files: FileMeta::of_manifest(&index.manifest),
     };
     let staged: Vec<String> = if package.kind == molt_bundle::BundleKind::Upgrade.as_str() {
         package.files.keys().cloned().collect()
     } else {
         crate::stages::changed_files(installed, std::slice::from_ref(&package))
     };
-    let mut reuse: Vec<(&str, &PathBuf)> = Vec::new();
+    let mut reuse: Vec<(String, Held, FileMeta)> = Vec::new();
     let mut wanted: Vec<&str> = Vec::new();
     for rel in &staged {
         let m = &package.files[rel];
-        match local.get(&m.sha256.to_ascii_lowercase()) {
-            Some(p) => reuse.push((rel, p)),
+        match local.get(&m.sha256) {
+            Some(h) => reuse.push((rel.clone(), h.clone(), m.clone())),
             None => wanted.push(rel),
         }
     }
@@ -266,19 +362,17 @@ pub async fn fetch(
         bodies.clear();
         for r in &ranges {
             requests += 1;
-            let got = get_ranges(src.http, src.url, src.bearer, &[*r], Some(src.size)).await?;
-            fetched += got.received;
-            bodies.extend(got.parts);
+            bodies.push(get_one(src, r.start..r.end + 1, &mut fetched).await?);
         }
     }
     // 5. Check every entry against the signed manifest, then write it.
     let staging = staging.to_path_buf();
-    let reuse: Vec<(String, PathBuf, FileMeta)> = reuse
-        .into_iter()
-        .map(|(rel, p)| (rel.to_string(), p.clone(), package.files[rel].clone()))
-        .collect();
     let wanted: Vec<String> = wanted.into_iter().map(str::to_string).collect();
-    let reused = reuse.len();
+    let cached = reuse
+        .iter()
+        .filter(|(_, h, _)| matches!(h, Held::Cached { .. }))
+        .count();
+    let reused = reuse.len() - cached;
     let dir = staging.clone();
     tokio::task::spawn_blocking(move || {
         write_staging(&index, &ranges, &bodies, &wanted, &reuse, &dir)
@@ -292,7 +386,23 @@ pub async fn fetch(
         fetched,
         requests,
         reused,
+        cached,
     })
+}
+
+/// GET one byte range (`range` half-open), counting the body bytes received.
+async fn get_one(
+    src: &DeltaSource<'_>,
+    range: std::ops::Range<u64>,
+    fetched: &mut u64,
+) -> Result<Vec<u8>, DeltaError> {
+    let r = ByteRange {
+        start: range.start,
+        end: range.end.saturating_sub(1),
+    };
+    let got = get_ranges(src.http, src.url, src.bearer, &[r], Some(src.size)).await?;
+    *fetched += got.received;
+    Ok(got.parts.into_iter().next().unwrap_or_default())
 }
 
 fn metadata_err(e: molt_bundle::BundleError) -> DeltaError {
@@ -309,14 +419,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DeltaError + '_ {
     }
 }
 
-/// Write the staging directory: fetched entries (checked by `read_entry`) and
-/// local copies (hashed while copied). On error the directory is removed.
+/// Write the staging directory: fetched entries (checked by `read_entry`),
+/// installed copies (hashed while copied) and cached entries (checked by
+/// `read_entry_from` against their package's signed manifest). On error the
+/// directory is removed.
 fn write_staging(
-    index: &molt_bundle::RemoteIndex,
+    index: &RemoteIndex,
     ranges: &[ByteRange],
     bodies: &[Vec<u8>],
     wanted: &[String],
-    reuse: &[(String, PathBuf, FileMeta)],
+    reuse: &[(String, Held, FileMeta)],
     dir: &Path,
 ) -> Result<(), DeltaError> {
     let r = (|| {
@@ -334,18 +446,11 @@ fn write_staging(
                 .ok_or_else(|| DeltaError::Entry(format!("{rel}: not in the fetched ranges")))?;
             let bytes = molt_bundle::remote::read_entry(index, r.start, body, e)
                 .map_err(|e| DeltaError::Entry(e.to_string()))?;
-            write_file(dir, rel, &bytes)?;
+            let (mut f, dest) = create_file(dir, rel)?;
+            f.write_all(&bytes).map_err(io(&dest))?;
         }
-        for (rel, from, meta) in reuse {
-            let bytes = std::fs::read(from).map_err(io(from))?;
-            let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
-            if bytes.len() as u64 != meta.size || !sha.eq_ignore_ascii_case(&meta.sha256) {
-                return Err(DeltaError::Entry(format!(
-                    "{rel}: the installed copy {} no longer has the manifest's digest",
-                    from.display()
-                )));
-            }
-            write_file(dir, rel, &bytes)?;
+        for (rel, held, meta) in reuse {
+            copy_held(dir, rel, held, meta)?;
         }
         Ok(())
     })();
@@ -355,15 +460,81 @@ fn write_staging(
     r
 }
 
-fn write_file(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), DeltaError> {
+/// Write `rel` into `dir` from local content, checked against `meta`.
+fn copy_held(dir: &Path, rel: &str, held: &Held, meta: &FileMeta) -> Result<(), DeltaError> {
+    match held {
+        Held::Installed(from) => {
+            let bytes = std::fs::read(from).map_err(io(from))?;
+            let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+            if bytes.len() as u64 != meta.size || !sha.eq_ignore_ascii_case(&meta.sha256) {
+                return Err(DeltaError::Entry(format!(
+                    "{rel}: the installed copy {} no longer has the manifest's digest",
+                    from.display()
+                )));
+            }
+            let (mut f, dest) = create_file(dir, rel)?;
+            f.write_all(&bytes).map_err(io(&dest))
+        }
+        Held::Cached { package, entry } => {
+            let (index, path) = (&package.index, &package.path);
+            let e = index
+                .entries
+                .get(*entry)
+                .filter(|e| e.size == meta.size && e.sha256.eq_ignore_ascii_case(&meta.sha256))
+                .ok_or_else(|| {
+                    DeltaError::Entry(format!("{rel}: not the entry held in {}", path.display()))
+                })?;
+            let span = molt_bundle::remote::local_span(e);
+            let file = std::fs::File::open(path).map_err(io(path))?;
+            let reader = std::io::BufReader::new(PositionedReader {
+                file: &file,
+                at: span.start,
+                end: span.end,
+            });
+            let (f, dest) = create_file(dir, rel)?;
+            let mut out = std::io::BufWriter::new(f);
+            molt_bundle::remote::read_entry_from(index, e, reader, &mut out).map_err(|err| {
+                DeltaError::Entry(format!(
+                    "{rel}: the cached package {} no longer holds it: {err}",
+                    path.display()
+                ))
+            })?;
+            out.flush().map_err(io(&dest))
+        }
+    }
+}
+
+/// Reads `file` from `at` up to `end` (positioned reads: the file's own
+/// offset is not used).
+struct PositionedReader<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+    end: u64,
+}
+
+impl std::io::Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_sub(self.at);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.at)?;
+        self.at += got as u64;
+        Ok(got)
+    }
+}
+
+/// Create `dir/rel` (a checked entry path) for writing.
+fn create_file(dir: &Path, rel: &str) -> Result<(std::fs::File, PathBuf), DeltaError> {
     molt_bundle::container::check_entry_path(rel)
         .map_err(|reason| DeltaError::Entry(format!("{rel}: {reason}")))?;
     let dest = dir.join(rel);
     if let Some(p) = dest.parent() {
         std::fs::create_dir_all(p).map_err(io(p))?;
     }
-    let mut f = std::fs::File::create(&dest).map_err(io(&dest))?;
-    f.write_all(bytes).map_err(io(&dest))
+    let f = std::fs::File::create(&dest).map_err(io(&dest))?;
+    Ok((f, dest))
 }
 
 /// Remove a directory tree if present.
@@ -400,4 +571,96 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), DeltaError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = "quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225";
+    const V2: &str = "quebec-12-09-2020__patch2-04-18-2021_05-01-2021_1130";
+    const V3: &str = "rome-06-10-2021__patch0-06-20-2021_07-01-2021_0900";
+
+    /// `n` random (incompressible) bytes.
+    fn noise(n: usize) -> Vec<u8> {
+        use ring::rand::SecureRandom;
+        let mut b = vec![0u8; n];
+        ring::rand::SystemRandom::new().fill(&mut b).unwrap();
+        b
+    }
+
+    fn sha(b: &[u8]) -> String {
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+    }
+
+    /// The core package of `v` holding `lib/x.bin` = `body`, in bundle
+    /// `format`, signed by `key`, written into `dir`.
+    fn core(dir: &Path, v: &str, body: &[u8], key: &molt_bundle::SigningKey, format: u32) {
+        let name = format!("molt-core.{v}.universal.universal.zip");
+        let src = dir.join(format!(".src-{v}"));
+        std::fs::create_dir_all(src.join("lib")).unwrap();
+        std::fs::write(src.join("lib/x.bin"), body).unwrap();
+        let spec = molt_bundle::PackSpec::from_buildstamp(&name, 1).unwrap();
+        let out = dir.join(&name);
+        molt_bundle::editor::pack_dir_format(&src, &spec, &out, format).unwrap();
+        molt_bundle::sign_bundle(&out, &[key]).unwrap();
+        std::fs::remove_dir_all(src).unwrap();
+    }
+
+    #[test]
+    fn only_verified_cached_packages_are_sources_and_their_entries_are_checked_when_read() {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::new(d.path().join("home"));
+        let incoming = home.incoming_dir();
+        std::fs::create_dir_all(&incoming).unwrap();
+        let key = molt_bundle::SigningKey::generate().unwrap().0;
+        let stranger = molt_bundle::SigningKey::generate().unwrap().0;
+        let expires = chrono::Utc::now() + chrono::Duration::days(30);
+        let root = molt_bundle::editor::single_key_root(&key, expires).unwrap();
+        let root_path = d.path().join("root.json");
+        std::fs::write(&root_path, root.to_json_pretty().unwrap()).unwrap();
+        let trust = deps::load_trust(&root_path, &home.state_dir()).unwrap();
+        // Trusted format 2; another signer; format 1 (no manifest signature);
+        // a partial download and a staging directory beside them.
+        let (good, other, old) = (noise(64 << 10), noise(4096), noise(4096));
+        core(&incoming, V1, &good, &key, 2);
+        core(&incoming, V2, &other, &stranger, 2);
+        core(&incoming, V3, &old, &key, 1);
+        std::fs::write(incoming.join("molt-core.x.zip.part"), &good).unwrap();
+        std::fs::create_dir_all(incoming.join("molt-core.y.zip.delta")).unwrap();
+
+        let local = local_contents(&home, &trust);
+        assert!(local.get(&sha(&other)).is_none());
+        assert!(local.get(&sha(&old)).is_none());
+        let held = local.get(&sha(&good)).cloned().unwrap();
+        assert!(matches!(held, Held::Cached { .. }), "{held:?}");
+        let meta = FileMeta {
+            size: good.len() as u64,
+            sha256: sha(&good).to_ascii_uppercase(),
+            mode: 0o644,
+        };
+        let out = d.path().join("staged");
+        copy_held(&out, "lib/y.bin", &held, &meta).unwrap();
+        assert_eq!(std::fs::read(out.join("lib/y.bin")).unwrap(), good);
+
+        // Asked for other content, or the cached file damaged after it was
+        // indexed: refused, never written as if right.
+        let wrong = FileMeta {
+            sha256: sha(&other),
+            ..meta.clone()
+        };
+        let e = copy_held(&out, "lib/z.bin", &held, &wrong).unwrap_err();
+        assert!(e.to_string().contains("not the entry held in"), "{e}");
+        let path = incoming.join(format!("molt-core.{V1}.universal.universal.zip"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let needle = &good[good.len() / 2..good.len() / 2 + 32];
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        bytes[at + 16] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let e = copy_held(&out, "lib/y.bin", &held, &meta).unwrap_err();
+        assert!(e.to_string().contains("no longer holds it"), "{e}");
+    }
 }

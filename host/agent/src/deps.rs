@@ -123,53 +123,53 @@ pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, Dep
             path: path.into(),
             source: Box::new(source),
         })?;
-    let files = v
-        .manifest
-        .entries
-        .iter()
-        .map(|e| {
-            (
-                e.path.clone(),
-                FileMeta {
-                    size: e.size,
-                    sha256: e.sha256.clone(),
-                    mode: e.mode,
-                },
-            )
-        })
-        .collect();
     Ok(VerifiedPackage {
         kind: v.manifest.kind.as_str().to_string(),
         version: v.buildstamp.version.to_string(),
-        files,
+        files: FileMeta::of_manifest(&v.manifest),
         bundle: v,
     })
 }
 
-/// Verify the manifest of a package read with HTTP Range (bundle format 2) as
-/// [`verify_package`] verifies a whole file: same trust root, same
-/// `Accept::Assigned` sequence rule. Gives the trusted index of its entries.
+/// What a manifest read from a package's tail (bundle format 2) is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestUse {
+    /// The package to install: the `Accept::Assigned` sequence rule applies,
+    /// as for a whole file, and a new highest sequence is recorded.
+    Install,
+    /// A package in the package cache, only a source of entries whose SHA-256
+    /// its signed manifest gives: no sequence rule (an older cached version
+    /// must neither be refused as a replay nor raise the highest accepted).
+    Source,
+}
+
+/// Verify the manifest of a package read by its tail (HTTP Range, or a file
+/// of the package cache) as [`verify_package`] verifies a whole file: same
+/// trust root; the sequence rule per `usage`. Gives the trusted index of its entries.
 pub fn verify_remote_package(
     trust: &Trust,
     layout: &molt_bundle::RemoteLayout,
     manifest_span: &[u8],
+    usage: ManifestUse,
 ) -> Result<molt_bundle::RemoteIndex, DepError> {
     let path = layout.source.clone();
     let mut store = trust
         .store
         .lock()
         .map_err(|_| DepError::Poisoned { path: path.clone() })?;
-    store
-        .verify_remote_as(
-            layout,
-            manifest_span,
-            &molt_bundle::VerifyOptions::default(),
-            molt_bundle::Accept::Assigned,
-        )
-        .map_err(|source| DepError::Verify {
-            path,
-            source: Box::new(source),
-        })
+    let opts = molt_bundle::VerifyOptions::default();
+    match usage {
+        ManifestUse::Install => {
+            store.verify_remote_as(layout, manifest_span, &opts, molt_bundle::Accept::Assigned)
+        }
+        ManifestUse::Source => {
+            molt_bundle::remote::verify_remote(layout, manifest_span, store.root(), &opts)
+        }
+    }
+    .map_err(|source| DepError::Verify {
+        path,
+        source: Box::new(source),
+    })
 }
 
 /// Extract a verified package into `dest` (streaming, every entry re-checked,

@@ -126,9 +126,9 @@ impl<P: ControlPlane> Pipeline<'_, P> {
         // A delta needs an installed version to build on.
         let installed = self.home.installed().unwrap_or_default();
         let delta_on = self.cfg.delta_downloads && self.plane.ranged_http().is_some();
-        let local = if delta_on && !installed.is_empty() {
-            let home = self.home.clone();
-            tokio::task::spawn_blocking(move || delta::local_contents(&home))
+        let mut local = if delta_on && !installed.is_empty() {
+            let (home, trust) = (self.home.clone(), trust.clone());
+            tokio::task::spawn_blocking(move || delta::local_contents(&home, &trust))
                 .await
                 .map_err(DownloadStageError::Task)?
         } else {
@@ -139,8 +139,9 @@ impl<P: ControlPlane> Pipeline<'_, P> {
         for p in missing {
             let mut fallback = None;
             // A small package is fetched whole: reading its metadata would cost
-            // about as much as the file.
-            if !local.is_empty() && p.size >= delta::MIN_SIZE {
+            // about as much as the file. One already in the cache is used as it is.
+            let cached_whole = plan.downloaded.contains(&p.name);
+            if !local.is_empty() && p.size >= delta::MIN_SIZE && !cached_whole {
                 let t0 = std::time::Instant::now();
                 match self.try_delta(p, &trust, &installed, &local).await {
                     Ok(staged) => {
@@ -168,6 +169,17 @@ impl<P: ControlPlane> Pipeline<'_, P> {
             let (path, v, bytes) = self
                 .fetch_and_verify(p, &self.home.incoming_dir(), trust.clone())
                 .await?;
+            if !local.is_empty() {
+                // Its entries are a source for the next packages' deltas (the
+                // runner package and the core package share files).
+                let (mut l, at, t) = (std::mem::take(&mut local), path.clone(), trust.clone());
+                local = tokio::task::spawn_blocking(move || {
+                    l.add_source(&at, &t);
+                    l
+                })
+                .await
+                .map_err(DownloadStageError::Task)?;
+            }
             fetched.push((
                 p,
                 Fetched {
@@ -216,7 +228,7 @@ impl<P: ControlPlane> Pipeline<'_, P> {
         p: &AssignedPackage,
         trust: &Arc<Trust>,
         installed: &[molt_layout::InstalledPackage],
-        local: &std::collections::HashMap<String, PathBuf>,
+        local: &delta::LocalContents,
     ) -> Result<delta::Staged, delta::DeltaError> {
         let Some(http) = self.plane.ranged_http() else {
             return Err(delta::DeltaError::Metadata("no ranged HTTP client".into()));
@@ -235,7 +247,7 @@ impl<P: ControlPlane> Pipeline<'_, P> {
         let t0 = std::time::Instant::now();
         let s = delta::fetch(&src, trust, installed, local, &staging).await?;
         tracing::info!(package = %p.name, mode = "delta", fetched = s.fetched, bytes = p.size,
-            staged = s.staged.len(), reused = s.reused, requests = s.requests,
+            staged = s.staged.len(), reused = s.reused, cached = s.cached, requests = s.requests,
             download_ms = t0.elapsed().as_millis() as u64, "Package was successfully downloaded");
         Ok(s)
     }
