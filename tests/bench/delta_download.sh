@@ -16,8 +16,8 @@
 #   bash tests/bench/delta_download.sh   (MOLT=path/to/molt; RUNS=3; FILES=2000; FILE_KB=100)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MOLT="${MOLT:-${CARGO_TARGET_DIR:-target}/release/molt}"
-[ -x "$MOLT" ] || { echo "build it first: cargo build --release -p molt --features test-hooks (or set MOLT=)" >&2; exit 2; }
+. tests/bench/lib.sh
+bench_molt
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx is required (apt-get install nginx-light)" >&2; exit 2; }
 command -v rsync >/dev/null || { echo "rsync is required" >&2; exit 2; }
@@ -31,8 +31,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-"$MOLT" keygen --out "$T/k.pk8" >/dev/null
-"$MOLT" root init --out "$T/root.json" --root-key "$T/k.pk8" --checks-key "$T/k.pk8" --packages-key "$T/k.pk8" >/dev/null
+bench_keys "$T"
 # Trees: c1 (v1), c2 (v2: 5 % of the files rewritten), c3 (v3: all rewritten).
 python3 - "$T" "$FILES" "$FILE_KB" <<'PY'
 import os, sys
@@ -64,22 +63,8 @@ for spec in "c1 core $V1" "c2 core $V2" "c3 core $V3" "u upgrade $V2" "u upgrade
   "$MOLT" bundle pack "$T/$1" --buildstamp "molt-$2.$3.universal.universal.zip" --sequence 1 --out "$PK/molt-$2.$3.universal.universal.zip" --key "$T/k.pk8" >/dev/null
 done
 # A v1 install.
-H="$T/home"; mkdir -p "$H/versions" "$H/state"
-"$MOLT" bundle extract "$PK/molt-core.$V1.universal.universal.zip" "$H/versions/$V1" --root "$T/root.json" >/dev/null
-python3 - "$H" "$V1" "$T/c1" <<'PY'
-import hashlib, json, os, sys
-home, v, src = sys.argv[1:]
-files = {}
-for d, _, fs in os.walk(src):
-    for f in fs:
-        p = os.path.join(d, f); rel = os.path.relpath(p, src)
-        b = open(p, 'rb').read()
-        files[rel] = {"size": len(b), "sha256": hashlib.sha256(b).hexdigest(), "mode": os.stat(p).st_mode & 0o777}
-os.makedirs(f"{home}/versions/{v}/meta", exist_ok=True)
-json.dump({"kind": "core", "name": f"molt-core.{v}.universal.universal.zip", "version": v, "files": files},
-          open(f"{home}/versions/{v}/meta/core.meta.json", "w"))
-PY
-ln -s "versions/$V1" "$H/current"; cp "$T/root.json" "$H/state/root.json"
+H="$T/home"
+bench_install "$H" "$V1" "$T/c1" "$PK/molt-core.$V1.universal.universal.zip" "$T/root.json"
 cp -a "$H" "$T/home.template"
 
 # nginx: the packages as static files; its log counts bytes sent per request.
@@ -124,15 +109,11 @@ serve() { # serve <fleet version>
 # One agent run: prints "<download_ms> <core bytes sent by nginx> <mode>".
 agent_run() { # agent_run <delta_downloads true|false> <to version>
   rm -rf "$H"; cp -a "$T/home.template" "$H"
-  printf 'control_plane_url = "%s"\nagent_name = "bench"\ntoken = "bench-agent-token-0123"\nrun_precheck = false\ntest_skip_handover = true\ndelta_downloads = %s\n' "$URL" "$1" > "$H/config.toml"
+  bench_config "$H" "$URL" "$1"
   : > "$T/access.log"; kill -USR1 "$(cat "$T/nginx.pid")" 2>/dev/null || true
-  MOLT_LOG=info "$MOLT" agent --home "$H" 2> "$T/agent.err" & local ag=$!
-  for _ in $(seq 600); do grep -q "hand-over to deploy skipped\|ERROR" "$H/logs/agent.log" 2>/dev/null && break; sleep 0.1; done
-  kill $ag 2>/dev/null || true; wait $ag 2>/dev/null || true
-  local line; line="$(grep "Package was successfully downloaded" "$H/logs/agent.log" | grep "molt-core" | head -1)"
-  [ -n "$line" ] || { echo "agent did not download the package:" >&2; tail -20 "$H/logs/agent.log" >&2; exit 1; }
+  local line; line="$(bench_agent_once "$H" "$T/agent.err")"
   local ms mode bytes
-  ms=$(echo "$line" | grep -o 'download_ms=[0-9]*' | cut -d= -f2)
+  ms=$(bench_field "$line" download_ms)
   mode=$(echo "$line" | grep -o 'mode="\?[a-z]*' | tr -d '"' | cut -d= -f2)
   # A delta tried and given up: its metadata reads count too.
   local tried; tried=$(grep "Delta download not used" "$H/logs/agent.log" | grep "molt-core" | grep -o 'delta_ms=[0-9]*' | cut -d= -f2 | head -1)

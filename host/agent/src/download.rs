@@ -621,76 +621,81 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn a_cut_transfer_is_resumed_with_range_and_verified() {
-        let b = body();
-        let (url, hits) = serve(b.clone(), 1).await;
-        let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("pkg.zip");
-        let out = download(&reqwest::Client::new(), &spec(&url, &dest, &b), &opts())
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
-            Outcome::Downloaded {
-                resumed: true,
-                attempts: 2
-            }
-        );
-        assert_eq!(std::fs::read(&dest).unwrap(), *b);
-        assert!(!part_path(&dest).exists());
-        assert_eq!(hits.load(Ordering::SeqCst), 2);
+    /// A served body, the server's hit counter and a destination in a temp dir.
+    struct Fixture {
+        body: Arc<Vec<u8>>,
+        url: String,
+        hits: Arc<AtomicUsize>,
+        _dir: tempfile::TempDir,
+        dest: PathBuf,
     }
 
+    /// [`body`] served by [`serve`] (its first `cut_first` answers cut).
+    async fn fixture(cut_first: usize) -> Fixture {
+        let body = body();
+        let (url, hits) = serve(body.clone(), cut_first).await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("pkg.zip");
+        Fixture {
+            body,
+            url,
+            hits,
+            _dir: dir,
+            dest,
+        }
+    }
+
+    impl Fixture {
+        fn spec(&self) -> DownloadSpec {
+            spec(&self.url, &self.dest, &self.body)
+        }
+    }
+
+    /// Streaming: resumed with Range and hashed. Deferred: resumed without
+    /// hashing; the digest is the caller's (a wrong one is not checked here).
     #[tokio::test]
-    async fn a_deferred_check_resumes_without_hashing_and_leaves_the_digest_to_the_caller() {
-        let b = body();
-        let (url, hits) = serve(b.clone(), 1).await;
-        let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("pkg.zip");
-        let mut s = spec(&url, &dest, &b);
-        s.check = Check::Deferred;
-        s.sha256 = "0".repeat(64); // not checked here: the caller verifies the signature
-        let out = download(&reqwest::Client::new(), &s, &opts())
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
-            Outcome::Downloaded {
-                resumed: true,
-                attempts: 2
+    async fn a_cut_transfer_is_resumed_with_range_with_either_check() {
+        for check in [Check::Streaming, Check::Deferred] {
+            let f = fixture(1).await;
+            let mut s = f.spec();
+            s.check = check;
+            if check == Check::Deferred {
+                s.sha256 = "0".repeat(64);
             }
-        );
-        assert_eq!(std::fs::read(&dest).unwrap(), *b);
-        assert_eq!(hits.load(Ordering::SeqCst), 2);
-        assert_eq!(file_sha256(&dest).unwrap().1, b.len() as u64);
+            let out = download(&reqwest::Client::new(), &s, &opts())
+                .await
+                .unwrap();
+            let want = Outcome::Downloaded {
+                resumed: true,
+                attempts: 2,
+            };
+            assert_eq!(out, want, "{check:?}");
+            assert_eq!(std::fs::read(&f.dest).unwrap(), *f.body, "{check:?}");
+            assert!(!part_path(&f.dest).exists(), "{check:?}");
+            assert_eq!(f.hits.load(Ordering::SeqCst), 2, "{check:?}");
+            assert_eq!(file_sha256(&f.dest).unwrap().1, f.body.len() as u64);
+        }
     }
 
     #[tokio::test]
     async fn a_corrupt_partial_file_is_deleted_and_fetched_again() {
-        let b = body();
-        let (url, _) = serve(b.clone(), 0).await;
-        let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("pkg.zip");
+        let f = fixture(0).await;
         // A partial file whose bytes are wrong: the digest fails, it is refetched whole.
-        std::fs::write(part_path(&dest), vec![0u8; 1000]).unwrap();
-        let out = download(&reqwest::Client::new(), &spec(&url, &dest, &b), &opts())
+        std::fs::write(part_path(&f.dest), vec![0u8; 1000]).unwrap();
+        let out = download(&reqwest::Client::new(), &f.spec(), &opts())
             .await
             .unwrap();
         assert!(
             matches!(out, Outcome::Downloaded { attempts: 2, .. }),
             "{out:?}"
         );
-        assert_eq!(std::fs::read(&dest).unwrap(), *b);
+        assert_eq!(std::fs::read(&f.dest).unwrap(), *f.body);
     }
 
     #[tokio::test]
     async fn retries_are_bounded_and_the_error_names_the_package() {
-        let b = body();
-        let (url, hits) = serve(b.clone(), usize::MAX).await;
-        let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("pkg.zip");
-        let mut s = spec(&url, &dest, &b);
+        let f = fixture(usize::MAX).await;
+        let mut s = f.spec();
         s.sha256 = "0".repeat(64); // never matches
         let e = download(&reqwest::Client::new(), &s, &opts())
             .await
@@ -700,8 +705,8 @@ mod tests {
             e.contains("pkg.zip") && e.contains("gave up after 4 attempts"),
             "{e}"
         );
-        assert!(hits.load(Ordering::SeqCst) <= 8);
-        assert!(!dest.exists());
+        assert!(f.hits.load(Ordering::SeqCst) <= 8);
+        assert!(!f.dest.exists());
     }
 
     /// A writer that takes at most `max` bytes per call, as a pipe or a busy disk may.

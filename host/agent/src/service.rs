@@ -352,34 +352,30 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
             tracing::info!(to_version = %to_version, "Agent stopped for the upgrade");
             // The seeds: the agent is Down from the hand-over until the new
             // version reports Up (the runner's stages say why).
-            let _ = tokio::time::timeout(
-                Duration::from_secs(3),
-                agent.client.heartbeat(
-                    &agent.host,
-                    &agent.version,
-                    Status::Down,
-                    std::process::id(),
-                ),
-            )
-            .await;
+            say_down(&agent).await;
         }
         Exit::Restart => tracing::info!("Agent stopping for restart"),
         Exit::Stopped => {
             tracing::info!("Agent stopping");
             // Say so to the control plane unless the runner is taking over.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(3),
-                agent.client.heartbeat(
-                    &agent.host,
-                    &agent.version,
-                    Status::Down,
-                    std::process::id(),
-                ),
-            )
-            .await;
+            say_down(&agent).await;
         }
     }
     Ok(exit)
+}
+
+/// One heartbeat saying Down, given at most 3 s (the agent is stopping).
+async fn say_down(agent: &Agent) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        agent.client.heartbeat(
+            &agent.host,
+            &agent.version,
+            Status::Down,
+            std::process::id(),
+        ),
+    )
+    .await;
 }
 
 async fn shutdown_signal() {
