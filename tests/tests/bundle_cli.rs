@@ -82,6 +82,20 @@ impl Kit {
             .key_id()
             .to_string()
     }
+    /// `molt bundle verify --root root.json --state state BUNDLE`, which must pass.
+    fn verify_with_state(&self, bundle: &str) -> String {
+        let args = [
+            "bundle",
+            "verify",
+            "--root",
+            "root.json",
+            "--state",
+            "state",
+        ];
+        let mut args = args.to_vec();
+        args.push(bundle);
+        ok(self.d(), &args)
+    }
     fn pack(&self, out: &str, seq: u64, key: &str) -> String {
         ok(
             self.d(),
@@ -160,39 +174,51 @@ fn invalid_bundles_exit_1_and_say_why() {
     let mut bytes = std::fs::read(k.d().join("b.zip")).unwrap();
     bytes[40] ^= 1; // inside the compressed manifest
     std::fs::write(k.d().join("bad.zip"), &bytes).unwrap();
-    let r = molt(
-        k.d(),
-        &["bundle", "verify", "--root", "root.json", "bad.zip"],
-    );
-    assert_eq!(r.code, 1, "{}{}", r.out, r.err);
-    assert!(
-        r.out.starts_with("INVALID bad.zip") && r.out.contains("reason: bundle bad.zip:"),
-        "{}",
-        r.out
-    );
-    let r = molt(
-        k.d(),
-        &[
-            "bundle",
-            "verify",
-            "--root",
-            "root.json",
-            "bad.zip",
-            "--json",
-        ],
-    );
-    assert_eq!(r.code, 1);
-    let j: serde_json::Value = serde_json::from_str(&r.out).unwrap();
-    assert_eq!(j["valid"], false);
-    assert!(j["error"].as_str().unwrap().contains("bad.zip"));
+    let (text, error) = refused(k.d(), "bad.zip");
+    assert!(text.contains("reason: bundle bad.zip:"), "{text}");
+    assert!(error.contains("bad.zip"), "{error}");
     // Signed by the wrong role's key.
     k.pack("wrong.zip", 1, "checks");
-    let r = molt(
-        k.d(),
-        &["bundle", "verify", "--root", "root.json", "wrong.zip"],
+    let (text, _) = refused(k.d(), "wrong.zip");
+    assert!(text.contains("not a key of role `packages`"), "{text}");
+}
+
+/// `molt bundle verify --root root.json BUNDLE`, text and `--json`: both
+/// must exit 1 and say INVALID. Returns the text and the JSON `error`.
+fn refused(dir: &Path, bundle: &str) -> (String, String) {
+    let text = molt(dir, &["bundle", "verify", "--root", "root.json", bundle]);
+    assert_eq!(text.code, 1, "{}{}", text.out, text.err);
+    assert!(
+        text.out.starts_with(&format!("INVALID {bundle}")),
+        "{}",
+        text.out
     );
-    assert_eq!(r.code, 1);
-    assert!(r.out.contains("not a key of role `packages`"), "{}", r.out);
+    let args = ["bundle", "verify", "--root", "root.json", bundle, "--json"];
+    let json = molt(dir, &args);
+    assert_eq!(json.code, 1, "{}{}", json.out, json.err);
+    let j: serde_json::Value = serde_json::from_str(&json.out).unwrap();
+    assert_eq!(j["valid"], false);
+    let error = j["error"].as_str().unwrap().to_string();
+    (text.out, error)
+}
+
+/// A bundle from a newer molt (its signature slot says format 3): refused
+/// with the one message that says what to do, in text and JSON.
+#[test]
+fn a_newer_bundle_format_says_what_to_do() {
+    let k = Kit::new();
+    k.pack("b.zip", 1, "packages");
+    let mut bytes = std::fs::read(k.d().join("b.zip")).unwrap();
+    let at = bytes
+        .windows(10)
+        .rposition(|w| w == b"{\"format\":")
+        .expect("signature slot");
+    bytes[at + 10] = b'3';
+    std::fs::write(k.d().join("new.zip"), &bytes).unwrap();
+    let want = "bundle new.zip: bundle format 3 is newer than this molt understands (1 or 2): upgrade molt (agents before the control plane's packages), or pack with --format 1";
+    let (text, error) = refused(k.d(), "new.zip");
+    assert!(text.contains(&format!("reason: {want}")), "{text}");
+    assert!(error.contains(want), "{error}");
 }
 
 #[test]
@@ -214,18 +240,7 @@ fn state_dir_refuses_a_replayed_lower_sequence() {
     let k = Kit::new();
     k.pack("s2.zip", 2, "packages");
     k.pack("s1.zip", 1, "packages");
-    ok(
-        k.d(),
-        &[
-            "bundle",
-            "verify",
-            "--root",
-            "root.json",
-            "--state",
-            "state",
-            "s2.zip",
-        ],
-    );
+    k.verify_with_state("s2.zip");
     let r = molt(k.d(), &["bundle", "verify", "--state", "state", "s1.zip"]);
     assert_eq!(r.code, 1);
     assert!(
@@ -249,18 +264,7 @@ fn state_dir_refuses_a_replayed_lower_sequence() {
 fn root_rotation_through_the_cli() {
     let k = Kit::new();
     k.pack("old.zip", 1, "packages");
-    ok(
-        k.d(),
-        &[
-            "bundle",
-            "verify",
-            "--root",
-            "root.json",
-            "--state",
-            "state",
-            "old.zip",
-        ],
-    );
+    k.verify_with_state("old.zip");
     ok(k.d(), &["keygen", "--out", "packages2-TEST-ONLY.pk8"]);
     let old_id = k.key_id("packages");
     let out = ok(
@@ -302,16 +306,8 @@ fn root_rotation_through_the_cli() {
     ok(k.d(), &["bundle", "verify", "--state", "state", "new.zip"]);
 }
 
-const SEED_NAMES: &[&str] = &[
-    "mid-core.madrid-12-18-2018__patch1-hotfix2-03-14-2019_03-20-2019_1304.universal.universal.zip",
-    "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
-    "mid-core.quebec-12-09-2020__patch0-hotfix3-01-20-2021_01-21-2021_0905.universal.universal.zip",
-    "mid-core.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip",
-    "mid-jre.madrid-12-18-2018__patch1-02-13-2019_02-25-2019_1807.windows.x86-64.zip",
-    "mid-jre.quebec-12-09-2020__patch0-hotfix1-01-04-2021_01-06-2021_1339.windows.x86-64.zip",
-    "mid-upgrade.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip",
-    "mid-upgrade.quebec-12-09-2020__patch1-02-18-2021_03-01-2021_1225.universal.universal.zip",
-];
+/// The seeds' package names (one list, with molt-bundle's and the guests' tests).
+use molt_bundle::buildstamp::SEED_NAMES;
 
 #[test]
 fn buildstamp_parses_sorts_and_rejects() {
@@ -325,7 +321,12 @@ fn buildstamp_parses_sorts_and_rejects() {
         lines[0].starts_with("mid-jre.madrid-12-18-2018__patch1-02-13-2019"),
         "{out}"
     );
+    // Nine names: the madrid hotfix2 core and jre share a version (core first).
     assert!(lines[7].contains("quebec-12-09-2020__patch1-"), "{out}");
+    assert!(
+        lines[8].starts_with("mid-upgrade.quebec-12-09-2020__patch1-"),
+        "{out}"
+    );
     let j: serde_json::Value =
         serde_json::from_str(&ok(d.path(), &["buildstamp", "--json", SEED_NAMES[0]])).unwrap();
     assert_eq!(j[0]["family"], "madrid");

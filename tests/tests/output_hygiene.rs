@@ -270,32 +270,12 @@ fn bundle_verify_deep_refuses_a_file_that_is_also_a_directory() {
         }
     }
     let out = k.dir.path().join(&name);
-    let mut w = molt_bundle::editor::ZipWriter::create(&out).unwrap();
-    w.add_bytes(
-        molt_bundle::MANIFEST_PATH,
-        &serde_json::to_vec(&m).unwrap(),
-        true,
-        0o100644,
-    )
+    let json = serde_json::to_vec(&m).unwrap();
+    molt_bundle::editor::write_bundle(&out, &json, m.format, |w| {
+        w.add_bytes("lib/a.dat", b"file", true, 0o100644)?;
+        w.add_bytes("lib/a.dat/b.dat", b"nested", true, 0o100644)
+    })
     .unwrap();
-    for (p, d) in [
-        ("lib/a.dat", &b"file"[..]),
-        ("lib/a.dat/b.dat", &b"nested"[..]),
-    ] {
-        w.add_bytes(p, d, true, 0o100644).unwrap();
-    }
-    w.add_bytes(
-        molt_bundle::SIGNATURES_PATH,
-        &molt_bundle::container::signature_slot(&molt_bundle::schema::SignatureFile {
-            format: 1,
-            signatures: vec![],
-        })
-        .unwrap(),
-        false,
-        0o100644,
-    )
-    .unwrap();
-    w.finish().unwrap();
     // Signed, so only the layout rule can refuse it.
     molt_bundle::sign_bundle(&out, &[&k.key]).unwrap();
     let root = k.dir.path().join("root.json");
