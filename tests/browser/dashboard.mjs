@@ -1,7 +1,7 @@
 // Drives the Molt dashboard in Debian's headless Chromium over the Chrome
 // DevTools Protocol (Node's built-in WebSocket; no npm packages).
 //
-//   node --experimental-websocket dashboard.mjs <base-url> <admin-token> <out-dir> <issue-id> <agent>
+//   node --experimental-websocket dashboard.mjs <base-url> <admin-token> <out-dir> <issue-id> <agent> <pinned-agent,...>
 //
 // Logs in, clicks Acknowledge, Grab logs, Upgrade and Resolve, screenshots the
 // pages, and prints one JSON object with what it saw (the Rust test asserts on it).
@@ -10,7 +10,8 @@ import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const [base, token, outDir, issueId, agent] = process.argv.slice(2);
+const [base, token, outDir, issueId, agent, pinnedList] = process.argv.slice(2);
+const pinned = (pinnedList || "").split(",").filter((p) => p);
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const profile = mkdtempSync(join(tmpdir(), "molt-chromium-"));
 const browser = spawn(chromiumPath, [
@@ -99,6 +100,8 @@ try {
   seen.versionBars = await evaluate("[...document.querySelectorAll('#versions tr.version-bar')].map(r => r.innerText)");
   seen.agentsPageText = await text("#agents-page");
   seen.agentsTotal = await text("#agents-total");
+  for (const a of [agent, ...pinned]) seen[`pinCell-${a}`] = await text(`#agent-${a} td.pin`);
+  seen.rolloutPinned = await evaluate("[...document.querySelectorAll('#rollout tr.rollout-group td.pinned')].map(c => c.innerText)");
   seen.screenshotDashboard = await screenshot("dashboard.png");
 
   await click(`#issue-${issueId} button.ack`);
@@ -124,6 +127,10 @@ try {
   seen.commandsText = await text("#commands");
   seen.screenshotAgent = await screenshot("agent.png");
   seen.title = await evaluate("document.title");
+  for (const a of pinned) {
+    await navigate(`${base}/dashboard/agents/${a}`);
+    seen[`agentPage-${a}`] = await text("#agent-pin");
+  }
 
   // The agents table pages, sorts and filters on the server.
   await navigate(`${base}/dashboard`);

@@ -33,10 +33,45 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
     let a = s.register("a1").await;
     let _b = s.register("a2").await;
     // 60 agents: the table shows 50 a page.
+    let mut tokens = Vec::new();
     for i in 0..58 {
-        s.register(&format!("b{i:02}")).await;
+        tokens.push(s.register(&format!("b{i:02}")).await);
     }
     s.set_fleet(Q2).await;
+    // Pins: a2 by the control plane (`molt fleet pin`), b00 by its own config
+    // (the `pinned` its assignment request carries).
+    let r = s
+        .admin_put("/api/v1/admin/agents/a2/pin", &json!({ "version": Q1 }))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (st, answer) = s
+        .assigned(&tokens[0], &format!("os=linux&arch=x86-64&pinned={Q1}"))
+        .await;
+    assert_eq!(
+        (st, answer["source"].as_str()),
+        (StatusCode::OK, Some("pin"))
+    );
+    let agents = s.admin_get("/api/v1/admin/agents").await;
+    let pins: Vec<(String, Value, Value)> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| !a["pin"].is_null() || !a["own_pin"].is_null())
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_string(),
+                a["pin"].clone(),
+                a["own_pin"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pins,
+        vec![
+            ("a2".to_string(), json!(Q1), Value::Null),
+            ("b00".to_string(), Value::Null, json!(Q1)),
+        ]
+    );
     assert_eq!(
         s.heartbeat(&a, "host-one", 4242, "Up").await,
         StatusCode::OK
@@ -83,6 +118,13 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
             && waiting.contains("a1 (precheck pending)"),
         "{waiting}"
     );
+    // The pinned agents are counted apart: pinned, not in the rollout.
+    let group = &s.admin_get("/api/v1/admin/rollouts").await["group_progress"][0];
+    assert_eq!(
+        (&group["agents"], &group["pinned"], &group["waiting"]),
+        (&json!(58), &json!(2), &json!(58)),
+        "{group}"
+    );
 
     let out = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard.mjs");
@@ -98,6 +140,7 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
                 outp.to_str().unwrap(),
                 &issue_id.to_string(),
                 "a1",
+                "a2,b00",
             ])
             .env("CHROMIUM", chromium2)
             .output()
@@ -155,6 +198,26 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         t("issueRowText")
     );
     assert!(t("fleetText").contains(Q2));
+    // Pins in the agents table (with their source), on the agent's page and
+    // in the rollout's groups.
+    assert!(
+        t("pinCell-a2").contains("pinned · control plane") && t("pinCell-a2").contains(Q1),
+        "{seen}"
+    );
+    assert!(
+        t("pinCell-b00").contains("pinned · agent config") && t("pinCell-b00").contains(Q1),
+        "{seen}"
+    );
+    assert_eq!(t("pinCell-a1"), "", "a1 is not pinned");
+    assert!(
+        t("agentPage-a2").contains(&format!("Pinned to {Q1} (source: control plane)")),
+        "{seen}"
+    );
+    assert!(
+        t("agentPage-b00").contains(&format!("Pinned to {Q1} (source: agent config)")),
+        "{seen}"
+    );
+    assert_eq!(seen["rolloutPinned"], json!(["2"]), "{seen}");
     assert!(
         t("readinessText").contains("Pending"),
         "{}",

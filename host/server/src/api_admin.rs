@@ -29,9 +29,21 @@ pub struct AgentView {
     pub label_overrides: crate::model::Labels,
     /// The control plane's pin (`PUT /api/v1/admin/agents/{name}/pin`).
     pub pin: Option<String>,
+    /// The agent's own pin (`pinned_version` in its config.toml; wins over
+    /// `pin`) as its last assignment request to this replica said.
+    pub own_pin: Option<String>,
 }
 
 impl AgentView {
+    /// The pin that decides the agent's version and its source (its own wins).
+    pub fn effective_pin(&self) -> Option<(&str, crate::state::PinSource)> {
+        use crate::state::PinSource;
+        self.own_pin
+            .as_deref()
+            .map(|v| (v, PinSource::AgentConfig))
+            .or_else(|| self.pin.as_deref().map(|v| (v, PinSource::ControlPlane)))
+    }
+
     pub fn of(state: &AppState, a: Agent) -> Self {
         let now = state.config.clock.now();
         let status =
@@ -47,6 +59,7 @@ impl AgentView {
             duplicate: a.duplicate,
             labels: a.labels,
             label_overrides: a.label_overrides,
+            own_pin: state.pin_for(a.id, crate::state::PinSource::AgentConfig),
             pin: a.cp_pin,
         }
     }
@@ -74,7 +87,7 @@ pub async fn put_pin(
     let (n, v) = (name.clone(), req.version.clone());
     let agent = state.db(move |s| s.set_agent_pin(&n, v.as_deref())).await?;
     {
-        let mut pins = state.pins.write().unwrap_or_else(|p| p.into_inner());
+        let pins = &mut state.pins.write().unwrap_or_else(|p| p.into_inner()).cp;
         match &req.version {
             Some(v) => pins.insert(agent.id, v.clone()),
             None => pins.remove(&agent.id),

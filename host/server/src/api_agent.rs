@@ -274,6 +274,7 @@ pub async fn assigned(
     if let Some(p) = &pinned {
         check_version("pinned", p)?;
     }
+    state.note_own_pin(agent.id, pinned.as_deref());
     let requested = q.version.filter(|v| !v.is_empty());
     if let Some(v) = &requested {
         check_version("version", v)?;
@@ -282,7 +283,7 @@ pub async fn assigned(
         Some(v) => (v, "requested"),
         None => {
             let rollout = state.rollout_version_for(agent.id);
-            let cp_pin = state.cp_pin_for(agent.id);
+            let cp_pin = state.pin_for(agent.id, crate::state::PinSource::ControlPlane);
             let fleet = state.fleet.read().unwrap_or_else(|p| p.into_inner());
             choose_version_for(&fleet, pinned.as_deref(), cp_pin.as_deref(), rollout)
         }

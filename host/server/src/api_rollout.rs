@@ -54,8 +54,12 @@ pub async fn put_labels(
 pub struct GroupView {
     #[serde(flatten)]
     pub spec: GroupSpec,
-    /// Agents whose labels put them in this group now (or admitted to it).
+    /// Agents whose labels put them in this group now (or admitted to it),
+    /// pinned ones not admitted left out.
     pub agents: usize,
+    /// Pinned (by the control plane or their own config), not in the rollout:
+    /// agents the group's selector matches that it will not admit.
+    pub pinned: usize,
     pub done: usize,
     pub in_flight: usize,
     pub failed: usize,
@@ -101,16 +105,18 @@ pub(crate) async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutVi
         .await?;
     let spec: RolloutSpec = serde_json::from_value(r.spec.clone())
         .map_err(|e| ApiError::internal(format!("rollout {id} spec: {e}")))?;
+    // Agent id to the group it was admitted to (10,000 agents: no scan per agent).
+    let admitted_to: std::collections::HashMap<i64, usize> =
+        admitted.iter().map(|x| (x.agent_id, x.group)).collect();
     let mut groups = Vec::new();
     for (g, gs) in spec.groups.iter().enumerate() {
-        let members: Vec<i64> = agents
+        let (members, pinned): (Vec<&crate::model::Agent>, Vec<_>) = agents
             .iter()
-            .filter(|a| match admitted.iter().find(|x| x.agent_id == a.id) {
-                Some(x) => x.group == g,
+            .filter(|a| match admitted_to.get(&a.id) {
+                Some(x) => *x == g,
                 None => spec.group_of(&a.labels) == Some(g),
             })
-            .map(|a| a.id)
-            .collect();
+            .partition(|a| admitted_to.contains_key(&a.id) || !state.is_pinned(a));
         let adm: Vec<_> = admitted.iter().filter(|x| x.group == g).collect();
         let done = adm
             .iter()
@@ -125,6 +131,7 @@ pub(crate) async fn view(state: &AppState, r: RolloutRecord) -> Result<RolloutVi
         groups.push(GroupView {
             spec: gs.clone(),
             agents: members.len(),
+            pinned: pinned.len(),
             done,
             in_flight,
             failed,

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use axum::Form;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -77,6 +78,7 @@ th{font-size:12px;color:#5a6472;text-transform:uppercase}
 .s-Up,.s-Complete,.s-Ready{background:#d3f2dc;color:#17642f}
 .s-Upgrading,.s-InProgress,.s-Pending{background:#dbe8ff;color:#1d4ea8}
 .s-Paused,.s-Skipped,.s-Acknowledged,.s-NotChecked{background:#eee;color:#555}
+.s-Pinned{background:#fff1c2;color:#7a5200}
 .s-Down,.s-UpgradeFailed,.s-Failed,.s-NotReady,.s-New,.s-RolledBack{background:#fde0e0;color:#9b1c1c}
 .dup{color:#9b1c1c;font-weight:600}
 form.inline{display:inline}
@@ -106,6 +108,38 @@ fn page(title: &str, flash: Option<&str>, body: &str) -> Html<String> {
 fn badge(text: &str) -> String {
     let class: String = text.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     format!("<span class=\"badge s-{class}\">{}</span>", esc(text))
+}
+
+/// The agents table's pin cell: the pin that decides the version and who set it.
+fn pin_badge(a: &AgentView) -> String {
+    let Some((v, source)) = a.effective_pin() else {
+        return String::new();
+    };
+    format!(
+        "<span class=\"badge s-Pinned\" title=\"{v}\">pinned · {}</span><div class=\"muted\">{v}</div>",
+        source.title(),
+        v = esc(v)
+    )
+}
+
+/// The agent page's pin line: the deciding pin, and the control plane's when
+/// the agent's own config overrides it.
+fn pin_line(a: &AgentView) -> String {
+    let Some((v, source)) = a.effective_pin() else {
+        return String::new();
+    };
+    let overridden = match (&a.own_pin, &a.pin) {
+        (Some(_), Some(cp)) => format!(
+            " <span class=\"muted\">(over the control plane's pin to {})</span>",
+            esc(cp)
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "<p id=\"agent-pin\">Pinned to <b>{}</b> (source: {}): not in rollouts{overridden}</p>",
+        esc(v),
+        source.title()
+    )
 }
 
 /// Dashboard access: the session cookie (or an admin bearer token); otherwise
@@ -151,7 +185,7 @@ pub struct LoginForm {
 
 pub async fn post_login(
     State(state): State<AppState>,
-    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let Ok(Form(f)) = form else {
         return (
@@ -281,14 +315,7 @@ pub async fn index(
         .map(|a| AgentView::of(&state, a))
         .collect();
     let versions = state.db(|s| s.version_counts()).await?;
-    let issues = state
-        .db(|s| {
-            s.list_issues(&IssueFilter {
-                open_only: true,
-                ..Default::default()
-            })
-        })
-        .await?;
+    let issues = state.open_issues().await?;
     let lease = crate::clock::chrono_dur(state.config.lease_timeout);
     let holders = state.db(move |s| s.slot_holders(now, lease)).await?;
     let recent = state.db(|s| s.list_commands(None, 500)).await?;
@@ -362,7 +389,7 @@ pub async fn index(
          <input name=\"status\" placeholder=\"status\" size=\"10\" value=\"{}\"> \
          <input name=\"version\" placeholder=\"version\" size=\"40\" value=\"{}\"> <button id=\"filter-agents\">Filter</button></form>\
          <p class=\"muted\" id=\"agents-page\">Page {page_no} of {pages}{}{}</p>\
-         <table><tr>{}<th>Host</th>{}{}{}<th>Actions</th></tr>",
+         <table><tr>{}<th>Host</th>{}{}{}<th>Pin</th><th>Actions</th></tr>",
         sort.as_str(),
         if desc {
             "<input type=\"hidden\" name=\"desc\" value=\"1\">"
@@ -401,7 +428,7 @@ pub async fn index(
         };
         let _ = write!(
             b,
-            "<tr id=\"agent-{n}\"><td><a href=\"/dashboard/agents/{u}\">{n}</a>{dup}</td><td>{h}</td><td>{v}</td><td>{s}</td><td>{seen}</td><td>\
+            "<tr id=\"agent-{n}\"><td><a href=\"/dashboard/agents/{u}\">{n}</a>{dup}</td><td>{h}</td><td>{v}</td><td>{s}</td><td>{seen}</td><td class=\"pin\">{pin}</td><td>\
              <form class=\"inline\" method=\"post\" action=\"/dashboard/agents/{u}/upgrade\"><input type=\"hidden\" name=\"version\" value=\"{t}\"><button class=\"upgrade\">Upgrade</button></form> \
              <form class=\"inline\" method=\"post\" action=\"/dashboard/agents/{u}/grab-logs\"><button class=\"grab-logs\">Grab logs</button></form></td></tr>",
             n = esc(&a.name),
@@ -410,6 +437,7 @@ pub async fn index(
             v = esc(a.version.as_deref().unwrap_or("")),
             s = badge(a.status.as_str()),
             seen = ago(a.last_seen, now),
+            pin = pin_badge(a),
             t = esc(&target),
         );
     }
@@ -593,7 +621,7 @@ pub async fn agent_page(
     let mut b = String::new();
     let _ = write!(
         b,
-        "<section id=\"agent\"><h2>{n}{dup}</h2><p>Host <b>{h}</b> · PID {pid} · Version <b>{v}</b> · Status {s} · Last seen {seen}</p>\
+        "<section id=\"agent\"><h2>{n}{dup}</h2><p>Host <b>{h}</b> · PID {pid} · Version <b>{v}</b> · Status {s} · Last seen {seen}</p>{pin}\
          <form class=\"inline\" method=\"post\" action=\"/dashboard/agents/{u}/upgrade\"><button class=\"upgrade\">Upgrade</button></form> \
          <form class=\"inline\" method=\"post\" action=\"/dashboard/agents/{u}/grab-logs\"><button class=\"grab-logs\">Grab logs</button></form> \
          <form class=\"inline\" method=\"post\" action=\"/dashboard/agents/{u}/restart\"><button class=\"restart\">Restart</button></form></section>",
@@ -608,6 +636,7 @@ pub async fn agent_page(
         v = esc(view.version.as_deref().unwrap_or("")),
         s = badge(view.status.as_str()),
         seen = ago(view.last_seen, now),
+        pin = pin_line(&view),
         u = enc(&view.name),
     );
     b.push_str("<section id=\"history\"><h2>Upgrade history</h2>");
@@ -673,17 +702,23 @@ pub struct VersionForm {
     version: String,
 }
 
+/// The form's version, trimmed (empty when the form was not understood).
+fn form_version(form: Result<Form<VersionForm>, FormRejection>) -> String {
+    form.map(|Form(f)| f.version.trim().to_string())
+        .unwrap_or_default()
+}
+
 pub async fn action_upgrade(
     State(state): State<AppState>,
     _: DashAuth,
     ApiPath(name): ApiPath<String>,
-    form: Result<Form<VersionForm>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<VersionForm>, FormRejection>,
 ) -> Response {
-    let v = form.map(|Form(f)| f.version).ok().unwrap_or_default();
-    let args = if v.trim().is_empty() {
+    let v = form_version(form);
+    let args = if v.is_empty() {
         json!({})
     } else {
-        json!({ "version": v.trim() })
+        json!({ "version": v })
     };
     let to = format!("/dashboard/agents/{}", enc(&name));
     match api_admin::queue_command(&state, &name, CommandKind::Upgrade, args).await {
@@ -723,18 +758,23 @@ pub async fn action_restart(
     simple_action(&state, &name, CommandKind::Restart).await
 }
 
+/// Moves an issue to `to`; the notice says what was `done`.
+async fn issue_action(state: &AppState, id: i64, to: IssueState, done: &str) -> Response {
+    match api_admin::set_issue(state, id, to).await {
+        Ok(i) => back(
+            "/dashboard",
+            &format!("Issue {} ({}) {done}.", i.id, i.code),
+        ),
+        Err(e) => fail("/dashboard", e),
+    }
+}
+
 pub async fn action_ack(
     State(state): State<AppState>,
     _: DashAuth,
     ApiPath(id): ApiPath<i64>,
 ) -> Response {
-    match api_admin::set_issue(&state, id, IssueState::Acknowledged).await {
-        Ok(i) => back(
-            "/dashboard",
-            &format!("Issue {} ({}) acknowledged.", i.id, i.code),
-        ),
-        Err(e) => fail("/dashboard", e),
-    }
+    issue_action(&state, id, IssueState::Acknowledged, "acknowledged").await
 }
 
 pub async fn action_resolve(
@@ -742,24 +782,15 @@ pub async fn action_resolve(
     _: DashAuth,
     ApiPath(id): ApiPath<i64>,
 ) -> Response {
-    match api_admin::set_issue(&state, id, IssueState::Resolved).await {
-        Ok(i) => back(
-            "/dashboard",
-            &format!("Issue {} ({}) resolved.", i.id, i.code),
-        ),
-        Err(e) => fail("/dashboard", e),
-    }
+    issue_action(&state, id, IssueState::Resolved, "resolved").await
 }
 
 pub async fn action_readiness(
     State(state): State<AppState>,
     _: DashAuth,
-    form: Result<Form<VersionForm>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<VersionForm>, FormRejection>,
 ) -> Response {
-    let v = form
-        .map(|Form(f)| f.version.trim().to_string())
-        .ok()
-        .unwrap_or_default();
+    let v = form_version(form);
     match api_admin::start_readiness(&state, &v).await {
         Ok(n) => back(
             &format!("/dashboard?readiness={}", enc(&v)),
@@ -772,12 +803,9 @@ pub async fn action_readiness(
 pub async fn action_fleet(
     State(state): State<AppState>,
     _: DashAuth,
-    form: Result<Form<VersionForm>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<VersionForm>, FormRejection>,
 ) -> Response {
-    let v = form
-        .map(|Form(f)| f.version.trim().to_string())
-        .ok()
-        .unwrap_or_default();
+    let v = form_version(form);
     match api_admin::apply_fleet_version(&state, &v).await {
         Ok(n) => back(
             "/dashboard",
@@ -840,12 +868,12 @@ fn rollout_section(b: &mut String, v: &crate::api_rollout::RolloutView) {
     }
     let _ = write!(
         b,
-        "<table><tr><th>Group</th><th>Agents</th><th>Done</th><th>In flight</th><th>Failed</th><th>Waiting</th><th>Progress</th></tr>"
+        "<table><tr><th>Group</th><th>Agents</th><th>Done</th><th>In flight</th><th>Failed</th><th>Waiting</th><th>Pinned, not in rollout</th><th>Progress</th></tr>"
     );
     for g in &v.group_progress {
         let _ = write!(
             b,
-            "<tr class=\"rollout-group\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr class=\"rollout-group\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"pinned\">{}</td>\
              <td><progress value=\"{}\" max=\"{}\"></progress></td></tr>",
             esc(&g.spec.name),
             g.agents,
@@ -853,6 +881,7 @@ fn rollout_section(b: &mut String, v: &crate::api_rollout::RolloutView) {
             g.in_flight,
             g.failed,
             g.waiting,
+            g.pinned,
             g.done,
             g.agents.max(1)
         );

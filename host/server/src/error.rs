@@ -118,19 +118,26 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
             JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
-            JsonRejection::BytesRejection(_) => r.status(),
             _ => r.status(),
         };
         let message = match &r {
             JsonRejection::MissingJsonContentType(_) => {
                 "request body must be JSON: send Content-Type: application/json".to_string()
             }
-            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                "request body too large".to_string()
-            }
+            JsonRejection::BytesRejection(_) => body_message(r.status(), r.body_text()),
             _ => r.body_text(),
         };
         ApiError::new(status, message)
+    }
+}
+
+/// A body that could not be read: `request body too large` for a 413 (not
+/// axum's wording), else axum's text.
+fn body_message(status: StatusCode, text: String) -> String {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "request body too large".to_string()
+    } else {
+        text
     }
 }
 
@@ -148,12 +155,7 @@ impl From<PathRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
-        let message = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "request body too large".to_string()
-        } else {
-            r.body_text()
-        };
-        ApiError::new(r.status(), message)
+        ApiError::new(r.status(), body_message(r.status(), r.body_text()))
     }
 }
 
@@ -172,40 +174,37 @@ where
     }
 }
 
-/// Query extractor whose failures are `{error}` answers.
-pub struct ApiQuery<T>(pub T);
+/// Declares an extractor of request parts that is axum's `$inner` with its
+/// failures answered as `{error}` ([`ApiError`]).
+macro_rules! api_parts_extractor {
+    ($(#[$m:meta])* $name:ident wraps $inner:ident) => {
+        $(#[$m])*
+        pub struct $name<T>(pub T);
 
-impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let axum::extract::Query(v) =
-            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
-        Ok(ApiQuery(v))
-    }
+        impl<T, S> axum::extract::FromRequestParts<S> for $name<T>
+        where
+            T: serde::de::DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                let axum::extract::$inner(v) =
+                    axum::extract::$inner::<T>::from_request_parts(parts, state).await?;
+                Ok($name(v))
+            }
+        }
+    };
 }
 
-/// Path extractor whose failures are `{error}` answers.
-pub struct ApiPath<T>(pub T);
+api_parts_extractor!(
+    /// Query extractor whose failures are `{error}` answers.
+    ApiQuery wraps Query
+);
 
-impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
-where
-    T: serde::de::DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(v) =
-            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
-        Ok(ApiPath(v))
-    }
-}
+api_parts_extractor!(
+    /// Path extractor whose failures are `{error}` answers.
+    ApiPath wraps Path
+);

@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 use crate::model::{AgentStatus, IssueState};
 use crate::state::AppState;
-use crate::store::IssueFilter;
 
 /// Request counters by (method, route, status).
 ///
@@ -72,14 +71,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let lease = crate::clock::chrono_dur(state.config.lease_timeout);
     let agents = state.db(|s| s.list_agents()).await?;
     let holders = state.db(move |s| s.slot_holders(now, lease)).await?;
-    let issues = state
-        .db(|s| {
-            s.list_issues(&IssueFilter {
-                open_only: true,
-                ..Default::default()
-            })
-        })
-        .await?;
+    let issues = state.open_issues().await?;
     let mut out = String::new();
     out.push_str("# HELP molt_http_requests_total HTTP requests by method, route and status.\n# TYPE molt_http_requests_total counter\n");
     {
@@ -151,6 +143,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
                 ("in_flight", g.in_flight),
                 ("failed", g.failed),
                 ("waiting", g.waiting),
+                ("pinned", g.pinned),
             ] {
                 let _ = writeln!(
                     out,

@@ -34,6 +34,17 @@ impl PackageKind {
     }
 }
 
+/// Why a file in the packages directory is not a servable package.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageNameError {
+    #[error(transparent)]
+    Buildstamp(#[from] molt_bundle::BuildstampError),
+    #[error("{0}: the control plane serves `molt-` packages only")]
+    NotMolt(String),
+    #[error("{0}: not <product>-<kind>.<version>.<os>.<arch>.zip")]
+    NotPackageName(String),
+}
+
 /// The fields of a package file name `molt-<kind>.<version>.<os>.<arch>.zip`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackageName {
@@ -51,15 +62,11 @@ impl PackageName {
 
     /// Parses a file name with `molt_bundle`'s buildstamp parser; the error
     /// says why a file is not a servable package.
-    pub fn parse_checked(file: &str) -> Result<Self, String> {
+    pub fn parse_checked(file: &str) -> Result<Self, PackageNameError> {
         use molt_bundle::schema::BundleKind;
-        let b: molt_bundle::Buildstamp = file
-            .parse()
-            .map_err(|e: molt_bundle::BuildstampError| e.to_string())?;
+        let b: molt_bundle::Buildstamp = file.parse()?;
         if b.product != molt_bundle::Product::Molt {
-            return Err(format!(
-                "{file}: the control plane serves `molt-` packages only"
-            ));
+            return Err(PackageNameError::NotMolt(file.to_string()));
         }
         let kind = match b.kind {
             BundleKind::Core => PackageKind::Core,
@@ -75,7 +82,7 @@ impl PackageName {
             .and_then(|(_, r)| r.rsplit_once('.'))
             .and_then(|(r, _)| r.rsplit_once('.'))
             .map(|(v, _)| v.to_string())
-            .ok_or_else(|| format!("{file}: not <product>-<kind>.<version>.<os>.<arch>.zip"))?;
+            .ok_or_else(|| PackageNameError::NotPackageName(file.to_string()))?;
         Ok(Self {
             kind,
             version,
@@ -405,6 +412,16 @@ mod tests {
         ] {
             assert!(PackageName::parse(bad).is_none(), "{bad}");
         }
+        // The reason, typed: another product's package, or not a package name.
+        let mid = format!("mid-core.{Q2}.universal.universal.zip");
+        let e = PackageName::parse_checked(&mid).unwrap_err();
+        assert!(matches!(e, PackageNameError::NotMolt(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("{mid}: the control plane serves `molt-` packages only")
+        );
+        let e = PackageName::parse_checked("molt-core.zip").unwrap_err();
+        assert!(matches!(e, PackageNameError::Buildstamp(_)), "{e:?}");
     }
 
     #[test]

@@ -61,6 +61,11 @@ impl InFlight {
     }
 }
 
+/// The number of a percentage written `N%` (spaces allowed around).
+fn percent<T: std::str::FromStr>(s: &str) -> Option<T> {
+    s.trim().strip_suffix('%')?.trim().parse().ok()
+}
+
 impl Serialize for InFlight {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -83,13 +88,7 @@ impl<'de> Deserialize<'de> for InFlight {
             Raw::N(0) => Err(serde::de::Error::custom("max_in_flight must be at least 1")),
             Raw::N(n) => Ok(InFlight::Count(n)),
             Raw::S(s) => {
-                let p: u32 = s
-                    .trim()
-                    .strip_suffix('%')
-                    .ok_or_else(bad)?
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad())?;
+                let p: u32 = percent(&s).ok_or_else(bad)?;
                 if p == 0 || p > 100 {
                     return Err(serde::de::Error::custom(
                         "max_in_flight percentage must be 1% to 100%",
@@ -146,16 +145,7 @@ impl<'de> Deserialize<'de> for Threshold {
                 return Ok(Threshold::Count(x as u32));
             }
             Raw::N(x) => x,
-            Raw::S(s) => {
-                let p: f64 = s
-                    .trim()
-                    .strip_suffix('%')
-                    .ok_or_else(bad)?
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad())?;
-                p / 100.0
-            }
+            Raw::S(s) => percent::<f64>(&s).ok_or_else(bad)? / 100.0,
         };
         if r > 0.0 && r <= 1.0 {
             Ok(Threshold::Ratio(r))
@@ -189,20 +179,54 @@ pub struct Window {
 
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
+/// Why a maintenance window does not parse: the text and the problem, with
+/// the syntax spelled out (the API answers it as a 422).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error(
+    "window {text:?}: {problem} (expected DAYS@HH:MM-HH:MM ZONE or DAYS@HH:MM-HH:MM+HH:MM, e.g. Mon-Fri@02:00-04:00 Europe/Berlin or Mon-Fri@02:00-04:00+00:00)"
+)]
+pub struct WindowError {
+    pub text: String,
+    pub problem: WindowProblem,
+}
+
+/// What is wrong with a window's text.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum WindowProblem {
+    #[error("no `@`")]
+    NoAt,
+    #[error("unknown day {0:?} (Mon … Sun)")]
+    UnknownDay(String),
+    #[error("a time is not HH:MM")]
+    NotHhMm,
+    #[error("a time is out of range")]
+    TimeOutOfRange,
+    #[error("unknown time zone {0:?} (an IANA name such as Europe/Berlin)")]
+    UnknownZone(String),
+    #[error("no time zone or UTC offset (Europe/Berlin, +HH:MM or -HH:MM)")]
+    NoZone,
+    #[error("no hour range")]
+    NoRange,
+    #[error("the range is empty (00:00-24:00 for a whole day)")]
+    EmptyRange,
+}
+
 impl Window {
     /// Parses `DAYS@HH:MM-HH:MM ZONE` or `DAYS@HH:MM-HH:MM±HH:MM`.
-    pub fn parse(s: &str) -> Result<Window, String> {
-        let bad = |why: &str| {
-            format!(
-                "window {s:?}: {why} (expected DAYS@HH:MM-HH:MM ZONE or DAYS@HH:MM-HH:MM+HH:MM, e.g. Mon-Fri@02:00-04:00 Europe/Berlin or Mon-Fri@02:00-04:00+00:00)"
-            )
+    pub fn parse(s: &str) -> Result<Window, WindowError> {
+        let bad = |problem: WindowProblem| WindowError {
+            text: s.to_string(),
+            problem,
         };
-        let (days_s, rest) = s.trim().split_once('@').ok_or_else(|| bad("no `@`"))?;
+        let (days_s, rest) = s
+            .trim()
+            .split_once('@')
+            .ok_or_else(|| bad(WindowProblem::NoAt))?;
         let day = |d: &str| {
             DAY_NAMES
                 .iter()
                 .position(|n| n.eq_ignore_ascii_case(d.trim()))
-                .ok_or_else(|| bad(&format!("unknown day {d:?} (Mon … Sun)")))
+                .ok_or_else(|| bad(WindowProblem::UnknownDay(d.to_string())))
         };
         let mut days = 0u8;
         if days_s.trim() == "*" {
@@ -225,46 +249,46 @@ impl Window {
                 }
             }
         }
-        let hm = |t: &str, max: u32| -> Result<u32, String> {
-            let (h, m) = t
-                .split_once(':')
-                .ok_or_else(|| bad("a time is not HH:MM"))?;
+        let hm = |t: &str, max: u32| -> Result<u32, WindowError> {
+            let not_hm = || bad(WindowProblem::NotHhMm);
+            let (h, m) = t.split_once(':').ok_or_else(not_hm)?;
             let (h, m): (u32, u32) = (
-                h.parse().map_err(|_| bad("a time is not HH:MM"))?,
-                m.parse().map_err(|_| bad("a time is not HH:MM"))?,
+                h.parse().map_err(|_| not_hm())?,
+                m.parse().map_err(|_| not_hm())?,
             );
             if h <= 24 && m < 60 && h * 60 + m <= max {
                 Ok(h * 60 + m)
             } else {
-                Err(bad("a time is out of range"))
+                Err(bad(WindowProblem::TimeOutOfRange))
             }
         };
         let (range, offset_min, tz) = match rest.trim().split_once(char::is_whitespace) {
             // An IANA zone after a space.
             Some((range, zone)) => {
-                let tz: chrono_tz::Tz = zone.trim().parse().map_err(|_| {
-                    bad(&format!(
-                        "unknown time zone {:?} (an IANA name such as Europe/Berlin)",
-                        zone.trim()
-                    ))
-                })?;
+                let tz: chrono_tz::Tz = zone
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(WindowProblem::UnknownZone(zone.trim().to_string())))?;
                 (range, 0, Some(tz))
             }
             None => {
                 // The offset starts at the last '+' or '-' (the hour range's '-' comes before it).
-                let at = rest.rfind(['+', '-']).filter(|i| *i > 5).ok_or_else(|| {
-                    bad("no time zone or UTC offset (Europe/Berlin, +HH:MM or -HH:MM)")
-                })?;
+                let at = rest
+                    .rfind(['+', '-'])
+                    .filter(|i| *i > 5)
+                    .ok_or_else(|| bad(WindowProblem::NoZone))?;
                 let (range, off) = rest.split_at(at);
                 let sign = if off.starts_with('-') { -1 } else { 1 };
                 (range, sign * hm(&off[1..], 14 * 60)? as i32, None)
             }
         };
-        let (a, b) = range.split_once('-').ok_or_else(|| bad("no hour range"))?;
+        let (a, b) = range
+            .split_once('-')
+            .ok_or_else(|| bad(WindowProblem::NoRange))?;
         let start_min = hm(a, 23 * 60 + 59)?;
         let end_min = hm(b, 24 * 60)?;
         if end_min == start_min {
-            return Err(bad("the range is empty (00:00-24:00 for a whole day)"));
+            return Err(bad(WindowProblem::EmptyRange));
         }
         let len_min = (end_min + 1440 - start_min) % 1440;
         Ok(Window {
@@ -1054,9 +1078,9 @@ pub async fn tick(state: &AppState) -> Result<(), ApiError> {
             .collect(),
         agents: agents
             .into_iter()
-            // A control-plane pin keeps an agent out of rollouts (one admitted
-            // before the pin stays in its group's count).
-            .filter(|a| a.cp_pin.is_none() || admitted.iter().any(|x| x.agent_id == a.id))
+            // A pin (the control plane's or the agent's own) keeps an agent out
+            // of rollouts (one admitted before the pin stays in its group's count).
+            .filter(|a| !state.is_pinned(a) || admitted.iter().any(|x| x.agent_id == a.id))
             .map(|a| {
                 let admission = admitted
                     .iter()
@@ -1296,22 +1320,59 @@ mod tests {
         vec![Window::parse(s).unwrap()]
     }
 
+    /// Group times of the three groups of [`spec`]: `(started, completed)`
+    /// for the first groups given, the rest not started.
+    fn times(given: &[(i64, Option<i64>)]) -> Vec<GroupTimes> {
+        let mut g = vec![GroupTimes::default(); 3];
+        for (x, (started, completed)) in g.iter_mut().zip(given) {
+            *x = GroupTimes {
+                started_at: Some(t(*started)),
+                completed_at: completed.map(t),
+            };
+        }
+        g
+    }
+
+    /// The fleet with a1 (group a's canary) admitted at 0 and seen as `observed`.
+    fn canary_fleet(observed: Observed) -> Vec<AgentSnap> {
+        let mut f = fleet();
+        f[0] = admitted(f[0].clone(), 0, 0, None);
+        f[0].observed = observed;
+        f
+    }
+
+    fn open_since(s: &str) -> Option<WindowAt> {
+        Some(WindowAt::Open(utc(s)))
+    }
+
+    fn next_opening(s: &str) -> Option<WindowAt> {
+        Some(WindowAt::Closed(utc(s)))
+    }
+
+    /// Asserts `window_at` for each (windows, now, expected, why).
+    fn assert_windows(cases: &[(&[Window], &str, Option<WindowAt>, &str)]) {
+        for (windows, now, want, why) in cases {
+            assert_eq!(window_at(windows, utc(now)), *want, "{why} (now {now})");
+        }
+    }
+
     #[test]
     fn windows_parse_days_ranges_and_offsets() {
-        let a = Window::parse("Mon-Fri@02:00-04:00+00:00").unwrap();
-        assert_eq!(
-            (a.days, a.start_min, a.len_min, a.offset_min),
-            (0x1f, 120, 120, 0)
-        );
-        let b = Window::parse("Sat,sun@22:00-02:00-05:30").unwrap();
-        assert_eq!(
-            (b.days, b.start_min, b.len_min, b.offset_min),
-            (0x60, 1320, 240, -330)
-        );
-        let c = Window::parse("*@00:00-24:00+01:00").unwrap();
-        assert_eq!((c.days, c.len_min), (0x7f, 1440));
-        let d = Window::parse("Fri-Mon@10:00-11:00+00:00").unwrap();
-        assert_eq!(d.days, 0b111_0001, "a day range may wrap past Sunday");
+        // (text, days, start minute, length in minutes, UTC offset in minutes)
+        for (text, days, start, len, offset) in [
+            ("Mon-Fri@02:00-04:00+00:00", 0x1f, 120, 120, 0),
+            ("Sat,sun@22:00-02:00-05:30", 0x60, 1320, 240, -330),
+            ("*@00:00-24:00+01:00", 0x7f, 0, 1440, 60),
+            // A day range may wrap past Sunday.
+            ("Fri-Mon@10:00-11:00+00:00", 0b111_0001, 600, 60, 0),
+        ] {
+            let x = Window::parse(text).unwrap();
+            assert_eq!(
+                (x.days, x.start_min, x.len_min, x.offset_min),
+                (days, start, len, offset),
+                "{text}"
+            );
+        }
         for bad in [
             "Mon-Fri 02:00-04:00+00:00",
             "Mon-Fri@02:00-04:00",
@@ -1323,6 +1384,13 @@ mod tests {
         ] {
             assert!(Window::parse(bad).is_err(), "{bad}");
         }
+        // The message names the text, the problem and the syntax.
+        assert_eq!(
+            Window::parse("Xyz@02:00-04:00+00:00")
+                .unwrap_err()
+                .to_string(),
+            "window \"Xyz@02:00-04:00+00:00\": unknown day \"Xyz\" (Mon … Sun) (expected DAYS@HH:MM-HH:MM ZONE or DAYS@HH:MM-HH:MM+HH:MM, e.g. Mon-Fri@02:00-04:00 Europe/Berlin or Mon-Fri@02:00-04:00+00:00)"
+        );
         // In the spec: a string, kept as written; a jitter needs windows shorter than it.
         let g: GroupSpec = serde_json::from_value(serde_json::json!(
             {"name": "x", "windows": ["Mon-Fri@02:00-04:00+00:00"], "jitter_secs": 600}
@@ -1365,44 +1433,59 @@ mod tests {
 
     #[test]
     fn windows_in_an_iana_zone_follow_daylight_saving_time() {
-        let w = w("Mon-Fri@02:00-04:00 Europe/Berlin");
-        // Winter (CET, +01:00): 02:00 Berlin is 01:00 UTC. Wed 2026-01-14.
-        assert_eq!(
-            window_at(&w, utc("2026-01-14T01:30:00Z")),
-            Some(WindowAt::Open(utc("2026-01-14T01:00:00Z")))
-        );
-        assert!(matches!(
-            window_at(&w, utc("2026-01-14T03:00:00Z")),
-            Some(WindowAt::Closed(_))
-        ));
-        // Summer (CEST, +02:00): 02:00 Berlin is 00:00 UTC. Wed 2026-07-15.
-        assert_eq!(
-            window_at(&w, utc("2026-07-15T00:30:00Z")),
-            Some(WindowAt::Open(utc("2026-07-15T00:00:00Z")))
-        );
-        assert_eq!(
-            window_at(&w, utc("2026-07-15T02:30:00Z")),
-            Some(WindowAt::Closed(utc("2026-07-16T00:00:00Z")))
-        );
-        // Across the spring change (Sun 2026-03-29 02:00 -> 03:00): the
-        // Sunday window's opening in the gap moves to 03:00 CEST = 01:00 UTC.
-        let sun = vec![Window::parse("Sun@02:30-05:00 Europe/Berlin").unwrap()];
-        assert_eq!(
-            window_at(&sun, utc("2026-03-29T00:30:00Z")),
-            Some(WindowAt::Closed(utc("2026-03-29T01:00:00Z")))
-        );
-        // After Friday's window (01:00-03:00 UTC, CET) the next opens Monday at 00:00 UTC (CEST).
-        assert_eq!(
-            window_at(&w, utc("2026-03-27T03:30:00Z")),
-            Some(WindowAt::Closed(utc("2026-03-30T00:00:00Z")))
-        );
+        let berlin = w("Mon-Fri@02:00-04:00 Europe/Berlin");
+        let sun = w("Sun@02:30-05:00 Europe/Berlin");
+        assert_windows(&[
+            // Winter (CET, +01:00): 02:00 Berlin is 01:00 UTC. Wed 2026-01-14.
+            (
+                &berlin,
+                "2026-01-14T01:30:00Z",
+                open_since("2026-01-14T01:00:00Z"),
+                "winter, inside",
+            ),
+            (
+                &berlin,
+                "2026-01-14T03:00:00Z",
+                next_opening("2026-01-15T01:00:00Z"),
+                "winter, after",
+            ),
+            // Summer (CEST, +02:00): 02:00 Berlin is 00:00 UTC. Wed 2026-07-15.
+            (
+                &berlin,
+                "2026-07-15T00:30:00Z",
+                open_since("2026-07-15T00:00:00Z"),
+                "summer, inside",
+            ),
+            (
+                &berlin,
+                "2026-07-15T02:30:00Z",
+                next_opening("2026-07-16T00:00:00Z"),
+                "summer, after",
+            ),
+            // Across the spring change (Sun 2026-03-29 02:00 -> 03:00): the
+            // Sunday window's opening in the gap moves to 03:00 CEST = 01:00 UTC.
+            (
+                &sun,
+                "2026-03-29T00:30:00Z",
+                next_opening("2026-03-29T01:00:00Z"),
+                "opening in the gap",
+            ),
+            // After Friday's window (01:00-03:00 UTC, CET) the next opens Monday at 00:00 UTC (CEST).
+            (
+                &berlin,
+                "2026-03-27T03:30:00Z",
+                next_opening("2026-03-30T00:00:00Z"),
+                "over the change",
+            ),
+        ]);
         // The fixed-offset syntax still parses; a bad zone is refused.
         assert!(Window::parse("Mon@02:00-04:00+01:00").is_ok());
         let e = Window::parse("Mon@02:00-04:00 Mars/Olympus").unwrap_err();
-        assert!(e.contains("unknown time zone"), "{e}");
+        assert_eq!(e.problem, WindowProblem::UnknownZone("Mars/Olympus".into()));
+        assert!(e.to_string().contains("unknown time zone"), "{e}");
         // Serialized as written.
         assert_eq!(
-            serde_json::to_value(&w[0]).unwrap(),
+            serde_json::to_value(&berlin[0]).unwrap(),
             "Mon-Fri@02:00-04:00 Europe/Berlin"
         );
     }
@@ -1411,52 +1494,66 @@ mod tests {
     fn window_at_days_of_week_offsets_and_across_midnight() {
         // 2026-12-01 is a Tuesday.
         let wk = w("Mon-Fri@02:00-04:00+00:00");
-        assert_eq!(
-            window_at(&wk, utc("2026-12-01T03:00:00Z")),
-            Some(WindowAt::Open(utc("2026-12-01T02:00:00Z")))
-        );
-        assert_eq!(
-            window_at(&wk, utc("2026-12-01T04:00:00Z")),
-            Some(WindowAt::Closed(utc("2026-12-02T02:00:00Z"))),
-            "the end is exclusive"
-        );
-        // Friday after the window: the next opening is Monday's.
-        assert_eq!(
-            window_at(&wk, utc("2026-12-04T05:00:00Z")),
-            Some(WindowAt::Closed(utc("2026-12-07T02:00:00Z")))
-        );
-        assert_eq!(
-            window_at(&wk, utc("2026-12-05T03:00:00Z")),
-            Some(WindowAt::Closed(utc("2026-12-07T02:00:00Z"))),
-            "not on Saturday"
-        );
-        // A fixed offset: 02:00+01:00 is 01:00 UTC.
-        assert_eq!(
-            window_at(&w("Tue@02:00-04:00+01:00"), utc("2026-12-01T01:30:00Z")),
-            Some(WindowAt::Open(utc("2026-12-01T01:00:00Z")))
-        );
-        // Across midnight: opens Saturday 22:00, still open Sunday 01:59.
         let night = w("Sat@22:00-02:00+00:00");
-        assert_eq!(
-            window_at(&night, utc("2026-12-06T01:59:00Z")),
-            Some(WindowAt::Open(utc("2026-12-05T22:00:00Z")))
-        );
-        assert_eq!(
-            window_at(&night, utc("2026-12-06T02:00:00Z")),
-            Some(WindowAt::Closed(utc("2026-12-12T22:00:00Z")))
-        );
-        assert_eq!(
-            window_at(&night, utc("2026-12-05T21:00:00Z")),
-            Some(WindowAt::Closed(utc("2026-12-05T22:00:00Z")))
-        );
-        // Several windows: the earliest next opening; no windows: always open.
-        let mut two = w("Sat@22:00-02:00+00:00");
+        let mut two = night.clone();
         two.extend(w("Wed@10:00-11:00+00:00"));
-        assert_eq!(
-            window_at(&two, utc("2026-12-01T12:00:00Z")),
-            Some(WindowAt::Closed(utc("2026-12-02T10:00:00Z")))
-        );
-        assert_eq!(window_at(&[], utc("2026-12-01T12:00:00Z")), None);
+        assert_windows(&[
+            (
+                &wk,
+                "2026-12-01T03:00:00Z",
+                open_since("2026-12-01T02:00:00Z"),
+                "inside",
+            ),
+            (
+                &wk,
+                "2026-12-01T04:00:00Z",
+                next_opening("2026-12-02T02:00:00Z"),
+                "the end is exclusive",
+            ),
+            (
+                &wk,
+                "2026-12-04T05:00:00Z",
+                next_opening("2026-12-07T02:00:00Z"),
+                "Friday after: Monday's",
+            ),
+            (
+                &wk,
+                "2026-12-05T03:00:00Z",
+                next_opening("2026-12-07T02:00:00Z"),
+                "not on Saturday",
+            ),
+            (
+                &w("Tue@02:00-04:00+01:00"),
+                "2026-12-01T01:30:00Z",
+                open_since("2026-12-01T01:00:00Z"),
+                "a fixed offset: 02:00+01:00 is 01:00 UTC",
+            ),
+            (
+                &night,
+                "2026-12-06T01:59:00Z",
+                open_since("2026-12-05T22:00:00Z"),
+                "Sunday 01:59, opened Saturday",
+            ),
+            (
+                &night,
+                "2026-12-06T02:00:00Z",
+                next_opening("2026-12-12T22:00:00Z"),
+                "closed at 02:00",
+            ),
+            (
+                &night,
+                "2026-12-05T21:00:00Z",
+                next_opening("2026-12-05T22:00:00Z"),
+                "before it opens",
+            ),
+            (
+                &two,
+                "2026-12-01T12:00:00Z",
+                next_opening("2026-12-02T10:00:00Z"),
+                "several: the earliest",
+            ),
+            (&[], "2026-12-01T12:00:00Z", None, "no windows: always open"),
+        ]);
     }
 
     fn windowed(now: &str, jitter: u64) -> Snapshot {
@@ -1574,6 +1671,22 @@ mod tests {
             )
             .is_err()
         );
+        // Percentages as text, spaces allowed; anything else refused.
+        let g: GroupSpec = serde_json::from_value(
+            serde_json::json!({"name": "x", "max_in_flight": " 20 % ", "failure_threshold": "25%"}),
+        )
+        .unwrap();
+        assert_eq!(g.max_in_flight, Some(InFlight::Percent(20)));
+        assert_eq!(g.failure_threshold, Threshold::Ratio(0.25));
+        for bad in [
+            serde_json::json!({"name": "x", "max_in_flight": "20"}),
+            serde_json::json!({"name": "x", "failure_threshold": "x%"}),
+        ] {
+            assert!(
+                serde_json::from_value::<GroupSpec>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -1586,17 +1699,8 @@ mod tests {
 
     #[test]
     fn after_the_canary_the_rest_follow_at_most_max_in_flight() {
-        let mut f = fleet();
-        f[0] = admitted(f[0].clone(), 0, 0, None);
-        f[0].observed = Observed::InFlight;
-        let started = vec![
-            GroupTimes {
-                started_at: Some(t(0)),
-                completed_at: None,
-            },
-            GroupTimes::default(),
-            GroupTimes::default(),
-        ];
+        let mut f = canary_fleet(Observed::InFlight);
+        let started = times(&[(0, None)]);
         // Canary under way: nobody else.
         assert!(
             decide(&snap(f.clone(), started.clone(), 5))
@@ -1632,15 +1736,7 @@ mod tests {
         // The scheduler admits up to that number and reports it for the semaphore.
         let mut f = fleet();
         f[0] = admitted(f[0].clone(), 0, 0, Some((AttemptResult::Complete, 1)));
-        let started = vec![
-            GroupTimes {
-                started_at: Some(t(0)),
-                completed_at: None,
-            },
-            GroupTimes::default(),
-            GroupTimes::default(),
-        ];
-        let mut sn = snap(f, started, 2);
+        let mut sn = snap(f, times(&[(0, None)]), 2);
         sn.spec.max_in_flight = Some(InFlight::Count(1));
         let p = decide(&sn);
         assert_eq!(ids(&p), vec![2], "fleet-wide 1 under group a's cap of 2");
@@ -1698,25 +1794,10 @@ mod tests {
         for (i, done) in [(0, 6), (1, 20), (2, 15)] {
             f[i] = admitted(f[i].clone(), 0, 0, Some((AttemptResult::Complete, done)));
         }
-        let g = vec![
-            GroupTimes {
-                started_at: Some(t(0)),
-                completed_at: None,
-            },
-            GroupTimes::default(),
-            GroupTimes::default(),
-        ];
-        let p = decide(&snap(f.clone(), g, 21));
+        let p = decide(&snap(f.clone(), times(&[(0, None)]), 21));
         assert_eq!(p.group_completed, vec![(0, t(20))], "the last completion");
         assert!(p.admit.is_empty(), "group b waits for the soak");
-        let g = vec![
-            GroupTimes {
-                started_at: Some(t(0)),
-                completed_at: Some(t(20)),
-            },
-            GroupTimes::default(),
-            GroupTimes::default(),
-        ];
+        let g = times(&[(0, Some(20))]);
         assert!(decide(&snap(f.clone(), g.clone(), 29)).admit.is_empty());
         let p = decide(&snap(f, g, 30));
         assert_eq!(ids(&p), vec![4], "b's canary at completion + soak");
@@ -1725,18 +1806,8 @@ mod tests {
 
     #[test]
     fn a_failed_canary_halts_naming_it_and_nothing_else_is_admitted() {
-        let mut f = fleet();
-        f[0] = admitted(f[0].clone(), 0, 0, None);
-        f[0].observed = Observed::Finished(AttemptResult::RolledBack, t(9));
-        let g = vec![
-            GroupTimes {
-                started_at: Some(t(0)),
-                completed_at: None,
-            },
-            GroupTimes::default(),
-            GroupTimes::default(),
-        ];
-        let p = decide(&snap(f, g, 10));
+        let f = canary_fleet(Observed::Finished(AttemptResult::RolledBack, t(9)));
+        let p = decide(&snap(f, times(&[(0, None)]), 10));
         assert!(p.admit.is_empty());
         let reason = p.halt.unwrap();
         assert!(
@@ -1747,18 +1818,9 @@ mod tests {
 
     #[test]
     fn a_failed_health_check_counts_before_the_attempt_ends() {
-        let mut f = fleet();
-        f[0] = admitted(f[0].clone(), 0, 0, None);
-        f[0].observed = Observed::InFlight;
+        let mut f = canary_fleet(Observed::InFlight);
         f[0].health_failed = true;
-        let g = vec![
-            GroupTimes {
-                started_at: Some(t(0)),
-                completed_at: None,
-            },
-            GroupTimes::default(),
-            GroupTimes::default(),
-        ];
+        let g = times(&[(0, None)]);
         let p = decide(&snap(f.clone(), g.clone(), 10));
         assert!(p.admit.is_empty());
         let reason = p.halt.clone().unwrap();
@@ -1785,17 +1847,7 @@ mod tests {
             *a = admitted(a.clone(), 0, 0, Some((AttemptResult::Complete, 1)));
         }
         f[3] = admitted(f[3].clone(), 1, 20, Some((AttemptResult::Failed, 25)));
-        let g = vec![
-            GroupTimes {
-                started_at: Some(t(0)),
-                completed_at: Some(t(1)),
-            },
-            GroupTimes {
-                started_at: Some(t(20)),
-                completed_at: None,
-            },
-            GroupTimes::default(),
-        ];
+        let g = times(&[(0, Some(1)), (20, None)]);
         assert!(decide(&snap(f.clone(), g.clone(), 30)).halt.is_some());
         let mut s = snap(f, g, 30);
         s.spec.groups[1].failure_threshold = Threshold::Count(2);

@@ -62,9 +62,38 @@ pub struct Inner {
     pub db_health: DbHealth,
     /// Encoded `GET /api/v1/agent/assigned` answers (see [`AnswerCache`]).
     pub answers: RwLock<AnswerCache>,
-    /// The control plane's per-agent pins (agent id to version): read on every
-    /// poll, so cached; reloaded on `AgentsChanged`.
-    pub pins: RwLock<HashMap<i64, String>>,
+    /// Per-agent pins, both sources: read on every poll, so held here.
+    pub pins: RwLock<Pins>,
+}
+
+/// Per-agent pins (agent id to version) by source.
+#[derive(Default)]
+pub struct Pins {
+    /// The control plane's (`molt fleet pin`), from the store; reloaded on `AgentsChanged`.
+    pub cp: HashMap<i64, String>,
+    /// The agents' own (`pinned_version` in config.toml) as their last
+    /// assignment request said. Not stored: a replica knows the pins of the
+    /// agents that polled it since it started.
+    pub own: HashMap<i64, String>,
+}
+
+/// Who pinned an agent, for the dashboard and the rollout view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinSource {
+    /// `pinned_version` in the agent's config.toml (wins over the control plane's).
+    AgentConfig,
+    /// `molt fleet pin` / `PUT /api/v1/admin/agents/{name}/pin`.
+    ControlPlane,
+}
+
+impl PinSource {
+    /// How the dashboard names it.
+    pub const fn title(self) -> &'static str {
+        match self {
+            PinSource::AgentConfig => "agent config",
+            PinSource::ControlPlane => "control plane",
+        }
+    }
 }
 
 /// Token hash to agent. The keys are SHA-256 digests, uniform and not chosen
@@ -158,11 +187,26 @@ impl DbHealth {
             .clone()
     }
     /// Records a check's outcome; returns whether the state changed.
-    pub fn set(&self, outcome: Result<(), String>) -> bool {
+    pub fn set(&self, outcome: &Result<(), HealthCheckError>) -> bool {
         let ok = outcome.is_ok();
-        *self.reason.write().unwrap_or_else(|p| p.into_inner()) = outcome.err().unwrap_or_default();
+        *self.reason.write().unwrap_or_else(|p| p.into_inner()) = outcome
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         self.ok.swap(ok, Ordering::AcqRel) != ok
     }
+}
+
+/// Why a readiness check of the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthCheckError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("readiness task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("database did not answer a readiness check within {} ms", .0.as_millis())]
+    Timeout(std::time::Duration),
 }
 
 tokio::task_local! {
@@ -315,6 +359,17 @@ impl AppState {
             .map_err(ApiError::from)
     }
 
+    /// The open (New or Acknowledged) issues of every agent.
+    pub async fn open_issues(&self) -> Result<Vec<crate::model::Issue>, ApiError> {
+        self.db(|s| {
+            s.list_issues(&crate::store::IssueFilter {
+                open_only: true,
+                ..Default::default()
+            })
+        })
+        .await
+    }
+
     pub fn notify_for(&self, agent_id: i64) -> Arc<Notify> {
         let mut m = self.notifies.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(agent_id).or_default().clone()
@@ -421,17 +476,48 @@ impl AppState {
     /// Reloads the control plane's per-agent pins from the store.
     pub async fn reload_pins(&self) -> Result<(), ApiError> {
         let pins: HashMap<i64, String> = self.db(|s| s.agent_pins()).await?.into_iter().collect();
-        *self.pins.write().unwrap_or_else(|p| p.into_inner()) = pins;
+        self.pins.write().unwrap_or_else(|p| p.into_inner()).cp = pins;
         Ok(())
     }
 
-    /// The control plane's pin of this agent, if any.
-    pub fn cp_pin_for(&self, agent_id: i64) -> Option<String> {
-        self.pins
+    /// This agent's pin from `source`, if any.
+    pub fn pin_for(&self, agent_id: i64, source: PinSource) -> Option<String> {
+        let pins = self.pins.read().unwrap_or_else(|p| p.into_inner());
+        match source {
+            PinSource::AgentConfig => &pins.own,
+            PinSource::ControlPlane => &pins.cp,
+        }
+        .get(&agent_id)
+        .cloned()
+    }
+
+    /// Whether either pin holds this agent (then no rollout admits it).
+    pub fn is_pinned(&self, a: &crate::model::Agent) -> bool {
+        a.cp_pin.is_some() || self.pin_for(a.id, PinSource::AgentConfig).is_some()
+    }
+
+    /// Remembers the pin an agent's assignment request carried (none: not pinned);
+    /// takes the write lock only when it changed.
+    pub fn note_own_pin(&self, agent_id: i64, pinned: Option<&str>) {
+        let known = self
+            .pins
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .own
             .get(&agent_id)
-            .cloned()
+            .map(String::as_str)
+            == pinned;
+        if known {
+            return;
+        }
+        let mut pins = self.pins.write().unwrap_or_else(|p| p.into_inner());
+        match pinned {
+            Some(v) => {
+                tracing::info!(agent_id, version = %v, "agent reports its own pin");
+                pins.own.insert(agent_id, v.to_string())
+            }
+            None => pins.own.remove(&agent_id),
+        };
     }
 
     pub fn fleet_state(&self) -> FleetState {
@@ -652,12 +738,9 @@ pub fn spawn_replica_tasks(
             let store = st.store.clone();
             let check = tokio::task::spawn_blocking(move || store.readiness());
             let outcome = match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
-                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(format!("readiness task failed: {e}")),
-                Err(_) => Err(format!(
-                    "database did not answer a readiness check within {} ms",
-                    HEALTH_TIMEOUT.as_millis()
-                )),
+                Ok(Ok(r)) => r.map_err(HealthCheckError::from),
+                Ok(Err(e)) => Err(HealthCheckError::from(e)),
+                Err(_) => Err(HealthCheckError::Timeout(HEALTH_TIMEOUT)),
             };
             // One failed check may be a busy pool; two in a row is a database gone.
             failures = if outcome.is_ok() { 0 } else { failures + 1 };
@@ -665,8 +748,7 @@ pub fn spawn_replica_tasks(
                 continue;
             }
             let ok = outcome.is_ok();
-            let reason = outcome.as_ref().err().cloned();
-            if st.db_health.set(outcome) {
+            if st.db_health.set(&outcome) {
                 if ok {
                     tracing::info!("database reachable again: this replica serves again");
                     // Events may have been missed while it was down.
@@ -676,10 +758,31 @@ pub fn spawn_replica_tasks(
                         tracing::error!(error = %e.message, "replica cache reload failed");
                     }
                 } else {
-                    tracing::error!(error = %reason.unwrap_or_default(), "database unavailable: this replica answers 503");
+                    tracing::error!(error = %st.db_health.reason(), "database unavailable: this replica answers 503");
                 }
             }
         }
     }));
     tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_flips_with_the_outcome_and_keeps_its_reason() {
+        let h = DbHealth::default();
+        assert!(!h.set(&Ok(())), "already ok: no change");
+        let down = Err(HealthCheckError::Timeout(HEALTH_TIMEOUT));
+        assert!(h.set(&down));
+        assert!(!h.is_ok());
+        assert_eq!(
+            h.reason(),
+            "database did not answer a readiness check within 1500 ms"
+        );
+        assert!(!h.set(&down), "still down: no change");
+        assert!(h.set(&Ok(())));
+        assert!(h.is_ok() && h.reason().is_empty());
+    }
 }
