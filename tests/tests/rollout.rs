@@ -9,16 +9,14 @@
 //! inside it proceeds. Driven through
 //! `molt fleet` (exit codes and `--json`).
 
-mod ops_common;
+#[path = "../src/rollout_fx.rs"]
+mod rollout_fx;
 
-use std::process::Output;
 use std::time::Duration;
 
-use molt_layout::Home;
-use ops_common::*;
+use rollout_fx::*;
 use serde_json::{Value, json};
 
-const T: Duration = Duration::from_secs(120);
 /// A version whose `bin/molt` crashes at start.
 const V3: &str = "vancouver-06-01-2023__patch4-09-01-2023_09-02-2023_0900";
 const CRASHING_AGENT: &[u8] = b"#!/bin/sh\n# Stand-in for a broken release: starts, then crashes.\n[ \"$1\" = --version ] && { echo molt broken; exit 0; }\necho 'crashing at start' >&2\nexit 1\n";
@@ -33,210 +31,25 @@ const AGENTS: &[(&str, &str)] = &[
     ("nyc-2", "nyc"),
 ];
 
-/// Milliseconds since the epoch of an RFC 3339 UTC time as the API writes it.
-fn ms(v: &Value) -> i64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
-    let s = s.trim_end_matches('Z');
-    let (date, time) = s.split_once('T').unwrap();
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
-    let frac_ms: i64 = format!("{frac:0<3}")[..3].parse().unwrap();
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 86_400) + t[0] * 3600 + t[1] * 60 + t[2]) * 1000 + frac_ms
-}
-
-fn fleet(url: &str, args: &[&str]) -> (i32, Value, String) {
-    let mut all = vec!["fleet", "--url", url, "--json"];
-    all.extend_from_slice(args);
-    let o: Output = molt_testkit::bin::molt_cmd(&all)
-        .env("MOLT_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    (
-        o.status.code().unwrap_or(-1),
-        serde_json::from_str(&out).unwrap_or(Value::Null),
-        format!("{out}\n{err}"),
-    )
-}
-
-/// A plain GET's text (the metrics need no token).
-fn get_text(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
-}
-
-/// The dashboard's page (admin bearer token).
-fn dashboard(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .get(format!("{url}/dashboard"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
-        r.text().await.unwrap()
-    })
-}
-
-fn get(url: &str, path: &str) -> Value {
-    admin(url, "GET", path, Value::Null)
-}
-
-fn agents(url: &str) -> Vec<Value> {
-    get(url, "/api/v1/admin/agents")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn all_up_on(url: &str, v: &str) -> bool {
-    let list = agents(url);
-    AGENTS.iter().all(|(name, _)| {
-        list.iter()
-            .any(|a| a["name"] == *name && a["status"] == "Up" && a["version"] == v)
-    })
-}
-
-/// The agent's attempts to `v` (newest first).
-fn attempts_to(url: &str, name: &str, v: &str) -> Vec<Value> {
-    get(url, &format!("/api/v1/admin/agents/{name}/attempts"))
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| a["to_version"] == v)
-        .collect()
-}
-
-/// Commands the rollout `id` queued, by agent.
-fn rollout_commands(url: &str, id: i64) -> Vec<Value> {
-    get(url, "/api/v1/admin/commands?limit=10000")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| c["args"]["rollout"] == id)
-        .collect()
-}
-
-fn rollout_state(url: &str, id: i64) -> Value {
-    get(url, &format!("/api/v1/admin/rollouts/{id}"))
-}
-
-/// Waits for rollout `id` to reach `state`; on time-out shows the rollout,
-/// the agents, the control plane's log and each agent's log tail.
-fn wait_rollout(
-    cp: &Cp,
-    dir: &std::path::Path,
-    homes: &[Home],
-    id: i64,
-    state: &str,
-    limit: Duration,
-) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if rollout_state(&cp.url, id)["state"] == state {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let tail = |p: std::path::PathBuf| {
-        let t = std::fs::read_to_string(&p).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        format!(
-            "--- {} ---\n{}",
-            p.display(),
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
-    };
-    let mut logs = tail(dir.join("cp").join("serve.log"));
-    for h in homes {
-        logs.push_str(&tail(h.agent_log()));
-    }
-    panic!(
-        "rollout {id} not {state} after {limit:?}:\n{:#}\n{:#}\n{logs}",
-        rollout_state(&cp.url, id),
-        Value::Array(agents(&cp.url))
-    );
+/// A GET's text with the admin token (the dashboard; the metrics need none).
+fn get_text(url: &str, path: &str) -> String {
+    let (status, text) =
+        molt_e2e::agent_fx::http_call(url, reqwest::Method::GET, path, ADMIN_TOKEN, None);
+    assert!((200..300).contains(&status), "{path}: HTTP {status}");
+    text
 }
 
 #[test]
 fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
-    let k = Kit::new();
-    k.light_release(V1);
-    k.light_release(V2);
-    k.light_upgrade(V3);
-    k.pack(
-        &format!("molt-core.{V3}.universal.universal.zip"),
-        &[
-            ("bin/molt", CRASHING_AGENT.to_vec(), 0o755),
-            ("lib/core.txt", V3.as_bytes().to_vec(), 0o644),
-        ],
-        PackOpts::default(),
-    );
-    let cp = serve(
-        &k.dir.path().join("cp"),
-        &k.packages_dir(),
-        &["--fleet-version", V1],
-    );
-
-    // Only the six agents below: the kit's bootstrap agent never runs.
-    admin(&cp.url, "DELETE", "/api/v1/admin/agents/a1", Value::Null);
-    // Six agents on V1, labelled by site, each under its supervisor.
-    let mut homes: Vec<Home> = Vec::new();
-    for (name, site) in AGENTS {
-        let token = format!("token-of-{name}-0123456789");
-        admin(
-            &cp.url,
-            "POST",
-            "/api/v1/admin/agents",
-            json!({ "name": name, "token": token }),
-        );
-        let h = k.light_install(&k.dir.path().join(name), V1, &cp.url);
-        molt_testkit::config::write_config(
-            h.root(),
-            &cp.url,
-            name,
-            &token,
-            &format!(
-                "handover_wait_secs = 20\nrun_precheck = false\ntest_download_backoff_ms = 10\nhealth_timeout_secs = 20\nlabels = {{ site = \"{site}\" }}\n"
-            ),
-        );
-        homes.push(h);
-    }
-    let services: Vec<Service> = homes.iter().map(Service::start).collect();
-    wait_for("six agents Up on V1 with their labels", T, || {
-        all_up_on(&cp.url, V1)
-            && agents(&cp.url)
-                .iter()
-                .filter(|a| a["labels"]["site"].is_string())
-                .count()
-                == AGENTS.len()
-    });
+    let k = releases(&[V1, V2]);
+    core_package(&k, V3, CRASHING_AGENT);
+    // Six agents on V1, labelled by site, each under its supervisor (the
+    // kit's bootstrap agent removed).
+    let f = Fleet::start(k, V1, AGENTS);
+    let cp = &f.cp;
 
     // Usage and refusals: no token is usage (2), an unknown rollout a refusal (1).
-    let o = molt_testkit::bin::molt_cmd(&["fleet", "--url", &cp.url, "rollout", "status"])
+    let o = molt_e2e::kit::bin::molt_cmd(&["fleet", "--url", &cp.url, "rollout", "status"])
         .env_remove("MOLT_ADMIN_TOKEN")
         .output()
         .unwrap();
@@ -250,24 +63,10 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
         format!("par label.site=par canary=1 max_in_flight=1 soak_secs={SOAK_SECS}"),
         "rest canary=1 max_in_flight=50%".to_string(),
     ];
-    let mut args = vec!["rollout", "create", V2];
-    for g in &groups {
-        args.push("--group");
-        args.push(g);
-    }
-    let (code, created, out) = fleet(&cp.url, &args);
-    assert_eq!(code, 0, "{out}");
-    let id = created["id"].as_i64().unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(created["state"], "Running", "{out}");
-    wait_rollout(
-        &cp,
-        k.dir.path(),
-        &homes,
-        id,
-        "Completed",
-        Duration::from_secs(90),
-    );
-    wait_for("every agent Up on V2", T, || all_up_on(&cp.url, V2));
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let id = f.create_rollout(V2, &groups, &[]);
+    f.wait_rollout(id, "Completed", Duration::from_secs(90));
+    wait_for("every agent Up on V2", T, || f.all_up_on(V2));
     assert_eq!(get(&cp.url, "/api/v1/admin/fleet")["version"], V2);
 
     // Exactly one attempt per agent, Complete; per group: (first started,
@@ -357,28 +156,15 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     assert_eq!(code, 1, "{out}");
 
     // (b) V3 crashes at start: the canary rolls back and the rollout halts.
-    let (code, created, out) = fleet(
-        &cp.url,
+    let bad = f.create_rollout(
+        V3,
         &[
-            "rollout",
-            "create",
-            V3,
-            "--group",
             "lon label.site=lon canary=1 max_in_flight=2 soak_secs=0",
-            "--group",
             "rest canary=0 max_in_flight=2",
         ],
+        &[],
     );
-    assert_eq!(code, 0, "{out}");
-    let bad = created["id"].as_i64().unwrap();
-    wait_rollout(
-        &cp,
-        k.dir.path(),
-        &homes,
-        bad,
-        "Halted",
-        Duration::from_secs(180),
-    );
+    f.wait_rollout(bad, "Halted", Duration::from_secs(180));
     let (code, st, out) = fleet(&cp.url, &["rollout", "status"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(st["id"], bad, "{out}");
@@ -401,14 +187,14 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     let cmds = rollout_commands(&cp.url, bad);
     assert_eq!(cmds.len(), 1, "{cmds:?}");
     assert_eq!(cmds[0]["agent"], "lon-1");
-    let html = dashboard(&cp.url);
+    let html = get_text(&cp.url, "/dashboard");
     assert!(
         html.contains("id=\"rollout-state\">Halted<")
             && html.contains("lon-1 (")
             && html.contains("health check failed"),
         "the dashboard shows the halt and its reason:\n{html}"
     );
-    let metrics = get_text(&format!("{}/metrics", cp.url));
+    let metrics = get_text(&cp.url, "/metrics");
     assert!(
         metrics.contains(&format!(
             "molt_rollout_state{{rollout=\"{bad}\",version=\"{V3}\",state=\"Halted\"}} 1"
@@ -421,7 +207,7 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
         list.as_array().unwrap().iter().any(|b| b["version"] == V3),
         "{out}"
     );
-    wait_for("the canary back Up on V2", T, || all_up_on(&cp.url, V2));
+    wait_for("the canary back Up on V2", T, || f.all_up_on(V2));
 
     // Resume is refused while the version is blocklisted.
     let (code, _, out) = fleet(&cp.url, &["rollout", "resume", &bad.to_string()]);
@@ -435,14 +221,7 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     let (code, st, out) = fleet(&cp.url, &["rollout", "resume", &bad.to_string()]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(st["state"], "Running", "{out}");
-    wait_rollout(
-        &cp,
-        k.dir.path(),
-        &homes,
-        bad,
-        "Halted",
-        Duration::from_secs(120),
-    );
+    f.wait_rollout(bad, "Halted", Duration::from_secs(120));
     for (name, _) in AGENTS {
         let n = attempts_to(&cp.url, name, V3).len();
         assert_eq!(
@@ -465,8 +244,8 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     assert_eq!(st["state"], "Aborted", "{out}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(rollout_commands(&cp.url, bad).len(), 2);
-    wait_for("the canary back Up on V2", T, || all_up_on(&cp.url, V2));
-    assert!(all_up_on(&cp.url, V2), "{:?}", agents(&cp.url));
+    wait_for("the canary back Up on V2", T, || f.all_up_on(V2));
+    assert!(f.all_up_on(V2), "{:?}", agents_of(&cp.url));
     assert_eq!(get(&cp.url, "/api/v1/admin/fleet")["version"], V2);
 
     // The operator clears the blocklist.
@@ -507,14 +286,7 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     };
     let create = |version: &str, window: &str| {
         let gs = groups(window);
-        let mut args = vec!["rollout", "create", version];
-        for g in &gs {
-            args.push("--group");
-            args.push(g);
-        }
-        let (code, created, out) = fleet(&cp.url, &args);
-        assert_eq!(code, 0, "{out}");
-        created["id"].as_i64().unwrap_or_else(|| panic!("{out}"))
+        f.create_rollout(version, &[gs[0].as_str(), gs[1].as_str()], &[])
     };
     let closed = create(V3, &not_today);
     std::thread::sleep(Duration::from_secs(4));
@@ -545,10 +317,7 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
         );
     }
     // Without --json the status says it too.
-    let o = molt_testkit::bin::molt_cmd(&["fleet", "--url", &cp.url, "rollout", "status"])
-        .env("MOLT_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let o = fleet_text(&cp.url, &["rollout", "status"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains(waiting), "{o:?}");
     let (code, _, out) = fleet(&cp.url, &["rollout", "abort", &closed.to_string()]);
@@ -558,32 +327,18 @@ fn a_rollout_goes_group_by_group_and_a_crashing_version_halts_at_the_canary() {
     // With a window that includes now it proceeds (of V2, which every agent
     // runs already: each is admitted as done, no crash to wait for).
     let open = create(V2, "window=*@00:00-24:00+00:00");
-    wait_rollout(
-        &cp,
-        k.dir.path(),
-        &homes,
-        open,
-        "Completed",
-        Duration::from_secs(15),
-    );
+    f.wait_rollout(open, "Completed", Duration::from_secs(15));
     let (_, st, out) = fleet(&cp.url, &["rollout", "status", &open.to_string()]);
     assert_eq!(st["admitted"].as_array().map(Vec::len), Some(6), "{out}");
     assert!(st["waiting"].is_null(), "{out}");
-    drop(services);
 }
 
 /// `molt fleet set-version|override|pin|issues|readiness`: `--json` from the
 /// command's types, exit 0 done, 1 refused by the control plane, 2 usage.
 #[test]
 fn fleet_versions_issues_and_readiness_from_the_command_line() {
-    let k = Kit::new();
-    k.light_release(V1);
-    k.light_release(V2);
-    let cp = serve(
-        &k.dir.path().join("cp"),
-        &k.packages_dir(),
-        &["--fleet-version", V1],
-    );
+    let f = Fleet::serve(releases(&[V1, V2]), V1);
+    let cp = &f.cp;
 
     let (code, v, out) = fleet(&cp.url, &["set-version", V2]);
     assert_eq!(code, 0, "{out}");
@@ -725,16 +480,13 @@ fn fleet_versions_issues_and_readiness_from_the_command_line() {
         "{cmds}"
     );
     // Text output for a person, and no token is usage (2).
-    let o = molt_testkit::bin::molt_cmd(&["fleet", "--url", &cp.url, "readiness", V2])
-        .env("MOLT_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let o = fleet_text(&cp.url, &["readiness", V2]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success() && text.contains("0 Ready, 0 Not Ready, 1 Pending"),
         "{text}"
     );
-    let o = molt_testkit::bin::molt_cmd(&["fleet", "--url", &cp.url, "set-version", V1])
+    let o = molt_e2e::kit::bin::molt_cmd(&["fleet", "--url", &cp.url, "set-version", V1])
         .env_remove("MOLT_ADMIN_TOKEN")
         .output()
         .unwrap();
