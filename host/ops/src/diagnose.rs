@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use molt_layout::Home;
-use molt_protocol::{AgentStatus, AttemptResult};
+use molt_protocol::{AgentStatus, AttemptResult, FindingSeverity};
 use serde::Serialize;
 
 use crate::OpsError;
@@ -109,9 +109,8 @@ impl Report {
         ));
         for f in &self.findings {
             let sev = match f.severity {
-                Severity::Error => "error",
-                Severity::Warning => "warning",
                 Severity::Info => "note",
+                s => FindingSeverity::from(s).as_str(),
             };
             s.push_str(&format!("\n[{sev}] {}: {}\n", f.id, f.title));
             s.push_str(&format!("  Source:      {}\n", f.source));

@@ -2,6 +2,7 @@
 //! (`host/ops/signatures/signatures.json`, one entry per signature with its
 //! source in the seed articles) so adding a signature is a reviewable edit of
 //! one JSON object, not code.
+use molt_protocol::FindingSeverity;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,17 @@ pub enum Severity {
     Info,
     Warning,
     Error,
+}
+
+/// A signature's severities are the protocol's finding severities but `blocking`.
+impl From<Severity> for FindingSeverity {
+    fn from(s: Severity) -> FindingSeverity {
+        match s {
+            Severity::Info => FindingSeverity::Info,
+            Severity::Warning => FindingSeverity::Warning,
+            Severity::Error => FindingSeverity::Error,
+        }
+    }
 }
 
 /// One known failure: how to recognise it, its cause, its remediation.

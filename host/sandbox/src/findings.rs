@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use molt_bundle::text::{MAX_CODE, MAX_LABEL, MAX_MESSAGE, MAX_REMEDIATION, sanitize};
+use molt_protocol::FindingSeverity;
 use serde::{Deserialize, Serialize};
 use wasmtime::Trap;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -21,11 +22,20 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The wire word (`molt-protocol`'s finding severity).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Blocking => "blocking",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
+        FindingSeverity::from(self).as_str()
+    }
+}
+
+/// A check's severities are the protocol's finding severities but `error`
+/// (which only the agent and the runner report).
+impl From<Severity> for FindingSeverity {
+    fn from(s: Severity) -> FindingSeverity {
+        match s {
+            Severity::Blocking => FindingSeverity::Blocking,
+            Severity::Warning => FindingSeverity::Warning,
+            Severity::Info => FindingSeverity::Info,
         }
     }
 }
