@@ -4,6 +4,10 @@
 #[path = "src/agent_fx.rs"]
 pub mod agent_fx;
 
+/// A real nginx: static files, a round-robin upstream of replicas.
+#[path = "src/nginx.rs"]
+pub mod nginx;
+
 /// A real systemd as PID 1 of a throwaway namespace.
 #[path = "src/systemd.rs"]
 pub mod systemd;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use molt_sandbox::testing::{STANDARD_CHECKS, shipped_component};
 pub use molt_testkit::bin::{molt_bin, repo_root};
 pub use molt_testkit::pki::{Pki, write_tree};
 pub use molt_testkit::proc::{Proc, kill_all_on, pids_on};
@@ -44,7 +45,14 @@ pub fn core_files(version: &str) -> Vec<(String, Vec<u8>, u32)> {
 
 /// Deterministic incompressible bytes (so a package is big on the wire).
 pub fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    noise_from(0x9e37_79b9_7f4a_7c15, n)
+}
+
+/// [`noise`] from `seed` (xorshift64; `seed | 1`, so any seed works): a
+/// different seed, different bytes, so a test can find one file's bytes in a
+/// package.
+pub fn noise_from(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
     (0..n)
         .map(|_| {
             x ^= x << 13;
@@ -91,58 +99,18 @@ pub fn committed_components(kind: &str, dest: &Path) -> Option<Vec<molt_bundle::
     Some(v.manifest.components.clone())
 }
 
-/// The standard checks as signed-bundles/rebuild.sh packs them, from a directory
+/// The standard checks as signed-bundles/rebuild.sh packs them (the
+/// sandbox's [`STANDARD_CHECKS`] and [`shipped_component`]), from a directory
 /// of built guests (`$MOLT_GUEST_WASM`, e.g. `<target>/wasm32-wasip2/release`).
 fn from_wasm_dir(kind: &str, wasm: &Path, dest: &Path) -> Option<Vec<molt_bundle::Component>> {
-    type Check = (
-        &'static str,
-        &'static [&'static str],
-        &'static [&'static str],
-        &'static [(&'static str, &'static str)],
-    );
-    const CHECKS: &[Check] = &[
-        ("disk_space", &["facts"], &[], &[("min_free", "1GiB")]),
-        ("download_access", &["net"], &[], &[]),
-        ("file_ops", &[], &["scratch", "staging"], &[]),
-        ("service_account", &["facts"], &[], &[]),
-        ("runtime_compat", &["facts"], &[], &[]),
-        ("duplicate_install", &["services"], &[], &[]),
-        ("file_locks", &["facts", "services"], &[], &[]),
-    ];
-    let comp = |path: String, world: &str, caps: &[&str], pre: &[&str], params: &[(&str, &str)]| {
-        molt_bundle::Component {
-            path,
-            world: format!("molt:check/{world}@1.0.0"),
-            capabilities: caps.iter().map(|s| s.to_string()).collect(),
-            preopens: pre.iter().map(|s| s.to_string()).collect(),
-            limits: molt_bundle::ComponentLimits {
-                deadline_ms: Some(5_000),
-                fuel: None,
-                memory_bytes: Some(32 << 20),
-            },
-            params: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    };
     let _ = std::fs::remove_dir_all(dest);
     std::fs::create_dir_all(dest.join("checks")).ok()?;
     if kind == "precheck" {
         let mut out = Vec::new();
-        for (name, caps, pre, params) in CHECKS {
-            std::fs::copy(
-                wasm.join(format!("{name}.wasm")),
-                dest.join(format!("checks/{name}.wasm")),
-            )
-            .ok()?;
-            out.push(comp(
-                format!("checks/{name}.wasm"),
-                "precheck",
-                caps,
-                pre,
-                params,
-            ));
+        for (name, caps, pre, params) in STANDARD_CHECKS {
+            let path = format!("checks/{name}.wasm");
+            std::fs::copy(wasm.join(format!("{name}.wasm")), dest.join(&path)).ok()?;
+            out.push(shipped_component(&path, "precheck", caps, pre, params));
         }
         Some(out)
     } else {
@@ -152,8 +120,8 @@ fn from_wasm_dir(kind: &str, wasm: &Path, dest: &Path) -> Option<Vec<molt_bundle
             dest.join("version_select.wasm"),
         )
         .ok()?;
-        Some(vec![comp(
-            "version_select.wasm".into(),
+        Some(vec![shipped_component(
+            "version_select.wasm",
             "selector",
             &["log"],
             &[],

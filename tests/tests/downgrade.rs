@@ -13,12 +13,15 @@
 //! apply the same policy: `molt repair` accepts the downgraded install's own
 //! package (nothing to fix), `molt import` and stateless `molt bundle verify
 //! --root` refuse V0 naming the floor, and the import changes nothing.
+#[path = "server_common/one_agent.rs"]
+mod one_agent;
 mod ops_common;
 
 use std::path::Path;
 use std::time::Duration;
 
 use molt_bundle::SignedRoot;
+use one_agent::{control_plane, install_v1, stage, wait_attempt_to};
 use ops_common::*;
 use serde_json::{Value, json};
 
@@ -44,38 +47,6 @@ fn release(k: &Kit, v: &str, sequence: u64) -> std::path::PathBuf {
         },
         &[],
     )
-}
-
-fn attempts_of(url: &str) -> Vec<Value> {
-    admin(url, "GET", "/api/v1/admin/agents/a1/attempts", json!({}))
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// The attempt to `to`, once it has a result.
-fn wait_attempt_to(url: &str, h: &molt_layout::Home, to: &str) -> Value {
-    let mut a = Value::Null;
-    wait_for(&format!("the attempt to {to} to end"), T, || {
-        a = attempts_of(url)
-            .into_iter()
-            .find(|a| a["to_version"] == to)
-            .unwrap_or(Value::Null);
-        a["result"].as_str().is_some_and(|r| !r.is_empty())
-    });
-    assert!(
-        !a.is_null(),
-        "no attempt to {to}: {}",
-        std::fs::read_to_string(h.agent_log()).unwrap_or_default()
-    );
-    a
-}
-
-fn stage<'a>(a: &'a Value, name: &str) -> &'a Value {
-    a["stages"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["stage"] == name))
-        .unwrap_or(&Value::Null)
 }
 
 /// The agent's record on the control plane.
@@ -127,22 +98,8 @@ fn a_control_plane_rollback_downgrades_within_the_floor_and_a_replay_below_it_is
     let core0 = release(&k, V0, 1);
     let core1 = release(&k, V1, 2);
     let core2 = release(&k, V2, 3);
-    let cp = serve(
-        &k.dir.path().join("cp"),
-        &k.packages_dir(),
-        &["--fleet-version", V2],
-    );
-    let h = k.install_packages(
-        &k.dir.path().join("agent"),
-        V1,
-        &cp.url,
-        std::slice::from_ref(&core1),
-    );
-    agent_config(
-        &h,
-        &cp.url,
-        "run_precheck = false\nhealth_timeout_secs = 30\nstop_timeout_secs = 10\n",
-    );
+    let cp = control_plane(&k, &["--fleet-version", V2]);
+    let h = install_v1(&k, &cp.url, &core1);
     let svc = Service::start(&h);
 
     // 1. V1 -> V2, sequences rising: the host records 3 for both names.

@@ -29,6 +29,11 @@ async fn assert_assigned(s: &TestServer, token: &str, query: &str, version: &str
     );
 }
 
+/// A command's kind and its `version` argument.
+fn kind_and_version(c: &Value) -> (Option<&str>, Option<&str>) {
+    (c["kind"].as_str(), c["args"]["version"].as_str())
+}
+
 /// `GET path` with `Range: range`.
 async fn get_range(s: &TestServer, path: &str, range: &str) -> reqwest::Response {
     s.get(path).header(RANGE, range).send().await.unwrap()
@@ -36,10 +41,7 @@ async fn get_range(s: &TestServer, path: &str, range: &str) -> reqwest::Response
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_agents_ask_for_two_slots_the_third_waits_for_one_to_finish() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
-    let b = s.register("a2").await;
-    let c = s.register("a3").await;
+    let (s, [a, b, c]) = TestServer::with_agents(["a1", "a2", "a3"]).await;
     assert_eq!(ask_slot(&s, &a).await.status(), StatusCode::OK);
     let rb = ask_slot(&s, &b).await;
     assert_eq!(rb.status(), StatusCode::OK);
@@ -61,13 +63,7 @@ async fn three_agents_ask_for_two_slots_the_third_waits_for_one_to_finish() {
     assert_eq!(ask_slot(&s, &c).await.status(), StatusCode::OK);
     assert_eq!(ask_slot(&s, &a).await.status(), StatusCode::CONFLICT);
     let slots = s.admin_get("/api/v1/admin/upgrade-slots").await;
-    let holders: Vec<&str> = slots["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["agent"].as_str().unwrap())
-        .collect();
-    assert_eq!(holders, ["a2", "a3"]);
+    assert_eq!(strs(&slots["holders"], "agent"), ["a2", "a3"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,8 +113,7 @@ async fn report(s: &TestServer, token: &str, source: &str, findings: Vec<Value>)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn issues_count_repeats_resolve_when_no_longer_reported_and_are_purged_after_30_days() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
+    let (s, [a]) = TestServer::with_agents(["a1"]).await;
     report(
         &s,
         &a,
@@ -181,28 +176,22 @@ async fn issues_count_repeats_resolve_when_no_longer_reported_and_are_purged_aft
     // 31 days the resolved issue is purged, and so is an open one (the seeds
     // purge issues not detected for 30 days, whatever their state).
     s.clock.advance(Duration::from_secs(29 * 86400));
-    let purge = |s: &TestServer| s.post("/api/v1/admin/purge").bearer_auth(&s.admin).send();
-    assert_eq!(
-        purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"],
-        0
-    );
+    let purge = async |s: &TestServer| {
+        let r = s.admin_post("/api/v1/admin/purge", &Value::Null).await;
+        r.json::<Value>().await.unwrap()["purged"].clone()
+    };
+    assert_eq!(purge(&s).await, 0);
     report(&s, &a, "Diagnose", vec![finding("STALE_OPEN")]).await;
     s.clock.advance(Duration::from_secs(86400));
     report(&s, &a, "UpgradeCheck", vec![finding("DISK_SPACE")]).await;
     s.clock.advance(Duration::from_secs(86400));
-    assert_eq!(
-        purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"],
-        1
-    );
+    assert_eq!(purge(&s).await, 1);
     let all = s.admin_get("/api/v1/admin/issues").await;
     let codes: Vec<&str> = strs(&all, "code");
     assert_eq!(codes, ["DISK_SPACE", "STALE_OPEN"], "{all}");
     // 30 days after its last detection, the still-open STALE_OPEN goes too.
     s.clock.advance(Duration::from_secs(28 * 86400 + 43200));
-    assert_eq!(
-        purge(&s).await.unwrap().json::<Value>().await.unwrap()["purged"],
-        1
-    );
+    assert_eq!(purge(&s).await, 1);
     let all = s.admin_get("/api/v1/admin/issues").await;
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
     assert_eq!(all[0]["code"], "DISK_SPACE");
@@ -216,8 +205,7 @@ async fn issues_count_repeats_resolve_when_no_longer_reported_and_are_purged_aft
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commands_version_is_answered_for_that_version_if_its_packages_are_served() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
+    let (s, [a]) = TestServer::with_agents(["a1"]).await;
     s.set_fleet(Q2).await;
     // Readiness of the next version: that version's packages and precheck.
     let (st, v) = s
@@ -249,8 +237,7 @@ async fn a_commands_version_is_answered_for_that_version_if_its_packages_are_ser
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet_clears_the_override()
  {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
+    let (s, [a]) = TestServer::with_agents(["a1"]).await;
     let (st, body) = s.assigned(&a, "os=linux&arch=x86-64").await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
     s.set_fleet(Q2).await;
@@ -286,21 +273,10 @@ async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet
         "pin",
     )
     .await;
-    let cmds: Value = s
-        .get_as("/api/v1/agent/commands?wait=0", &a)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let cmds = s.commands(&a, 0).await;
     let cmds = cmds.as_array().unwrap();
     assert_eq!(cmds.len(), 1, "one pending autoUpgrade per agent: {cmds:?}");
-    assert_eq!(
-        (
-            cmds[0]["kind"].as_str(),
-            cmds[0]["args"]["version"].as_str()
-        ),
-        (Some("autoUpgrade"), Some(Q3))
-    );
+    assert_eq!(kind_and_version(&cmds[0]), (Some("autoUpgrade"), Some(Q3)));
     // A version whose packages are missing cannot become the fleet version.
     let r = s
         .admin_put(
@@ -330,18 +306,11 @@ async fn the_agents_pin_beats_the_override_which_beats_the_fleet_and_a_new_fleet
 
 #[tokio::test(flavor = "multi_thread")]
 async fn assigned_packages_carry_urls_sizes_and_digests_and_skip_an_installed_runtime() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
+    let (s, [a]) = TestServer::with_agents(["a1"]).await;
     s.set_fleet(Q2).await;
     let (st, v) = s.assigned(&a, "os=linux&arch=x86-64").await;
     assert_eq!(st, StatusCode::OK);
-    let kinds: Vec<&str> = v["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["upgrade", "core", "runtime"]);
+    assert_eq!(strs(&v["packages"], "kind"), ["upgrade", "core", "runtime"]);
     for p in v["packages"]
         .as_array()
         .unwrap()
@@ -370,13 +339,7 @@ async fn assigned_packages_carry_urls_sizes_and_digests_and_skip_an_installed_ru
     let (_, v) = s
         .assigned(&a, &format!("os=linux&arch=x86-64&runtime={Q2}"))
         .await;
-    let kinds: Vec<&str> = v["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["upgrade", "core"]);
+    assert_eq!(strs(&v["packages"], "kind"), ["upgrade", "core"]);
     // No runtime built for this platform: core and upgrade only.
     let (_, v) = s.assigned(&a, "os=linux&arch=aarch64").await;
     assert_eq!(v["packages"].as_array().unwrap().len(), 2);
@@ -511,9 +474,7 @@ async fn a_download_resumes_with_range_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
-    let _b = s.register("a2").await;
+    let (s, [a, _b]) = TestServer::with_agents(["a1", "a2"]).await;
     assert_eq!(s.heartbeat(&a, "h1", 100, "Up").await, StatusCode::OK);
     let poll = {
         let c = s.client.clone();
@@ -532,12 +493,7 @@ async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips(
     };
     // Give the poll a moment to park; a command queued earlier is found anyway.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = s
-        .admin_post(
-            "/api/v1/admin/agents/a1/commands",
-            &json!({ "kind": "grabLogs" }),
-        )
-        .await;
+    let r = s.queue("a1", json!({ "kind": "grabLogs" })).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let cmds = tokio::time::timeout(Duration::from_secs(25), poll)
         .await
@@ -572,12 +528,7 @@ async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips(
         (Some("Done"), Some("uploaded"))
     );
     // A command for an agent that is Down waits, queued, until it polls again.
-    let r = s
-        .admin_post(
-            "/api/v1/admin/agents/a2/commands",
-            &json!({ "kind": "restart" }),
-        )
-        .await;
+    let r = s.queue("a2", json!({ "kind": "restart" })).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let agents = s.admin_get("/api/v1/admin/agents").await;
     assert_eq!(
@@ -594,47 +545,22 @@ async fn a_long_poll_returns_when_a_command_is_queued_and_grab_logs_round_trips(
         "Queued"
     );
     // An empty poll answers [] after its wait.
-    let r: Value = s
-        .get_as("/api/v1/agent/commands?wait=1", &a)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r, json!([]));
+    assert_eq!(s.commands(&a, 1).await, json!([]));
     // runPrecheck needs the version whose checks to run.
-    let r = s
-        .admin_post(
-            "/api/v1/admin/agents/a1/commands",
-            &json!({ "kind": "runPrecheck" }),
-        )
-        .await;
+    let r = s.queue("a1", json!({ "kind": "runPrecheck" })).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_shows_which_agents_would_fail_the_next_versions_checks() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
-    let b = s.register("a2").await;
-    let _c = s.register("a3").await;
+    let (s, [a, b, _c]) = TestServer::with_agents(["a1", "a2", "a3"]).await;
     let r = s
         .admin_post("/api/v1/admin/readiness", &json!({ "version": Q3 }))
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     for (token, ok) in [(&a, true), (&b, false)] {
-        let cmds: Value = s
-            .get_as("/api/v1/agent/commands", token)
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            (
-                cmds[0]["kind"].as_str(),
-                cmds[0]["args"]["version"].as_str()
-            ),
-            (Some("runPrecheck"), Some(Q3))
-        );
+        let cmds = s.commands(token, 0).await;
+        assert_eq!(kind_and_version(&cmds[0]), (Some("runPrecheck"), Some(Q3)));
         let id = cmds[0]["id"].as_i64().unwrap();
         let msg = if ok {
             "all checks passed"
@@ -651,27 +577,15 @@ async fn readiness_shows_which_agents_would_fail_the_next_versions_checks() {
     let ready = s
         .admin_get(&format!("/api/v1/admin/readiness?version={Q3}"))
         .await;
-    let got: Vec<(&str, &str)> = ready
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["agent"].as_str().unwrap(),
-                r["readiness"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        pairs(&ready, "agent", "readiness"),
         [("a1", "Ready"), ("a2", "Not Ready"), ("a3", "Pending")]
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_live_agents_with_one_name_are_flagged_with_an_agent_registry_issue() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
+    let (s, [a]) = TestServer::with_agents(["a1"]).await;
     for (host, pid) in [("h1", 10), ("h2", 20), ("h1", 10), ("h2", 20)] {
         assert_eq!(s.heartbeat(&a, host, pid, "Up").await, StatusCode::OK);
     }
@@ -706,8 +620,7 @@ async fn two_live_agents_with_one_name_are_flagged_with_an_agent_registry_issue(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrade_history_records_each_stage_of_each_attempt() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
+    let (s, [a]) = TestServer::with_agents(["a1"]).await;
     let id = s.open_attempt(&a, Q1, Q2).await;
     let stages = [
         ("Pre Upgrade Check", "In Progress"),
@@ -728,12 +641,7 @@ async fn upgrade_history_records_each_stage_of_each_attempt() {
         .await;
     let h = s.admin_get("/api/v1/admin/agents/a1/attempts").await;
     assert_eq!(h[0]["result"], "Rolled Back");
-    let got: Vec<(&str, &str)> = h[0]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| (x["stage"].as_str().unwrap(), x["state"].as_str().unwrap()))
-        .collect();
+    let got = pairs(&h[0]["stages"], "stage", "state");
     assert_eq!(got.len(), 8);
     assert_eq!(got[0], ("Pre Upgrade Check", "Complete"));
     assert_eq!(got[7], ("Health Check", "Failed"));
@@ -751,8 +659,7 @@ async fn upgrade_history_records_each_stage_of_each_attempt() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_are_prometheus_text() {
-    let s = TestServer::start(|_| {}).await;
-    let a = s.register("a1").await;
+    let (s, [a]) = TestServer::with_agents(["a1"]).await;
     s.heartbeat(&a, "h1", 1, "Up").await;
     s.post_json(
         "/api/v1/agent/issues",
@@ -761,14 +668,7 @@ async fn metrics_are_prometheus_text() {
     )
     .await;
     ask_slot(&s, &a).await;
-    let text = s
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&s.client, &format!("{}/metrics", s.url)).await;
     for line in [
         "molt_http_requests_total{method=\"POST\",route=\"/api/v1/agent/heartbeat\",status=\"200\"} 1",
         "molt_agents{status=\"Up\"} 1",

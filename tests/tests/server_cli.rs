@@ -2,23 +2,14 @@
 
 mod server_common;
 
-use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::time::Duration;
 
-use std::process::{Child, Command, Stdio};
-
+use molt_e2e::agent_fx::molt_bin;
+use molt_e2e::kit::serve;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server_common::*;
-
-use molt_e2e::agent_fx::molt_bin;
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn molt_serve_starts_prints_its_address_generates_an_admin_token_and_serves_agents() {
@@ -27,58 +18,23 @@ async fn molt_serve_starts_prints_its_address_generates_an_admin_token_and_serve
     write_release(&pk, Q2);
     let db = dir.path().join("cp.db");
     let agent_token = "agent-token-for-a1-0123456789";
-    let mut child = Command::new(molt_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--fleet-version",
-            Q2,
-            "--max-concurrent-upgrades",
-            "1",
-        ])
-        .arg("--db")
-        .arg(&db)
-        .arg("--packages")
-        .arg(&pk)
-        .arg("--bootstrap-agent")
-        .arg(format!("a1:{agent_token}"))
-        .env_remove("MOLT_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _guard = Killed(child);
-    let logs = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let url = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) => {
-                    if let Some(u) = l.strip_prefix("control plane listening on ") {
-                        return Some(u.to_string());
-                    }
-                }
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .unwrap();
-    let Some(url) = url else {
-        drop(_guard);
-        panic!(
-            "molt serve did not print its address; stderr:\n{}",
-            logs.join().unwrap().join("\n")
-        );
-    };
+    let mut cmd = serve::command();
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--fleet-version",
+        Q2,
+        "--max-concurrent-upgrades",
+        "1",
+    ])
+    .arg("--db")
+    .arg(&db)
+    .arg("--packages")
+    .arg(&pk)
+    .arg("--bootstrap-agent")
+    .arg(format!("a1:{agent_token}"));
+    let log = dir.path().join("serve.log");
+    let (server, url) = serve::listening(cmd, "serve", &log, Duration::from_secs(30));
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
     let c = reqwest::Client::new();
@@ -123,17 +79,10 @@ async fn molt_serve_starts_prints_its_address_generates_an_admin_token_and_serve
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let metrics = c
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &format!("{url}/metrics")).await;
     assert!(metrics.contains("molt_upgrade_slots_max 1"), "{metrics}");
-    drop(_guard);
-    let logs = logs.join().unwrap().join("\n");
+    drop(server);
+    let logs = std::fs::read_to_string(&log).unwrap();
     assert!(
         logs.contains("admin token generated and written to file"),
         "{logs}"

@@ -96,6 +96,17 @@ impl TestServer {
         }
     }
 
+    /// A default server with `names` registered; their tokens in order.
+    pub async fn with_agents<const N: usize>(names: [&str; N]) -> (Self, [String; N]) {
+        let s = Self::start(|_| {}).await;
+        let mut tokens = Vec::new();
+        for n in names {
+            tokens.push(s.register(n).await);
+        }
+        let tokens = tokens.try_into().unwrap_or_else(|_| unreachable!());
+        (s, tokens)
+    }
+
     /// Stops serving and hands back the directory (database and packages stay).
     pub fn stop(mut self) -> tempfile::TempDir {
         self.task.abort();
@@ -229,6 +240,18 @@ impl TestServer {
         self.post_json(&path, token, &body).await
     }
 
+    /// Agent `token`'s pending commands (a long poll of `wait` seconds).
+    pub async fn commands(&self, token: &str, wait: u64) -> Value {
+        let path = format!("/api/v1/agent/commands?wait={wait}");
+        self.get_as(&path, token).await.json().await.unwrap()
+    }
+
+    /// Queue the command `body` for agent `name` as the admin.
+    pub async fn queue(&self, name: &str, body: Value) -> reqwest::Response {
+        let path = format!("/api/v1/admin/agents/{name}/commands");
+        self.admin_post(&path, &body).await
+    }
+
     /// Mark command `id` done (`ok`, `message`) as agent `token`.
     pub async fn command_done(
         &self,
@@ -284,6 +307,20 @@ impl TestServer {
         let s = r.status();
         (s, r.json().await.unwrap_or(Value::Null))
     }
+}
+
+/// The body of a plain `GET url` (no token: `/metrics`, package files).
+pub async fn get_text(c: &Client, url: &str) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The strings `(k1, k2)` of every element of the JSON array `v`.
+pub fn pairs<'a>(v: &'a Value, k1: &str, k2: &str) -> Vec<(&'a str, &'a str)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x[k1].as_str().unwrap(), x[k2].as_str().unwrap()))
+        .collect()
 }
 
 /// The string `key` of every element of the JSON array `v`.
