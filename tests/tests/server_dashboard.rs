@@ -76,6 +76,11 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         s.heartbeat(&a, "host-one", 4242, "Up").await,
         StatusCode::OK
     );
+    // b00 is Up too: only its pin keeps it out of the rollout's readiness gate.
+    assert_eq!(
+        s.heartbeat(&tokens[0], "host-b00", 4300, "Up").await,
+        StatusCode::OK
+    );
     // An issue whose text tries to inject markup: it must show as text.
     let r = s.post_json("/api/v1/agent/issues", &a, &json!({ "source": "UpgradeCheck", "findings": [
             { "code": "TEMP_DIR_BLOCKED", "severity": "error", "description": "<script>document.title='pwned'</script> temp dir not writable", "remediation": "allow writes to work/upgrade_temp" }
@@ -114,8 +119,9 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(
-        waiting.contains("waiting for readiness of group all")
-            && waiting.contains("a1 (precheck pending)"),
+        waiting.contains("waiting for readiness of group all: 0 of 1 agents Ready")
+            && waiting.contains("a1 (precheck pending)")
+            && !waiting.contains("b00"),
         "{waiting}"
     );
     // The pinned agents are counted apart: pinned, not in the rollout.
@@ -175,8 +181,10 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
         .collect();
     assert!(
         bars.iter()
-            .any(|b| b.contains("(not reported)") && b.contains("59"))
-            && bars.iter().any(|b| b.contains(Q1)),
+            .any(|b| b.contains("(not reported)") && b.contains("58"))
+            && bars
+                .iter()
+                .any(|b| b.contains(Q1) && b.contains("2 (3.3%)")),
         "{bars:?}"
     );
     assert!(t("agentsPage2Text").contains("Page 2 of 2"), "{seen}");
@@ -184,8 +192,8 @@ async fn an_operator_logs_in_acknowledges_and_resolves_an_issue_and_queues_grab_
     assert_eq!(t("sortedDescFirst"), "agent-b57", "name descending");
     assert_eq!(
         seen["filteredRows"],
-        json!(["agent-a1"]),
-        "filtered on the server"
+        json!(["agent-b00", "agent-a1"]),
+        "filtered on the server, still name descending"
     );
     assert!(
         t("agentRowText").contains("host-one") && t("agentRowText").contains("Up"),
