@@ -253,19 +253,53 @@ pub fn run(a: FleetArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One request: (method, URL, JSON body) to (status, body text), or why no answer.
-type Send = Box<dyn Fn(&str, &str, Option<&str>) -> Result<(u16, String), String>>;
-
+/// The admin API: the deploy runner's client (the same TLS trust rules: web
+/// PKI plus --ca-bundle) and the admin token.
 struct Api {
     base: String,
-    http: Send,
+    agent: ureq::Agent,
+    auth: String,
 }
 
 impl Api {
+    /// One request: (method, URL, JSON body) to (status, body text); `Err`
+    /// when no answer came back.
+    fn send(&self, method: &str, url: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
+        let req = self
+            .agent
+            .request(method, url)
+            .set("Authorization", &self.auth)
+            .set("Accept", "application/json");
+        let res = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => {
+                // Its words without its URL: the caller names the URL.
+                let mut why = t.kind().to_string();
+                for more in [
+                    t.message().map(str::to_string),
+                    std::error::Error::source(&t).map(|e| e.to_string()),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    why = format!("{why}: {more}");
+                }
+                anyhow::bail!(why)
+            }
+        };
+        let code = resp.status();
+        Ok((code, resp.into_string()?))
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
         let url = format!("{}{}", self.base, path);
         let body = body.map(Value::to_string);
-        let (code, text) = (self.http)(method, &url, body.as_deref())
+        let (code, text) = self
+            .send(method, &url, body.as_deref())
             .map_err(|e| Fail::Api(format!("control plane unreachable at {url}: {e}")))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         if (200..300).contains(&code) {
@@ -305,32 +339,13 @@ fn connect(a: &FleetArgs) -> Result<Api, Fail> {
         ca_bundle: a.ca_bundle.clone(),
         proxy: None,
     };
-    let agent = cp.http(Duration::from_secs(30)).map_err(Fail::Usage)?;
-    let auth = format!("Bearer {token}");
-    // The deploy runner's client: the same TLS trust rules (web PKI plus --ca-bundle).
-    let http: Send = Box::new(move |method, url, body| {
-        let req = agent
-            .request(method, url)
-            .set("Authorization", &auth)
-            .set("Accept", "application/json");
-        let res = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        let resp = match res {
-            Ok(r) => r,
-            Err(e) => match e.into_response() {
-                Some(r) => r,
-                None => return Err("no answer".to_string()),
-            },
-        };
-        let code = resp.status();
-        let text = resp.into_string().map_err(|e| e.to_string())?;
-        Ok((code, text))
-    });
+    let agent = cp
+        .http(Duration::from_secs(30))
+        .map_err(|e| Fail::Usage(e.to_string()))?;
     Ok(Api {
         base: a.url.trim_end_matches('/').to_string(),
-        http,
+        agent,
+        auth: format!("Bearer {token}"),
     })
 }
 
