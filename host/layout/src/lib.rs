@@ -27,7 +27,8 @@ pub enum LayoutError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
+/// Map an io error to [`LayoutError::Io`] naming the path (also the operator tools' io error).
+pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
     move |source| LayoutError::Io {
         path: path.to_path_buf(),
         source,

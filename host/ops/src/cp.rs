@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::OpsError;
+
 /// The keys of `config.toml` the operator tools need (the agent owns the full
 /// schema and validates it; unknown keys are fine here).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -19,10 +21,10 @@ pub struct ConfigView {
 
 impl ConfigView {
     /// Read `<home>/config.toml`; `Err` names the file and the reason.
-    pub fn load(home: &Path) -> Result<ConfigView, String> {
-        let p = molt_layout::Home::new(home).config_file();
-        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    pub fn load(home: &Path) -> Result<ConfigView, OpsError> {
+        let path = molt_layout::Home::new(home).config_file();
+        let text = std::fs::read_to_string(&path).map_err(molt_layout::io_err(&path))?;
+        toml::from_str(&text).map_err(|source| OpsError::Config { path, source })
     }
 
     /// The agent token (inline or from `token_file`, relative to `home`).
@@ -57,7 +59,7 @@ pub fn get_json(
     path: &str,
     token: &str,
     timeout: Duration,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, OpsError> {
     let url = format!("{}{}", base.trim_end_matches('/'), path);
     let agent = ureq::AgentBuilder::new().timeout(timeout).build();
     match agent
@@ -67,16 +69,23 @@ pub fn get_json(
     {
         Ok(r) => r
             .into_json::<serde_json::Value>()
-            .map_err(|e| format!("{url}: unexpected answer: {e}")),
+            .map_err(|source| OpsError::Answer { url, source }),
         Err(ureq::Error::Status(code, r)) => {
             let body = r.into_string().unwrap_or_default();
             let msg = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_string))
                 .unwrap_or(body);
-            Err(format!("{url}: HTTP {code}: {msg}"))
+            Err(OpsError::Http {
+                url,
+                code,
+                message: msg,
+            })
         }
-        Err(e) => Err(format!("control plane unreachable at {url}: {e}")),
+        Err(ureq::Error::Transport(t)) => Err(OpsError::Unreachable {
+            url,
+            source: Box::new(t),
+        }),
     }
 }
 

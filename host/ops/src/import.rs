@@ -37,7 +37,7 @@ pub struct Imported {
 pub fn trusted_root_path(home: &Home) -> PathBuf {
     match crate::cp::ConfigView::load(home.root()) {
         Ok(c) => c.trust_root(home.root()),
-        Err(_) => home.state_dir().join(molt_bundle::store::ROOT_FILE),
+        Err(_) => home.trusted_root_file(),
     }
 }
 

@@ -22,12 +22,7 @@ use std::path::PathBuf;
 /// Errors of the operator tools; each names the thing and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Also every io error of the tools ([`io_err`]: the layout's, naming the path).
     #[error(transparent)]
     Layout(#[from] molt_layout::LayoutError),
     #[error(transparent)]
@@ -42,13 +37,37 @@ pub enum OpsError {
     Package { path: PathBuf, reason: String },
     #[error("repair of {home}: {reason}")]
     Repair { home: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The control plane answered with an error status (its `error` text).
+    #[error("{url}: HTTP {code}: {message}")]
+    Http {
+        url: String,
+        code: u16,
+        message: String,
+    },
+    #[error("{url}: unexpected answer: {source}")]
+    Answer {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control plane unreachable at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: Box<ureq::Transport>,
+    },
 }
 
+/// Map an io error to the layout's error naming the path: the tools and the
+/// layout have one io error.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
-    move |source| OpsError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |e| molt_layout::io_err(path)(e).into()
 }
 
 #[cfg(test)]

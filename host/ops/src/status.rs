@@ -88,6 +88,20 @@ pub struct IssueView {
     pub from: String,
 }
 
+impl IssueView {
+    /// An issue from its JSON (a queued finding or the admin API's issue).
+    fn from_json(v: &serde_json::Value, source: String, from: &str) -> IssueView {
+        let text = |k: &str, default: &str| v[k].as_str().unwrap_or(default).to_string();
+        IssueView {
+            source,
+            code: text("code", "?"),
+            severity: text("severity", "?"),
+            description: text("description", ""),
+            from: from.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DeployInProgress {
     pub from_version: String,
@@ -374,13 +388,11 @@ fn local_issues(ev: &Evidence) -> Vec<IssueView> {
         // Each report replaces the previous one of its source.
         out.retain(|i: &IssueView| i.source != src);
         for f in q.body["findings"].as_array().into_iter().flatten() {
-            out.push(IssueView {
-                source: src.clone(),
-                code: f["code"].as_str().unwrap_or("?").into(),
-                severity: f["severity"].as_str().unwrap_or("?").into(),
-                description: f["description"].as_str().unwrap_or("").into(),
-                from: "local (not yet delivered)".into(),
-            });
+            out.push(IssueView::from_json(
+                f,
+                src.clone(),
+                "local (not yet delivered)",
+            ));
         }
     }
     out
@@ -453,13 +465,9 @@ fn ask_control_plane(
         Ok(v) => {
             r.issues.retain(|i| i.from != "control plane");
             for i in v.as_array().into_iter().flatten() {
-                r.issues.push(IssueView {
-                    source: i["source"].as_str().unwrap_or("?").into(),
-                    code: i["code"].as_str().unwrap_or("?").into(),
-                    severity: i["severity"].as_str().unwrap_or("?").into(),
-                    description: i["description"].as_str().unwrap_or("").into(),
-                    from: "control plane".into(),
-                });
+                let source = i["source"].as_str().unwrap_or("?").to_string();
+                r.issues
+                    .push(IssueView::from_json(i, source, "control plane"));
             }
         }
         Err(e) => r.notes.push(format!("issues: {e}")),
@@ -677,6 +685,18 @@ mod tests {
         );
     }
 
+    /// `molt status` of `h` after the agent `pid` wrote that v1 is Up.
+    fn status_after_up(h: &Home, pid: u32, opts: StatusOptions) -> StatusReport {
+        h.write_status(&molt_layout::AgentStatus {
+            pid,
+            version: "v1".into(),
+            status: AgentStatus::Up,
+            since: Utc::now(),
+        })
+        .unwrap();
+        status(h, &opts)
+    }
+
     #[test]
     fn an_unreachable_control_plane_still_shows_local_state() {
         let d = tempfile::tempdir().unwrap();
@@ -689,16 +709,10 @@ mod tests {
         std::fs::write(h.config_file(), format!("control_plane_url = \"http://127.0.0.1:{port}\"\nagent_name = \"a1\"\ntoken = \"t\"\n")).unwrap();
         std::fs::create_dir_all(h.version_dir("v1").join("meta")).unwrap();
         std::os::unix::fs::symlink("versions/v1", h.current_link()).unwrap();
-        h.write_status(&molt_layout::AgentStatus {
-            pid: std::process::id(),
-            version: "v1".into(),
-            status: AgentStatus::Up,
-            since: Utc::now(),
-        })
-        .unwrap();
-        let r = status(
+        let r = status_after_up(
             &h,
-            &StatusOptions {
+            std::process::id(),
+            StatusOptions {
                 timeout: Duration::from_millis(500),
                 ..Default::default()
             },
@@ -719,16 +733,10 @@ mod tests {
     fn a_dead_agent_process_is_shown_down() {
         let d = tempfile::tempdir().unwrap();
         let h = Home::new(d.path());
-        h.write_status(&molt_layout::AgentStatus {
-            pid: 999_999_997,
-            version: "v1".into(),
-            status: AgentStatus::Up,
-            since: Utc::now(),
-        })
-        .unwrap();
-        let r = status(
+        let r = status_after_up(
             &h,
-            &StatusOptions {
+            999_999_997,
+            StatusOptions {
                 offline: true,
                 ..Default::default()
             },
