@@ -140,6 +140,15 @@ impl Home {
     pub fn hold_marker(&self) -> PathBuf {
         self.conf_dir().join("deploy.hold")
     }
+    /// `<home>/work/precheck-staging`: the checks' read-write `/staging` preopen.
+    pub fn precheck_staging_dir(&self) -> PathBuf {
+        self.work_dir().join("precheck-staging")
+    }
+    /// `<home>/current/runtime/VERSION`: the active runtime's version (a file of
+    /// the runtime package; the checks' `runtime_version` fact).
+    pub fn current_runtime_version_file(&self) -> PathBuf {
+        self.current_link().join("runtime").join("VERSION")
+    }
     /// The meta directory of a version: `<home>/versions/<v>/meta`.
     pub fn meta_dir_of(&self, version: &str) -> PathBuf {
         meta_dir_in(&self.version_dir(version))

@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some("native") => {
             use molt_check_logic::{ServiceState, checks, fileops};
-            let f = facts.to_logic();
+            let f = facts.facts;
             let p: Vec<(String, String)> = vec![("min_free".into(), "1GiB".into())];
             let probe = molt_check_logic::Probe {
                 url: DL.into(),
@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 detail: String::new(),
             };
             let scratch = home.join("scratch");
-            let staging = home.join("work/precheck-staging");
+            let staging = molt_layout::Home::new(&home).precheck_staging_dir();
             std::fs::create_dir_all(&scratch)?;
             std::fs::create_dir_all(&staging)?;
             let mut out = checks::disk_space(&f, &p);

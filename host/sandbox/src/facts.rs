@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+use molt_layout::Home;
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::precheck as pb;
 use crate::engine::HostState;
 use crate::error::SandboxError;
 use crate::services::{FileHolder, ServiceState, file_holders, replaced_dir};
+pub use molt_check_logic::Facts;
 
 /// A simulated outcome of `net.probe` for one URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,26 +30,17 @@ pub struct ProbeOutcome {
 }
 
 /// Everything the `facts` and `services` imports report (and simulated `net` outcomes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFacts {
-    pub os: String,
-    pub arch: String,
-    pub is_64bit: bool,
-    pub libc_version: Option<String>,
-    pub install_free_bytes: u64,
-    pub temp_free_bytes: u64,
-    pub service_account: String,
-    pub privileged: bool,
-    pub runtime_version: Option<String>,
-    pub agent_pid: u32,
+    /// What the `facts` import reports, as the check logic's own type: the
+    /// guests and the native benchmark read the very same fields.
+    pub facts: Facts,
     /// The agent's own service (excluded from `sharing_install_dir`).
     pub service_name: Option<String>,
     pub service_state: ServiceState,
     pub file_holders: Vec<FileHolder>,
     pub sharing_install_dir: Vec<String>,
     /// Simulated probe outcomes by URL; other allow-listed URLs are probed for real.
-    #[serde(default)]
     pub net: BTreeMap<String, ProbeOutcome>,
 }
 
@@ -162,7 +155,7 @@ enum RightsError {
 /// companion unit, and `molt run` restarts whatever account runs it.)
 /// `Err` says what is missing.
 fn upgrade_rights(install_dir: &Path, own_unit: Option<&str>) -> Result<(), RightsError> {
-    let work = install_dir.join("work");
+    let work = Home::new(install_dir).work_dir();
     let probe = if work.is_dir() {
         work
     } else {
@@ -204,18 +197,22 @@ impl HostFacts {
             ServiceState::NotInstalled
         };
         Ok(HostFacts {
-            os: os_name().to_string(),
-            arch: arch_name(),
-            is_64bit: cfg!(target_pointer_width = "64"),
-            libc_version: glibc_version(),
-            install_free_bytes: free_bytes(install_dir)?,
-            temp_free_bytes: free_bytes(temp_dir)?,
-            service_account,
-            privileged,
-            runtime_version: std::fs::read_to_string(install_dir.join("current/runtime/VERSION"))
+            facts: Facts {
+                os: os_name().to_string(),
+                arch: arch_name(),
+                is_64bit: cfg!(target_pointer_width = "64"),
+                libc_version: glibc_version(),
+                install_free_bytes: free_bytes(install_dir)?,
+                temp_free_bytes: free_bytes(temp_dir)?,
+                service_account,
+                privileged,
+                runtime_version: std::fs::read_to_string(
+                    Home::new(install_dir).current_runtime_version_file(),
+                )
                 .ok()
                 .map(|s| s.trim().to_string()),
-            agent_pid: std::process::id(),
+                agent_pid: std::process::id(),
+            },
             sharing_install_dir: molt_layout::systemd::units_serving(
                 install_dir,
                 own_unit.as_deref(),
@@ -231,16 +228,18 @@ impl HostFacts {
     /// 64-bit glibc Linux host with 10 GiB free, run as root.
     pub fn healthy() -> HostFacts {
         HostFacts {
-            os: "linux".into(),
-            arch: "x86-64".into(),
-            is_64bit: true,
-            libc_version: Some("2.36".into()),
-            install_free_bytes: 10 << 30,
-            temp_free_bytes: 10 << 30,
-            service_account: "uid=0(root)".into(),
-            privileged: true,
-            runtime_version: Some("21.0.2".into()),
-            agent_pid: std::process::id(),
+            facts: Facts {
+                os: "linux".into(),
+                arch: "x86-64".into(),
+                is_64bit: true,
+                libc_version: Some("2.36".into()),
+                install_free_bytes: 10 << 30,
+                temp_free_bytes: 10 << 30,
+                service_account: "uid=0(root)".into(),
+                privileged: true,
+                runtime_version: Some("21.0.2".into()),
+                agent_pid: std::process::id(),
+            },
             service_name: Some("molt-agent.service".into()),
             service_state: ServiceState::Running,
             file_holders: Vec::new(),
@@ -260,26 +259,15 @@ impl HostFacts {
             reason: e.to_string(),
         })?;
         macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = f.$field { self.$field = v; } )* };
+            ($to:expr; $($field:ident),*) => { $( if let Some(v) = f.$field { $to.$field = v; } )* };
         }
-        set!(
-            os,
-            arch,
-            is_64bit,
-            install_free_bytes,
-            temp_free_bytes,
-            service_account,
-            privileged,
-            agent_pid,
-            service_state,
-            file_holders,
-            sharing_install_dir
-        );
+        set!(self.facts; os, arch, is_64bit, install_free_bytes, temp_free_bytes, service_account, privileged, agent_pid);
+        set!(self; service_state, file_holders, sharing_install_dir);
         if let Some(v) = f.libc_version {
-            self.libc_version = (!v.is_empty()).then_some(v);
+            self.facts.libc_version = (!v.is_empty()).then_some(v);
         }
         if let Some(v) = f.runtime_version {
-            self.runtime_version = (!v.is_empty()).then_some(v);
+            self.facts.runtime_version = (!v.is_empty()).then_some(v);
         }
         if let Some(v) = f.service_name {
             self.service_name = (!v.is_empty()).then_some(v);
@@ -314,27 +302,11 @@ impl HostFacts {
             .cloned()
             .collect()
     }
-
-    /// The same facts as the plain-Rust type the check logic uses.
-    pub fn to_logic(&self) -> molt_check_logic::Facts {
-        molt_check_logic::Facts {
-            os: self.os.clone(),
-            arch: self.arch.clone(),
-            is_64bit: self.is_64bit,
-            libc_version: self.libc_version.clone(),
-            install_free_bytes: self.install_free_bytes,
-            temp_free_bytes: self.temp_free_bytes,
-            service_account: self.service_account.clone(),
-            privileged: self.privileged,
-            runtime_version: self.runtime_version.clone(),
-            agent_pid: self.agent_pid,
-        }
-    }
 }
 
 impl pb::molt::check::facts::Host for HostState {
     fn get(&mut self) -> pb::molt::check::facts::HostFacts {
-        let f = &self.facts;
+        let f = &self.facts.facts;
         pb::molt::check::facts::HostFacts {
             os: f.os.clone(),
             arch: f.arch.clone(),
@@ -363,10 +335,10 @@ mod tests {
     fn probe_reads_this_host() {
         let d = tempfile::tempdir().unwrap();
         let f = HostFacts::probe(d.path(), d.path()).unwrap();
-        assert_eq!(f.os, "linux");
-        assert!(f.install_free_bytes > 0);
-        assert!(f.service_account.starts_with("uid="));
-        assert_eq!(f.agent_pid, std::process::id());
+        assert_eq!(f.facts.os, "linux");
+        assert!(f.facts.install_free_bytes > 0);
+        assert!(f.facts.service_account.starts_with("uid="));
+        assert_eq!(f.facts.agent_pid, std::process::id());
     }
 
     #[test]
@@ -377,9 +349,9 @@ mod tests {
                 Path::new("facts.toml"),
             )
             .unwrap();
-        assert_eq!(f.install_free_bytes, 5);
-        assert_eq!(f.libc_version.as_deref(), Some("2.12"));
-        assert_eq!(f.temp_free_bytes, 10 << 30);
+        assert_eq!(f.facts.install_free_bytes, 5);
+        assert_eq!(f.facts.libc_version.as_deref(), Some("2.12"));
+        assert_eq!(f.facts.temp_free_bytes, 10 << 30);
         assert_eq!(f.net.len(), 1);
         let e = HostFacts::healthy()
             .with_overrides_str("disk = 1", Path::new("facts.toml"))

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use molt_bundle::text::{MAX_CODE, sanitize};
 use molt_bundle::{Component as ManifestComponent, Manifest};
+use molt_layout::Home;
 use wasmtime::component::Component;
 use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -367,7 +368,7 @@ impl Sandbox {
                     })?;
             }
             if p.grant.preopens.contains(&Preopen::Staging) {
-                let dir = ctx.install_dir.join("work").join("precheck-staging");
+                let dir = Home::new(&ctx.install_dir).precheck_staging_dir();
                 match std::fs::create_dir_all(&dir) {
                     Ok(()) => {
                         b.preopened_dir(&dir, "/staging", FsPerms::ReadWrite)

@@ -108,13 +108,12 @@ impl Sandbox {
             .map_err(|e| err(e.to_string()))?;
         // The platform the selector decides for is the host's, as the caller
         // probed it (or a simulation gave it): never made-up defaults.
-        let facts = Arc::new(HostFacts {
-            os: input.os.clone(),
-            arch: input.arch.clone(),
-            is_64bit: input.is_64bit,
-            libc_version: input.libc_version.clone(),
-            ..HostFacts::healthy()
-        });
+        let mut facts = HostFacts::healthy();
+        facts.facts.os = input.os.clone();
+        facts.facts.arch = input.arch.clone();
+        facts.facts.is_64bit = input.is_64bit;
+        facts.facts.libc_version = input.libc_version.clone();
+        let facts = Arc::new(facts);
         // Own thread: sync WASI must not run on a tokio worker (it would block_on).
         let res = std::thread::scope(|s| {
             s.spawn(|| -> Result<Plan, SelectFailure> {

@@ -2,6 +2,7 @@
 //! the install dir (probed here, or given in a facts.toml through `HostFacts`).
 use std::path::{Path, PathBuf};
 
+use molt_layout::Home;
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::precheck as pb;
@@ -62,7 +63,7 @@ pub fn file_holders(dir: &Path) -> Vec<FileHolder> {
 /// (conf/, logs/ and work/ are never replaced, and the service's own lock
 /// and log files there are not in the way), else the whole dir.
 pub(crate) fn replaced_dir(install_dir: &Path) -> PathBuf {
-    let v = install_dir.join("versions");
+    let v = Home::new(install_dir).versions_dir();
     if v.is_dir() {
         v
     } else {

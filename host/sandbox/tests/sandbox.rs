@@ -151,16 +151,16 @@ fn standard_suite_passes_on_a_healthy_host() {
 fn standard_checks_block_and_warn_on_simulated_facts() {
     use Severity::*;
     let mut f = healthy();
-    f.install_free_bytes = 100 << 20; // blocking
-    f.temp_free_bytes = (1 << 30) + 1; // warning (below 2 GiB)
-    f.service_account = "uid=998(molt)".into();
-    f.privileged = false;
-    f.is_64bit = false;
+    f.facts.install_free_bytes = 100 << 20; // blocking
+    f.facts.temp_free_bytes = (1 << 30) + 1; // warning (below 2 GiB)
+    f.facts.service_account = "uid=998(molt)".into();
+    f.facts.privileged = false;
+    f.facts.is_64bit = false;
     f.sharing_install_dir = vec!["molt-agent.service".into(), "other-agent.service".into()];
     f.service_state = ServiceState::Running;
     f.file_holders = vec![
         FileHolder {
-            pid: f.agent_pid,
+            pid: f.facts.agent_pid,
             name: "molt".into(),
             path: "/x/lib/a.jar".into(),
         },
@@ -207,14 +207,14 @@ fn standard_checks_block_and_warn_on_simulated_facts() {
     );
 
     let mut f = healthy();
-    f.service_account = "???".into();
+    f.facts.service_account = "???".into();
     f.service_state = ServiceState::NotInstalled;
     f.file_holders = vec![FileHolder {
         pid: 9,
         name: "updatedb".into(),
         path: "/x/a".into(),
     }];
-    f.libc_version = Some("2.12".into());
+    f.facts.libc_version = Some("2.12".into());
     f.net
         .insert(DL.into(), probe(false, Some("http"), Some(503), "HTTP 503"));
     let r = run_suite(f);
@@ -240,7 +240,7 @@ fn runtime_compat_blocks_when_the_runtime_is_required() {
     let (dir, m) = open_bundle("precheck");
     let home = fresh_dir("home").unwrap();
     let mut f = healthy();
-    f.libc_version = Some("2.12".into());
+    f.facts.libc_version = Some("2.12".into());
     let mut c = ctx(&home, f);
     c.params.insert("runtime_required".into(), "true".into());
     let sb = sandbox(Policy::default()).unwrap();

@@ -296,8 +296,8 @@ impl<P: ControlPlane> Pipeline<'_, P> {
                         path: f.clone(),
                         source,
                     })?;
-                (os, arch, is_64bit, libc_version) =
-                    (sim.os, sim.arch, sim.is_64bit, sim.libc_version);
+                let f = sim.facts;
+                (os, arch, is_64bit, libc_version) = (f.os, f.arch, f.is_64bit, f.libc_version);
             }
             let input = molt_sandbox::SelectorInput {
                 installed: installed.iter().map(|p| p.name.clone()).collect(),
