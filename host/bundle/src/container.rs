@@ -656,6 +656,16 @@ pub fn read_small_entry(
     check_crc: bool,
 ) -> Result<Vec<u8>, BundleError> {
     let e = layout.entries[index].clone();
+    check_small(path, &e, max)?;
+    let raw = read_at(file, path, e.data_off, e.csize)?;
+    let data = small_entry_data(path, &e, &raw, check_crc)?;
+    layout.parsed.push((e.data_off, raw));
+    Ok(data)
+}
+
+/// Refuse an entry (the manifest, the signature slot) read whole into memory
+/// when it is larger than `max` bytes, compressed or not.
+pub(crate) fn check_small(path: &Path, e: &RawEntry, max: u64) -> Result<(), BundleError> {
     if e.csize > max || e.usize > max {
         return Err(entry_err(
             path,
@@ -663,16 +673,27 @@ pub fn read_small_entry(
             format!("larger than the limit of {max} bytes"),
         ));
     }
-    let raw = read_at(file, path, e.data_off, e.csize)?;
+    Ok(())
+}
+
+/// The content of a small entry from its `raw` data (whole file or ranged
+/// read): inflated with its declared size as the bound, that size checked,
+/// and with `check_crc` its CRC-32.
+pub(crate) fn small_entry_data(
+    path: &Path,
+    e: &RawEntry,
+    raw: &[u8],
+    check_crc: bool,
+) -> Result<Vec<u8>, BundleError> {
     let data = if e.method == METHOD_DEFLATED {
         let mut out = Vec::with_capacity(e.usize as usize);
-        flate2::read::DeflateDecoder::new(&raw[..])
+        flate2::read::DeflateDecoder::new(raw)
             .take(e.usize + 1)
             .read_to_end(&mut out)
             .map_err(|err| entry_err(path, &e.name, format!("cannot inflate: {err}")))?;
         out
     } else {
-        raw.clone()
+        raw.to_vec()
     };
     if data.len() as u64 != e.usize {
         return Err(BundleError::SizeMismatch {
@@ -690,7 +711,6 @@ pub fn read_small_entry(
             "CRC-32 does not match the content",
         ));
     }
-    layout.parsed.push((e.data_off, raw));
     Ok(data)
 }
 

@@ -36,9 +36,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 
 use crate::buildstamp::Buildstamp;
-use crate::container::{
-    self, Eocd, LOCAL_LEN, Limits, METHOD_DEFLATED, RawEntry, SIGNATURES_PATH, SIGNATURES_SIZE,
-};
+use crate::container::{self, Eocd, LOCAL_LEN, Limits, RawEntry, SIGNATURES_PATH, SIGNATURES_SIZE};
 use crate::error::BundleError;
 use crate::schema::{Manifest, SignatureFileV2, SignedRoot};
 use crate::verify::{EntryLocation, VerifyOptions};
@@ -265,46 +263,10 @@ pub fn verify_remote(
         .limits
         .max_manifest_size
         .min(opts.limits.max_manifest_size);
-    if m.csize > max || m.usize > max {
-        return Err(BundleError::Entry {
-            bundle: src.clone(),
-            entry: m.name.clone(),
-            reason: format!("larger than the limit of {max} bytes"),
-        });
-    }
+    container::check_small(src, m, max)?;
     let hlen = (m.data_off - m.local_off) as usize;
     container::check_local_header(src, m, &manifest_span[..hlen], layout.cd_record(m))?;
-    let raw = &manifest_span[hlen..];
-    let bytes = if m.method == METHOD_DEFLATED {
-        let mut out = Vec::with_capacity(m.usize as usize);
-        flate2::read::DeflateDecoder::new(raw)
-            .take(m.usize + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| BundleError::Entry {
-                bundle: src.clone(),
-                entry: m.name.clone(),
-                reason: format!("cannot inflate: {e}"),
-            })?;
-        out
-    } else {
-        raw.to_vec()
-    };
-    if bytes.len() as u64 != m.usize {
-        return Err(BundleError::SizeMismatch {
-            bundle: src.clone(),
-            entry: m.name.clone(),
-            declared: m.usize,
-            actual_what: "inflated to",
-            actual: bytes.len() as u64,
-        });
-    }
-    if crc32fast::hash(&bytes) != m.crc {
-        return Err(BundleError::Entry {
-            bundle: src.clone(),
-            entry: m.name.clone(),
-            reason: "CRC-32 does not match the content".into(),
-        });
-    }
+    let bytes = container::small_entry_data(src, m, &manifest_span[hlen..], true)?;
     // Signatures before parsing: nothing unsigned reaches the JSON parser.
     // The role comes from the manifest's `kind`; read it leniently first, then
     // parse strictly once the signature holds (a wrong kind means a wrong role,
@@ -912,7 +874,7 @@ mod tests {
             .iter()
             .find(|e| e.name == "lib/text-001.txt")
             .unwrap();
-        assert_eq!(txt.method, METHOD_DEFLATED);
+        assert_eq!(txt.method, container::METHOD_DEFLATED);
         let mut m = file.clone();
         m[(txt.cd_rec_off + 10) as usize] = 0;
         m[(txt.local_off + 8) as usize] = 0;
