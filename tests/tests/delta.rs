@@ -8,31 +8,20 @@
 //! agent falls back to the full download, says why, and the upgrade completes.
 //! A tampered entry: the delta refuses it, the full download is refused by its
 //! signature, the attempt fails with the reason and nothing changed on disk.
+#[path = "server_common/one_agent.rs"]
+mod one_agent;
 mod ops_common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use molt_e2e::agent_fx::noise_from as noise;
+use one_agent::{control_plane, install_v1, stage, wait_attempt_to};
 use ops_common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 const BIG: usize = 512 * 1024;
-
-/// Incompressible bytes from `seed` (so the package is big on the wire and the
-/// bytes of an entry can be found in the zip).
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// The changed file of `v`.
 fn changed(v: &str) -> Vec<u8> {
@@ -51,83 +40,13 @@ fn release(k: &Kit, v: &str) -> PathBuf {
     k.light_core(v, PackOpts::default(), &extra)
 }
 
-/// nginx serving `www` (packages under `/packages/`); `conf` is extra
-/// `http`-level configuration (e.g. `max_ranges 0;`). Stopped on drop with
-/// SIGTERM, which makes the master stop its worker too (a SIGKILL would
-/// leave the worker running).
-struct Nginx {
-    master: std::process::Child,
-    url: String,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        sigterm(self.master.id());
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.master.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.master.kill();
-        let _ = self.master.wait();
-    }
-}
-
-fn nginx(dir: &Path, www: &Path, conf: &str) -> Nginx {
-    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("nginx is required for this test (apt-get install nginx-light)");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::create_dir_all(dir).unwrap();
-    let cfg = dir.join("nginx.conf");
-    // `user root`: run as root (as in CI), the workers must read the test's
-    // 0700 temporary directory (nginx ignores the line when not root).
-    std::fs::write(
-        &cfg,
-        format!(
-            "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log {d}/access.log;\n  {conf}\n  server {{\n    listen 127.0.0.1:{port};\n    root {www};\n  }}\n}}\n",
-            d = dir.display(),
-            www = www.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&cfg)
-        .arg("-p")
-        .arg(dir)
-        .args(["-g", "daemon off;"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("nginx.stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let n = Nginx {
-        master: child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    wait_for("nginx to listen", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    n
-}
-
 /// V1 installed under the supervisor, V1 and V2 released, a control plane
 /// assigning V2 whose package site is `site(packages dir)` (None: itself).
 struct Setup {
     _k: Kit,
     h: molt_layout::Home,
     cp: Cp,
-    _nginx: Option<Nginx>,
+    _nginx: Option<molt_e2e::nginx::Nginx>,
 }
 
 fn setup(site: Option<&str>, tamper: bool) -> Setup {
@@ -151,24 +70,15 @@ fn setup(site: Option<&str>, tamper: bool) -> Setup {
     let www = k.dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::os::unix::fs::symlink(k.packages_dir(), www.join("packages")).unwrap();
-    let ngx = site.map(|conf| nginx(&k.dir.path().join("nginx"), &www, conf));
+    let root = format!("root {};", www.display());
+    let ngx = site.map(|conf| molt_e2e::nginx::start(&k.dir.path().join("nginx"), conf, &root));
     let base = ngx.as_ref().map(|n| format!("{}/packages", n.url));
     let mut args = vec!["--fleet-version", V2];
     if let Some(b) = &base {
         args.extend(["--package-base-url", b.as_str()]);
     }
-    let cp = serve(&k.dir.path().join("cp"), &k.packages_dir(), &args);
-    let h = k.install_packages(
-        &k.dir.path().join("agent"),
-        V1,
-        &cp.url,
-        std::slice::from_ref(&core1),
-    );
-    agent_config(
-        &h,
-        &cp.url,
-        "run_precheck = false\nhealth_timeout_secs = 30\nstop_timeout_secs = 10\n",
-    );
+    let cp = control_plane(&k, &args);
+    let h = install_v1(&k, &cp.url, &core1);
     Setup {
         _k: k,
         h,
@@ -179,30 +89,12 @@ fn setup(site: Option<&str>, tamper: bool) -> Setup {
 
 /// The attempt to V2, once it has a result.
 fn wait_attempt(url: &str, h: &molt_layout::Home) -> Value {
-    let mut a = Value::Null;
-    wait_for("the attempt to V2 to end", T, || {
-        a = admin(url, "GET", "/api/v1/admin/agents/a1/attempts", json!({}))
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|a| a["to_version"] == V2)
-            .unwrap_or(Value::Null);
-        a["result"].as_str().is_some_and(|r| !r.is_empty())
-    });
-    assert!(
-        !a.is_null(),
-        "no attempt: {}",
-        std::fs::read_to_string(h.agent_log()).unwrap_or_default()
-    );
-    a
+    wait_attempt_to(url, h, V2)
 }
 
 fn download_message(a: &Value) -> String {
-    a["stages"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["stage"] == "Download Upgrade Packages"))
-        .and_then(|s| s["message"].as_str())
+    stage(a, "Download Upgrade Packages")["message"]
+        .as_str()
         .unwrap_or_default()
         .to_string()
 }

@@ -7,14 +7,14 @@
 //! own cluster and replicas; what they must agree on goes through the database.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use molt_e2e::kit::pg::PgServer;
 use molt_e2e::kit::proc::Proc;
-use molt_e2e::kit::wait;
+use molt_e2e::kit::{serve, wait};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
@@ -34,6 +34,7 @@ struct Replica {
 struct Fleet {
     pg: PgServer,
     dir: tempfile::TempDir,
+    packages: PathBuf,
     replicas: Vec<Replica>,
     http: Client,
 }
@@ -56,17 +57,24 @@ fn write_release(dir: &Path, version: &str) {
 
 impl Fleet {
     /// A fresh cluster and `n` replicas sharing its database, one packages
-    /// directory, one logs directory and one admin-token file.
+    /// directory (releases V1 and V2 of placeholder files), one logs
+    /// directory and one admin-token file.
     fn start(n: usize, extra: &[&str]) -> Fleet {
-        let pg = PgServer::start();
         let dir = tempfile::tempdir().unwrap();
         let packages = dir.path().join("packages");
         write_release(&packages, V1);
         write_release(&packages, V2);
+        Fleet::serving(dir, packages, n, extra)
+    }
+
+    /// As [`Fleet::start`], the replicas serving `packages`.
+    fn serving(dir: tempfile::TempDir, packages: PathBuf, n: usize, extra: &[&str]) -> Fleet {
+        let pg = PgServer::start();
         std::fs::write(dir.path().join("admin-token"), format!("{ADMIN}\n")).unwrap();
         let mut f = Fleet {
             pg,
             dir,
+            packages,
             replicas: Vec::new(),
             http: Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -83,41 +91,15 @@ impl Fleet {
     fn spawn(&self, name: &str, extra: &[&str]) -> Replica {
         let d = self.dir.path();
         let log = d.join(format!("{name}.log"));
-        let mut child = Command::new(molt_e2e::kit::bin::molt_bin())
-            .args(["serve", "--db", &self.pg.url(), "--packages"])
-            .arg(d.join("packages"))
+        let mut cmd = serve::command();
+        cmd.args(["--db", &self.pg.url(), "--packages"])
+            .arg(&self.packages)
             .args(["--listen", "127.0.0.1:0", "--admin-token-file"])
             .arg(d.join("admin-token"))
             .arg("--logs-dir")
             .arg(d.join("logs"))
-            .args(extra)
-            .env("MOLT_LOG", "info")
-            .env_remove("MOLT_ADMIN_TOKEN")
-            .env_remove("MOLT_HOME")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let proc = Proc::new(child, name);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(u) = line.strip_prefix("control plane listening on ") {
-                    let _ = tx.send(u.trim().to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{name} did not print its URL within 60 s ({e}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
+            .args(extra);
+        let (proc, url) = serve::listening(cmd, name, &log, Duration::from_secs(60));
         Replica { proc, url, log }
     }
 
@@ -145,9 +127,20 @@ impl Fleet {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        self.admin_at(self.url(i), method, path, body).await
+    }
+
+    /// An admin call to `base` (a replica, or the load balancer in front).
+    async fn admin_at(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut rq = self
             .http
-            .request(method, format!("{}{path}", self.url(i)))
+            .request(method, format!("{base}{path}"))
             .bearer_auth(ADMIN);
         if let Some(b) = body {
             rq = rq.json(&b);
@@ -155,6 +148,11 @@ impl Fleet {
         let r = rq.send().await.unwrap();
         let st = r.status();
         (st, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET path` on replica `i` as the admin.
+    async fn get(&self, i: usize, path: &str) -> (StatusCode, Value) {
+        self.admin(i, reqwest::Method::GET, path, None).await
     }
 
     /// Registers `name` through replica `i`; returns its token.
@@ -219,6 +217,12 @@ fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs `fut` to completion from a blocking closure inside a multi-threaded
+/// tokio test (e.g. a [`wait::poll`] condition).
+fn block<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(fut))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_registered_on_a_authenticates_on_b_and_c_and_is_refused_on_b_once_deleted_on_a() {
     let f = Fleet::start(3, &[]);
@@ -251,15 +255,10 @@ async fn an_agent_registered_on_a_authenticates_on_b_and_c_and_is_refused_on_b_o
     assert_eq!(st, StatusCode::OK, "{v}");
     let t0 = Instant::now();
     let refused = wait::poll(Duration::from_secs(5), || {
-        let f = &f;
-        let token = &token;
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(async move {
-                f.agent_get(1, "/api/v1/agent/self", token)
-                    .await
-                    .map(|r| r.status() == StatusCode::UNAUTHORIZED)
-                    .unwrap_or(false)
-            })
+        block(async {
+            f.agent_get(1, "/api/v1/agent/self", &token)
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::UNAUTHORIZED)
         })
     });
     assert!(
@@ -333,16 +332,14 @@ async fn readyz_answers_503_on_every_replica_when_postgresql_stops_and_recovers_
     let urls: Vec<String> = f.replicas.iter().map(|r| r.url.clone()).collect();
     let status = |url: String, path: &'static str, token: Option<String>| {
         let http = http.clone();
-        tokio::task::block_in_place(move || {
-            tokio::runtime::Handle::current().block_on(async move {
-                let mut rq = http
-                    .get(format!("{url}{path}"))
-                    .timeout(Duration::from_secs(3));
-                if let Some(t) = token {
-                    rq = rq.bearer_auth(t);
-                }
-                rq.send().await.map(|r| r.status()).ok()
-            })
+        block(async move {
+            let mut rq = http
+                .get(format!("{url}{path}"))
+                .timeout(Duration::from_secs(3));
+            if let Some(t) = token {
+                rq = rq.bearer_auth(t);
+            }
+            rq.send().await.map(|r| r.status()).ok()
         })
     };
     for u in &urls {
@@ -548,6 +545,25 @@ async fn call_any(
     panic!("no replica answered {method} {path}");
 }
 
+/// Simulated agent `i`'s heartbeat: Up on `version` as `pid`, labelled with
+/// its `site`.
+async fn sim_heartbeat(
+    f: &Fleet,
+    turn: &mut usize,
+    i: usize,
+    token: &str,
+    version: &str,
+    pid: usize,
+    site: &str,
+) -> StatusCode {
+    let hb = json!({ "host": format!("sim-host-{i}"), "version": version, "status": "Up",
+        "pid": pid, "labels": { "site": site } });
+    let path = "/api/v1/agent/heartbeat";
+    call_any(f, turn, reqwest::Method::POST, path, token, Some(&hb))
+        .await
+        .0
+}
+
 /// A simulated agent following a rollout: heartbeat, assigned, and when the
 /// assignment changes a slot, an attempt with its stages, the finish, the new
 /// version's heartbeat and the release.
@@ -562,17 +578,7 @@ async fn simulated_agent(
     let mut turn = i;
     let mut current = V1.to_string();
     while !stop.load(Ordering::Acquire) {
-        let hb = json!({ "host": format!("sim-host-{i}"), "version": current, "status": "Up",
-            "pid": 1000 + i, "labels": { "site": site } });
-        call_any(
-            &f,
-            &mut turn,
-            Method::POST,
-            "/api/v1/agent/heartbeat",
-            &token,
-            Some(&hb),
-        )
-        .await;
+        sim_heartbeat(&f, &mut turn, i, &token, &current, 1000 + i, site).await;
         let (st, a) = call_any(
             &f,
             &mut turn,
@@ -635,17 +641,7 @@ async fn simulated_agent(
                 .await;
                 assert_eq!(st, StatusCode::OK, "finish: {v}");
                 current = to;
-                let hb = json!({ "host": format!("sim-host-{i}"), "version": current, "status": "Up",
-                    "pid": 2000 + i, "labels": { "site": site } });
-                call_any(
-                    &f,
-                    &mut turn,
-                    Method::POST,
-                    "/api/v1/agent/heartbeat",
-                    &token,
-                    Some(&hb),
-                )
-                .await;
+                sim_heartbeat(&f, &mut turn, i, &token, &current, 2000 + i, site).await;
                 call_any(
                     &f,
                     &mut turn,
@@ -683,13 +679,9 @@ async fn a_replica_killed_mid_rollout_the_others_complete_it_with_every_history_
     }
     // The agents must have reported their labels before the rollout groups them.
     for (i, (_, token, site)) in agents.iter().enumerate() {
-        let hb = json!({ "host": format!("sim-host-{i}"), "version": V1, "status": "Up",
-            "pid": 1000 + i, "labels": { "site": site } });
-        let r = f
-            .agent_post(i, "/api/v1/agent/heartbeat", token, &hb)
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        let mut turn = i;
+        let st = sim_heartbeat(&f, &mut turn, i, token, V1, 1000 + i, site).await;
+        assert_eq!(st, StatusCode::OK);
     }
     let spec = json!({ "version": V2, "max_in_flight": 2, "groups": [
         { "name": "lon", "selector": { "site": "lon" }, "canary": 1 },
@@ -732,34 +724,15 @@ async fn a_replica_killed_mid_rollout_the_others_complete_it_with_every_history_
         "the rollout ended before the kill: nothing to show"
     );
 
+    let rollout = format!("/api/v1/admin/rollouts/{id}");
     let done = wait::poll(Duration::from_secs(120), || {
-        let f = &f;
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(async move {
-                let (_, v) = f
-                    .admin(
-                        1,
-                        Method::GET,
-                        &format!("/api/v1/admin/rollouts/{id}"),
-                        None,
-                    )
-                    .await;
-                v["state"] == "Completed"
-            })
-        })
+        block(f.get(1, &rollout)).1["state"] == "Completed"
     });
     stop.store(true, Ordering::Release);
     for t in tasks {
         t.await.unwrap();
     }
-    let (_, v) = f
-        .admin(
-            2,
-            Method::GET,
-            &format!("/api/v1/admin/rollouts/{id}"),
-            None,
-        )
-        .await;
+    let (_, v) = f.get(2, &rollout).await;
     assert!(
         done,
         "the rollout did not complete through B and C: {v}\n{}",
@@ -767,12 +740,7 @@ async fn a_replica_killed_mid_rollout_the_others_complete_it_with_every_history_
     );
     for (name, _, _) in &agents {
         let (st, h) = f
-            .admin(
-                2,
-                Method::GET,
-                &format!("/api/v1/admin/agents/{name}/attempts"),
-                None,
-            )
+            .get(2, &format!("/api/v1/admin/agents/{name}/attempts"))
             .await;
         assert_eq!(st, StatusCode::OK);
         let h = h.as_array().unwrap();
