@@ -8,11 +8,16 @@ use crate::error::{DeployError, io_err};
 
 /// sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String, DeployError> {
+    sha256_file_with(path, &mut vec![0u8; 256 * 1024])
+}
+
+/// [`sha256_file`] reading through `buf`, so a worker hashing thousands of
+/// files allocates (and zeroes) its buffer once.
+pub fn sha256_file_with(path: &Path, buf: &mut [u8]) -> Result<String, DeployError> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
+        let n = f.read(buf).map_err(io_err(path))?;
         if n == 0 {
             break;
         }

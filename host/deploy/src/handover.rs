@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use molt_layout::Home;
+use molt_layout::{Home, UpgradeDir};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DeployError, io_err};
 use crate::fsutil;
 use crate::plan::DeployPlan;
-use crate::runner::STARTED_MARKER;
 use crate::service::{Handover, ServiceKind};
 
 /// Hand-over settings (from the agent's config).
@@ -80,7 +79,7 @@ pub fn hand_over(
         // No runner acts on them now: a stale hand-over file would name pids a
         // later runner might signal after they are reused.
         let _ = fsutil::remove_file_opt(&home.handover_file());
-        let _ = fsutil::remove_file_opt(&home.conf_dir().join("upgrade.marker"));
+        let _ = fsutil::remove_file_opt(&home.upgrade_marker_file());
     }
     r
 }
@@ -90,7 +89,7 @@ fn hand_over_inner(
     upgrade_dir: &Path,
     opts: &HandoverOptions,
 ) -> Result<HandoverOutcome, DeployError> {
-    let plan_path = upgrade_dir.join("plan.json");
+    let plan_path = UpgradeDir(upgrade_dir).plan_file();
     let plan = DeployPlan::load(&plan_path)?;
 
     // PIDs and service name for the runner.
@@ -103,7 +102,7 @@ fn hand_over_inner(
     )?;
 
     // A stale start marker would make us believe a runner that never started.
-    let marker = upgrade_dir.join(STARTED_MARKER);
+    let marker = UpgradeDir(upgrade_dir).started_marker();
     fsutil::remove_file_opt(&marker)?;
 
     // The new version must be able to start at all (seeds 6.7/7.16): smoke-run it.
@@ -111,9 +110,12 @@ fn hand_over_inner(
 
     // Changed-files list and upgrade marker.
     let list = plan.changed_files.join("\n");
-    molt_layout::write_atomic(&upgrade_dir.join("changed_files.txt"), list.as_bytes())?;
+    molt_layout::write_atomic(
+        &UpgradeDir(upgrade_dir).changed_files_list(),
+        list.as_bytes(),
+    )?;
     molt_layout::write_json_atomic(
-        &home.conf_dir().join("upgrade.marker"),
+        &home.upgrade_marker_file(),
         &UpgradeMarker {
             from_version: plan.from_version.clone(),
             to_version: plan.to_version.clone(),
@@ -140,13 +142,13 @@ fn hand_over_inner(
             }
         }
     };
-    let runner_dir = upgrade_dir.join("runner");
+    let runner_dir = UpgradeDir(upgrade_dir).runner_dir();
     std::fs::create_dir_all(&runner_dir).map_err(io_err(&runner_dir))?;
     let runner = runner_dir.join("molt");
     std::fs::copy(&src, &runner).map_err(io_err(&src))?;
     fsutil::set_mode(&runner, 0o755)?;
 
-    let log = upgrade_dir.join("runner.log");
+    let log = UpgradeDir(upgrade_dir).runner_log();
     let launched = crate::launch::start_runner(
         home,
         &opts.service,

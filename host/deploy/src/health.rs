@@ -69,8 +69,8 @@ struct CpRecord {
 #[derive(Debug, thiserror::Error)]
 enum AskError {
     /// The HTTP client could not be set up (CA bundle, proxy).
-    #[error("{0}")]
-    Client(String),
+    #[error(transparent)]
+    Client(#[from] crate::plan::ClientError),
     #[error("unreadable answer from {url}: {source}")]
     Unreadable {
         url: String,

@@ -44,9 +44,7 @@ pub fn fresh_install(
             final_dir.display()
         )));
     }
-    let build = home
-        .versions_dir()
-        .join(format!(".{version}.install-{}", std::process::id()));
+    let build = home.version_scratch_dir(&version, "install", std::process::id().into());
     fsutil::remove_tree(&build)?;
     let mut checks = Vec::new();
     for (pkg, src) in packages {
@@ -65,7 +63,7 @@ pub fn fresh_install(
     }
     crate::build::verify_files(&checks)?;
     let pkgs: Vec<InstalledPackage> = packages.iter().map(|(p, _)| p.clone()).collect();
-    crate::build::write_meta(&build, &pkgs)?;
+    crate::build::write_meta_unsynced(&build, &pkgs)?;
     fsutil::sync_filesystem(&build)?;
     std::fs::rename(&build, &final_dir).map_err(io_err(&final_dir))?;
     fsutil::sync_dir(&home.versions_dir())?;

@@ -78,7 +78,7 @@ impl Journal {
     }
 
     pub fn lock_path(home: &Home) -> PathBuf {
-        home.work_dir().join("deploy.lock")
+        home.deploy_lock_file()
     }
 }
 
@@ -97,7 +97,7 @@ pub struct LastDeploy {
 }
 
 pub fn last_deploy_file(home: &Home) -> PathBuf {
-    home.work_dir().join("last-deploy.json")
+    home.last_deploy_file()
 }
 
 pub fn write_last(home: &Home, last: &LastDeploy) -> Result<(), DeployError> {

@@ -31,15 +31,32 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// An HTTP client that reaches the control plane the way the agent does
     /// (its CA bundle, its proxy), with an overall timeout per request.
-    pub fn http(&self, timeout: std::time::Duration) -> Result<ureq::Agent, String> {
-        let tls = molt_layout::tls::client_config(self.ca_bundle.as_deref())
-            .map_err(|e| e.to_string())?;
+    pub fn http(&self, timeout: std::time::Duration) -> Result<ureq::Agent, ClientError> {
+        let tls = molt_layout::tls::client_config(self.ca_bundle.as_deref())?;
         let mut b = ureq::AgentBuilder::new().timeout(timeout).tls_config(tls);
         if let Some(p) = &self.proxy {
-            b = b.proxy(ureq::Proxy::new(p).map_err(|e| format!("proxy {p}: {e}"))?);
+            let proxy = ureq::Proxy::new(p).map_err(|source| ClientError::Proxy {
+                proxy: p.clone(),
+                source: Box::new(source),
+            })?;
+            b = b.proxy(proxy);
         }
         Ok(b.build())
     }
+}
+
+/// Why the control plane's HTTP client cannot be set up: the agent's own
+/// settings (CA bundle, proxy) are wrong, so no request was tried.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] molt_layout::tls::TlsError),
+    #[error("proxy {proxy}: {source}")]
+    Proxy {
+        proxy: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
 }
 
 /// Time limits of one deploy. Defaults suit a real service; tests shorten them.
@@ -184,7 +201,7 @@ impl DeployPlan {
 
     /// Where the extracted payload file of a package lives in the upgrade dir.
     pub fn staged_file(upgrade_dir: &Path, kind: &str, rel: &str) -> PathBuf {
-        upgrade_dir.join("packages").join(kind).join(rel)
+        molt_layout::UpgradeDir(upgrade_dir).staged_file(kind, rel)
     }
 }
 
@@ -209,17 +226,26 @@ pub enum VersionNameError {
 }
 
 /// A payload path must be relative, normal components only.
-pub fn check_rel_path(p: &str) -> Result<(), String> {
+pub fn check_rel_path(p: &str) -> Result<(), RelPathError> {
     if p.is_empty() || p.contains('\0') || p.contains('\\') {
-        return Err("empty or contains NUL or backslash".into());
+        return Err(RelPathError::Unusable);
     }
-    for c in Path::new(p).components() {
-        match c {
-            Component::Normal(_) => {}
-            _ => return Err("must be relative without `.`, `..` or a root".into()),
-        }
+    if Path::new(p)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(RelPathError::NotRelative);
     }
     Ok(())
+}
+
+/// Why a payload path cannot be placed inside a version dir (callers name the path).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelPathError {
+    #[error("empty or contains NUL or backslash")]
+    Unusable,
+    #[error("must be relative without `.`, `..` or a root")]
+    NotRelative,
 }
 
 #[cfg(test)]
@@ -282,6 +308,17 @@ mod tests {
                 .to_string()
                 .contains("lib/x")
         );
+    }
+
+    #[test]
+    fn a_payload_path_is_refused_with_its_reason() {
+        assert_eq!(check_rel_path("lib/a.so"), Ok(()));
+        for p in ["", "a\\b", "a\0b"] {
+            assert_eq!(check_rel_path(p), Err(RelPathError::Unusable), "{p:?}");
+        }
+        for p in ["/etc/x", "../x", "a/../b", "./a"] {
+            assert_eq!(check_rel_path(p), Err(RelPathError::NotRelative), "{p:?}");
+        }
     }
 
     #[test]

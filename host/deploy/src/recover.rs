@@ -112,7 +112,7 @@ pub fn recover_with(
     // After the switch (or mid-rollback): a resume runner health-checks and
     // finishes it, because this process cannot judge its own health.
     drop(lock);
-    let log = home.logs_dir().join("deploy-resume.log");
+    let log = home.deploy_resume_log();
     let launched =
         crate::launch::start_runner(home, service, molt_exe, &crate::launch::Job::Resume, &log)?;
     tracing::info!(
@@ -139,7 +139,7 @@ pub fn clean_handed_over(home: &Home) -> Result<Option<Vec<PathBuf>>, DeployErro
     let mut removed = Vec::new();
     if let Ok(rd) = std::fs::read_dir(home.upgrade_temp_dir()) {
         for e in rd.flatten() {
-            if e.path().join("plan.json").is_file() {
+            if molt_layout::UpgradeDir(&e.path()).plan_file().is_file() {
                 fsutil::remove_tree(&e.path())?;
                 removed.push(e.path());
             }
@@ -175,7 +175,7 @@ pub fn clean_leftovers(home: &Home) -> Result<Vec<PathBuf>, DeployError> {
             removed.push(e.path());
         }
     }
-    for f in [home.hold_marker(), home.conf_dir().join("upgrade.marker")] {
+    for f in [home.hold_marker(), home.upgrade_marker_file()] {
         if f.exists() {
             fsutil::remove_file_opt(&f)?;
             removed.push(f);

@@ -192,8 +192,8 @@ mod tests {
         let q = read_queue(&home).unwrap();
         assert_eq!(q.len(), 2);
         assert_eq!(q[0].path, "/api/v1/agent/attempts/42/stages");
-        assert_eq!(q[0].body["state"], "In Progress");
-        assert_eq!(q[1].body["state"], "Complete");
+        assert_eq!(q[0].body["state"], StageState::InProgress.as_str());
+        assert_eq!(q[1].body["state"], StageState::Complete.as_str());
     }
 
     #[test]
@@ -243,7 +243,7 @@ mod tests {
             "{head:?}"
         );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["stage"], "Restart");
+        assert_eq!(v["stage"], Stage::Restart.as_str());
         assert!(read_queue(&home).unwrap().is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use molt_layout::Home;
+use molt_layout::{Home, UpgradeDir};
 use molt_protocol::{AgentStatus, AttemptResult, FindingSeverity, Stage, StageState};
 
 use crate::error::{DeployError, io_err};
@@ -39,8 +39,6 @@ impl DeployResult {
     }
 }
 
-/// The marker the runner writes when it has started (the agent waits for it).
-pub const STARTED_MARKER: &str = "runner.started";
 /// Unit file shipped in the core package (compared for the Reinstall Service stage).
 pub const UNIT_FILE: &str = "lib/systemd/molt-agent.service";
 
@@ -174,7 +172,7 @@ pub fn run_with(
             Duration::from_secs(plan.options.report_timeout_secs),
         ),
         log: UpgradeLog {
-            path: upgrade_dir.join("upgrade.log"),
+            path: UpgradeDir(&upgrade_dir).upgrade_log(),
         },
         opts: plan.options.clone(),
         cp: plan.control_plane.clone(),
@@ -205,7 +203,7 @@ pub fn run_with(
     ctx.svc.hold()?;
     j.set(home, Step::Held)?;
     molt_layout::write_atomic(
-        &upgrade_dir.join(STARTED_MARKER),
+        &UpgradeDir(&upgrade_dir).started_marker(),
         format!("{}\n", std::process::id()).as_bytes(),
     )?;
 
@@ -215,11 +213,8 @@ pub fn run_with(
         StageState::InProgress,
         &format!("building versions/{}", plan.to_version),
     );
-    let build_dir = home.versions_dir().join(format!(
-        ".{}.build-{}",
-        plan.to_version,
-        rand::random::<u32>()
-    ));
+    let build_dir =
+        home.version_scratch_dir(&plan.to_version, "build", rand::random::<u32>().into());
     j.build_dir = Some(build_dir.clone());
     j.set(home, Step::Building)?;
     let final_dir = home.version_dir(&plan.to_version);
@@ -243,8 +238,13 @@ pub fn run_with(
     j.set(home, Step::Built)?;
     let build_ms = build_started.elapsed().as_millis();
     let msg = format!(
-        "versions/{}: {} files linked, {} copied ({} bytes), {} digests checked, build_ms={build_ms}",
-        plan.to_version, stats.linked, stats.copied, stats.bytes_copied, stats.verified
+        "versions/{}: {} files linked, {} copied ({} bytes), {} checked ({} digests computed), build_ms={build_ms}",
+        plan.to_version,
+        stats.linked,
+        stats.copied,
+        stats.bytes_copied,
+        stats.verified,
+        stats.hashed
     );
     ctx.log.line(&msg);
     ctx.rep
@@ -539,9 +539,7 @@ fn move_aside(home: &Home, dir: &Path) -> Result<(), DeployError> {
             reason: format!("version {name} is the current version"),
         });
     }
-    let trash = home
-        .versions_dir()
-        .join(format!(".{name}.trash-{}", rand::random::<u32>()));
+    let trash = home.version_scratch_dir(&name, "trash", rand::random::<u32>().into());
     std::fs::rename(dir, &trash).map_err(io_err(dir))?;
     fsutil::remove_tree(&trash)
 }
@@ -592,9 +590,9 @@ fn finalize(ctx: &Ctx, j: &mut Journal, r: &DeployResult, msg: &str) -> Result<(
     )?;
     Journal::remove(home)?;
     crate::crash::checkpoint("journal removed");
-    fsutil::remove_file_opt(&home.conf_dir().join("upgrade.marker"))?;
+    fsutil::remove_file_opt(&home.upgrade_marker_file())?;
     fsutil::remove_file_opt(&home.handover_file())?;
-    fsutil::remove_tree(&j.upgrade_dir.join("packages"))?;
+    fsutil::remove_tree(&UpgradeDir(&j.upgrade_dir).packages_dir())?;
     if matches!(r, DeployResult::Complete { .. }) {
         molt_layout::write_atomic(
             &crate::prune::previous_file(home),
@@ -657,7 +655,7 @@ fn resume_locked(
             Duration::from_secs(opts.report_timeout_secs),
         ),
         log: UpgradeLog {
-            path: j.upgrade_dir.join("upgrade.log"),
+            path: UpgradeDir(&j.upgrade_dir).upgrade_log(),
         },
         opts,
         cp: cp_for_health,

@@ -232,7 +232,7 @@ pub struct Supervisor {
 
 /// `conf/supervisor.lock`, held by the running supervisor.
 pub fn supervisor_lock(home: &Home) -> PathBuf {
-    home.conf_dir().join("supervisor.lock")
+    home.supervisor_lock_file()
 }
 
 pub fn read_pid(path: &Path) -> Option<u32> {
@@ -271,7 +271,7 @@ impl ServiceControl for Supervisor {
         spawn_detached(
             &self.exe,
             &["run", "--home", &self.home.root().to_string_lossy()],
-            &self.home.logs_dir().join("supervisor.log"),
+            &self.home.supervisor_log(),
         )?;
         Ok(())
     }
@@ -479,7 +479,7 @@ pub fn detect_services_except(home: &Home, own: Option<&str>) -> Result<Vec<Stri
     if FileLock::is_held(&supervisor_lock(home))? {
         found.push(format!(
             "supervisor (pid {})",
-            read_pid(&home.conf_dir().join("supervisor.pid")).unwrap_or(0)
+            read_pid(&home.supervisor_pid_file()).unwrap_or(0)
         ));
     }
     found.extend(

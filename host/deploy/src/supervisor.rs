@@ -48,8 +48,8 @@ fn install_handlers() {
 }
 
 fn spawn_agent(home: &Home) -> Result<Child, DeployError> {
-    let exe = home.current_link().join("bin").join("molt");
-    let log = home.logs_dir().join("agent.console.log");
+    let exe = home.current_exe();
+    let log = home.agent_console_log();
     std::fs::create_dir_all(home.logs_dir()).map_err(io_err(&home.logs_dir()))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -88,7 +88,7 @@ pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
     }
     std::fs::create_dir_all(home.conf_dir()).map_err(io_err(&home.conf_dir()))?;
     molt_layout::write_atomic(
-        &home.conf_dir().join("supervisor.pid"),
+        &home.supervisor_pid_file(),
         format!("{}\n", std::process::id()).as_bytes(),
     )?;
     install_handlers();
@@ -123,7 +123,7 @@ pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
                 }
             }
             let _ = fsutil::remove_file_opt(&home.agent_pid_file());
-            let _ = fsutil::remove_file_opt(&home.conf_dir().join("supervisor.pid"));
+            let _ = fsutil::remove_file_opt(&home.supervisor_pid_file());
             tracing::info!("supervisor stopped");
             return Ok(());
         }
@@ -148,7 +148,7 @@ pub fn run(home: &Home, opts: &SupervisorOptions) -> Result<(), DeployError> {
                 tracing::warn!(
                     "found an unfinished deploy journal with no runner; starting a resume runner"
                 );
-                let log = home.logs_dir().join("deploy-resume.log");
+                let log = home.deploy_resume_log();
                 match service::spawn_detached(
                     &opts.exe,
                     &[

@@ -80,8 +80,7 @@ fn run_case(fx: &Fixture, case: Case) -> &'static str {
             panic!(
                 "{case:?}: {e}\nrunner log:\n{}\nresume log:\n{}",
                 std::fs::read_to_string(th.root().join("runner.test.log")).unwrap_or_default(),
-                std::fs::read_to_string(th.home.logs_dir().join("deploy-resume.log"))
-                    .unwrap_or_default()
+                std::fs::read_to_string(th.home.deploy_resume_log()).unwrap_or_default()
             )
         });
     match cur.as_str() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::*;
 use molt_deploy::handover::{HandoverOptions, hand_over};
 use molt_deploy::recover::{RecoveryOutcome, recover_with};
+use molt_protocol::AttemptResult;
 
 const UP: Duration = Duration::from_secs(30);
 
@@ -45,7 +46,7 @@ fn hand_over_starts_the_runner_which_deploys_the_new_version() {
     th.wait_up("v2", UP).unwrap();
     th.wait_settled(UP).unwrap();
     th.assert_exactly("v2", &v2);
-    assert!(!th.home.conf_dir().join("upgrade.marker").exists());
+    assert!(!th.home.upgrade_marker_file().exists());
     let log = std::fs::read_to_string(th.home.agent_log()).unwrap();
     assert!(log.contains("<< UPGRADE LOG BEGIN >>"), "{log}");
     assert!(log.contains("Upgrade Complete"), "{log}");
@@ -79,7 +80,7 @@ fn hand_over_times_out_with_the_seeds_issue_and_the_agent_stays_up() {
         agent,
         "the same agent is still Up"
     );
-    assert!(!th.home.conf_dir().join("upgrade.marker").exists());
+    assert!(!th.home.upgrade_marker_file().exists());
     assert!(
         !th.home.handover_file().exists(),
         "a failed hand-over leaves no pids for a later runner to signal"
@@ -192,7 +193,7 @@ fn recovery_at_start_undoes_a_deploy_interrupted_before_the_switch() {
         molt_deploy::report::read_queue(&th.home)
             .unwrap()
             .iter()
-            .any(|r| r.body["result"] == "Rolled Back")
+            .any(|r| r.body["result"] == AttemptResult::RolledBack.as_str())
     );
     // A clean start afterwards finds nothing to do.
     assert!(matches!(
@@ -255,9 +256,9 @@ fn recovery_at_start_after_the_switch_health_checks_the_new_version() {
     th.wait_settled(UP).unwrap();
     th.assert_exactly("v2", &v2);
     let last = molt_deploy::journal::read_last(&th.home).unwrap().unwrap();
-    assert_eq!(last.result, "Complete");
+    assert_eq!(last.result, AttemptResult::Complete);
     // The resume runner started a supervisor of its own; stop it via its pid file.
-    if let Some(p) = molt_deploy::service::read_pid(&th.home.conf_dir().join("supervisor.pid")) {
+    if let Some(p) = molt_deploy::service::read_pid(&th.home.supervisor_pid_file()) {
         molt_deploy::proc::signal(p, 15);
     }
 }

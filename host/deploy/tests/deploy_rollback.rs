@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use molt_protocol::{AttemptResult, Stage, StageState};
 
 const UP: Duration = Duration::from_secs(30);
 
@@ -25,8 +26,8 @@ fn assert_migrated(th: &TestHome, version: &str, message: &str) {
     assert!(queue_has(
         th,
         &[
-            ("stage", "MigrateTrustStore"),
-            ("state", "Complete"),
+            ("stage", Stage::MigrateTrustStore.as_str()),
+            ("state", StageState::Complete.as_str()),
             ("message", message)
         ]
     ));
@@ -85,12 +86,15 @@ fn an_upgrade_then_a_rollback_leave_every_file_of_the_other_versions_unchanged()
     assert!(queue_has(
         &th,
         &[
-            ("stage", "Health Check"),
-            ("state", "Failed"),
+            ("stage", Stage::HealthCheck.as_str()),
+            ("state", StageState::Failed.as_str()),
             ("message", "rolled back to v2")
         ]
     ));
-    assert!(queue_has(&th, &[("result", "Rolled Back")]));
+    assert!(queue_has(
+        &th,
+        &[("result", AttemptResult::RolledBack.as_str())]
+    ));
     let log = std::fs::read_to_string(th.home.agent_log()).unwrap();
     assert!(
         log.contains("<< UPGRADE LOG BEGIN >>") && log.contains("<< UPGRADE LOG END >>"),
@@ -116,12 +120,12 @@ fn a_rollback_whose_old_version_also_fails_is_reported_as_failed() {
     assert!(queue_has(
         &th,
         &[
-            ("result", "Failed"),
+            ("result", AttemptResult::Failed.as_str()),
             ("message", "rollback to v1 failed too")
         ]
     ));
     let last = molt_deploy::journal::read_last(&th.home).unwrap().unwrap();
-    assert_eq!(last.result, "Failed");
+    assert_eq!(last.result, AttemptResult::Failed);
     assert_eq!(th.home.current_version().unwrap().as_deref(), Some("v1"));
     // Once the cause is gone the supervisor brings the old version back Up.
     std::fs::remove_file(th.home.conf_dir().join("old-breaks")).unwrap();

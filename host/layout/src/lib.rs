@@ -153,6 +153,50 @@ impl Home {
     pub fn meta_dir_of(&self, version: &str) -> PathBuf {
         meta_dir_in(&self.version_dir(version))
     }
+    /// `<home>/conf/upgrade.marker`: an upgrade is handed over (written by the
+    /// hand-over, removed when the deploy ends).
+    pub fn upgrade_marker_file(&self) -> PathBuf {
+        self.conf_dir().join("upgrade.marker")
+    }
+    /// `<home>/work/deploy.lock`: held by the live deploy runner; free with a
+    /// journal present means the runner died.
+    pub fn deploy_lock_file(&self) -> PathBuf {
+        self.work_dir().join("deploy.lock")
+    }
+    /// `<home>/work/last-deploy.json`: the outcome of the last finished deploy.
+    pub fn last_deploy_file(&self) -> PathBuf {
+        self.work_dir().join("last-deploy.json")
+    }
+    /// `<home>/logs/deploy-resume.log`: output of a runner started to resume.
+    pub fn deploy_resume_log(&self) -> PathBuf {
+        self.logs_dir().join("deploy-resume.log")
+    }
+    /// `<home>/conf/supervisor.lock`: one supervisor (`molt run`) per install.
+    pub fn supervisor_lock_file(&self) -> PathBuf {
+        self.conf_dir().join("supervisor.lock")
+    }
+    /// `<home>/conf/supervisor.pid`: the supervisor's pid.
+    pub fn supervisor_pid_file(&self) -> PathBuf {
+        self.conf_dir().join("supervisor.pid")
+    }
+    /// `<home>/logs/supervisor.log`: a supervisor started detached logs here.
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.logs_dir().join("supervisor.log")
+    }
+    /// `<home>/logs/agent.console.log`: the agent's stderr under the supervisor.
+    pub fn agent_console_log(&self) -> PathBuf {
+        self.logs_dir().join("agent.console.log")
+    }
+    /// `<home>/current/bin/molt`: the active version's executable.
+    pub fn current_exe(&self) -> PathBuf {
+        self.current_link().join("bin").join("molt")
+    }
+    /// `<home>/versions/.<v>.<what>-<n>`: a directory being built beside the
+    /// versions (same file system, so one rename puts it in place; the leading
+    /// dot keeps it out of the installed versions).
+    pub fn version_scratch_dir(&self, version: &str, what: &str, n: u64) -> PathBuf {
+        self.versions_dir().join(format!(".{version}.{what}-{n}"))
+    }
 
     /// The version `current` points at, if any.
     pub fn current_version(&self) -> Result<Option<String>, LayoutError> {
@@ -225,6 +269,47 @@ pub const META_DIR: &str = "meta";
 /// home: the deploy's build directory, a repair's new install.
 pub fn meta_dir_in(version_dir: &Path) -> PathBuf {
     version_dir.join(META_DIR)
+}
+
+/// One upgrade's directory (`<home>/work/upgrade_temp/<n>-0`): what the agent
+/// extracted and planned for the runner, and what the runner writes while it
+/// acts on it. Its paths are written down here only.
+#[derive(Debug, Clone, Copy)]
+pub struct UpgradeDir<'a>(pub &'a Path);
+
+impl UpgradeDir<'_> {
+    /// `plan.json`: the hand-over plan.
+    pub fn plan_file(self) -> PathBuf {
+        self.0.join("plan.json")
+    }
+    /// `packages/`: the extracted packages, one directory per kind.
+    pub fn packages_dir(self) -> PathBuf {
+        self.0.join("packages")
+    }
+    /// `packages/<kind>/<rel>`: one extracted payload file.
+    pub fn staged_file(self, kind: &str, rel: &str) -> PathBuf {
+        self.packages_dir().join(kind).join(rel)
+    }
+    /// `upgrade.log`: the runner's log of this upgrade.
+    pub fn upgrade_log(self) -> PathBuf {
+        self.0.join("upgrade.log")
+    }
+    /// `runner/`: the runner binary's copy.
+    pub fn runner_dir(self) -> PathBuf {
+        self.0.join("runner")
+    }
+    /// `runner.log`: the detached runner's stdout and stderr.
+    pub fn runner_log(self) -> PathBuf {
+        self.0.join("runner.log")
+    }
+    /// `runner.started`: the runner's start signal to the agent.
+    pub fn started_marker(self) -> PathBuf {
+        self.0.join("runner.started")
+    }
+    /// `changed_files.txt`: the changed paths, one a line, for operators.
+    pub fn changed_files_list(self) -> PathBuf {
+        self.0.join("changed_files.txt")
+    }
 }
 
 /// One installed package, as recorded in `meta/<kind>.meta.json`.

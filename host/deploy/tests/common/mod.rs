@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use molt_deploy::plan::{DeployOptions, DeployPlan};
 use molt_layout::{FileMeta, Home, InstalledPackage};
+use molt_protocol::AgentStatus;
 
 /// The real `molt` binary (the test kit's: `$MOLT_BIN`, else beside the test).
 pub use molt_testkit::bin::molt_bin;
@@ -45,9 +46,10 @@ H="$3"
 {crash}
 trap 'exit 0' TERM INT
 T="$H/work/agent.status.json"
-printf '{{"pid":%s,"version":"%s","status":"Up","since":"%s"}}\n' $$ "$V" "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" > "$T.tmp.$$" && mv "$T.tmp.$$" "$T"
+printf '{{"pid":%s,"version":"%s","status":"{up}","since":"%s"}}\n' $$ "$V" "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" > "$T.tmp.$$" && mv "$T.tmp.$$" "$T"
 while :; do sleep 0.1; done
-"#
+"#,
+        up = AgentStatus::Up
     )
     .into_bytes()
 }
@@ -329,7 +331,7 @@ impl TestHome {
         let start = Instant::now();
         loop {
             if let Ok(Some(s)) = self.home.read_status()
-                && s.status == "Up"
+                && s.status == AgentStatus::Up
                 && s.version == version
                 && molt_deploy::proc::alive(s.pid)
             {
@@ -355,7 +357,10 @@ impl TestHome {
                 || molt_deploy::fsutil::FileLock::is_held(&lock).unwrap_or(true);
             if !busy && let Ok(Some(s)) = self.home.read_status() {
                 let cur = self.home.current_version().unwrap().unwrap_or_default();
-                if s.status == "Up" && s.version == cur && molt_deploy::proc::alive(s.pid) {
+                if s.status == AgentStatus::Up
+                    && s.version == cur
+                    && molt_deploy::proc::alive(s.pid)
+                {
                     return Ok(cur);
                 }
             }
@@ -401,9 +406,7 @@ impl Drop for TestHome {
     fn drop(&mut self) {
         self.stop_supervisor();
         // A supervisor the runner (re)started detached, not our child.
-        if let Some(p) =
-            molt_deploy::service::read_pid(&self.home.conf_dir().join("supervisor.pid"))
-        {
+        if let Some(p) = molt_deploy::service::read_pid(&self.home.supervisor_pid_file()) {
             molt_deploy::proc::signal(p, 9);
         }
         // Stop any agent still running from this home.
