@@ -209,16 +209,22 @@ fn fleet_version_and_override(s: &dyn Store) {
     assert_eq!(s.fleet().unwrap().override_version, None);
 }
 
-fn semaphore(s: &dyn Store) {
+/// Agents `a0`… and a way to ask for an upgrade slot for the i-th (default
+/// limit 2, a 60 s lease, the time now).
+fn slot_agents(s: &dyn Store, n: u8) -> (Vec<i64>, impl Fn(usize) -> SlotOutcome + '_) {
     let now = Utc::now();
-    let ids: Vec<i64> = (0..3)
-        .map(|i| {
-            s.create_agent(&format!("a{i}"), &[i as u8; 32], now)
-                .unwrap()
-        })
+    let ids: Vec<i64> = (0..n)
+        .map(|i| s.create_agent(&format!("a{i}"), &[i; 32], now).unwrap())
         .collect();
     let lease = chrono::Duration::seconds(60);
-    let acquire = |i: usize| s.acquire_slot(ids[i], "v2", Utc::now(), 2, lease).unwrap();
+    let held = ids.clone();
+    let acquire = move |i: usize| s.acquire_slot(held[i], "v2", Utc::now(), 2, lease).unwrap();
+    (ids, acquire)
+}
+
+fn semaphore(s: &dyn Store) {
+    let (ids, acquire) = slot_agents(s, 3);
+    let lease = chrono::Duration::seconds(60);
     assert_eq!(acquire(0), SlotOutcome::Granted);
     assert_eq!(acquire(1), SlotOutcome::Granted);
     assert_eq!(
@@ -853,15 +859,7 @@ fn readiness_and_publish(s: &dyn Store) {
 /// A rollout's stored limit replaces `acquire_slot`'s default until cleared,
 /// and a lowered limit grants nothing until enough holders leave.
 fn slot_limit(s: &dyn Store) {
-    let now = Utc::now();
-    let ids: Vec<i64> = (0..4)
-        .map(|i| {
-            s.create_agent(&format!("a{i}"), &[i as u8; 32], now)
-                .unwrap()
-        })
-        .collect();
-    let lease = chrono::Duration::seconds(60);
-    let acquire = |i: usize| s.acquire_slot(ids[i], "v2", Utc::now(), 2, lease).unwrap();
+    let (ids, acquire) = slot_agents(s, 4);
     assert_eq!(s.slot_limit().unwrap(), None);
     s.set_slot_limit(Some(3)).unwrap();
     assert_eq!(s.slot_limit().unwrap(), Some(3));

@@ -7,6 +7,7 @@
 //! [`open`] picks one from `--db`. Both pass the contract tests in
 //! `host/server/tests/store_contract.rs`.
 
+mod common;
 pub mod postgres;
 pub mod sqlite;
 

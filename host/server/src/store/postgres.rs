@@ -22,16 +22,21 @@ use postgres::types::ToSql;
 use postgres::{GenericClient, NoTls, Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
+use super::common::{
+    self, AGENT_COLS, ATTEMPT_BRIEF_COLS, ATTEMPT_COLS, BLOCKLIST_SELECT, COMMAND_SELECT,
+    FLEET_OVERRIDE, FLEET_VERSION, GROUP_COLS, IDENTS_COLS, ISSUE_SELECT, LOG_SELECT,
+    ROLLOUT_AGENT_SELECT, ROLLOUT_COLS, ReadRow, SLOT_LIMIT, SLOT_SELECT, STAGE_SELECT, corrupt,
+};
 use super::{
     AgentQuery, AgentSort, DbOptions, EVENTS_CHANNEL, IssueFilter, Store, StoreError, StoreEvent,
     TokenHash,
 };
-use crate::clock::{from_ms, to_ms};
+use crate::clock::to_ms;
 use crate::model::{
     Agent, AgentStatus, Attempt, AttemptBrief, AttemptResult, BlockedVersion, Command, CommandKind,
     CommandState, Finding, FleetState, Heartbeat, HeartbeatOutcome, Issue, IssueReportOutcome,
-    IssueState, Labels, LogUpload, RolloutAgentRecord, RolloutGroupRecord, RolloutRecord,
-    RolloutState, SlotHolder, SlotOutcome, Stage, StageRecord, StageState, effective_labels,
+    IssueState, Labels, LogUpload, RolloutAgentRecord, RolloutRecord, RolloutState, SlotHolder,
+    SlotOutcome, Stage, StageState,
 };
 
 /// Migrations in order; index + 1 is the schema version, the same numbers as
@@ -124,10 +129,6 @@ CREATE INDEX attempts_to ON attempts(to_version, started_at);
 ALTER TABLE agents ADD COLUMN cp_pin TEXT;
 "#,
 ];
-
-const FLEET_VERSION: &str = "fleet.version";
-const FLEET_OVERRIDE: &str = "fleet.version.override";
-const SLOT_LIMIT: &str = "semaphore.limit";
 
 /// Keys of the transaction-level advisory locks that serialise, across
 /// replicas, what SQLite's single writer serialised in one process.
@@ -301,15 +302,13 @@ impl PgStore {
         value: &(dyn ToSql + Sync),
     ) -> Result<Agent, StoreError> {
         self.tx(|tx| {
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "UPDATE agents SET {column} = $2 WHERE name = $1 RETURNING {AGENT_COLS}"
-                    ),
-                    &[&name, value],
-                )?
-                .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))?;
-            agent_of(&row)
+            first(
+                tx,
+                &format!("UPDATE agents SET {column} = $2 WHERE name = $1 RETURNING {AGENT_COLS}"),
+                &[&name, value],
+                common::agent,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))
         })
     }
 
@@ -409,39 +408,48 @@ fn schema_version(c: &mut impl GenericClient) -> Result<i64, StoreError> {
     Ok(row.try_get(0)?)
 }
 
-fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
-    v.map(from_ms)
+impl ReadRow for Row {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        Ok(self.try_get(i)?)
+    }
 }
 
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} {value:?}"))
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Every row of `sql`, each mapped by `f` (one of [`common`]'s mappers).
+fn all<T>(
+    c: &mut impl GenericClient,
+    sql: &str,
+    p: Params<'_>,
+    f: impl Fn(&dyn ReadRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    c.query(sql, p)?.iter().map(|r| f(r)).collect()
 }
 
-const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at, labels, label_overrides, cp_pin";
-
-fn agent_of(r: &Row) -> Result<Agent, StoreError> {
-    let status: String = r.try_get(5)?;
-    let labels: String = r.try_get(9)?;
-    let overrides: String = r.try_get(10)?;
-    let reported_labels: Labels =
-        serde_json::from_str(&labels).map_err(|_| corrupt("labels", &labels))?;
-    let label_overrides: Labels =
-        serde_json::from_str(&overrides).map_err(|_| corrupt("label overrides", &overrides))?;
-    Ok(Agent {
-        id: r.try_get(0)?,
-        name: r.try_get(1)?,
-        host: r.try_get(2)?,
-        pid: r.try_get(3)?,
-        version: r.try_get(4)?,
-        status: AgentStatus::parse(&status).ok_or_else(|| corrupt("agent status", &status))?,
-        last_seen: opt_time(r.try_get(6)?),
-        duplicate: r.try_get(7)?,
-        created_at: from_ms(r.try_get(8)?),
-        labels: effective_labels(&reported_labels, &label_overrides),
-        reported_labels,
-        label_overrides,
-        cp_pin: r.try_get(11)?,
-    })
+/// The row of `sql`, if any, mapped by `f`.
+fn first<T>(
+    c: &mut impl GenericClient,
+    sql: &str,
+    p: Params<'_>,
+    f: impl Fn(&dyn ReadRow) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    c.query_opt(sql, p)?.as_ref().map(|r| f(r)).transpose()
 }
 
 fn agent_id_by_name(c: &mut impl GenericClient, name: &str) -> Result<i64, StoreError> {
@@ -474,62 +482,6 @@ fn put_setting(c: &mut impl GenericClient, key: &str, value: &str) -> Result<(),
     Ok(())
 }
 
-const ISSUE_SELECT: &str = "SELECT i.id, a.name, i.source, i.code, i.severity, i.description, i.remediation, \
-     i.state, i.count, i.first_detected, i.last_detected, i.resolved_at FROM issues i JOIN agents a ON a.id = i.agent_id";
-
-fn issue_of(r: &Row) -> Result<Issue, StoreError> {
-    let state: String = r.try_get(7)?;
-    Ok(Issue {
-        id: r.try_get(0)?,
-        agent: r.try_get(1)?,
-        source: r.try_get(2)?,
-        code: r.try_get(3)?,
-        severity: r.try_get(4)?,
-        description: r.try_get(5)?,
-        remediation: r.try_get(6)?,
-        state: IssueState::parse(&state).ok_or_else(|| corrupt("issue state", &state))?,
-        count: r.try_get(8)?,
-        first_detected: from_ms(r.try_get(9)?),
-        last_detected: from_ms(r.try_get(10)?),
-        resolved_at: opt_time(r.try_get(11)?),
-    })
-}
-
-const COMMAND_SELECT: &str = "SELECT c.id, a.name, c.kind, c.args, c.state, c.created_at, c.delivered_at, c.done_at, c.message \
-     FROM commands c JOIN agents a ON a.id = c.agent_id";
-
-fn command_of(r: &Row) -> Result<Command, StoreError> {
-    let kind: String = r.try_get(2)?;
-    let args: String = r.try_get(3)?;
-    let state: String = r.try_get(4)?;
-    Ok(Command {
-        id: r.try_get(0)?,
-        agent: r.try_get(1)?,
-        kind: CommandKind::parse(&kind).ok_or_else(|| corrupt("command kind", &kind))?,
-        args: serde_json::from_str(&args).map_err(|_| corrupt("command args", &args))?,
-        state: CommandState::parse(&state).ok_or_else(|| corrupt("command state", &state))?,
-        created_at: from_ms(r.try_get(5)?),
-        delivered_at: opt_time(r.try_get(6)?),
-        done_at: opt_time(r.try_get(7)?),
-        message: r.try_get(8)?,
-    })
-}
-
-fn log_of(r: &Row) -> Result<LogUpload, StoreError> {
-    Ok(LogUpload {
-        id: r.try_get(0)?,
-        agent: r.try_get(1)?,
-        path: r.try_get(2)?,
-        size: r.try_get(3)?,
-        uploaded_at: from_ms(r.try_get(4)?),
-    })
-}
-
-fn result_of(v: Option<String>) -> Result<Option<AttemptResult>, StoreError> {
-    v.map(|r| AttemptResult::parse(&r).ok_or_else(|| corrupt("attempt result", &r)))
-        .transpose()
-}
-
 /// Checks that `attempt_id` exists and belongs to `agent_id`.
 fn own_attempt(tx: &mut Transaction<'_>, agent_id: i64, attempt_id: i64) -> Result<(), StoreError> {
     let owner: Option<i64> = tx
@@ -539,13 +491,7 @@ fn own_attempt(tx: &mut Transaction<'_>, agent_id: i64, attempt_id: i64) -> Resu
         )?
         .map(|r| r.try_get(0))
         .transpose()?;
-    match owner {
-        None => Err(StoreError::NotFound(format!("attempt {attempt_id}"))),
-        Some(o) if o != agent_id => Err(StoreError::Forbidden(format!(
-            "attempt {attempt_id} belongs to another agent"
-        ))),
-        Some(_) => Ok(()),
-    }
+    common::owned_by(&format!("attempt {attempt_id}"), owner, agent_id)
 }
 
 /// Extends the agent's upgrade lease, on the database's clock.
@@ -571,24 +517,6 @@ fn expire_slots(tx: &mut Transaction<'_>, lease: chrono::Duration) -> Result<(),
         );
     }
     Ok(())
-}
-
-fn slot_rows(tx: &mut Transaction<'_>) -> Result<Vec<SlotHolder>, StoreError> {
-    tx.query(
-        "SELECT a.name, s.to_version, s.acquired_at, s.renewed_at FROM upgrade_slots s \
-         JOIN agents a ON a.id = s.agent_id ORDER BY s.acquired_at, a.name",
-        &[],
-    )?
-    .iter()
-    .map(|r| {
-        Ok(SlotHolder {
-            agent: r.try_get(0)?,
-            to_version: r.try_get(1)?,
-            acquired_at: from_ms(r.try_get(2)?),
-            renewed_at: from_ms(r.try_get(3)?),
-        })
-    })
-    .collect()
 }
 
 fn blocked_reason(tx: &mut Transaction<'_>, version: &str) -> Result<Option<String>, StoreError> {
@@ -617,45 +545,13 @@ fn block(
 }
 
 fn rollout_by_id(c: &mut impl GenericClient, id: i64) -> Result<Option<RolloutRecord>, StoreError> {
-    let Some(r) = c.query_opt(
-        "SELECT version, spec, state, reason, created_at, updated_at, paused_at, resumed_at, halted_at, aborted_at, completed_at \
-         FROM rollouts WHERE id = $1",
-        &[&id],
-    )?
-    else {
+    let sql = format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = $1");
+    let Some(mut r) = first(c, &sql, &[&id], |r| common::rollout(id, r))? else {
         return Ok(None);
     };
-    let spec: String = r.try_get(1)?;
-    let state: String = r.try_get(2)?;
-    let groups = c
-        .query(
-            "SELECT idx, started_at, completed_at FROM rollout_groups WHERE rollout_id = $1 ORDER BY idx",
-            &[&id],
-        )?
-        .iter()
-        .map(|g| {
-            Ok(RolloutGroupRecord {
-                idx: g.try_get::<_, i64>(0)? as usize,
-                started_at: opt_time(g.try_get(1)?),
-                completed_at: opt_time(g.try_get(2)?),
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Some(RolloutRecord {
-        id,
-        spec: serde_json::from_str(&spec).map_err(|_| corrupt("rollout spec", &spec))?,
-        state: RolloutState::parse(&state).ok_or_else(|| corrupt("rollout state", &state))?,
-        version: r.try_get(0)?,
-        reason: r.try_get(3)?,
-        created_at: from_ms(r.try_get(4)?),
-        updated_at: from_ms(r.try_get(5)?),
-        paused_at: opt_time(r.try_get(6)?),
-        resumed_at: opt_time(r.try_get(7)?),
-        halted_at: opt_time(r.try_get(8)?),
-        aborted_at: opt_time(r.try_get(9)?),
-        completed_at: opt_time(r.try_get(10)?),
-        groups,
-    }))
+    let sql = format!("SELECT {GROUP_COLS} FROM rollout_groups WHERE rollout_id = $1 ORDER BY idx");
+    r.groups = all(c, &sql, &[&id], common::group)?;
+    Ok(Some(r))
 }
 
 /// One leader check on the dedicated session: a session that died lost its
@@ -742,8 +638,16 @@ impl Store for PgStore {
         // runtime must not be dropped inside an async context.
         blocking(|| {
             let mut slot = self.leader.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.take().is_some_and(|l| l.holding) {
-                tracing::info!("rollout scheduler lease released");
+            if let Some(mut l) = slot.take().filter(|l| l.holding) {
+                // Unlocked before the session ends, so the next replica to
+                // ask gets it at once (a closing session frees it a moment later).
+                let unlocked = l
+                    .client
+                    .execute("SELECT pg_advisory_unlock($1)", &[&lock::LEADER]);
+                tracing::info!(
+                    unlocked = unlocked.is_ok(),
+                    "rollout scheduler lease released"
+                );
             }
         })
     }
@@ -824,27 +728,23 @@ impl Store for PgStore {
 
     fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
         blocking(|| {
-            let mut c = self.conn()?;
-            c.query(
+            all(
+                &mut *self.conn()?,
                 &format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"),
                 &[],
-            )?
-            .iter()
-            .map(agent_of)
-            .collect()
+                common::agent,
+            )
         })
     }
 
     fn agent_by_name(&self, name: &str) -> Result<Option<Agent>, StoreError> {
         blocking(|| {
-            let mut c = self.conn()?;
-            c.query_opt(
+            first(
+                &mut *self.conn()?,
                 &format!("SELECT {AGENT_COLS} FROM agents WHERE name = $1"),
                 &[&name],
-            )?
-            .as_ref()
-            .map(agent_of)
-            .transpose()
+                common::agent,
+            )
         })
     }
 
@@ -862,28 +762,16 @@ impl Store for PgStore {
         self.tx(|tx| {
             // The row lock orders two heartbeats of one agent (through two
             // replicas) as SQLite's single writer would.
-            let r = tx
-                .query_opt(
-                    "SELECT ident, prev_ident, prev_seen, duplicate, last_seen FROM agents WHERE id = $1 FOR UPDATE",
-                    &[&agent_id],
-                )?
-                .ok_or_else(|| StoreError::NotFound(format!("agent id {agent_id}")))?;
-            let cur: Option<String> = r.try_get(0)?;
-            let prev: Option<String> = r.try_get(1)?;
-            let prev_seen: Option<i64> = r.try_get(2)?;
-            let was_duplicate: bool = r.try_get(3)?;
-            let last_seen: Option<i64> = r.try_get(4)?;
-            let within = |t: Option<i64>| t.is_some_and(|t| now_ms - t <= window_ms);
-            let (new_prev, new_prev_seen, duplicate) = match cur.as_deref() {
-                Some(c) if c != ident => {
-                    let alternating = prev.as_deref() == Some(ident.as_str()) && within(prev_seen);
-                    (Some(c.to_string()), last_seen, was_duplicate || alternating)
-                }
-                _ => {
-                    let still = was_duplicate && within(prev_seen);
-                    (prev, prev_seen, still)
-                }
-            };
+            let stored = first(
+                tx,
+                &format!("SELECT {IDENTS_COLS} FROM agents WHERE id = $1 FOR UPDATE"),
+                &[&agent_id],
+                common::idents,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("agent id {agent_id}")))?;
+            let was_duplicate = stored.duplicate;
+            let (new_prev, new_prev_seen, duplicate) =
+                common::next_idents(stored, &ident, now_ms, window_ms);
             tx.execute(
                 "UPDATE agents SET host = $2, pid = $3, version = $4, status = $5, last_seen = $6, \
                  ident = $7, prev_ident = $8, prev_seen = $9, duplicate = $10, labels = $11 WHERE id = $1",
@@ -995,8 +883,10 @@ impl Store for PgStore {
                 )?;
                 return Ok(SlotOutcome::Granted);
             }
-            let holders = slot_rows(tx)?.into_iter().map(|h| h.agent).collect();
-            Ok(SlotOutcome::Busy { holders })
+            let holders = all(tx, SLOT_SELECT, &[], common::slot_holder)?;
+            Ok(SlotOutcome::Busy {
+                holders: holders.into_iter().map(|h| h.agent).collect(),
+            })
         })
     }
 
@@ -1021,7 +911,7 @@ impl Store for PgStore {
         self.tx(|tx| {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::SLOTS])?;
             expire_slots(tx, lease)?;
-            slot_rows(tx)
+            all(tx, SLOT_SELECT, &[], common::slot_holder)
         })
     }
 
@@ -1097,44 +987,17 @@ impl Store for PgStore {
         self.tx(|tx| {
             let agent_id = agent_id_by_name(tx, agent)?;
             let limit = limit as i64;
-            let rows = tx.query(
-                "SELECT id, from_version, to_version, started_at, finished_at, result, message FROM attempts \
-                 WHERE agent_id = $1 ORDER BY id DESC LIMIT $2",
+            let mut out = all(
+                tx,
+                &format!(
+                    "SELECT {ATTEMPT_COLS} FROM attempts WHERE agent_id = $1 ORDER BY id DESC LIMIT $2"
+                ),
                 &[&agent_id, &limit],
+                |r| common::attempt(r, agent),
             )?;
-            let mut out = Vec::new();
-            for r in rows {
-                let id: i64 = r.try_get(0)?;
-                let mut stages = Vec::new();
-                for s in tx.query(
-                    "SELECT stage, state, message, started_at, updated_at, finished_at FROM attempt_stages \
-                     WHERE attempt_id = $1",
-                    &[&id],
-                )? {
-                    let stage: String = s.try_get(0)?;
-                    let state: String = s.try_get(1)?;
-                    stages.push(StageRecord {
-                        stage: Stage::parse(&stage).ok_or_else(|| corrupt("stage", &stage))?,
-                        state: StageState::parse(&state)
-                            .ok_or_else(|| corrupt("stage state", &state))?,
-                        message: s.try_get(2)?,
-                        started_at: opt_time(s.try_get(3)?),
-                        updated_at: from_ms(s.try_get(4)?),
-                        finished_at: opt_time(s.try_get(5)?),
-                    });
-                }
-                stages.sort_by_key(|s| Stage::ALL.iter().position(|x| *x == s.stage));
-                out.push(Attempt {
-                    id,
-                    agent: agent.to_string(),
-                    from_version: r.try_get(1)?,
-                    to_version: r.try_get(2)?,
-                    started_at: from_ms(r.try_get(3)?),
-                    finished_at: opt_time(r.try_get(4)?),
-                    result: result_of(r.try_get(5)?)?,
-                    message: r.try_get(6)?,
-                    stages,
-                });
+            let stages_sql = format!("{STAGE_SELECT} WHERE attempt_id = $1");
+            for a in &mut out {
+                a.stages = common::in_pipeline_order(all(tx, &stages_sql, &[&a.id], common::stage)?);
             }
             Ok(out)
         })
@@ -1221,10 +1084,7 @@ impl Store for PgStore {
         sql.push_str(" ORDER BY i.last_detected DESC, i.id DESC");
         let params: Vec<&(dyn ToSql + Sync)> =
             args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        blocking(|| {
-            let mut c = self.conn()?;
-            c.query(&sql, &params)?.iter().map(issue_of).collect()
-        })
+        blocking(|| all(&mut *self.conn()?, &sql, &params, common::issue))
     }
 
     fn set_issue_state(
@@ -1242,8 +1102,13 @@ impl Store for PgStore {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("issue {id}")));
             }
-            let row = tx.query_one(&format!("{ISSUE_SELECT} WHERE i.id = $1"), &[&id])?;
-            issue_of(&row)
+            first(
+                tx,
+                &format!("{ISSUE_SELECT} WHERE i.id = $1"),
+                &[&id],
+                common::issue,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("issue {id}")))
         })
     }
 
@@ -1279,15 +1144,16 @@ impl Store for PgStore {
         self.tx(|tx| {
             // FOR UPDATE: two polls of one agent (through two replicas) never
             // both hand out a command; the second sees it Delivered.
-            let rows = tx.query(
+            let queued = all(
+                tx,
                 &format!(
                     "{COMMAND_SELECT} WHERE c.agent_id = $1 AND c.state = 'Queued' ORDER BY c.id FOR UPDATE OF c"
                 ),
                 &[&agent_id],
+                common::command,
             )?;
             let mut out = Vec::new();
-            for r in &rows {
-                let mut c = command_of(r)?;
+            for mut c in queued {
                 tx.execute(
                     "UPDATE commands SET state = 'Delivered', delivered_at = $2 WHERE id = $1",
                     &[&c.id, &now_ms],
@@ -1316,15 +1182,7 @@ impl Store for PgStore {
                 )?
                 .map(|r| r.try_get(0))
                 .transpose()?;
-            match owner {
-                None => return Err(StoreError::NotFound(format!("command {command_id}"))),
-                Some(o) if o != agent_id => {
-                    return Err(StoreError::Forbidden(format!(
-                        "command {command_id} belongs to another agent"
-                    )));
-                }
-                Some(_) => {}
-            }
+            common::owned_by(&format!("command {command_id}"), owner, agent_id)?;
             let state = if ok {
                 CommandState::Done
             } else {
@@ -1341,18 +1199,21 @@ impl Store for PgStore {
     fn list_commands(&self, agent: Option<&str>, limit: usize) -> Result<Vec<Command>, StoreError> {
         let limit = limit as i64;
         blocking(|| {
-            let mut c = self.conn()?;
-            let rows = match agent {
-                Some(a) => c.query(
+            let c = &mut *self.conn()?;
+            match agent {
+                Some(a) => all(
+                    c,
                     &format!("{COMMAND_SELECT} WHERE a.name = $1 ORDER BY c.id DESC LIMIT $2"),
                     &[&a, &limit],
-                )?,
-                None => c.query(
+                    common::command,
+                ),
+                None => all(
+                    c,
                     &format!("{COMMAND_SELECT} ORDER BY c.id DESC LIMIT $1"),
                     &[&limit],
-                )?,
-            };
-            rows.iter().map(command_of).collect()
+                    common::command,
+                ),
+            }
         })
     }
 
@@ -1375,29 +1236,23 @@ impl Store for PgStore {
 
     fn list_log_uploads(&self, agent: &str) -> Result<Vec<LogUpload>, StoreError> {
         blocking(|| {
-            let mut c = self.conn()?;
-            c.query(
-                "SELECT l.id, a.name, l.path, l.size, l.uploaded_at FROM log_uploads l JOIN agents a ON a.id = l.agent_id \
-                 WHERE a.name = $1 ORDER BY l.id DESC",
+            all(
+                &mut *self.conn()?,
+                &format!("{LOG_SELECT} WHERE a.name = $1 ORDER BY l.id DESC"),
                 &[&agent],
-            )?
-            .iter()
-            .map(log_of)
-            .collect()
+                common::log_upload,
+            )
         })
     }
 
     fn log_upload(&self, id: i64) -> Result<Option<LogUpload>, StoreError> {
         blocking(|| {
-            let mut c = self.conn()?;
-            c.query_opt(
-                "SELECT l.id, a.name, l.path, l.size, l.uploaded_at FROM log_uploads l JOIN agents a ON a.id = l.agent_id \
-                 WHERE l.id = $1",
+            first(
+                &mut *self.conn()?,
+                &format!("{LOG_SELECT} WHERE l.id = $1"),
                 &[&id],
-            )?
-            .as_ref()
-            .map(log_of)
-            .transpose()
+                common::log_upload,
+            )
         })
     }
 
@@ -1473,11 +1328,7 @@ impl Store for PgStore {
             let mut page_params = params.clone();
             page_params.push(&per);
             page_params.push(&offset);
-            let agents = tx
-                .query(&sql_page, &page_params)?
-                .iter()
-                .map(agent_of)
-                .collect::<Result<Vec<_>, _>>()?;
+            let agents = all(tx, &sql_page, &page_params, common::agent)?;
             Ok((agents, total as usize))
         })
     }
@@ -1539,14 +1390,10 @@ impl Store for PgStore {
             )? {
                 let (id, v, st): (i64, String, String) =
                     (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-                return Err(StoreError::Conflict(format!(
-                    "rollout {id} of {v} is {st}: complete or abort it before creating another"
-                )));
+                return Err(common::rollout_open(id, &v, &st));
             }
             if let Some(reason) = blocked_reason(tx, version)? {
-                return Err(StoreError::Conflict(format!(
-                    "version {version} is blocklisted ({reason}): clear it first (DELETE /api/v1/admin/blocklist/{version})"
-                )));
+                return Err(common::blocklisted(version, &reason, "first"));
             }
             let id: i64 = tx
                 .query_one(
@@ -1583,26 +1430,14 @@ impl Store for PgStore {
 
     fn rollout_agents(&self, id: i64) -> Result<Vec<RolloutAgentRecord>, StoreError> {
         blocking(|| {
-            let mut c = self.conn()?;
-            c.query(
-                "SELECT r.agent_id, a.name, r.group_idx, r.admitted_at, r.command_id, r.result, r.done_at \
-                 FROM rollout_agents r JOIN agents a ON a.id = r.agent_id WHERE r.rollout_id = $1 \
-                 ORDER BY r.group_idx, r.admitted_at, a.name",
+            all(
+                &mut *self.conn()?,
+                &format!(
+                    "{ROLLOUT_AGENT_SELECT} WHERE r.rollout_id = $1 ORDER BY r.group_idx, r.admitted_at, a.name"
+                ),
                 &[&id],
-            )?
-            .iter()
-            .map(|r| {
-                Ok(RolloutAgentRecord {
-                    agent_id: r.try_get(0)?,
-                    agent: r.try_get(1)?,
-                    group: r.try_get::<_, i64>(2)? as usize,
-                    admitted_at: from_ms(r.try_get(3)?),
-                    command_id: r.try_get(4)?,
-                    result: result_of(r.try_get(5)?)?,
-                    done_at: opt_time(r.try_get(6)?),
-                })
-            })
-            .collect()
+                common::rollout_agent,
+            )
         })
     }
 
@@ -1612,23 +1447,14 @@ impl Store for PgStore {
         since: DateTime<Utc>,
     ) -> Result<Vec<AttemptBrief>, StoreError> {
         blocking(|| {
-            let mut c = self.conn()?;
-            c.query(
-                "SELECT id, agent_id, started_at, finished_at, result FROM attempts \
-                 WHERE to_version = $1 AND started_at >= $2 ORDER BY id",
+            all(
+                &mut *self.conn()?,
+                &format!(
+                    "SELECT {ATTEMPT_BRIEF_COLS} FROM attempts WHERE to_version = $1 AND started_at >= $2 ORDER BY id"
+                ),
                 &[&version, &to_ms(since)],
-            )?
-            .iter()
-            .map(|r| {
-                Ok(AttemptBrief {
-                    id: r.try_get(0)?,
-                    agent_id: r.try_get(1)?,
-                    started_at: from_ms(r.try_get(2)?),
-                    finished_at: opt_time(r.try_get(3)?),
-                    result: result_of(r.try_get(4)?)?,
-                })
-            })
-            .collect()
+                common::attempt_brief,
+            )
         })
     }
 
@@ -1777,29 +1603,17 @@ impl Store for PgStore {
             let version: String = r.try_get(0)?;
             let st: String = r.try_get(1)?;
             let from = RolloutState::parse(&st).ok_or_else(|| corrupt("rollout state", &st))?;
-            let refuse = |what: &str| {
-                Err(StoreError::Conflict(format!(
-                    "rollout {id} is {from}: it cannot be {what}"
-                )))
-            };
+            common::check_transition(id, from, to)?;
             match to {
                 RolloutState::Paused => {
-                    if from != RolloutState::Running {
-                        return refuse("paused");
-                    }
                     tx.execute(
                         "UPDATE rollouts SET state = $2, paused_at = $3, updated_at = $3 WHERE id = $1",
                         &[&id, &to.as_str(), &now_ms],
                     )?;
                 }
                 RolloutState::Running => {
-                    if !matches!(from, RolloutState::Paused | RolloutState::Halted) {
-                        return refuse("resumed");
-                    }
                     if let Some(r) = blocked_reason(tx, &version)? {
-                        return Err(StoreError::Conflict(format!(
-                            "version {version} is blocklisted ({r}): clear it before resuming (DELETE /api/v1/admin/blocklist/{version})"
-                        )));
+                        return Err(common::blocklisted(&version, &r, "before resuming"));
                     }
                     if from == RolloutState::Halted {
                         // The failed agents get another attempt; the halt rule counts afresh.
@@ -1818,9 +1632,6 @@ impl Store for PgStore {
                     )?;
                 }
                 RolloutState::Aborted => {
-                    if !from.is_open() {
-                        return refuse("aborted");
-                    }
                     let why = reason.unwrap_or("aborted by an operator");
                     tx.execute(
                         "UPDATE rollouts SET state = $2, aborted_at = $3, updated_at = $3, \
@@ -1839,11 +1650,8 @@ impl Store for PgStore {
                         ],
                     )?;
                 }
-                RolloutState::Halted | RolloutState::Completed => {
-                    return Err(StoreError::Conflict(format!(
-                        "only the scheduler sets a rollout {to}"
-                    )));
-                }
+                // Refused by check_transition: the scheduler's alone.
+                RolloutState::Halted | RolloutState::Completed => {}
             }
             rollout_by_id(tx, id)?.ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))
         })
@@ -1889,23 +1697,7 @@ impl Store for PgStore {
     }
 
     fn blocklist(&self) -> Result<Vec<BlockedVersion>, StoreError> {
-        blocking(|| {
-            let mut c = self.conn()?;
-            c.query(
-                "SELECT version, reason, rollout_id, added_at FROM blocklist ORDER BY added_at, version",
-                &[],
-            )?
-            .iter()
-            .map(|r| {
-                Ok(BlockedVersion {
-                    version: r.try_get(0)?,
-                    reason: r.try_get(1)?,
-                    rollout_id: r.try_get(2)?,
-                    added_at: from_ms(r.try_get(3)?),
-                })
-            })
-            .collect()
-        })
+        blocking(|| all(&mut *self.conn()?, BLOCKLIST_SELECT, &[], common::blocked))
     }
 
     fn clear_blocked(&self, version: &str) -> Result<(), StoreError> {

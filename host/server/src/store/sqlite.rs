@@ -7,16 +7,20 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::common::{
+    self, AGENT_COLS, ATTEMPT_BRIEF_COLS, ATTEMPT_COLS, BLOCKLIST_SELECT, COMMAND_SELECT,
+    FLEET_OVERRIDE, FLEET_VERSION, GROUP_COLS, IDENTS_COLS, ISSUE_SELECT, LOG_SELECT,
+    ROLLOUT_AGENT_SELECT, ROLLOUT_COLS, ReadRow, SLOT_LIMIT, SLOT_SELECT, STAGE_SELECT, corrupt,
+};
 use super::{AgentQuery, AgentSort, IssueFilter, Store, StoreError, StoreEvent, TokenHash};
-use crate::clock::{from_ms, to_ms};
+use crate::clock::to_ms;
 use crate::model::{
     Agent, AgentStatus, Attempt, AttemptResult, Command, CommandKind, CommandState, Finding,
     FleetState, Heartbeat, HeartbeatOutcome, Issue, IssueReportOutcome, IssueState, LogUpload,
-    SlotHolder, SlotOutcome, Stage, StageRecord, StageState,
+    SlotHolder, SlotOutcome, Stage, StageState,
 };
 use crate::model::{
-    AttemptBrief, BlockedVersion, Labels, RolloutAgentRecord, RolloutGroupRecord, RolloutRecord,
-    RolloutState, effective_labels,
+    AttemptBrief, BlockedVersion, Labels, RolloutAgentRecord, RolloutRecord, RolloutState,
 };
 
 /// Migrations in order; index + 1 is the schema version. Never edit one that
@@ -115,9 +119,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-const FLEET_VERSION: &str = "fleet.version";
-const FLEET_OVERRIDE: &str = "fleet.version.override";
-
 /// The embedded store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -170,12 +171,13 @@ impl SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("agent {name:?}")));
             }
-            let row = tx.query_row(
+            first(
+                tx,
                 &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
                 [name],
-                agent_row,
-            )?;
-            finish_agent(row)
+                common::agent,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("agent {name:?}")))
         })
     }
 }
@@ -214,49 +216,52 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
-    v.map(from_ms)
+impl ReadRow for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.get(i)?)
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(i)?)
+    }
+
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.get(i)?)
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.get(i)?)
+    }
+
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        Ok(self.get::<_, i64>(i)? != 0)
+    }
 }
 
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} {value:?}"))
+/// Every row of `sql`, each mapped by `f` (one of [`common`]'s mappers).
+fn all<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl Fn(&dyn ReadRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut st = c.prepare(sql)?;
+    let mut rows = st.query(p)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
 }
 
-const AGENT_COLS: &str = "id, name, host, pid, version, status, last_seen, duplicate, created_at, labels, label_overrides, cp_pin";
-
-type AgentRow = (Agent, String, String, String);
-
-fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
-    let status: String = r.get(5)?;
-    Ok((
-        Agent {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            host: r.get(2)?,
-            pid: r.get(3)?,
-            version: r.get(4)?,
-            status: AgentStatus::Down,
-            last_seen: opt_time(r.get(6)?),
-            duplicate: r.get::<_, i64>(7)? != 0,
-            created_at: from_ms(r.get(8)?),
-            labels: Labels::new(),
-            reported_labels: Labels::new(),
-            label_overrides: Labels::new(),
-            cp_pin: r.get(11)?,
-        },
-        status,
-        r.get(9)?,
-        r.get(10)?,
-    ))
-}
-
-fn finish_agent((mut a, status, labels, overrides): AgentRow) -> Result<Agent, StoreError> {
-    a.status = AgentStatus::parse(&status).ok_or_else(|| corrupt("agent status", &status))?;
-    a.reported_labels = serde_json::from_str(&labels).map_err(|_| corrupt("labels", &labels))?;
-    a.label_overrides =
-        serde_json::from_str(&overrides).map_err(|_| corrupt("label overrides", &overrides))?;
-    a.labels = effective_labels(&a.reported_labels, &a.label_overrides);
-    Ok(a)
+/// The first row of `sql`, if any, mapped by `f`.
+fn first<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl Fn(&dyn ReadRow) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    Ok(all(c, sql, p, f)?.into_iter().next())
 }
 
 fn agent_id_by_name(tx: &Connection, name: &str) -> Result<i64, StoreError> {
@@ -276,99 +281,11 @@ fn get_setting(c: &Connection, key: &str) -> Result<Option<String>, StoreError> 
     )
 }
 
-const SLOT_LIMIT: &str = "semaphore.limit";
-
 /// The semaphore's limit a rollout stored (see [`Store::slot_limit`]).
 fn stored_slot_limit(c: &Connection) -> Result<Option<u32>, StoreError> {
     get_setting(c, SLOT_LIMIT)?
         .map(|v| v.parse().map_err(|_| corrupt("semaphore limit", &v)))
         .transpose()
-}
-
-const ISSUE_SELECT: &str = "SELECT i.id, a.name, i.source, i.code, i.severity, i.description, i.remediation, \
-     i.state, i.count, i.first_detected, i.last_detected, i.resolved_at FROM issues i JOIN agents a ON a.id = i.agent_id";
-
-fn issue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Issue, String)> {
-    let state: String = r.get(7)?;
-    Ok((
-        Issue {
-            id: r.get(0)?,
-            agent: r.get(1)?,
-            source: r.get(2)?,
-            code: r.get(3)?,
-            severity: r.get(4)?,
-            description: r.get(5)?,
-            remediation: r.get(6)?,
-            state: IssueState::New,
-            count: r.get(8)?,
-            first_detected: from_ms(r.get(9)?),
-            last_detected: from_ms(r.get(10)?),
-            resolved_at: opt_time(r.get(11)?),
-        },
-        state,
-    ))
-}
-
-fn finish_issue((mut i, state): (Issue, String)) -> Result<Issue, StoreError> {
-    i.state = IssueState::parse(&state).ok_or_else(|| corrupt("issue state", &state))?;
-    Ok(i)
-}
-
-const COMMAND_SELECT: &str = "SELECT c.id, a.name, c.kind, c.args, c.state, c.created_at, c.delivered_at, c.done_at, c.message \
-     FROM commands c JOIN agents a ON a.id = c.agent_id";
-
-#[allow(clippy::type_complexity)]
-fn command_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(
-    i64,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-)> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
-}
-
-#[allow(clippy::type_complexity)]
-fn finish_command(
-    (id, agent, kind, args, state, created, delivered, done, message): (
-        i64,
-        String,
-        String,
-        String,
-        String,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-    ),
-) -> Result<Command, StoreError> {
-    Ok(Command {
-        id,
-        agent,
-        kind: CommandKind::parse(&kind).ok_or_else(|| corrupt("command kind", &kind))?,
-        args: serde_json::from_str(&args).map_err(|_| corrupt("command args", &args))?,
-        state: CommandState::parse(&state).ok_or_else(|| corrupt("command state", &state))?,
-        created_at: from_ms(created),
-        delivered_at: opt_time(delivered),
-        done_at: opt_time(done),
-        message,
-    })
 }
 
 /// Checks that `attempt_id` exists and belongs to `agent_id`.
@@ -380,13 +297,7 @@ fn own_attempt(tx: &Connection, agent_id: i64, attempt_id: i64) -> Result<(), St
             |r| r.get(0),
         )
         .optional()?;
-    match owner {
-        None => Err(StoreError::NotFound(format!("attempt {attempt_id}"))),
-        Some(o) if o != agent_id => Err(StoreError::Forbidden(format!(
-            "attempt {attempt_id} belongs to another agent"
-        ))),
-        Some(_) => Ok(()),
-    }
+    common::owned_by(&format!("attempt {attempt_id}"), owner, agent_id)
 }
 
 impl Store for SqliteStore {
@@ -502,22 +413,21 @@ impl Store for SqliteStore {
     }
 
     fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?;
-        let rows = st.query_map([], agent_row)?;
-        rows.map(|r| finish_agent(r?)).collect()
+        all(
+            &self.conn(),
+            &format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"),
+            [],
+            common::agent,
+        )
     }
 
     fn agent_by_name(&self, name: &str) -> Result<Option<Agent>, StoreError> {
-        let conn = self.conn();
-        let row = conn
-            .query_row(
-                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
-                [name],
-                agent_row,
-            )
-            .optional()?;
-        row.map(finish_agent).transpose()
+        first(
+            &self.conn(),
+            &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"),
+            [name],
+            common::agent,
+        )
     }
 
     fn record_heartbeat(
@@ -532,28 +442,16 @@ impl Store for SqliteStore {
         let window_ms = window.num_milliseconds();
         let labels = serde_json::to_string(&hb.labels).unwrap_or_else(|_| "{}".into());
         self.tx(|tx| {
-            let (cur, prev, prev_seen, dup, last_seen): (Option<String>, Option<String>, Option<i64>, i64, Option<i64>) = tx
-                .query_row(
-                    "SELECT ident, prev_ident, prev_seen, duplicate, last_seen FROM agents WHERE id = ?1",
-                    [agent_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?
-                .ok_or_else(|| StoreError::NotFound(format!("agent id {agent_id}")))?;
-            let was_duplicate = dup != 0;
-            let within = |t: Option<i64>| t.is_some_and(|t| now_ms - t <= window_ms);
-            let (new_prev, new_prev_seen, duplicate) = match cur.as_deref() {
-                Some(c) if c != ident => {
-                    // Another process spoke last. If this process was the one
-                    // before it, and that was recent, two are alive at once.
-                    let alternating = prev.as_deref() == Some(ident.as_str()) && within(prev_seen);
-                    (Some(c.to_string()), last_seen, was_duplicate || alternating)
-                }
-                _ => {
-                    let still = was_duplicate && within(prev_seen);
-                    (prev, prev_seen, still)
-                }
-            };
+            let stored = first(
+                tx,
+                &format!("SELECT {IDENTS_COLS} FROM agents WHERE id = ?1"),
+                [agent_id],
+                common::idents,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("agent id {agent_id}")))?;
+            let was_duplicate = stored.duplicate;
+            let (new_prev, new_prev_seen, duplicate) =
+                common::next_idents(stored, &ident, now_ms, window_ms);
             tx.execute(
                 "UPDATE agents SET host = ?2, pid = ?3, version = ?4, status = ?5, last_seen = ?6, \
                  ident = ?7, prev_ident = ?8, prev_seen = ?9, duplicate = ?10, labels = ?11 WHERE id = ?1",
@@ -651,9 +549,10 @@ impl Store for SqliteStore {
                 )?;
                 return Ok(SlotOutcome::Granted);
             }
-            let mut st = tx.prepare("SELECT a.name FROM upgrade_slots s JOIN agents a ON a.id = s.agent_id ORDER BY s.acquired_at")?;
-            let holders = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
-            Ok(SlotOutcome::Busy { holders })
+            let holders = all(tx, SLOT_SELECT, [], common::slot_holder)?;
+            Ok(SlotOutcome::Busy {
+                holders: holders.into_iter().map(|h| h.agent).collect(),
+            })
         })
     }
 
@@ -680,19 +579,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<SlotHolder>, StoreError> {
         self.tx(|tx| {
             expire_slots(tx, to_ms(now), lease)?;
-            let mut st = tx.prepare(
-                "SELECT a.name, s.to_version, s.acquired_at, s.renewed_at FROM upgrade_slots s \
-                 JOIN agents a ON a.id = s.agent_id ORDER BY s.acquired_at",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(SlotHolder {
-                    agent: r.get(0)?,
-                    to_version: r.get(1)?,
-                    acquired_at: from_ms(r.get(2)?),
-                    renewed_at: from_ms(r.get(3)?),
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            all(tx, SLOT_SELECT, [], common::slot_holder)
         })
     }
 
@@ -763,68 +650,17 @@ impl Store for SqliteStore {
     fn list_attempts(&self, agent: &str, limit: usize) -> Result<Vec<Attempt>, StoreError> {
         let conn = self.conn();
         let agent_id = agent_id_by_name(&conn, agent)?;
-        let mut st = conn.prepare(
-            "SELECT id, from_version, to_version, started_at, finished_at, result, message FROM attempts \
-             WHERE agent_id = ?1 ORDER BY id DESC LIMIT ?2",
+        let mut out = all(
+            &conn,
+            &format!(
+                "SELECT {ATTEMPT_COLS} FROM attempts WHERE agent_id = ?1 ORDER BY id DESC LIMIT ?2"
+            ),
+            params![agent_id, limit as i64],
+            |r| common::attempt(r, agent),
         )?;
-        let rows = st.query_map(params![agent_id, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        let mut stages_st = conn.prepare(
-            "SELECT stage, state, message, started_at, updated_at, finished_at FROM attempt_stages WHERE attempt_id = ?1",
-        )?;
-        for row in rows {
-            let (id, from_version, to_version, started, finished, result, message) = row?;
-            let result = match result {
-                Some(r) => {
-                    Some(AttemptResult::parse(&r).ok_or_else(|| corrupt("attempt result", &r))?)
-                }
-                None => None,
-            };
-            let srows = stages_st.query_map([id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<i64>>(5)?,
-                ))
-            })?;
-            let mut stages = Vec::new();
-            for s in srows {
-                let (stage, state, message, started_at, updated_at, finished_at) = s?;
-                stages.push(StageRecord {
-                    stage: Stage::parse(&stage).ok_or_else(|| corrupt("stage", &stage))?,
-                    state: StageState::parse(&state)
-                        .ok_or_else(|| corrupt("stage state", &state))?,
-                    message,
-                    started_at: opt_time(started_at),
-                    updated_at: from_ms(updated_at),
-                    finished_at: opt_time(finished_at),
-                });
-            }
-            stages.sort_by_key(|s| Stage::ALL.iter().position(|x| *x == s.stage));
-            out.push(Attempt {
-                id,
-                agent: agent.to_string(),
-                from_version,
-                to_version,
-                started_at: from_ms(started),
-                finished_at: opt_time(finished),
-                result,
-                message,
-                stages,
-            });
+        let stages_sql = format!("{STAGE_SELECT} WHERE attempt_id = ?1");
+        for a in &mut out {
+            a.stages = common::in_pipeline_order(all(&conn, &stages_sql, [a.id], common::stage)?);
         }
         Ok(out)
     }
@@ -907,9 +743,12 @@ impl Store for SqliteStore {
             sql.push_str(" AND i.state != 'Resolved'");
         }
         sql.push_str(" ORDER BY i.last_detected DESC, i.id DESC");
-        let mut st = conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), issue_row)?;
-        rows.map(|r| finish_issue(r?)).collect()
+        all(
+            &conn,
+            &sql,
+            rusqlite::params_from_iter(args.iter()),
+            common::issue,
+        )
     }
 
     fn set_issue_state(
@@ -927,8 +766,13 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("issue {id}")));
             }
-            let row = tx.query_row(&format!("{ISSUE_SELECT} WHERE i.id = ?1"), [id], issue_row)?;
-            finish_issue(row)
+            first(
+                tx,
+                &format!("{ISSUE_SELECT} WHERE i.id = ?1"),
+                [id],
+                common::issue,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("issue {id}")))
         })
     }
 
@@ -959,15 +803,16 @@ impl Store for SqliteStore {
 
     fn take_commands(&self, agent_id: i64, now: DateTime<Utc>) -> Result<Vec<Command>, StoreError> {
         self.tx(|tx| {
-            let mut st = tx.prepare(&format!(
-                "{COMMAND_SELECT} WHERE c.agent_id = ?1 AND c.state = 'Queued' ORDER BY c.id"
-            ))?;
-            let rows = st
-                .query_map([agent_id], command_row)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let queued = all(
+                tx,
+                &format!(
+                    "{COMMAND_SELECT} WHERE c.agent_id = ?1 AND c.state = 'Queued' ORDER BY c.id"
+                ),
+                [agent_id],
+                common::command,
+            )?;
             let mut out = Vec::new();
-            for row in rows {
-                let mut c = finish_command(row)?;
+            for mut c in queued {
                 tx.execute(
                     "UPDATE commands SET state = 'Delivered', delivered_at = ?2 WHERE id = ?1",
                     params![c.id, to_ms(now)],
@@ -996,15 +841,7 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()?;
-            match owner {
-                None => return Err(StoreError::NotFound(format!("command {command_id}"))),
-                Some(o) if o != agent_id => {
-                    return Err(StoreError::Forbidden(format!(
-                        "command {command_id} belongs to another agent"
-                    )));
-                }
-                Some(_) => {}
-            }
+            common::owned_by(&format!("command {command_id}"), owner, agent_id)?;
             let state = if ok {
                 CommandState::Done
             } else {
@@ -1020,22 +857,21 @@ impl Store for SqliteStore {
 
     fn list_commands(&self, agent: Option<&str>, limit: usize) -> Result<Vec<Command>, StoreError> {
         let conn = self.conn();
-        let rows = match agent {
-            Some(a) => {
-                let mut st = conn.prepare(&format!(
-                    "{COMMAND_SELECT} WHERE a.name = ?1 ORDER BY c.id DESC LIMIT ?2"
-                ))?;
-                st.query_map(params![a, limit as i64], command_row)?
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            None => {
-                let mut st =
-                    conn.prepare(&format!("{COMMAND_SELECT} ORDER BY c.id DESC LIMIT ?1"))?;
-                st.query_map([limit as i64], command_row)?
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-        };
-        rows.into_iter().map(finish_command).collect()
+        let limit = limit as i64;
+        match agent {
+            Some(a) => all(
+                &conn,
+                &format!("{COMMAND_SELECT} WHERE a.name = ?1 ORDER BY c.id DESC LIMIT ?2"),
+                params![a, limit],
+                common::command,
+            ),
+            None => all(
+                &conn,
+                &format!("{COMMAND_SELECT} ORDER BY c.id DESC LIMIT ?1"),
+                [limit],
+                common::command,
+            ),
+        }
     }
 
     fn record_log_upload(
@@ -1055,25 +891,21 @@ impl Store for SqliteStore {
     }
 
     fn list_log_uploads(&self, agent: &str) -> Result<Vec<LogUpload>, StoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT l.id, a.name, l.path, l.size, l.uploaded_at FROM log_uploads l JOIN agents a ON a.id = l.agent_id \
-             WHERE a.name = ?1 ORDER BY l.id DESC",
-        )?;
-        let rows = st.query_map([agent], log_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        all(
+            &self.conn(),
+            &format!("{LOG_SELECT} WHERE a.name = ?1 ORDER BY l.id DESC"),
+            [agent],
+            common::log_upload,
+        )
     }
 
     fn log_upload(&self, id: i64) -> Result<Option<LogUpload>, StoreError> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT l.id, a.name, l.path, l.size, l.uploaded_at FROM log_uploads l JOIN agents a ON a.id = l.agent_id \
-                 WHERE l.id = ?1",
-                [id],
-                log_row,
-            )
-            .optional()?)
+        first(
+            &self.conn(),
+            &format!("{LOG_SELECT} WHERE l.id = ?1"),
+            [id],
+            common::log_upload,
+        )
     }
 
     fn agents_page(&self, q: &AgentQuery) -> Result<(Vec<Agent>, usize), StoreError> {
@@ -1135,15 +967,17 @@ impl Store for SqliteStore {
         page_args.push(Sql::Integer(per as i64));
         page_args.push(Sql::Integer(offset as i64));
         // The column comes from AgentSort's fixed names, never from the request.
-        let mut st = conn.prepare(&format!(
+        let sql = format!(
             "SELECT {AGENT_COLS} FROM agents{filter} ORDER BY {} {}, name LIMIT ? OFFSET ?",
             sort.as_str(),
             if descending { "DESC" } else { "ASC" }
-        ))?;
-        let rows = st.query_map(rusqlite::params_from_iter(page_args.iter()), agent_row)?;
-        let agents = rows
-            .map(|r| finish_agent(r?))
-            .collect::<Result<Vec<_>, _>>()?;
+        );
+        let agents = all(
+            &conn,
+            &sql,
+            rusqlite::params_from_iter(page_args.iter()),
+            common::agent,
+        )?;
         Ok((agents, total as usize))
     }
 
@@ -1184,14 +1018,10 @@ impl Store for SqliteStore {
                 )
                 .optional()?
             {
-                return Err(StoreError::Conflict(format!(
-                    "rollout {id} of {v} is {st}: complete or abort it before creating another"
-                )));
+                return Err(common::rollout_open(id, &v, &st));
             }
             if let Some(reason) = blocked_reason(tx, version)? {
-                return Err(StoreError::Conflict(format!(
-                    "version {version} is blocklisted ({reason}): clear it first (DELETE /api/v1/admin/blocklist/{version})"
-                )));
+                return Err(common::blocklisted(version, &reason, "first"));
             }
             tx.execute(
                 "INSERT INTO rollouts (version, spec, state, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -1225,37 +1055,14 @@ impl Store for SqliteStore {
     }
 
     fn rollout_agents(&self, id: i64) -> Result<Vec<RolloutAgentRecord>, StoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT r.agent_id, a.name, r.group_idx, r.admitted_at, r.command_id, r.result, r.done_at              FROM rollout_agents r JOIN agents a ON a.id = r.agent_id WHERE r.rollout_id = ?1              ORDER BY r.group_idx, r.admitted_at, a.name",
-        )?;
-        let rows = st.query_map([id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, Option<i64>>(6)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (agent_id, agent, group, admitted, command_id, result, done) = row?;
-            out.push(RolloutAgentRecord {
-                agent_id,
-                agent,
-                group: group as usize,
-                admitted_at: from_ms(admitted),
-                command_id,
-                result: result
-                    .map(|r| AttemptResult::parse(&r).ok_or_else(|| corrupt("attempt result", &r)))
-                    .transpose()?,
-                done_at: opt_time(done),
-            });
-        }
-        Ok(out)
+        all(
+            &self.conn(),
+            &format!(
+                "{ROLLOUT_AGENT_SELECT} WHERE r.rollout_id = ?1 ORDER BY r.group_idx, r.admitted_at, a.name"
+            ),
+            [id],
+            common::rollout_agent,
+        )
     }
 
     fn attempts_to(
@@ -1263,33 +1070,14 @@ impl Store for SqliteStore {
         version: &str,
         since: DateTime<Utc>,
     ) -> Result<Vec<AttemptBrief>, StoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT id, agent_id, started_at, finished_at, result FROM attempts              WHERE to_version = ?1 AND started_at >= ?2 ORDER BY id",
-        )?;
-        let rows = st.query_map(params![version, to_ms(since)], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, agent_id, started, finished, result) = row?;
-            out.push(AttemptBrief {
-                id,
-                agent_id,
-                started_at: from_ms(started),
-                finished_at: opt_time(finished),
-                result: result
-                    .map(|r| AttemptResult::parse(&r).ok_or_else(|| corrupt("attempt result", &r)))
-                    .transpose()?,
-            });
-        }
-        Ok(out)
+        all(
+            &self.conn(),
+            &format!(
+                "SELECT {ATTEMPT_BRIEF_COLS} FROM attempts WHERE to_version = ?1 AND started_at >= ?2 ORDER BY id"
+            ),
+            params![version, to_ms(since)],
+            common::attempt_brief,
+        )
     }
 
     fn version_counts(&self) -> Result<Vec<(Option<String>, usize)>, StoreError> {
@@ -1458,29 +1246,17 @@ impl Store for SqliteStore {
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))?;
             let from = RolloutState::parse(&st).ok_or_else(|| corrupt("rollout state", &st))?;
-            let refuse = |what: &str| {
-                Err(StoreError::Conflict(format!(
-                    "rollout {id} is {from}: it cannot be {what}"
-                )))
-            };
+            common::check_transition(id, from, to)?;
             match to {
                 RolloutState::Paused => {
-                    if from != RolloutState::Running {
-                        return refuse("paused");
-                    }
                     tx.execute(
                         "UPDATE rollouts SET state = ?2, paused_at = ?3, updated_at = ?3 WHERE id = ?1",
                         params![id, to.as_str(), now_ms],
                     )?;
                 }
                 RolloutState::Running => {
-                    if !matches!(from, RolloutState::Paused | RolloutState::Halted) {
-                        return refuse("resumed");
-                    }
                     if let Some(r) = blocked_reason(tx, &version)? {
-                        return Err(StoreError::Conflict(format!(
-                            "version {version} is blocklisted ({r}): clear it before resuming (DELETE /api/v1/admin/blocklist/{version})"
-                        )));
+                        return Err(common::blocklisted(&version, &r, "before resuming"));
                     }
                     if from == RolloutState::Halted {
                         // The failed agents get another attempt; the halt rule counts afresh.
@@ -1495,9 +1271,6 @@ impl Store for SqliteStore {
                     )?;
                 }
                 RolloutState::Aborted => {
-                    if !from.is_open() {
-                        return refuse("aborted");
-                    }
                     let why = reason.unwrap_or("aborted by an operator");
                     tx.execute(
                         "UPDATE rollouts SET state = ?2, aborted_at = ?3, updated_at = ?3, \
@@ -1512,30 +1285,15 @@ impl Store for SqliteStore {
                         params![CommandKind::AutoUpgrade.as_str(), CommandState::Queued.as_str(), id],
                     )?;
                 }
-                RolloutState::Halted | RolloutState::Completed => {
-                    return Err(StoreError::Conflict(format!(
-                        "only the scheduler sets a rollout {to}"
-                    )));
-                }
+                // Refused by check_transition: the scheduler's alone.
+                RolloutState::Halted | RolloutState::Completed => {}
             }
             rollout_by_id(tx, id)?.ok_or_else(|| StoreError::NotFound(format!("rollout {id}")))
         })
     }
 
     fn blocklist(&self) -> Result<Vec<BlockedVersion>, StoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT version, reason, rollout_id, added_at FROM blocklist ORDER BY added_at, version",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(BlockedVersion {
-                version: r.get(0)?,
-                reason: r.get(1)?,
-                rollout_id: r.get(2)?,
-                added_at: from_ms(r.get(3)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        all(&self.conn(), BLOCKLIST_SELECT, [], common::blocked)
     }
 
     fn clear_blocked(&self, version: &str) -> Result<(), StoreError> {
@@ -1576,82 +1334,13 @@ fn block(
 }
 
 fn rollout_by_id(c: &Connection, id: i64) -> Result<Option<RolloutRecord>, StoreError> {
-    type Row = (
-        String,
-        String,
-        String,
-        Option<String>,
-        i64,
-        i64,
-        [Option<i64>; 5],
-    );
-    let row: Option<Row> = c
-        .query_row(
-            "SELECT version, spec, state, reason, created_at, updated_at, paused_at, resumed_at, halted_at, aborted_at, completed_at \
-             FROM rollouts WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    [r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?],
-                ))
-            },
-        )
-        .optional()?;
-    let Some((
-        version,
-        spec,
-        state,
-        reason,
-        created,
-        updated,
-        [paused, resumed, halted, aborted, completed],
-    )) = row
-    else {
+    let sql = format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = ?1");
+    let Some(mut r) = first(c, &sql, [id], |r| common::rollout(id, r))? else {
         return Ok(None);
     };
-    let mut st = c.prepare(
-        "SELECT idx, started_at, completed_at FROM rollout_groups WHERE rollout_id = ?1 ORDER BY idx",
-    )?;
-    let groups = st
-        .query_map([id], |r| {
-            Ok(RolloutGroupRecord {
-                idx: r.get::<_, i64>(0)? as usize,
-                started_at: opt_time(r.get(1)?),
-                completed_at: opt_time(r.get(2)?),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(RolloutRecord {
-        id,
-        spec: serde_json::from_str(&spec).map_err(|_| corrupt("rollout spec", &spec))?,
-        state: RolloutState::parse(&state).ok_or_else(|| corrupt("rollout state", &state))?,
-        version,
-        reason,
-        created_at: from_ms(created),
-        updated_at: from_ms(updated),
-        paused_at: opt_time(paused),
-        resumed_at: opt_time(resumed),
-        halted_at: opt_time(halted),
-        aborted_at: opt_time(aborted),
-        completed_at: opt_time(completed),
-        groups,
-    }))
-}
-
-fn log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogUpload> {
-    Ok(LogUpload {
-        id: r.get(0)?,
-        agent: r.get(1)?,
-        path: r.get(2)?,
-        size: r.get(3)?,
-        uploaded_at: from_ms(r.get(4)?),
-    })
+    let sql = format!("SELECT {GROUP_COLS} FROM rollout_groups WHERE rollout_id = ?1 ORDER BY idx");
+    r.groups = all(c, &sql, [id], common::group)?;
+    Ok(Some(r))
 }
 
 fn expire_slots(tx: &Connection, now_ms: i64, lease: chrono::Duration) -> Result<(), StoreError> {
