@@ -48,20 +48,9 @@ pub fn noise(n: usize) -> Vec<u8> {
     noise_from(0x9e37_79b9_7f4a_7c15, n)
 }
 
-/// [`noise`] from `seed` (xorshift64; `seed | 1`, so any seed works): a
-/// different seed, different bytes, so a test can find one file's bytes in a
-/// package.
-pub fn noise_from(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+/// [`noise`] from `seed`: a different seed, different bytes, so a test can
+/// find one file's bytes in a package (the bundle crate's test support).
+pub use molt_bundle::testing::noise as noise_from;
 
 /// The committed prebuilt bundles (or `$MOLT_SIGNED_BUNDLES`).
 pub fn signed_bundles_dir() -> PathBuf {
