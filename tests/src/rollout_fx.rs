@@ -82,12 +82,13 @@ impl Drop for Supervisor {
     }
 }
 
-/// A control plane and the agents it drives.
+/// A control plane and the agents it drives. Dropped in field order: the
+/// supervisors and agents first, then the control plane, then the files.
 pub struct Fleet {
-    pub kit: Kit,
+    sups: Vec<Supervisor>,
     pub cp: Served,
     pub homes: Vec<Home>,
-    sups: Vec<Supervisor>,
+    pub kit: Kit,
 }
 
 impl Fleet {
@@ -106,10 +107,10 @@ impl Fleet {
         }
         .start();
         Fleet {
-            kit,
+            sups: Vec::new(),
             cp,
             homes: Vec::new(),
-            sups: Vec::new(),
+            kit,
         }
     }
 
