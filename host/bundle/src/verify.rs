@@ -328,23 +328,16 @@ pub fn verify_bundle(
     check_formats(path, &manifest, &parsed.signatures)?;
     let role = manifest.kind.role();
     let digest = container::signed_digest(&file, path, &parsed.layout)?;
-    let (signers, rejected) = root.signed.check_signatures(
+    let signers = check_threshold(
+        path,
+        root,
         role,
-        file_context(manifest.format),
+        Signed::File(manifest.format),
         &digest,
         &parsed.signatures.signatures,
         now,
-    );
+    )?;
     let threshold = root.signed.threshold(role);
-    if signers.len() < threshold as usize {
-        return Err(BundleError::Threshold {
-            bundle: path.to_path_buf(),
-            role: role.as_str().to_string(),
-            valid: signers.len(),
-            threshold,
-            rejected,
-        });
-    }
     // v2: the manifest signatures too (the rule the ranged reader applies), so
     // a file that verifies whole also verifies by its manifest alone.
     if manifest.format >= 2 {
@@ -433,20 +426,57 @@ pub(crate) fn check_manifest_signatures(
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, BundleError> {
     let m = manifest_digest(manifest_bytes);
-    let (signers, rejected) =
-        root.signed
-            .check_signatures(role, MANIFEST_SIG_CONTEXT_V2, &m, sigs, now);
+    check_threshold(path, root, role, Signed::Manifest, &m, sigs, now)
+}
+
+/// What a list of signatures signs: the whole file (of this format) or the
+/// manifest's bytes (format 2).
+#[derive(Debug, Clone, Copy)]
+enum Signed {
+    File(u32),
+    Manifest,
+}
+
+/// A threshold of `role` must have signed `digest` (the whole file's or the
+/// manifest's) under its context: the one rule for both kinds of signature.
+/// Returns the key ids that counted.
+fn check_threshold(
+    path: &Path,
+    root: &SignedRoot,
+    role: Role,
+    what: Signed,
+    digest: &[u8; 32],
+    sigs: &[Signature],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, BundleError> {
+    let context = match what {
+        Signed::File(format) => file_context(format),
+        Signed::Manifest => MANIFEST_SIG_CONTEXT_V2,
+    };
+    let (signers, rejected) = root
+        .signed
+        .check_signatures(role, context, digest, sigs, now);
     let threshold = root.signed.threshold(role);
-    if signers.len() < threshold as usize {
-        return Err(BundleError::ManifestThreshold {
-            bundle: path.to_path_buf(),
-            role: role.as_str().to_string(),
-            valid: signers.len(),
+    if signers.len() >= threshold as usize {
+        return Ok(signers);
+    }
+    let (bundle, role, valid) = (path.to_path_buf(), role.as_str().to_string(), signers.len());
+    Err(match what {
+        Signed::File(_) => BundleError::Threshold {
+            bundle,
+            role,
+            valid,
             threshold,
             rejected,
-        });
-    }
-    Ok(signers)
+        },
+        Signed::Manifest => BundleError::ManifestThreshold {
+            bundle,
+            role,
+            valid,
+            threshold,
+            rejected,
+        },
+    })
 }
 
 fn role_str(r: Role) -> &'static str {
