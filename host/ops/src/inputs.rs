@@ -165,10 +165,12 @@ impl Evidence {
     pub fn gather(home: &Home, extra_logs: &[PathBuf]) -> Evidence {
         let mut ev = Evidence::default();
         let logs = home.logs_dir();
-        let mut agent_files = vec![home.agent_log()];
-        for n in ["agent.console.log", "supervisor.log", "deploy-resume.log"] {
-            agent_files.push(logs.join(n));
-        }
+        let mut agent_files = vec![
+            home.agent_log(),
+            home.agent_console_log(),
+            home.supervisor_log(),
+            home.deploy_resume_log(),
+        ];
         agent_files.extend(extra_logs.iter().cloned());
         for f in &agent_files {
             ev.read_log(f, false);
@@ -182,8 +184,9 @@ impl Evidence {
                 .collect();
             dirs.sort();
             for d in dirs {
-                for n in ["upgrade.log", "runner.log"] {
-                    ev.read_log(&d.join(n), true);
+                let d = molt_layout::UpgradeDir(&d);
+                for f in [d.upgrade_log(), d.runner_log()] {
+                    ev.read_log(&f, true);
                 }
             }
         }
@@ -341,7 +344,7 @@ mod tests {
         let ev2 = "2026-11-23T07:00:20.654321Z ERROR unable to download x: refused";
         std::fs::write(home.agent_log(), format!("{ev1}\n{ev2}\n")).unwrap();
         std::fs::write(
-            home.logs_dir().join("agent.console.log"),
+            home.agent_console_log(),
             // The console copy: its own clock reading, ANSI colours.
             "2026-11-23T07:00:00.123471Z \x1b[31mERROR\x1b[0m unable to download x: refused\n\
              2026-11-23T07:00:20.654339Z \x1b[31mERROR\x1b[0m unable to download x: refused\n\

@@ -417,7 +417,7 @@ fn start_supervisor(o: &InstallOptions, report: &mut InstallReport) -> Result<()
         return Ok(());
     }
     let exe = Home::new(&o.home).current_link().join("bin/molt");
-    let log = Home::new(&o.home).logs_dir().join("supervisor.log");
+    let log = Home::new(&o.home).supervisor_log();
     let home_s = o.home.to_string_lossy().into_owned();
     let args = ["run", "--home", home_s.as_str()];
     match &o.user {
@@ -494,7 +494,7 @@ fn uninstall_files(
     } else {
         let h = Home::new(home);
         // The supervisor leaves when its home goes; stop it and its agent first.
-        if let Some(pid) = molt_deploy::service::read_pid(&h.conf_dir().join("supervisor.pid")) {
+        if let Some(pid) = molt_deploy::service::read_pid(&h.supervisor_pid_file()) {
             molt_deploy::proc::signal(pid, libc::SIGTERM);
             let start = std::time::Instant::now();
             while molt_deploy::proc::alive(pid)

@@ -263,10 +263,7 @@ pub fn plan(
     }
     let (certs, from) = old_custom_certs(home, None);
     let mut stop_pids: Vec<u32> = Vec::new();
-    for f in [
-        home.conf_dir().join("supervisor.pid"),
-        home.agent_pid_file(),
-    ] {
+    for f in [home.supervisor_pid_file(), home.agent_pid_file()] {
         if let Some(p) = molt_deploy::service::read_pid(&f)
             && molt_deploy::proc::alive(p)
             && !stop_pids.contains(&p)
@@ -443,10 +440,10 @@ pub fn repair(home: &Home, opts: &RepairOptions) -> Result<RepairOutcome, OpsErr
         molt_deploy::service::spawn_detached(
             &opts.molt_exe,
             &["run", "--home", &home.root().to_string_lossy()],
-            &home.logs_dir().join("supervisor.log"),
+            &home.supervisor_log(),
         )?;
         let pid = molt_deploy::health::wait_up(home, &plan.version, at, opts.wait)
-            .map_err(|e| bad(home, format!("repaired, but the agent did not come Up: {e}; see {} and run `molt diagnose`", home.logs_dir().join("agent.console.log").display())))?;
+            .map_err(|e| bad(home, format!("repaired, but the agent did not come Up: {e}; see {} and run `molt diagnose`", home.agent_console_log().display())))?;
         up_pid = Some(pid);
     }
     Ok(RepairOutcome {

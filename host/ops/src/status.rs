@@ -654,7 +654,7 @@ mod tests {
 ";
         std::fs::write(h.agent_log(), log).unwrap();
         std::fs::write(
-            h.logs_dir().join("deploy-resume.log"),
+            h.deploy_resume_log(),
             "2026-11-22T11:00:06.000Z  INFO upgrade stage stage=\"Deploy Binary Files\" state=\"Complete\" message=\"versions/v2: 1 files linked\"\n",
         )
         .unwrap();

@@ -84,7 +84,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             eprintln!("demo failed: {e:#}");
             eprintln!(
                 "    agent log: {}",
-                dir.join("home/logs/agent.log").display()
+                Home::new(dir.join("home")).agent_log().display()
             );
             if a.keep.is_none() {
                 eprintln!("    (run with --keep DIR to keep the files)");
