@@ -122,6 +122,11 @@ impl Home {
     pub fn backup_dir(&self) -> PathBuf {
         self.root.join("backup")
     }
+    /// `<home>/backup/truststore`: `<version>.cacerts.pem`, the truststore a
+    /// MigrateTrustStore replaced (read by `molt diagnose` and `molt repair`).
+    pub fn truststore_backup_dir(&self) -> PathBuf {
+        self.backup_dir().join("truststore")
+    }
     /// `<home>/conf/agent.pid`: the agent's pid, owned by the supervisor (`molt run`).
     pub fn agent_pid_file(&self) -> PathBuf {
         self.conf_dir().join("agent.pid")

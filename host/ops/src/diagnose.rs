@@ -410,7 +410,7 @@ pub fn lost_truststore_certs(home: &Home) -> Vec<String> {
         known.extend(pem_blocks(&stock));
     }
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(home.backup_dir().join("truststore")) else {
+    let Ok(rd) = std::fs::read_dir(home.truststore_backup_dir()) else {
         return out;
     };
     let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();

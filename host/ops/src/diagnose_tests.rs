@@ -426,8 +426,8 @@ fn certificates_in_a_backup_but_not_in_the_running_truststore_are_lost() {
         ],
     );
     point_current(&h, "v2");
-    std::fs::create_dir_all(h.backup_dir().join("truststore")).unwrap();
-    std::fs::write(h.backup_dir().join("truststore/v1.cacerts.pem"), &both).unwrap();
+    std::fs::create_dir_all(h.truststore_backup_dir()).unwrap();
+    std::fs::write(h.truststore_backup_dir().join("v1.cacerts.pem"), &both).unwrap();
     assert!(state_ids(&h).contains(&"truststore-certs-lost".to_string()));
     // Once the certificate is back (added in place), nothing is reported,
     // and the in-place edit does not count as a damaged install.

@@ -109,7 +109,7 @@ fn old_custom_certs(home: &Home, new_stock: Option<&str>) -> (Vec<String>, Optio
             return (custom_certs(&text, &stock), Some(store));
         }
     }
-    let Ok(rd) = std::fs::read_dir(home.backup_dir().join("truststore")) else {
+    let Ok(rd) = std::fs::read_dir(home.truststore_backup_dir()) else {
         return (Vec::new(), None);
     };
     let newest = rd
