@@ -373,12 +373,18 @@ async fn one_try(
 
 /// The download's disk side: write each batch and, given a digest context, hash
 /// it on a second thread (on one thread the two took as long as the whole
-/// transfer), start write-back every 16 MiB so the final fsync has little left
-/// to do, then fsync. Returns the digest context of everything written (every
-/// batch received is written
-/// even when the sender quits early, so a resumed download continues from what
-/// is on disk). Batches go to the file with `writev` straight from the received
-/// buffers: staging them in a `BufWriter` cost one more copy of every byte.
+/// transfer). Returns the digest context of everything written (every batch
+/// received is written even when the sender quits early, so a resumed
+/// download continues from what is on disk). Batches go to the file with
+/// `writev` straight from the received buffers: staging them in a `BufWriter`
+/// cost one more copy of every byte.
+///
+/// No fsync: nothing trusts a package file for being on disk. A file in
+/// `package/incoming` is used only after its digest (a file already present)
+/// and its signature are checked, and the deploy digest-checks every file it
+/// builds from it and flushes the version directory; a file a crash left
+/// damaged is fetched again. An fsync made the disk's write speed the
+/// download's limit (about 0.65x of `curl -o` on loopback).
 fn write_and_hash<B: AsRef<[u8]> + Clone + Send>(
     mut file: std::fs::File,
     ctx: Option<ring::digest::Context>,
@@ -406,15 +412,12 @@ fn write_and_hash<B: AsRef<[u8]> + Clone + Send>(
     })
 }
 
-/// Write each received batch, pass it on to the hash thread, start write-back
-/// every 16 MiB, and fsync once the sender is done.
+/// Write each received batch and pass it on to the hash thread.
 fn write_batches<B: AsRef<[u8]> + Clone>(
     file: &mut std::fs::File,
     rx: &std::sync::mpsc::Receiver<Vec<B>>,
     to_hash: Option<&std::sync::mpsc::SyncSender<Vec<B>>>,
 ) -> std::io::Result<()> {
-    const WRITEBACK_EVERY: u64 = 16 << 20;
-    let mut since_writeback = 0u64;
     for batch in rx.iter() {
         // A clone of a batch is a clone of its buffer handles, not of the bytes.
         if let Some(h) = to_hash
@@ -422,13 +425,9 @@ fn write_batches<B: AsRef<[u8]> + Clone>(
         {
             return Err(std::io::Error::other("download hash thread stopped"));
         }
-        since_writeback += write_all_vectored(file, &batch)?;
-        if since_writeback >= WRITEBACK_EVERY {
-            start_writeback(file);
-            since_writeback = 0;
-        }
+        write_all_vectored(file, &batch)?;
     }
-    file.sync_all()
+    Ok(())
 }
 
 /// Write every buffer of `bufs`, in order, with as few `writev` calls as the
@@ -460,19 +459,6 @@ fn write_all_vectored<B: AsRef<[u8]>>(w: &mut impl Write, bufs: &[B]) -> std::io
     }
     Ok(total)
 }
-
-/// Ask the kernel to start writing dirty pages of `f` out now (no wait).
-#[cfg(target_os = "linux")]
-fn start_writeback(f: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range on an fd we own; offset 0, nbytes 0 = to the end.
-    unsafe {
-        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_f: &std::fs::File) {}
 
 /// A progress bar on a terminal, structured progress events in the log otherwise.
 struct Progress {
