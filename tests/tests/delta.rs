@@ -252,3 +252,36 @@ fn a_tampered_entry_is_refused_by_delta_and_full_and_nothing_changes_on_disk() {
     );
     assert!(!s.h.incoming_dir().join(&core).exists());
 }
+
+/// A build of V2's change downloaded earlier and kept in the package cache
+/// (not installed; another version): its entries are a delta source.
+const V2_KEPT: &str = "vancouver-06-01-2023__patch3-08-01-2023_08-01-2023_0800";
+
+#[test]
+fn a_package_kept_in_the_cache_supplies_entries_so_fewer_bytes_go_on_the_wire() {
+    let s = setup(None, false);
+    let kept = format!("molt-core.{V2_KEPT}.universal.universal.zip");
+    s._k.pki.pack_files(
+        &s._k.dir.path().join("src-kept"),
+        &[("lib/changed.bin", changed(V2), 0o644)],
+        &s.h.incoming_dir().join(&kept),
+        PackOpts::default(),
+    );
+    let m = upgrades(&s);
+    assert_delta(&m);
+    // The metadata (at most the tail read and the manifest) and lib/core.txt:
+    // less than the tail read plus the 64 KiB changed entry, which the cache held.
+    let (x, _, _) = fetched(&m);
+    assert!(x < molt_bundle::TAIL_GUESS + 64 * 1024, "{m}");
+    let log = std::fs::read_to_string(s.h.agent_log()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Cached package is a delta source") && l.contains(&kept)),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Package was successfully downloaded") && l.contains("cached=1")),
+        "{log}"
+    );
+}
