@@ -155,7 +155,8 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// The shared store.
 pub struct PgStore {
-    pool: Pool,
+    /// Always `Some` until the store is dropped (see its `Drop`).
+    pool: Option<Pool>,
     config: postgres::Config,
     /// The same settings for the LISTEN connection's async client.
     listen_config: tokio_postgres::Config,
@@ -263,7 +264,7 @@ impl PgStore {
                 .build(manager)
                 .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
             let store = Self {
-                pool,
+                pool: Some(pool),
                 config,
                 listen_config,
                 leader: std::sync::Mutex::new(None),
@@ -275,6 +276,8 @@ impl PgStore {
 
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
         self.pool
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("store closed".into()))?
             .get()
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
@@ -552,6 +555,22 @@ fn rollout_by_id(c: &mut impl GenericClient, id: i64) -> Result<Option<RolloutRe
     let sql = format!("SELECT {GROUP_COLS} FROM rollout_groups WHERE rollout_id = $1 ORDER BY idx");
     r.groups = all(c, &sql, &[&id], common::group)?;
     Ok(Some(r))
+}
+
+/// The `postgres` client's connections each own a small runtime, which
+/// panics when dropped inside an async context (a server shutting down drops
+/// the store there): the pool and the lease session are dropped where
+/// blocking is allowed.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        let pool = self.pool.take();
+        let leader = self
+            .leader
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        blocking(move || drop((pool, leader)));
+    }
 }
 
 /// One leader check on the dedicated session: a session that died lost its
