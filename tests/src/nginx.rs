@@ -81,17 +81,20 @@ pub fn start(dir: &Path, http: &str, server: &str) -> Nginx {
     n
 }
 
-/// The configuration of a round-robin `upstream` named `name` over `urls`
-/// (`http://host:port`) and the server body proxying every request to it, as
-/// tests/bench/serve_load.sh configures it; the `Host` header keeps the port
-/// so the replicas' package URLs point back through nginx.
-pub fn round_robin(name: &str, urls: &[&str]) -> (String, String) {
+/// The configuration of an `upstream` named `name` over `urls`
+/// (`http://host:port`), balanced by `balance` (`""`: round robin, request by
+/// request, as tests/bench/serve_load.sh configures it; e.g. `hash
+/// $http_authorization consistent;`: each client on one backend while it
+/// lives), and the server body proxying every request to it. The `Host`
+/// header keeps the port so the replicas' package URLs point back through
+/// nginx.
+pub fn upstream(name: &str, urls: &[&str], balance: &str) -> (String, String) {
     let servers: String = urls
         .iter()
         .map(|u| format!("    server {};\n", u.trim_start_matches("http://")))
         .collect();
     (
-        format!("upstream {name} {{\n{servers}    keepalive 16;\n  }}"),
+        format!("upstream {name} {{\n    {balance}\n{servers}    keepalive 16;\n  }}"),
         format!(
             "location / {{ proxy_pass http://{name}; proxy_http_version 1.1; \
              proxy_set_header Connection \"\"; proxy_set_header Host $http_host; \
