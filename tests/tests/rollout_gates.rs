@@ -227,6 +227,15 @@ fn a_pinned_agent_stays_out_of_a_rollout_and_is_upgraded_once_the_pin_is_cleared
     let (code, p, out) = fleet(url, &["pin", "par-1", V1]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(p["pin"], V1, "{out}");
+    // Setting the pin queues par-1 one autoUpgrade (so it asks at once); it
+    // is answered the pin it already runs. Nothing after it may reach par-1.
+    let pin_cmds: Vec<Value> = commands(url)
+        .into_iter()
+        .filter(|c| c["agent"] == "par-1")
+        .collect();
+    assert_eq!(pin_cmds.len(), 1, "{pin_cmds:?}");
+    assert_eq!(pin_cmds[0]["kind"], "autoUpgrade", "{pin_cmds:?}");
+    let pin_cmd_id = pin_cmds[0]["id"].as_i64().unwrap_or(i64::MAX);
 
     // The rollout completes for every agent but the pinned one.
     let id = f.create_rollout(V2, &["all canary=1 max_in_flight=2"], &[]);
@@ -237,11 +246,13 @@ fn a_pinned_agent_stays_out_of_a_rollout_and_is_upgraded_once_the_pin_is_cleared
     let (_, st, out) = fleet(url, &["rollout", "status", &id.to_string()]);
     assert_eq!(st["admitted"].as_array().map(Vec::len), Some(1), "{out}");
     assert_eq!(get(url, "/api/v1/admin/fleet")["version"], V2);
-    // The pinned agent: no upgrade command at all, no attempt, Up on V1.
+    // The pinned agent: no upgrade command since the pin's, no attempt, Up on V1.
     let upgrades = commands(url)
         .into_iter()
         .filter(|c| {
-            c["agent"] == "par-1" && matches!(c["kind"].as_str(), Some("autoUpgrade" | "upgrade"))
+            c["agent"] == "par-1"
+                && c["id"].as_i64().is_some_and(|id| id > pin_cmd_id)
+                && matches!(c["kind"].as_str(), Some("autoUpgrade" | "upgrade"))
         })
         .count();
     assert_eq!(upgrades, 0);

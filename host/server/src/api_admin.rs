@@ -95,7 +95,12 @@ pub async fn put_pin(
     }
     state.publish(crate::store::StoreEvent::AgentsChanged);
     tracing::info!(agent = %name, version = ?req.version, "agent pin set");
-    Ok(axum::Json(AgentView::of(&state, agent)).into_response())
+    // The agent re-reads its assignment only at start, on a command or at its
+    // periodic check: without a command a pin (or its clearing) would wait
+    // for that check, up to an hour.
+    let view = AgentView::of(&state, agent);
+    queue_command(&state, &name, CommandKind::AutoUpgrade, json!({})).await?;
+    Ok(axum::Json(view).into_response())
 }
 
 #[derive(Deserialize)]
