@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: building the new version directory (molt deploy's "Deploy Binary
-# Files": hard links for unchanged files, copies for changed ones, every digest
-# checked, syncfs) against `rsync -a` of the whole tree, side by side in one run,
+# Files": hard links for unchanged files, changed ones from the extracted package,
+# every file checked against its manifest entry (a digest, or for an unchanged
+# link its inode's size, mode and mtime), syncfs) against `rsync -a` of the whole
+# tree, side by side in one run,
 # for a 2,000-file, 200 MB package with 5% and with 100% of files changed. Also
 # prints the downtime (service stopped -> new version Up) of the same deploys.
 # Targets: 5% changed <= 0.2x rsync; 100% changed no slower than rsync.

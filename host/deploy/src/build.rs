@@ -2,10 +2,14 @@
 //!
 //! Unchanged files are hard links to the current version's files (same content
 //! *and* same mode, so no mode can leak between versions through a shared inode);
-//! changed files are copied from the extracted package and given the manifest's
-//! mode; every file is digest-checked against the manifest; the result is flushed
-//! to disk before it is renamed into place. Nothing of the running version is
-//! written, so files held open or locked by the old agent cannot break the build.
+//! changed files are taken from the extracted package (a hard link when the
+//! staged file has no other name, else a copy) and given the manifest's mode;
+//! every file is checked against the manifest: a changed one by its SHA-256, an
+//! unchanged link by its SHA-256 too unless its inode is provably the one the
+//! current version checked (size, mode, and an mtime older than that version's
+//! meta). The result is flushed to disk (one `syncfs`) before it is renamed into
+//! place. Nothing of the running version is written, so files held open or
+//! locked by the old agent cannot break the build.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
