@@ -972,7 +972,16 @@ fn three_replicas_never_grant_more_than_max_slots() {
     const MAX: u32 = 10;
     let pg = PgServer::start();
     let url = pg.url();
-    let replicas: Vec<Arc<dyn Store>> = (0..3).map(|_| store::open(&url).unwrap()).collect();
+    // 100 threads per pool of 16, one at a time through the semaphore's lock:
+    // a loaded machine may keep a thread waiting for a connection longer than
+    // the default 3 s, which would fail the call, not the property tested.
+    let patient = store::DbOptions {
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let replicas: Vec<Arc<dyn Store>> = (0..3)
+        .map(|_| store::open_with(&url, &patient).unwrap())
+        .collect();
     let now = Utc::now();
     let ids: Vec<i64> = (0..AGENTS)
         .map(|i| {

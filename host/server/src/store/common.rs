@@ -259,6 +259,21 @@ pub(super) fn group(r: &dyn ReadRow) -> Result<RolloutGroupRecord, StoreError> {
     })
 }
 
+/// What inserting agent `name` does when the name is taken: registering
+/// (`replace` false) leaves the row alone and reports [`name_taken`]; the
+/// start-up bootstrap (`replace` true) gives the agent the new token.
+pub(super) fn on_name_taken(replace: bool) -> &'static str {
+    if replace {
+        "UPDATE SET token_hash = excluded.token_hash"
+    } else {
+        "NOTHING"
+    }
+}
+
+pub(super) fn name_taken(name: &str) -> StoreError {
+    StoreError::Conflict(format!("an agent named {name:?} is already registered"))
+}
+
 /// `what` (`attempt 7`, `command 9`) exists and belongs to `agent_id`.
 pub(super) fn owned_by(what: &str, owner: Option<i64>, agent_id: i64) -> Result<(), StoreError> {
     match owner {

@@ -296,6 +296,25 @@ impl PgStore {
         })
     }
 
+    /// Inserts agent `name` (see [`common::on_name_taken`] for a taken name).
+    fn insert_agent(
+        &self,
+        name: &str,
+        token: &TokenHash,
+        at: DateTime<Utc>,
+        replace: bool,
+    ) -> Result<i64, StoreError> {
+        let sql = format!(
+            "INSERT INTO agents (name, token_hash, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO {} RETURNING id",
+            common::on_name_taken(replace)
+        );
+        self.tx(|tx| {
+            first(tx, &sql, &[&name, &&token[..], &to_ms(at)], |r| r.int(0))?
+                .ok_or_else(|| common::name_taken(name))
+        })
+    }
+
     /// Sets one operator-owned column of an agent and returns the row
     /// (`NotFound` for an unknown name): label overrides and the pin share it.
     fn set_agent_column(
@@ -705,19 +724,7 @@ impl Store for PgStore {
         token: &TokenHash,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
-        self.tx(|tx| {
-            let row = tx.query_opt(
-                "INSERT INTO agents (name, token_hash, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO NOTHING RETURNING id",
-                &[&name, &&token[..], &to_ms(now)],
-            )?;
-            match row {
-                Some(r) => Ok(r.try_get(0)?),
-                None => Err(StoreError::Conflict(format!(
-                    "an agent named {name:?} is already registered"
-                ))),
-            }
-        })
+        self.insert_agent(name, token, now, false)
     }
 
     fn upsert_agent_token(
@@ -726,14 +733,7 @@ impl Store for PgStore {
         token: &TokenHash,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
-        self.tx(|tx| {
-            let r = tx.query_one(
-                "INSERT INTO agents (name, token_hash, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash RETURNING id",
-                &[&name, &&token[..], &to_ms(now)],
-            )?;
-            Ok(r.try_get(0)?)
-        })
+        self.insert_agent(name, token, now, true)
     }
 
     fn delete_agent(&self, name: &str) -> Result<(), StoreError> {

@@ -155,6 +155,25 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Inserts agent `name` (see [`common::on_name_taken`] for a taken name).
+    fn insert_agent(
+        &self,
+        name: &str,
+        token: &TokenHash,
+        at: DateTime<Utc>,
+        replace: bool,
+    ) -> Result<i64, StoreError> {
+        let sql = format!(
+            "INSERT INTO agents (name, token_hash, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(name) DO {} RETURNING id",
+            common::on_name_taken(replace)
+        );
+        self.tx(|tx| {
+            first(tx, &sql, params![name, &token[..], to_ms(at)], |r| r.int(0))?
+                .ok_or_else(|| common::name_taken(name))
+        })
+    }
+
     /// Sets one operator-owned column of an agent and returns the row
     /// (`NotFound` for an unknown name): label overrides and the pin share it.
     fn set_agent_column(
@@ -367,23 +386,7 @@ impl Store for SqliteStore {
         token: &TokenHash,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
-        self.tx(|tx| {
-            let exists: bool = tx.query_row(
-                "SELECT EXISTS(SELECT 1 FROM agents WHERE name = ?1)",
-                [name],
-                |r| r.get(0),
-            )?;
-            if exists {
-                return Err(StoreError::Conflict(format!(
-                    "an agent named {name:?} is already registered"
-                )));
-            }
-            tx.execute(
-                "INSERT INTO agents (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
-                params![name, &token[..], to_ms(now)],
-            )?;
-            Ok(tx.last_insert_rowid())
-        })
+        self.insert_agent(name, token, now, false)
     }
 
     fn upsert_agent_token(
@@ -392,14 +395,7 @@ impl Store for SqliteStore {
         token: &TokenHash,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
-        self.tx(|tx| {
-            tx.execute(
-                "INSERT INTO agents (name, token_hash, created_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(name) DO UPDATE SET token_hash = excluded.token_hash",
-                params![name, &token[..], to_ms(now)],
-            )?;
-            agent_id_by_name(tx, name)
-        })
+        self.insert_agent(name, token, now, true)
     }
 
     fn delete_agent(&self, name: &str) -> Result<(), StoreError> {
