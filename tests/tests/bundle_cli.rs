@@ -219,6 +219,62 @@ fn a_newer_bundle_format_says_what_to_do() {
     let (text, error) = refused(k.d(), "new.zip");
     assert!(text.contains(&format!("reason: {want}")), "{text}");
     assert!(error.contains(want), "{error}");
+
+    // What the message advises exists: `--format 1` packs what older agents
+    // read (whole-file signatures only), and it verifies.
+    let packed = ok(
+        k.d(),
+        &[
+            "bundle",
+            "pack",
+            "payload",
+            "--buildstamp",
+            &core(V1),
+            "--sequence",
+            "2",
+            "--out",
+            "v1.zip",
+            "--format",
+            "1",
+            "--key",
+            "packages-TEST-ONLY.pk8",
+        ],
+    );
+    assert!(packed.contains("packed v1.zip"), "{packed}");
+    let i = ok(k.d(), &["bundle", "inspect", "v1.zip"]);
+    assert!(
+        i.contains("format:     1 (whole-file signatures only)"),
+        "{i}"
+    );
+    let i2 = ok(k.d(), &["bundle", "inspect", "b.zip"]);
+    assert!(i2.contains("format:     2 ("), "{i2}");
+    let v = ok(
+        k.d(),
+        &["bundle", "verify", "--root", "root.json", "v1.zip"],
+    );
+    assert!(v.starts_with("VALID v1.zip"), "{v}");
+    let bad = molt(
+        k.d(),
+        &[
+            "bundle",
+            "pack",
+            "payload",
+            "--buildstamp",
+            &core(V1),
+            "--sequence",
+            "3",
+            "--out",
+            "v9.zip",
+            "--format",
+            "9",
+        ],
+    );
+    assert_ne!(bad.code, 0);
+    assert!(
+        bad.err.contains("bundle format 9 (known: 1 or 2)"),
+        "{}",
+        bad.err
+    );
 }
 
 #[test]

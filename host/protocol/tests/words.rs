@@ -83,16 +83,6 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         "upgrade",
         "the package kind `upgrade` of the simulated package files",
     ),
-    (
-        "host/server/examples/fleet_sim.rs",
-        "Up",
-        "TO FIX (not the scanner's owner's file): the simulated heartbeat's status, AgentStatus::Up",
-    ),
-    (
-        "host/server/examples/fleet_sim.rs",
-        "Complete",
-        "TO FIX (not the scanner's owner's file): the simulated attempt result, AttemptResult::Complete",
-    ),
 ];
 
 /// One literal found: file, line, word.

@@ -58,7 +58,7 @@ async fn agent(
 ) {
     let mut version = V1.to_string();
     let auth = format!("Bearer {token}");
-    let hb = |version: &str| json!({"host": "sim", "version": version, "status": "Up", "pid": 1, "labels": {"site": site}});
+    let hb = |version: &str| json!({"host": "sim", "version": version, "status": molt_protocol::AgentStatus::Up, "pid": 1, "labels": {"site": site}});
     let post = |path: &str, body: Value| {
         c.post(format!("{url}{path}"))
             .header("Authorization", &auth)
@@ -128,7 +128,7 @@ async fn agent(
                 let _ = stats
                     .timed(post(
                         &format!("/api/v1/agent/attempts/{id}/finish"),
-                        json!({"result": "Complete"}),
+                        json!({"result": molt_protocol::AttemptResult::Complete}),
                     ))
                     .await;
             }

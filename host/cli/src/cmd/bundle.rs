@@ -157,6 +157,10 @@ pub struct PackArgs {
     /// Sign right away with these keys (PKCS#8).
     #[arg(long = "key", value_name = "PK8")]
     pub keys: Vec<PathBuf>,
+    /// Bundle format: 2 (default; manifest signatures, for delta downloads)
+    /// or 1 (what agents older than format 2 accept).
+    #[arg(long, value_name = "N", default_value_t = molt_bundle::editor::PACK_FORMAT)]
+    pub format: u32,
 }
 
 #[derive(clap::Args)]
@@ -484,7 +488,7 @@ pub fn bundle(c: BundleCmd) -> anyhow::Result<ExitCode> {
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(&a.buildstamp));
-            let m = molt_bundle::pack_dir(&a.dir, &spec, &out)?;
+            let m = molt_bundle::editor::pack_dir_format(&a.dir, &spec, &out, a.format)?;
             println!(
                 "packed {}: {} files, {}, sequence {}",
                 out.display(),
