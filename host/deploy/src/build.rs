@@ -188,7 +188,7 @@ pub fn build_version(
             build_dir,
             (!ts.carried).then_some(staged.as_path()),
             ts.meta,
-            &home.backup_dir().join("truststore"),
+            &home.truststore_backup_dir(),
             &plan.from_version,
         )?;
         stats.truststore_carried = m.carried;

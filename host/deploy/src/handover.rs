@@ -144,7 +144,7 @@ fn hand_over_inner(
     };
     let runner_dir = UpgradeDir(upgrade_dir).runner_dir();
     std::fs::create_dir_all(&runner_dir).map_err(io_err(&runner_dir))?;
-    let runner = runner_dir.join("molt");
+    let runner = UpgradeDir(upgrade_dir).runner_exe();
     std::fs::copy(&src, &runner).map_err(io_err(&src))?;
     fsutil::set_mode(&runner, 0o755)?;
 

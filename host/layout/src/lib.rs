@@ -303,6 +303,10 @@ impl UpgradeDir<'_> {
     pub fn runner_dir(self) -> PathBuf {
         self.0.join("runner")
     }
+    /// `runner/molt`: the runner binary the hand-over starts.
+    pub fn runner_exe(self) -> PathBuf {
+        self.runner_dir().join("molt")
+    }
     /// `runner.log`: the detached runner's stdout and stderr.
     pub fn runner_log(self) -> PathBuf {
         self.0.join("runner.log")
