@@ -153,6 +153,18 @@ words!(
 );
 
 words!(
+    /// An agent's readiness for a version: its latest `runPrecheck` of that
+    /// version found no blocking finding (Ready), found one (Not Ready), is
+    /// queued or running (Pending), or was never run (Not Checked).
+    Readiness ("readiness") {
+        Ready = "Ready",
+        NotReady = "Not Ready",
+        Pending = "Pending",
+        NotChecked = "Not Checked",
+    }
+);
+
+words!(
     /// Issue state (ecc_agent_issue.state).
     IssueState ("issue state") { New = "New", Acknowledged = "Acknowledged", Resolved = "Resolved" }
 );

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use molt_protocol::{
-    AgentStatus, AttemptResult, CommandKind, CommandState, FindingSeverity, IssueState, Stage,
-    StageState,
+    AgentStatus, AttemptResult, CommandKind, CommandState, FindingSeverity, IssueState, Readiness,
+    Stage, StageState,
 };
 
 /// The words, as the quoted literals they would be in code.
@@ -53,6 +53,11 @@ const WORDS: &[&str] = &[
     // Issue states.
     "Acknowledged",
     "Resolved",
+    // Readiness for a version.
+    "Ready",
+    "Not Ready",
+    "Pending",
+    "Not Checked",
 ];
 
 /// Finding severities. These are also ordinary words (`"error"` is the admin
@@ -599,6 +604,7 @@ fn the_word_list_is_the_protocols_words() {
     protocol.extend(CommandKind::ALL.iter().map(|w| w.as_str()));
     protocol.extend(CommandState::ALL.iter().map(|w| w.as_str()));
     protocol.extend(IssueState::ALL.iter().map(|w| w.as_str()));
+    protocol.extend(Readiness::ALL.iter().map(|w| w.as_str()));
     // "Done" (a command state) and "New" (an issue state) are left out: they
     // are also ordinary text in many log and answer strings; CommandState::Done
     // and IssueState::New are used where the state is meant.

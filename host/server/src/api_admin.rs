@@ -501,8 +501,7 @@ pub async fn upgrade_slots(
 #[derive(Serialize, Clone)]
 pub struct Readiness {
     pub agent: String,
-    /// Ready, Not Ready, Pending (queued or running) or Not Checked.
-    pub readiness: &'static str,
+    pub readiness: molt_protocol::Readiness,
     pub message: Option<String>,
     pub command_id: Option<i64>,
 }
@@ -520,12 +519,14 @@ pub async fn readiness_for(state: &AppState, version: &str) -> Result<Vec<Readin
                     && c.args.get("version").and_then(|v| v.as_str()) == Some(version)
             });
             let (readiness, message, command_id) = match latest {
-                None => ("Not Checked", None, None),
+                None => (molt_protocol::Readiness::NotChecked, None, None),
                 Some(c) => (
                     match c.state {
-                        CommandState::Queued | CommandState::Delivered => "Pending",
-                        CommandState::Done => "Ready",
-                        CommandState::Failed => "Not Ready",
+                        CommandState::Queued | CommandState::Delivered => {
+                            molt_protocol::Readiness::Pending
+                        }
+                        CommandState::Done => molt_protocol::Readiness::Ready,
+                        CommandState::Failed => molt_protocol::Readiness::NotReady,
                     },
                     c.message.clone(),
                     Some(c.id),

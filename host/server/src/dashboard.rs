@@ -453,7 +453,10 @@ pub async fn index(
         esc(next.as_deref().unwrap_or(""))
     );
     if !readiness.is_empty() {
-        let ready = readiness.iter().filter(|r| r.readiness == "Ready").count();
+        let ready = readiness
+            .iter()
+            .filter(|r| r.readiness == molt_protocol::Readiness::Ready)
+            .count();
         let _ = write!(
             b,
             "<p>{ready} of {} agents ready.</p><table><tr><th>Agent</th><th>Readiness</th><th>Message</th></tr>",
@@ -462,10 +465,14 @@ pub async fn index(
         // Not Ready first, then Pending / Not Checked; Ready rows only while room is left.
         let mut shown: Vec<&Readiness> = readiness
             .iter()
-            .filter(|r| r.readiness != "Ready")
+            .filter(|r| r.readiness != molt_protocol::Readiness::Ready)
             .collect();
-        shown.sort_by_key(|r| r.readiness != "Not Ready");
-        shown.extend(readiness.iter().filter(|r| r.readiness == "Ready"));
+        shown.sort_by_key(|r| r.readiness != molt_protocol::Readiness::NotReady);
+        shown.extend(
+            readiness
+                .iter()
+                .filter(|r| r.readiness == molt_protocol::Readiness::Ready),
+        );
         if readiness.len() > ROWS_SHOWN {
             let _ = write!(
                 b,
@@ -478,7 +485,7 @@ pub async fn index(
                 b,
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&r.agent),
-                badge(r.readiness),
+                badge(r.readiness.as_str()),
                 esc(r.message.as_deref().unwrap_or(""))
             );
         }

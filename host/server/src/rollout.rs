@@ -617,20 +617,25 @@ pub enum Ready {
 
 impl Ready {
     /// From `api_admin::Readiness` (its words and message).
-    pub fn of(word: &str, message: Option<&str>) -> Ready {
+    pub fn of(word: molt_protocol::Readiness, message: Option<&str>) -> Ready {
+        use molt_protocol::Readiness as R;
         match word {
-            "Ready" => Ready::Ready,
-            "Not Ready" => Ready::NotReady(message.unwrap_or_default().to_string()),
-            "Pending" => Ready::Pending,
-            _ => Ready::NotChecked,
+            R::Ready => Ready::Ready,
+            R::NotReady => Ready::NotReady(message.unwrap_or_default().to_string()),
+            R::Pending => Ready::Pending,
+            R::NotChecked => Ready::NotChecked,
         }
     }
 
     fn words(&self) -> String {
         match self {
-            Ready::Ready => "Ready".into(),
-            Ready::NotReady(m) if m.is_empty() => "Not Ready".into(),
-            Ready::NotReady(m) => format!("Not Ready: {}", m.chars().take(160).collect::<String>()),
+            Ready::Ready => molt_protocol::Readiness::Ready.to_string(),
+            Ready::NotReady(m) if m.is_empty() => molt_protocol::Readiness::NotReady.to_string(),
+            Ready::NotReady(m) => format!(
+                "{}: {}",
+                molt_protocol::Readiness::NotReady,
+                m.chars().take(160).collect::<String>()
+            ),
             Ready::Pending => "precheck pending".into(),
             Ready::NotChecked => "not checked".into(),
         }

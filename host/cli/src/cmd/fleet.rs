@@ -152,7 +152,7 @@ struct IssueOut {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ReadinessRow {
     agent: String,
-    readiness: String,
+    readiness: molt_protocol::Readiness,
     message: Option<String>,
     command_id: Option<i64>,
 }
@@ -649,14 +649,15 @@ fn run_inner(a: &FleetArgs) -> Result<(), Fail> {
             };
             let agents: Vec<ReadinessRow> =
                 typed(api.get(&format!("/api/v1/admin/readiness?version={}", enc(version)))?)?;
-            let n = |w: &str| agents.iter().filter(|r| r.readiness == w).count();
+            use molt_protocol::Readiness as R;
+            let n = |w: R| agents.iter().filter(|r| r.readiness == w).count();
             let out = ReadinessOut {
                 version: version.clone(),
                 queued,
-                ready: n("Ready"),
-                not_ready: n("Not Ready"),
-                pending: n("Pending"),
-                not_checked: n("Not Checked"),
+                ready: n(R::Ready),
+                not_ready: n(R::NotReady),
+                pending: n(R::Pending),
+                not_checked: n(R::NotChecked),
                 agents,
             };
             if !a.json {
@@ -667,7 +668,7 @@ fn run_inner(a: &FleetArgs) -> Result<(), Fail> {
                     "{version}: {} Ready, {} Not Ready, {} Pending, {} Not Checked",
                     out.ready, out.not_ready, out.pending, out.not_checked
                 );
-                for r in out.agents.iter().filter(|r| r.readiness != "Ready") {
+                for r in out.agents.iter().filter(|r| r.readiness != R::Ready) {
                     println!(
                         "  {:<24} {:<12} {}",
                         r.agent,
