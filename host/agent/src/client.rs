@@ -269,6 +269,7 @@ impl Client {
         runtime: &str,
         pinned: Option<&str>,
         version: Option<&str>,
+        fresh: bool,
     ) -> Result<Assigned, ClientError> {
         let mut url = self.resolve("/api/v1/agent/assigned")?;
         {
@@ -281,6 +282,9 @@ impl Client {
             }
             if let Some(v) = version {
                 q.append_pair("version", v);
+            }
+            if fresh {
+                q.append_pair("fresh", "1");
             }
         }
         let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));

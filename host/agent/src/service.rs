@@ -81,6 +81,8 @@ pub struct Agent {
     /// The next check was asked for by an operator (`upgrade` command, `molt
     /// upgrade now`): it ends a hold after rollback.
     pub(crate) retry_requested: std::sync::atomic::AtomicBool,
+    /// The running check answers a command (see `AssignedQuery::fresh`).
+    pub(crate) on_command: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -98,6 +100,7 @@ impl Agent {
             host: hostname(),
             last_assigned: std::sync::Mutex::new(None),
             retry_requested: std::sync::atomic::AtomicBool::new(false),
+            on_command: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -299,6 +302,9 @@ pub async fn run(home: Home) -> Result<Exit, AgentError> {
                 if let Some(r) = reply {
                     let _ = r.send("upgrade check started".into());
                 }
+                agent
+                    .on_command
+                    .store(cmd.is_some(), std::sync::atomic::Ordering::SeqCst);
                 let outcome = agent.check_and_upgrade(mode, version.as_deref()).await;
                 tracing::info!(outcome = ?outcome, "Upgrade check finished");
                 if let Some(id) = cmd {
@@ -420,6 +426,10 @@ async fn hourly_loop(tx: mpsc::Sender<Trigger>, queued: Arc<std::sync::atomic::A
 /// unreachable control plane counts as changed: the check then reports it).
 async fn assignment_unchanged(agent: &Agent) -> bool {
     let seen = agent.last_assigned.lock().ok().and_then(|l| l.clone());
+    // Asked because of a command: a fresh read (see `AssignedQuery::fresh`).
+    agent
+        .on_command
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     match (seen, agent.query_assigned(None).await) {
         (Some(seen), Ok((_, now))) => seen == now.version,
         _ => false,

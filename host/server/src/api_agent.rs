@@ -137,6 +137,11 @@ pub struct AssignedQuery {
     /// answered for that version instead of the agent's assignment, if the
     /// packages directory serves it.
     version: Option<String>,
+    /// `1` when the agent asks because of a command: on a shared database the
+    /// replica reads the assignment from the store first, since the change
+    /// behind the command may not have reached its cache yet (a load balancer
+    /// may send the question to another replica than the one that queued it).
+    fresh: Option<String>,
 }
 
 /// One package of an assignment.
@@ -275,6 +280,9 @@ pub async fn assigned(
         check_version("pinned", p)?;
     }
     state.note_own_pin(agent.id, pinned.as_deref());
+    if q.fresh.as_deref() == Some("1") && state.config.db_is_url() {
+        state.reload_remote().await;
+    }
     let requested = q.version.filter(|v| !v.is_empty());
     if let Some(v) = &requested {
         check_version("version", v)?;

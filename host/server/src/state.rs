@@ -459,7 +459,7 @@ impl AppState {
     }
 
     /// [`Self::reload_shared`] for another replica's change (not published back).
-    async fn reload_remote(&self) {
+    pub(crate) async fn reload_remote(&self) {
         if let Err(e) = APPLYING_REMOTE.scope((), self.reload_shared()).await {
             tracing::error!(error = %e.message, "replica cache reload failed");
         }

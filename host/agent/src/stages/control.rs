@@ -21,6 +21,10 @@ pub struct AssignedQuery<'a> {
     pub pinned: Option<&'a str>,
     /// A command's version (else the assignment).
     pub version: Option<&'a str>,
+    /// Asked because of a command: the answering replica must read the
+    /// assignment from the database, not its cache (the command's own change
+    /// may not have reached that replica's cache yet).
+    pub fresh: bool,
 }
 
 /// What the pipeline asks of and tells the control plane.
@@ -83,7 +87,7 @@ pub trait ControlPlane: Sync {
 impl ControlPlane for Agent {
     async fn assigned(&self, q: AssignedQuery<'_>) -> Result<Assigned, ClientError> {
         self.client
-            .assigned(q.os, q.arch, q.runtime, q.pinned, q.version)
+            .assigned(q.os, q.arch, q.runtime, q.pinned, q.version, q.fresh)
             .await
     }
 

@@ -107,6 +107,8 @@ pub struct Pipeline<'a, P> {
     pub last_assigned: &'a std::sync::Mutex<Option<String>>,
     /// The next check was asked for by an operator: it ends a hold after rollback.
     pub retry_requested: &'a AtomicBool,
+    /// This check answers a command: assignment queries ask for a fresh read.
+    pub on_command: &'a AtomicBool,
 }
 
 impl Agent {
@@ -118,6 +120,7 @@ impl Agent {
             plane: self,
             last_assigned: &self.last_assigned,
             retry_requested: &self.retry_requested,
+            on_command: &self.on_command,
         }
     }
 

@@ -274,6 +274,7 @@ mod pipeline {
         cfg: AgentConfig,
         last_assigned: Mutex<Option<String>>,
         retry: AtomicBool,
+        on_command: AtomicBool,
     }
 
     impl Env {
@@ -325,6 +326,7 @@ mod pipeline {
                 cfg,
                 last_assigned: Mutex::new(None),
                 retry: AtomicBool::new(false),
+                on_command: AtomicBool::new(false),
             }
         }
 
@@ -335,6 +337,7 @@ mod pipeline {
                 plane,
                 last_assigned: &self.last_assigned,
                 retry_requested: &self.retry,
+                on_command: &self.on_command,
             }
         }
     }

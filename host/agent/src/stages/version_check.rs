@@ -148,6 +148,7 @@ impl<P: ControlPlane> Pipeline<'_, P> {
                 runtime: &runtime,
                 pinned: self.cfg.pinned_version.as_deref(),
                 version: requested,
+                fresh: self.on_command.load(std::sync::atomic::Ordering::SeqCst),
             })
             .await
             .map_err(VersionCheckError::Query)?;
