@@ -726,11 +726,27 @@ async fn a_replica_killed_mid_rollout_the_others_complete_it_with_every_history_
     wait::until("a first attempt recorded", Duration::from_secs(60), || {
         f.psql("SELECT count(*) FROM attempts") != "0"
     });
+    // One scheduler runs: A, started first, holds the lease; B and C stand by.
+    let log = |i: usize| std::fs::read_to_string(&f.replicas[i].log).unwrap_or_default();
+    const LEADER: &str = "rollout scheduler: leader (replica";
+    assert!(log(0).contains(LEADER), "A leads\n{}", f.logs());
+    for i in 1..3 {
+        assert!(
+            log(i).contains("rollout scheduler: standing by") && !log(i).contains(LEADER),
+            "replica {i} stands by\n{}",
+            f.logs()
+        );
+    }
     let pid = f.replicas[0].proc.pid();
     assert!(
         molt_e2e::kit::proc::signal(pid, "KILL"),
         "SIGKILL replica A ({pid})"
     );
+    // A's session ends with it: B or C takes the lease at its next tick.
+    let took_over = wait::poll(Duration::from_secs(30), || {
+        (1..3).filter(|&i| log(i).contains(LEADER)).count() == 1
+    });
+    assert!(took_over, "B or C leads after A's death\n{}", f.logs());
     let attempts_at_kill = f.psql("SELECT count(*) FROM attempts");
     let state_at_kill = f.psql(&format!("SELECT state FROM rollouts WHERE id = {id}"));
     println!(
