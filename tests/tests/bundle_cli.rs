@@ -222,24 +222,28 @@ fn a_newer_bundle_format_says_what_to_do() {
 
     // What the message advises exists: `--format 1` packs what older agents
     // read (whole-file signatures only), and it verifies.
-    let packed = ok(
-        k.d(),
-        &[
+    let pack_as = |format: &str, seq: &str, out: &str| {
+        let core = core(V1);
+        let args = [
             "bundle",
             "pack",
             "payload",
             "--buildstamp",
-            &core(V1),
+            &core,
             "--sequence",
-            "2",
+            seq,
             "--out",
-            "v1.zip",
+            out,
             "--format",
-            "1",
+            format,
             "--key",
             "packages-TEST-ONLY.pk8",
-        ],
-    );
+        ];
+        molt(k.d(), &args)
+    };
+    let packed = pack_as("1", "2", "v1.zip");
+    assert_eq!(packed.code, 0, "{}", packed.err);
+    let packed = packed.out;
     assert!(packed.contains("packed v1.zip"), "{packed}");
     let i = ok(k.d(), &["bundle", "inspect", "v1.zip"]);
     assert!(
@@ -253,22 +257,7 @@ fn a_newer_bundle_format_says_what_to_do() {
         &["bundle", "verify", "--root", "root.json", "v1.zip"],
     );
     assert!(v.starts_with("VALID v1.zip"), "{v}");
-    let bad = molt(
-        k.d(),
-        &[
-            "bundle",
-            "pack",
-            "payload",
-            "--buildstamp",
-            &core(V1),
-            "--sequence",
-            "3",
-            "--out",
-            "v9.zip",
-            "--format",
-            "9",
-        ],
-    );
+    let bad = pack_as("9", "3", "v9.zip");
     assert_ne!(bad.code, 0);
     assert!(
         bad.err.contains("bundle format 9 (known: 1 or 2)"),
