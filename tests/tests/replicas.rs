@@ -919,8 +919,10 @@ async fn real_agents_behind_nginx_upgrade_through_the_replicas_and_outlive_one_o
     }
     let f = Fleet::serving(tempfile::tempdir().unwrap(), k.packages_dir(), 3, &[]);
     let urls: Vec<&str> = f.replicas.iter().map(|r| r.url.as_str()).collect();
-    let balance = "hash $http_authorization consistent;";
-    let (http, server) = molt_e2e::nginx::upstream("molt_replicas", &urls, balance);
+    // Round robin, request by request: an agent's questions land on any
+    // replica, so the one that answers `/assigned` after an autoUpgrade is
+    // often not the one that queued it (agents ask with `fresh=1`).
+    let (http, server) = molt_e2e::nginx::upstream("molt_replicas", &urls, "");
     let lb = molt_e2e::nginx::start(&f.dir.path().join("nginx"), &http, &server);
     let (st, v) = f
         .admin_at(
