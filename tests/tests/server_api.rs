@@ -616,6 +616,19 @@ async fn two_live_agents_with_one_name_are_flagged_with_an_agent_registry_issue(
         )
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // A severity is one of the protocol's words, not free text.
+    let mut odd = finding("ODD");
+    odd["severity"] = json!("critical");
+    let r = s
+        .post_json(
+            "/api/v1/agent/issues",
+            &a,
+            &json!({ "source": "UpgradeCheck", "findings": [odd] }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = r.text().await.unwrap_or_default();
+    assert!(body.contains("critical"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

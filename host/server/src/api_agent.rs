@@ -109,7 +109,7 @@ pub async fn heartbeat(
         }
         let finding = Finding {
             code: "DuplicateAgentName".into(),
-            severity: molt_protocol::FindingSeverity::Error.to_string(),
+            severity: molt_protocol::FindingSeverity::Error,
             description: format!(
                 "Two live agents report as {name:?}: heartbeats alternate between processes"
             ),
@@ -531,14 +531,12 @@ pub async fn report_issues(
     }
     for (i, f) in req.findings.iter().enumerate() {
         check_text(&format!("findings[{i}].code"), &f.code, 100)?;
-        check_text(&format!("findings[{i}].severity"), &f.severity, 40)?;
         check_text(&format!("findings[{i}].description"), &f.description, 4000)?;
     }
     clean(&mut req.source, MAX_LABEL);
     for f in &mut req.findings {
         // The bounds the API already enforces (above): only escaping can lengthen.
         clean(&mut f.code, 100);
-        clean(&mut f.severity, 40);
         clean(&mut f.description, 4000);
         if let Some(r) = &mut f.remediation {
             clean(r, 4000);

@@ -541,7 +541,7 @@ fn issues_table(b: &mut String, issues: &[crate::model::Issue]) {
             a = esc(&i.agent),
             src = esc(&i.source),
             code = esc(&i.code),
-            sev = esc(&i.severity),
+            sev = esc(i.severity.as_str()),
             d = esc(&i.description),
             rem = i
                 .remediation

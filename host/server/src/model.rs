@@ -76,7 +76,7 @@ pub struct HeartbeatOutcome {
 #[serde(deny_unknown_fields)]
 pub struct Finding {
     pub code: String,
-    pub severity: String,
+    pub severity: molt_protocol::FindingSeverity,
     pub description: String,
     #[serde(default)]
     pub remediation: Option<String>,
@@ -89,7 +89,7 @@ pub struct Issue {
     pub agent: String,
     pub source: String,
     pub code: String,
-    pub severity: String,
+    pub severity: molt_protocol::FindingSeverity,
     pub description: String,
     pub remediation: Option<String>,
     pub state: IssueState,

@@ -83,7 +83,7 @@ fn the_contract_holds_on_postgresql() {
 fn finding(code: &str) -> Finding {
     Finding {
         code: code.into(),
-        severity: "error".into(),
+        severity: molt_protocol::FindingSeverity::Error,
         description: format!("{code} found"),
         remediation: None,
     }

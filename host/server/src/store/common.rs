@@ -6,6 +6,8 @@
 
 use chrono::{DateTime, Utc};
 
+use molt_protocol::FindingSeverity;
+
 use super::StoreError;
 use crate::clock::from_ms;
 use crate::model::{
@@ -89,7 +91,7 @@ pub(super) fn issue(r: &dyn ReadRow) -> Result<Issue, StoreError> {
         agent: r.text(1)?,
         source: r.text(2)?,
         code: r.text(3)?,
-        severity: r.text(4)?,
+        severity: word("finding severity", &r.text(4)?, FindingSeverity::parse)?,
         description: r.text(5)?,
         remediation: r.opt_text(6)?,
         state: word("issue state", &r.text(7)?, IssueState::parse)?,

@@ -1052,7 +1052,7 @@ impl Store for PgStore {
                         tx.execute(
                             "UPDATE issues SET count = count + 1, last_detected = $2, severity = $3, description = $4, \
                              remediation = $5 WHERE id = $1",
-                            &[&id, &now_ms, &f.severity, &f.description, &f.remediation],
+                            &[&id, &now_ms, &f.severity.as_str(), &f.description, &f.remediation],
                         )?;
                         out.incremented += 1;
                     }
@@ -1060,7 +1060,7 @@ impl Store for PgStore {
                         tx.execute(
                             "INSERT INTO issues (agent_id, source, code, severity, description, remediation, state, count, \
                              first_detected, last_detected) VALUES ($1, $2, $3, $4, $5, $6, 'New', 1, $7, $7)",
-                            &[&agent_id, &source, &f.code, &f.severity, &f.description, &f.remediation, &now_ms],
+                            &[&agent_id, &source, &f.code, &f.severity.as_str(), &f.description, &f.remediation, &now_ms],
                         )?;
                         out.created += 1;
                     }
