@@ -1221,22 +1221,6 @@ async fn apply(
     Ok(())
 }
 
-/// Runs the scheduler every `every` until the process ends.
-pub async fn run(state: AppState, every: std::time::Duration) {
-    let mut t = tokio::time::interval(every);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        t.tick().await;
-        if let Err(e) = tick(&state).await {
-            tracing::error!(error = %e.message, "rollout scheduler step failed");
-            // Admissions are cached before they are stored: forget any not stored.
-            if let Err(e) = reload(&state).await {
-                tracing::error!(error = %e.message, "rollout cache reload failed");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
