@@ -216,6 +216,31 @@ if [ ${#replica_ports[@]} -gt 0 ]; then
   read -r pg_rps pg_p99 pg_err < <(run pg "$LB_PORT")
 fi
 
+# Command wake-up across replicas (issue 16): an agent's long poll held on
+# replica 1, a command queued through replica 0; the time from the queueing
+# request to the poll's answer (NOTIFY through PostgreSQL). Five samples; the
+# poll's own timeout is 30 s.
+wake_ms=()
+if [ ${#replica_ports[@]} -gt 1 ]; then
+  agent1=$(head -1 "$work/agents.txt" | cut -d: -f1)
+  for i in 1 2 3 4 5; do
+    # Drain what is queued (earlier samples' commands were answered already).
+    curl -sf -H "Authorization: Bearer $TOKEN1" "http://127.0.0.1:${replica_ports[1]}/api/v1/agent/commands?wait=0" > /dev/null || true
+    curl -sf -H "Authorization: Bearer $TOKEN1" "http://127.0.0.1:${replica_ports[1]}/api/v1/agent/commands?wait=30" > "$work/poll$i.json" &
+    poll=$!
+    sleep 0.5
+    t0=$(date +%s%N)
+    id=$(curl -sf -X POST -H "Authorization: Bearer bench-admin-token-0123456789" -H 'Content-Type: application/json' \
+      -d '{"kind":"grabLogs"}' "http://127.0.0.1:${replica_ports[0]}/api/v1/admin/agents/$agent1/commands" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+    wait "$poll" || true
+    t1=$(date +%s%N)
+    grep -q "\"id\":$id" "$work/poll$i.json" || { echo "the poll on replica 1 did not return command $id: $(cat "$work/poll$i.json")"; exit 1; }
+    curl -sf -X POST -H "Authorization: Bearer $TOKEN1" -H 'Content-Type: application/json' -d '{"ok":true,"message":"bench"}' \
+      "http://127.0.0.1:${replica_ports[1]}/api/v1/agent/commands/$id/done" > /dev/null || true
+    wake_ms+=("$(( (t1 - t0) / 1000000 ))")
+  done
+fi
+
 echo
 echo "assigned-version polls, $AGENTS agents, $CONNECTIONS connections, $THREADS wrk threads, $DURATION each, $(nproc) cores"
 printf '%-12s %14s %12s %10s\n' server "requests/s" "p99" "errors"
@@ -231,6 +256,9 @@ if [ ${#replica_ports[@]} -gt 0 ]; then
   echo "molt x${#replica_ports[@]} on PostgreSQL behind nginx round-robin / nginx static: $(awk -v a="$pg_rps" -v b="$nginx_rps" 'BEGIN { printf "%.2f", a / b }')," \
     "/ one SQLite replica: $(awk -v a="$pg_rps" -v b="$molt_rps" 'BEGIN { printf "%.2f", a / b }') (printed, no target: on $(nproc) cores the replicas, the proxy and wrk share them)"
   if [ "$pg_err" != "0" ]; then echo "the replicas answered $pg_err requests with errors or non-2xx"; sed -n 1,30p "$work/pg.wrk"; exit 1; fi
+fi
+if [ ${#wake_ms[@]} -gt 0 ]; then
+  echo "command queued through replica 0 -> long poll answered on replica 1 (NOTIFY): ${wake_ms[*]} ms (poll timeout 30 s; includes the queueing request)"
 fi
 if [ "$molt_err" != "0" ]; then echo "molt answered $molt_err requests with errors or non-2xx"; sed -n 1,30p "$work/molt.wrk"; exit 1; fi
 awk -v r="$ratio" 'BEGIN { exit !(r >= 0.5) }' && echo "PASS" || { echo "BELOW TARGET"; exit 1; }
