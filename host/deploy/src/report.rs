@@ -40,22 +40,13 @@ impl Reporter {
 
     /// Report a stage.
     pub fn stage(&self, stage: Stage, state: StageState, message: &str) {
+        // The agent's stage line (molt_protocol::stage_line): one format in
+        // both logs, read by `molt status` with one parser.
         let (stage_word, state_word) = (stage.as_str(), state.as_str());
+        let line = molt_protocol::stage_line(stage, state, message);
         match state {
-            StageState::Failed => {
-                tracing::warn!(
-                    stage = stage_word,
-                    state = state_word,
-                    message,
-                    "upgrade stage"
-                )
-            }
-            _ => tracing::info!(
-                stage = stage_word,
-                state = state_word,
-                message,
-                "upgrade stage"
-            ),
+            StageState::Failed => tracing::warn!(stage = stage_word, state = state_word, "{line}"),
+            _ => tracing::info!(stage = stage_word, state = state_word, "{line}"),
         }
         let Some(id) = &self.attempt else { return };
         let body = StageReport::now(stage, state, message).to_value();

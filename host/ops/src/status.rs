@@ -158,20 +158,6 @@ pub(crate) fn alternation(words: impl IntoIterator<Item = &'static str>) -> Stri
         .join("|")
 }
 
-static AGENT_STAGE: LazyLock<Regex> = LazyLock::new(|| {
-    let states = alternation(StageState::ALL.iter().map(|s| s.as_str()));
-    Regex::new(&format!(
-        r"Upgrade History stage (.+?): ({states})(?: \((.*)\))?\s*(?:stage=.*)?$"
-    ))
-    .expect("static regex")
-});
-static DEPLOY_STAGE: LazyLock<Regex> = LazyLock::new(|| {
-    let states = alternation(StageState::ALL.iter().map(|s| s.as_str()));
-    Regex::new(&format!(
-        r#"upgrade stage stage="?([^"=]+?)"? state="?({states})"?(?: message="((?:[^"\\]|\\.)*)")?"#
-    ))
-    .expect("static regex")
-});
 static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))")
         .expect("static regex")
@@ -208,19 +194,14 @@ pub fn local_attempt(ev: &Evidence) -> Option<AttemptView> {
     for l in ev.agent.iter().chain(ev.upgrade.iter()) {
         order += 1;
         let at = ts(l);
-        if let Some(c) = AGENT_STAGE.captures(&l.text) {
-            let message = c.get(3).map(|m| m.as_str().to_string()).unwrap_or_default();
-            if let Some(e) = StageEvent::parse(&c[1], &c[2], message, at) {
-                events.push((at, order, e));
-            }
-        } else if let Some(c) = DEPLOY_STAGE.captures(&l.text) {
-            let message = c
-                .get(3)
-                .map(|m| m.as_str().replace("\\\"", "\""))
-                .unwrap_or_default();
-            if let Some(e) = StageEvent::parse(&c[1], &c[2], message, at) {
-                events.push((at, order, e));
-            }
+        if let Some((stage, state, message)) = molt_protocol::parse_stage_line(&l.text) {
+            let e = StageEvent {
+                stage,
+                state,
+                message,
+                at,
+            };
+            events.push((at, order, e));
         } else if let Some(c) = RUN_START.captures(&l.text) {
             runs.push((at, c[1].to_string(), c[2].to_string()));
         } else if let Some(c) = RUN_END.captures(&l.text) {
@@ -655,7 +636,7 @@ mod tests {
         std::fs::write(h.agent_log(), log).unwrap();
         std::fs::write(
             h.deploy_resume_log(),
-            "2026-11-22T11:00:06.000Z  INFO upgrade stage stage=\"Deploy Binary Files\" state=\"Complete\" message=\"versions/v2: 1 files linked\"\n",
+            "2026-11-22T11:00:06.000Z  INFO Upgrade History stage Deploy Binary Files: Complete (versions/v2: 1 files linked) stage=\"Deploy Binary Files\" state=\"Complete\"\n",
         )
         .unwrap();
         let a = local_attempt(&Evidence::gather(&h, &[])).unwrap();

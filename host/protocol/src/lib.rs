@@ -378,6 +378,51 @@ pub struct StageReport {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// What starts the one log line of a stage event, written by the agent and
+/// the deploy runner alike so that `molt status` reads both logs with one
+/// parser: `Upgrade History stage <stage>: <state>[ (<message>)]`.
+pub const STAGE_LINE: &str = "Upgrade History stage ";
+
+/// The log line of a stage event (see [`STAGE_LINE`]).
+pub fn stage_line(stage: Stage, state: StageState, message: &str) -> String {
+    if message.is_empty() {
+        format!("{STAGE_LINE}{stage}: {state}")
+    } else {
+        format!("{STAGE_LINE}{stage}: {state} ({message})")
+    }
+}
+
+/// The stage, state and message of a log line holding a [`stage_line`]
+/// (anywhere in it: a timestamp and level before it, `key=value` fields after
+/// it are allowed); `None` for any other line.
+pub fn parse_stage_line(text: &str) -> Option<(Stage, StageState, String)> {
+    let rest = &text[text.find(STAGE_LINE)? + STAGE_LINE.len()..];
+    let stage = Stage::ALL.iter().copied().find(|s| {
+        rest.strip_prefix(s.as_str())
+            .is_some_and(|r| r.starts_with(": "))
+    })?;
+    let rest = &rest[stage.as_str().len() + 2..];
+    let state = StageState::ALL
+        .iter()
+        .copied()
+        .find(|s| rest.starts_with(s.as_str()))?;
+    let rest = &rest[state.as_str().len()..];
+    let message = match rest.strip_prefix(" (") {
+        Some(m) => {
+            // The message ends before the fields tracing appends, or at the
+            // line's last parenthesis.
+            let end = match m.rfind(") stage=") {
+                Some(i) => i,
+                None => m.trim_end().strip_suffix(')')?.len(),
+            };
+            m[..end].to_string()
+        }
+        None if rest.is_empty() || rest.starts_with(' ') => String::new(),
+        None => return None,
+    };
+    Some((stage, state, message))
+}
+
 impl StageReport {
     /// A report stamped now.
     pub fn now(stage: Stage, state: StageState, message: &str) -> Self {
@@ -428,6 +473,45 @@ pub struct QueuedReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_line_reads_back_from_either_log() {
+        let cases = [
+            (Stage::PreUpgradeCheck, StageState::InProgress, ""),
+            (
+                Stage::Download,
+                StageState::Failed,
+                "core (size 3) does not match",
+            ),
+            (
+                Stage::DeployBinaryFiles,
+                StageState::Complete,
+                "versions/v2: 1 files linked (0 copied)",
+            ),
+        ];
+        for (stage, state, message) in cases {
+            let line = stage_line(stage, state, message);
+            let want = Some((stage, state, message.to_string()));
+            assert_eq!(parse_stage_line(&line), want, "{line}");
+            // As the fmt layer writes it: time and level before, fields after.
+            let logged = format!(
+                "2026-12-03T10:00:00.000Z  INFO {line} stage=\"{stage}\" state=\"{state}\""
+            );
+            assert_eq!(parse_stage_line(&logged), want, "{logged}");
+        }
+        assert_eq!(
+            parse_stage_line("Upgrade History stage Nowhere: Complete"),
+            None
+        );
+        assert_eq!(
+            parse_stage_line("Upgrade History stage Restart: Completed"),
+            None
+        );
+        assert_eq!(
+            parse_stage_line("Upgrade runner started (pid 1): a -> b"),
+            None
+        );
+    }
 
     #[test]
     fn words_round_trip_through_serde_display_and_from_str() {

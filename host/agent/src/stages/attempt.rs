@@ -50,16 +50,8 @@ impl<'a, P: ControlPlane> Attempt<'a, P> {
     /// Log and report one stage event.
     pub async fn stage(&self, stage: Stage, state: StageState, message: &str) {
         let (stage_word, state_word) = (stage.as_str(), state.as_str());
-        tracing::info!(
-            stage = stage_word,
-            state = state_word,
-            "Upgrade History stage {stage_word}: {state_word}{}",
-            if message.is_empty() {
-                String::new()
-            } else {
-                format!(" ({message})")
-            }
-        );
+        let line = molt_protocol::stage_line(stage, state, message);
+        tracing::info!(stage = stage_word, state = state_word, "{line}");
         let body = StageReport::now(stage, state, message).to_value();
         if let Err(e) = self
             .plane
