@@ -838,15 +838,19 @@ impl Store for PgStore {
             // A new fleet buildstamp ends any override (seeds: mid.version.override).
             tx.execute("DELETE FROM settings WHERE key = $1", &[&FLEET_OVERRIDE])?;
             // One pending autoUpgrade per agent: a newer one replaces the older.
+            let (auto, queued) = (
+                CommandKind::AutoUpgrade.as_str(),
+                CommandState::Queued.as_str(),
+            );
             tx.execute(
-                "DELETE FROM commands WHERE kind = 'autoUpgrade' AND state = 'Queued'",
-                &[],
+                "DELETE FROM commands WHERE kind = $1 AND state = $2",
+                &[&auto, &queued],
             )?;
             let args = serde_json::json!({ "version": version }).to_string();
             tx.query(
                 "INSERT INTO commands (agent_id, kind, args, state, created_at) \
-                 SELECT id, 'autoUpgrade', $1, 'Queued', $2 FROM agents RETURNING agent_id",
-                &[&args, &to_ms(now)],
+                 SELECT id, $3::text, $1, $4::text, $2 FROM agents RETURNING agent_id",
+                &[&args, &to_ms(now), &auto, &queued],
             )?
             .iter()
             .map(|r| Ok(r.try_get(0)?))
@@ -1042,8 +1046,8 @@ impl Store for PgStore {
                 seen.push(&f.code);
                 let open: Option<i64> = tx
                     .query_opt(
-                        "SELECT id FROM issues WHERE agent_id = $1 AND source = $2 AND code = $3 AND state != 'Resolved'",
-                        &[&agent_id, &source, &f.code],
+                        "SELECT id FROM issues WHERE agent_id = $1 AND source = $2 AND code = $3 AND state != $4",
+                        &[&agent_id, &source, &f.code, &IssueState::Resolved.as_str()],
                     )?
                     .map(|r| r.try_get(0))
                     .transpose()?;
@@ -1059,8 +1063,9 @@ impl Store for PgStore {
                     None => {
                         tx.execute(
                             "INSERT INTO issues (agent_id, source, code, severity, description, remediation, state, count, \
-                             first_detected, last_detected) VALUES ($1, $2, $3, $4, $5, $6, 'New', 1, $7, $7)",
-                            &[&agent_id, &source, &f.code, &f.severity.as_str(), &f.description, &f.remediation, &now_ms],
+                             first_detected, last_detected) VALUES ($1, $2, $3, $4, $5, $6, $8, 1, $7, $7)",
+                            &[&agent_id, &source, &f.code, &f.severity.as_str(), &f.description, &f.remediation, &now_ms,
+                              &IssueState::New.as_str()],
                         )?;
                         out.created += 1;
                     }
@@ -1068,16 +1073,16 @@ impl Store for PgStore {
             }
             // Whatever this run of the source no longer reports is resolved.
             let open = tx.query(
-                "SELECT id, code FROM issues WHERE agent_id = $1 AND source = $2 AND state != 'Resolved'",
-                &[&agent_id, &source],
+                "SELECT id, code FROM issues WHERE agent_id = $1 AND source = $2 AND state != $3",
+                &[&agent_id, &source, &IssueState::Resolved.as_str()],
             )?;
             for r in open {
                 let id: i64 = r.try_get(0)?;
                 let code: String = r.try_get(1)?;
                 if !seen.contains(&code.as_str()) {
                     tx.execute(
-                        "UPDATE issues SET state = 'Resolved', resolved_at = $2 WHERE id = $1",
-                        &[&id, &now_ms],
+                        "UPDATE issues SET state = $3, resolved_at = $2 WHERE id = $1",
+                        &[&id, &now_ms, &IssueState::Resolved.as_str()],
                     )?;
                     out.auto_resolved += 1;
                 }
@@ -1098,7 +1103,8 @@ impl Store for PgStore {
             sql.push_str(&format!(" AND i.state = ${}", args.len()));
         }
         if filter.open_only {
-            sql.push_str(" AND i.state != 'Resolved'");
+            args.push(IssueState::Resolved.as_str().to_string());
+            sql.push_str(&format!(" AND i.state != ${}", args.len()));
         }
         sql.push_str(" ORDER BY i.last_detected DESC, i.id DESC");
         let params: Vec<&(dyn ToSql + Sync)> =
@@ -1151,8 +1157,14 @@ impl Store for PgStore {
             Ok(tx
                 .query_one(
                     "INSERT INTO commands (agent_id, kind, args, state, created_at) \
-                     VALUES ($1, $2, $3, 'Queued', $4) RETURNING id",
-                    &[&agent_id, &kind.as_str(), &args.to_string(), &to_ms(now)],
+                     VALUES ($1, $2, $3, $5, $4) RETURNING id",
+                    &[
+                        &agent_id,
+                        &kind.as_str(),
+                        &args.to_string(),
+                        &to_ms(now),
+                        &CommandState::Queued.as_str(),
+                    ],
                 )?
                 .try_get(0)?)
         })
@@ -1166,16 +1178,16 @@ impl Store for PgStore {
             let queued = all(
                 tx,
                 &format!(
-                    "{COMMAND_SELECT} WHERE c.agent_id = $1 AND c.state = 'Queued' ORDER BY c.id FOR UPDATE OF c"
+                    "{COMMAND_SELECT} WHERE c.agent_id = $1 AND c.state = $2 ORDER BY c.id FOR UPDATE OF c"
                 ),
-                &[&agent_id],
+                &[&agent_id, &CommandState::Queued.as_str()],
                 common::command,
             )?;
             let mut out = Vec::new();
             for mut c in queued {
                 tx.execute(
-                    "UPDATE commands SET state = 'Delivered', delivered_at = $2 WHERE id = $1",
-                    &[&c.id, &now_ms],
+                    "UPDATE commands SET state = $3, delivered_at = $2 WHERE id = $1",
+                    &[&c.id, &now_ms, &CommandState::Delivered.as_str()],
                 )?;
                 c.state = CommandState::Delivered;
                 c.delivered_at = Some(now);

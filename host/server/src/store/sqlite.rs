@@ -492,12 +492,16 @@ impl Store for SqliteStore {
             // A new fleet buildstamp ends any override (seeds: mid.version.override).
             tx.execute("DELETE FROM settings WHERE key = ?1", [FLEET_OVERRIDE])?;
             // One pending autoUpgrade per agent: a newer one replaces the older.
-            tx.execute("DELETE FROM commands WHERE kind = 'autoUpgrade' AND state = 'Queued'", [])?;
+            let (auto, queued) = (CommandKind::AutoUpgrade.as_str(), CommandState::Queued.as_str());
+            tx.execute(
+                "DELETE FROM commands WHERE kind = ?1 AND state = ?2",
+                params![auto, queued],
+            )?;
             let args = serde_json::json!({ "version": version }).to_string();
             tx.execute(
                 "INSERT INTO commands (agent_id, kind, args, state, created_at) \
-                 SELECT id, 'autoUpgrade', ?1, 'Queued', ?2 FROM agents",
-                params![args, to_ms(now)],
+                 SELECT id, ?3, ?1, ?4, ?2 FROM agents",
+                params![args, to_ms(now), auto, queued],
             )?;
             let mut st = tx.prepare("SELECT id FROM agents")?;
             let ids = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
@@ -679,8 +683,8 @@ impl Store for SqliteStore {
                 seen.push(&f.code);
                 let open: Option<i64> = tx
                     .query_row(
-                        "SELECT id FROM issues WHERE agent_id = ?1 AND source = ?2 AND code = ?3 AND state != 'Resolved'",
-                        params![agent_id, source, f.code],
+                        "SELECT id FROM issues WHERE agent_id = ?1 AND source = ?2 AND code = ?3 AND state != ?4",
+                        params![agent_id, source, f.code, IssueState::Resolved.as_str()],
                         |r| r.get(0),
                     )
                     .optional()?;
@@ -696,8 +700,9 @@ impl Store for SqliteStore {
                     None => {
                         tx.execute(
                             "INSERT INTO issues (agent_id, source, code, severity, description, remediation, state, count, \
-                             first_detected, last_detected) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'New', 1, ?7, ?7)",
-                            params![agent_id, source, f.code, f.severity.as_str(), f.description, f.remediation, now_ms],
+                             first_detected, last_detected) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, 1, ?7, ?7)",
+                            params![agent_id, source, f.code, f.severity.as_str(), f.description, f.remediation, now_ms,
+                                    IssueState::New.as_str()],
                         )?;
                         out.created += 1;
                     }
@@ -705,16 +710,16 @@ impl Store for SqliteStore {
             }
             // Whatever this run of the source no longer reports is resolved.
             let mut st = tx.prepare(
-                "SELECT id, code FROM issues WHERE agent_id = ?1 AND source = ?2 AND state != 'Resolved'",
+                "SELECT id, code FROM issues WHERE agent_id = ?1 AND source = ?2 AND state != ?3",
             )?;
             let open = st
-                .query_map(params![agent_id, source], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                .query_map(params![agent_id, source, IssueState::Resolved.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             for (id, code) in open {
                 if !seen.contains(&code.as_str()) {
                     tx.execute(
-                        "UPDATE issues SET state = 'Resolved', resolved_at = ?2 WHERE id = ?1",
-                        params![id, now_ms],
+                        "UPDATE issues SET state = ?3, resolved_at = ?2 WHERE id = ?1",
+                        params![id, now_ms, IssueState::Resolved.as_str()],
                     )?;
                     out.auto_resolved += 1;
                 }
@@ -736,7 +741,8 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" AND i.state = ?{}", args.len()));
         }
         if filter.open_only {
-            sql.push_str(" AND i.state != 'Resolved'");
+            args.push(IssueState::Resolved.as_str().to_string());
+            sql.push_str(&format!(" AND i.state != ?{}", args.len()));
         }
         sql.push_str(" ORDER BY i.last_detected DESC, i.id DESC");
         all(
@@ -790,8 +796,8 @@ impl Store for SqliteStore {
     ) -> Result<i64, StoreError> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO commands (agent_id, kind, args, state, created_at) VALUES (?1, ?2, ?3, 'Queued', ?4)",
-                params![agent_id, kind.as_str(), args.to_string(), to_ms(now)],
+                "INSERT INTO commands (agent_id, kind, args, state, created_at) VALUES (?1, ?2, ?3, ?5, ?4)",
+                params![agent_id, kind.as_str(), args.to_string(), to_ms(now), CommandState::Queued.as_str()],
             )?;
             Ok(tx.last_insert_rowid())
         })
@@ -801,17 +807,15 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             let queued = all(
                 tx,
-                &format!(
-                    "{COMMAND_SELECT} WHERE c.agent_id = ?1 AND c.state = 'Queued' ORDER BY c.id"
-                ),
-                [agent_id],
+                &format!("{COMMAND_SELECT} WHERE c.agent_id = ?1 AND c.state = ?2 ORDER BY c.id"),
+                params![agent_id, CommandState::Queued.as_str()],
                 common::command,
             )?;
             let mut out = Vec::new();
             for mut c in queued {
                 tx.execute(
-                    "UPDATE commands SET state = 'Delivered', delivered_at = ?2 WHERE id = ?1",
-                    params![c.id, to_ms(now)],
+                    "UPDATE commands SET state = ?3, delivered_at = ?2 WHERE id = ?1",
+                    params![c.id, to_ms(now), CommandState::Delivered.as_str()],
                 )?;
                 c.state = CommandState::Delivered;
                 c.delivered_at = Some(now);
