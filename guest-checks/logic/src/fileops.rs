@@ -68,32 +68,69 @@ fn u32_at(b: &[u8], i: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?))
 }
 
+/// Why a probe zip could not be read back. The text is what the
+/// `fileops.extract` finding quotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZipError {
+    /// The bytes end inside a local header, a name or an entry's data.
+    Truncated(&'static str),
+    /// Entry number `entry` is compressed (only stored entries are written).
+    Compressed { entry: usize, method: u16 },
+    /// A name is not UTF-8.
+    NameNotUtf8,
+    /// A name has a path separator or a leading dot.
+    NotPlainName(String),
+    /// An entry's data does not match its CRC-32.
+    Crc(String),
+}
+
+impl std::fmt::Display for ZipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ZipError::Truncated(what) => write!(f, "truncated {what}"),
+            ZipError::Compressed { entry, method } => {
+                write!(f, "entry {entry} uses compression method {method}")
+            }
+            ZipError::NameNotUtf8 => write!(f, "name is not UTF-8"),
+            ZipError::NotPlainName(n) => write!(f, "entry name `{n}` is not a plain file name"),
+            ZipError::Crc(n) => write!(f, "entry `{n}`: CRC mismatch"),
+        }
+    }
+}
+
+impl std::error::Error for ZipError {}
+
 /// Read the local entries of a stored zip (names are plain file names).
-pub fn read_zip(b: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub fn read_zip(b: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ZipError> {
     let mut i = 0;
     let mut out = Vec::new();
+    let header = ZipError::Truncated("header");
     while u32_at(b, i) == Some(0x0403_4b50) {
-        let method = u16_at(b, i + 8).ok_or("truncated header")?;
-        let crc = u32_at(b, i + 14).ok_or("truncated header")?;
-        let csize = u32_at(b, i + 18).ok_or("truncated header")? as usize;
-        let n = u16_at(b, i + 26).ok_or("truncated header")? as usize;
-        let x = u16_at(b, i + 28).ok_or("truncated header")? as usize;
+        let method = u16_at(b, i + 8).ok_or(header.clone())?;
+        let crc = u32_at(b, i + 14).ok_or(header.clone())?;
+        let csize = u32_at(b, i + 18).ok_or(header.clone())? as usize;
+        let n = u16_at(b, i + 26).ok_or(header.clone())? as usize;
+        let x = u16_at(b, i + 28).ok_or(header.clone())? as usize;
         if method != 0 {
-            return Err(format!(
-                "entry {} uses compression method {method}",
-                out.len()
-            ));
+            return Err(ZipError::Compressed {
+                entry: out.len(),
+                method,
+            });
         }
         let name_at = i + 30;
-        let name = b.get(name_at..name_at + n).ok_or("truncated name")?;
-        let name = String::from_utf8(name.to_vec()).map_err(|_| "name is not UTF-8")?;
+        let name = b
+            .get(name_at..name_at + n)
+            .ok_or(ZipError::Truncated("name"))?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| ZipError::NameNotUtf8)?;
         if name.contains('/') || name.contains('\\') || name.starts_with('.') {
-            return Err(format!("entry name `{name}` is not a plain file name"));
+            return Err(ZipError::NotPlainName(name));
         }
         let data_at = name_at + n + x;
-        let data = b.get(data_at..data_at + csize).ok_or("truncated data")?;
+        let data = b
+            .get(data_at..data_at + csize)
+            .ok_or(ZipError::Truncated("data"))?;
         if crc32(data) != crc {
-            return Err(format!("entry `{name}`: CRC mismatch"));
+            return Err(ZipError::Crc(name));
         }
         out.push((name, data.to_vec()));
         i = data_at + csize;
@@ -124,7 +161,7 @@ pub fn file_ops(scratch: &Path, staging: Option<&Path>) -> Vec<Finding> {
     let extract_dir = scratch.join("extract");
     let extracted = fs::read(&zip_path)
         .map_err(|e| e.to_string())
-        .and_then(|b| read_zip(&b))
+        .and_then(|b| read_zip(&b).map_err(|e| e.to_string()))
         .and_then(|entries| {
             fs::create_dir_all(&extract_dir).map_err(|e| e.to_string())?;
             for (n, d) in &entries {
@@ -226,6 +263,25 @@ mod tests {
         assert_eq!(
             read_zip(&z).unwrap(),
             vec![("a.txt".to_string(), b"hello".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_bad_zip_says_what_is_wrong() {
+        let z = make_zip(&[("a.txt", b"hello")]);
+        // The data starts after the 30-byte header and the 5-byte name.
+        let mut flipped = z.clone();
+        flipped[35] ^= 1;
+        assert_eq!(read_zip(&flipped), Err(ZipError::Crc("a.txt".into())));
+        assert_eq!(
+            read_zip(&z[..20]).map_err(|e| e.to_string()),
+            Err("truncated header".to_string())
+        );
+        assert_eq!(read_zip(&z[..37]), Err(ZipError::Truncated("data")));
+        let z = make_zip(&[("../x", b"1")]);
+        assert_eq!(
+            read_zip(&z).map_err(|e| e.to_string()),
+            Err("entry name `../x` is not a plain file name".to_string())
         );
     }
 }

@@ -1,6 +1,43 @@
 //! Version selection (the seeds' "Current packages" step).
-use crate::buildstamp::{Buildstamp, Kind, Version};
+use std::fmt;
+
+use crate::buildstamp::{Buildstamp, BuildstampError, Kind, Version};
 use crate::checks::runtime_skip_reason;
+
+/// Why no plan could be made. The text names the offending package or
+/// version; the selector guest hands it on as its WIT `result`'s string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectError {
+    /// An installed or assigned package name is not a buildstamp.
+    Package(BuildstampError),
+    /// The assigned version does not parse.
+    AssignedVersion(BuildstampError),
+    /// The pinned version does not parse.
+    PinnedVersion(BuildstampError),
+    /// An assigned package is of another version than the target (and not
+    /// the runtime, which keeps its own).
+    OtherVersion { package: String, target: String },
+    /// The assignment for the target has no core package.
+    NoCore { target: String },
+}
+
+impl fmt::Display for SelectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SelectError::Package(e) | SelectError::AssignedVersion(e) => write!(f, "{e}"),
+            SelectError::PinnedVersion(e) => write!(f, "pinned version: {e}"),
+            SelectError::OtherVersion { package, target } => write!(
+                f,
+                "assigned package {package} does not match the assigned version {target}"
+            ),
+            SelectError::NoCore { target } => {
+                write!(f, "the assignment for {target} has no core package")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SelectError {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SelectorInput {
@@ -70,28 +107,25 @@ impl Plan {
     }
 }
 
-fn package(name: &str) -> Result<Buildstamp, String> {
-    name.parse()
-        .map_err(|e: crate::buildstamp::BuildstampError| e.to_string())
-}
-
-fn version(v: &str) -> Result<Version, String> {
-    v.parse()
-        .map_err(|e: crate::buildstamp::BuildstampError| e.to_string())
+fn package(name: &str) -> Result<Buildstamp, SelectError> {
+    name.parse().map_err(SelectError::Package)
 }
 
 /// Decide what to install. Errors name the offending package or version.
-pub fn select(input: &SelectorInput) -> Result<Plan, String> {
+pub fn select(input: &SelectorInput) -> Result<Plan, SelectError> {
     let mut notes = Vec::new();
     let installed: Vec<Buildstamp> = input
         .installed
         .iter()
         .map(|n| package(n))
         .collect::<Result<_, _>>()?;
-    version(&input.assigned_version)?;
+    let assigned_version: Version = input
+        .assigned_version
+        .parse()
+        .map_err(SelectError::AssignedVersion)?;
     let (target, target_version) = match &input.pinned {
         Some(p) if !p.is_empty() => {
-            let v = version(p).map_err(|e| format!("pinned version: {e}"))?;
+            let v: Version = p.parse().map_err(SelectError::PinnedVersion)?;
             if *p != input.assigned_version {
                 notes.push(format!(
                     "pinned version {p} overrides the assigned version {}",
@@ -100,10 +134,7 @@ pub fn select(input: &SelectorInput) -> Result<Plan, String> {
             }
             (p.clone(), v)
         }
-        _ => (
-            input.assigned_version.clone(),
-            version(&input.assigned_version)?,
-        ),
+        _ => (input.assigned_version.clone(), assigned_version),
     };
     let mut assigned: Vec<Buildstamp> = Vec::new();
     for n in &input.assigned {
@@ -116,15 +147,18 @@ pub fn select(input: &SelectorInput) -> Result<Plan, String> {
         } else if input.pinned.as_deref() == Some(target.as_str()) {
             assigned.push(p.with_version(&target_version));
         } else {
-            return Err(format!(
-                "assigned package {n} does not match the assigned version {target}"
-            ));
+            return Err(SelectError::OtherVersion {
+                package: n.clone(),
+                target,
+            });
         }
     }
     let core = assigned
         .iter()
         .find(|p| p.kind == Kind::Core)
-        .ok_or_else(|| format!("the assignment for {target} has no core package"))?
+        .ok_or_else(|| SelectError::NoCore {
+            target: target.clone(),
+        })?
         .clone();
     let inst_core = installed.iter().find(|p| p.kind == Kind::Core);
     let mut action = match inst_core {
@@ -234,5 +268,47 @@ mod tests {
         assert_eq!(p.missing, vec![up.to_string(), core.to_string()]);
         assert_eq!(p.current_packages_lines()[4], " Downloaded: []");
         assert!(!p.crosses_family);
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let core =
+            "mid-core.madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650.universal.universal.zip";
+        let v = "madrid-12-18-2018__patch2-03-20-2019_03-29-2019_1650";
+        let base = SelectorInput {
+            assigned_version: v.into(),
+            assigned: vec![core.into()],
+            ..Default::default()
+        };
+        let e = select(&SelectorInput {
+            assigned: vec![
+                "mid-jre.madrid-12-18-2018__patch1-02-13-2019_02-25-2019_1807.windows.x86-64.zip"
+                    .into(),
+            ],
+            ..base.clone()
+        })
+        .unwrap_err();
+        assert_eq!(e, SelectError::NoCore { target: v.into() });
+        assert_eq!(
+            e.to_string(),
+            format!("the assignment for {v} has no core package")
+        );
+        let e = select(&SelectorInput {
+            pinned: Some("nope".into()),
+            ..base.clone()
+        })
+        .unwrap_err();
+        assert!(matches!(e, SelectError::PinnedVersion(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("pinned version: Not a valid package buildstamp: nope"),
+            "{e}"
+        );
+        let e = select(&SelectorInput {
+            installed: vec!["junk.zip".into()],
+            ..base
+        })
+        .unwrap_err();
+        assert!(matches!(e, SelectError::Package(_)), "{e:?}");
     }
 }

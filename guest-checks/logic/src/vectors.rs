@@ -3,7 +3,43 @@
 //! tests, molt-bundle's, and a wasm guest run under wasmtime by the sandbox tests.
 //! Test support only; it is here (not under `#[cfg(test)]`) so that those other
 //! crates and the guest can use the same file and the same rendering.
+use std::fmt;
+
 use crate::buildstamp::Buildstamp;
+
+/// A vector file line that cannot be read, or a rendering that differs from
+/// what its vector expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VectorError {
+    /// The file's line (1-based) does not follow the format.
+    Unreadable { line: usize, text: String },
+    /// `describe` rendered the vector on that line otherwise than expected.
+    Differs {
+        line: usize,
+        expected: Expect,
+        got: String,
+    },
+}
+
+impl fmt::Display for VectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VectorError::Unreadable { line, text } => {
+                write!(f, "buildstamp vectors line {line}: cannot read `{text}`")
+            }
+            VectorError::Differs {
+                line,
+                expected,
+                got,
+            } => write!(
+                f,
+                "buildstamp vectors line {line}: expected {expected:?}, got `{got}`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for VectorError {}
 
 /// The shared vector file, compiled in.
 pub const BUILDSTAMP_VECTORS: &str = include_str!("../testdata/buildstamp-vectors.txt");
@@ -32,14 +68,17 @@ pub struct Vector {
 
 /// Parse the vector file format (see the file's header). `ok` vectors keep
 /// their file order, which is their expected sorted order.
-pub fn parse_vectors(text: &str) -> Result<Vec<Vector>, String> {
+pub fn parse_vectors(text: &str) -> Result<Vec<Vector>, VectorError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = || format!("buildstamp vectors line {}: cannot read `{line}`", i + 1);
+        let bad = || VectorError::Unreadable {
+            line: i + 1,
+            text: line.to_string(),
+        };
         let (tag, rest) = line.split_once(char::is_whitespace).ok_or_else(bad)?;
         let (name, rest) = rest
             .trim_start()
@@ -114,7 +153,7 @@ pub fn sorted_order(names: &[&str]) -> Vec<usize> {
 
 /// Check `describe` output for a vector against what the file expects;
 /// `Err` names the line and what differed.
-pub fn check_description(v: &Vector, described: &str) -> Result<(), String> {
+pub fn check_description(v: &Vector, described: &str) -> Result<(), VectorError> {
     let ok = match &v.expect {
         Expect::Ok {
             family,
@@ -136,10 +175,11 @@ pub fn check_description(v: &Vector, described: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "buildstamp vectors line {}: expected {:?}, got `{described}`",
-            v.line, v.expect
-        ))
+        Err(VectorError::Differs {
+            line: v.line,
+            expected: v.expect.clone(),
+            got: described.to_string(),
+        })
     }
 }
 

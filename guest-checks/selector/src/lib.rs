@@ -21,7 +21,8 @@ impl Guest for Selector {
             is_64bit: input.is_64bit,
             libc_version: input.libc_version,
         };
-        let p = s::select(&i)?;
+        // The contract's `result<plan, string>`: the error's text crosses it.
+        let p = s::select(&i).map_err(|e| e.to_string())?;
         log(
             Level::Debug,
             &format!("selected {} ({:?})", p.target_version, p.action),
