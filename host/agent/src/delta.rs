@@ -21,7 +21,7 @@ use std::sync::Arc;
 use molt_bundle::{RemoteIndex, RemoteLayout};
 use molt_layout::{FileMeta, Home, InstalledPackage};
 
-use crate::deps::{self, ManifestUse, Trust};
+use crate::deps::{self, Trust};
 use crate::ranges::{ByteRange, RangeError, get_ranges};
 
 /// Requests for the entries of one package, at most.
@@ -125,7 +125,10 @@ impl LocalContents {
     }
 
     pub fn get(&self, sha256: &str) -> Option<&Held> {
-        self.by_sha.get(&sha256.to_ascii_lowercase())
+        // Keys are lowercase; so is every digest a verified manifest holds.
+        self.by_sha
+            .get(sha256)
+            .or_else(|| self.by_sha.get(&sha256.to_ascii_lowercase()))
     }
 
     /// Add the entries of the package file at `path` if its manifest (bundle
@@ -260,7 +263,7 @@ fn cached_index(path: &Path, trust: &Trust) -> Result<RemoteIndex, DeltaError> {
         Some(b) => b.to_vec(),
         None => read(mr.start, mr.end)?,
     };
-    deps::verify_remote_package(trust, &layout, &span, ManifestUse::Source)
+    deps::verify_remote_package(trust, &layout, &span)
         .map_err(|e| DeltaError::Metadata(e.to_string()))
 }
 
@@ -286,20 +289,33 @@ pub async fn fetch(
             TailStep::From(off) => (from, again) = (off, true),
         }
     };
-    // 2. The manifest, verified against the trust root.
+    // 2. The manifest, verified against the trust root. The sequence rule
+    // (whose new highest is written to disk) waits for the decision below:
+    // a delta given up costs no write.
     let mr = layout.manifest_range();
     let span = match layout.bytes_in_tail(mr.clone()) {
         Some(b) => b.to_vec(),
         None => get_one(src, mr, &mut fetched).await?,
     };
+    // Give up before verifying when even the most this host could supply
+    // leaves the delta not smaller (the bound reads the manifest unverified: a
+    // lie can only cost the full download, which is verified whole).
+    if let Ok(m) = layout.manifest_bytes(&span, &molt_bundle::Limits::default()) {
+        let need = layout.metadata_len()
+            + layout.unverified_fetch_bound(&m, |sha| local.get(sha).is_some());
+        if not_smaller(need, src.size) {
+            return Err(DeltaError::NotSmaller {
+                need,
+                size: src.size,
+            });
+        }
+    }
     let index = {
         let trust = trust.clone();
-        tokio::task::spawn_blocking(move || {
-            deps::verify_remote_package(&trust, &layout, &span, ManifestUse::Install)
-        })
-        .await
-        .map_err(|e| DeltaError::Task(e.to_string()))?
-        .map_err(|e| DeltaError::Metadata(e.to_string()))?
+        tokio::task::spawn_blocking(move || deps::verify_remote_package(&trust, &layout, &span))
+            .await
+            .map_err(|e| DeltaError::Task(e.to_string()))?
+            .map_err(|e| DeltaError::Metadata(e.to_string()))?
     };
     // 3. What must be staged, and where its bytes come from.
     let package = InstalledPackage {
@@ -325,7 +341,7 @@ pub async fn fetch(
     let plan =
         molt_bundle::remote::plan_ranges(&index, &wanted, MAX_REQUESTS).map_err(metadata_err)?;
     let need = index.metadata_len + plan.iter().map(|r| r.end - r.start).sum::<u64>();
-    if need.saturating_mul(10) >= src.size.saturating_mul(MAX_SHARE_TENTHS) {
+    if not_smaller(need, src.size) {
         return Err(DeltaError::NotSmaller {
             need,
             size: src.size,
@@ -334,6 +350,17 @@ pub async fn fetch(
     if need > MAX_DELTA_BYTES {
         return Err(DeltaError::TooLarge { need });
     }
+    // The delta is used: now the sequence rule, as for a whole file (a replay
+    // is refused here, and again by the full download that follows).
+    let index = {
+        let trust = trust.clone();
+        tokio::task::spawn_blocking(move || {
+            deps::accept_remote_package(&trust, &index).map(|()| index)
+        })
+        .await
+        .map_err(|e| DeltaError::Task(e.to_string()))?
+        .map_err(|e| DeltaError::Metadata(e.to_string()))?
+    };
     // 4. Fetch the ranges: one multi-range request, or single ranges when the
     // server does not answer that one.
     let ranges: Vec<ByteRange> = plan
@@ -388,6 +415,12 @@ pub async fn fetch(
         reused,
         cached,
     })
+}
+
+/// Whether fetching `need` bytes of a `size`-byte package is too close to the
+/// whole file to be worth a delta.
+fn not_smaller(need: u64, size: u64) -> bool {
+    need.saturating_mul(10) >= size.saturating_mul(MAX_SHARE_TENTHS)
 }
 
 /// GET one byte range (`range` half-open), counting the body bytes received.

@@ -131,45 +131,51 @@ pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, Dep
     })
 }
 
-/// What a manifest read from a package's tail (bundle format 2) is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ManifestUse {
-    /// The package to install: the `Accept::Assigned` sequence rule applies,
-    /// as for a whole file, and a new highest sequence is recorded.
-    Install,
-    /// A package in the package cache, only a source of entries whose SHA-256
-    /// its signed manifest gives: no sequence rule (an older cached version
-    /// must neither be refused as a replay nor raise the highest accepted).
-    Source,
-}
-
 /// Verify the manifest of a package read by its tail (HTTP Range, or a file
-/// of the package cache) as [`verify_package`] verifies a whole file: same
-/// trust root; the sequence rule per `usage`. Gives the trusted index of its entries.
+/// of the package cache) as [`verify_package`] verifies a whole file (same
+/// trust root, signatures, expiry and formats) but without the sequence rule:
+/// a cached package is only a source of entries whose SHA-256 its signed
+/// manifest gives (an older cached version must neither be refused as a replay
+/// nor raise the highest accepted), and a package to install gets the rule
+/// from [`accept_remote_package`] once the delta is used. Gives the trusted
+/// index of its entries.
 pub fn verify_remote_package(
     trust: &Trust,
     layout: &molt_bundle::RemoteLayout,
     manifest_span: &[u8],
-    usage: ManifestUse,
 ) -> Result<molt_bundle::RemoteIndex, DepError> {
     let path = layout.source.clone();
-    let mut store = trust
+    let store = trust
         .store
         .lock()
         .map_err(|_| DepError::Poisoned { path: path.clone() })?;
     let opts = molt_bundle::VerifyOptions::default();
-    match usage {
-        ManifestUse::Install => {
-            store.verify_remote_as(layout, manifest_span, &opts, molt_bundle::Accept::Assigned)
-        }
-        ManifestUse::Source => {
-            molt_bundle::remote::verify_remote(layout, manifest_span, store.root(), &opts)
-        }
-    }
-    .map_err(|source| DepError::Verify {
-        path,
-        source: Box::new(source),
-    })
+    molt_bundle::remote::verify_remote(layout, manifest_span, store.root(), &opts).map_err(
+        |source| DepError::Verify {
+            path,
+            source: Box::new(source),
+        },
+    )
+}
+
+/// Apply the `Accept::Assigned` sequence rule to a manifest verified by
+/// [`verify_remote_package`] (recording a new highest), once the caller has
+/// decided to install from it.
+pub fn accept_remote_package(
+    trust: &Trust,
+    index: &molt_bundle::RemoteIndex,
+) -> Result<(), DepError> {
+    let path = index.source.clone();
+    let mut store = trust
+        .store
+        .lock()
+        .map_err(|_| DepError::Poisoned { path: path.clone() })?;
+    store
+        .accept_remote(index, molt_bundle::Accept::Assigned)
+        .map_err(|source| DepError::Verify {
+            path,
+            source: Box::new(source),
+        })
 }
 
 /// Extract a verified package into `dest` (streaming, every entry re-checked,

@@ -29,6 +29,7 @@
 //!    signed size as the bound and checks SHA-256 (and CRC-32).
 //!
 //! Bytes of metadata a delta costs: [`RemoteLayout::metadata_len`].
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -156,6 +157,67 @@ impl RemoteLayout {
         self.tail.get(s..e)
     }
 
+    /// The manifest's bytes from its span (local header checked against the
+    /// central directory, inflated within the size limit, CRC-32 checked).
+    /// Not verified: [`verify_remote`] checks its signatures.
+    pub fn manifest_bytes(
+        &self,
+        manifest_span: &[u8],
+        limits: &Limits,
+    ) -> Result<Vec<u8>, BundleError> {
+        let src = &self.source;
+        let m = &self.entries[0];
+        let want = self.manifest_range();
+        if manifest_span.len() as u64 != want.end - want.start {
+            return Err(remote_err(
+                src,
+                format!(
+                    "manifest span is {} bytes, expected {}",
+                    manifest_span.len(),
+                    want.end - want.start
+                ),
+            ));
+        }
+        let max = self.limits.max_manifest_size.min(limits.max_manifest_size);
+        container::check_small(src, m, max)?;
+        let hlen = (m.data_off - m.local_off) as usize;
+        container::check_local_header(src, m, &manifest_span[..hlen], self.cd_record(m))?;
+        container::small_entry_data(src, m, &manifest_span[hlen..], true)
+    }
+
+    /// A lower bound of the payload bytes a delta must fetch when the content
+    /// `held` (by SHA-256, lowercase hex) is on this host: every payload
+    /// entry's compressed size, less the largest one for each `"sha256"` of
+    /// `manifest` that is held. The manifest is NOT verified here, so this is
+    /// only for giving a delta up before the verification: a lie can only cost
+    /// a full download, which is verified whole.
+    pub fn unverified_fetch_bound(&self, manifest: &[u8], held: impl Fn(&str) -> bool) -> u64 {
+        let payload = self.payload();
+        let total: u64 = payload.iter().map(|e| e.csize).sum();
+        let largest = payload.iter().map(|e| e.csize).max().unwrap_or(0);
+        // Not UTF-8 (so not the JSON it must be): no bound, the verification decides.
+        let Ok(text) = std::str::from_utf8(manifest) else {
+            return 0;
+        };
+        let mut held_count = 0u64;
+        for (at, key) in text.match_indices("\"sha256\"") {
+            let rest = text[at + key.len()..].trim_start_matches([' ', '\t', '\n', '\r', ':']);
+            if let Some(hex) = rest.strip_prefix('"').and_then(|r| r.get(..64))
+                && held(hex)
+            {
+                held_count += 1;
+            }
+        }
+        total.saturating_sub(held_count.saturating_mul(largest))
+    }
+
+    /// The payload entries: all but the manifest (first) and the signatures (last).
+    fn payload(&self) -> &[RawEntry] {
+        self.entries
+            .get(1..self.entries.len().saturating_sub(1))
+            .unwrap_or(&[])
+    }
+
     /// Bytes a ranged reader needs before any payload: the manifest entry plus
     /// the signature entry, central directory and end record.
     pub fn metadata_len(&self) -> u64 {
@@ -198,17 +260,24 @@ pub struct RemoteIndex {
     raw: Vec<RawEntry>,
     cd: Vec<u8>,
     cd_off: u64,
+    /// Position in `entries` (and `raw`, same order) by path: a delta looks up
+    /// every entry it plans, and a scan per lookup was quadratic (2,000
+    /// entries: 2 million comparisons before the decision).
+    by_path: HashMap<String, usize>,
 }
 
 impl RemoteIndex {
     pub fn entry(&self, path: &str) -> Option<&EntryLocation> {
-        self.entries.iter().find(|e| e.path == path)
+        self.by_path.get(path).map(|&i| &self.entries[i])
     }
 
     fn raw_of(&self, e: &EntryLocation) -> Option<&RawEntry> {
-        self.raw
-            .iter()
-            .find(|r| r.name == e.path && r.data_off == e.data_offset)
+        let same = |r: &&RawEntry| r.name == e.path && r.data_off == e.data_offset;
+        self.by_path
+            .get(e.path.as_str())
+            .and_then(|&i| self.raw.get(i))
+            .filter(same)
+            .or_else(|| self.raw.iter().find(same))
     }
 }
 
@@ -247,26 +316,7 @@ pub fn verify_remote(
             format: layout.format,
         });
     }
-    let m = &layout.entries[0];
-    let want = layout.manifest_range();
-    if manifest_span.len() as u64 != want.end - want.start {
-        return Err(remote_err(
-            src,
-            format!(
-                "manifest span is {} bytes, expected {}",
-                manifest_span.len(),
-                want.end - want.start
-            ),
-        ));
-    }
-    let max = layout
-        .limits
-        .max_manifest_size
-        .min(opts.limits.max_manifest_size);
-    container::check_small(src, m, max)?;
-    let hlen = (m.data_off - m.local_off) as usize;
-    container::check_local_header(src, m, &manifest_span[..hlen], layout.cd_record(m))?;
-    let bytes = container::small_entry_data(src, m, &manifest_span[hlen..], true)?;
+    let bytes = layout.manifest_bytes(manifest_span, &opts.limits)?;
     // Signatures before parsing: nothing unsigned reaches the JSON parser.
     // The role comes from the manifest's `kind`; read it leniently first, then
     // parse strictly once the signature holds (a wrong kind means a wrong role,
@@ -298,7 +348,7 @@ pub fn verify_remote(
             expires: manifest.expires.to_rfc3339(),
         });
     }
-    let payload = &layout.entries[1..layout.entries.len() - 1];
+    let payload = layout.payload();
     let (buildstamp, entries) = crate::verify::check_manifest(src, &manifest, payload)?;
     let digest = hex::encode(crate::verify::manifest_digest(&bytes));
     tracing::info!(
@@ -308,7 +358,12 @@ pub fn verify_remote(
         sequence = manifest.sequence,
         "Bundle manifest verified (ranged)"
     );
+    let mut by_path = HashMap::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        by_path.entry(e.path.clone()).or_insert(i);
+    }
     Ok(RemoteIndex {
+        by_path,
         source: src.clone(),
         buildstamp,
         manifest_sha256: digest,
@@ -518,6 +573,41 @@ mod tests {
                 Tail::Ready(l) => return Ok(*l),
             }
         }
+    }
+
+    #[test]
+    fn the_unverified_fetch_bound_never_exceeds_what_a_delta_fetches() {
+        let fx = fx();
+        let file = bundle(&fx, 20, 2, 1);
+        let l = layout_of(&file, TAIL_GUESS).unwrap();
+        let r = l.manifest_range();
+        let m = l
+            .manifest_bytes(&file[r.start as usize..r.end as usize], &Limits::default())
+            .unwrap();
+        let idx = index_of(&file, &fx.root).unwrap();
+        let total: u64 = idx.entries.iter().map(|e| e.compressed_size).sum();
+        // Nothing held: every entry must be fetched.
+        assert_eq!(l.unverified_fetch_bound(&m, |_| false), total);
+        // Some held: the bound stays at or below what the wanted entries cost.
+        let held: Vec<&str> = idx
+            .entries
+            .iter()
+            .step_by(3)
+            .map(|e| e.sha256.as_str())
+            .collect();
+        let wanted: u64 = idx
+            .entries
+            .iter()
+            .filter(|e| !held.contains(&e.sha256.as_str()))
+            .map(|e| e.compressed_size)
+            .sum();
+        let bound = l.unverified_fetch_bound(&m, |h| held.contains(&h));
+        assert!(bound <= wanted, "bound {bound} > wanted {wanted}");
+        assert!(bound < total);
+        // Everything held: nothing to fetch.
+        assert_eq!(l.unverified_fetch_bound(&m, |_| true), 0);
+        // Not UTF-8: no bound.
+        assert_eq!(l.unverified_fetch_bound(&[0xff, 0xfe], |_| false), 0);
     }
 
     fn index_of(file: &[u8], root: &SignedRoot) -> Result<RemoteIndex, BundleError> {

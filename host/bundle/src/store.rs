@@ -227,8 +227,25 @@ impl TrustStore {
         accept: Accept,
     ) -> Result<crate::remote::RemoteIndex, BundleError> {
         let v = crate::remote::verify_remote(layout, manifest_span, &self.root, opts)?;
-        self.accept_sequence(&v.source, &v.manifest.name, v.manifest.sequence, accept)?;
+        self.accept_remote(&v, accept)?;
         Ok(v)
+    }
+
+    /// The sequence rule of [`TrustStore::verify_remote_as`] alone, for an
+    /// index [`crate::remote::verify_remote`] gave: a ranged reader can decide
+    /// whether it uses the index at all before a new highest is written (that
+    /// write is synced to disk, and a delta given up must not cost it).
+    pub fn accept_remote(
+        &mut self,
+        index: &crate::remote::RemoteIndex,
+        accept: Accept,
+    ) -> Result<(), BundleError> {
+        self.accept_sequence(
+            &index.source,
+            &index.manifest.name,
+            index.manifest.sequence,
+            accept,
+        )
     }
 
     /// Refuse or accept `sequence` for `name` (see [`check_sequence`]) and
