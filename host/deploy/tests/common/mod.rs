@@ -47,7 +47,8 @@ H="$3"
 trap 'exit 0' TERM INT
 T="$H/work/agent.status.json"
 printf '{{"pid":%s,"version":"%s","status":"{up}","since":"%s"}}\n' $$ "$V" "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" > "$T.tmp.$$" && mv "$T.tmp.$$" "$T"
-while :; do sleep 0.1; done
+# Gone with its home: a stand-in a test's clean-up missed must not outlive it.
+while [ -d "$H" ]; do sleep 0.1; done
 "#,
         up = AgentStatus::Up
     )
