@@ -263,7 +263,10 @@ fn cached_index(path: &Path, trust: &Trust) -> Result<RemoteIndex, DeltaError> {
         Some(b) => b.to_vec(),
         None => read(mr.start, mr.end)?,
     };
-    deps::verify_remote_package(trust, &layout, &span)
+    let manifest = layout
+        .manifest_bytes(&span, &molt_bundle::Limits::default())
+        .map_err(metadata_err)?;
+    deps::verify_remote_package(trust, &layout, &manifest)
         .map_err(|e| DeltaError::Metadata(e.to_string()))
 }
 
@@ -300,19 +303,20 @@ pub async fn fetch(
     // Give up before verifying when even the most this host could supply
     // leaves the delta not smaller (the bound reads the manifest unverified: a
     // lie can only cost the full download, which is verified whole).
-    if let Ok(m) = layout.manifest_bytes(&span, &molt_bundle::Limits::default()) {
-        let need = layout.metadata_len()
-            + layout.unverified_fetch_bound(&m, |sha| local.get(sha).is_some());
-        if not_smaller(need, src.size) {
-            return Err(DeltaError::NotSmaller {
-                need,
-                size: src.size,
-            });
-        }
+    let manifest = layout
+        .manifest_bytes(&span, &molt_bundle::Limits::default())
+        .map_err(metadata_err)?;
+    let need = layout.metadata_len()
+        + layout.unverified_fetch_bound(&manifest, |sha| local.get(sha).is_some());
+    if not_smaller(need, src.size) {
+        return Err(DeltaError::NotSmaller {
+            need,
+            size: src.size,
+        });
     }
     let index = {
         let trust = trust.clone();
-        tokio::task::spawn_blocking(move || deps::verify_remote_package(&trust, &layout, &span))
+        tokio::task::spawn_blocking(move || deps::verify_remote_package(&trust, &layout, &manifest))
             .await
             .map_err(|e| DeltaError::Task(e.to_string()))?
             .map_err(|e| DeltaError::Metadata(e.to_string()))?

@@ -132,7 +132,8 @@ pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, Dep
 }
 
 /// Verify the manifest of a package read by its tail (HTTP Range, or a file
-/// of the package cache) as [`verify_package`] verifies a whole file (same
+/// of the package cache; its bytes from [`molt_bundle::RemoteLayout::manifest_bytes`])
+/// as [`verify_package`] verifies a whole file (same
 /// trust root, signatures, expiry and formats) but without the sequence rule:
 /// a cached package is only a source of entries whose SHA-256 its signed
 /// manifest gives (an older cached version must neither be refused as a replay
@@ -142,7 +143,7 @@ pub fn verify_package(trust: &Trust, path: &Path) -> Result<VerifiedPackage, Dep
 pub fn verify_remote_package(
     trust: &Trust,
     layout: &molt_bundle::RemoteLayout,
-    manifest_span: &[u8],
+    manifest: &[u8],
 ) -> Result<molt_bundle::RemoteIndex, DepError> {
     let path = layout.source.clone();
     let store = trust
@@ -150,7 +151,7 @@ pub fn verify_remote_package(
         .lock()
         .map_err(|_| DepError::Poisoned { path: path.clone() })?;
     let opts = molt_bundle::VerifyOptions::default();
-    molt_bundle::remote::verify_remote(layout, manifest_span, store.root(), &opts).map_err(
+    molt_bundle::remote::verify_remote_manifest(layout, manifest, store.root(), &opts).map_err(
         |source| DepError::Verify {
             path,
             source: Box::new(source),

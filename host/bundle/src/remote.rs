@@ -272,12 +272,10 @@ impl RemoteIndex {
     }
 
     fn raw_of(&self, e: &EntryLocation) -> Option<&RawEntry> {
-        let same = |r: &&RawEntry| r.name == e.path && r.data_off == e.data_offset;
         self.by_path
             .get(e.path.as_str())
             .and_then(|&i| self.raw.get(i))
-            .filter(same)
-            .or_else(|| self.raw.iter().find(same))
+            .filter(|r| r.name == e.path && r.data_off == e.data_offset)
     }
 }
 
@@ -302,7 +300,30 @@ pub fn verify_remote(
     root: &SignedRoot,
     opts: &VerifyOptions,
 ) -> Result<RemoteIndex, BundleError> {
-    let src = &layout.source;
+    check_root_and_format(layout, root, opts)?;
+    let bytes = layout.manifest_bytes(manifest_span, &opts.limits)?;
+    verify_manifest(layout, &bytes, root, opts)
+}
+
+/// [`verify_remote`] for a caller that already holds the manifest's bytes
+/// ([`RemoteLayout::manifest_bytes`], e.g. to decide on a delta first): the
+/// same checks but the inflating.
+pub fn verify_remote_manifest(
+    layout: &RemoteLayout,
+    manifest: &[u8],
+    root: &SignedRoot,
+    opts: &VerifyOptions,
+) -> Result<RemoteIndex, BundleError> {
+    check_root_and_format(layout, root, opts)?;
+    verify_manifest(layout, manifest, root, opts)
+}
+
+/// The root has not expired and the bundle is format 2.
+fn check_root_and_format(
+    layout: &RemoteLayout,
+    root: &SignedRoot,
+    opts: &VerifyOptions,
+) -> Result<(), BundleError> {
     let now = opts.now.unwrap_or_else(Utc::now);
     if root.is_expired(now) {
         return Err(BundleError::RootExpired {
@@ -312,11 +333,23 @@ pub fn verify_remote(
     }
     if layout.format < 2 {
         return Err(BundleError::NoManifestSignature {
-            bundle: src.clone(),
+            bundle: layout.source.clone(),
             format: layout.format,
         });
     }
-    let bytes = layout.manifest_bytes(manifest_span, &opts.limits)?;
+    Ok(())
+}
+
+/// Signatures, then the strict parse and the agreement with the central
+/// directory, of the manifest's (inflated) bytes.
+fn verify_manifest(
+    layout: &RemoteLayout,
+    bytes: &[u8],
+    root: &SignedRoot,
+    opts: &VerifyOptions,
+) -> Result<RemoteIndex, BundleError> {
+    let src = &layout.source;
+    let now = opts.now.unwrap_or_else(Utc::now);
     // Signatures before parsing: nothing unsigned reaches the JSON parser.
     // The role comes from the manifest's `kind`; read it leniently first, then
     // parse strictly once the signature holds (a wrong kind means a wrong role,
@@ -326,7 +359,7 @@ pub fn verify_remote(
     struct KindOnly {
         kind: crate::schema::BundleKind,
     }
-    let kind: KindOnly = serde_json::from_slice(&bytes).map_err(|e| BundleError::Manifest {
+    let kind: KindOnly = serde_json::from_slice(bytes).map_err(|e| BundleError::Manifest {
         bundle: src.clone(),
         reason: format!("not valid manifest JSON: {e}"),
     })?;
@@ -335,11 +368,11 @@ pub fn verify_remote(
         src,
         root,
         role,
-        &bytes,
+        bytes,
         &layout.signatures.manifest_signatures,
         now,
     )?;
-    let manifest = crate::verify::parse_manifest(src, &bytes)?;
+    let manifest = crate::verify::parse_manifest(src, bytes)?;
     crate::verify::check_formats(src, &manifest, &layout.signatures)?;
     if manifest.expires < now {
         return Err(BundleError::BundleExpired {
@@ -350,7 +383,7 @@ pub fn verify_remote(
     }
     let payload = layout.payload();
     let (buildstamp, entries) = crate::verify::check_manifest(src, &manifest, payload)?;
-    let digest = hex::encode(crate::verify::manifest_digest(&bytes));
+    let digest = hex::encode(crate::verify::manifest_digest(bytes));
     tracing::info!(
         bundle = %src.display(),
         name = %manifest.name,
